@@ -1,0 +1,1 @@
+"""Datasets: the plan, the collector, the importer, the manifest and DVC versioning."""

@@ -1,0 +1,36 @@
+"""Process environment: telemetry off, local state folder.
+
+Called by entry points (the CLI, components, the service), never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TELEMETRY_OFF: dict[str, str] = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",             # Evidently, and MLflow's second switch
+    "DVC_NO_ANALYTICS": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "GE_USAGE_STATISTICS_URL": "",   # Great Expectations 1.x sends none; belt and braces
+}
+"""Environment switches that keep every library from phoning home."""
+
+
+def disable_telemetry() -> None:
+    """Turn off MLflow, DVC, BentoML, Evidently and GX telemetry for this process and its children.
+
+    Values already set by the user win (`setdefault`), except that nothing here
+    ever turns telemetry *on*.
+    """
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+def state_dir() -> Path:
+    """Local state of the embedded default (MLflow store, GX context, Evidently workspace).
+
+    `FLYWHEEL_HOME` moves it; the default is `.flywheel/` in the working directory.
+    """
+    return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel"))
