@@ -1,0 +1,1 @@
+"""flywheel components (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""flywheel pipelines (see DESIGN.md)."""

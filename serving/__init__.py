@@ -1,0 +1,1 @@
+"""flywheel serving (see DESIGN.md)."""

@@ -1,0 +1,64 @@
+"""params.yaml loads into typed, validated config; bad files fail with the key's path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import ConfigError, Params, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_load() -> None:
+    params = load_params(REPO / "params.yaml")
+
+    assert params.data.classes == tuple(str(d) for d in range(10))
+    assert params.data.strata.names()[0] == "handwritten/clean"
+    assert set(params.data.per_stratum) == {"train", "val", "test"}
+    assert "in_distribution" in params.scenarios
+
+
+def test_overrides_replace_single_values() -> None:
+    params = load_params(REPO / "params.yaml", {"data.seed": 7, "data.per_stratum.train": 3})
+
+    assert params.data.seed == 7
+    assert params.data.per_stratum["train"] == 3
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("data: {image_size: tiny}", "image_size"),
+        ("data: {imagesize: 32}", "imagesize"),
+        ("data: {per_stratum: {train: 1, val: 1}}", "missing"),
+        ("data: {source_shares: {train: 0.5, val: 0.2, test: 0.2, production: 0.2}}", "sum to 1"),
+        ("scenarios: {x: {mix: {handwritten/fog: 1.0}}}", "unknown strata"),
+        ("scenarios: {x: {severity: {fog: 2.0}}}", "unknown noise"),
+        ("[1, 2]", "mapping"),
+        ("data: {seed: [", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_problem(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml_text)
+
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_unknown_scenario_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="in_distribution"):
+        Params().scenario("fog")
+
+
+def test_params_are_frozen() -> None:
+    params = Params()
+    with pytest.raises(ValueError, match="frozen"):
+        params.data.seed = 3  # type: ignore[misc]
