@@ -15,15 +15,15 @@ import pandas as pd
 MANIFEST_NAME = "manifest.csv"
 
 COLUMNS: dict[str, str] = {
-    "image_id": "str",   # stable id, unique in the dataset
-    "path": "str",       # relative to the dataset folder
-    "label": "str",      # class name, one of the plan's classes
-    "split": "str",      # train | val | test
-    "style": "str",      # stratum: handwritten | printed | ...
-    "noise": "str",      # stratum: clean | shadow | rotated | blur | ...
-    "source": "str",     # origin: sklearn_digits | font | import | production
-    "group": "str",      # source glyph id; splits are grouped on it
-    "sha256": "str",     # of the image file's bytes
+    "image_id": "str",  # stable id, unique in the dataset
+    "path": "str",  # relative to the dataset folder
+    "label": "str",  # class name, one of the plan's classes
+    "split": "str",  # train | val | test
+    "style": "str",  # stratum: handwritten | printed | ...
+    "noise": "str",  # stratum: clean | shadow | rotated | blur | ...
+    "source": "str",  # origin: sklearn_digits | font | import | production
+    "group": "str",  # source glyph id; splits are grouped on it
+    "sha256": "str",  # of the image file's bytes
     "width": "int64",
     "height": "int64",
 }

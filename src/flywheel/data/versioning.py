@@ -127,7 +127,9 @@ def ensure_dataset(plan: DataPlan, repo: str | Path = ".") -> tuple[Provenance, 
     return "regenerated", data_version(repo, plan)
 
 
-def track_dataset(repo: str | Path = ".", plan: DataPlan | None = None, *, push: bool = True) -> str:
+def track_dataset(
+    repo: str | Path = ".", plan: DataPlan | None = None, *, push: bool = True
+) -> str:
     """`dvc add` the data folder (a new version when it changed) and optionally push it.
 
     Returns:
@@ -180,6 +182,8 @@ def _push(repo: str | Path, plan: DataPlan | None) -> bool:
         with Repo(str(repo)) as dvc:
             dvc.push(targets=[str(dvc_file(repo, plan))])
     except DvcException as err:
-        log.warning("dvc push to the default remote failed (the data stays in the local cache): %s", err)
+        log.warning(
+            "dvc push to the default remote failed (the data stays in the local cache): %s", err
+        )
         return False
     return True
