@@ -164,11 +164,20 @@ def _pull(repo: Path, plan: DataPlan) -> bool:
     from dvc.repo import Repo
 
     disable_telemetry()
+    # A remote without the data makes DVC list every missing file: keep it quiet.
+    quiet = [logging.getLogger(name) for name in ("dvc", "dvc_data")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         with Repo(str(repo)) as dvc:
             dvc.pull(targets=[str(dvc_file(repo, plan))])
-    except DvcException:
+    except DvcException as err:
+        log.info("dvc pull did not restore the data: %s", str(err).splitlines()[0])
         return False
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     return True
 
 
