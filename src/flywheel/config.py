@@ -18,6 +18,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 SOURCE_POOLS: tuple[str, ...] = (*SPLITS, "production")
 
+Split = Literal["train", "val", "test"]
+SourcePool = Literal["train", "val", "test", "production"]
+
 
 class ConfigError(ValueError):
     """`params.yaml` is missing, unreadable or does not match the schema."""
@@ -57,6 +60,14 @@ class NoiseStrength(_Frozen):
     blur_radius: tuple[float, float] = (0.8, 1.4)
 
 
+def _default_counts() -> dict[Split, int]:
+    return {"train": 200, "val": 40, "test": 60}
+
+
+def _default_shares() -> dict[SourcePool, float]:
+    return {"train": 0.6, "val": 0.15, "test": 0.15, "production": 0.1}
+
+
 class DataPlan(_Frozen):
     """The dataset specification derived from the service requirements."""
 
@@ -66,12 +77,8 @@ class DataPlan(_Frozen):
     image_size: int = Field(32, ge=8, le=512)
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
     strata: Strata = Strata()
-    per_stratum: dict[Literal["train", "val", "test"], int] = Field(
-        default_factory=lambda: {"train": 200, "val": 40, "test": 60}
-    )
-    source_shares: dict[Literal["train", "val", "test", "production"], float] = Field(
-        default_factory=lambda: {"train": 0.6, "val": 0.15, "test": 0.15, "production": 0.1}
-    )
+    per_stratum: dict[Split, int] = Field(default_factory=lambda: _default_counts())
+    source_shares: dict[SourcePool, float] = Field(default_factory=lambda: _default_shares())
     noise: NoiseStrength = NoiseStrength()
 
     @field_validator("per_stratum")
@@ -113,6 +120,90 @@ class ValidationConfig(_Frozen):
     failed_rows_shown: int = Field(5, ge=0)
 
 
+class ModelConfig(_Frozen):
+    """The network: `name` picks a builder in `flywheel.models`; the rest sizes it."""
+
+    name: Literal["small_cnn", "resnet"] = "small_cnn"
+    width: int = Field(16, ge=4, le=1024)  # channels of the first stage, doubled per stage
+    stages: int = Field(4, ge=1, le=6)  # each stage but the last halves the resolution
+    depth: int = Field(2, ge=1, le=32)  # resnet: residual blocks per stage
+    embedding_dim: int = Field(64, ge=2, le=4096)  # the penultimate layer, served to monitoring
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class AugmentConfig(_Frozen):
+    """Training-time augmentation, applied per sample on the batch tensor; 0 turns one off."""
+
+    enabled: bool = True
+    brightness: float = Field(0.15, ge=0, le=1)  # additive shift in [-b, b] (pixels in [0, 1])
+    contrast: float = Field(0.2, ge=0, lt=1)  # factor in [1 - c, 1 + c] around the image mean
+    rotate_degrees: float = Field(10.0, ge=0, le=180)  # angle in [-r, r]
+    translate: float = Field(0.08, ge=0, le=0.5)  # shift in [-t, t] of the side (random crop)
+    scale: float = Field(0.08, ge=0, lt=1)  # zoom in [1 - s, 1 + s]
+    noise_std: float = Field(0.02, ge=0, le=1)  # Gaussian pixel noise
+
+
+class TrainConfig(_Frozen):
+    """Training hyper-parameters (`flywheel.training.train`)."""
+
+    task: str = "classification"  # a name known to `flywheel.tasks.get_task`
+    experiment: str = "flywheel"  # MLflow experiment
+    seed: int = 0
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1)  # global: divided across DDP processes
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = Field(10, ge=1)  # step: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    monitor: str = "val_accuracy"  # early stopping, best checkpoint, overfitting flag
+    patience: int = Field(5, ge=1)  # epochs without improvement before stopping
+    min_delta: float = Field(1e-3, ge=0)  # smallest change that counts as improvement
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    deterministic: bool = True  # torch.use_deterministic_algorithms
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("monitor")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if not value.startswith("val_"):
+            raise ValueError(f"must name a validation metric ('val_<metric>'), got {value!r}")
+        return value
+
+
+class GatesConfig(_Frozen):
+    """The blessing gates (`flywheel.evaluation.check_gates`); None turns an optional gate off.
+
+    Accuracy-type values are fractions in [0, 1]. The champion gates apply only
+    when a `production` model exists; a first model faces the absolute ones.
+    """
+
+    min_accuracy: float = Field(0.8, ge=0, le=1)  # overall accuracy, absolute
+    min_macro_f1: float | None = Field(None, ge=0, le=1)  # overall macro-F1, absolute
+    max_ece: float | None = Field(None, ge=0, le=1)  # expected calibration error, absolute
+    min_slice_accuracy: float | None = Field(None, ge=0, le=1)  # every slice, absolute
+    max_slice_regression: float | None = Field(0.05, ge=0, le=1)  # drop vs champion, per slice
+    min_improvement: float = Field(0.0, ge=-1, le=1)  # candidate - champion overall accuracy
+    min_slice_support: int = Field(20, ge=1)  # slices with fewer test images skip slice gates
+
+
+class EvaluateConfig(_Frozen):
+    """Evaluation of a candidate against the champion (`flywheel.evaluation`)."""
+
+    registered_model: str = Field("flywheel-digits", min_length=1)  # MLflow registered model
+    split: Literal["train", "val", "test"] = "test"  # the frozen split the gates judge
+    slice_columns: tuple[str, ...] = ("style", "noise")  # manifest columns that define slices
+    batch_size: int = Field(256, ge=1)
+    calibration_bins: int = Field(15, ge=2, le=1000)  # equal-width confidence bins of the ECE
+    gates: GatesConfig = GatesConfig()
+
+
 class Params(_Frozen):
     """Everything in `params.yaml`."""
 
@@ -121,6 +212,8 @@ class Params(_Frozen):
     data: DataPlan = DataPlan()
     scenarios: dict[str, Scenario] = Field(default_factory=lambda: {"in_distribution": Scenario()})
     validation: ValidationConfig = ValidationConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:
@@ -148,7 +241,9 @@ class Params(_Frozen):
             ) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Read `params.yaml` into `Params`.
 
     Args:
@@ -162,7 +257,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run from the project root or pass --params)") from None
+        raise ConfigError(
+            f"{path}: not found (run from the project root or pass --params)"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -149,7 +149,7 @@ def _root(plan: DataPlan | None) -> Path:
     return Path(plan.root) if plan is not None else Path("data")
 
 
-def _only_not_in_cache(status: dict) -> bool:  # type: ignore[type-arg]
+def _only_not_in_cache(status: dict[str, list[Any]]) -> bool:
     changes = [change for entries in status.values() for change in entries]
     return bool(changes) and all(
         isinstance(change, dict)
