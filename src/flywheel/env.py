@@ -10,10 +10,10 @@ from pathlib import Path
 
 TELEMETRY_OFF: dict[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",             # Evidently, and MLflow's second switch
+    "DO_NOT_TRACK": "1",  # Evidently, and MLflow's second switch
     "DVC_NO_ANALYTICS": "1",
     "BENTOML_DO_NOT_TRACK": "true",
-    "GE_USAGE_STATISTICS_URL": "",   # Great Expectations 1.x sends none; belt and braces
+    "GE_USAGE_STATISTICS_URL": "",  # Great Expectations 1.x sends none; belt and braces
 }
 """Environment switches that keep every library from phoning home."""
 
