@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flywheel.env import disable_telemetry
@@ -245,6 +246,81 @@ def validate(
         raise typer.Exit(1)
 
 
+# -------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoints, history and curves (default: <state dir>/train)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")
+    ] = False,
+    log_model: Annotated[
+        bool, typer.Option("--log-model/--no-log-model", help="Log the best model to MLflow.")
+    ] = True,
+) -> None:
+    """Train the model params.yaml describes; log the run, curves and pt2 model to MLflow.
+
+    Runs on CUDA with mixed precision when a GPU is present; under
+    `torchrun --nproc_per_node=N $(which flywheel) train` it trains data-parallel.
+    Prints the run id, the best validation metric and the logged model's URI.
+    """
+    from flywheel.env import state_dir
+    from flywheel.tasks import DatasetError
+    from flywheel.training import TrainingError
+    from flywheel.training import train as train_model
+
+    p = _params(params, set_)
+    data_dir = dataset or p.data.dataset_dir
+    version = None
+    if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
+        version = _describe_data_version(p.data)
+    try:
+        result = train_model(
+            p,
+            data_dir,
+            out_dir=out or state_dir() / "train",
+            resume=resume,
+            data_version=version,
+            log_model=log_model,
+        )
+    except (DatasetError, TrainingError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if result.run_id is None:  # a DDP rank other than 0: rank 0 reports
+        return
+    last = result.history[-1]
+    table = Table(title=f"last epoch ({result.device})")
+    for column in ("metric", "train", "val"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in sorted(k.removeprefix("val_") for k in last if k.startswith("val_")):
+        table.add_row(name, f"{last[f'train_{name}']:.4f}", f"{last[f'val_{name}']:.4f}")
+    console.print(table)
+    notes = [
+        f"{result.epochs_run} epochs in {result.train_seconds:.1f} s",
+        "stopped early" if result.stopped_early else "",
+        "[yellow]overfitting[/yellow]" if result.overfitting else "",
+    ]
+    console.print(", ".join(n for n in notes if n))
+    console.print(
+        f"best {result.monitor} [bold]{result.best_metric:.4f}[/bold] at epoch {result.best_epoch}"
+        f" → {result.best_checkpoint}"
+    )
+    if result.model_uri:
+        console.print(
+            f"model [bold]{result.model_uri}[/bold] (run {result.run_id}, "
+            f"logged in {result.log_model_seconds:.1f} s)"
+        )
+
+
 # ----------------------------------------------------------- evaluate, registry
 
 ModelOpt = Annotated[
@@ -259,6 +335,7 @@ WhoOpt = Annotated[
 
 
 def _model_name(model: str | None, params: Path) -> str:
+    """The registered model: `--model`, else `evaluate.registered_model` of params.yaml."""
     return model or _params(params).evaluate.registered_model
 
 
@@ -311,7 +388,7 @@ def evaluate(
             name, version, dataset or p.data.dataset_dir, p.evaluate, who=who
         )
     except (RegistryError, EvaluationError, DatasetError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     _print_evaluation(outcome)
     if not outcome.blessing.blessed:
@@ -320,7 +397,7 @@ def evaluate(
 
 def _print_evaluation(outcome: EvaluationOutcome) -> None:
     report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
-    table = Table(title=f"{report.split} split: {report.model_uri}")
+    table = Table(title=escape(f"{report.split} split: {report.model_uri}"))
     for column in ("slice", "images", "accuracy", "macro-F1", "ECE"):
         table.add_column(column, justify="left" if column == "slice" else "right")
     if champion is not None:
@@ -331,7 +408,7 @@ def _print_evaluation(outcome: EvaluationOutcome) -> None:
             theirs = champion.overall if name == "all" else champion.slices[name]
             extra = [f"{theirs.accuracy:.3f}"]
         row = [f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.ece:.3f}"]
-        table.add_row(name, str(m.n), *row, *extra)
+        table.add_row(escape(name), str(m.n), *row, *extra)
     console.print(table)
     gates = Table(title="gates")
     for column in ("gate", "value", "threshold", "verdict", "detail"):
@@ -339,21 +416,21 @@ def _print_evaluation(outcome: EvaluationOutcome) -> None:
     for gate in blessing.gates:
         verdict = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
         gates.add_row(
-            gate.name,
+            escape(gate.name),
             f"{gate.value:.4f}",
             f"{gate.comparison} {gate.threshold:.4f}",
             verdict,
-            gate.detail,
+            escape(gate.detail),
         )
     console.print(gates)
     for note in blessing.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     version = f"{blessing.model_name} version {blessing.candidate_version}"
     if blessing.blessed:
         console.print(f"[green]blessed[/green]: {version} is now 'staging'")
     else:
         failed = ", ".join(blessing.failed_gates)
-        console.print(f"[red]not blessed[/red]: {version}; failed: {failed}")
+        console.print(f"[red]not blessed[/red]: {escape(version)}; failed: {escape(failed)}")
 
 
 @app.command()
@@ -378,10 +455,10 @@ def promote(
     try:
         change = promote_version(name, version, reason=reason, who=who)
     except PromotionRefusedError as err:
-        err_console.print(f"[red]refused:[/red] {err}")
+        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     if not change.changed:
         console.print(f"{name} version {version} already is production; nothing changed")
@@ -412,10 +489,10 @@ def rollback(
     try:
         change = rollback_model(name, reason=reason, who=who)
     except PromotionRefusedError as err:
-        err_console.print(f"[red]refused:[/red] {err}")
+        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(
         f"{name}: production → version [bold]{change.production}[/bold]"
@@ -437,7 +514,7 @@ def models(
     try:
         versions = list_versions(name)
     except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     table = Table(title=f"registered model {name}")
     for column in (
@@ -459,10 +536,12 @@ def models(
             ", ".join(v.aliases) or "-",
             blessed,
             "-" if v.eval_accuracy is None else f"{v.eval_accuracy:.3f}",
-            v.created_at.replace("+00:00", ""),
+            v.created_at.removesuffix("+00:00"),
             (v.git_commit or "-")[:12],
-            (v.data_version or "-")[:14],
-            f"{last.action} by {last.by}, {last.at.replace('+00:00', '')}" if last else "-",
+            (v.data_version or "-").removesuffix(".dir")[:12],
+            escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
+            if last
+            else "-",
         )
     console.print(table)
 

@@ -129,6 +129,7 @@ class ModelConfig(_Frozen):
     depth: int = Field(2, ge=1, le=32)  # resnet: residual blocks per stage
     embedding_dim: int = Field(64, ge=2, le=4096)  # the penultimate layer, served to monitoring
     dropout: float = Field(0.2, ge=0, lt=1)
+    standardize: bool = True  # per-image zero mean / unit variance inside the network
 
 
 class AugmentConfig(_Frozen):

@@ -1,0 +1,32 @@
+"""Vision tasks behind one interface (`Task`); `get_task(name)` picks one by name.
+
+A new task is a `Task` subclass in its own module and one line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from flywheel.tasks.base import DatasetError, MetricAccumulator, Task
+from flywheel.tasks.classification import ClassificationTask
+
+TASKS: dict[str, type[Task]] = {
+    ClassificationTask.name: ClassificationTask,
+}
+"""Task name (`train.task` in params.yaml, `task` in a logged model's metadata) → class."""
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered as `name`.
+
+    >>> get_task("classification").__name__
+    'ClassificationTask'
+
+    Raises:
+        ValueError: no task of that name.
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
+
+
+__all__ = ["TASKS", "DatasetError", "MetricAccumulator", "Task", "get_task"]

@@ -1,0 +1,81 @@
+"""Batch augmentation on tensors: photometric and affine, per sample, reproducible.
+
+The whole batch is transformed at once on its device (one `grid_sample` for all
+geometric changes), with every random draw taken from an explicit CPU
+`torch.Generator`. The generator is the only state: saving it in a checkpoint
+and restoring it gives the same augmentations after a resume, on any device.
+torchvision is deliberately not a dependency: these few ops are plain torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flywheel.config import AugmentConfig
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    """`n` draws from U(low, high) on the CPU."""
+    return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float32)
+
+
+def random_affine_matrices(
+    batch: int, cfg: AugmentConfig, generator: torch.Generator
+) -> Tensor | None:
+    """Per-sample affine matrices `(B, 2, 3)` for `F.affine_grid`, or None when all are off.
+
+    Each matrix maps output coordinates to input coordinates (normalised to
+    [-1, 1]): a rotation by up to `rotate_degrees`, a zoom in `1 ± scale` and a
+    shift of up to `translate` of the side (a random crop-and-pad). A detection
+    task applies the inverse to its boxes.
+    """
+    if cfg.rotate_degrees == 0 and cfg.translate == 0 and cfg.scale == 0:
+        return None
+    angle = _uniform(batch, -cfg.rotate_degrees, cfg.rotate_degrees, generator) * (math.pi / 180)
+    zoom = _uniform(batch, 1 - cfg.scale, 1 + cfg.scale, generator)
+    shift = _uniform(2 * batch, -cfg.translate, cfg.translate, generator).view(batch, 2) * 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # (B,)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )  # (B, 2, 3)
+    return theta
+
+
+def augment_batch(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
+    """Augment a batch `(B, C, H, W)` of images in [0, 1]; returns a new tensor, same shape.
+
+    Order: affine (rotate/zoom/shift, border pixels replicated so a shadowed
+    background stays shadowed), contrast around each image's mean, brightness
+    shift, Gaussian noise, clamp to [0, 1]. Returns `images` unchanged when
+    `cfg.enabled` is false.
+    """
+    if not cfg.enabled:
+        return images
+    b = images.shape[0]
+    device = images.device
+    out = images
+    theta = random_affine_matrices(b, cfg, generator)
+    if theta is not None:
+        grid = F.affine_grid(theta.to(device, out.dtype), list(out.shape), align_corners=False)
+        out = F.grid_sample(
+            out, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )  # (B, C, H, W)
+    if cfg.contrast > 0:
+        factor = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, generator).to(device)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+        out = (out - mean) * factor.view(b, 1, 1, 1) + mean
+    if cfg.brightness > 0:
+        shift = _uniform(b, -cfg.brightness, cfg.brightness, generator).to(device)
+        out = out + shift.view(b, 1, 1, 1)
+    if cfg.noise_std > 0:
+        noise = torch.randn(out.shape, generator=generator, dtype=torch.float32)
+        out = out + cfg.noise_std * noise.to(device)
+    return out.clamp(0.0, 1.0)

@@ -1,0 +1,121 @@
+"""DistributedDataParallel on CPU: `torchrun --nproc_per_node=2` with the gloo backend.
+
+Both ranks run the library's `train()` exactly as a cluster job would; each
+writes the weights it ends with, and the test checks that the ranks agree, that
+only rank 0 logged (one MLflow run) and checkpointed, and that the validation
+metrics, computed on two shards and summed, are those of the whole split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
+from flywheel.data.collect import collect_dataset
+from flywheel.tasks.classification import ClassificationTask
+from flywheel.training import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+PLAN = DataPlan(
+    name="tiny", seed=5, classes=("0", "1", "2"), per_stratum={"train": 6, "val": 3, "test": 1}
+)
+PARAMS = Params(
+    data=PLAN,
+    train=TrainConfig(
+        experiment="test-ddp",
+        seed=3,
+        epochs=1,
+        batch_size=16,
+        model=ModelConfig(width=4, stages=2, embedding_dim=8),
+    ),
+)
+
+_RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from flywheel.config import Params
+    from flywheel.training import train
+
+    params_json, dataset, out_dir = sys.argv[1:4]
+    result = train(Params.model_validate_json(Path(params_json).read_text()), Path(dataset),
+                   out_dir=Path(out_dir), log_model=False, progress=False)
+    rank = os.environ["RANK"]
+    torch.save(result.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"run_id": result.run_id, "device": result.device, "history": result.history}))
+    """
+)
+
+
+def test_two_cpu_processes_train_the_same_model(tmp_path: Path) -> None:
+    collect_dataset(PLAN, tmp_path / "data", progress=False)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    script, params_json, out = tmp_path / "rank.py", tmp_path / "params.json", tmp_path / "out"
+    script.write_text(_RANK_SCRIPT)
+    params_json.write_text(PARAMS.model_dump_json())
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(params_json),
+            str(tmp_path / "data" / PLAN.name),
+            str(out),
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks disagree on the weights"
+    checkpoint = load_checkpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    assert all(torch.equal(checkpoint["model"][k], rank0[k]) for k in rank0)
+    assert checkpoint["world_size"] == 2
+    assert len(checkpoint["rng"]) == 2
+
+    info0, info1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert info1["run_id"] is None
+    assert info0["device"] == "cpu x2"
+    assert _without_timing(info0["history"]) == _without_timing(info1["history"])
+    # The sharded validation, summed over ranks, equals one process scoring the whole split.
+    task = ClassificationTask.from_params(PARAMS)
+    model = task.build_model(PARAMS.train.model).eval()
+    model.load_state_dict(rank0)
+    val = task.build_dataset(tmp_path / "data" / PLAN.name, "val")
+    with torch.no_grad():
+        whole = task.metrics(model(torch.stack([x for x, _ in val])), val.targets)
+    assert info0["history"][0]["val_accuracy"] == pytest.approx(whole["accuracy"])
+    assert info0["history"][0]["val_loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("test-ddp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [info0["run_id"]]
+    assert runs[0].data.tags["flywheel.device"] == "cpu x2"
+    assert runs[0].info.status == "FINISHED"
+
+
+def _without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
