@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS         := 1
 export BENTOML_DO_NOT_TRACK     := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench clean distclean lock
+.PHONY: help setup demo test test-fast lint format bench clean distclean lock images render deploy
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,9 +32,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	@touch $@
 
-demo: setup ## Run the loop locally: data (pull or regenerate) -> validate
-	$(BIN)/flywheel data ensure
-	$(BIN)/flywheel validate
+demo: setup ## Run the loop locally: data (pull or regenerate) -> KFP pipeline: validate, train, evaluate, promote
+	$(BIN)/flywheel demo
 
 test: setup ## Run every test, slow ones included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -68,3 +67,48 @@ clean: ## Remove local state and caches (.flywheel/, dist/, caches); keeps data/
 
 distclean: clean ## clean, and remove .venv too
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------- cluster (infra/)
+# The image constant: one name per image, tagged with the project version. The
+# manifests name the same images (infra/k8s/base/kustomization.yaml, `images:`);
+# pipelines read FLYWHEEL_IMAGE, which must equal IMAGE (or IMAGE_CUDA on GPUs).
+VERSION        := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_REPO     ?= ghcr.io/flywheel-ml
+IMAGE          ?= $(IMAGE_REPO)/flywheel:$(VERSION)
+IMAGE_CUDA     ?= $(IMAGE)-cuda
+TRACKING_IMAGE ?= $(IMAGE_REPO)/flywheel-tracking:$(VERSION)
+SERVING_IMAGE  ?= $(IMAGE_REPO)/flywheel-serving:$(VERSION)
+TORCH_CUDA     ?= cu128
+GIT_COMMIT     := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DOCKER         ?= docker
+KUBECTL        ?= kubectl
+OVERLAY        ?= local
+OVERLAYS       := $(notdir $(wildcard infra/k8s/overlays/*))
+RENDER_DIR     ?= dist/k8s
+
+images: ## Build the images: component (CPU + CUDA), MLflow server, BentoML serving (needs Docker)
+	@command -v $(DOCKER) >/dev/null || { echo "make images: '$(DOCKER)' not found: building images needs a container engine (Docker, or DOCKER=podman)"; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: no container engine answers ('$(DOCKER) info' failed): start one or set DOCKER_HOST"; exit 1; }
+	$(DOCKER) build -f infra/docker/Dockerfile --target component --build-arg TORCH_VARIANT=cpu \
+	  --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
+	$(DOCKER) build -f infra/docker/Dockerfile --target component --build-arg TORCH_VARIANT=$(TORCH_CUDA) \
+	  --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE_CUDA) .
+	$(DOCKER) build -f infra/docker/Dockerfile --target tracking --build-arg VERSION=$(VERSION) \
+	  -t $(TRACKING_IMAGE) .
+	$(MAKE) setup
+	$(BIN)/bentoml build -f serving/bentofile.yaml --version $(VERSION) .
+	$(BIN)/bentoml containerize flywheel:$(VERSION) --image-tag $(SERVING_IMAGE)
+
+render: ## Render every kustomize overlay into dist/k8s/<overlay>.yaml (no cluster needed)
+	@command -v $(KUBECTL) >/dev/null || { echo "make render: '$(KUBECTL)' not found (it renders with its built-in kustomize)"; exit 1; }
+	mkdir -p $(RENDER_DIR)
+	for overlay in $(OVERLAYS); do \
+	  $(KUBECTL) kustomize infra/k8s/overlays/$$overlay > $(RENDER_DIR)/$$overlay.yaml; \
+	  echo "rendered $(RENDER_DIR)/$$overlay.yaml"; \
+	done
+
+deploy: ## Apply an overlay to kubectl's current cluster: make deploy OVERLAY=local|gpu
+	@test -d infra/k8s/overlays/$(OVERLAY) || { echo "make deploy: no overlay '$(OVERLAY)' (overlays: $(OVERLAYS))"; exit 1; }
+	@command -v $(KUBECTL) >/dev/null || { echo "make deploy: '$(KUBECTL)' not found"; exit 1; }
+	@$(KUBECTL) cluster-info --request-timeout=5s >/dev/null 2>&1 || { echo "make deploy: no cluster answers on kubectl's current context ('$(KUBECTL) cluster-info' failed): create one (infra/README.md) or pick one with 'kubectl config use-context'"; exit 1; }
+	$(KUBECTL) apply -k infra/k8s/overlays/$(OVERLAY)

@@ -7,8 +7,10 @@ load time with the path of the bad key, not deep inside a stage.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -205,6 +207,167 @@ class EvaluateConfig(_Frozen):
     gates: GatesConfig = GatesConfig()
 
 
+class FloatDimension(_Frozen):
+    """A real-valued search dimension: `{type: float, low, high, log?, step?}`."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False  # sample log-uniformly (learning rates, weight decay)
+    step: float | None = Field(None, gt=0)  # discretise: low, low + step, ... (not with log)
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> FloatDimension:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log sampling needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.step is not None:
+            steps = (self.high - self.low) / self.step
+            if abs(steps - round(steps)) > 1e-9:
+                raise ValueError(f"high - low must be a multiple of step {self.step}")
+        return self
+
+
+class IntDimension(_Frozen):
+    """An integer search dimension: `{type: int, low, high, step?, log?}`."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> IntDimension:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("log sampling needs low >= 1 and step 1")
+        if (self.high - self.low) % self.step:
+            raise ValueError(f"high - low must be a multiple of step {self.step}")
+        return self
+
+
+class CategoricalDimension(_Frozen):
+    """A choice among listed values: `{type: categorical, choices: [...]}`."""
+
+    type: Literal["categorical"]
+    choices: tuple[bool | int | float | str | None, ...] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(
+        cls, choices: tuple[bool | int | float | str | None, ...]
+    ) -> tuple[bool | int | float | str | None, ...]:
+        if len({(type(c), c) for c in choices}) != len(choices):
+            raise ValueError(f"choices must be distinct, got {list(choices)}")
+        return choices
+
+
+SearchDimension = Annotated[
+    FloatDimension | IntDimension | CategoricalDimension, Field(discriminator="type")
+]
+"""One entry of `tune.space`; `type` picks the kind."""
+
+
+class PrunerConfig(_Frozen):
+    """Optuna's MedianPruner: stop a trial whose validation metric trails the median."""
+
+    enabled: bool = True
+    n_startup_trials: int = Field(3, ge=0)  # completed trials before any pruning
+    n_warmup_steps: int = Field(1, ge=0)  # epochs of each trial that are never pruned
+
+
+def _default_space() -> dict[str, FloatDimension | IntDimension | CategoricalDimension]:
+    return {
+        "train.lr": FloatDimension(type="float", low=3e-4, high=1e-2, log=True),
+        "train.weight_decay": FloatDimension(type="float", low=1e-5, high=1e-2, log=True),
+        "train.batch_size": CategoricalDimension(type="categorical", choices=(32, 64)),
+        "train.model.width": IntDimension(type="int", low=8, high=32, step=8),
+        "train.model.dropout": FloatDimension(type="float", low=0.0, high=0.4, step=0.1),
+    }
+
+
+class TuneConfig(_Frozen):
+    """Hyper-parameter search (`flywheel.tuning.tune`): an Optuna study over `space`.
+
+    `space` maps dotted keys of params.yaml (`train.lr`) to search dimensions;
+    whether each key exists and each bound is a valid value is checked against
+    the whole configuration by `flywheel.tuning.validate_space`.
+    """
+
+    n_trials: int = Field(12, ge=1)  # trials per invocation (a resumed study adds as many)
+    timeout_s: float | None = Field(None, gt=0)  # no new trial starts after this (null: none)
+    epochs_per_trial: int | None = Field(4, ge=1)  # train.epochs of each trial (null: keep)
+    metric: str | None = None  # the objective, a validation metric (null: train.monitor)
+    direction: Literal["maximize", "minimize"] | None = None  # null: the metric's own
+    seed: int = 0  # TPE sampler seed
+    random_trials: int = Field(4, ge=0)  # TPE: trials drawn at random before it models
+    baseline_first: bool = True  # trial 0 = params.yaml's own values (where inside the space)
+    study_name: str | None = None  # null: <train.experiment>-<hash of the search set-up>
+    storage: str | None = None  # Optuna storage URL (null: SQLite in the tune folder)
+    pruner: PrunerConfig = PrunerConfig()
+    space: dict[str, SearchDimension] = Field(default_factory=_default_space)
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("val_"):
+            raise ValueError(f"must name a validation metric ('val_<metric>'), got {value!r}")
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _dotted_keys(cls, space: dict[str, Any]) -> dict[str, Any]:
+        if not space:
+            raise ValueError("is empty: declare at least one dimension, e.g. train.lr")
+        for key in space:
+            parts = key.split(".")
+            if not all(parts):
+                raise ValueError(f"{key!r} is not a dotted key such as 'train.lr'")
+            if parts[0] == "tune":
+                raise ValueError(f"{key!r}: the search cannot tune its own settings")
+        return space
+
+
+class PredictionLogConfig(_Frozen):
+    """The serving prediction log (`flywheel.prediction_log`)."""
+
+    dir: Path | None = None  # root of the log (None: <state dir>/predictions)
+    sample_images: float = Field(1.0, ge=0, le=1)  # fraction of input images stored for curation
+    flush_every: int = Field(100, ge=1)  # flush after this many records...
+    flush_interval_s: float = Field(1.0, gt=0)  # ...or this many seconds
+    queue_size: int = Field(10_000, ge=1)  # records waiting at most; beyond, records are dropped
+
+
+class ServeConfig(_Frozen):
+    """The BentoML service (`serving/service.py`, `flywheel serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    alias: str = Field("production", min_length=1)  # the registry alias served
+    max_batch_size: int = Field(64, ge=2)  # adaptive batching: images per model call at most
+    max_latency_ms: int = Field(1000, ge=1)  # batcher answers 503 when it expects to exceed this
+    max_images_per_request: int = Field(64, ge=1)  # more in one request is a 400
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger bodies are a 413
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # larger decoded images are a 413
+    top_k: int = Field(3, ge=1)  # probabilities returned per image
+    load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
+    log: PredictionLogConfig = PredictionLogConfig()
+
+    @model_validator(mode="after")
+    def _request_fits_a_batch(self) -> ServeConfig:
+        if self.max_images_per_request > self.max_batch_size:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
+                f"max_batch_size ({self.max_batch_size}): a request is batched whole"
+            )
+        return self
+
+
 class Params(_Frozen):
     """Everything in `params.yaml`."""
 
@@ -215,6 +378,8 @@ class Params(_Frozen):
     validation: ValidationConfig = ValidationConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tune: TuneConfig = TuneConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:
@@ -265,12 +430,32 @@ def load_params(
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw, overrides, source=str(path))
+
+
+def parse_params(
+    raw: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str = "params",
+) -> Params:
+    """Validate an already-loaded params mapping into `Params` (e.g. a pipeline parameter).
+
+    Args:
+        raw: the content of a params.yaml, as a mapping (left unchanged).
+        overrides: dotted keys to replace, as in `load_params`.
+        source: where `raw` came from, named in errors.
+
+    Raises:
+        ConfigError: the mapping, with the overrides applied, does not match the schema.
+    """
+    tree = copy.deepcopy(dict(raw))
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        _set_dotted(tree, dotted, value)
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

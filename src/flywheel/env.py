@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flywheel import __version__
+
 TELEMETRY_OFF: dict[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",  # Evidently, and MLflow's second switch
@@ -34,3 +36,17 @@ def state_dir() -> Path:
     `FLYWHEEL_HOME` moves it; the default is `.flywheel/` in the working directory.
     """
     return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel"))
+
+
+IMAGE_ENV = "FLYWHEEL_IMAGE"
+DEFAULT_IMAGE = f"ghcr.io/flywheel-ml/flywheel:{__version__}"
+"""The container image of every pipeline step: the released image of this version."""
+
+
+def component_image() -> str:
+    """The image the pipeline steps run in on a cluster: `FLYWHEEL_IMAGE`, else `DEFAULT_IMAGE`.
+
+    Pin a registry of your own (and a digest) with `FLYWHEEL_IMAGE`, e.g.
+    `registry.example/flywheel@sha256:...`; the local runner ignores the image.
+    """
+    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE

@@ -1,0 +1,215 @@
+"""The prediction log (`flywheel.prediction_log`): partitions, flush policy, sampling, reading."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flywheel.features import FEATURE_COLUMNS
+from flywheel.prediction_log import (
+    RECORD_FIELDS,
+    PredictionLogger,
+    PredictionRecord,
+    partition_dir,
+    read_predictions,
+)
+
+T0 = datetime(2026, 11, 23, 9, 59, 58, tzinfo=UTC)
+
+
+def _record(i: int, when: datetime = T0, image: bool = True) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=f"req-{i // 2}",
+        index=i % 2,
+        time=when,
+        model_name="digits",
+        model_version="3",
+        label=str(i % 3),
+        confidence=0.5 + i / 100,
+        probabilities={"0": 0.2, "1": 0.3, "2": 0.5},
+        features={name: float(i) for name in FEATURE_COLUMNS},
+        embedding=[float(i), -1.0],
+        image=np.full((4, 4), i % 256, dtype=np.uint8) if image else None,
+    )
+
+
+def _lines(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for p in sorted(root.rglob("*.jsonl")) for line in p.open()]
+
+
+def test_records_land_in_hourly_partitions_and_read_back(tmp_path: Path) -> None:
+    records = [_record(i, T0 + timedelta(seconds=i)) for i in range(4)]  # crosses 10:00
+    with PredictionLogger(tmp_path) as log:
+        for record in records:
+            assert log.log(record)
+    assert log.written == 4
+    assert log.dropped == 0
+    folders = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("date=*/hour=*"))
+    assert folders == ["date=2026-11-23/hour=09", "date=2026-11-23/hour=10"]
+    assert all(set(line) == set(RECORD_FIELDS) for line in _lines(tmp_path))
+
+    frame = read_predictions(tmp_path)
+    assert len(frame) == 4
+    assert frame["request_id"].tolist() == ["req-0", "req-0", "req-1", "req-1"]
+    assert frame["index"].tolist() == [0, 1, 0, 1]
+    assert frame["time"].tolist() == [r.time for r in records]
+    assert frame["confidence"].tolist() == [r.confidence for r in records]
+    assert frame["embedding"].tolist() == [list(r.embedding) for r in records]
+    assert frame["probabilities"][0] == {"0": 0.2, "1": 0.3, "2": 0.5}
+    assert frame[list(FEATURE_COLUMNS)].to_numpy().tolist() == [[float(i)] * 7 for i in range(4)]
+    assert "features" not in frame.columns
+    for i, path in enumerate(frame["image_path"]):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), np.full((4, 4), i))
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "limit", "expected"),
+    [
+        (None, None, None, [0, 1, 2, 3, 4, 5]),
+        (T0 + timedelta(minutes=2), None, None, [2, 3, 4, 5]),
+        (None, T0 + timedelta(minutes=2), None, [0, 1]),
+        (T0 + timedelta(minutes=1), T0 + timedelta(minutes=4), None, [1, 2, 3]),
+        (None, None, 2, [4, 5]),
+        (T0, T0 + timedelta(minutes=3), 1, [2]),
+        (T0 + timedelta(hours=5), None, None, []),
+        # naive datetimes are UTC
+        (datetime(2026, 11, 23, 10, 3), None, None, [4, 5]),
+    ],
+)
+def test_window_by_time_and_limit(
+    tmp_path: Path,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    expected: list[int],
+) -> None:
+    with PredictionLogger(tmp_path) as log:
+        for i in range(6):
+            log.log(_record(i, T0 + timedelta(minutes=i), image=False))
+    frame = read_predictions(tmp_path, since=since, until=until, limit=limit)
+    assert [round((c - 0.5) * 100) for c in frame["confidence"]] == expected
+
+
+def test_flush_by_interval_makes_records_readable_while_running(tmp_path: Path) -> None:
+    log = PredictionLogger(tmp_path, flush_every=1000, flush_interval_s=0.1)
+    log.start()
+    try:
+        log.log(_record(0, image=False))
+        deadline = time.monotonic() + 5
+        while len(read_predictions(tmp_path)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(read_predictions(tmp_path)) == 1
+    finally:
+        log.close()
+
+
+def test_close_flushes_everything_queued(tmp_path: Path) -> None:
+    log = PredictionLogger(tmp_path, flush_every=10_000, flush_interval_s=3600)
+    log.start()
+    for i in range(50):
+        log.log(_record(i, image=False))
+    log.close()
+    assert len(read_predictions(tmp_path)) == 50
+    assert not log.log(_record(99))  # closed: dropped, counted
+    assert log.dropped == 1
+
+
+class _StuckLogger(PredictionLogger):
+    """A logger whose disk never answers until `release` is set."""
+
+    def __init__(self, root: Path, **kwargs: int) -> None:
+        super().__init__(root, **kwargs)
+        self.release = threading.Event()
+
+    def _write(self, record: PredictionRecord, files: dict[Path, IO[str]]) -> None:
+        self.release.wait(10)
+        super()._write(record, files)
+
+
+def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
+    log = _StuckLogger(tmp_path, queue_size=3)
+    log.start()
+    started = time.monotonic()
+    accepted = [log.log(_record(i, image=False)) for i in range(8)]
+    assert time.monotonic() - started < 1.0  # never waited for the stuck writer
+    # 3 queued, plus at most 1 already taken by the (stuck) writer thread
+    assert sum(accepted) in (3, 4)
+    assert accepted[:3] == [True, True, True]
+    assert log.dropped == 8 - sum(accepted)
+    log.release.set()
+    log.close()
+    assert log.written == sum(accepted)
+    assert len(read_predictions(tmp_path)) == sum(accepted)
+
+
+@pytest.mark.parametrize(("fraction", "stored"), [(0.0, 0), (1.0, 40)])
+def test_image_sampling_extremes(tmp_path: Path, fraction: float, stored: int) -> None:
+    with PredictionLogger(tmp_path, sample_images=fraction, seed=0) as log:
+        for i in range(40):
+            log.log(_record(i))
+    frame = read_predictions(tmp_path)
+    assert frame["image_path"].notna().sum() == stored
+    assert len(list(tmp_path.rglob("*.png"))) == stored
+
+
+def test_image_sampling_keeps_about_the_fraction(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, sample_images=0.25, seed=0) as log:
+        for i in range(400):
+            log.log(_record(i))
+    stored = read_predictions(tmp_path)["image_path"].notna().sum()
+    assert 60 <= stored <= 140
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path) as log:
+        log.log(_record(0, image=False))
+        log.log(_record(1, image=False))
+    part = next(tmp_path.rglob("*.jsonl"))
+    with part.open("a") as handle:
+        handle.write('{"request_id": "torn", "ind')
+    frame = read_predictions(tmp_path)
+    assert frame["request_id"].tolist() == ["req-0", "req-0"]
+
+
+def test_each_logger_appends_to_its_own_file(tmp_path: Path) -> None:
+    for _ in range(2):
+        with PredictionLogger(tmp_path) as log:
+            log.log(_record(0, image=False))
+    assert len(list(tmp_path.rglob("*.jsonl"))) == 2
+    assert len(read_predictions(tmp_path)) == 2
+
+
+def test_a_missing_log_reads_as_empty(tmp_path: Path) -> None:
+    frame = read_predictions(tmp_path / "nothing-yet")
+    assert frame.empty
+    assert {"request_id", "time", "label", "confidence"} <= set(frame.columns)
+
+
+def test_partition_dir_is_utc() -> None:
+    local = datetime(2026, 11, 23, 1, 30, tzinfo=UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=-5))
+    )
+    assert partition_dir(Path("r"), local).as_posix() == "r/date=2026-11-23/hour=01"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sample_images": 1.5},
+        {"sample_images": -0.1},
+        {"flush_every": 0},
+        {"queue_size": 0},
+        {"flush_interval_s": 0},
+    ],
+)
+def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        PredictionLogger(tmp_path, **kwargs)

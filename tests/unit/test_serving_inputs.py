@@ -1,0 +1,150 @@
+"""The service's input checks (`serving.service`) without a server: arrays, uploads, ids."""
+
+from __future__ import annotations
+
+import io
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from flywheel.config import ServeConfig
+from serving.service import (
+    PARAMS_ENV,
+    RequestError,
+    arrays_to_unit,
+    decode_image,
+    prediction_log_dir,
+    read_service_params,
+    request_id_from,
+)
+
+S = 8
+
+
+@pytest.mark.parametrize(
+    ("images", "scale", "expected_max"),
+    [
+        (np.full((2, S, S), 255), "auto", 1.0),
+        (np.full((2, 1, S, S), 255, dtype=np.uint8), "auto", 1.0),
+        (np.full((1, S, S), 0.5), "auto", 0.5),
+        (np.full((1, S, S), 1), "byte", 1 / 255),
+        (np.full((1, S, S), 1), "unit", 1.0),
+        (np.zeros((3, S, S), dtype=np.int16), "auto", 0.0),
+    ],
+    ids=["bytes", "bytes-nchw", "unit", "byte-forced", "unit-forced", "int16-zeros"],
+)
+def test_arrays_become_nchw_unit_floats(
+    images: np.ndarray, scale: str, expected_max: float
+) -> None:
+    out = arrays_to_unit(images, S, scale)  # type: ignore[arg-type]
+    assert out.shape == (len(images), 1, S, S)
+    assert out.dtype == np.float32
+    assert float(out.max()) == pytest.approx(expected_max)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((0, S, S)), "empty"),
+        (np.zeros((2, S, S + 1)), f"(N, {S}, {S})"),
+        (np.zeros((2, 3, S, S)), "shape"),
+        (np.zeros((S, S)), "shape"),
+        (np.array([[["a"] * S] * S]), "numbers"),
+        (np.ones((1, S, S), dtype=bool), "numbers"),
+        (np.full((1, S, S), np.inf), "infinite"),
+        (np.full((1, S, S), 256), "[0, 255]"),
+        (np.full((1, S, S), -0.5), "[0, 1]"),
+    ],
+    ids=["empty", "width", "channels", "no-batch", "strings", "bool", "inf", "256", "negative"],
+)
+def test_bad_arrays_are_a_400_naming_the_problem(images: np.ndarray, message: str) -> None:
+    with pytest.raises(RequestError, match=None) as caught:
+        arrays_to_unit(images, S, "auto")
+    assert caught.value.status == HTTPStatus.BAD_REQUEST
+    assert message in str(caught.value)
+
+
+def _save(tmp_path: Path, name: str, image: Image.Image, fmt: str) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    path = tmp_path / name
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_png_and_jpeg_decode(tmp_path: Path) -> None:
+    gray = Image.fromarray(np.arange(S * S, dtype=np.uint8).reshape(S, S))
+    for fmt in ("PNG", "JPEG"):
+        image = decode_image(_save(tmp_path, f"a.{fmt}", gray, fmt), max_pixels=S * S)
+        assert image.size == (S, S)
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "message"),
+    [
+        ("gif", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "GIF"),
+        ("truncated", HTTPStatus.BAD_REQUEST, "cannot decode"),
+        ("text", HTTPStatus.BAD_REQUEST, "not a PNG or JPEG"),
+        ("empty", HTTPStatus.BAD_REQUEST, "not a PNG or JPEG"),
+        ("large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "exceeds"),
+    ],
+)
+def test_bad_uploads_are_refused_with_the_file_name(
+    tmp_path: Path, content: str, status: HTTPStatus, message: str
+) -> None:
+    gray = Image.fromarray(np.zeros((S, S), np.uint8))
+    if content == "gif":
+        path = _save(tmp_path, "up.bin", gray, "GIF")
+    elif content == "truncated":
+        noise = np.random.default_rng(0).integers(0, 256, (S, S), dtype=np.uint8)
+        path = _save(tmp_path, "up.bin", Image.fromarray(noise), "PNG")  # incompressible
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content == "large":
+        path = _save(tmp_path, "up.bin", Image.new("L", (S + 1, S)), "PNG")
+    else:
+        path = tmp_path / "up.bin"
+        path.write_bytes(b"" if content == "empty" else b"plain text")
+    with pytest.raises(RequestError) as caught:
+        decode_image(path, max_pixels=S * S)
+    assert caught.value.status == status
+    assert message in str(caught.value)
+    assert "up.bin" in str(caught.value)
+    assert str(tmp_path) not in str(caught.value)  # no server paths in answers
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("abc-123", True),
+        ("a.b:c_d", True),
+        ("", False),
+        ("../etc/passwd", False),
+        ("x" * 129, False),
+    ],
+)
+def test_request_ids_from_callers_are_kept_only_when_safe(given: str, kept: bool) -> None:
+    rid = request_id_from({"X-Request-ID": given})
+    assert (rid == given) is kept
+    assert rid
+
+
+def test_relative_log_dir_is_relative_to_the_params_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
+    assert prediction_log_dir(Path("log"), Path("/state")) == tmp_path.resolve() / "log"
+
+
+def test_service_params_come_from_the_env_path(tmp_path: Path) -> None:
+    params = tmp_path / "p.yaml"
+    params.write_text("serve: {top_k: 5, max_batch_size: 8, max_images_per_request: 8}\n")
+    assert read_service_params({PARAMS_ENV: str(params)}).serve.top_k == 5
+
+
+def test_a_request_must_fit_one_batch() -> None:
+    with pytest.raises(ValidationError, match="max_images_per_request"):
+        ServeConfig(max_batch_size=8, max_images_per_request=9)
