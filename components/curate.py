@@ -1,0 +1,25 @@
+"""Component: active-learning curation of logged samples (built in the monitoring issue)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Output
+
+from flywheel.env import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def curate_samples(
+    params: str, overrides: list, drift_report: Input[HTML], queue: Output[Dataset]
+) -> int:
+    """Choose the logged samples worth labelling; return how many were queued.
+
+    Args:
+        params: params.yaml as JSON text.
+        overrides: dotted.key=value pairs that replace values of params.
+        drift_report: the monitor's report that triggered curation.
+        queue: the labelling queue (Label Studio tasks).
+    """
+    from pathlib import Path
+
+    from flywheel import steps
+
+    return steps.curate_samples(steps.resolve_params(params, overrides), queue_out=Path(queue.path))

@@ -1,0 +1,51 @@
+"""Component: evaluate the candidate against production; the gates bless it or not."""
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from flywheel.env import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    params: str,
+    overrides: list,
+    min_accuracy: float,
+    dataset: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+) -> bool:
+    """Evaluate the candidate overall and per slice against production; return the blessing.
+
+    The return value is the blessing (KFP names a single return value `Output`;
+    the local runner resolves conditions only on that name).
+
+    Args:
+        params: params.yaml as JSON text.
+        overrides: dotted.key=value pairs that replace values of params.
+        min_accuracy: evaluate.gates.min_accuracy.
+        dataset: the validated dataset (its frozen test split is evaluated).
+        model: the registered candidate version.
+        metrics: accuracy overall and per slice, the champion's, the verdict.
+        confusion: the candidate's confusion matrix on the test split.
+        report: the evaluation report (tables, gates, per-slice bars, confusion matrix).
+    """
+    from pathlib import Path
+
+    from flywheel import steps
+
+    judgement = steps.judge_candidate(
+        steps.resolve_params(params, overrides, min_accuracy=min_accuracy),
+        model.metadata["name"],
+        model.metadata["version"],
+        dataset.path,
+        report_out=Path(report.path),
+        metrics_out=Path(metrics.path),
+        confusion_out=Path(confusion.path),
+    )
+    for name, value in judgement.scalars.items():
+        metrics.log_metric(name, value)
+    confusion.log_confusion_matrix(list(judgement.classes), judgement.confusion)
+    return judgement.blessed

@@ -1,0 +1,27 @@
+"""Component: labelling of the curated queue (built in the monitoring issue)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from flywheel.env import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def label_samples(
+    params: str, overrides: list, queue: Input[Dataset], labels: Output[Dataset]
+) -> int:
+    """Label the queue (an oracle labeller in the demo); return how many were labelled.
+
+    Args:
+        params: params.yaml as JSON text.
+        overrides: dotted.key=value pairs that replace values of params.
+        queue: the labelling queue.
+        labels: the completed labels.
+    """
+    from pathlib import Path
+
+    from flywheel import steps
+
+    return steps.label_samples(
+        steps.resolve_params(params, overrides), Path(queue.path), labels_out=Path(labels.path)
+    )

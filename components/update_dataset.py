@@ -1,0 +1,23 @@
+"""Component: merge new labels into a new dataset version (built in the monitoring issue)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input
+
+from flywheel.env import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def update_dataset(params: str, overrides: list, repo: str, labels: Input[Dataset]) -> str:
+    """Merge the labels into the dataset and record a new DVC version; return it.
+
+    Args:
+        params: params.yaml as JSON text.
+        overrides: dotted.key=value pairs that replace values of params.
+        repo: the repository root holding data.dvc.
+        labels: the completed labels.
+    """
+    from pathlib import Path
+
+    from flywheel import steps
+
+    return steps.update_dataset(steps.resolve_params(params, overrides), repo, Path(labels.path))

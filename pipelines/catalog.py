@@ -1,0 +1,58 @@
+"""The pipelines flywheel knows, by name: how to build each, and whether it can run yet."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import flywheel, training
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    """One pipeline of the catalog.
+
+    Attributes:
+        name: the pipeline's name (`flywheel pipeline run NAME`).
+        build: its factory, `build(config, *, data_version, target, image, cluster)`.
+        description: one line for listings.
+        outputs: pipeline output → the task that produces it (for the artifact table).
+        ready: every step is built; False: it compiles, but runs are refused.
+        not_ready: why not, for the refusal.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    ready: bool = True
+    not_ready: str = ""
+
+
+PIPELINES: dict[str, PipelineEntry] = {
+    training.NAME: PipelineEntry(
+        name=training.NAME,
+        build=training.build_training_pipeline,
+        description="validate → train → evaluate → promote when blessed",
+        outputs=training.OUTPUT_TASKS,
+    ),
+    flywheel.NAME: PipelineEntry(
+        name=flywheel.NAME,
+        build=flywheel.build_flywheel_pipeline,
+        description="monitor → (drifted) curate → label → update dataset → training",
+        ready=False,
+        not_ready="its monitor, curate, label and update-dataset steps are built in the "
+        "monitoring issue (they raise StageNotImplementedError); run `training` meanwhile",
+    ),
+}
+
+
+def get_pipeline(name: str) -> PipelineEntry:
+    """The catalog entry called `name`.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise KeyError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}") from None

@@ -1,0 +1,608 @@
+"""The pipelines compiled to KFP IR and read back by structure; the CLI around them; the
+validation step against real DVC and Great Expectations.
+
+The IR checks load the compiled YAML (the pipeline spec and the Kubernetes
+platform spec) and look tasks, executors and settings up by name, never by
+position or by matching text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp import components
+from typer.testing import CliRunner
+
+from flywheel.cli import app
+from flywheel.config import DataPlan, Params, load_params
+from flywheel.data.collect import collect_dataset
+from flywheel.data.versioning import track_dataset
+from flywheel.steps import (
+    DataGateError,
+    DataVersionMismatchError,
+    resolve_params,
+    validate_data,
+)
+from pipelines.catalog import PIPELINES, get_pipeline
+from pipelines.cluster import ClusterSettings, compile_pipeline
+from pipelines.flywheel import build_flywheel_pipeline
+from pipelines.local import TaskEvent, exception_message, parse_runner_line
+from pipelines.training import OUTPUT_TASKS, build_training_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS_FILE = ROOT / "params.yaml"
+PARAMS = load_params(PARAMS_FILE)
+IMAGE = "registry.example/flywheel:test"
+STEPS = ("validate-data", "train-model", "evaluate-model", "promote-model")
+
+
+def _load(package: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline spec and the platform spec of a compiled package."""
+    documents = list(yaml.safe_load_all(package.read_text()))
+    spec = documents[0]
+    platform = documents[1] if len(documents) > 1 else {}
+    return spec, platform
+
+
+def _dag_tasks(spec: dict[str, Any], component: str | None = None) -> dict[str, Any]:
+    """Tasks of the root DAG, or of a (condition / nested pipeline) component's DAG."""
+    dag = spec["root"]["dag"] if component is None else spec["components"][component]["dag"]
+    return dag["tasks"]
+
+
+def _condition(spec: dict[str, Any], *, holding: str) -> tuple[str, dict[str, Any]]:
+    """The root task (name, spec) whose condition DAG holds task `holding`."""
+    for name, task in _dag_tasks(spec).items():
+        component = task["componentRef"]["name"]
+        if "dag" in spec["components"][component] and holding in _dag_tasks(spec, component):
+            return name, task
+    raise AssertionError(f"no condition holds {holding!r}")
+
+
+def _all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task in the root DAG and the component DAGs below it, by name."""
+    found = dict(_dag_tasks(spec))
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def _executor(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def _k8s(platform: dict[str, Any], spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]
+
+
+@pytest.fixture(scope="module")
+def cluster_training(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pipeline = build_training_pipeline(
+        PARAMS,
+        data_version="0123abcd",
+        target="cluster",
+        image=IMAGE,
+        cluster=ClusterSettings(s3_secret="test-s3"),
+    )
+    return compile_pipeline(pipeline, tmp_path_factory.mktemp("ir") / "training.yaml")
+
+
+# ------------------------------------------------------------ training, cluster
+
+
+def test_training_has_the_four_steps_and_promotes_only_when_blessed(
+    cluster_training: Path,
+) -> None:
+    spec, _ = _load(cluster_training)
+    root = _dag_tasks(spec)
+
+    assert {"validate-data", "train-model", "evaluate-model"} <= set(root)
+    assert "promote-model" not in root
+    name, condition = _condition(spec, holding="promote-model")
+    assert set(root) == {"validate-data", "train-model", "evaluate-model", name}
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--evaluate-model-Output'] == true"
+    )
+    blessed = condition["inputs"]["parameters"]["pipelinechannel--evaluate-model-Output"]
+    assert blessed["taskOutputParameter"] == {
+        "producerTask": "evaluate-model",
+        "outputParameterKey": "Output",
+    }
+    evaluate = root["evaluate-model"]
+    returns = spec["components"][evaluate["componentRef"]["name"]]["outputDefinitions"]
+    assert returns["parameters"]["Output"]["parameterType"] == "BOOLEAN"
+    assert set(root["train-model"]["dependentTasks"]) == {"validate-data"}
+    assert set(evaluate["dependentTasks"]) == {"validate-data", "train-model"}
+
+
+def test_training_steps_run_in_the_one_image_without_installing_anything(
+    cluster_training: Path,
+) -> None:
+    spec, _ = _load(cluster_training)
+    tasks = _all_tasks(spec)
+
+    for name in STEPS:
+        container = _executor(spec, tasks[name])
+        expected = f"{IMAGE}-cuda" if name == "train-model" else IMAGE  # the CUDA build
+        assert container["image"] == expected, name
+        program = " ".join(container["command"])
+        assert "pip install" not in program, name  # install_kfp_package=False
+        assert "from flywheel import steps" in program, name
+
+
+def test_only_the_training_step_asks_for_a_gpu_on_gpu_nodes(cluster_training: Path) -> None:
+    spec, platform = _load(cluster_training)
+    tasks = _all_tasks(spec)
+
+    train = _executor(spec, tasks["train-model"])
+    accelerator = train["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    assert train["resources"]["resourceCpuRequest"] == "4"
+    assert train["resources"]["resourceMemoryRequest"] == "16Gi"
+    k8s = _k8s(platform, spec, tasks["train-model"])
+    assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert k8s["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    for name in ("validate-data", "evaluate-model", "promote-model"):
+        assert "resources" not in _executor(spec, tasks[name]), name
+        assert "nodeSelector" not in _k8s(platform, spec, tasks[name]), name
+        assert "tolerations" not in _k8s(platform, spec, tasks[name]), name
+
+
+def test_every_step_reads_settings_credentials_and_the_run_id(cluster_training: Path) -> None:
+    spec, platform = _load(cluster_training)
+    tasks = _all_tasks(spec)
+
+    for name in STEPS:
+        k8s = _k8s(platform, spec, tasks[name])
+        (config,) = k8s["configMapAsEnv"]
+        assert config["configMapName"] == "flywheel-config", name
+        assert {m["configMapKey"]: m["envVar"] for m in config["keyToEnv"]} == {
+            "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+            "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+            "FLYWHEEL_USER": "FLYWHEEL_USER",
+        }
+        secrets = {secret["secretName"]: secret for secret in k8s["secretAsEnv"]}
+        assert set(secrets) == {"test-s3", "flywheel-mlflow"}, name
+        s3 = secrets["test-s3"]
+        assert {m["secretKey"]: m["envVar"] for m in s3["keyToEnv"]} == {
+            "access-key": "AWS_ACCESS_KEY_ID",
+            "secret-key": "AWS_SECRET_ACCESS_KEY",
+        }
+        assert not s3.get("optional", False)  # no S3 keys: the pod does not start
+        assert secrets["flywheel-mlflow"]["optional"] is True  # only a server with auth has it
+        assert k8s["fieldPathAsEnv"] == [
+            {
+                "name": "FLYWHEEL_PIPELINE_RUN_ID",
+                "fieldPath": "metadata.labels['pipeline/runid']",
+            }
+        ], name
+
+
+@pytest.mark.parametrize(
+    ("settings", "image", "expected"),
+    [
+        (
+            ClusterSettings(),
+            "ghcr.io/flywheel-ml/flywheel:0.1.0",
+            "ghcr.io/flywheel-ml/flywheel:0.1.0-cuda",
+        ),
+        (ClusterSettings(train_image="x/gpu:1"), "x/cpu:1", "x/gpu:1"),
+        (ClusterSettings(), "x/flywheel@sha256:abc", "x/flywheel@sha256:abc"),
+    ],
+)
+def test_the_training_image_is_the_cuda_build(
+    settings: ClusterSettings, image: str, expected: str
+) -> None:
+    assert settings.training_image(image) == expected
+
+
+def test_validation_and_training_are_cached_evaluation_and_promotion_never(
+    cluster_training: Path,
+) -> None:
+    spec, _ = _load(cluster_training)
+    tasks = _all_tasks(spec)
+
+    def cached(name: str) -> bool:
+        return bool(tasks[name].get("cachingOptions", {}).get("enableCache", False))
+
+    assert {name: cached(name) for name in STEPS} == {
+        "validate-data": True,
+        "train-model": True,
+        "evaluate-model": False,
+        "promote-model": False,
+    }
+
+
+def test_parameters_default_to_params_yaml_and_the_data_version(cluster_training: Path) -> None:
+    spec, _ = _load(cluster_training)
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+
+    assert resolve_params(inputs["params"]["defaultValue"]) == PARAMS
+    assert inputs["overrides"]["defaultValue"] == []
+    assert inputs["epochs"]["defaultValue"] == PARAMS.train.epochs
+    assert inputs["learning_rate"]["defaultValue"] == PARAMS.train.lr
+    assert inputs["min_accuracy"]["defaultValue"] == PARAMS.evaluate.gates.min_accuracy
+    assert inputs["data_version"]["defaultValue"] == "0123abcd"
+    assert inputs["repo"]["defaultValue"] == "."
+
+
+def test_the_compiled_package_loads_back_as_a_component(cluster_training: Path) -> None:
+    component = components.load_component_from_file(str(cluster_training))
+
+    assert component.name == "training"
+    assert set(component.component_spec.inputs or {}) == {
+        "params",
+        "overrides",
+        "epochs",
+        "learning_rate",
+        "min_accuracy",
+        "data_version",
+        "repo",
+    }
+    assert set(component.component_spec.outputs or {}) == set(OUTPUT_TASKS)
+
+
+def test_outputs_are_typed_for_the_kfp_ui(cluster_training: Path) -> None:
+    spec, _ = _load(cluster_training)
+    outputs = spec["root"]["outputDefinitions"]
+    kinds = {name: o["artifactType"]["schemaTitle"] for name, o in outputs["artifacts"].items()}
+
+    assert kinds == {
+        "dataset": "system.Dataset",
+        "data_docs": "system.HTML",
+        "model": "system.Model",
+        "train_metrics": "system.Metrics",
+        "metrics": "system.Metrics",
+        "confusion": "system.ClassificationMetrics",
+        "evaluation": "system.HTML",
+    }
+    assert outputs["parameters"]["blessed"]["parameterType"] == "BOOLEAN"
+
+
+# --------------------------------------------------------------- training, local
+
+
+def test_the_local_variant_has_nothing_the_local_runner_would_warn_about(
+    tmp_path: Path,
+) -> None:
+    pipeline = build_training_pipeline(PARAMS, target="local", image=IMAGE)
+    spec, platform = _load(compile_pipeline(pipeline, tmp_path / "local.yaml"))
+
+    tasks = _all_tasks(spec)
+    for name in STEPS:
+        assert "resources" not in _executor(spec, tasks[name]), name
+    assert not platform  # no Kubernetes settings either
+
+
+# -------------------------------------------------------------------- flywheel
+
+
+def test_flywheel_retrains_through_the_nested_training_pipeline_when_drifted(
+    tmp_path: Path,
+) -> None:
+    pipeline = build_flywheel_pipeline(PARAMS, target="cluster", image=IMAGE)
+    spec, platform = _load(compile_pipeline(pipeline, tmp_path / "flywheel.yaml"))
+    root = _dag_tasks(spec)
+
+    name, condition = _condition(spec, holding="training")
+    assert set(root) == {"monitor-drift", name}
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--monitor-drift-Output'] == true"
+    )
+    inner = _dag_tasks(spec, condition["componentRef"]["name"])
+    assert set(inner) == {"curate-samples", "label-samples", "update-dataset", "training"}
+    assert inner["label-samples"]["dependentTasks"] == ["curate-samples"]
+    assert inner["update-dataset"]["dependentTasks"] == ["label-samples"]
+    version = inner["training"]["inputs"]["parameters"]["data_version"]
+    assert version["taskOutputParameter"] == {
+        "producerTask": "update-dataset",
+        "outputParameterKey": "Output",
+    }
+    nested = _dag_tasks(spec, inner["training"]["componentRef"]["name"])
+    assert {"validate-data", "train-model", "evaluate-model"} <= set(nested)
+    tasks = _all_tasks(spec)
+    for step in ("monitor-drift", "curate-samples", "label-samples", "update-dataset"):
+        assert not tasks[step].get("cachingOptions", {}).get("enableCache"), step
+        assert _executor(spec, tasks[step])["image"] == IMAGE
+        assert _k8s(platform, spec, tasks[step])["configMapAsEnv"], step
+        assert _k8s(platform, spec, tasks[step])["secretAsEnv"], step
+    assert _executor(spec, tasks["train-model"])["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_the_catalog_refuses_runs_of_pipelines_whose_steps_are_not_built() -> None:
+    assert PIPELINES["training"].ready
+    assert not PIPELINES["flywheel"].ready
+    assert "monitoring issue" in PIPELINES["flywheel"].not_ready
+    with pytest.raises(KeyError, match="known: training, flywheel"):
+        get_pipeline("nope")
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def test_cli_compiles_every_ready_pipeline_to_dist(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "pipeline",
+            "compile",
+            "--out",
+            str(tmp_path),
+            "--params",
+            str(PARAMS_FILE),
+            "--image",
+            IMAGE,
+            "--train-image",
+            "registry.example/flywheel:gpu",
+            "--accelerator",
+            "amd.com/gpu",
+            "--config-map",
+            "my-config",
+            "--s3-secret",
+            "my-s3",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training.yaml"]
+    spec, platform = _load(tmp_path / "training.yaml")
+    tasks = _all_tasks(spec)
+    train = _executor(spec, tasks["train-model"])
+    assert train["image"] == "registry.example/flywheel:gpu"
+    assert train["resources"]["accelerator"]["resourceType"] == "amd.com/gpu"
+    assert _executor(spec, tasks["validate-data"])["image"] == IMAGE
+    k8s = _k8s(platform, spec, tasks["validate-data"])
+    assert k8s["configMapAsEnv"][0]["configMapName"] == "my-config"
+    assert "my-s3" in {secret["secretName"] for secret in k8s["secretAsEnv"]}
+
+
+def test_cli_compiles_a_named_pipeline_that_cannot_run_yet(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["pipeline", "compile", "flywheel", "--out", str(tmp_path), "--params", str(PARAMS_FILE)],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "flywheel.yaml").is_file()
+    assert "cannot run yet" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_cli_refuses_to_run_the_unbuilt_flywheel_pipeline(command: str) -> None:
+    args = ["pipeline", command, "flywheel"]
+    if command == "submit":
+        args += ["--host", "http://127.0.0.1:9"]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 2
+    assert "cannot run yet" in result.output
+    assert "monitoring issue" in result.output
+
+
+def test_cli_submit_names_an_unreachable_endpoint(tmp_path: Path) -> None:
+    with socket_closed_port() as port:
+        result = CliRunner().invoke(
+            app,
+            [
+                "pipeline",
+                "submit",
+                "training",
+                "--host",
+                f"http://127.0.0.1:{port}",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "train.epochs=2",
+                "--params",
+                str(PARAMS_FILE),
+            ],
+        )
+
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the KFP endpoint http://127.0.0.1:{port}" in result.output
+    assert (tmp_path / "training.yaml").is_file()  # compiled before submitting
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--recurring"], "--recurring and --cron go together"),
+        (["--cron", "0 * * * *"], "--recurring and --cron go together"),
+        (["--recurring", "--cron", "* * *"], "fields"),
+        (["--set", "train.epochs=zero"], "train.epochs"),
+    ],
+)
+def test_cli_submit_checks_its_options_before_contacting_anything(
+    extra: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "pipeline",
+            "submit",
+            "training",
+            "--host",
+            "http://127.0.0.1:9",
+            "--params",
+            str(PARAMS_FILE),
+            *extra,
+        ],
+    )
+
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+class socket_closed_port:
+    """A localhost port nothing listens on (bound, then released)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ----------------------------------------------------------- runner output
+
+
+@pytest.mark.parametrize(
+    ("line", "current", "expected"),
+    [
+        (
+            "10:26:38.789 - INFO - Executing task \x1b[96m'validate-data'\x1b[0m",
+            None,
+            TaskEvent("start", "validate-data"),
+        ),
+        (
+            "10:26:38 - INFO - Task validate-data cache hit (key=1da0e47cf3ab); skipping",
+            None,
+            TaskEvent("cached", "validate-data"),
+        ),
+        (
+            "INFO - Task \x1b[96m'train-model'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+            "train-model",
+            TaskEvent("done", "train-model"),
+        ),
+        (
+            "Task \x1b[96m'validate-data'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m",
+            "validate-data",
+            TaskEvent("failed", "validate-data"),
+        ),
+        (
+            "    [flywheel] registered digits version 2",
+            "train-model",
+            TaskEvent("message", "train-model", "registered digits version 2"),
+        ),
+        ("    [flywheel] outside any step", None, None),
+        ('    "inputs": {', "train-model", None),
+        ("[KFP Executor 2026-11-23 INFO]: Got executor_input:", "train-model", None),
+    ],
+)
+def test_parse_runner_line(line: str, current: str | None, expected: TaskEvent | None) -> None:
+    assert parse_runner_line(line, current) == expected
+
+
+TRACEBACK = [
+    '    [KFP Executor 2026-11-23 INFO]: Got executor_input: {"inputs": {}}',
+    "    Traceback (most recent call last):",
+    '      File "<frozen runpy>", line 198, in _run_module_as_main',
+    '      File "/app/ephemeral_component.py", line 29, in validate_data',
+    "        result = steps.validate_data(",
+    "                 ^^^^^^^^^^^^^^^^^^^^",
+    "    flywheel.steps.DataGateError: data/tiny: 1 of 40 expectations failed",
+    "    ",
+]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (TRACEBACK, "flywheel.steps.DataGateError: data/tiny: 1 of 40 expectations failed"),
+        ([*TRACEBACK[:2], "    KeyError: 'version'"], "KeyError: 'version'"),
+        (["    [flywheel] epoch 1/2", "    Killed"], None),  # no traceback: nothing to name
+        ([], None),
+    ],
+)
+def test_exception_message_is_the_last_exception_without_its_traceback(
+    lines: list[str], expected: str | None
+) -> None:
+    assert exception_message(lines) == expected
+
+
+# --------------------------------------------- the validation step, real DVC and GX
+
+TINY = Params(
+    data=DataPlan(
+        name="tiny",
+        seed=5,
+        classes=("0", "1", "2", "3"),
+        per_stratum={"train": 8, "val": 4, "test": 4},
+    )
+)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DVC repository (no git) holding the tiny dataset as its recorded version."""
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+    collect_dataset(TINY.data, repo / "data", progress=False)
+    track_dataset(repo, TINY.data, push=False)
+    return repo
+
+
+@pytest.mark.slow
+def test_validate_data_exports_the_recorded_version(repo: Path, tmp_path: Path) -> None:
+    version = track_dataset(repo, TINY.data, push=False)
+
+    result = validate_data(
+        TINY,
+        repo,
+        expected_version=version,
+        dataset_out=tmp_path / "out" / "dataset",
+        docs_out=tmp_path / "out" / "docs",
+    )
+
+    assert result.data_version == version
+    assert result.provenance == "present"
+    exported = sorted(p.relative_to(result.exported_dir) for p in result.exported_dir.rglob("*"))
+    source = sorted(p.relative_to(repo / "data" / "tiny") for p in (repo / "data/tiny").rglob("*"))
+    assert exported == source
+    assert result.n_rows == 8 * (8 + 4 + 4)  # 8 strata
+    assert "<html" in (tmp_path / "out" / "docs").read_text().lower()
+    metadata = json.loads(json.dumps(result.metadata()))  # JSON-able, as KFP needs
+    assert metadata["data_version"] == version
+    assert metadata["counts"]["handwritten/clean"] == {"train": 8, "val": 4, "test": 4}
+
+
+@pytest.mark.slow
+def test_validate_data_refuses_another_data_version(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataVersionMismatchError, match="asked for 0123"):
+        validate_data(
+            TINY,
+            repo,
+            expected_version="0123",
+            dataset_out=tmp_path / "dataset",
+            docs_out=tmp_path / "docs",
+        )
+    assert not (tmp_path / "dataset").exists()
+
+
+@pytest.mark.slow
+def test_validate_data_stops_on_bad_data_with_data_docs(repo: Path, tmp_path: Path) -> None:
+    images = sorted((repo / "data" / "tiny" / "images").rglob("*.png"))
+    images[0].write_bytes(b"not a png")
+    shutil.copyfile(images[1], images[2])  # a duplicate that no longer matches its hash
+    track_dataset(repo, TINY.data, push=False)  # the bad data is recorded: only the gate stops it
+
+    with pytest.raises(DataGateError, match="expectations failed, training will not start") as err:
+        validate_data(TINY, repo, dataset_out=tmp_path / "dataset", docs_out=tmp_path / "docs")
+
+    assert "file_status" in str(err.value)
+    assert "Data Docs:" in str(err.value)
+    assert (tmp_path / "docs").is_file()  # written even though the gate failed
+    assert not (tmp_path / "dataset").exists()  # nothing handed to training
