@@ -832,9 +832,12 @@ def _run_locally(entry: Any, p: Params, pairs: list[str], version: str, caching:
         )
     except PipelineRunError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        for line in err.tail[-20:]:
-            err_console.print(f"    {escape(line)}")
-        err_console.print(f"full log: {err.log}")
+        if err.error:
+            err_console.print(f"  {escape(err.error)}")
+        else:  # no exception in its log: show how it ended
+            for line in err.tail[-20:]:
+                err_console.print(f"    {escape(line)}")
+        err_console.print(f"full log: {err.log}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
