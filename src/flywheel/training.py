@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm  # not tqdm.auto: its asyncio mixin opens a second DataLoader iterator
 
 from flywheel.config import Params, TrainConfig
 from flywheel.data.manifest import manifest_path, sha256_file
@@ -72,6 +72,9 @@ PIP_REQUIREMENTS: tuple[str, ...] = (f"torch=={torch.__version__.split('+')[0]}"
 """What loading the exported pt2 model needs; explicit, so MLflow does not infer (slow)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+DECODED_CACHE_BYTES = 1 << 30
+"""Per split, decoded samples kept in memory after their first read (in-process loading only)."""
 
 
 class TrainingError(RuntimeError):
@@ -375,6 +378,58 @@ def _broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return bool(value.item())
 
 
+# --------------------------------------------------------------------------- data
+
+
+class DecodedOnce(Dataset[Any]):
+    """A dataset whose samples are kept after their first read, up to `budget_bytes`.
+
+    Task datasets decode lazily, so DataLoader workers can share the work; read
+    in-process (`num_workers: 0`), that re-decoded every image every epoch —
+    about a tenth of an epoch for the demo data, and the platform's largest cost
+    over a hand-written loop on tensors (`benchmarks/training_overhead.py`).
+    Reads are deterministic and the loop never writes into a sample (batches are
+    new tensors, augmentation returns new ones), so sharing them across epochs
+    changes nothing but the time. Past the budget, samples are read as before.
+
+    >>> class Reads(Dataset):
+    ...     log: list[int] = []
+    ...     def __len__(self) -> int: return 2
+    ...     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    ...         self.log.append(i); return torch.zeros(4), i  # 16 bytes
+    >>> data = DecodedOnce(Reads(), budget_bytes=16)  # room for one sample
+    >>> [data[i][1] for i in (0, 1, 0, 1)], Reads.log
+    ([0, 1, 0, 1], [0, 1, 1])
+    """
+
+    def __init__(self, dataset: Dataset[Any], budget_bytes: int = DECODED_CACHE_BYTES) -> None:
+        self.dataset = dataset
+        self.budget_bytes = budget_bytes
+        self.cached_bytes = 0
+        self._samples: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self._samples.get(index)
+        if sample is None:
+            sample = self.dataset[index]
+            if self.cached_bytes < self.budget_bytes:
+                self._samples[index] = sample
+                self.cached_bytes += sum(
+                    t.nbytes for t in _tensors(sample) if isinstance(t, torch.Tensor)
+                )
+        return sample
+
+
+def _tensors(sample: Any) -> list[Any]:
+    """The leaves of a sample (a tensor, or tuples/lists of them)."""
+    if isinstance(sample, tuple | list):
+        return [leaf for item in sample for leaf in _tensors(item)]
+    return [sample]
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -586,8 +641,10 @@ def _build_loop(
             f"train.batch_size {cfg.batch_size} does not split evenly over "
             f"{ctx.world_size} processes"
         )
-    train_set = task.build_dataset(dataset_dir, "train")
-    val_set = task.build_dataset(dataset_dir, "val")
+    train_set: Dataset[Any] = task.build_dataset(dataset_dir, "train")
+    val_set: Dataset[Any] = task.build_dataset(dataset_dir, "val")
+    if cfg.num_workers == 0:  # workers' memory does not outlive an epoch: only cache in-process
+        train_set, val_set = DecodedOnce(train_set), DecodedOnce(val_set)
 
     seed_everything(cfg.seed)  # same initial weights on every rank
     model = task.build_model(cfg.model).to(device)
