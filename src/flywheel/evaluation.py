@@ -689,16 +689,17 @@ def plot_slice_accuracy(
     champion: EvaluationReport | None = None,
     min_slice_accuracy: float | None = None,
 ) -> Figure:
-    """Horizontal bars of accuracy per slice; the champion's beside it when given."""
+    """Horizontal bars of accuracy per slice, each labelled; the champion's beside it when given.
+
+    The x-axis starts a little below the lowest bar (or the slice threshold), not
+    at 0: slices of a good model sit between 0.95 and 1, where a 0-1 axis would
+    hide the differences the gates are about. Bars carry their values.
+    """
     from matplotlib.figure import Figure
 
     names = ["all", *candidate.slices]
     ours = [candidate.overall.accuracy, *(m.accuracy for m in candidate.slices.values())]
-    fig = Figure(figsize=(8, 0.35 * len(names) + 1.5), layout="constrained")
-    ax = fig.add_subplot()
-    y = np.arange(len(names))
-    height = 0.4 if champion is not None else 0.8
-    ax.barh(y - (height / 2 if champion else 0), ours, height=height, label="candidate")
+    theirs: list[float] = []
     if champion is not None:
         theirs = [
             champion.overall.accuracy,
@@ -707,9 +708,21 @@ def plot_slice_accuracy(
                 for n in candidate.slices
             ),
         ]
-        ax.barh(y + height / 2, theirs, height=height, label="champion (production)")
+    fig = Figure(figsize=(8, 0.4 * len(names) * (2 if champion else 1) + 1.8), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    height = 0.4 if champion is not None else 0.8
+    bars = [ax.barh(y - (height / 2 if champion else 0), ours, height=height, label="candidate")]
+    if champion is not None:
+        bars.append(ax.barh(y + height / 2, theirs, height=height, label="champion (production)"))
+    for group in bars:
+        ax.bar_label(group, fmt="%.3f", padding=2, fontsize=8)
+    lows = [v for v in (*ours, *theirs) if not np.isnan(v)]
     if min_slice_accuracy is not None:
         ax.axvline(min_slice_accuracy, color="red", linestyle="--", label="min slice accuracy")
+        lows.append(min_slice_accuracy)
+    left = max(0.0, np.floor((min(lows) - 0.02) * 20) / 20)  # a 0.05 step below the lowest
+    ax.set_xlim(left, 1.0 + (1.0 - left) * 0.12)  # room for the value labels
     ax.set_yticks(
         y,
         [
@@ -720,9 +733,8 @@ def plot_slice_accuracy(
         ],
     )
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"{candidate.split} accuracy")
-    ax.legend(loc="lower left")
+    ax.set_xlabel(f"{candidate.split} accuracy (axis starts at {left:.2f})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     return fig
 
 

@@ -527,11 +527,18 @@ def _determinism(enabled: bool, use_cuda: bool) -> Iterator[None]:
         # cuBLAS needs this before its first call to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     torch.use_deterministic_algorithms(enabled, warn_only=use_cuda)
+    # Deterministic mode also fills every new tensor with NaN, a debugging aid that
+    # only matters for kernels reading memory they never wrote: pure cost here.
+    # Identical weights across runs, killed-and-resumed runs and DDP are asserted
+    # by the tests without it.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = previous_fill  # type: ignore[attr-defined]
 
 
 def _train(
