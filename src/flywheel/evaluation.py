@@ -40,7 +40,7 @@ from sklearn.metrics import (
 )
 
 from flywheel import registry
-from flywheel.config import EvaluateConfig, GatesConfig
+from flywheel.config import HOLDOUT_SPLIT, EvaluateConfig, GatesConfig
 from flywheel.registry import Blessing, GateResult, LockStrategy, utc_now
 
 if TYPE_CHECKING:
@@ -411,6 +411,8 @@ def check_gates(
     model_name: str | None = None,
     candidate_version: str | None = None,
     evaluated_at: str | None = None,
+    holdout: EvaluationReport | None = None,
+    champion_holdout: EvaluationReport | None = None,
 ) -> Blessing:
     """Apply the gates of `params.yaml` to a candidate (and its champion) and return the verdict.
 
@@ -421,6 +423,14 @@ def check_gates(
     (accuracy gained overall, at least `min_improvement`). Slices with fewer
     than `min_slice_support` images are reported but not gated (a note says so).
 
+    With the production holdout (`holdout`, `champion_holdout`: both models on
+    the dataset's `holdout` split, labelled production traffic that no model
+    trained on) and a champion, `holdout_regression` caps the accuracy lost on
+    it (`max_slice_regression`), and `beats_champion` is met by the better of
+    the two gains, frozen test or holdout: after drift a retrained model must
+    be able to win on the traffic it was retrained for while holding the test
+    split. A holdout below `min_slice_support` images is reported, not gated.
+
     Args:
         candidate: the candidate's report.
         champion: the champion's report on the same data, None for a first model.
@@ -429,6 +439,8 @@ def check_gates(
         model_name: the registered model (recorded).
         candidate_version: the candidate's version (recorded).
         evaluated_at: UTC ISO time (default: now).
+        holdout: the candidate's report on the holdout split (None: no holdout).
+        champion_holdout: the champion's report on the same holdout.
 
     Raises:
         EvaluationError: the champion was evaluated on other images, split or classes.
@@ -476,6 +488,32 @@ def check_gates(
         "ece": ov.ece,
         "images": float(ov.n),
     }
+    holdout_gain: float | None = None
+    if holdout is not None:
+        metrics["holdout_accuracy"] = holdout.overall.accuracy
+        metrics["holdout_images"] = float(holdout.overall.n)
+        if champion_holdout is not None:
+            _check_comparable(holdout, champion_holdout)
+            metrics["champion_holdout_accuracy"] = champion_holdout.overall.accuracy
+        if holdout.overall.n < gates.min_slice_support:
+            notes.append(
+                f"holdout: {holdout.overall.n} images < min_slice_support "
+                f"{gates.min_slice_support}, not gated"
+            )
+        elif champion is not None and champion_holdout is not None:
+            ours_h, theirs_h = holdout.overall.accuracy, champion_holdout.overall.accuracy
+            holdout_gain = ours_h - theirs_h
+            if gates.max_slice_regression is not None:
+                results.append(
+                    _gate(
+                        "holdout_regression",
+                        -holdout_gain,
+                        gates.max_slice_regression,
+                        "<=",
+                        f"candidate {ours_h:.4f} vs champion {theirs_h:.4f} "
+                        f"on {holdout.overall.n} production holdout images",
+                    )
+                )
     if champion is None:
         notes.append("no production model: absolute gates only")
     else:
@@ -495,14 +533,20 @@ def check_gates(
                         f"on {m.n} images",
                     )
                 )
+        test_gain = ov.accuracy - cov.accuracy
+        detail = (
+            f"candidate {ov.accuracy:.4f} vs champion {cov.accuracy:.4f} "
+            f"(version {champion_version or '?'})"
+        )
+        if holdout_gain is not None:
+            detail = f"test: {detail}; holdout: {holdout_gain:+.4f}; the better gain counts"
         results.append(
             _gate(
                 "beats_champion",
-                ov.accuracy - cov.accuracy,
+                max(test_gain, holdout_gain) if holdout_gain is not None else test_gain,
                 gates.min_improvement,
                 ">=",
-                f"candidate {ov.accuracy:.4f} vs champion {cov.accuracy:.4f} "
-                f"(version {champion_version or '?'})",
+                detail,
             )
         )
     return Blessing(
@@ -641,11 +685,20 @@ def predict_split(
 
 
 def evaluate_model(
-    model_uri: str, dataset_dir: str | Path, config: EvaluateConfig, *, progress: bool = True
+    model_uri: str,
+    dataset_dir: str | Path,
+    config: EvaluateConfig,
+    *,
+    progress: bool = True,
+    split: str | None = None,
 ) -> EvaluationReport:
-    """`predict_split` then `evaluate_predictions`, as `config` says (split, slices, bins)."""
+    """`predict_split` then `evaluate_predictions`, as `config` says (split, slices, bins).
+
+    `split` evaluates another split than `config.split` (e.g. the production holdout).
+    """
+    split = split or config.split
     predictions = predict_split(
-        model_uri, dataset_dir, config.split, batch_size=config.batch_size, progress=progress
+        model_uri, dataset_dir, split, batch_size=config.batch_size, progress=progress
     )
     return evaluate_predictions(
         predictions.probs,
@@ -655,7 +708,7 @@ def evaluate_model(
         slice_columns=config.slice_columns,
         n_bins=config.calibration_bins,
         model_uri=model_uri,
-        split=config.split,
+        split=split,
         dataset={
             "path": str(dataset_dir),
             "images": len(predictions.frame),
@@ -691,9 +744,10 @@ def plot_slice_accuracy(
 ) -> Figure:
     """Horizontal bars of accuracy per slice, each labelled; the champion's beside it when given.
 
-    The x-axis starts a little below the lowest bar (or the slice threshold), not
+    The x-axis starts a little below the lowest bar, not
     at 0: slices of a good model sit between 0.95 and 1, where a 0-1 axis would
-    hide the differences the gates are about. Bars carry their values.
+    hide the differences the gates are about. Bars carry their values; the slice
+    threshold is a line when it falls on the axis, else named in the title.
     """
     from matplotlib.figure import Figure
 
@@ -718,11 +772,13 @@ def plot_slice_accuracy(
     for group in bars:
         ax.bar_label(group, fmt="%.3f", padding=2, fontsize=8)
     lows = [v for v in (*ours, *theirs) if not np.isnan(v)]
-    if min_slice_accuracy is not None:
-        ax.axvline(min_slice_accuracy, color="red", linestyle="--", label="min slice accuracy")
-        lows.append(min_slice_accuracy)
     left = max(0.0, np.floor((min(lows) - 0.02) * 20) / 20)  # a 0.05 step below the lowest
     ax.set_xlim(left, 1.0 + (1.0 - left) * 0.12)  # room for the value labels
+    if min_slice_accuracy is not None:
+        if min_slice_accuracy >= left:
+            ax.axvline(min_slice_accuracy, color="red", linestyle="--", label="min slice accuracy")
+        else:  # far below every bar: say it rather than stretch the axis down to it
+            ax.set_title(f"min slice accuracy {min_slice_accuracy:.2f}: every bar is above it")
     ax.set_yticks(
         y,
         [
@@ -734,7 +790,7 @@ def plot_slice_accuracy(
     )
     ax.invert_yaxis()
     ax.set_xlabel(f"{candidate.split} accuracy (axis starts at {left:.2f})")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, frameon=False)
     return fig
 
 
@@ -748,11 +804,14 @@ def log_evaluation(
     champion: EvaluationReport | None = None,
     *,
     min_slice_accuracy: float | None = None,
+    holdout: EvaluationReport | None = None,
+    champion_holdout: EvaluationReport | None = None,
 ) -> None:
     """Write the evaluation into an MLflow run (the candidate's training run).
 
-    Metrics: `mlflow_metrics()` of the report, `blessed` (1/0), `gates_failed`
-    and `gate/<name>` values. Artifacts under `evaluation/`: the report and the
+    Metrics: `mlflow_metrics()` of the report (and of the holdout report:
+    `holdout_accuracy`, per slice), `blessed` (1/0), `gates_failed` and
+    `gate/<name>` values. Artifacts under `evaluation/`: the report and the
     blessing as JSON, the per-slice table (CSV and an MLflow table), the
     confusion matrix and the per-slice accuracy bars (PNG).
     """
@@ -768,12 +827,18 @@ def log_evaluation(
         values[metric_key("gate", gate.name)] = gate.value
     if champion is not None:
         values[f"champion_{report.split}_accuracy"] = champion.overall.accuracy
+    if holdout is not None:
+        values.update(holdout.mlflow_metrics())
+    if champion_holdout is not None:
+        values[f"champion_{champion_holdout.split}_accuracy"] = champion_holdout.overall.accuracy
     metrics = [Metric(key, float(v), now, 0) for key, v in values.items()]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.log_dict(run_id, report.to_dict(), f"{ARTIFACT_DIR}/report.json")
     if champion is not None:
         client.log_dict(run_id, champion.to_dict(), f"{ARTIFACT_DIR}/champion_report.json")
+    if holdout is not None:
+        client.log_dict(run_id, holdout.to_dict(), f"{ARTIFACT_DIR}/holdout_report.json")
     client.log_text(
         run_id, json.dumps(blessing.to_dict(), indent=2), f"{ARTIFACT_DIR}/blessing.json"
     )
@@ -804,11 +869,15 @@ class EvaluationOutcome:
         blessing: the gates' verdict (also stored on the version).
         report: the candidate's evaluation.
         champion: the champion's evaluation on the same data, None without one.
+        holdout: the candidate on the production holdout split, None without one.
+        champion_holdout: the champion on the same holdout.
     """
 
     blessing: Blessing
     report: EvaluationReport
     champion: EvaluationReport | None
+    holdout: EvaluationReport | None = None
+    champion_holdout: EvaluationReport | None = None
 
 
 def evaluate_candidate(
@@ -823,9 +892,11 @@ def evaluate_candidate(
 ) -> EvaluationOutcome:
     """Stage 5: evaluate a registered version against `production`, bless it or not.
 
-    Both models run on the same split of the same dataset. The result is logged
-    to the candidate's training run (when the version has one) and recorded on the version
-    (`registry.record_blessing`): a blessed version becomes `staging`.
+    Both models run on the same split of the same dataset. When the dataset has
+    a production holdout (split `holdout`, merged labelled traffic), both also
+    run on it and `check_gates` weighs it too. The result is logged to the
+    candidate's training run (when the version has one) and recorded on the
+    version (`registry.record_blessing`): a blessed version becomes `staging`.
 
     Args:
         name: the registered model.
@@ -855,6 +926,23 @@ def evaluate_candidate(
         if champion_version is not None
         else None
     )
+    holdout = champion_holdout = None
+    if has_split(dataset_dir, HOLDOUT_SPLIT):
+        holdout = evaluate_model(
+            registry.model_uri(name, version),
+            dataset_dir,
+            config,
+            progress=progress,
+            split=HOLDOUT_SPLIT,
+        )
+        if champion_version is not None:
+            champion_holdout = evaluate_model(
+                registry.model_uri(name, champion_version),
+                dataset_dir,
+                config,
+                progress=progress,
+                split=HOLDOUT_SPLIT,
+            )
     blessing = check_gates(
         report,
         champion,
@@ -862,6 +950,8 @@ def evaluate_candidate(
         champion_version=champion_version,
         model_name=name,
         candidate_version=version,
+        holdout=holdout,
+        champion_holdout=champion_holdout,
     )
     if candidate_version.run_id:
         log_evaluation(
@@ -870,6 +960,19 @@ def evaluate_candidate(
             blessing,
             champion,
             min_slice_accuracy=config.gates.min_slice_accuracy,
+            holdout=holdout,
+            champion_holdout=champion_holdout,
         )
     registry.record_blessing(name, version, blessing, who=who, lock=lock)
-    return EvaluationOutcome(blessing, report, champion)
+    return EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
+
+
+def has_split(dataset_dir: str | Path, split: str) -> bool:
+    """Whether the dataset's manifest has any row in `split` (False without a manifest)."""
+    from flywheel.data.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(dataset_dir)
+    except ManifestError:
+        return False
+    return "split" in manifest and bool((manifest["split"] == split).any())
