@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS         := 1
 export BENTOML_DO_NOT_TRACK     := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench clean distclean lock images render deploy
+.PHONY: help setup demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy ui screenshot
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,18 @@ $(STAMP): pyproject.toml $(LOCK)
 
 demo: setup ## Run the loop locally: data (pull or regenerate) -> KFP pipeline: validate, train, evaluate, promote
 	$(BIN)/flywheel demo
+
+ui: setup ## Dashboards until Ctrl-C: Evidently UI (drift over time) + MLflow UI, on 127.0.0.1
+	$(BIN)/flywheel ui
+
+# Root installs directly; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+screenshot: setup ## PNG of the Evidently dashboard in headless Chromium (installs Debian's chromium if missing)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium (headless screenshots)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python benchmarks/screenshot_dashboard.py
 
 test: setup ## Run every test, slow ones included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -54,6 +66,12 @@ format: setup ## Apply ruff's fixes and formatting
 
 bench: setup ## Run the benchmarks (ratios against baselines measured in the same run)
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+fuzz: setup ## Fuzz the service's OpenAPI spec (schemathesis, 1,000+ requests): fails on any 5xx
+	$(BIN)/python benchmarks/serving.py fuzz
+
+soak: setup ## Hold the service under steady load for 3 min: fails on any error or memory growth >= 10 %
+	$(BIN)/python benchmarks/serving.py soak
 
 lock: ## Re-resolve the pinned environment (on purpose, then review the diff)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv

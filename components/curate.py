@@ -1,4 +1,4 @@
-"""Component: active-learning curation of logged samples (built in the monitoring issue)."""
+"""Component: active-learning curation of logged production samples (`flywheel.curation`)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Output
@@ -15,8 +15,8 @@ def curate_samples(
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
-        drift_report: the monitor's report that triggered curation.
-        queue: the labelling queue (Label Studio tasks).
+        drift_report: the monitor's report that triggered curation (lineage only).
+        queue: a folder: the batch of Label Studio tasks and the labelling config.
     """
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Component: labelling of the curated queue (built in the monitoring issue)."""
+"""Component: labelling of the curated queue (`flywheel.labeling`; the oracle in the demo)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
@@ -15,8 +15,8 @@ def label_samples(
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
-        queue: the labelling queue.
-        labels: the completed labels.
+        queue: the labelling queue (a folder of Label Studio task files).
+        labels: a folder: the Label Studio export and labels.parquet.
     """
     from pathlib import Path
 

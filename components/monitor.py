@@ -1,22 +1,35 @@
-"""Component: drift monitoring over the prediction log (built in the monitoring issue)."""
+"""Component: drift monitoring of the prediction log against the serving version's reference."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Output
+from kfp.dsl import HTML, Metrics, Output
 
 from flywheel.env import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def monitor_drift(params: str, overrides: list, report: Output[HTML]) -> bool:
-    """Compare a window of the prediction log with the reference; return whether it drifted.
+def monitor_drift(
+    params: str, overrides: list, report: Output[HTML], metrics: Output[Metrics]
+) -> bool:
+    """Compare the recent prediction log with the reference; return whether it drifted.
+
+    The return value is the decision (KFP names a single return value `Output`;
+    the local runner resolves conditions only on that name).
 
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
-        report: the drift report.
+        report: the Evidently drift report.
+        metrics: drift shares, per-feature scores, mean confidence, accuracy if labelled.
     """
     from pathlib import Path
 
     from flywheel import steps
 
-    return steps.detect_drift(steps.resolve_params(params, overrides), report_out=Path(report.path))
+    result = steps.detect_drift(
+        steps.resolve_params(params, overrides),
+        report_out=Path(report.path),
+        metrics_out=Path(metrics.path),
+    )
+    for name, value in result.scalars().items():
+        metrics.log_metric(name, value)
+    return result.drift

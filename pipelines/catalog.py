@@ -39,9 +39,6 @@ PIPELINES: dict[str, PipelineEntry] = {
         name=flywheel.NAME,
         build=flywheel.build_flywheel_pipeline,
         description="monitor → (drifted) curate → label → update dataset → training",
-        ready=False,
-        not_ready="its monitor, curate, label and update-dataset steps are built in the "
-        "monitoring issue (they raise StageNotImplementedError); run `training` meanwhile",
     ),
 }
 

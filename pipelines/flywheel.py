@@ -5,15 +5,13 @@ monitor-drift ──► [drifted] curate-samples ──► label-samples ──�
  (Evidently)               (active learning)     (oracle / LS)     (dvc add, push)    (nested)
 ```
 
-The structure is fixed here so the monitoring issue only has to build the four
-library functions (`flywheel.steps.detect_drift`, `curate_samples`,
-`label_samples`, `update_dataset`, which raise `StageNotImplementedError` until
-then) and flip `ready` in `pipelines.catalog`. The retraining itself is the
-`training` pipeline, nested unchanged, fed the new data version. Until then the
-pipeline compiles (its IR is tested) but `flywheel pipeline run|submit` refuse it.
-On a cluster it is meant to run on a schedule (`flywheel pipeline submit
---recurring --cron ...`). None of its own steps is cached: each reads state that
-moves (the prediction log, the labels, the dataset).
+Each step calls one library function of `flywheel.steps` (`detect_drift`,
+`curate_samples`, `label_samples`, `update_dataset`). The retraining itself is
+the `training` pipeline, nested unchanged, fed the new data version. `flywheel
+demo` runs it through the KFP local runner after drifted traffic; on a cluster
+it is meant to run on a schedule (`flywheel pipeline submit --recurring --cron
+...`). None of its own steps is cached: each reads state that moves (the
+prediction log, the labels, the dataset).
 """
 
 from typing import Any

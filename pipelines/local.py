@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -310,6 +311,7 @@ def run_locally(
             on_event(event)
 
     started = time.perf_counter()
+    saved_tempdir = tempfile.tempdir
     with (
         log_path.open("w") as log_file,
         _environment(env),
@@ -340,6 +342,9 @@ def run_locally(
             ) from None
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+            # Anything in this process that asked for a temporary folder during the
+            # run cached TMPDIR (the run's folder, now gone): forget it.
+            tempfile.tempdir = saved_tempdir
     outputs = dict(task.outputs)
     order = [*output_tasks, *(o for o in outputs if o not in output_tasks)]
     records = [

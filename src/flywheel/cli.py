@@ -272,6 +272,8 @@ def train(
     Runs on CUDA with mixed precision when a GPU is present; under
     `torchrun --nproc_per_node=N $(which flywheel) train` it trains data-parallel.
     Prints the run id, the best validation metric and the logged model's URI.
+    A logged model gets its reference profile for monitoring (train and val
+    images through the exported model) as a run artifact.
     """
     from flywheel.env import state_dir
     from flywheel.tasks import DatasetError
@@ -297,6 +299,12 @@ def train(
         raise typer.Exit(2) from None
     if result.run_id is None:  # a DDP rank other than 0: rank 0 reports
         return
+    reference = None
+    if result.model_uri:  # monitoring compares traffic with what this model learned from
+        from flywheel.monitoring.reference import build_reference
+
+        with err_console.status("reference profile: train + val through the exported model"):
+            reference = build_reference(result.model_uri, result.run_id, data_dir)
     last = result.history[-1]
     table = Table(title=f"last epoch ({result.device})")
     for column in ("metric", "train", "val"):
@@ -318,6 +326,11 @@ def train(
         console.print(
             f"model [bold]{result.model_uri}[/bold] (run {result.run_id}, "
             f"logged in {result.log_model_seconds:.1f} s)"
+        )
+    if reference is not None:
+        console.print(
+            f"reference profile: {reference.rows} images → run artifact {reference.artifact} "
+            f"({reference.seconds:.1f} s)"
         )
 
 
@@ -651,7 +664,10 @@ def serve(
     FLYWHEEL_PARAMS pointing at --params, BENTOML_HOME under the state folder
     and telemetry off. /readyz answers 200 once the model is loaded; /metrics
     has Prometheus metrics. The model comes from MLFLOW_TRACKING_URI (or the
-    local store). Stop with Ctrl-C.
+    local store); a newly promoted version is swapped in without downtime
+    within serve.poll_interval_s, or at once by POST /admin/reload with
+    'Authorization: Bearer $FLYWHEEL_ADMIN_TOKEN' (set it to enable that
+    endpoint). Stop with Ctrl-C.
     """
     import os
 
@@ -688,6 +704,504 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # the server replaces this process: signals go to it
+
+
+# ----------------------------------------------- simulate, curate, label, merge
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[
+        str,
+        typer.Option(help="Traffic scenario of params.yaml `scenarios:` (e.g. in_distribution)."),
+    ],
+    requests: Annotated[
+        int | None, typer.Option(min=1, help="Requests to send (default: simulate.requests).")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="The service (default: simulate.url, else serve.host:serve.port)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Batch seed: the same seed draws the same images.")] = 0,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Requests in flight (default: simulate.concurrency).")
+    ] = None,
+    images_per_request: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per request (default: simulate.images_per_request)."),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Start no request after this many seconds (default: simulate.max_seconds)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Send a scenario's images to the running service; record the truth of what was sent.
+
+    Images come from the collector's production glyph pool, mixed as the
+    scenario says (in-distribution or drifted). Each request carries an
+    X-Request-ID; the truth of every answered image goes to
+    <state dir>/ground_truth/ (the service never reads it). Prints requests,
+    errors, accuracy of the answers against the truth, the versions that
+    answered and the latency. Exits 1 when no request was answered.
+    """
+    from flywheel.config import ConfigError
+    from flywheel.simulate import SimulationError, simulate_traffic
+
+    p = _params(params, set_)
+    try:
+        report = simulate_traffic(
+            p,
+            scenario,
+            requests=requests,
+            url=url,
+            seed=seed,
+            concurrency=concurrency,
+            images_per_request=images_per_request,
+            max_seconds=max_seconds,
+        )
+    except (ConfigError, SimulationError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"traffic: {report.scenario} → {report.url}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("requests sent", str(report.requests))
+    if report.not_sent:
+        table.add_row("not sent (time limit)", str(report.not_sent))
+    table.add_row("images answered", str(report.images))
+    for kind, count in report.errors.items():
+        table.add_row(f"[red]errors: {escape(kind)}[/red]", str(count))
+    if report.accuracy is not None:
+        table.add_row("accuracy vs truth", f"{report.accuracy:.3f}")
+    for name, value in report.accuracy_by_stratum.items():
+        table.add_row(f"  {name}", f"{value:.3f}")
+    for version, count in report.versions.items():
+        table.add_row(f"answered by version {version}", str(count))
+    for name, value in report.latency_ms.items():
+        table.add_row(f"latency {name}", f"{value:.1f} ms")
+    table.add_row("throughput", f"{report.throughput_rps:.1f} req/s in {report.elapsed_s:.1f} s")
+    console.print(table)
+    if report.first_error:
+        err_console.print(f"first error: {escape(report.first_error)}")
+    if report.truth_file:
+        console.print(f"truth: {report.truth_file}", soft_wrap=True)
+    if report.answered == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def curate(
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Images to queue (default: curate.budget).")
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="least_confidence | margin | entropy | committee | random "
+            "(default: curate.strategy)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Window start: ISO time (naive = UTC) or a duration back (90m, 2h, 1d)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end: ISO time or a duration back (default: now).")
+    ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Choose the logged production images worth labelling; queue them as Label Studio tasks.
+
+    Candidates have a stored image and are neither queued nor labelled. Writes
+    <label dir>/queue/<batch-id>.json (import it into Label Studio with the
+    label_config.xml beside it) and prints the batch.
+    """
+    from flywheel.curation import STRATEGIES, CurationError, curate_batch, parse_since
+    from flywheel.registry import RegistryError
+    from flywheel.tracking import configure_tracking
+
+    p = _params(params, set_)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise typer.BadParameter(f"choose one of {', '.join(STRATEGIES)}", param_hint="--strategy")
+    try:
+        start = parse_since(since) if since else None
+        end = parse_since(until) if until else None
+        if (strategy or p.curate.strategy) == "committee":
+            configure_tracking()
+        result = curate_batch(
+            p,
+            strategy=strategy,  # type: ignore[arg-type]  # checked against STRATEGIES above
+            budget=budget,
+            since=start,
+            until=end,
+            log_root=log_dir,
+        )
+    except (CurationError, RegistryError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if result.queue_file is None:
+        console.print(
+            f"nothing to curate: no logged image with a stored file that is not already "
+            f"queued or labelled ({result.excluded} are)"
+        )
+        return
+    selected = result.selected
+    committee = f", committee versions {', '.join(result.committee)}" if result.committee else ""
+    console.print(
+        f"queued [bold]{len(selected)}[/bold] of {result.candidates} candidates "
+        f"({result.strategy}, spread over {result.space}{committee})"
+    )
+    table = Table(title=f"batch {result.batch_id}: by predicted label and model version")
+    for column in ("predicted", "version", "images", "mean score", "mean confidence"):
+        table.add_column(column, justify="left" if column in ("predicted", "version") else "right")
+    grouped = selected.groupby(["label", "model_version"])
+    for (label, version), rows in grouped:
+        table.add_row(
+            str(label),
+            str(version),
+            str(len(rows)),
+            f"{rows['score'].mean():.3f}",
+            f"{rows['confidence'].mean():.3f}",
+        )
+    console.print(table)
+    console.print(f"queue: {result.queue_file}", soft_wrap=True)
+
+
+label_app = typer.Typer(
+    help="Labels in and out of Label Studio (JSON); the demo oracle.", no_args_is_help=True
+)
+app.add_typer(label_app, name="label")
+
+
+@label_app.command("import")
+def label_import(
+    path: Annotated[Path, typer.Argument(help="A Label Studio JSON export (a list of tasks).")],
+    origin: Annotated[
+        str, typer.Option(help="Recorded on the labels: label-studio (people) or oracle.")
+    ] = "label-studio",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Import a Label Studio export: check every task, then record the labels, all or nothing.
+
+    A label outside the plan's classes, a task without data.request_id/index,
+    or two tasks labelling one image differently is an error naming the task;
+    nothing is written then (exit 2). Re-importing an export records nothing new.
+    """
+    from flywheel.labeling import LabelImportError, import_labels
+
+    p = _params(params)
+    try:
+        result = import_labels(path, p.data.classes, p.label, origin=origin)
+    except LabelImportError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
+        f"changed labels recorded, {result.unchanged} already known, "
+        f"{len(result.unlabelled)} tasks without a label"
+    )
+    if result.file:
+        console.print(f"labels: {result.file}", soft_wrap=True)
+
+
+@label_app.command("oracle")
+def label_oracle(
+    batch: Annotated[
+        str | None, typer.Option(help="Queue batch id to answer (default: every pending task).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """The demo labeller: answer the queue from the simulator's truth, as a Label Studio export.
+
+    The export (under <label dir>/exports/) is imported with `label import`'s
+    code, as a person's would be. Tasks the simulator did not send stay unlabelled.
+    """
+    from flywheel.labeling import LabelImportError, QueueError, label_with_oracle
+
+    p = _params(params)
+    try:
+        result = label_with_oracle(p, batch=batch)
+    except (QueueError, LabelImportError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if result.export is None:
+        console.print(f"nothing to label: no pending task in {len(result.batches)} queue batches")
+        return
+    written = result.imported.written if result.imported else 0
+    console.print(
+        f"oracle answered [bold]{result.answered}[/bold] of {result.tasks} pending tasks "
+        f"({len(result.unanswered)} without truth); {written} labels recorded"
+    )
+    console.print(f"export: {result.export}", soft_wrap=True)
+
+
+@data_app.command("merge")
+def data_merge(
+    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+    push: Annotated[bool, typer.Option(help="Push the new version to the default remote.")] = True,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Merge every label into data/ as production rows and record a new data version.
+
+    data/ is first brought to the version data.dvc records. The test split
+    stays frozen; merge.holdout_share of the new images form the evaluation-only
+    `holdout` split. The merged dataset must pass the data gate (else the merge
+    is undone, exit 1); `dvc add` records it. Merging the same labels again adds
+    nothing and keeps the version.
+    """
+    from flywheel.data.merge import SKIP_REASONS, MergeError, update_dataset
+    from flywheel.data.versioning import DataVersionError
+
+    p = _params(params, set_)
+    try:
+        update = update_dataset(p, repo, log_root=log_dir, push=push)
+    except DataVersionError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    except MergeError as err:
+        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    merge = update.merge
+    added = ", ".join(f"{n} to {split}" for split, n in merge.added_per_split().items())
+    console.print(
+        f"{merge.labels} labelled images: [bold]{len(merge.added)}[/bold] merged"
+        f"{f' ({added})' if added else ''}"
+    )
+    for reason, keys in merge.skipped.items():
+        console.print(f"  skipped {len(keys)}: {SKIP_REASONS[reason]} (e.g. {escape(keys[0])})")
+    if update.changed:
+        console.print(
+            f"data version [bold]{update.version}[/bold] (was {update.version_before}); "
+            "commit data.dvc to share it"
+        )
+    else:
+        console.print(f"data version unchanged: {update.version}")
+
+
+# ------------------------------------------------------------ monitoring, dashboards
+
+
+@app.command()
+def monitor(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Window start: ISO time (naive = UTC) or a duration back from now (90m, 2h, 1d). "
+            "Default: the last monitor.window_hours, unless --last is given."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end (exclusive), same forms. Default: now.")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Only the most recent N predictions of the window.")
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Model version to check (default: the one that served the latest)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout, nothing else.")
+    ] = False,
+    save: Annotated[
+        bool,
+        typer.Option("--save/--no-save", help="Write the HTML report and the Evidently snapshot."),
+    ] = True,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="The HTML report (default: monitor.reports_dir/<model>-v<N>-<time>.html)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Check a window of the prediction log for drift against the serving version's reference.
+
+    Evidently compares the summary features, the embedding (PCA components),
+    the predicted labels and the confidence with the reference profile of the
+    model version that served the window; accuracy is reported where ground
+    truth is known. The snapshot goes to the Evidently workspace (`flywheel ui`).
+
+    Exit status: 0 no drift, 1 drift, 2 error (bad configuration, no reference
+    profile, fewer predictions than monitor.min_window_size, ...).
+    """
+    import json
+
+    from flywheel.config import ConfigError
+    from flywheel.monitoring import MonitoringError, parse_time, result_table
+    from flywheel.monitoring import monitor as run_monitor
+    from flywheel.monitoring.monitor import EXIT_ERROR, predictions_dir
+    from flywheel.registry import RegistryError
+    from flywheel.tracking import configure_tracking
+
+    p = _params(params, set_)
+    configure_tracking()
+    try:
+        start = parse_time(since) if since else None
+        end = parse_time(until) if until else None
+        with err_console.status("monitoring: Evidently report over the window"):
+            result = run_monitor(
+                p,
+                since=start,
+                until=end,
+                last=last,
+                version=version,
+                log_dir=predictions_dir(p, params.resolve().parent),
+                save=save,
+                report_path=report,
+            )
+    except (MonitoringError, ConfigError, RegistryError, ValueError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(EXIT_ERROR) from None
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        console.print(result_table(result))
+        for note in result.check.notes:
+            console.print(f"note: {escape(note)}")
+        if result.report_path:
+            console.print(f"report: {result.report_path}", soft_wrap=True)
+        if result.project_id:
+            console.print(f"dashboard: `flywheel ui`, project {result.project_id}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def reference(
+    version: Annotated[
+        str | None, typer.Option(help="Registered version (default: the 'production' alias).")
+    ] = None,
+    model: ModelOpt = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Compute and store the reference profile of a registered version (monitoring's baseline).
+
+    Training does this for every new model; use it for versions trained before,
+    or to profile a version on the dataset it was trained on after the fact.
+    """
+    from flywheel.evaluation import EvaluationError
+    from flywheel.monitoring import MonitoringError, build_version_reference
+    from flywheel.registry import RegistryError, version_for_alias
+    from flywheel.tasks import DatasetError
+    from flywheel.tracking import configure_tracking
+
+    p = _params(params)
+    configure_tracking()
+    name = model or p.evaluate.registered_model
+    try:
+        chosen = version or version_for_alias(name, "production")
+        if chosen is None:
+            raise RegistryError(f"model {name!r} has no 'production' version; pass --version")
+        info = build_version_reference(
+            name,
+            chosen,
+            dataset or p.data.dataset_dir,
+            splits=p.monitor.reference_splits,
+            progress=True,
+        )
+    except (MonitoringError, RegistryError, EvaluationError, DatasetError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{name} version {chosen}: reference profile of {info.rows} images "
+        f"({'+'.join(info.splits)}, embedding {info.embedding_dim}) → run {info.run_id} "
+        f"artifact {info.artifact} ({info.seconds:.1f} s)"
+    )
+
+
+@app.command()
+def ui(
+    host: Annotated[str | None, typer.Option(help="Address (default: ui.host).")] = None,
+    evidently_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Evidently UI port (default: ui.evidently_port)."),
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="MLflow UI port (default: ui.mlflow_port).")
+    ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Start the MLflow UI too.")
+    ] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Open the dashboards until Ctrl-C: the Evidently UI over the workspace, and MLflow's.
+
+    The Evidently project of the registered model shows drift over time (share
+    of drifted features, embedding drift, confidence, prediction distribution,
+    accuracy on labelled traffic, the version serving). Both bind 127.0.0.1 by
+    default: neither has authentication.
+    """
+    import signal
+    import threading
+
+    from flywheel.env import state_dir
+    from flywheel.monitoring.dashboards import DashboardError, start_dashboards
+    from flywheel.monitoring.monitor import workspace_dir
+    from flywheel.monitoring.workspace import open_workspace
+    from flywheel.tracking import configure_tracking
+
+    p = _params(params, set_)
+    tracking = configure_tracking()
+    bind = host or p.ui.host
+    workspace = workspace_dir(p).resolve()
+    try:
+        with err_console.status("starting the Evidently UI and the MLflow UI"):
+            dashboards = start_dashboards(
+                workspace,
+                tracking.uri,
+                host=bind,
+                evidently_port=evidently_port or p.ui.evidently_port,
+                mlflow_port=(mlflow_port or p.ui.mlflow_port) if mlflow else None,
+                log_dir=state_dir() / "logs",
+            )
+    except DashboardError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job ignores SIGINT
+        signal.signal(signum, lambda *_: stop.set())
+    with dashboards:
+        evidently = dashboards.servers[0]
+        projects = open_workspace(workspace).search_project(p.evaluate.registered_model)
+        where = (
+            f"/projects/{projects[0].id}"
+            if projects
+            else " (no snapshot yet: run `flywheel monitor`)"
+        )
+        console.print(f"Evidently UI: {evidently.url}{where}  (workspace {workspace})")
+        for server in dashboards.servers[1:]:
+            console.print(f"MLflow UI:    {server.url}  ({tracking.uri})")
+        console.print("Ctrl-C stops both.")
+        while not stop.wait(1.0) and not dashboards.dead():
+            pass
+        dead = dashboards.dead()
+        if stop.is_set() or not dead:
+            console.print("stopping the dashboards")
+            return
+        err_console.print(
+            f"[red]error:[/red] the {dead[0].name} UI exited (status "
+            f"{dead[0].process.returncode}); log: {dead[0].log}"
+        )
+        raise typer.Exit(2)
 
 
 # ---------------------------------------------------------------- pipelines, demo
@@ -1081,14 +1595,29 @@ def demo(
         bool,
         typer.Option("--cache/--no-cache", help="Reuse cached steps (default: train afresh)."),
     ] = False,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="After training: serve, send traffic, detect drift, curate, label, retrain.",
+        ),
+    ] = True,
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per traffic phase of the loop.")
+    ] = 400,
+    drift_scenario: Annotated[
+        str, typer.Option(help="The drifting traffic scenario (params.yaml `scenarios:`).")
+    ] = "handwritten_shadow_rotated",
 ) -> None:
     """Run the loop locally: data (keep, pull or regenerate) → the training pipeline → summary.
 
     The training pipeline runs on the KFP local runner: validate, train, evaluate
-    against production, promote when blessed. Ends with the version promoted, its
+    against production, promote when blessed. Then shows the version promoted, its
     aliases, test accuracy overall and per slice, the Data Docs path and the
-    command that opens the MLflow UI. Run it again: the new candidate faces the
-    champion, and is promoted only if the gates bless it.
+    command that opens the MLflow UI, and ends by serving the production model on
+    127.0.0.1 for one prediction of a test image (and the command that serves it).
+    Run it again: the new candidate faces the champion, and is promoted only if
+    the gates bless it.
     """
     import time
 
@@ -1107,7 +1636,118 @@ def demo(
     run = _run_locally(entry, p, list(set_ or []), version, cache)
     _print_outputs(run)
     _print_training_summary(run)
+    _show_served_prediction(p, params)
+    if loop:
+        _run_closed_loop(params, set_, drift_scenario, requests)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, requests: int) -> None:
+    """The demo's second half (`flywheel.loop.run_closed_loop`), then the phase table.
+
+    Exits 1 when a phase fails.
+    """
+    import httpx
+
+    from flywheel.data.versioning import data_version
+    from flywheel.loop import LoopError, phase_table, run_closed_loop
+    from flywheel.serving_client import PredictionError, ServerStartError
+
+    p = _params(params, set_)
+    if scenario not in p.scenarios:
+        raise typer.BadParameter(
+            f"unknown scenario {scenario!r}; params.yaml has {', '.join(p.scenarios)}",
+            param_hint="--drift-scenario",
+        )
+    entry = _pipeline_entry("flywheel", runnable=True)
+    base = _params(params)
+    before = data_version(".", p.data)
+
+    def retrain(extra: list[str]) -> None:
+        run = _run_locally(entry, base, [*(set_ or []), *extra], data_version(".", p.data), False)
+        console.print(f"flywheel pipeline run {run.run_id}: {run.seconds:.0f} s")
+
+    console.rule("the closed loop")
+    try:
+        phases = run_closed_loop(
+            params,
+            p,
+            retrain=retrain,
+            drift_scenario=scenario,
+            requests=requests,
+            say=console.print,
+        )
+    except (LoopError, ServerStartError, PredictionError, httpx.HTTPError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    console.print(phase_table(phases))
+    after = phases[-1].data_version
+    if after != before:
+        console.print(
+            f"data.dvc now records data version {after} (was {before}): "
+            "`git diff data.dvc` shows it; commit it to keep the labelled production data, "
+            "or `git checkout data.dvc && dvc checkout` to go back",
+            soft_wrap=True,
+        )
+    for row in phases:
+        if row.report is not None:
+            console.print(f"drift report, {row.phase}: {row.report}", soft_wrap=True)
+    console.print(
+        "dashboards (Evidently UI + MLflow UI): [bold]make ui[/bold] or `flywheel ui`",
+        soft_wrap=True,
+    )
+
+
+def _show_served_prediction(p: Params, params: Path) -> None:
+    """Serve the production model on a free local port, classify one test image, stop it.
+
+    Exits 1 when the server does not become ready or the prediction fails.
+    """
+    import httpx
+
+    from flywheel.data.manifest import ManifestError, load_manifest
+    from flywheel.registry import version_for_alias
+    from flywheel.serving_client import (
+        PredictionError,
+        ServerStartError,
+        predict_file,
+        serve_command,
+        start_server,
+    )
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    name = p.evaluate.registered_model
+    if version_for_alias(name, p.serve.alias) is None:
+        console.print(f"no {p.serve.alias!r} version of {name} yet: nothing to serve")
+        return
+    try:
+        manifest = load_manifest(p.data.dataset_dir)
+    except ManifestError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    sample = manifest[manifest["split"] == "test"].iloc[0]
+    image = p.data.dataset_dir / str(sample["path"])
+    try:
+        with (
+            console.status(f"serving models:/{name}@{p.serve.alias} on 127.0.0.1 ..."),
+            start_server(params) as url,
+        ):
+            item = predict_file(url, image, request_id="demo-sample")
+    except (ServerStartError, PredictionError, httpx.HTTPError) as err:
+        err_console.print(f"[red]error:[/red] serving failed: {escape(str(err))}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"served {url}: {image} (true label {sample['label']}) → label "
+        f"[bold]{item['label']}[/bold], confidence {item['confidence']:.3f}, "
+        f"{item['model_name']} version {item['model_version']}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"serve it on http://{p.serve.host}:{p.serve.port} "
+        "(POST /predict_images or /predict_arrays; docs at /):"
+    )
+    console.print(f"  {serve_command(params)}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:

@@ -20,6 +20,18 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 SOURCE_POOLS: tuple[str, ...] = (*SPLITS, "production")
 
+HOLDOUT_SPLIT = "holdout"
+"""Evaluation-only rows: labelled production traffic held out of training (`flywheel.data.merge`).
+
+The frozen `test` split never changes; the holdout grows with each merge and
+gives evaluation an extra slice of what production looks like now."""
+
+MANIFEST_SPLITS: tuple[str, ...] = (*SPLITS, HOLDOUT_SPLIT)
+"""Every value the manifest's `split` column may hold."""
+
+PRODUCTION_SOURCE = "production"
+"""The manifest's `source` of labelled production traffic merged into a dataset."""
+
 Split = Literal["train", "val", "test"]
 SourcePool = Literal["train", "val", "test", "production"]
 
@@ -162,6 +174,9 @@ class TrainConfig(_Frozen):
     step_size: int = Field(10, ge=1)  # step: epochs between decays
     gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # labelled production images (manifest source=production) appear this many times per
+    # epoch: the few images of the drift the loop labelled must count against the plan's
+    production_repeat: int = Field(1, ge=1, le=100)
     monitor: str = "val_accuracy"  # early stopping, best checkpoint, overfitting flag
     patience: int = Field(5, ge=1)  # epochs without improvement before stopping
     min_delta: float = Field(1e-3, ge=0)  # smallest change that counts as improvement
@@ -350,12 +365,15 @@ class ServeConfig(_Frozen):
     port: int = Field(3000, ge=1, le=65535)
     alias: str = Field("production", min_length=1)  # the registry alias served
     max_batch_size: int = Field(64, ge=2)  # adaptive batching: images per model call at most
-    max_latency_ms: int = Field(1000, ge=1)  # batcher answers 503 when it expects to exceed this
+    max_latency_ms: int = Field(1000, ge=1)  # a request that waited this long for the model: 503
     max_images_per_request: int = Field(64, ge=1)  # more in one request is a 400
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger bodies are a 413
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # larger decoded images are a 413
     top_k: int = Field(3, ge=1)  # probabilities returned per image
     load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
+    poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
+    workers: int = Field(1, ge=1)  # server processes, each with its own copy of the model
+    torch_threads: int = Field(1, ge=1)  # intra-op threads of each worker's forward passes
     log: PredictionLogConfig = PredictionLogConfig()
 
     @model_validator(mode="after")
@@ -365,6 +383,121 @@ class ServeConfig(_Frozen):
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "
                 f"max_batch_size ({self.max_batch_size}): a request is batched whole"
             )
+        return self
+
+
+CurationStrategy = Literal["least_confidence", "margin", "entropy", "committee", "random"]
+
+
+class CommitteeConfig(_Frozen):
+    """Query-by-committee: recent registered versions re-score the logged images."""
+
+    size: int = Field(3, ge=2)  # the most recent registered versions in the committee
+    measure: Literal["kl", "vote_entropy"] = "kl"  # disagreement: KL to consensus, or vote entropy
+    batch_size: int = Field(256, ge=1)  # images per forward pass
+
+
+class CurateConfig(_Frozen):
+    """Active-learning curation of logged production samples (`flywheel.curation`)."""
+
+    budget: int = Field(100, ge=1)  # images per labelling batch
+    strategy: CurationStrategy = "margin"
+    diversity: Literal["kmeans", "none"] = "kmeans"  # spread the batch over embedding clusters
+    prefilter: int = Field(10, ge=1)  # kmeans: cluster the budget x prefilter most uncertain
+    seed: int = 0  # k-means initialisation, random strategy
+    committee: CommitteeConfig = CommitteeConfig()
+    image_url_prefix: str = "/data/local-files/?d="  # Label Studio's local-files URLs
+    image_root: Path | None = None  # the folder image URLs are relative to (None: the log root)
+
+
+class LabelConfig(_Frozen):
+    """The labelling queue and Label Studio's labelling interface (`flywheel.labeling`)."""
+
+    dir: Path | None = None  # queue/, exports/, label_config.xml (None: <state dir>/labeling)
+    from_name: str = Field("label", min_length=1)  # the Choices control holding the class
+    to_name: str = Field("image", min_length=1)  # the Image object it labels
+    labeler: Literal["oracle"] = "oracle"  # who answers the pipeline's queue (the demo's oracle)
+
+
+class MergeConfig(_Frozen):
+    """How labelled production images join the dataset (`flywheel.data.merge`)."""
+
+    holdout_share: float = Field(0.3, ge=0, lt=1)  # to the evaluation-only holdout split
+    val_share: float = Field(0.1, ge=0, lt=1)  # to val; the rest to train
+
+    @model_validator(mode="after")
+    def _leaves_some_for_training(self) -> MergeConfig:
+        if self.holdout_share + self.val_share >= 1:
+            raise ValueError("holdout_share + val_share must leave a share for train (< 1)")
+        return self
+
+
+class SimulateConfig(_Frozen):
+    """The traffic simulator (`flywheel.simulate`)."""
+
+    requests: int = Field(200, ge=1)  # requests per run
+    images_per_request: int = Field(1, ge=1)  # images per request (<= serve.max_images_per_request)
+    concurrency: int = Field(4, ge=1, le=64)  # requests in flight at once
+    timeout_s: float = Field(30.0, gt=0)  # per request
+    max_seconds: float = Field(300.0, gt=0)  # no new request starts after this
+    url: str | None = None  # the service (None: http://<serve.host>:<serve.port>)
+
+
+class DriftTest(_Frozen):
+    """One Evidently drift test: a registered stattest name and its threshold.
+
+    Distances (`wasserstein`, `jensenshannon`, `psi`, ...) flag drift at or above
+    the threshold; p-value tests (`ks`, `chisquare`, ...) below it. Distances
+    are the default because their value does not depend on the window size,
+    so a sampled window reaches the decision the full one does.
+    """
+
+    method: str = Field("wasserstein", min_length=1)  # evidently stattest name
+    threshold: float = Field(0.1, gt=0)
+
+
+DriftSignal = Literal["features", "embedding", "prediction", "confidence"]
+
+
+class MonitorConfig(_Frozen):
+    """Drift monitoring of the prediction log against the served version's reference."""
+
+    window_hours: float = Field(24.0, gt=0)  # default window: the last N hours of the log
+    min_window_size: int = Field(200, ge=1)  # fewer predictions: no decision (exit status 2)
+    reference_splits: tuple[Split, ...] = ("train", "val")  # rows of the reference profile used
+    features: DriftTest = DriftTest(threshold=0.15)  # the test of each summary feature
+    per_feature: dict[str, DriftTest] = Field(default_factory=dict)  # overrides, by feature
+    drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features that is data drift
+    embedding_components: int = Field(5, ge=1, le=256)  # PCA components fitted on the reference
+    embedding: DriftTest = DriftTest(threshold=0.15)  # the test of each embedding component
+    embedding_drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted components: drift
+    prediction: DriftTest = DriftTest(method="jensenshannon", threshold=0.1)  # predicted labels
+    confidence: DriftTest = DriftTest()  # top-class probability
+    triggers: tuple[DriftSignal, ...] = ("features", "embedding")  # signals that decide drift
+    sample_rows: int | None = Field(20_000, ge=100)  # rows per side Evidently sees (None: all)
+    seed: int = 0  # the sampling
+    workspace: Path | None = None  # Evidently workspace (None: <state dir>/evidently)
+    reports_dir: Path | None = None  # HTML reports (None: <state dir>/monitoring/reports)
+
+    @field_validator("triggers", "reference_splits")
+    @classmethod
+    def _non_empty_distinct(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values or len(set(values)) != len(values):
+            raise ValueError("must be a non-empty list of distinct names")
+        return values
+
+
+class UIConfig(_Frozen):
+    """`flywheel ui`: the Evidently UI over the workspace and the MLflow UI."""
+
+    host: str = "127.0.0.1"
+    evidently_port: int = Field(8000, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> UIConfig:
+        if self.evidently_port == self.mlflow_port:
+            raise ValueError(f"evidently_port and mlflow_port are both {self.mlflow_port}")
         return self
 
 
@@ -380,6 +513,12 @@ class Params(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     tune: TuneConfig = TuneConfig()
     serve: ServeConfig = ServeConfig()
+    curate: CurateConfig = CurateConfig()
+    label: LabelConfig = LabelConfig()
+    merge: MergeConfig = MergeConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    ui: UIConfig = UIConfig()
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:

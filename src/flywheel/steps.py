@@ -21,9 +21,10 @@ The steps of the training pipeline, in order:
    split; the gates bless it or not (recorded in the registry).
 4. `promote_candidate` — move `production` to it (only run when blessed).
 
-The retraining (`flywheel`) pipeline adds `detect_drift`, `curate_samples`,
-`label_samples` and `update_dataset` in front; they are built in the monitoring
-issue and raise `StageNotImplementedError` until then.
+The retraining (`flywheel`) pipeline adds `detect_drift` (Evidently against
+the serving version's reference profile), `curate_samples` (active learning),
+`label_samples` (the oracle, through a Label Studio export) and `update_dataset`
+(merge, data gate, `dvc add`) in front.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from flywheel.evaluation import EvaluationOutcome
+    from flywheel.monitoring import MonitorResult
     from flywheel.registry import AliasChange
 
 LOG_PREFIX = "[flywheel]"
@@ -80,10 +82,6 @@ class DataGateError(StepError):
 
 class DataVersionMismatchError(StepError):
     """The repository records another data version than the pipeline run asked for."""
-
-
-class StageNotImplementedError(NotImplementedError):
-    """A step of the retraining pipeline whose library function is not built yet."""
 
 
 def say(message: str) -> None:
@@ -423,6 +421,9 @@ def train_candidate(
 ) -> RegisteredCandidate:
     """Train, log the run and the model to MLflow, register it as the new `candidate`.
 
+    Before registering, the model's reference profile (its train and val images
+    through the exported model, `flywheel.monitoring.reference`) is stored on the
+    run, so monitoring can compare traffic with what every version learned from.
     Checkpoints go to a scratch folder that is removed afterwards: the best model
     is in MLflow, the learning curves and history in the run. Prints one line per
     epoch. `model_out` receives the version's metadata as JSON (the Model
@@ -435,6 +436,7 @@ def train_candidate(
         flywheel.training.TrainingError: training cannot run as configured.
         StepError: training logged no model (nothing to register).
     """
+    from flywheel.monitoring.reference import build_reference
     from flywheel.registry import register, run_lineage
     from flywheel.tracking import configure_tracking
     from flywheel.training import train
@@ -456,6 +458,11 @@ def train_candidate(
         )
     if result.run_id is None or result.model_uri is None:
         raise StepError("training finished without logging a model; nothing to register")
+    reference = build_reference(result.model_uri, result.run_id, dataset_dir)
+    say(
+        f"reference profile: {reference.rows} images of {'+'.join(reference.splits)} through "
+        f"the exported model ({reference.seconds:.1f} s) → run artifact {reference.artifact}"
+    )
     name = params.evaluate.registered_model
     run_id = os.environ.get(PIPELINE_RUN_ID_ENV) or "unknown"
     version = register(
@@ -825,47 +832,119 @@ def mlflow_ui_command(tracking_uri: str, *, port: int = 5000) -> str:
     )
 
 
-# ----------------------------------------------- retraining (monitoring issue)
+# ------------------------------------------------------------------ retraining
 
 
-def _not_built(step: str) -> NoReturn:
-    raise StageNotImplementedError(
-        f"pipeline step {step!r} is not built yet: its library function arrives with "
-        f"{MONITORING_ISSUE}. The `flywheel` pipeline only fixes where it goes; run the "
-        "`training` pipeline meanwhile."
-    )
+def detect_drift(
+    params: Params, *, report_out: Path, metrics_out: Path | None = None
+) -> MonitorResult:
+    """Compare the recent prediction log with the serving version's reference (`flywheel monitor`).
 
+    The window is the last `monitor.window_hours` of the log under the state
+    folder; the Evidently report goes to `report_out` and the snapshot into the
+    workspace, `metrics_out` receives `MonitorResult.scalars()` as JSON.
 
-def detect_drift(params: Params, *, report_out: Path) -> bool:
-    """Compare a window of the prediction log with the reference; True when it drifted.
-
-    Writes the Evidently report to `report_out`. Built in the monitoring issue.
+    Raises:
+        flywheel.monitoring.NotEnoughDataError: too few predictions to decide.
+        flywheel.monitoring.ReferenceNotFoundError: the served version has no profile.
     """
-    _not_built("monitor")
+    from rich.console import Console
+
+    from flywheel.monitoring import monitor, result_table
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    result = monitor(params, report_path=report_out)
+    Console(file=sys.stdout, width=120, color_system=None).print(result_table(result))
+    if metrics_out is not None:
+        write_json(metrics_out, result.scalars())
+    reasons = f" ({', '.join(result.check.reasons)})" if result.drift else ""
+    say(
+        f"{result.model_name} version {result.model_version}, {result.window_size} predictions: "
+        f"{'DRIFT' + reasons if result.drift else 'no drift'}"
+    )
+    return result
+
+
+LABELS_FILE = "labels.parquet"
+"""The labels one labelling step hands to the next (in its `labels` output folder)."""
 
 
 def curate_samples(params: Params, *, queue_out: Path) -> int:
     """Choose the logged samples worth labelling; write the labelling queue; return its size.
 
-    Built in the monitoring issue.
+    `flywheel.curation.curate_batch` with params.yaml's `curate` settings over
+    the whole prediction log (what is already queued or labelled is skipped).
+    The batch goes to the labelling queue and is copied, with the labelling
+    config, into `queue_out` (a folder) for the next step.
     """
-    _not_built("curate")
+    from flywheel.curation import curate_batch
+    from flywheel.labeling import LABEL_CONFIG_NAME
+
+    result = curate_batch(params, progress=False)
+    queue_out.mkdir(parents=True, exist_ok=True)
+    if result.queue_file is None:
+        say(f"nothing to curate: every logged image is queued or labelled ({result.excluded})")
+        return 0
+    shutil.copy2(result.queue_file, queue_out / result.queue_file.name)
+    shutil.copy2(result.queue_file.parent / LABEL_CONFIG_NAME, queue_out / LABEL_CONFIG_NAME)
+    say(
+        f"queued {len(result.selected)} of {result.candidates} candidates "
+        f"({result.strategy}, spread over {result.space}): batch {result.batch_id}"
+    )
+    return len(result.selected)
 
 
 def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
     """Label the queue (an oracle in the demo); write the labels; return how many.
 
-    Built in the monitoring issue.
+    `label.labeler: oracle` answers the batches in `queue_dir` from the
+    simulator's truth through a Label Studio export (`flywheel.labeling.label_with_oracle`);
+    the export and `labels.parquet` (the labels recorded) go to `labels_out`.
     """
-    _not_built("label")
+    import pandas as pd
+
+    from flywheel.labeling import LABEL_COLUMNS, label_with_oracle
+
+    labels_out.mkdir(parents=True, exist_ok=True)
+    result = label_with_oracle(params, queue=queue_dir, export_dir=labels_out)
+    labels = (
+        result.imported.labels
+        if result.imported is not None
+        else pd.DataFrame(columns=list(LABEL_COLUMNS))
+    )
+    labels.to_parquet(labels_out / LABELS_FILE, index=False)
+    say(
+        f"oracle answered {result.answered} of {result.tasks} pending tasks "
+        f"({len(result.unanswered)} without truth)"
+    )
+    return len(labels)
 
 
 def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
     """Merge the labels into a new dataset version (`dvc add` + push); return the version.
 
-    Built in the monitoring issue.
+    Reads `labels.parquet` of the labelling step from `labels_dir` and calls
+    `flywheel.data.merge.update_dataset`; the merged dataset passes the data
+    gate or nothing is recorded. No new labels: the version stays.
     """
-    _not_built("update-dataset")
+    import pandas as pd
+
+    from flywheel.data.merge import update_dataset as merge_and_track
+
+    path = labels_dir / LABELS_FILE
+    labels = (
+        pd.read_parquet(path)
+        if path.is_file()
+        else pd.DataFrame(columns=["request_id", "index", "label"])
+    )
+    update = merge_and_track(params, repo, labels)
+    added = update.merge.added_per_split()
+    say(
+        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}; "
+        f"data version {update.version}" + ("" if update.changed else " (unchanged)")
+    )
+    return update.version
 
 
 # ----------------------------------------------------------- local runs, cron

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -46,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm  # not tqdm.auto: its asyncio mixin opens a second DataLoader iterator
 
-from flywheel.config import Params, TrainConfig
+from flywheel.config import PRODUCTION_SOURCE, Params, TrainConfig
 from flywheel.data.manifest import manifest_path, sha256_file
 from flywheel.tasks import Task, get_task
 from flywheel.tasks.base import Direction
@@ -423,6 +424,23 @@ class DecodedOnce(Dataset[Any]):
         return sample
 
 
+def production_indices(dataset: Dataset[Any]) -> list[int]:
+    """Positions of the labelled production images (manifest `source=production`) in a split.
+
+    Task datasets that keep their manifest rows as `frame` (in dataset order)
+    expose them; others have none.
+
+    >>> class Rows(Dataset):
+    ...     frame = pd.DataFrame({"source": ["font:a", "production", "production"]})
+    >>> production_indices(Rows())
+    [1, 2]
+    """
+    frame = getattr(dataset, "frame", None)
+    if not isinstance(frame, pd.DataFrame) or "source" not in frame.columns:
+        return []
+    return [int(i) for i in np.flatnonzero(frame["source"].to_numpy() == PRODUCTION_SOURCE)]
+
+
 def _tensors(sample: Any) -> list[Any]:
     """The leaves of a sample (a tensor, or tuples/lists of them)."""
     if isinstance(sample, tuple | list):
@@ -650,8 +668,11 @@ def _build_loop(
         )
     train_set: Dataset[Any] = task.build_dataset(dataset_dir, "train")
     val_set: Dataset[Any] = task.build_dataset(dataset_dir, "val")
+    repeated = production_indices(train_set) * (cfg.production_repeat - 1)
     if cfg.num_workers == 0:  # workers' memory does not outlive an epoch: only cache in-process
         train_set, val_set = DecodedOnce(train_set), DecodedOnce(val_set)
+    if repeated:  # oversample the labelled drift (a repeat reads the cached sample)
+        train_set = Subset(train_set, [*range(len(train_set)), *repeated])  # type: ignore[arg-type]
 
     seed_everything(cfg.seed)  # same initial weights on every rank
     model = task.build_model(cfg.model).to(device)

@@ -46,7 +46,14 @@ from rich.padding import Padding
 from rich.table import Table
 from tqdm import tqdm
 
-from flywheel.config import SPLITS, DataPlan, Params, ValidationConfig
+from flywheel.config import (
+    MANIFEST_SPLITS,
+    PRODUCTION_SOURCE,
+    SPLITS,
+    DataPlan,
+    Params,
+    ValidationConfig,
+)
 from flywheel.data.manifest import COLUMNS, ManifestError, load_manifest, stratum
 from flywheel.env import state_dir
 from flywheel.expectations import (
@@ -419,6 +426,12 @@ def build_suite(
     readable and matching the manifest; at least the planned count per stratum
     in each split; each class's share per split within the tolerance.
 
+    Merged production data (`flywheel.data.merge`) is allowed: the split may
+    also be the evaluation-only `holdout`, which no planned count covers, and
+    rows with `source = production` count towards the per-stratum minimums but
+    not towards class balance — that rule is the plan's promise about the data
+    it generates, while labelled traffic is as balanced as the traffic was.
+
     Each expectation's `meta["rule"]` states its clause in words.
 
     Args:
@@ -460,7 +473,7 @@ def build_suite(
 
     memberships: list[tuple[str, Sequence[str], str]] = [
         ("label", plan.classes, "label is one of the plan's classes"),
-        ("split", SPLITS, "split is one of " + "/".join(SPLITS)),
+        ("split", MANIFEST_SPLITS, "split is one of " + "/".join(MANIFEST_SPLITS)),
         ("style", plan.strata.style, "style is one of the plan's styles"),
         ("noise", plan.strata.noise, "noise is one of the plan's noises"),
     ]
@@ -492,7 +505,7 @@ def build_suite(
         add(
             gxe.ExpectColumnValuesToBeInSet(
                 column=column,
-                value_set=list(SPLITS),
+                value_set=list(MANIFEST_SPLITS),
                 meta=_rule(f"no {what} is in more than one split (leakage)"),
             )
         )
@@ -524,8 +537,9 @@ def build_suite(
             )
         )
         sentence = (
-            f"split {split}: every class holds {lo:.1%}–{hi:.1%} of the images "
-            f"(1/{len(plan.classes)} ± {cfg.class_balance_tolerance:.0%})"
+            f"split {split}: every class holds {lo:.1%}–{hi:.1%} of the planned images "
+            f"(1/{len(plan.classes)} ± {cfg.class_balance_tolerance:.0%}; "
+            f"source {PRODUCTION_SOURCE} excluded)"
         )
         add(
             ExpectColumnValueSharesToBeBetween(
@@ -533,7 +547,7 @@ def build_suite(
                 value_set=list(plan.classes),
                 min_share=lo,
                 max_share=hi,
-                row_condition=in_split,
+                row_condition=in_split & (Column("source") != PRODUCTION_SOURCE),
                 description=sentence,
                 meta=_rule(sentence),
             )

@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
+from urllib3 import encode_multipart_formdata
 
 from flywheel.config import ServeConfig
 from serving.service import (
     PARAMS_ENV,
+    MultipartPart,
     RequestError,
     arrays_to_unit,
+    authorize_admin,
     decode_image,
+    multipart_parts,
     prediction_log_dir,
     read_service_params,
     request_id_from,
@@ -148,3 +152,65 @@ def test_service_params_come_from_the_env_path(tmp_path: Path) -> None:
 def test_a_request_must_fit_one_batch() -> None:
     with pytest.raises(ValidationError, match="max_images_per_request"):
         ServeConfig(max_batch_size=8, max_images_per_request=9)
+
+
+@pytest.mark.parametrize(
+    ("expected", "header", "status", "message"),
+    [
+        (None, "Bearer s3cret", HTTPStatus.FORBIDDEN, "disabled"),
+        ("", "Bearer s3cret", HTTPStatus.FORBIDDEN, "disabled"),
+        ("s3cret", None, HTTPStatus.UNAUTHORIZED, "Bearer"),
+        ("s3cret", "Basic czNjcmV0", HTTPStatus.UNAUTHORIZED, "Bearer"),
+        ("s3cret", "Bearer ", HTTPStatus.UNAUTHORIZED, "Bearer"),
+        ("s3cret", "Bearer s3cre", HTTPStatus.FORBIDDEN, "invalid"),
+        ("s3cret", "Bearer s3cret-and-more", HTTPStatus.FORBIDDEN, "invalid"),
+    ],
+    ids=["no-token", "empty-token", "no-header", "basic", "blank", "prefix", "longer"],
+)
+def test_admin_calls_need_the_servers_bearer_token(
+    expected: str | None, header: str | None, status: HTTPStatus, message: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        authorize_admin(expected, header)
+    assert caught.value.status == status
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("header", ["Bearer s3cret", "bearer s3cret", "Bearer  s3cret "])
+def test_the_right_token_passes(header: str) -> None:
+    authorize_admin("s3cret", header)  # no exception
+
+
+def test_multipart_parts_are_read_from_the_headers() -> None:
+    body, content_type = encode_multipart_formdata(
+        [
+            ("images", ("a.png", b"\x89PNG not really", "image/png")),
+            ("images", ("b.jpg", b"\xff\xd8", "image/jpeg")),
+            ("note", "a text field"),
+        ]
+    )
+    assert multipart_parts(body, content_type) == [
+        MultipartPart("images", "a.png"),
+        MultipartPart("images", "b.jpg"),
+        MultipartPart("note", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"--x\r\n", "multipart/form-data", "no boundary"),
+        (b"not multipart at all", "multipart/form-data; boundary=x", "malformed"),
+        (
+            b'--x\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nzz\r\n--x--\r\n',
+            "multipart/form-data; boundary=x",
+            "no field name",
+        ),
+    ],
+    ids=["no-boundary", "garbage", "unnamed-part"],
+)
+def test_malformed_multipart_is_a_400(body: bytes, content_type: str, message: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        multipart_parts(body, content_type)
+    assert caught.value.status == HTTPStatus.BAD_REQUEST
+    assert message in str(caught.value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,9 @@ from flywheel.steps import (
     FIRST_CLASS_PARAMETERS,
     LOG_PREFIX,
     RegisteredCandidate,
-    StageNotImplementedError,
     StepError,
-    curate_samples,
-    detect_drift,
     evaluation_scalars,
     kfp_cron,
-    label_samples,
     local_run_environment,
     new_run_id,
     params_document,
@@ -40,7 +35,6 @@ from flywheel.steps import (
     say,
     slice_rows,
     split_overrides,
-    update_dataset,
     write_json,
 )
 
@@ -390,22 +384,3 @@ def test_kfp_cron_gives_six_fields(expression: str, expected: str) -> None:
 def test_kfp_cron_refuses_other_shapes(expression: str) -> None:
     with pytest.raises(ValueError, match="fields"):
         kfp_cron(expression)
-
-
-# ----------------------------------------------------- retraining placeholders
-
-
-@pytest.mark.parametrize(
-    ("step", "call"),
-    [
-        ("monitor", lambda p, d: detect_drift(p, report_out=d / "r")),
-        ("curate", lambda p, d: curate_samples(p, queue_out=d / "q")),
-        ("label", lambda p, d: label_samples(p, d / "q", labels_out=d / "l")),
-        ("update-dataset", lambda p, d: update_dataset(p, d, d / "l")),
-    ],
-)
-def test_retraining_steps_say_they_are_not_built(
-    step: str, call: Callable[[Params, Path], object], tmp_path: Path
-) -> None:
-    with pytest.raises(StageNotImplementedError, match=f"{step}.*monitoring"):
-        call(PARAMS, tmp_path)

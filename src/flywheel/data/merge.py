@@ -1,0 +1,420 @@
+"""Stage 10 (second half): labelled production images become a new dataset version.
+
+`merge_labels` turns labels of logged predictions (`flywheel.labeling`) into
+manifest rows of the dataset `data/<name>`:
+
+* `source = production`, the stratum (`style`, `noise`) from the traffic
+  simulator's truth when it has the image (else from the label itself, else
+  the image is skipped: the data contract needs a stratum), the label a
+  labeller gave, `group` = the source glyph the simulator drew (else the image
+  itself), the image copied from the prediction log to
+  `images/production/<label>/<image_id>.png`;
+* the split by a hash of the group (`assign_splits`): `merge.holdout_share` to
+  the evaluation-only split `holdout`, `merge.val_share` to `val`, the rest to
+  `train`. A group always lands in the same split, so no source glyph is in
+  two splits (the leakage rule holds) and a re-merge changes nothing.
+  The `test` split is never touched: models stay comparable on it, and the
+  holdout is the extra production slice evaluation reports.
+
+The merged manifest goes through the Great Expectations gate; if it fails,
+the merge is undone (manifest restored, copied images removed) and
+`MergeError` names the failures. `update_dataset` wraps it: bring `data/` to
+the version `data.dvc` records, merge, `dvc add` (and push) the new version.
+Merging the same labels again adds nothing, so the data version stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params
+from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
+from flywheel.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
+
+if TYPE_CHECKING:
+    from flywheel.validation import ValidationReport
+
+PRODUCTION_IMAGES = "images/production"
+"""Folder (inside the dataset) of merged images."""
+
+SKIP_REASONS: dict[str, str] = {
+    "in_dataset": "already in the dataset",
+    "relabelled": "already in the dataset with another label (the merged label is kept)",
+    "no_image": "no stored image (the prediction log did not sample it, or it was removed)",
+    "no_stratum": "no stratum (style/noise) known for it, or one outside the plan",
+    "unknown_label": "label not among the plan's classes",
+    "bad_image": "image unreadable, or not the plan's image size",
+    "duplicate": "same image bytes as a row already in the dataset",
+}
+"""Why a labelled image was not merged, by key."""
+
+
+class MergeError(RuntimeError):
+    """The merged dataset failed the data gate (the merge was undone), or cannot be written."""
+
+
+def production_image_id(request_id: str, index: int) -> str:
+    """The manifest id of a merged image: stable, file-name safe.
+
+    >>> production_image_id("sim-ab:12", 0)
+    'production-sim-ab_12-0'
+    """
+    return f"production-{re.sub(r'[^A-Za-z0-9._-]', '_', str(request_id))}-{int(index)}"
+
+
+def assign_splits(groups: pd.Series, holdout_share: float, val_share: float) -> pd.Series:
+    """The split of each row from a hash of its group: same group, same split, every time.
+
+    A group's SHA-256 maps to a number in [0, 1): below `holdout_share` is
+    `holdout`, then `val_share` of `val`, the rest `train`. Shares hold in
+    expectation over many groups, not exactly for a few.
+
+    >>> groups = pd.Series([f"g{i}" for i in range(2000)])
+    >>> shares = assign_splits(groups, 0.3, 0.1).value_counts(normalize=True).round(1)
+    >>> shares.to_dict() == {"train": 0.6, "holdout": 0.3, "val": 0.1}
+    True
+    >>> assign_splits(pd.Series(["g1", "g1"]), 0.5, 0.2).nunique()
+    1
+    """
+    if not (holdout_share >= 0 and val_share >= 0 and holdout_share + val_share < 1):
+        raise ValueError("shares must be >= 0 and leave some for train")
+
+    def split_of(group: str) -> str:
+        digest = hashlib.sha256(str(group).encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        if u < holdout_share:
+            return HOLDOUT_SPLIT
+        if u < holdout_share + val_share:
+            return "val"
+        return "train"
+
+    return groups.map(split_of).astype(object)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What `merge_labels` did.
+
+    Attributes:
+        dataset_dir: the dataset.
+        added: the manifest rows added (schema columns).
+        skipped: reason (a `SKIP_REASONS` key) → the `request_id#index` keys skipped for it.
+        labels: labelled images considered.
+        report: the data gate's report on the merged dataset (None when nothing was added).
+    """
+
+    dataset_dir: Path
+    added: pd.DataFrame
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    labels: int = 0
+    report: ValidationReport | None = None
+
+    def added_per_split(self) -> dict[str, int]:
+        """Rows added per split."""
+        return {str(k): int(v) for k, v in self.added["split"].value_counts().sort_index().items()}
+
+
+def _image_lookup(log_root: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """Stored image paths of logged predictions, for the keys asked for."""
+    from flywheel.prediction_log import read_predictions
+
+    if not keys:
+        return {}
+    log = read_predictions(log_root)
+    found: dict[tuple[str, int], str] = {}
+    for request_id, index, path in zip(
+        log["request_id"], log["index"], log["image_path"], strict=True
+    ):
+        key = (str(request_id), int(index))
+        if key in keys and isinstance(path, str):
+            found[key] = path
+    return found
+
+
+def _decode(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def plan_rows(
+    labels: pd.DataFrame,
+    truth: pd.DataFrame,
+    manifest: pd.DataFrame,
+    plan: DataPlan,
+    cfg: MergeConfig,
+    images: Mapping[tuple[str, int], str],
+) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, bytes]]:
+    """Decide the manifest row of every labelled image, or why it is skipped. Reads images only.
+
+    Args:
+        labels: one row per labelled image: `request_id`, `index`, `label`, and
+            optionally `style`, `noise` (from the labeller) and `image_path`.
+        truth: the simulator's truth (`request_id`, `index`, `style`, `noise`, `group`).
+        manifest: the current manifest.
+        plan: classes, strata and image size the rows must meet.
+        cfg: the split shares.
+        images: `(request_id, index)` → the stored image file.
+
+    Returns:
+        The new manifest rows, the skipped keys by reason, and each new row's image bytes.
+    """
+    truth_by_key = {
+        (str(r["request_id"]), int(r["index"])): r for r in truth.to_dict(orient="records")
+    }
+    existing = dict(zip(manifest["image_id"], manifest["label"], strict=True))
+    hashes = set(manifest["sha256"].dropna())
+    styles, noises = set(plan.strata.style), set(plan.strata.noise)
+    skipped: dict[str, list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    payloads: dict[str, bytes] = {}
+
+    def skip(reason: str, key: tuple[str, int]) -> None:
+        skipped.setdefault(reason, []).append(f"{key[0]}#{key[1]}")
+
+    for record in labels.to_dict(orient="records"):
+        key = (str(record["request_id"]), int(record["index"]))
+        image_id = production_image_id(*key)
+        label = str(record["label"])
+        if image_id in existing:
+            skip("in_dataset" if existing[image_id] == label else "relabelled", key)
+            continue
+        if label not in plan.classes:
+            skip("unknown_label", key)
+            continue
+        known = truth_by_key.get(key, {})
+        style = _text(known.get("style")) or _text(record.get("style"))
+        noise = _text(known.get("noise")) or _text(record.get("noise"))
+        if style not in styles or noise not in noises:
+            skip("no_stratum", key)
+            continue
+        path = _text(record.get("image_path"))
+        source = path if path and Path(path).is_file() else images.get(key)
+        if source is None or not Path(source).is_file():
+            skip("no_image", key)
+            continue
+        data = Path(source).read_bytes()
+        size = _decode(data)
+        if size != (plan.image_size, plan.image_size):
+            skip("bad_image", key)
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in hashes:
+            skip("duplicate", key)
+            continue
+        hashes.add(digest)
+        payloads[image_id] = data
+        rows.append(
+            {
+                "image_id": image_id,
+                "path": f"{PRODUCTION_IMAGES}/{label}/{image_id}.png",
+                "label": label,
+                "split": "",
+                "style": style,
+                "noise": noise,
+                "source": PRODUCTION_SOURCE,
+                "group": _text(known.get("group")) or f"production:{key[0]}:{key[1]}",
+                "sha256": digest,
+                "width": size[0],
+                "height": size[1],
+            }
+        )
+    added = pd.DataFrame(rows, columns=list(COLUMNS))
+    if not added.empty:
+        added["split"] = assign_splits(added["group"], cfg.holdout_share, cfg.val_share)
+    return added.astype(COLUMNS), skipped, payloads
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string value, else None (NaN, None, '')."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    text = str(value)
+    return text or None
+
+
+def merge_labels(
+    params: Params,
+    labels: pd.DataFrame,
+    dataset_dir: Path,
+    *,
+    log_root: Path,
+    gt_root: Path | None = None,
+    validate: bool = True,
+    context_dir: Path | None = None,
+) -> MergeResult:
+    """Add labelled production images to the dataset as new manifest rows, gated by GX.
+
+    Args:
+        params: `data` (plan), `merge` (split shares), `validation` (the gate).
+        labels: one row per labelled image (`request_id`, `index`, `label`, ...),
+            e.g. `flywheel.labeling.read_labels()`.
+        dataset_dir: `data/<name>` (manifest.csv and images).
+        log_root: the prediction log, where the stored images are.
+        gt_root: the ground-truth folder with the simulator's truth (strata, glyph).
+        validate: run the data gate on the result (and undo the merge if it fails).
+        context_dir: the GX context folder (default `<state dir>/gx`).
+
+    Raises:
+        flywheel.data.manifest.ManifestError: the dataset has no manifest.
+        MergeError: the merged dataset fails the gate (the merge is undone).
+    """
+    from flywheel.validation import validate_dataset
+
+    dataset_dir = Path(dataset_dir)
+    manifest = load_manifest(dataset_dir)
+    labels = latest_per_key(labels) if not labels.empty else labels
+    truth = latest_per_key(read_ground_truth(gt_root, origins=[ORIGIN_SIMULATOR]))
+    want = {
+        (str(r), int(i))
+        for r, i, p in zip(
+            labels.get("request_id", []),
+            labels.get("index", []),
+            labels["image_path"] if "image_path" in labels else [None] * len(labels),
+            strict=True,
+        )
+        if not (isinstance(p, str) and Path(p).is_file())
+    }
+    images = _image_lookup(Path(log_root), want)
+    added, skipped, payloads = plan_rows(labels, truth, manifest, params.data, params.merge, images)
+    if added.empty:
+        return MergeResult(dataset_dir, added, skipped, len(labels))
+
+    before = manifest_path(dataset_dir).read_bytes()
+    written: list[Path] = []
+    try:
+        for row in added.itertuples(index=False):
+            target = dataset_dir / row.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payloads[row.image_id])
+            written.append(target)
+        save_manifest(pd.concat([manifest, added], ignore_index=True), dataset_dir)
+        report = (
+            validate_dataset(dataset_dir, params, context_dir=context_dir, progress=False)
+            if validate
+            else None
+        )
+    except BaseException:
+        _undo(dataset_dir, before, written)
+        raise
+    if report is not None and not report.success:
+        _undo(dataset_dir, before, written)
+        failed = "; ".join(
+            f"{f.rule} (e.g. {', '.join(o.key for o in f.offenders[:3]) or f.observed})"
+            for f in report.failures
+        )
+        raise MergeError(
+            f"{dataset_dir}: the merged dataset fails {len(report.failures)} of "
+            f"{report.n_expectations} expectations, so the merge was undone: {failed}. "
+            f"Data Docs: {report.data_docs}"
+        )
+    return MergeResult(dataset_dir, added, skipped, len(labels), report)
+
+
+def _undo(dataset_dir: Path, manifest_bytes: bytes, written: list[Path]) -> None:
+    """Put the manifest back and remove the images a failed merge copied in."""
+    manifest_path(dataset_dir).write_bytes(manifest_bytes)
+    for path in written:
+        path.unlink(missing_ok=True)
+    root = dataset_dir.resolve()
+    for path in written:  # folders the merge created and left empty, up to the dataset
+        folder = path.parent.resolve()
+        while folder != root and folder.is_relative_to(root) and folder.is_dir():
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+            folder = folder.parent
+
+
+@dataclass(frozen=True)
+class DatasetUpdate:
+    """What `update_dataset` did.
+
+    Attributes:
+        merge: the merge.
+        version_before: the data version `data.dvc` recorded before (None: none).
+        version: the data version after (`== version_before` when nothing was added).
+    """
+
+    merge: MergeResult
+    version_before: str | None
+    version: str
+
+    @property
+    def changed(self) -> bool:
+        """Whether a new data version was recorded."""
+        return self.version != self.version_before
+
+
+def update_dataset(
+    params: Params,
+    repo: str | Path = ".",
+    labels: pd.DataFrame | None = None,
+    *,
+    log_root: Path | None = None,
+    gt_root: Path | None = None,
+    push: bool = True,
+    context_dir: Path | None = None,
+) -> DatasetUpdate:
+    """Merge labels into `data/` and record the result as a new DVC data version.
+
+    First `data/` is brought to the version `data.dvc` records (kept, pulled or
+    regenerated; unrecorded changes are refused), then `merge_labels`, then
+    `dvc add` and, with `push`, `dvc push`.
+
+    Args:
+        params: the configuration.
+        repo: the repository root holding `data.dvc`.
+        labels: the labels to merge (default: every label in the ground-truth store).
+        log_root: the prediction log (default: `serve.log.dir` or `<state dir>/predictions`).
+        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        push: push the new version to DVC's default remote.
+        context_dir: the GX context folder (default `<state dir>/gx`).
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: `data/` holds unrecorded changes.
+        MergeError: the merged dataset fails the data gate (nothing is recorded).
+    """
+    from flywheel.curation import prediction_log_root
+    from flywheel.data.versioning import ensure_dataset, track_dataset
+    from flywheel.labeling import read_labels
+
+    repo = Path(repo)
+    _, before = ensure_dataset(params.data, repo)
+    result = merge_labels(
+        params,
+        read_labels(gt_root) if labels is None else labels,
+        repo / params.data.dataset_dir,
+        log_root=log_root if log_root is not None else prediction_log_root(params),
+        gt_root=gt_root,
+        context_dir=context_dir,
+    )
+    version = track_dataset(repo, params.data, push=push) if not result.added.empty else before
+    return DatasetUpdate(result, before, version)
+
+
+__all__ = [
+    "PRODUCTION_IMAGES",
+    "PRODUCTION_SOURCE",
+    "SKIP_REASONS",
+    "DatasetUpdate",
+    "MergeError",
+    "MergeResult",
+    "assign_splits",
+    "merge_labels",
+    "plan_rows",
+    "production_image_id",
+    "update_dataset",
+]

@@ -1,0 +1,416 @@
+"""`flywheel monitor`: a window of the prediction log against the serving version's reference.
+
+Steps of `monitor`:
+
+1. Read the window of the prediction log (`since`/`until`, or the `last` N
+   records; by default the last `monitor.window_hours`).
+2. Keep the predictions of one model version — by default the one that served
+   the most recent prediction — because each version is compared with its own
+   reference profile (rows of other versions are counted and left out).
+3. Join the ground truth known for those predictions (`flywheel.ground_truth`:
+   the simulator's truth, Label Studio labels, the oracle's answers; the latest
+   label of a key wins), for accuracy on labelled traffic.
+4. Run the drift check (`flywheel.monitoring.drift`), save its HTML report and
+   add its snapshot to the model's project in the Evidently workspace.
+
+The result (`MonitorResult`) carries the decision and the numbers behind it;
+`exit_code` maps it to the command's exit status: 0 no drift, 1 drift (2 is
+an error, raised as `MonitoringError` or `ConfigError`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from flywheel.config import Params
+from flywheel.env import state_dir
+from flywheel.monitoring.drift import (
+    DriftCheck,
+    run_drift_report,
+    window_from_predictions,
+    window_from_reference,
+)
+from flywheel.monitoring.reference import MonitoringError, load_reference
+
+if TYPE_CHECKING:
+    from evidently.core.report import Snapshot
+    from rich.table import Table
+
+EXIT_NO_DRIFT = 0
+EXIT_DRIFT = 1
+EXIT_ERROR = 2
+
+
+class NotEnoughDataError(MonitoringError):
+    """The window holds fewer predictions than `monitor.min_window_size`: no decision."""
+
+
+def predictions_dir(params: Params, base: Path | None = None) -> Path:
+    """The prediction log the service writes: `serve.log.dir`, else `<state dir>/predictions`.
+
+    A relative `serve.log.dir` is taken relative to `base` (the folder of the
+    params file, as the service does), else to the working directory.
+    """
+    configured = params.serve.log.dir
+    if configured is None:
+        return state_dir() / "predictions"
+    if configured.is_absolute() or base is None:
+        return configured
+    return base / configured
+
+
+def workspace_dir(params: Params) -> Path:
+    """The Evidently workspace: `monitor.workspace`, else `<state dir>/evidently`."""
+    return params.monitor.workspace or state_dir() / "evidently"
+
+
+def reports_dir(params: Params) -> Path:
+    """Where HTML reports go: `monitor.reports_dir`, else `<state dir>/monitoring/reports`."""
+    return params.monitor.reports_dir or state_dir() / "monitoring" / "reports"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A window bound: an ISO 8601 time (naive = UTC) or a duration back from now (`90m`, `2h`).
+
+    >>> now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    >>> parse_time("2h", now).isoformat()
+    '2026-11-23T10:00:00+00:00'
+    >>> parse_time("2026-11-23T07:30", now).isoformat()
+    '2026-11-23T07:30:00+00:00'
+
+    Raises:
+        ValueError: neither a time nor a duration.
+    """
+    match = _DURATION.match(text)
+    if match:
+        amount, unit = float(match.group(1)), _UNITS[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO time (2026-11-23T07:30) nor a duration (90m, 2h, 1d)"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """One monitoring run: the decision, the numbers behind it, where the report went.
+
+    Attributes:
+        model_name: the registered model.
+        model_version: the version whose traffic was checked (and whose reference was used).
+        window_start: time of the window's first prediction of that version (UTC).
+        window_end: time of its last prediction (UTC): the snapshot's timestamp.
+        window_size: predictions of that version in the window.
+        other_versions: predictions of other versions in the window (left out).
+        labelled: predictions of the window with known ground truth.
+        check: the drift check (decision, shares, per-column scores, confidence, accuracy).
+        report_path: the HTML report (None when not saved).
+        project_id: the Evidently project (None when not saved).
+        snapshot_id: the Evidently snapshot (None when not saved).
+    """
+
+    model_name: str
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    window_size: int
+    other_versions: int
+    labelled: int
+    check: DriftCheck
+    report_path: Path | None = None
+    project_id: str | None = None
+    snapshot_id: str | None = None
+
+    @property
+    def drift(self) -> bool:
+        """The decision."""
+        return self.check.drift
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status: 1 when drift was detected, else 0."""
+        return EXIT_DRIFT if self.drift else EXIT_NO_DRIFT
+
+    def scalars(self) -> dict[str, float]:
+        """Flat numbers for a KFP Metrics artifact and the demo's phase table (NaN left out)."""
+        c = self.check
+        values = {
+            "drift": float(c.drift),
+            "feature_drift_share": c.feature_share,
+            "embedding_drift_share": c.embedding_share,
+            "prediction_drift_score": c.prediction.score,
+            "confidence_drift_score": c.confidence.score,
+            "mean_confidence": c.mean_confidence,
+            "reference_mean_confidence": c.reference_mean_confidence,
+            "window_size": float(self.window_size),
+            "rows_analysed": float(c.rows),
+            "labelled": float(self.labelled),
+            "model_version": float(self.model_version),
+        }
+        if c.accuracy is not None:
+            values["accuracy"] = c.accuracy
+        if c.reference_accuracy is not None:
+            values["reference_accuracy"] = c.reference_accuracy
+        values |= {f"drift_score[{k}]": v.score for k, v in c.features.items()}
+        return {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, for `flywheel monitor --json` and pipelines."""
+        return {
+            "drift": self.drift,
+            "exit_code": self.exit_code,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "window_size": self.window_size,
+            "other_versions": self.other_versions,
+            "labelled": self.labelled,
+            "report_path": str(self.report_path) if self.report_path else None,
+            "project_id": self.project_id,
+            "snapshot_id": self.snapshot_id,
+            **self.check.to_dict(),
+        }
+
+
+def _when(moment: datetime | None, default: str) -> str:
+    """A window bound for people: seconds, UTC.
+
+    >>> _when(datetime(2026, 1, 5, 8, 0, 1, 250, tzinfo=UTC), "now"), _when(None, "now")
+    ('2026-01-05 08:00:01 UTC', 'now')
+    """
+    return default if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def select_version(frame: pd.DataFrame, version: str | None) -> tuple[pd.DataFrame, str, int]:
+    """The rows of one model version: `version`, else the one that served the latest prediction.
+
+    Returns:
+        `(rows of that version, the version, rows of other versions)`.
+
+    Raises:
+        NotEnoughDataError: the window is empty, or holds nothing of `version`.
+    """
+    if frame.empty:
+        raise NotEnoughDataError("the window holds no predictions")
+    versions = frame["model_version"].astype(str)
+    chosen = version if version is not None else versions.iloc[-1]  # frames are time-ordered
+    mine = versions == str(chosen)
+    if not mine.any():
+        raise NotEnoughDataError(
+            f"the window holds no predictions of version {chosen}; "
+            f"it has versions {sorted(versions.unique())}"
+        )
+    return frame[mine.to_numpy()].reset_index(drop=True), str(chosen), int((~mine).sum())
+
+
+def join_ground_truth(frame: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `true_label` from the ground truth (NaN where unknown), on (request_id, index).
+
+    >>> log = pd.DataFrame({"request_id": ["a", "a", "b"], "index": [0, 1, 0]})
+    >>> truth = pd.DataFrame({"request_id": ["a"], "index": [1], "label": ["7"]})
+    >>> join_ground_truth(log, truth)["true_label"].tolist()
+    [nan, '7', nan]
+    """
+    truth = ground_truth[["request_id", "index", "label"]].rename(columns={"label": "true_label"})
+    truth = truth.astype({"request_id": str, "index": "int64"})
+    keyed = frame.astype({"request_id": str, "index": "int64"})
+    joined = keyed.merge(truth, on=["request_id", "index"], how="left", validate="many_to_one")
+    return joined
+
+
+def monitor(
+    params: Params,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    last: int | None = None,
+    version: str | None = None,
+    log_dir: Path | None = None,
+    ground_truth_dir: Path | None = None,
+    save: bool = True,
+    report_path: Path | None = None,
+    now: datetime | None = None,
+) -> MonitorResult:
+    """Check a window of production traffic for drift against its version's reference.
+
+    Args:
+        params: the configuration (`monitor`, `evaluate.registered_model`, `serve.log`).
+        since: window start (inclusive); default `now - monitor.window_hours`
+            unless `last` is given.
+        until: window end (exclusive); default now.
+        last: only the most recent `last` predictions of the window.
+        version: the model version to check (default: the latest prediction's).
+        log_dir: the prediction log (default `predictions_dir(params)`).
+        ground_truth_dir: the ground truth (default `<state dir>/ground_truth`).
+        save: write the HTML report and add the snapshot to the Evidently workspace.
+        report_path: where the HTML report goes (default under `reports_dir(params)`).
+        now: the current time (tests).
+
+    Raises:
+        NotEnoughDataError: fewer than `monitor.min_window_size` predictions of the version.
+        flywheel.monitoring.reference.ReferenceNotFoundError: the version has no profile.
+        flywheel.registry.RegistryError: the version is not registered.
+        ConfigError: a configured drift test is not an Evidently stattest.
+    """
+    from flywheel.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
+    from flywheel.prediction_log import read_predictions
+
+    config = params.monitor
+    name = params.evaluate.registered_model
+    now = now or datetime.now(UTC)
+    if since is None and last is None:
+        since = now - timedelta(hours=config.window_hours)
+    root = log_dir if log_dir is not None else predictions_dir(params)
+    frame = read_predictions(root, since, until, limit=last)
+    if frame.empty:
+        raise NotEnoughDataError(
+            f"no predictions in {root} between {_when(since, 'the start')} and "
+            f"{_when(until, 'now')}{f' (last {last})' if last else ''}: send traffic or widen "
+            "--since/--last"
+        )
+    frame, chosen, others = select_version(frame, version)
+    if len(frame) < config.min_window_size:
+        raise NotEnoughDataError(
+            f"the window holds {len(frame)} predictions of {name} version {chosen}; "
+            f"monitor.min_window_size is {config.min_window_size}: wait for more traffic or "
+            "widen --since/--last"
+        )
+    try:
+        truth = latest_per_key(read_ground_truth(ground_truth_dir))
+    except GroundTruthError as err:
+        raise MonitoringError(str(err)) from None
+    frame = join_ground_truth(frame, truth)
+    current = window_from_predictions(frame)
+    reference = window_from_reference(
+        load_reference(name, chosen), config.reference_splits, version=int(chosen)
+    )
+    start, end = frame["time"].iloc[0].to_pydatetime(), frame["time"].iloc[-1].to_pydatetime()
+    snapshot, check = run_drift_report(
+        current,
+        reference,
+        config,
+        timestamp=end.astimezone(UTC).replace(tzinfo=None),  # Evidently keeps naive times
+        metadata={
+            "model_name": name,
+            "model_version": chosen,
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+        },
+        tags=[f"v{chosen}"],
+        name=f"{name} v{chosen} {end:%Y-%m-%d %H:%M} UTC",
+    )
+    snapshot = relabel(
+        snapshot, {"drift": str(check.drift)}, ["drift" if check.drift else "no-drift"]
+    )
+    result = MonitorResult(
+        model_name=name,
+        model_version=chosen,
+        window_start=start,
+        window_end=end,
+        window_size=len(frame),
+        other_versions=others,
+        labelled=current.labelled,
+        check=check,
+    )
+    if not save:
+        return result
+    from flywheel.monitoring.workspace import save_snapshot
+
+    path = report_path or reports_dir(params) / f"{name}-v{chosen}-{end:%Y%m%dT%H%M%SZ}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    project_id, snapshot_id = save_snapshot(
+        workspace_dir(params), name, snapshot, components=list(check.embedding)
+    )
+    return MonitorResult(
+        **{
+            **result.__dict__,
+            "report_path": path,
+            "project_id": project_id,
+            "snapshot_id": snapshot_id,
+        }
+    )
+
+
+def relabel(snapshot: Snapshot, metadata: dict[str, str], tags: list[str]) -> Snapshot:
+    """The snapshot with more metadata and tags (known only once its results are read).
+
+    Evidently copies metadata and tags when a report runs and offers no setter;
+    its serialised model round-trips everything else (results, widgets).
+    """
+    from evidently.core.report import Snapshot
+
+    model = snapshot.to_snapshot_model()
+    model.metadata = {**model.metadata, **metadata}
+    model.tags = [*model.tags, *tags]
+    return Snapshot.load_model(model)
+
+
+def result_table(result: MonitorResult) -> Table:
+    """The result as a rich table: the decision, then each signal and its numbers."""
+    from rich.table import Table
+
+    c = result.check
+    verdict = "[red bold]DRIFT[/red bold]" if c.drift else "[green bold]no drift[/green bold]"
+    why = f" ({', '.join(c.reasons)})" if c.reasons else ""
+    table = Table(
+        title=f"{result.model_name} version {result.model_version}: {verdict}{why}",
+        caption=f"window {result.window_start:%Y-%m-%d %H:%M:%S} → "
+        f"{result.window_end:%Y-%m-%d %H:%M:%S} UTC, {result.window_size} predictions"
+        + (f" ({c.rows} analysed)" if c.rows != result.window_size else "")
+        + (f", {result.other_versions} of other versions left out" if result.other_versions else "")
+        + f"; reference {c.reference_rows} rows",
+    )
+    for name in ("signal", "value", "threshold", "drifted"):
+        table.add_column(name, justify="left" if name == "signal" else "right")
+
+    def mark(flag: bool) -> str:
+        return "[red]yes[/red]" if flag else "no"
+
+    table.add_row(
+        "summary features (share drifted)",
+        f"{c.feature_share:.2f}",
+        f">= {c.feature_share_threshold:g}",
+        mark(c.signals["features"]),
+    )
+    for name, test in c.features.items():
+        table.add_row(
+            f"  {name}",
+            f"{test.score:.3f}",
+            f"{test.method} {test.threshold:g}",
+            mark(test.drifted),
+        )
+    table.add_row(
+        f"embedding ({len(c.embedding)} PCA comp., {c.embedding_variance:.0%} var.)",
+        f"{c.embedding_share:.2f}",
+        f">= {c.embedding_share_threshold:g}",
+        mark(c.signals["embedding"]),
+    )
+    for label, test in (("predicted labels", c.prediction), ("confidence", c.confidence)):
+        table.add_row(
+            label, f"{test.score:.3f}", f"{test.method} {test.threshold:g}", mark(test.drifted)
+        )
+    table.add_row(
+        "mean confidence", f"{c.mean_confidence:.3f}", f"ref {c.reference_mean_confidence:.3f}", ""
+    )
+    if c.accuracy is not None:
+        reference = "" if c.reference_accuracy is None else f"ref {c.reference_accuracy:.3f}"
+        table.add_row(f"accuracy ({result.labelled} labelled)", f"{c.accuracy:.3f}", reference, "")
+    else:
+        table.add_row("accuracy", "-", "no ground truth", "")
+    return table

@@ -1,0 +1,95 @@
+"""Replay images through a registered version into the prediction log, as the service would.
+
+For back-filling a log, for examples and benchmarks of monitoring without a
+running server, and for tests. Per image it computes what `serving/service.py`
+logs: the task's pre-processing, the summary features of the pre-processed
+pixels, the exported model's probabilities and embedding (loaded with
+`mlflow.pytorch.load_model`, as the service loads it), label and confidence.
+Records are timed `start, start + interval, ...` so windows can be laid out
+in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flywheel.features import summary_features
+from flywheel.prediction_log import PredictionLogger, PredictionRecord
+
+if TYPE_CHECKING:
+    from flywheel.tasks.base import ImageLike
+
+
+def replay_images(
+    model_name: str,
+    version: str,
+    images: Sequence[ImageLike],
+    logger: PredictionLogger,
+    *,
+    start: datetime,
+    interval: timedelta = timedelta(seconds=1),
+    request_prefix: str = "replay",
+    batch_size: int = 256,
+) -> list[str]:
+    """Serve `images` with `model_name` version `version` and append the predictions to `logger`.
+
+    Args:
+        model_name: the registered model.
+        version: the version that "serves" them.
+        images: PIL images or uint8 arrays, any size (pre-processed as served).
+        logger: an open prediction logger.
+        start: time of the first record; record i is at `start + i * interval`.
+        interval: time between records.
+        request_prefix: request ids are `<prefix>-<i>`, one image per request.
+        batch_size: images per forward pass.
+
+    Returns:
+        The request ids, in image order (each image is index 0 of its request).
+
+    Raises:
+        flywheel.evaluation.EvaluationError: the version has no usable task metadata.
+    """
+    import mlflow.pytorch
+    import torch
+
+    from flywheel.evaluation import load_task
+    from flywheel.registry import model_uri
+
+    uri = model_uri(model_name, version)
+    task = load_task(uri)
+    module = mlflow.pytorch.load_model(uri, map_location="cpu")
+    ids: list[str] = []
+    for first in range(0, len(images), batch_size):
+        batch = task.preprocess(list(images[first : first + batch_size]))  # (B, 1, S, S)
+        pixels = batch[:, 0].numpy()  # (B, S, S) in [0, 1]
+        features = summary_features(pixels).to_dict(orient="records")
+        with torch.inference_mode():
+            probabilities, embeddings = task.split_output(module(batch))  # (B, K), (B, D)
+        stored = np.rint(pixels * 255.0).astype(np.uint8)  # (B, S, S), as the service stores
+        for j in range(len(batch)):
+            i = first + j
+            best = int(probabilities[j].argmax())
+            request_id = f"{request_prefix}-{i}"
+            logger.log(
+                PredictionRecord(
+                    request_id=request_id,
+                    index=0,
+                    time=start + i * interval,
+                    model_name=model_name,
+                    model_version=str(version),
+                    label=task.classes[best],
+                    confidence=float(probabilities[j, best]),
+                    probabilities=dict(
+                        zip(task.classes, probabilities[j].astype(float).tolist(), strict=True)
+                    ),
+                    features=features[j],
+                    embedding=embeddings[j].astype(float).tolist(),
+                    image=stored[j],
+                )
+            )
+            ids.append(request_id)
+    return ids

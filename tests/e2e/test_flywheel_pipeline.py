@@ -1,0 +1,188 @@
+"""The retraining pipeline (`flywheel`) end to end through the KFP local runner, on a tiny project.
+
+Everything is real: a DVC project holding a tiny dataset from the collector,
+the `training` pipeline promoting version 1, the BentoML service serving it on
+127.0.0.1, the simulator sending drifted traffic (its truth recorded where the
+service never looks), then the `flywheel` pipeline as `flywheel pipeline run
+flywheel` runs it: monitor (Evidently, against version 1's reference profile)
+→ drifted → curate (active learning over the logged traffic) → label (the
+oracle, through a Label Studio export) → update dataset (merge, GX, `dvc add`)
+→ the nested training pipeline on the new data version → evaluate against
+production on the frozen test split and the production holdout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flywheel.config import (
+    CurateConfig,
+    DataPlan,
+    EvaluateConfig,
+    GatesConfig,
+    ModelConfig,
+    MonitorConfig,
+    Params,
+    Scenario,
+    SimulateConfig,
+    TrainConfig,
+)
+from flywheel.data.collect import collect_dataset
+from flywheel.data.manifest import load_manifest
+from flywheel.data.versioning import data_version, track_dataset
+from flywheel.ground_truth import read_ground_truth
+from flywheel.registry import get_version, read_blessing, version_for_alias
+from flywheel.serving_client import start_server
+from flywheel.simulate import simulate_traffic
+from flywheel.steps import pipeline_arguments
+from flywheel.tracking import configure_tracking
+from pipelines.catalog import get_pipeline
+from pipelines.local import LocalRun, run_locally
+
+pytestmark = pytest.mark.slow
+
+MODEL = "e2e-loop"
+DRIFT = "handwritten_shadow_rotated"
+PARAMS = Params(
+    data=DataPlan(
+        name="tiny",
+        seed=5,
+        classes=("0", "1", "2", "3"),
+        per_stratum={"train": 12, "val": 4, "test": 4},
+    ),
+    scenarios={
+        "in_distribution": Scenario(),
+        DRIFT: Scenario(
+            mix={"handwritten/shadow": 0.5, "handwritten/rotated": 0.5},
+            severity={"shadow": 1.6, "rotated": 1.6},
+        ),
+    },
+    train=TrainConfig(
+        experiment="e2e-loop",
+        epochs=2,
+        batch_size=16,
+        patience=10,
+        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+    ),
+    evaluate=EvaluateConfig(
+        registered_model=MODEL,
+        gates=GatesConfig(min_accuracy=0.0, min_slice_accuracy=None, min_slice_support=4),
+    ),
+    monitor=MonitorConfig(min_window_size=40),
+    curate=CurateConfig(budget=24, strategy="margin"),
+    simulate=SimulateConfig(concurrency=4),
+)
+DRIFTED_REQUESTS = 80
+
+
+def _tiny_project(root: Path) -> tuple[Path, str]:
+    """A DVC repository (no git) with params.yaml and the tiny dataset recorded as a version."""
+    root.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    collect_dataset(PARAMS.data, root / "data", progress=False)
+    return root, track_dataset(root, PARAMS.data, push=False)
+
+
+def _run(name: str, version: str) -> LocalRun:
+    entry = get_pipeline(name)
+    pipeline = entry.build(PARAMS, data_version=version, target="local")
+    arguments = pipeline_arguments(PARAMS, [], data_version=version, repo=str(Path.cwd()))
+    accepted = set(pipeline.component_spec.inputs or {})
+    return run_locally(
+        pipeline,
+        {k: v for k, v in arguments.items() if k in accepted},
+        name=entry.name,
+        output_tasks=entry.outputs,
+        caching=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """Version 1 in production, drifted traffic served and logged, then the flywheel run."""
+    root, first_version = _tiny_project(tmp_path_factory.mktemp("loop") / "project")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for key in ("FLYWHEEL_HOME", "MLFLOW_TRACKING_URI", "FLYWHEEL_PIPELINE_RUN_ID"):
+            patch.delenv(key, raising=False)
+        training = _run("training", first_version)
+        assert training.outputs["blessed"] is True
+        with start_server(root / "params.yaml", cwd=root) as url:
+            drifted = simulate_traffic(
+                PARAMS, DRIFT, requests=DRIFTED_REQUESTS, url=url, seed=1, progress=False
+            )
+        # the server flushed its prediction log on shutdown
+        flywheel = _run("flywheel", first_version)
+        configure_tracking()
+        yield {
+            "root": root,
+            "first_version": first_version,
+            "drifted": drifted,
+            "run": flywheel,
+        }
+
+
+def test_drifted_traffic_was_served_by_version_one_and_its_truth_recorded(
+    loop: dict[str, object],
+) -> None:
+    drifted = loop["drifted"]
+    assert drifted.errors == {}  # type: ignore[attr-defined]
+    assert drifted.versions == {"1": DRIFTED_REQUESTS}  # type: ignore[attr-defined]
+    truth = read_ground_truth(Path(".flywheel") / "ground_truth")
+    by_origin = truth["origin"].value_counts().to_dict()
+    assert by_origin["simulator"] == DRIFTED_REQUESTS
+    assert 0 < by_origin["oracle"] <= PARAMS.curate.budget  # the curated batch, labelled
+
+
+def test_the_pipeline_ran_every_step_of_the_loop(loop: dict[str, object]) -> None:
+    run = loop["run"]
+    steps = set(run.task_seconds)  # type: ignore[attr-defined]
+    assert {
+        "monitor-drift",
+        "curate-samples",
+        "label-samples",
+        "update-dataset",
+        "validate-data",
+        "train-model",
+        "evaluate-model",
+    } <= steps
+
+
+def test_labelled_traffic_became_a_new_data_version(loop: dict[str, object]) -> None:
+    root = Path(loop["root"])  # type: ignore[arg-type]
+    new_version = data_version(root, PARAMS.data)
+    assert new_version != loop["first_version"]
+    manifest = load_manifest(root / "data" / "tiny")
+    production = manifest[manifest["source"] == "production"]
+    assert 0 < len(production) <= PARAMS.curate.budget
+    assert set(production["style"]) == {"handwritten"}  # the drifted traffic's strata
+    assert (manifest[manifest["source"] != "production"]["split"] == "test").sum() == 8 * 4
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "-q"], cwd=root, check=True
+    )  # data/ is what data.dvc records
+
+
+def test_version_two_trained_on_it_and_faced_the_champion(loop: dict[str, object]) -> None:
+    root = Path(loop["root"])  # type: ignore[arg-type]
+    new_version = data_version(root, PARAMS.data)
+    version = get_version(MODEL, "2")
+    assert version.tags["flywheel.data_version"] == new_version
+    blessing = read_blessing(MODEL, "2")
+    assert blessing is not None
+    assert blessing.champion_version == "1"
+    gates = {g.name for g in blessing.gates}
+    assert "beats_champion" in gates
+    production = version_for_alias(MODEL, "production")
+    assert production == ("2" if blessing.blessed else "1")

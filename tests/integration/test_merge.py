@@ -1,0 +1,230 @@
+"""A new data version from labelled production traffic: real DVC, real GX, real prediction log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from flywheel.cli import app
+from flywheel.config import HOLDOUT_SPLIT, DataPlan, Params, Scenario, Strata
+from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
+from flywheel.data.merge import MergeError, production_image_id, update_dataset
+from flywheel.data.versioning import data_version, ensure_dataset, is_clean
+from flywheel.ground_truth import write_ground_truth
+from tests.labeling_support import serve_collected_batch, write_prediction_log
+
+pytestmark = pytest.mark.slow  # DVC and GX: a few seconds each
+
+PLAN = DataPlan(
+    seed=11,
+    classes=("0", "1", "2", "3"),
+    image_size=16,
+    strata=Strata(style=("handwritten", "printed"), noise=("clean", "shadow")),
+    per_stratum={"train": 8, "val": 4, "test": 4},
+)
+DRIFT = Scenario(mix={"handwritten/shadow": 0.8, "printed/clean": 0.2}, severity={"shadow": 1.5})
+
+
+def _dvc(repo: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Params, Path, Path]:
+    """A git + DVC repo with the first data version, and 30 served, truth-recorded images."""
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "config", "core.analytics", "false")
+    _dvc(repo, "remote", "add", "-d", "tmp", str(tmp_path / "remote"))
+    ensure_dataset(PLAN, repo)
+    params = Params(data=PLAN, serve={"log": {"dir": tmp_path / "log"}})  # type: ignore[arg-type]
+    serve_collected_batch(
+        PLAN,
+        30,
+        tmp_path / "log",
+        tmp_path / "state" / "ground_truth",
+        seed=3,
+        scenario=DRIFT,
+        work_dir=tmp_path,
+    )
+    return params, repo, tmp_path
+
+
+def _label(truth_rows: pd.DataFrame, tmp_path: Path) -> None:
+    """The oracle's labels for these rows, as `flywheel label oracle` records them."""
+    labels = truth_rows[["request_id", "index", "label"]].assign(origin="oracle")
+    write_ground_truth(labels, tmp_path / "state" / "ground_truth")
+
+
+def _truth(tmp_path: Path) -> pd.DataFrame:
+    from flywheel.ground_truth import read_ground_truth
+
+    return read_ground_truth(tmp_path / "state" / "ground_truth", origins=["simulator"])
+
+
+def test_a_merge_records_a_new_version_and_keeps_test_frozen(
+    setup: tuple[Params, Path, Path],
+) -> None:
+    params, repo, tmp_path = setup
+    dataset = repo / "data" / PLAN.name
+    first = data_version(repo, PLAN)
+    before = load_manifest(dataset)
+    truth = _truth(tmp_path)
+    _label(truth.iloc[:20], tmp_path)
+
+    update = update_dataset(params, repo, push=False)
+
+    assert update.version_before == first
+    assert update.changed
+    assert update.version == data_version(repo, PLAN) != first
+    assert is_clean(repo, PLAN)
+    merged = load_manifest(dataset)
+    added = merged[merged["source"] == "production"].set_index("image_id")
+    assert len(added) == 20 == len(update.merge.added)
+    expected = (
+        truth.iloc[:20]
+        .assign(
+            image_id=[
+                production_image_id(r, i)
+                for r, i in truth.iloc[:20][["request_id", "index"]].values
+            ]
+        )
+        .set_index("image_id")
+    )
+    for column in ("label", "style", "noise", "group"):
+        assert added[column].to_dict() == expected.loc[added.index, column].to_dict()
+    assert set(added["split"]) <= {"train", "val", HOLDOUT_SPLIT}
+    assert added.groupby("group")["split"].nunique().max() == 1  # a glyph stays in one split
+    for row in added.itertuples():
+        assert row.path.startswith(f"images/production/{row.label}/")
+        assert sha256_file(dataset / row.path) == row.sha256
+    # The frozen split is untouched, row for row.
+    pd.testing.assert_frame_equal(
+        merged[merged["split"] == "test"].reset_index(drop=True),
+        before[before["split"] == "test"].reset_index(drop=True),
+    )
+    report = update.merge.report
+    assert report is not None
+    assert report.success, report.failures
+    assert (
+        sum(row.get(HOLDOUT_SPLIT, 0) for row in report.counts.values())
+        == (added["split"] == HOLDOUT_SPLIT).sum()
+    )
+
+    # Merging the same labels again adds nothing: same bytes, same version.
+    manifest_bytes = manifest_path(dataset).read_bytes()
+    again = update_dataset(params, repo, push=False)
+    assert not again.changed
+    assert again.version == update.version
+    assert again.merge.added.empty
+    assert len(again.merge.skipped["in_dataset"]) == 20
+    assert manifest_path(dataset).read_bytes() == manifest_bytes
+
+    # More labels later: only the new ones join, another version.
+    _label(truth.iloc[20:25], tmp_path)
+    third = update_dataset(params, repo, push=False)
+    assert len(third.merge.added) == 5
+    assert third.version not in {first, update.version}
+
+
+def test_a_merge_that_fails_the_gate_is_undone(setup: tuple[Params, Path, Path]) -> None:
+    params, repo, tmp_path = setup
+    dataset = repo / "data" / PLAN.name
+    manifest_bytes = manifest_path(dataset).read_bytes()
+    test_group = load_manifest(dataset).query("split == 'test'")["group"].iloc[0]
+    leaked = _truth(tmp_path).iloc[:3].assign(request_id=lambda f: "leak-" + f["request_id"])
+    # The simulator claims these images show a glyph of the frozen test split: leakage.
+    write_ground_truth(leaked.assign(group=test_group), tmp_path / "state" / "ground_truth")
+    _label(leaked, tmp_path)
+    images = np.stack(
+        [
+            np.asarray(
+                Image.open(next((tmp_path / "log").rglob(f"{r.removeprefix('leak-')}-0.png")))
+            )
+            for r in leaked["request_id"]
+        ]
+    )  # (3, S, S): the same pictures, one pixel changed, logged under the new keys
+    images[:, 0, 0] ^= 1
+    write_prediction_log(
+        tmp_path / "log",
+        images,
+        np.full((3, 4), 0.25),
+        PLAN.classes,
+        request_ids=leaked["request_id"].tolist(),
+    )
+
+    with pytest.raises(
+        MergeError,
+        match=r"the merge was undone: no source glyph \(group\).*leakage.*production-leak-",
+    ):
+        update_dataset(params, repo, push=False)
+
+    assert manifest_path(dataset).read_bytes() == manifest_bytes
+    assert not (dataset / "images" / "production").exists()
+    assert is_clean(repo, PLAN)
+
+
+def test_data_merge_cli(setup: tuple[Params, Path, Path]) -> None:
+    params, repo, tmp_path = setup
+    _label(_truth(tmp_path).iloc[:10], tmp_path)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    first = data_version(repo, PLAN)
+
+    result = CliRunner().invoke(
+        app, ["data", "merge", "--repo", str(repo), "--no-push", "--params", str(params_file)]
+    )
+
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, output
+    assert "10 labelled images: 10 merged" in output
+    assert f"(was {first})" in output
+    assert data_version(repo, PLAN) in output
+
+
+def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, Path]) -> None:
+    """What the curate, label and update-dataset components call, chained as the pipeline does."""
+    from flywheel import steps
+
+    params, repo, tmp_path = setup
+    params = params.model_copy(
+        update={
+            "curate": params.curate.model_copy(update={"budget": 8}),
+            "label": params.label.model_copy(update={"dir": tmp_path / "labeling"}),
+        }
+    )
+    first = data_version(repo, PLAN)
+
+    queued = steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "queue")
+    labelled = steps.label_samples(
+        params, tmp_path / "artifacts" / "queue", labels_out=tmp_path / "artifacts" / "labels"
+    )
+    version = steps.update_dataset(params, repo, tmp_path / "artifacts" / "labels")
+
+    assert (queued, labelled) == (8, 8)
+    assert (tmp_path / "artifacts" / "queue" / "label_config.xml").is_file()
+    assert version == data_version(repo, PLAN) != first
+    merged = load_manifest(repo / "data" / PLAN.name)
+    assert (merged["source"] == "production").sum() == 8
+    # Nothing new to curate from the same log after the rest is queued: the version holds.
+    params = params.model_copy(update={"curate": params.curate.model_copy(update={"budget": 50})})
+    assert steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "q2") == 22
+    assert steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "q3") == 0
+    assert (
+        steps.label_samples(
+            params, tmp_path / "artifacts" / "q3", labels_out=tmp_path / "artifacts" / "l3"
+        )
+        == 0
+    )
+    assert steps.update_dataset(params, repo, tmp_path / "artifacts" / "l3") == version

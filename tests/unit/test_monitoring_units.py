@@ -1,0 +1,353 @@
+"""Pure parts of monitoring: windows, the decision, time parsing, the ground-truth join, results."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from flywheel.config import MonitorConfig, Params, UIConfig
+from flywheel.features import FEATURE_COLUMNS
+from flywheel.monitoring import ColumnDrift, DriftCheck, MonitorResult, NotEnoughDataError
+from flywheel.monitoring.dashboards import DashboardError, evidently_ui_command, find_chromium
+from flywheel.monitoring.dashboards import screenshot as take_screenshot
+from flywheel.monitoring.drift import (
+    CORRECT,
+    EmbeddingProjector,
+    Window,
+    decide,
+    window_from_predictions,
+    window_from_reference,
+)
+from flywheel.monitoring.monitor import (
+    join_ground_truth,
+    parse_time,
+    predictions_dir,
+    reports_dir,
+    select_version,
+    workspace_dir,
+)
+from flywheel.monitoring.reference import EMBEDDING_PREFIX, MonitoringError
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _rows(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({c: rng.random(n) for c in FEATURE_COLUMNS})
+    frame["prediction"] = rng.choice(["0", "1"], n)
+    frame["confidence"] = rng.random(n)
+    frame["model_version"] = 1.0
+    return frame
+
+
+def _log(n: int, versions: list[str] | None = None) -> pd.DataFrame:
+    """Rows shaped like `read_predictions` output."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({c: rng.random(n) for c in FEATURE_COLUMNS})
+    frame["request_id"] = [f"r{i}" for i in range(n)]
+    frame["index"] = 0
+    frame["label"] = rng.choice(["0", "1"], n)
+    frame["confidence"] = rng.random(n)
+    frame["model_version"] = versions or ["3"] * n
+    frame["embedding"] = [list(rng.random(4)) for _ in range(n)]
+    return frame
+
+
+# ------------------------------------------------------------------ the decision
+
+
+@pytest.mark.parametrize(
+    ("signals", "triggers", "expected"),
+    [
+        ({"features": False, "embedding": False}, ("features", "embedding"), (False, ())),
+        ({"features": True, "embedding": False}, ("features", "embedding"), (True, ("features",))),
+        ({"features": True, "embedding": True}, ("embedding",), (True, ("embedding",))),
+        ({"features": False, "prediction": True}, ("features",), (False, ())),
+        (
+            {"prediction": True, "confidence": True},
+            ("confidence", "prediction"),
+            (True, ("confidence", "prediction")),
+        ),
+        ({}, ("features",), (False, ())),
+    ],
+)
+def test_drift_is_decided_by_the_triggering_signals_only(
+    signals: dict[str, bool], triggers: tuple[str, ...], expected: tuple[bool, tuple[str, ...]]
+) -> None:
+    assert decide(signals, triggers) == expected
+
+
+# ---------------------------------------------------------------------- times
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2h", datetime(2026, 11, 23, 10, 0, tzinfo=UTC)),
+        ("90m", datetime(2026, 11, 23, 10, 30, tzinfo=UTC)),
+        (" 1d ", datetime(2026, 11, 22, 12, 0, tzinfo=UTC)),
+        ("1.5h", datetime(2026, 11, 23, 10, 30, tzinfo=UTC)),
+        ("30s", datetime(2026, 11, 23, 11, 59, 30, tzinfo=UTC)),
+        ("2026-11-23T07:30", datetime(2026, 11, 23, 7, 30, tzinfo=UTC)),
+        ("2026-11-23T09:30+02:00", datetime(2026, 11, 23, 7, 30, tzinfo=UTC)),
+        ("2026-11-23", datetime(2026, 11, 23, 0, 0, tzinfo=UTC)),
+    ],
+)
+def test_window_bounds_are_times_or_durations_back_from_now(text: str, expected: datetime) -> None:
+    assert parse_time(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2x", "-2h", ""])
+def test_a_bound_that_is_neither_says_which_forms_work(text: str) -> None:
+    with pytest.raises(ValueError, match=r"ISO time.*duration"):
+        parse_time(text, NOW)
+
+
+# -------------------------------------------------------------------- windows
+
+
+def test_a_window_keeps_one_version_the_latest_by_default() -> None:
+    log = _log(5, versions=["1", "1", "2", "1", "2"])
+
+    rows, version, others = select_version(log, None)
+
+    assert (version, others, len(rows)) == ("2", 3, 2)
+    assert rows["request_id"].tolist() == ["r2", "r4"]
+
+
+def test_an_explicit_version_is_kept_or_named_as_missing() -> None:
+    log = _log(3, versions=["1", "2", "2"])
+
+    assert select_version(log, "1")[1:] == ("1", 2)
+    with pytest.raises(NotEnoughDataError, match=r"no predictions of version 7.*\['1', '2'\]"):
+        select_version(log, "7")
+    with pytest.raises(NotEnoughDataError, match="no predictions"):
+        select_version(log.iloc[:0], None)
+
+
+def test_ground_truth_joins_on_request_and_index_and_leaves_the_rest_unknown() -> None:
+    log = pd.DataFrame(
+        {"request_id": ["a", "a", "b"], "index": [0, 1, 0], "label": ["1", "2", "3"]}
+    )
+    truth = pd.DataFrame(
+        {"request_id": ["a", "b", "z"], "index": [1, 0, 0], "label": ["2", "9", "1"]}
+    )
+
+    joined = join_ground_truth(log, truth)
+
+    assert joined["true_label"].tolist()[1:] == ["2", "9"]
+    assert pd.isna(joined["true_label"].iloc[0])
+    window = window_from_predictions(joined.assign(**_log(3).drop(columns=list(log.columns))))
+    assert window.rows[CORRECT].tolist()[1:] == [1.0, 0.0]
+    assert math.isnan(window.rows[CORRECT].iloc[0])
+    assert window.labelled == 2
+
+
+def test_a_logged_window_keeps_the_prediction_and_stacks_embeddings_on_demand() -> None:
+    log = _log(4)
+
+    window = window_from_predictions(log)
+
+    assert window.rows["prediction"].tolist() == log["label"].tolist()
+    assert window.rows["model_version"].tolist() == [3.0] * 4
+    assert window.embedding_matrix().shape == (4, 4)
+    assert window.labelled == 0
+
+
+def test_embeddings_of_different_lengths_are_named() -> None:
+    log = _log(3)
+    log.at[2, "embedding"] = [0.0, 1.0]
+
+    with pytest.raises(MonitoringError, match="row 2 has 2, row 0 has 4"):
+        window_from_predictions(log).embedding_matrix()
+
+
+def test_a_window_needs_as_many_embeddings_as_rows() -> None:
+    with pytest.raises(MonitoringError, match="3 rows but 2 embeddings"):
+        Window(_rows(3), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize(("n", "expected"), [(None, 50), (80, 50), (20, 20)])
+def test_sampling_is_seeded_and_never_grows_a_window(n: int | None, expected: int) -> None:
+    rows = _rows(50)
+    window = Window(rows, np.repeat(rows[["brightness"]].to_numpy(np.float32), 4, axis=1))
+
+    a, b = window.sample(n, seed=1), window.sample(n, seed=1)
+
+    assert len(a) == expected
+    assert a.rows.equals(b.rows)
+    assert a.rows["brightness"].is_unique
+    # Each row keeps its own embedding through the sampling.
+    assert a.embedding_matrix()[:, 0] == pytest.approx(a.rows["brightness"].to_numpy())
+
+
+def test_a_reference_window_takes_the_chosen_splits() -> None:
+    profile = _rows(6).assign(
+        split=["train", "train", "val", "val", "test", "val"],
+        label=["0"] * 6,
+        correct=[True, False, True, True, True, False],
+        **{f"{EMBEDDING_PREFIX}{i}": np.arange(6.0) for i in range(3)},
+    )
+
+    window = window_from_reference(profile, ["val"], version=2)
+
+    assert len(window) == 3
+    assert window.rows[CORRECT].tolist() == [1.0, 1.0, 0.0]
+    assert window.rows["model_version"].unique().tolist() == [2.0]
+    assert window.embedding_matrix()[:, 0].tolist() == [2.0, 3.0, 5.0]
+    with pytest.raises(MonitoringError, match=r"no rows in the splits \['holdout'\]"):
+        window_from_reference(profile, ["holdout"], version=2)
+
+
+def test_the_projector_compares_both_sides_in_the_reference_components() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 8)).astype(np.float32)
+
+    projector = EmbeddingProjector(components=3).fit(reference)
+    projected = projector.transform(reference[:10])
+
+    assert projector.columns == ["embedding_pc1", "embedding_pc2", "embedding_pc3"]
+    assert projected.shape == (10, 3)
+    assert 0 < projector.explained_variance < 1
+    with pytest.raises(MonitoringError, match="another model"):
+        projector.transform(np.zeros((2, 5), dtype=np.float32))
+
+
+def test_the_projector_keeps_no_more_components_than_the_reference_has() -> None:
+    projector = EmbeddingProjector(components=10).fit(np.eye(4, 3, dtype=np.float32))
+
+    assert len(projector.columns) == 3
+
+
+# -------------------------------------------------------------------- results
+
+
+def _check(*, drift: bool, accuracy: float | None) -> DriftCheck:
+    test = ColumnDrift(score=0.2, method="wasserstein", threshold=0.15, drifted=True)
+    return DriftCheck(
+        drift=drift,
+        reasons=("features",) if drift else (),
+        signals={"features": drift, "embedding": False, "prediction": False, "confidence": False},
+        feature_share=0.6 if drift else 0.1,
+        feature_share_threshold=0.5,
+        features={f: test for f in FEATURE_COLUMNS},
+        embedding_share=0.0,
+        embedding_share_threshold=0.5,
+        embedding={"embedding_pc1": test},
+        embedding_variance=0.9,
+        prediction=test,
+        confidence=test,
+        mean_confidence=0.8,
+        reference_mean_confidence=math.nan,
+        prediction_shares={"0": 0.5, "1": 0.5},
+        accuracy=accuracy,
+        reference_accuracy=None,
+        rows=300,
+        reference_rows=400,
+    )
+
+
+@pytest.mark.parametrize(("drift", "code"), [(True, 1), (False, 0)])
+def test_a_result_maps_to_the_exit_status_and_to_json(drift: bool, code: int) -> None:
+    result = MonitorResult(
+        model_name="m",
+        model_version="4",
+        window_start=NOW,
+        window_end=NOW,
+        window_size=300,
+        other_versions=0,
+        labelled=10,
+        check=_check(drift=drift, accuracy=0.75),
+    )
+
+    assert result.exit_code == code
+    out = json.loads(json.dumps(result.to_dict(), allow_nan=False))  # NaN became null
+    assert out["drift"] is drift
+    assert out["reference_mean_confidence"] is None
+    assert out["features"]["entropy"]["score"] == 0.2
+    scalars = result.scalars()
+    assert scalars["accuracy"] == 0.75
+    assert scalars["model_version"] == 4.0
+    assert "reference_mean_confidence" not in scalars  # NaN is left out
+    assert scalars["drift_score[brightness]"] == 0.2
+
+
+def test_no_accuracy_is_reported_without_labels() -> None:
+    check = _check(drift=False, accuracy=None)
+    result = MonitorResult("m", "1", NOW, NOW, 300, 0, 0, check)
+
+    assert "accuracy" not in result.scalars()
+    assert result.to_dict()["accuracy"] is None
+
+
+# --------------------------------------------------------------- configuration
+
+
+def test_paths_default_under_the_state_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    params = Params()
+
+    assert predictions_dir(params) == tmp_path / "predictions"
+    assert workspace_dir(params) == tmp_path / "evidently"
+    assert reports_dir(params) == tmp_path / "monitoring" / "reports"
+    moved = Params.model_validate({"serve": {"log": {"dir": "logs/p"}}})
+    assert predictions_dir(moved, Path("/project")) == Path("/project/logs/p")
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("monitor", {"triggers": []}, "non-empty"),
+        ("monitor", {"triggers": ["features", "features"]}, "distinct"),
+        ("monitor", {"triggers": ["accuracy"]}, "triggers"),
+        ("monitor", {"reference_splits": ["production"]}, "reference_splits"),
+        ("monitor", {"drift_share": 0}, "drift_share"),
+        ("monitor", {"sample_rows": 10}, "sample_rows"),
+        ("monitor", {"features": {"method": "ks", "threshold": -1}}, "threshold"),
+        ("ui", {"evidently_port": 5000, "mlflow_port": 5000}, "both 5000"),
+    ],
+)
+def test_bad_monitoring_settings_fail_at_load_time(
+    section: str, value: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Params.model_validate({section: value})
+
+
+def test_the_shipped_params_validate() -> None:
+    params = Params.model_validate(
+        {"monitor": MonitorConfig().model_dump(), "ui": UIConfig().model_dump()}
+    )
+
+    assert params.monitor.triggers == ("features", "embedding")
+
+
+# ----------------------------------------------------------------- dashboards
+
+
+def test_the_evidently_ui_runs_from_this_environment(tmp_path: Path) -> None:
+    argv = evidently_ui_command(tmp_path / "ws", "127.0.0.1", 8123)
+
+    assert argv[1:4] == ["-m", "evidently.cli", "ui"]
+    assert argv[argv.index("--workspace") + 1] == str(tmp_path / "ws")
+    assert argv[-2:] == ["--port", "8123"]
+
+
+def test_without_chromium_a_screenshot_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CHROMIUM", raising=False)
+
+    assert find_chromium() is None
+    with pytest.raises(DashboardError, match="apt-get install -y chromium"):
+        take_screenshot("http://127.0.0.1:9", tmp_path / "x.png")
