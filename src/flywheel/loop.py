@@ -278,10 +278,14 @@ def run_closed_loop(
         after = data_version(".", params.data)
         serving = version_for_alias(name, params.serve.alias) or "?"
         swap = reload_model(url, token)
-        say(
-            f"service reloaded: version {swap['previous_version']} → {swap['model_version']}"
-            + ("" if swap["changed"] else " (unchanged: the candidate was not promoted)")
-        )
+        if serving == champion:
+            say(f"the candidate was not promoted: the service keeps version {champion}")
+        else:
+            how = "admin reload" if swap["changed"] else "its own poll of the alias, first"
+            say(
+                f"the service swapped version {champion} → {swap['model_version']} "
+                f"without downtime ({how})"
+            )
         phases.append(
             event_row(
                 "retrained",
