@@ -32,12 +32,11 @@ features instead.
 
 from __future__ import annotations
 
-import re
 import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -58,6 +57,7 @@ from flywheel.labeling import (
     queued_keys,
     write_json_atomic,
 )
+from flywheel.prediction_log import parse_time
 
 if TYPE_CHECKING:
     from torch import nn
@@ -578,33 +578,16 @@ def new_batch_id(strategy: str, now: datetime | None = None) -> str:
     return f"{stamp:%Y%m%dT%H%M%SZ}-{strategy}-{uuid.uuid4().hex[:6]}"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """A window bound: an ISO 8601 time (naive = UTC) or a duration back from now (`90m`, `2h`).
+    """A window bound (`flywheel.prediction_log.parse_time`), its error as a `CurationError`.
 
-    >>> now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-    >>> parse_since("2h", now).isoformat()
+    >>> parse_since("2h", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)).isoformat()
     '2026-11-23T10:00:00+00:00'
-    >>> parse_since("2026-11-23T07:30", now).isoformat()
-    '2026-11-23T07:30:00+00:00'
-
-    Raises:
-        CurationError: neither a time nor a duration.
     """
-    match = _DURATION.match(text)
-    if match:
-        amount, unit = float(match.group(1)), _UNITS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
     try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CurationError(
-            f"{text!r} is neither an ISO time (2026-11-23T07:30) nor a duration (90m, 2h, 1d)"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        return parse_time(text, now)
+    except ValueError as err:
+        raise CurationError(str(err)) from None
 
 
 # ------------------------------------------------------------------- stage

@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -283,6 +284,35 @@ def _as_utc(when: datetime) -> datetime:
 
 
 # ---------------------------------------------------------------- reading
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A window bound: an ISO 8601 time (naive = UTC) or a duration back from now (`90m`, `2h`).
+
+    >>> now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    >>> parse_time("2h", now).isoformat()
+    '2026-11-23T10:00:00+00:00'
+    >>> parse_time("2026-11-23T07:30", now).isoformat()
+    '2026-11-23T07:30:00+00:00'
+
+    Raises:
+        ValueError: neither a time nor a duration.
+    """
+    match = _DURATION.match(text)
+    if match:
+        amount, unit = float(match.group(1)), _UNITS[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO time (2026-11-23T07:30) nor a duration (90m, 2h, 1d)"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def read_predictions(

@@ -27,13 +27,13 @@ from flywheel.monitoring.drift import (
 )
 from flywheel.monitoring.monitor import (
     join_ground_truth,
-    parse_time,
     predictions_dir,
     reports_dir,
     select_version,
     workspace_dir,
 )
 from flywheel.monitoring.reference import EMBEDDING_PREFIX, MonitoringError
+from flywheel.prediction_log import parse_time
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -25,7 +25,6 @@ from flywheel.monitoring.monitor import (
     MonitorResult,
     NotEnoughDataError,
     monitor,
-    parse_time,
     result_table,
 )
 from flywheel.monitoring.reference import (
@@ -37,6 +36,7 @@ from flywheel.monitoring.reference import (
     compute_reference,
     load_reference,
 )
+from flywheel.prediction_log import parse_time  # window bounds, shared with curation
 
 __all__ = [
     "EXIT_DRIFT",

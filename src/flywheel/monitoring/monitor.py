@@ -21,7 +21,6 @@ an error, raised as `MonitoringError` or `ConfigError`).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,35 +73,6 @@ def workspace_dir(params: Params) -> Path:
 def reports_dir(params: Params) -> Path:
     """Where HTML reports go: `monitor.reports_dir`, else `<state dir>/monitoring/reports`."""
     return params.monitor.reports_dir or state_dir() / "monitoring" / "reports"
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """A window bound: an ISO 8601 time (naive = UTC) or a duration back from now (`90m`, `2h`).
-
-    >>> now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-    >>> parse_time("2h", now).isoformat()
-    '2026-11-23T10:00:00+00:00'
-    >>> parse_time("2026-11-23T07:30", now).isoformat()
-    '2026-11-23T07:30:00+00:00'
-
-    Raises:
-        ValueError: neither a time nor a duration.
-    """
-    match = _DURATION.match(text)
-    if match:
-        amount, unit = float(match.group(1)), _UNITS[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an ISO time (2026-11-23T07:30) nor a duration (90m, 2h, 1d)"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass(frozen=True)
