@@ -20,9 +20,10 @@ APIs (POST, JSON responses, one item per image, in input order):
   `(N, H, W)` or `(N, 1, H, W)` with `H = W =` the model's image size; `scale`
   says what the values mean: `byte` = 0–255, `unit` = 0–1, `auto` (default) =
   `byte` when any value exceeds 1, else `unit`.
-* `/admin/reload` — check the alias now and swap in a new version; needs
-  `Authorization: Bearer <token>` with the token the server was started with
-  in `$FLYWHEEL_ADMIN_TOKEN` (without one the endpoint is disabled: 403).
+* `/admin/reload` — check the alias now and swap in a new version, in every
+  worker of the server; needs `Authorization: Bearer <token>` with the token
+  the server was started with in `$FLYWHEEL_ADMIN_TOKEN` (without one the
+  endpoint is disabled: 403).
 
 Each item: `request_id` (the `X-Request-ID` header when it is a safe token,
 else a fresh one; echoed as a response header), `index`, `label`,
@@ -46,10 +47,20 @@ seconds (and on `/admin/reload`); a new version is loaded and warmed up beside
 the serving one, then swapped in by one reference assignment. Requests already
 admitted finish on the old version; every response names the version that
 computed it. A version that fails to load is logged and counted, and the old one
-keeps serving. With several workers each one swaps on its own poll (an admin
-reload reaches the one worker that receives it). After loading, the heap is
-frozen out of the cycle collector's way (`freeze_heap`: its full passes over
-the model's ~600,000 objects were the p99's 330 ms stalls).
+keeps serving. After loading, the heap is frozen out of the cycle collector's
+way (`freeze_heap`: its full passes over the model's ~600,000 objects were the
+p99's 330 ms stalls).
+
+Several workers (`serve.workers`): each loads, polls and swaps on its own, and
+an admin reload reaches all of them. The worker that receives `/admin/reload`
+writes a reload request into a folder private to its server (`ReloadSignal`;
+the folder is made by the server process before it starts the workers,
+`open_reload_channel`), then checks the alias itself; every other worker's
+poller looks at that file every `RELOAD_WATCH_S` seconds and checks the alias
+at once when it changes (trigger `admin-broadcast` in the log). Only the admin
+endpoint writes a request, so workers never set each other off in a loop.
+The reload's answer is the receiving worker's own check, plus
+`other_workers_signalled`; the others' swaps are in the server log.
 
 Serving on the event loop: small requests are pre-processed inline (a thread
 hop costs more than decoding a 32 × 32 PNG), larger ones in a thread; forward
@@ -75,11 +86,14 @@ server process's composition root. Nothing else happens at import.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import hmac
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -126,6 +140,13 @@ RETRY_AFTER_S = 1
 INLINE_BYTES = 256 * 1024
 """Images of a request smaller than this in all are pre-processed on the event loop: on a
 loaded CPU, handing work to a thread (and the GIL back) costs more than decoding small images."""
+RELOAD_DIR_ENV = "FLYWHEEL_RELOAD_DIR"
+"""The folder the workers of one server share for reload requests. Not a setting: the server
+process makes a fresh one and sets this before it starts the workers (`open_reload_channel`)."""
+RELOAD_WATCH_S = 0.25
+"""How often a worker looks for another worker's reload request (one `stat`)."""
+BROADCAST_TRIGGER = "admin-broadcast"
+"""The trigger of a check that another worker's `/admin/reload` asked for."""
 
 
 def read_service_params(environ: MutableMapping[str, str] | None = None) -> Params:
@@ -496,12 +517,20 @@ class Prediction(BaseModel):
 
 
 class ReloadResult(BaseModel):
-    """The answer of `/admin/reload`."""
+    """The answer of `/admin/reload`: what the worker that received it did.
+
+    `other_workers_signalled`: the server's other workers (if any) were asked
+    to check the alias too; each does within `RELOAD_WATCH_S` seconds (after a
+    check it is already running) and swaps on its own: their outcome is in the
+    server log, not here. False when the request could not be written: they
+    swap at their next poll.
+    """
 
     model_name: str
     previous_version: str | None
     model_version: str | None
     changed: bool
+    other_workers_signalled: bool
 
 
 @dataclass(frozen=True)
@@ -509,7 +538,7 @@ class RefreshOutcome:
     """What one check of the alias did.
 
     Attributes:
-        trigger: `poll` or `admin`.
+        trigger: `poll`, `admin` or `admin-broadcast` (another worker's admin reload).
         previous_version: the version served before the check (None: none yet).
         model_version: the version served after it.
         error: why a new version could not be loaded or the alias not read (None: no error).
@@ -527,6 +556,66 @@ class RefreshOutcome:
 
 
 _PREDICTIONS = TypeAdapter(list[Prediction])
+
+
+class ReloadSignal:
+    """Reload requests between the workers of one server: a small file in a folder they share.
+
+    `send` (the worker that received `/admin/reload`) writes a fresh token
+    beside the file and moves it into place with `os.replace`, so a reader sees
+    the old token or the new one, never half of one. `received` (every worker's
+    poller) costs one `stat` while nothing changed and reads the token when
+    something did. A worker never answers its own request or one written
+    before it started; nothing that answers a request sends one, so workers
+    cannot set each other off in a loop.
+
+    Args:
+        directory: the folder the workers of this server share (`RELOAD_DIR_ENV`).
+    """
+
+    FILE = "reload-request"
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / self.FILE
+        self._stat: tuple[int, int, int] | None = None
+        self._seen: str | None = None
+        self.received()  # a request from before this worker started is not one for it
+
+    def send(self) -> str:
+        """Ask the other workers to check the alias now; returns the request's token.
+
+        Raises:
+            OSError: the folder is gone or not writable.
+        """
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        self._seen = token  # before the write: this worker's own poller must not answer it
+        temporary = self.path.with_name(f".{self.FILE}-{token}")
+        try:
+            temporary.write_text(token)
+            os.replace(temporary, self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return token
+
+    def received(self) -> str | None:
+        """The token of a request this worker has not seen yet, or None. Never raises.
+
+        A token is `<pid of the sender>-<random hex>`.
+        """
+        try:
+            stat = self.path.stat()
+            # The inode changes with every os.replace, the time maybe not (coarse clocks).
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if key == self._stat:
+                return None
+            token = self.path.read_text()
+        except OSError:  # none sent yet, or the folder is gone: nothing to do either way
+            return None
+        self._stat = key
+        if token == self._seen:
+            return None
+        self._seen = token
+        return token
 
 
 def freeze_heap() -> None:
@@ -605,6 +694,14 @@ class FlywheelService:
         self.config = _SERVE
         self.model_name = self.params.evaluate.registered_model
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        channel = os.environ.get(RELOAD_DIR_ENV)
+        self.reload_signal = ReloadSignal(Path(channel)) if channel else None
+        if self.reload_signal is None and self.config.workers > 1:
+            logger.warning(
+                "%s is not set (the server process sets it when BentoML runs the service's "
+                "deployment hook): /admin/reload reaches only the worker that receives it",
+                RELOAD_DIR_ENV,
+            )
         self.holder = ModelHolder()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._refresh_lock = asyncio.Lock()
@@ -650,6 +747,22 @@ class FlywheelService:
 
     # ---------------------------------------------------------- lifecycle
 
+    @bentoml.on_deployment
+    @staticmethod
+    def open_reload_channel() -> None:
+        """Make the folder this server's workers share for reload requests (`ReloadSignal`).
+
+        BentoML runs deployment hooks once per `bentoml serve`, in the server
+        process, before it starts the workers with a copy of its environment:
+        `RELOAD_DIR_ENV` set here reaches every worker, restarted ones too. A
+        fresh private folder (mode 0700) in the temporary directory, so no two
+        servers share one (not on a shared state volume either); removed when
+        the server process exits.
+        """
+        directory = tempfile.mkdtemp(prefix="flywheel-reload-")
+        os.environ[RELOAD_DIR_ENV] = directory
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
     @bentoml.on_startup
     async def start_watching(self) -> None:
         """Start the task that loads the model and then polls the alias for new versions."""
@@ -658,16 +771,48 @@ class FlywheelService:
         )
 
     async def _watch_registry(self) -> None:
-        """Check the alias now, then every `poll_interval_s` (`load_retry_s` while not ready)."""
+        """Check the alias now, then on a timer or when another worker asks.
+
+        The timer: `poll_interval_s` (`load_retry_s` while not ready), restarted
+        after every check. Another worker asks when it received `/admin/reload`.
+        """
+        trigger = "poll"
         while True:
-            await self.refresh_model("poll")
+            await self.refresh_model(trigger)
             ready = self.holder.current is not None
-            await asyncio.sleep(self.config.poll_interval_s if ready else self.config.load_retry_s)
+            trigger = await self._wait_for_next_check(
+                self.config.poll_interval_s if ready else self.config.load_retry_s
+            )
+
+    async def _wait_for_next_check(self, seconds: float) -> str:
+        """Wait `seconds`, or less if another worker sends a reload request; returns the trigger.
+
+        Looking for a request is one `stat` every `RELOAD_WATCH_S` seconds, on the
+        event loop (cheaper than a hop to a thread).
+        """
+        signal = self.reload_signal
+        if signal is None:
+            await asyncio.sleep(seconds)
+            return "poll"
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, RELOAD_WATCH_S))
+            token = signal.received()
+            if token is not None:
+                logger.info(
+                    "RELOAD REQUESTED by worker pid %s: worker pid %d checks models:/%s@%s now",
+                    token.partition("-")[0],
+                    os.getpid(),
+                    self.model_name,
+                    self.config.alias,
+                )
+                return BROADCAST_TRIGGER
+        return "poll"
 
     async def refresh_model(self, trigger: str) -> RefreshOutcome:
         """Swap in the version the alias points at if it is not the one served. Never raises.
 
-        Checks run one at a time (the poller and admin calls share a lock).
+        Checks run one at a time in a worker (the poller and admin calls share a lock).
         """
         async with self._refresh_lock:
             return await self._refresh(trigger)
@@ -793,9 +938,12 @@ class FlywheelService:
     async def reload_model(self, ctx: bentoml.Context) -> ReloadResult:
         """Check the alias now and swap in a new version (`Authorization: Bearer <token>`).
 
-        200 with what changed; 502 when the new version cannot be loaded (the
-        old one keeps serving); 401/403 without the right token; 403 when the
-        server has no `FLYWHEEL_ADMIN_TOKEN`.
+        The server's other workers are asked to check too (`ReloadSignal`) before
+        this one checks, so they load in parallel with it.
+
+        200 with what this worker changed; 502 when the new version cannot be
+        loaded (the old one keeps serving); 401/403 without the right token; 403
+        when the server has no `FLYWHEEL_ADMIN_TOKEN`.
         """
         try:
             authorize_admin(self.admin_token, ctx.request.headers.get("authorization"))
@@ -803,12 +951,14 @@ class FlywheelService:
             if err.status == HTTPStatus.UNAUTHORIZED:
                 ctx.response.headers["WWW-Authenticate"] = 'Bearer realm="flywheel-admin"'
             return self._refuse(ctx, err)
+        signalled = self._signal_other_workers()
         outcome = await self.refresh_model("admin")
         result = ReloadResult(
             model_name=self.model_name,
             previous_version=outcome.previous_version,
             model_version=outcome.model_version,
             changed=outcome.changed,
+            other_workers_signalled=signalled,
         )
         if outcome.error is not None:
             status = HTTPStatus.BAD_GATEWAY
@@ -819,6 +969,21 @@ class FlywheelService:
         return result
 
     # ------------------------------------------------------------ helpers
+
+    def _signal_other_workers(self) -> bool:
+        """Ask the server's other workers to check the alias now; False when none could be."""
+        if self.reload_signal is None:
+            return False  # warned about at start-up
+        try:
+            self.reload_signal.send()
+        except OSError as err:
+            logger.error(
+                "cannot signal the other workers through %s (%s): they check at their next poll",
+                self.reload_signal.path,
+                err,
+            )
+            return False
+        return True
 
     def _check_count(self, count: int) -> None:
         if count == 0:
@@ -938,9 +1103,11 @@ FlywheelService.add_asgi_middleware(  # type: ignore[attr-defined]
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "RELOAD_DIR_ENV",
     "FlywheelService",
     "Prediction",
     "ReloadResult",
+    "ReloadSignal",
     "RequestError",
     "RequestGuard",
     "arrays_to_unit",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -463,6 +464,7 @@ class MonitorConfig(_Frozen):
     """Drift monitoring of the prediction log against the served version's reference."""
 
     window_hours: float = Field(24.0, gt=0)  # default window: the last N hours of the log
+    since: datetime | None = None  # a fixed window start instead (naive = UTC), set per run
     min_window_size: int = Field(200, ge=1)  # fewer predictions: no decision (exit status 2)
     reference_splits: tuple[Split, ...] = ("train", "val")  # rows of the reference profile used
     features: DriftTest = DriftTest(threshold=0.15)  # the test of each summary feature

@@ -112,7 +112,7 @@ def run_traffic_phase(
     Raises:
         LoopError: most requests failed, or the window is too small to monitor.
     """
-    from flywheel.monitoring import NotEnoughDataError, monitor
+    from flywheel.monitoring import MonitoringError, monitor
     from flywheel.simulate import simulate_traffic
 
     started = time.perf_counter()
@@ -129,7 +129,7 @@ def run_traffic_phase(
     time.sleep(params.serve.log.flush_interval_s + LOG_SETTLE_S)  # the log's flush policy
     try:
         result = monitor(params, since=since, log_dir=log_dir, ground_truth_dir=ground_truth_dir)
-    except NotEnoughDataError as err:
+    except MonitoringError as err:  # too few predictions, no reference profile
         raise LoopError(f"{phase}: {err}") from err
     images = sum(sent.versions.values()) or 1
     versions = ", ".join(
@@ -210,6 +210,33 @@ def phase_table(phases: list[PhaseResult]) -> Table:
     return table
 
 
+def ensure_reference(params: Params, say: Callable[[str], object]) -> None:
+    """Profile the production version now if it has no reference profile yet.
+
+    Training profiles every version it registers; a production version from
+    before profiles existed (or whose artifact was lost) would leave the
+    monitor nothing to compare traffic with.
+    """
+    from flywheel.monitoring.reference import (
+        ReferenceNotFoundError,
+        build_version_reference,
+        load_reference,
+    )
+    from flywheel.registry import version_for_alias
+
+    name = params.evaluate.registered_model
+    version = version_for_alias(name, params.serve.alias)
+    if version is None:
+        raise LoopError(f"{name} has no {params.serve.alias!r} version to serve")
+    try:
+        load_reference(name, version)
+    except ReferenceNotFoundError:
+        say(f"{name} version {version} has no reference profile yet: profiling it now")
+        build_version_reference(
+            name, version, params.data.dataset_dir, splits=params.monitor.reference_splits
+        )
+
+
 def run_closed_loop(
     params_path: Path,
     params: Params,
@@ -249,18 +276,19 @@ def run_closed_loop(
         )
     configure_tracking()
     name = params.evaluate.registered_model
+    ensure_reference(params, say)
     token = secrets.token_urlsafe(24)
     phases: list[PhaseResult] = []
     with start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url:
         before = data_version(".", params.data)
         say(f"serving models:/{name}@{params.serve.alias} at {url}")
-        phase_started = time.time()
+        phase_started = datetime.now(UTC)
         for phase, scenario, seed in (
             ("in-distribution", "in_distribution", 101),
             ("drifted", drift_scenario, 102),
         ):
             say(f"— {phase} traffic: {requests} requests of scenario {scenario!r}")
-            phase_started = time.time()
+            phase_started = datetime.now(UTC)
             phases.append(
                 run_traffic_phase(
                     params, phase, scenario, url, requests=requests, seed=seed, data_version=before
@@ -268,12 +296,12 @@ def run_closed_loop(
             )
         champion = version_for_alias(name, params.serve.alias) or "?"
         started = time.perf_counter()
-        window_hours = (time.time() - phase_started + 1.0) / 3600  # the drifted phase only
+        window_start = phase_started - timedelta(seconds=1)  # the drifted phase, all of it
         say(
             "— the flywheel pipeline: monitor → curate → label → new data version → "
             "train → evaluate → promote"
         )
-        retrain([f"monitor.window_hours={window_hours:.6f}"])
+        retrain([f"monitor.since={window_start.isoformat()}"])
         configure_tracking()
         after = data_version(".", params.data)
         serving = version_for_alias(name, params.serve.alias) or "?"

@@ -35,6 +35,9 @@ STOP_TIMEOUT_S = 20.0
 """How long a stopping server may take to flush its prediction log before it is killed."""
 LOG_TAIL_LINES = 40
 """Lines of the server's output quoted when it fails to start."""
+START_ATTEMPTS = 3
+"""Starts tried when the server dies because a port it picked was taken meanwhile."""
+_PORT_TAKEN = "Address already in use"
 
 
 class ServerStartError(RuntimeError):
@@ -98,34 +101,49 @@ def start_server(
 
     Raises:
         ServerStartError: the server exited, or was not ready in time (it is then
-            stopped); the message quotes the end of its output.
+            stopped); the message quotes the end of its output. A server that
+            died because a port was taken between choosing and binding it
+            (BentoML picks its internal ports the same way) is started again,
+            up to `START_ATTEMPTS` times.
     """
-    port = free_port(host) if port is None else port
-    url = f"http://{host}:{port}"
-    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params"]
-    command += [str(Path(params).resolve()), "--host", host, "--port", str(port)]
-    with ExitStack() as stack:
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            stdout: IO[bytes] | int = stack.enter_context(log_path.open("wb"))
-        else:
-            stdout = subprocess.PIPE
-        process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # one process group: the server and its workers
-        )
-        output = (
-            OutputTail(process.stdout).text if log_path is None else partial(file_tail, log_path)
-        )
-        try:
-            wait_until_ready(url, ready_timeout_s, process=process, output=output)
-            yield url
-        finally:
-            stop_process_group(process)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        chosen = free_port(host) if port is None else port
+        url = f"http://{host}:{chosen}"
+        command = [sys.executable, "-m", "flywheel.cli", "serve", "--params"]
+        command += [str(Path(params).resolve()), "--host", host, "--port", str(chosen)]
+        with ExitStack() as stack:
+            if log_path is not None:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                stdout: IO[bytes] | int = stack.enter_context(log_path.open("wb"))
+            else:
+                stdout = subprocess.PIPE
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # one process group: the server and its workers
+            )
+            output = (
+                OutputTail(process.stdout).text
+                if log_path is None
+                else partial(file_tail, log_path)
+            )
+            try:
+                wait_until_ready(url, ready_timeout_s, process=process, output=output)
+            except ServerStartError as err:
+                stop_process_group(process)
+                if attempt < START_ATTEMPTS and _PORT_TAKEN in str(err):
+                    # A port chosen free (ours, or one of BentoML's internal ones) was
+                    # taken by another process before the server bound it: start again.
+                    continue
+                raise
+            try:
+                yield url
+            finally:
+                stop_process_group(process)
+            return
 
 
 class OutputTail:

@@ -1009,7 +1009,7 @@ def test_secret_references_are_defined_or_documented(rendered: dict[str, list[Do
         )
         assert key is None or key in defined[name], f"Secret {name} has no key {key}"
     for name, values in defined.items():  # fake values, and visibly so
-        secrets = [v for k, v in values.items() if k in ("password", "secret-key")]
+        secrets = [v for k, v in values.items() if k in ("password", "secret-key", "token")]
         assert secrets, name
         assert all(v.startswith("dev-only") for v in secrets), name
 

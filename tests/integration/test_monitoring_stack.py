@@ -312,6 +312,18 @@ def test_without_ground_truth_no_accuracy_is_claimed(traffic: Traffic, tmp_path:
     assert "accuracy" not in result.scalars()
 
 
+def test_a_configured_window_start_replaces_the_last_hours(traffic: Traffic) -> None:
+    """`monitor.since`, as the demo sets it per pipeline run: the window starts there."""
+    since, _ = hour(HOURS[DRIFT][-1])  # the last hour of traffic, to now
+    fixed = PARAMS.model_copy(update={"monitor": MonitorConfig(since=since.replace(tzinfo=None))})
+
+    result = monitor(fixed, log_dir=traffic.log_dir, save=False)
+
+    assert result.window_start >= since
+    assert result.window_size == WINDOW
+    assert result.drift
+
+
 def test_a_window_below_the_minimum_size_gets_no_decision(traffic: Traffic) -> None:
     since, until = hour(HOURS[DRIFT][0])
     strict = PARAMS.model_copy(update={"monitor": MonitorConfig(min_window_size=WINDOW + 1)})

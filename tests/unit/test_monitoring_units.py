@@ -206,6 +206,20 @@ def test_a_reference_window_takes_the_chosen_splits() -> None:
         window_from_reference(profile, ["holdout"], version=2)
 
 
+def test_training_rows_give_no_confidence_reference_beside_held_out_ones() -> None:
+    profile = _rows(4).assign(
+        split=["train", "train", "val", "val"],
+        label=["0"] * 4,
+        correct=[True] * 4,
+        **{f"{EMBEDDING_PREFIX}{i}": np.arange(4.0) for i in range(3)},
+    )
+    both = window_from_reference(profile, ["train", "val"], version=1)
+    assert len(both) == 4  # features and embeddings of every row
+    assert both.rows["confidence"].isna().tolist() == [True, True, False, False]
+    only_train = window_from_reference(profile, ["train"], version=1)
+    assert only_train.rows["confidence"].notna().all()  # nothing else to compare with
+
+
 def test_the_projector_compares_both_sides_in_the_reference_components() -> None:
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(200, 8)).astype(np.float32)

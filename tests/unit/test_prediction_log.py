@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,12 @@ from flywheel.prediction_log import (
     RECORD_FIELDS,
     PredictionLogger,
     PredictionRecord,
+    compact,
+    compact_part,
+    embedding_matrix,
     partition_dir,
     read_predictions,
+    read_table,
 )
 
 T0 = datetime(2026, 11, 23, 9, 59, 58, tzinfo=UTC)
@@ -47,14 +52,16 @@ def _lines(root: Path) -> list[dict[str, object]]:
 
 def test_records_land_in_hourly_partitions_and_read_back(tmp_path: Path) -> None:
     records = [_record(i, T0 + timedelta(seconds=i)) for i in range(4)]  # crosses 10:00
-    with PredictionLogger(tmp_path) as log:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
         for record in records:
             assert log.log(record)
     assert log.written == 4
     assert log.dropped == 0
     folders = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("date=*/hour=*"))
     assert folders == ["date=2026-11-23/hour=09", "date=2026-11-23/hour=10"]
-    assert all(set(line) == set(RECORD_FIELDS) for line in _lines(tmp_path))
+    lines = _lines(tmp_path)
+    assert len(lines) == 4
+    assert all(set(line) == set(RECORD_FIELDS) for line in lines)
 
     frame = read_predictions(tmp_path)
     assert len(frame) == 4
@@ -62,7 +69,8 @@ def test_records_land_in_hourly_partitions_and_read_back(tmp_path: Path) -> None
     assert frame["index"].tolist() == [0, 1, 0, 1]
     assert frame["time"].tolist() == [r.time for r in records]
     assert frame["confidence"].tolist() == [r.confidence for r in records]
-    assert frame["embedding"].tolist() == [list(r.embedding) for r in records]
+    assert [e.tolist() for e in frame["embedding"]] == [list(r.embedding) for r in records]
+    assert frame["embedding"][0].dtype == np.float32
     assert frame["probabilities"][0] == {"0": 0.2, "1": 0.3, "2": 0.5}
     assert frame[list(FEATURE_COLUMNS)].to_numpy().tolist() == [[float(i)] * 7 for i in range(4)]
     assert "features" not in frame.columns
@@ -213,3 +221,98 @@ def test_partition_dir_is_utc() -> None:
 def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be"):
         PredictionLogger(tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def _frames_equal(left: Any, right: Any) -> None:
+    assert left.drop(columns=["embedding"]).equals(right.drop(columns=["embedding"]))
+    assert [e.tolist() for e in left["embedding"]] == [e.tolist() for e in right["embedding"]]
+
+
+def test_the_writer_compacts_the_hour_it_closed(tmp_path: Path) -> None:
+    records = [_record(i, T0 + timedelta(seconds=i)) for i in range(4)]  # crosses 10:00
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for record in records:
+            log.log(record)
+    expected = read_predictions(tmp_path)
+    for part in tmp_path.rglob("*.jsonl"):
+        part.unlink()
+    with PredictionLogger(tmp_path) as log:
+        for record in records:
+            log.log(record)
+    assert log.compacted == 1
+    closed = tmp_path / "date=2026-11-23" / "hour=09"
+    assert [p.suffix for p in closed.glob("part-*")] == [".parquet"]
+    open_hour = tmp_path / "date=2026-11-23" / "hour=10"
+    assert [p.suffix for p in open_hour.glob("part-*")] == [".jsonl"]  # still being written
+    _frames_equal(read_predictions(tmp_path), expected)  # images still found from Parquet
+
+
+def test_compact_takes_closed_parts_only(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for i in range(6):
+            log.log(_record(i, T0 + timedelta(minutes=i), image=False))  # hours 09 and 10
+    before = read_predictions(tmp_path)
+    # 10:20: hour 09 ended 20 min ago, hour 10 has not ended
+    done = compact(tmp_path, now=datetime(2026, 11, 23, 10, 20, tzinfo=UTC), grace=timedelta(0))
+    assert (done.parts, done.rows) == (1, 1)
+    assert len(list(tmp_path.rglob("*.parquet"))) == 1
+    _frames_equal(read_predictions(tmp_path), before)
+    # a recently modified part is left alone however old its hour
+    later = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert compact(tmp_path, now=later).parts == 0
+    (last,) = tmp_path.rglob("*.jsonl")
+    an_hour_ago = time.time() - 3600
+    os.utime(last, (an_hour_ago, an_hour_ago))
+    assert compact(tmp_path, now=later).parts == 1
+    assert not list(tmp_path.rglob("*.jsonl"))
+    _frames_equal(read_predictions(tmp_path), before)
+    window = read_predictions(tmp_path, since=T0 + timedelta(minutes=1), limit=2)
+    assert window["request_id"].tolist() == before["request_id"].tolist()[-2:]
+
+
+def test_a_crash_between_rename_and_delete_reads_each_row_once(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for i in range(3):
+            log.log(_record(i, image=False))
+    part = next(tmp_path.rglob("*.jsonl"))
+    saved = part.read_bytes()
+    compact_part(part)
+    part.write_bytes(saved)  # as if the process died before deleting the JSON lines
+    assert len(read_predictions(tmp_path)) == 3
+    assert compact_part(part) == 3
+    assert len(read_predictions(tmp_path)) == 3
+
+
+def test_a_damaged_line_in_the_middle_loses_only_itself(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for i in range(4):
+            log.log(_record(i, image=False))
+    part = next(tmp_path.rglob("*.jsonl"))
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join([*lines[:2], "{not json\n", *lines[2:]]))
+    assert read_predictions(tmp_path)["confidence"].tolist() == [0.5, 0.51, 0.52, 0.53]
+
+
+def test_embedding_matrix_is_one_array(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path) as log:
+        for i in range(5):
+            log.log(_record(i, image=False))
+    matrix = embedding_matrix(read_table(tmp_path))
+    assert matrix.shape == (5, 2)
+    assert matrix.dtype == np.float32
+    assert matrix[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_read_table_reads_only_the_asked_columns(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for i in range(4):
+            log.log(_record(i, T0 + timedelta(seconds=i), image=False))  # hours 09 and 10
+    compact(tmp_path, now=datetime(2026, 11, 23, 12, 0, tzinfo=UTC), grace=timedelta(0))
+    table = read_table(tmp_path, columns=["confidence", "embedding"])
+    assert table.column_names == ["time", "request_id", "index", "confidence", "embedding"]
+    assert table["confidence"].to_pylist() == [0.5, 0.51, 0.52, 0.53]
+    with pytest.raises(ValueError, match="no such columns"):
+        read_table(tmp_path, columns=["confidance"])

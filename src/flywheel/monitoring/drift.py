@@ -120,11 +120,13 @@ class Window:
         return np.asarray(self.embeddings.tolist(), dtype=np.float32)  # (N, D)
 
 
-def window_from_predictions(frame: pd.DataFrame) -> Window:
+def window_from_predictions(frame: pd.DataFrame, embeddings: np.ndarray | None = None) -> Window:
     """A window of `flywheel.prediction_log.read_predictions` rows (embeddings kept as logged).
 
     The log's `label` is the predicted class; it becomes `prediction`. A
-    `true_label` column (joined ground truth) becomes `correct`.
+    `true_label` column (joined ground truth) becomes `correct`. `embeddings`,
+    an `(N, D)` matrix of the same rows, replaces the frame's `embedding`
+    column (`flywheel.prediction_log.embedding_matrix`: no per-row arrays).
     """
     rows = frame[list(FEATURE_COLUMNS)].astype(np.float64)
     rows[PREDICTION] = frame["label"].astype(str).to_numpy()
@@ -133,6 +135,10 @@ def window_from_predictions(frame: pd.DataFrame) -> Window:
     if "true_label" in frame:
         truth = frame["true_label"]
         rows[CORRECT] = np.where(truth.isna(), np.nan, (truth == frame["label"]).astype(float))
+    if embeddings is not None:
+        if len(embeddings) != len(frame):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(frame)} rows")
+        return Window(rows.reset_index(drop=True), embeddings)
     return Window(rows.reset_index(drop=True), frame["embedding"].reset_index(drop=True))
 
 
@@ -140,6 +146,10 @@ def window_from_reference(profile: pd.DataFrame, splits: Sequence[str], version:
     """The rows of a reference profile (`flywheel.monitoring.reference`) in `splits`.
 
     `version` (the profile's model version) fills `model_version`, as on logged rows.
+    The confidence of the training rows is left out (NaN) when another split is
+    chosen too: a model is more confident on images it was fitted to than on
+    any new ones, so comparing traffic with them would flag confidence drift on
+    in-distribution traffic. The held-out splits show what to expect.
 
     Raises:
         MonitoringError: the profile has no rows in those splits.
@@ -153,6 +163,8 @@ def window_from_reference(profile: pd.DataFrame, splits: Sequence[str], version:
     rows = chosen[list(FEATURE_COLUMNS)].astype(np.float64)
     rows[PREDICTION] = chosen["prediction"].astype(str)
     rows[CONFIDENCE] = chosen["confidence"].astype(np.float64)
+    if set(splits) - {"train"}:
+        rows.loc[(chosen["split"] == "train").to_numpy(), CONFIDENCE] = np.nan
     rows[MODEL_VERSION] = float(version)
     rows[CORRECT] = chosen["correct"].astype(float)
     embeddings = chosen[embedding_columns(chosen)].to_numpy(dtype=np.float32)  # (N, D)

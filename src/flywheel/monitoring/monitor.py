@@ -20,13 +20,16 @@ an error, raised as `MonitoringError` or `ConfigError`).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from flywheel.config import Params
 from flywheel.env import state_dir
@@ -41,6 +44,8 @@ from flywheel.monitoring.reference import MonitoringError, load_reference
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
     from rich.table import Table
+
+logger = logging.getLogger(__name__)
 
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 1
@@ -175,17 +180,23 @@ def select_version(frame: pd.DataFrame, version: str | None) -> tuple[pd.DataFra
     Raises:
         NotEnoughDataError: the window is empty, or holds nothing of `version`.
     """
+    mine, chosen = version_mask(frame, version)
+    return frame[mine].reset_index(drop=True), chosen, int((~mine).sum())
+
+
+def version_mask(frame: pd.DataFrame, version: str | None) -> tuple[np.ndarray, str]:
+    """Which rows `select_version` keeps, and the version it chose."""
     if frame.empty:
         raise NotEnoughDataError("the window holds no predictions")
     versions = frame["model_version"].astype(str)
     chosen = version if version is not None else versions.iloc[-1]  # frames are time-ordered
-    mine = versions == str(chosen)
+    mine = (versions == str(chosen)).to_numpy()
     if not mine.any():
         raise NotEnoughDataError(
             f"the window holds no predictions of version {chosen}; "
             f"it has versions {sorted(versions.unique())}"
         )
-    return frame[mine.to_numpy()].reset_index(drop=True), str(chosen), int((~mine).sum())
+    return mine, str(chosen)
 
 
 def join_ground_truth(frame: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
@@ -220,8 +231,8 @@ def monitor(
 
     Args:
         params: the configuration (`monitor`, `evaluate.registered_model`, `serve.log`).
-        since: window start (inclusive); default `now - monitor.window_hours`
-            unless `last` is given.
+        since: window start (inclusive); default `monitor.since`, else
+            `now - monitor.window_hours`, unless `last` is given.
         until: window end (exclusive); default now.
         last: only the most recent `last` predictions of the window.
         version: the model version to check (default: the latest prediction's).
@@ -238,22 +249,38 @@ def monitor(
         ConfigError: a configured drift test is not an Evidently stattest.
     """
     from flywheel.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
-    from flywheel.prediction_log import read_predictions
+    from flywheel.prediction_log import compact, embedding_matrix, read_table, to_frame
 
     config = params.monitor
     name = params.evaluate.registered_model
     now = now or datetime.now(UTC)
     if since is None and last is None:
-        since = now - timedelta(hours=config.window_hours)
+        since = config.since or now - timedelta(hours=config.window_hours)
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since  # naive: UTC
     root = log_dir if log_dir is not None else predictions_dir(params)
-    frame = read_predictions(root, since, until, limit=last)
+    compacted = compact(root, now=now)  # closed JSON-lines parts → Parquet: large windows read fast
+    if compacted.parts:
+        logger.info(
+            "compacted %d prediction-log parts (%d rows) in %.1f s",
+            compacted.parts,
+            compacted.rows,
+            compacted.seconds,
+        )
+    # What the check needs, no more: per-row objects (probability dicts, embedding
+    # arrays) cost seconds at a million rows; the embedding is taken as one matrix.
+    columns = ["model_version", "label", "confidence", "features", "embedding"]
+    table = read_table(root, since, until, limit=last, columns=columns)
+    frame = to_frame(table, embedding=False)
     if frame.empty:
         raise NotEnoughDataError(
             f"no predictions in {root} between {_when(since, 'the start')} and "
             f"{_when(until, 'now')}{f' (last {last})' if last else ''}: send traffic or widen "
             "--since/--last"
         )
-    frame, chosen, others = select_version(frame, version)
+    mine, chosen = version_mask(frame, version)
+    others = int((~mine).sum())
+    frame = frame[mine].reset_index(drop=True)
+    embeddings = embedding_matrix(table.filter(pa.array(mine)))  # (N, D)
     if len(frame) < config.min_window_size:
         raise NotEnoughDataError(
             f"the window holds {len(frame)} predictions of {name} version {chosen}; "
@@ -265,7 +292,7 @@ def monitor(
     except GroundTruthError as err:
         raise MonitoringError(str(err)) from None
     frame = join_ground_truth(frame, truth)
-    current = window_from_predictions(frame)
+    current = window_from_predictions(frame, embeddings)
     reference = window_from_reference(
         load_reference(name, chosen), config.reference_splits, version=int(chosen)
     )
