@@ -1685,8 +1685,9 @@ def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, reques
     if after != before:
         console.print(
             f"data.dvc now records data version {after} (was {before}): "
-            "`git diff data.dvc` shows it; commit it to keep the labelled production data, "
-            "or `git checkout data.dvc && dvc checkout` to go back",
+            "`git diff HEAD -- data.dvc` shows it (DVC staged it); commit it to keep the "
+            "labelled production data, or `git checkout HEAD -- data.dvc && dvc checkout` "
+            "to go back",
             soft_wrap=True,
         )
     for row in phases:
