@@ -164,23 +164,14 @@ def read_service_params(environ: MutableMapping[str, str] | None = None) -> Para
     return Params()
 
 
-def prediction_log_dir(configured: Path | None, state: Path) -> Path:
-    """Where the prediction log goes: `serve.log.dir` or `<state dir>/predictions`.
+def params_base(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The folder of the params file the server reads (`$FLYWHEEL_PARAMS`), if set.
 
-    A relative `serve.log.dir` is relative to the folder of the params file in
-    use (the project root), not to the server's working directory.
-
-    >>> prediction_log_dir(None, Path("/s")).as_posix()
-    '/s/predictions'
-    >>> prediction_log_dir(Path("/abs/log"), Path("/s")).as_posix()
-    '/abs/log'
+    A relative `serve.log.dir` is relative to it (the project root), not to the
+    server's working directory (`flywheel.prediction_log.predictions_dir`).
     """
-    if configured is None:
-        return state / "predictions"
-    if configured.is_absolute():
-        return configured
-    base = os.environ.get(PARAMS_ENV)
-    return (Path(base).resolve().parent if base else Path.cwd()) / configured
+    path = (os.environ if environ is None else environ).get(PARAMS_ENV)
+    return Path(path).resolve().parent if path else None
 
 
 # ------------------------------------------------------------------ errors
@@ -683,8 +674,8 @@ class FlywheelService:
         import torch
         from prometheus_client import Counter, Gauge, Histogram  # after BentoML's multiproc set-up
 
-        from flywheel.env import disable_telemetry, state_dir
-        from flywheel.prediction_log import PredictionLogger
+        from flywheel.env import disable_telemetry
+        from flywheel.prediction_log import PredictionLogger, predictions_dir
 
         disable_telemetry()
         torch.set_num_threads(_SERVE.torch_threads)  # the process's intra-op pool (see params)
@@ -709,7 +700,7 @@ class FlywheelService:
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
         log = self.config.log
         self.prediction_log: PredictionLogger = PredictionLogger(
-            prediction_log_dir(log.dir, state_dir()),
+            predictions_dir(self.params, params_base()),
             sample_images=log.sample_images,
             flush_every=log.flush_every,
             flush_interval_s=log.flush_interval_s,

@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import CurateConfig, CurationStrategy, Params
-from flywheel.env import state_dir
 from flywheel.features import FEATURE_COLUMNS
 from flywheel.labeling import (
     LABEL_CONFIG_NAME,
@@ -57,7 +56,7 @@ from flywheel.labeling import (
     queued_keys,
     write_json_atomic,
 )
-from flywheel.prediction_log import parse_time
+from flywheel.prediction_log import parse_time, predictions_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -327,12 +326,6 @@ FRAME_COLUMNS = (
     "confidence",
     "image_path",
 )
-
-
-def prediction_log_root(params: Params) -> Path:
-    """The prediction log the service writes: `serve.log.dir`, else `<state dir>/predictions`."""
-    configured = params.serve.log.dir
-    return configured if configured is not None else state_dir() / "predictions"
 
 
 def load_candidates(
@@ -645,7 +638,7 @@ def curate_batch(
         budget: overrides `curate.budget`.
         since: window start (None: the start of the log).
         until: window end (None: now).
-        log_root: the prediction log (default `prediction_log_root(params)`).
+        log_root: the prediction log (default `predictions_dir(params)`).
         queue: the queue folder (default `flywheel.labeling.queue_dir(params.label)`).
         gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
         progress: show progress bars.
@@ -661,7 +654,7 @@ def curate_batch(
     budget = cfg.budget if budget is None else budget
     if budget < 1:
         raise CurationError(f"the budget must be at least 1 image, got {budget}")
-    log_root = Path(log_root) if log_root is not None else prediction_log_root(params)
+    log_root = Path(log_root) if log_root is not None else predictions_dir(params)
     queue = Path(queue) if queue is not None else queue_dir(params.label)
     exclude = queued_keys(queue) | labelled_keys(gt_root)
     candidates = load_candidates(

@@ -55,7 +55,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from PIL import Image
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,28 @@ class PredictionRecord:
     features: Mapping[str, float]
     embedding: Sequence[float]
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+def predictions_dir(params: Params, base: Path | None = None) -> Path:
+    """The prediction log the service writes: `serve.log.dir`, else `<state dir>/predictions`.
+
+    A relative `serve.log.dir` is taken relative to `base` (the folder of the
+    params file in use: the project root), else to the working directory.
+    Every reader and the service itself resolve it here.
+
+    >>> from flywheel.config import Params
+    >>> moved = Params.model_validate({"serve": {"log": {"dir": "logs/p"}}})
+    >>> predictions_dir(moved, Path("/project")).as_posix()
+    '/project/logs/p'
+    """
+    from flywheel.env import state_dir
+
+    configured = params.serve.log.dir
+    if configured is None:
+        return state_dir() / "predictions"
+    if configured.is_absolute():
+        return configured
+    return (base if base is not None else Path.cwd()) / configured
 
 
 def partition_dir(root: Path, when: datetime) -> Path:

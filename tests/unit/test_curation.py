@@ -42,6 +42,12 @@ from flywheel.curation import (
 from flywheel.labeling import queue_batches, read_batch
 from tests.labeling_support import random_images, write_prediction_log
 
+
+@pytest.fixture(autouse=True)
+def _own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ground truth curation excludes is read from the state folder: not the project's."""
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
+
 CLASSES = ("0", "1", "2")
 
 # Five crafted rows, from sure to torn:

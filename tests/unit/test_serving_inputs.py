@@ -12,7 +12,8 @@ from PIL import Image
 from pydantic import ValidationError
 from urllib3 import encode_multipart_formdata
 
-from flywheel.config import ServeConfig
+from flywheel.config import Params, ServeConfig
+from flywheel.prediction_log import predictions_dir
 from serving.service import (
     PARAMS_ENV,
     MultipartPart,
@@ -21,7 +22,7 @@ from serving.service import (
     authorize_admin,
     decode_image,
     multipart_parts,
-    prediction_log_dir,
+    params_base,
     read_service_params,
     request_id_from,
 )
@@ -140,7 +141,9 @@ def test_relative_log_dir_is_relative_to_the_params_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
-    assert prediction_log_dir(Path("log"), Path("/state")) == tmp_path.resolve() / "log"
+    moved = Params.model_validate({"serve": {"log": {"dir": "log"}}})
+    assert predictions_dir(moved, params_base()) == tmp_path.resolve() / "log"
+    assert params_base({}) is None
 
 
 def test_service_params_come_from_the_env_path(tmp_path: Path) -> None:

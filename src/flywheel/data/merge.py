@@ -387,7 +387,7 @@ def update_dataset(
         flywheel.data.versioning.DataVersionError: `data/` holds unrecorded changes.
         MergeError: the merged dataset fails the data gate (nothing is recorded).
     """
-    from flywheel.curation import prediction_log_root
+    from flywheel.prediction_log import predictions_dir
     from flywheel.data.versioning import ensure_dataset, track_dataset
     from flywheel.labeling import read_labels
 
@@ -397,7 +397,7 @@ def update_dataset(
         params,
         read_labels(gt_root) if labels is None else labels,
         repo / params.data.dataset_dir,
-        log_root=log_root if log_root is not None else prediction_log_root(params),
+        log_root=log_root if log_root is not None else predictions_dir(params),
         gt_root=gt_root,
         context_dir=context_dir,
     )

@@ -40,6 +40,7 @@ from flywheel.monitoring.drift import (
     window_from_reference,
 )
 from flywheel.monitoring.reference import MonitoringError, load_reference
+from flywheel.prediction_log import predictions_dir
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -54,20 +55,6 @@ EXIT_ERROR = 2
 
 class NotEnoughDataError(MonitoringError):
     """The window holds fewer predictions than `monitor.min_window_size`: no decision."""
-
-
-def predictions_dir(params: Params, base: Path | None = None) -> Path:
-    """The prediction log the service writes: `serve.log.dir`, else `<state dir>/predictions`.
-
-    A relative `serve.log.dir` is taken relative to `base` (the folder of the
-    params file, as the service does), else to the working directory.
-    """
-    configured = params.serve.log.dir
-    if configured is None:
-        return state_dir() / "predictions"
-    if configured.is_absolute() or base is None:
-        return configured
-    return base / configured
 
 
 def workspace_dir(params: Params) -> Path:
