@@ -252,7 +252,11 @@ def screenshot(
         height: viewport height, pixels (the screenshot's height).
         settle_ms: virtual time the page gets to fetch its data and draw (Chromium
             advances it as fast as the page allows).
-        timeout: wall-clock limit.
+        timeout: wall-clock limit (per pass).
+
+    The page is rendered twice, the first time only to warm up: on a UI just
+    started, the first render often drew the line panels' axes but not their
+    lines (the bars were drawn), while every later one drew them.
 
     Raises:
         DashboardError: no Chromium, or it failed or wrote no image.
@@ -267,23 +271,24 @@ def screenshot(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="flywheel-chromium-") as profile:
-        argv = [
-            browser,
-            "--headless",
-            "--no-sandbox",  # containers and root lack the sandbox's namespaces; the page is ours
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            f"--window-size={width},{height}",
-            f"--virtual-time-budget={settle_ms}",
-            f"--screenshot={out.resolve()}",
-            url,
-        ]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise DashboardError(f"chromium did not finish within {timeout:.0f} s") from None
+        for target in (Path(profile) / "warm-up.png", out.resolve()):
+            argv = [
+                browser,
+                "--headless",
+                "--no-sandbox",  # containers and root lack the sandbox's namespaces; ours
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--virtual-time-budget={settle_ms}",
+                f"--screenshot={target}",
+                url,
+            ]
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise DashboardError(f"chromium did not finish within {timeout:.0f} s") from None
     if done.returncode != 0 or not out.is_file():
         raise DashboardError(
             f"chromium failed (status {done.returncode}) on {url}: {done.stderr[-1500:]}"
