@@ -50,6 +50,9 @@ SetOpt = Annotated[
         help="Override one value of params.yaml, as dotted.key=value (YAML value); repeatable.",
     ),
 ]
+DatasetOpt = Annotated[
+    Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
+]
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -214,9 +217,7 @@ def _describe_data_version(plan: DataPlan) -> str | None:
 @app.command()
 def validate(
     params: ParamsOpt = Path("params.yaml"),
-    dataset: Annotated[
-        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
-    ] = None,
+    dataset: DatasetOpt = None,
     files: Annotated[
         bool, typer.Option("--files/--no-files", help="Open and decode every image file.")
     ] = True,
@@ -253,9 +254,7 @@ def validate(
 def train(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    dataset: Annotated[
-        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
-    ] = None,
+    dataset: DatasetOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Checkpoints, history and curves (default: <state dir>/train)."),
@@ -338,9 +337,7 @@ def train(
 def tune(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
-    dataset: Annotated[
-        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
-    ] = None,
+    dataset: DatasetOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(help="best_params.yaml, the default Optuna storage (default: <state>/tune)."),
@@ -429,9 +426,7 @@ def evaluate(
     ] = None,
     artifact: Annotated[str, typer.Option(help="The model's name in the run.")] = "model",
     model: ModelOpt = None,
-    dataset: Annotated[
-        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
-    ] = None,
+    dataset: DatasetOpt = None,
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -1087,9 +1082,7 @@ def reference(
         str | None, typer.Option(help="Registered version (default: the 'production' alias).")
     ] = None,
     model: ModelOpt = None,
-    dataset: Annotated[
-        Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
-    ] = None,
+    dataset: DatasetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Compute and store the reference profile of a registered version (monitoring's baseline).

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flywheel.config import (
     CurateConfig,
@@ -33,9 +32,8 @@ from flywheel.config import (
     SimulateConfig,
     TrainConfig,
 )
-from flywheel.data.collect import collect_dataset
 from flywheel.data.manifest import load_manifest
-from flywheel.data.versioning import data_version, track_dataset
+from flywheel.data.versioning import data_version
 from flywheel.ground_truth import read_ground_truth
 from flywheel.registry import get_version, read_blessing, version_for_alias
 from flywheel.serving_client import start_server
@@ -44,6 +42,7 @@ from flywheel.steps import pipeline_arguments
 from flywheel.tracking import configure_tracking
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
+from tests.project_support import make_project
 
 pytestmark = pytest.mark.slow
 
@@ -81,20 +80,6 @@ PARAMS = Params(
 DRIFTED_REQUESTS = 80
 
 
-def _tiny_project(root: Path) -> tuple[Path, str]:
-    """A DVC repository (no git) with params.yaml and the tiny dataset recorded as a version."""
-    root.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
-    collect_dataset(PARAMS.data, root / "data", progress=False)
-    return root, track_dataset(root, PARAMS.data, push=False)
-
-
 def _run(name: str, version: str) -> LocalRun:
     entry = get_pipeline(name)
     pipeline = entry.build(PARAMS, data_version=version, target="local")
@@ -112,7 +97,7 @@ def _run(name: str, version: str) -> LocalRun:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """Version 1 in production, drifted traffic served and logged, then the flywheel run."""
-    root, first_version = _tiny_project(tmp_path_factory.mktemp("loop") / "project")
+    root, first_version = make_project(tmp_path_factory.mktemp("loop") / "project", PARAMS)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for key in ("FLYWHEEL_HOME", "MLFLOW_TRACKING_URI", "FLYWHEEL_PIPELINE_RUN_ID"):

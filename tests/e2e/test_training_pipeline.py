@@ -15,19 +15,15 @@ real library against real DVC, Great Expectations and an MLflow SQLite store.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, EvaluateConfig, GatesConfig, ModelConfig, Params, TrainConfig
-from flywheel.data.collect import collect_dataset
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import track_dataset
 from flywheel.registry import read_blessing, version_for_alias
@@ -35,6 +31,7 @@ from flywheel.steps import RegisteredCandidate, pipeline_arguments
 from flywheel.tracking import configure_tracking
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
+from tests.project_support import make_project
 
 pytestmark = pytest.mark.slow
 
@@ -61,24 +58,10 @@ STEPS = {"validate-data", "train-model", "evaluate-model", "promote-model"}
 TEST_IMAGES = 8 * 4  # 8 strata × 4 test images
 
 
-def _make_project(root: Path) -> tuple[Path, str]:
-    """A DVC repository (no git) with params.yaml and the tiny dataset recorded as a version."""
-    root.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
-    collect_dataset(PARAMS.data, root / "data", progress=False)
-    return root, track_dataset(root, PARAMS.data, push=False)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """The project as the working directory, with the embedded defaults (no env overrides)."""
-    root, version = _make_project(tmp_path_factory.mktemp("e2e") / "project")
+    root, version = make_project(tmp_path_factory.mktemp("e2e") / "project", PARAMS)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for key in ("FLYWHEEL_HOME", "MLFLOW_TRACKING_URI", "FLYWHEEL_PIPELINE_RUN_ID"):
@@ -207,7 +190,7 @@ def test_a_rerun_reuses_validation_and_gates_the_new_candidate(
 def test_a_failed_validation_stops_the_pipeline_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, _ = _make_project(tmp_path / "broken")
+    root, _ = make_project(tmp_path / "broken", PARAMS)
     images = sorted((root / "data" / "tiny" / "images").rglob("*.png"))
     images[3].write_bytes(b"\x89PNG truncated")
     track_dataset(root, PARAMS.data, push=False)  # recorded: only the gate can stop it

@@ -48,6 +48,7 @@ def _own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ground truth curation excludes is read from the state folder: not the project's."""
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
 
+
 CLASSES = ("0", "1", "2")
 
 # Five crafted rows, from sure to torn:
