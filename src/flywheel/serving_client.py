@@ -65,6 +65,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on `host:port` now (a bind would succeed)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 @contextmanager
 def start_server(
     params: Path,
@@ -104,7 +115,8 @@ def start_server(
             stopped); the message quotes the end of its output. A server that
             died because a port was taken between choosing and binding it
             (BentoML picks its internal ports the same way) is started again,
-            up to `START_ATTEMPTS` times.
+            up to `START_ATTEMPTS` times; an explicit `port` that another
+            process holds fails at once.
     """
     for attempt in range(1, START_ATTEMPTS + 1):
         chosen = free_port(host) if port is None else port
@@ -134,7 +146,14 @@ def start_server(
                 wait_until_ready(url, ready_timeout_s, process=process, output=output)
             except ServerStartError as err:
                 stop_process_group(process)
-                if attempt < START_ATTEMPTS and _PORT_TAKEN in str(err):
+                if _PORT_TAKEN not in str(err):
+                    raise
+                if port is not None and not port_is_free(host, port):
+                    raise ServerStartError(
+                        f"port {port} on {host} is in use by another process: stop it or "
+                        f"choose another port{_quote(output)}"
+                    ) from None
+                if attempt < START_ATTEMPTS:
                     # A port chosen free (ours, or one of BentoML's internal ones) was
                     # taken by another process before the server bound it: start again.
                     continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -715,6 +716,27 @@ def test_start_server_reports_a_server_that_exits(tmp_path: Path) -> None:
     ):
         pytest.fail("the server should not have become ready")
     assert "max_batch_size" in str(caught.value)  # the server's own error, from its log
+
+
+def test_start_server_names_a_port_another_process_holds(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A taken port is not retried (only a port lost in the race after choosing it is)."""
+    params = _write_params(tmp_path, MODEL)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        started = time.monotonic()
+        with (
+            pytest.raises(ServerStartError, match=f"port {taken} on 127.0.0.1 is in use") as caught,
+            start_server(
+                params, port=taken, env=_server_env(env), cwd=tmp_path, ready_timeout_s=60
+            ),
+        ):
+            pytest.fail("the server should not have become ready")
+    assert "Address already in use" in str(caught.value)  # the server's own words, quoted
+    assert time.monotonic() - started < 45  # one attempt, not START_ATTEMPTS
 
 
 def test_predict_file_names_the_refusal(server: Server, tmp_path: Path) -> None:
