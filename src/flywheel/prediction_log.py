@@ -428,7 +428,14 @@ def read_table(
     tables = []
     for folder in _partitions(Path(root), start, end):
         for part in _readable_parts(folder):
-            table = _read_part(part, wanted)
+            try:
+                table = _read_part(part, wanted)
+            except FileNotFoundError:
+                # Compacted since the folder was listed: its rows are in the Parquet part now.
+                compacted = part.with_suffix(".parquet")
+                if part.suffix != ".jsonl" or not compacted.exists():
+                    raise
+                table = _read_part(compacted, wanted)
             if table.num_rows:
                 tables.append(_absolute_image_paths(table, folder))
     if not tables:

@@ -316,3 +316,19 @@ def test_read_table_reads_only_the_asked_columns(tmp_path: Path) -> None:
     assert table["confidence"].to_pylist() == [0.5, 0.51, 0.52, 0.53]
     with pytest.raises(ValueError, match="no such columns"):
         read_table(tmp_path, columns=["confidance"])
+
+
+def test_a_part_compacted_while_the_window_is_read_is_read_from_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's compactor may replace a part between listing the folder and reading it."""
+    import flywheel.prediction_log as prediction_log
+
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        for i in range(3):
+            log.log(_record(i, image=False))
+    (folder,) = tmp_path.glob("date=*/hour=*")
+    listed = prediction_log._readable_parts(folder)  # the JSON-lines part
+    compact_part(listed[0])
+    monkeypatch.setattr(prediction_log, "_readable_parts", lambda _: listed)
+    assert read_table(tmp_path)["confidence"].to_pylist() == [0.5, 0.51, 0.52]
