@@ -78,6 +78,7 @@ from flywheel.prediction_log import (
     partition_dir,
     read_predictions,
     read_table,
+    to_frame,
     write_parquet,
 )
 
@@ -138,8 +139,8 @@ def build_pools(work: Path, pool: int, epochs: int, per_stratum: dict[str, int])
                 start=start + timedelta(days=k),
                 request_prefix=scenario,
             )
-    log = read_predictions(log_dir)
     table = read_table(log_dir)
+    log = to_frame(table)  # the same rows, read once
     drifted = log["request_id"].str.startswith(DRIFT_SCENARIO)
     in_table_mask = pc.invert(pc.starts_with(table["request_id"], DRIFT_SCENARIO))
     reference = window_from_reference(
