@@ -14,9 +14,11 @@ same number of worker processes (`--workers`, default 1):
 * **in-process**: batched forward passes of the loaded model, no HTTP (the
   concurrency column is the batch size; req/s is images per second).
 
-Payloads: one 32 × 32 grayscale test image per request, as a PNG file
-(multipart `images`) or as a JSON array `(1, 1, 32, 32)` of floats in [0, 1]
-(`{"images": ...}`; `{"inputs": ...}` for MLflow). For every payload and
+Payloads: one 32 × 32 grayscale test image per request, as a PNG file — the
+request body itself (`image`: `/predict_image`, `Content-Type: image/png`) or a
+multipart upload (`multipart`: `/predict_images`, field `images`) — or as a
+JSON array `(1, 1, 32, 32)` of floats in [0, 1] (`json`: `{"images": ...}`;
+`{"inputs": ...}` for MLflow, which takes no files). For every payload and
 concurrency (1, 8, 32, 64) each server gets a warm-up, then at most
 `--requests` requests or `--seconds` seconds, whichever ends first; the servers
 take turns in rotating order, so a change of background load does not favour one.
@@ -35,7 +37,7 @@ Two more commands share the set-up (`make fuzz`, `make soak`); both exit 1 when 
   (`/docs.json`, every operation, `/admin/reload` with the token) and checks
   that none is answered with a 5xx; at least `--min-requests` (1,000) must be
   sent. Counts per operation and status come from its HAR report.
-* `soak`: `--seconds` (180) of steady closed-loop load (PNG uploads, JSON
+* `soak`: `--seconds` (180) of steady closed-loop load (PNG bodies and uploads, JSON
   arrays, and a truncated PNG in every ten that must get its 400); fails on any
   other answer or when the server processes' resident memory at the end exceeds
   that right after the warm-up (the first 20 %) by `--max-growth` (10 %).
@@ -78,7 +80,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLYWHEEL, MLFLOW, FLOOR = "flywheel", "mlflow serve", "HTTP floor"
 BENTO_FLOOR, IN_PROCESS = "BentoML floor", "in-process"
 SERVERS = (FLYWHEEL, MLFLOW, FLOOR, BENTO_FLOOR)
-IMAGE, JSON = "image", "json"
+IMAGE, MULTIPART, JSON = "image", "multipart", "json"
 GOAL_CONCURRENCY = 32
 CONSTANT_ANSWER = b'[{"label":"0","confidence":1.0}]'
 
@@ -110,6 +112,10 @@ def build_floor_app() -> Any:
                 Image.open(io.BytesIO(await upload.read())).load()  # type: ignore[union-attr]
         return Response(CONSTANT_ANSWER, media_type="application/json")
 
+    async def predict_image(request: Request) -> Response:
+        Image.open(io.BytesIO(await request.body())).load()
+        return Response(CONSTANT_ANSWER, media_type="application/json")
+
     async def ready(_: Request) -> Response:
         return PlainTextResponse("ok")
 
@@ -117,6 +123,7 @@ def build_floor_app() -> Any:
         routes=[
             Route("/predict_arrays", predict_arrays, methods=["POST"]),
             Route("/predict_images", predict_images, methods=["POST"]),
+            Route("/predict_image", predict_image, methods=["POST"]),
             Route("/readyz", ready),
         ]
     )
@@ -127,13 +134,27 @@ def build_bentoml_floor() -> Any:
 
     Not one of the issue's four: it shows what BentoML's own request handling
     costs (its middlewares, IO descriptors, uploads spooled to files), the
-    ceiling of any service built on it.
+    ceiling of any service built on it. `/predict_image` is mounted as the
+    service mounts its own (`bentoml.asgi_app`).
     """
     import bentoml
+    from fastapi import FastAPI
     from PIL import Image
+    from starlette.requests import Request
     from starlette.responses import Response
 
+    async def predict_image(request: Request) -> Response:
+        Image.open(io.BytesIO(await request.body())).load()
+        return Response(CONSTANT_ANSWER, media_type="application/json")
+
+    # FastAPI reads the types from the annotations, strings here (`from __future__`), in the
+    # module's globals, where Request is not: give it the classes.
+    predict_image.__annotations__.update({"request": Request, "return": Response})
+    raw = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    raw.post("/predict_image")(predict_image)
+
     @bentoml.service(name="bentofloor")
+    @bentoml.asgi_app(raw, path="/")
     class BentoFloor:
         @bentoml.api
         async def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -409,10 +430,11 @@ def build_targets(urls: dict[str, str], image: np.ndarray) -> dict[tuple[str, st
     as_json = {"Content-Type": "application/json"}
     arrays = ("/predict_arrays", json.dumps({"images": unit}).encode(), as_json)
     files = ("/predict_images", multipart, {"Content-Type": content_type})
+    body = ("/predict_image", png.getvalue(), {"Content-Type": "image/png"})
     requests = {
         (server, payload): request
         for server in (FLYWHEEL, FLOOR, BENTO_FLOOR)
-        for payload, request in ((JSON, arrays), (IMAGE, files))
+        for payload, request in ((JSON, arrays), (IMAGE, body), (MULTIPART, files))
     }
     requests[(MLFLOW, JSON)] = ("/invocations", json.dumps({"inputs": unit}).encode(), as_json)
     return {
@@ -484,7 +506,7 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
 
     goals: dict[str, bool] = {}
     k = GOAL_CONCURRENCY
-    for payload in (JSON, IMAGE):
+    for payload in (JSON, IMAGE, MULTIPART):
         ours, floor = by.get((FLYWHEEL, payload, k)), by.get((FLOOR, payload, k))
         if ours is None or floor is None:
             continue
@@ -495,9 +517,11 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
     ours, mlflow = by.get((FLYWHEEL, JSON, k)), by.get((MLFLOW, JSON, k))
     if ours is not None and mlflow is not None:
         goals[f"json: ≥ 1.5 × mlflow serve at c={k}"] = ours.rps >= 1.5 * mlflow.rps
-    image, arrays = by.get((FLYWHEEL, IMAGE, k)), by.get((FLYWHEEL, JSON, k))
-    if image is not None and arrays is not None:
-        goals[f"image files beat JSON arrays at c={k}"] = image.rps > arrays.rps
+    arrays = by.get((FLYWHEEL, JSON, k))
+    for payload in (IMAGE, MULTIPART):
+        image = by.get((FLYWHEEL, payload, k))
+        if image is not None and arrays is not None:
+            goals[f"{payload}: image files beat JSON arrays at c={k}"] = image.rps > arrays.rps
     ours_cells = [c for c in cells if c.server == FLYWHEEL]
     goals["no 503 at any concurrency"] = all(c.count(lambda s: s == 503) == 0 for c in ours_cells)
     goals["no error at c=32 and c=64"] = all(
@@ -505,7 +529,7 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
     )
     for goal, met in goals.items():
         console.print(f"  {'[green]✓[/green]' if met else '[red]✗[/red]'} {goal}")
-    for payload in (JSON, IMAGE):
+    for payload in (JSON, IMAGE, MULTIPART):
         bento, floor = by.get((BENTO_FLOOR, payload, k)), by.get((FLOOR, payload, k))
         if bento is not None and floor is not None and floor.rps:
             console.print(
@@ -672,7 +696,7 @@ def run_soak(
     sample_every: float,
     memory: Callable[[], int],
 ) -> SoakResult:
-    """Steady closed-loop load for `seconds`: PNG uploads, JSON arrays and a bad upload.
+    """Steady closed-loop load for `seconds`: PNG bodies and uploads, JSON arrays, bad uploads.
 
     Every tenth request is a truncated PNG that must be refused with a 400 (the
     error path must not leak either); the others must be answered 200.
@@ -681,9 +705,9 @@ def run_soak(
     from tqdm import tqdm
 
     targets = build_targets({FLYWHEEL: url}, image)
-    good = [targets[(FLYWHEEL, IMAGE)], targets[(FLYWHEEL, JSON)]]
-    png = good[0].body
-    truncated = Target(good[0].url, png[: len(png) * 2 // 3], good[0].headers)
+    good = [targets[(FLYWHEEL, payload)] for payload in (IMAGE, MULTIPART, JSON)]
+    upload = targets[(FLYWHEEL, MULTIPART)]
+    truncated = Target(upload.url, upload.body[: len(upload.body) * 2 // 3], upload.headers)
     result = SoakResult([], [], Counter())
     counter = itertools.count()
 
@@ -699,7 +723,7 @@ def run_soak(
             nonlocal answered
             while time.monotonic() < deadline:
                 n = next(counter)
-                target, expected = (truncated, 400) if n % 10 == 9 else (good[n % 2], 200)
+                target, expected = (truncated, 400) if n % 10 == 9 else (good[n % 3], 200)
                 sent = time.perf_counter()
                 status = await _post(session, target)
                 if expected == 200:

@@ -46,6 +46,7 @@ SERVICE_REQUIREMENTS: tuple[str, ...] = (
     "python-multipart",  # the request guard's multipart check
     "prometheus-client",  # the service's metrics
     "starlette",  # the request guard's responses
+    "fastapi",  # the raw-image route (`/predict_image`), mounted into the BentoML app
 )
 """What the service and the library modules it imports use directly (their own deps follow)."""
 FREEZE_OMITS = frozenset({"pip", "setuptools", "wheel"})

@@ -13,9 +13,14 @@ a waiting server ready without a restart).
 
 APIs (POST, JSON responses, one item per image, in input order):
 
+* `/predict_image` — one PNG or JPEG file as the request body
+  (`Content-Type: image/png` or `image/jpeg`): the fastest way to send one
+  image (no multipart parsing, no temporary file). A FastAPI route mounted
+  into the BentoML app (`bentoml.asgi_app`), so it shares BentoML's
+  middlewares and its OpenAPI spec (`/docs.json`).
 * `/predict_images` — multipart upload, field `images`, one or more PNG or
   JPEG files (any size and colour; converted to grayscale and resized to the
-  model's input as in training).
+  model's input as in training, as for `/predict_image`).
 * `/predict_arrays` — JSON `{"images": [...], "scale": "auto"}`: shape
   `(N, H, W)` or `(N, 1, H, W)` with `H = W =` the model's image size; `scale`
   says what the values mean: `byte` = 0–255, `unit` = 0–1, `auto` (default) =
@@ -89,6 +94,7 @@ import asyncio
 import atexit
 import gc
 import hmac
+import io
 import logging
 import os
 import re
@@ -106,8 +112,10 @@ from typing import Any, Literal
 
 import bentoml
 import numpy as np
+from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel, TypeAdapter
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flywheel.config import Params, ServeConfig, load_params
@@ -132,6 +140,8 @@ MODEL_VERSION_HEADER = "X-Model-Version"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 """Caller-supplied request ids are used in file names: only a safe alphabet is kept."""
 IMAGE_FORMATS = frozenset({"PNG", "JPEG"})
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg")
+"""What `/predict_image` takes as its body (either format under either type: decoding sniffs)."""
 MAX_FILENAME_CHARS = 128
 """Longer upload file names are a 400 (BentoML names its temporary copy after them)."""
 Scale = Literal["auto", "unit", "byte"]
@@ -213,16 +223,22 @@ def authorize_admin(expected: str | None, authorization: str | None) -> None:
 # --------------------------------------------------------- input handling
 
 
-def decode_image(path: Path, max_pixels: int) -> Image.Image:
-    """An uploaded file as a fully decoded PIL image.
+def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image:
+    """An uploaded file (a path, or the bytes of a request body) as a fully decoded PIL image.
+
+    Args:
+        source: the file, or its content.
+        max_pixels: the largest width x height accepted.
+        name: what error messages call it (default: the file's name, or "the body").
 
     Raises:
         RequestError: 415 when it is not PNG/JPEG, 413 when larger than
             `max_pixels`, 400 when it cannot be decoded (truncated, corrupt, empty).
     """
-    name = path.name
+    if name is None:
+        name = source.name if isinstance(source, Path) else "the body"
     try:
-        image = Image.open(path)
+        image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     except (Image.UnidentifiedImageError, OSError):  # PIL's message names the server's temp path
         raise RequestError(
             f"{name}: not a PNG or JPEG image (the content is not recognised)"
@@ -297,8 +313,8 @@ class RequestGuard:
     * 411 for a chunked body (no `Content-Length`), 413 when the length exceeds
       `max_bytes` — read from the header, so an oversized upload is never
       spooled to disk (no framing header at all means an empty body);
-    * 415 when a route's body is not of its media type (`media_types`; an empty
-      body needs none);
+    * 415 when a route's body is not of one of its media types (`media_types`;
+      an empty body needs none);
     * 400 when a multipart body has fields other than the route's
       (`multipart_fields`): BentoML would try to parse an unknown binary part as
       JSON and answer 500.
@@ -306,7 +322,7 @@ class RequestGuard:
     Args:
         app: the ASGI app.
         max_bytes: largest request body accepted.
-        media_types: route → required media type.
+        media_types: route → the media types its body may have.
         multipart_fields: multipart route → the field names it accepts.
     """
 
@@ -314,7 +330,7 @@ class RequestGuard:
         self,
         app: Any,
         max_bytes: int,
-        media_types: Mapping[str, str],
+        media_types: Mapping[str, tuple[str, ...]],
         multipart_fields: Mapping[str, frozenset[str]],
     ) -> None:
         self.app = app
@@ -365,9 +381,9 @@ class RequestGuard:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         wanted = self.media_types.get(path)
-        if wanted is not None and media_type != wanted and int(length) > 0:
+        if wanted is not None and media_type not in wanted and int(length) > 0:
             raise RequestError(
-                f"{path} takes {wanted}, got {media_type or 'no Content-Type'}",
+                f"{path} takes {' or '.join(wanted)}, got {media_type or 'no Content-Type'}",
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
             )
 
@@ -505,6 +521,13 @@ class Prediction(BaseModel):
     top_k: list[ClassProbability]
     model_name: str
     model_version: str
+
+
+class ErrorBody(BaseModel):
+    """A refused request: what was wrong (and the request id, once one was given)."""
+
+    error: str
+    request_id: str | None = None
 
 
 class ReloadResult(BaseModel):
@@ -665,8 +688,33 @@ def forward_with_features(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 _PARAMS = read_service_params()
 _SERVE: ServeConfig = _PARAMS.serve
 
+RAW_ROUTES = FastAPI(
+    title="flywheel raw image route", docs_url=None, redoc_url=None, openapi_url=None
+)
+"""`/predict_image`, mounted into the service's app; its spec joins BentoML's `/docs.json`."""
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    int(status): {"model": ErrorBody, "description": status.phrase}
+    for status in (
+        HTTPStatus.BAD_REQUEST,
+        HTTPStatus.LENGTH_REQUIRED,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        HTTPStatus.SERVICE_UNAVAILABLE,
+    )
+}
+_RAW_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in IMAGE_MEDIA_TYPES
+        },
+    }
+}
+
 
 @bentoml.service(name="flywheel", workers=_SERVE.workers, traffic={"timeout": 60})
+@bentoml.asgi_app(RAW_ROUTES, path="/")
 class FlywheelService:
     """Serves the registry's `serve.alias` version of `evaluate.registered_model`."""
 
@@ -710,6 +758,7 @@ class FlywheelService:
         self.predictions_total = Counter(
             "flywheel_predictions", "Predictions served, by predicted label.", ["label"]
         )
+        self._label_counters: dict[str, Any] = {}  # label → its child of predictions_total
         self.confidence = Histogram(
             "flywheel_prediction_confidence",
             "Confidence (top probability) of served predictions.",
@@ -900,6 +949,18 @@ class FlywheelService:
 
     # --------------------------------------------------------------- APIs
 
+    async def predict_image(self, request: Request) -> Response:
+        """Classify one PNG or JPEG file sent as the request body (`/predict_image`)."""
+        body = await request.body()
+
+        def prepare(model: LoadedModel) -> np.ndarray:
+            if not body:
+                raise RequestError("no image: the request body is empty")
+            image = decode_image(body, self.config.max_image_pixels)
+            return model.task.preprocess([image]).numpy()  # (1, 1, S, S)
+
+        return await self._serve(request.headers, prepare, inline=len(body) < INLINE_BYTES)
+
     @bentoml.api
     async def predict_images(self, images: list[Path], ctx: bentoml.Context) -> list[Prediction]:
         """Classify uploaded PNG/JPEG files (multipart field `images`, one or more)."""
@@ -910,7 +971,8 @@ class FlywheelService:
             return model.task.preprocess(decoded).numpy()  # (N, 1, S, S)
 
         size = sum(Path(p).stat().st_size for p in images[: self.config.max_images_per_request])
-        return await self._serve(ctx, prepare, inline=size < INLINE_BYTES)
+        answer = await self._serve(ctx.request.headers, prepare, inline=size < INLINE_BYTES)
+        return _answer(ctx, answer)
 
     @bentoml.api
     async def predict_arrays(
@@ -923,7 +985,9 @@ class FlywheelService:
             self._check_count(len(batch))
             return batch
 
-        return await self._serve(ctx, prepare, inline=images.nbytes < INLINE_BYTES)
+        inline = images.nbytes < INLINE_BYTES
+        answer = await self._serve(ctx.request.headers, prepare, inline=inline)
+        return _answer(ctx, answer)
 
     @bentoml.api(route="/admin/reload")
     async def reload_model(self, ctx: bentoml.Context) -> ReloadResult:
@@ -939,9 +1003,10 @@ class FlywheelService:
         try:
             authorize_admin(self.admin_token, ctx.request.headers.get("authorization"))
         except RequestError as err:
+            refusal = self._refuse(err)
             if err.status == HTTPStatus.UNAUTHORIZED:
-                ctx.response.headers["WWW-Authenticate"] = 'Bearer realm="flywheel-admin"'
-            return self._refuse(ctx, err)
+                refusal.headers["WWW-Authenticate"] = 'Bearer realm="flywheel-admin"'
+            return _answer(ctx, refusal)
         signalled = self._signal_other_workers()
         outcome = await self.refresh_model("admin")
         result = ReloadResult(
@@ -988,35 +1053,43 @@ class FlywheelService:
 
     async def _serve(
         self,
-        ctx: bentoml.Context,
+        headers: Mapping[str, str],
         prepare: Callable[[LoadedModel], np.ndarray],
         *,
         inline: bool,
-    ) -> Any:
-        """Admit to the current model, pre-process (`inline` or in a thread), infer, respond."""
-        request_id = request_id_from(ctx.request.headers)
-        ctx.response.headers[REQUEST_ID_HEADER] = request_id
+    ) -> Response:
+        """Admit to the current model, pre-process (`inline` or in a thread), infer, respond.
+
+        Args:
+            headers: the request's headers (`X-Request-ID`).
+            prepare: the request's images → `(N, 1, S, S)` float32; raises `RequestError`.
+            inline: pre-process on the event loop (small inputs) rather than in a thread.
+
+        Returns:
+            The predictions or the refusal, with `X-Request-ID` (and `X-Model-Version`
+            or `Retry-After`) set.
+        """
+        request_id = request_id_from(headers)
         try:
             with self.holder.admit() as served:
                 model = served.model
                 batch = prepare(model) if inline else await asyncio.to_thread(prepare, model)
                 output = await served.infer(batch)  # (N, K + D + F)
-                ctx.response.headers[MODEL_VERSION_HEADER] = model.version
-                return self._respond(request_id, model, batch, output)
+                response = self._respond(request_id, model, batch, output)
+                response.headers[MODEL_VERSION_HEADER] = model.version
         except (NoModelError, OverloadedError) as err:
-            ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return self._refuse(
-                ctx, RequestError(str(err), HTTPStatus.SERVICE_UNAVAILABLE), request_id
+            response = self._refuse(
+                RequestError(str(err), HTTPStatus.SERVICE_UNAVAILABLE), request_id
             )
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
         except RequestError as err:
-            return self._refuse(ctx, err, request_id)
+            response = self._refuse(err, request_id)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
-    def _refuse(
-        self, ctx: bentoml.Context, err: RequestError, request_id: str | None = None
-    ) -> Any:
-        """The error response `{"error": ...}` (BentoML takes the status from `ctx`)."""
+    def _refuse(self, err: RequestError, request_id: str | None = None) -> Response:
+        """The error response `{"error": ...}`, counted by status."""
         self.rejected_total.labels(str(int(err.status))).inc()
-        ctx.response.status_code = int(err.status)
         body = (
             {"error": str(err)}
             if request_id is None
@@ -1059,7 +1132,10 @@ class FlywheelService:
                     model_version=model.version,
                 )
             )
-            self.predictions_total.labels(label).inc()
+            counter = self._label_counters.get(label)
+            if counter is None:  # `labels()` takes a lock and builds a key: once per label
+                counter = self._label_counters[label] = self.predictions_total.labels(label)
+            counter.inc()
             self.confidence.observe(confidence)
             self.prediction_log.log(
                 PredictionRecord(
@@ -1079,14 +1155,40 @@ class FlywheelService:
         return Response(_PREDICTIONS.dump_json(out), media_type="application/json")
 
 
+@RAW_ROUTES.post(
+    "/predict_image",
+    response_model=list[Prediction],
+    responses=_REFUSALS,
+    openapi_extra=_RAW_IMAGE_BODY,
+    summary="Classify one PNG or JPEG file sent as the body",
+    tags=["Service APIs"],
+)
+async def predict_image(request: Request) -> Response:
+    """Classify one PNG or JPEG file sent as the request body
+    (`Content-Type: image/png` or `image/jpeg`); one item, as `/predict_images` answers.
+
+    A plain coroutine taking the request: FastAPI then resolves no dependencies
+    (a class view's `self` is a sync dependency: a thread hop per request).
+    """
+    service: FlywheelService = bentoml.get_current_service()
+    return await service.predict_image(request)
+
+
+def _answer(ctx: bentoml.Context, response: Response) -> Any:
+    """`response` as a BentoML API's answer: BentoML gives a returned response `ctx`'s status."""
+    ctx.response.status_code = response.status_code
+    return response
+
+
 # `@bentoml.service` returns a Service; its stubs type it as the decorated class.
 FlywheelService.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_bytes=_SERVE.max_request_bytes,
     media_types={
-        "/predict_arrays": "application/json",
-        "/predict_images": "multipart/form-data",
-        "/admin/reload": "application/json",
+        "/predict_image": IMAGE_MEDIA_TYPES,
+        "/predict_arrays": ("application/json",),
+        "/predict_images": ("multipart/form-data",),
+        "/admin/reload": ("application/json",),
     },
     multipart_fields={"/predict_images": frozenset({"images"})},
 )
@@ -1094,6 +1196,7 @@ FlywheelService.add_asgi_middleware(  # type: ignore[attr-defined]
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "RAW_ROUTES",
     "RELOAD_DIR_ENV",
     "FlywheelService",
     "Prediction",

@@ -1739,7 +1739,7 @@ def _show_served_prediction(p: Params, params: Path) -> None:
     )
     console.print(
         f"serve it on http://{p.serve.host}:{p.serve.port} "
-        "(POST /predict_images or /predict_arrays; docs at /):"
+        "(POST /predict_image, /predict_images or /predict_arrays; docs at /):"
     )
     console.print(f"  {serve_command(params)}", soft_wrap=True, highlight=False)
 

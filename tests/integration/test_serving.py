@@ -301,8 +301,22 @@ def test_predictions_match_the_registered_version(
     files = [("images", (f"{i}.png", _png(img), "image/png")) for i, img in enumerate(images)]
     by_file = httpx.post(f"{server.url}/predict_images", files=files, timeout=30)
     assert by_file.status_code == 200, by_file.text
+    by_body = []  # /predict_image: one PNG as the whole body per request
+    for i, img in enumerate(images):
+        answer = httpx.post(
+            f"{server.url}/predict_image",
+            content=_png(img),
+            headers={"Content-Type": "image/png", "X-Request-ID": f"req-body-{i}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-request-id"] == f"req-body-{i}"
+        assert answer.headers["x-model-version"] == "1"
+        (item,) = answer.json()
+        assert item["index"] == 0
+        by_body.append({**item, "index": i})
 
-    for body in (by_array.json(), by_file.json()):
+    for body in (by_array.json(), by_file.json(), by_body):
         assert [item["index"] for item in body] == list(range(5))
         for item, probs in zip(body, expected, strict=True):
             assert item["model_name"] == MODEL
@@ -376,6 +390,14 @@ def test_concurrent_requests_share_forward_passes(server: Server) -> None:
         ("body", b"x" * (MAX_BYTES + 1), 413, "exceeds"),
         ("text", b"1, 2, 3", 415, "application/json"),
         ("json-to-files", {"images": [[[0]]]}, 415, "multipart/form-data"),
+        ("image", ("image/png", b""), 400, "body is empty"),
+        ("image", ("image/png", b"hello, not an image"), 400, "not a PNG or JPEG"),
+        ("image", ("image/png", "TRUNCATED"), 400, "cannot decode"),
+        ("image", ("image/png", "GIF"), 415, "GIF"),
+        ("image", ("image/jpeg", "HUGE"), 413, "pixels"),
+        ("image", ("image/png", b"x" * (MAX_BYTES + 1)), 413, "exceeds"),
+        ("image", ("image/gif", "GIF"), 415, "image/png or image/jpeg"),
+        ("image", ("application/json", b'{"images": [[[0]]]}'), 415, "image/png or image/jpeg"),
     ],
     ids=[
         "empty-batch",
@@ -401,6 +423,14 @@ def test_concurrent_requests_share_forward_passes(server: Server) -> None:
         "body-too-large",
         "text-to-arrays",
         "json-to-images",
+        "body-empty",
+        "body-not-an-image",
+        "body-truncated-png",
+        "body-gif-as-png",
+        "body-too-many-pixels",
+        "body-too-large",
+        "body-gif-type",
+        "body-json-type",
     ],
 )
 def test_bad_input_is_a_clear_4xx(
@@ -445,6 +475,14 @@ def test_bad_input_is_a_clear_4xx(
         )
     elif kind == "json-to-files":
         answer = httpx.post(f"{server.url}/predict_images", json=payload, timeout=30)
+    elif kind == "image":
+        media_type, body = payload  # type: ignore[misc]
+        answer = httpx.post(
+            f"{server.url}/predict_image",
+            content=contents.get(body, body) if isinstance(body, str) else body,
+            headers={"Content-Type": media_type},
+            timeout=30,
+        )
     else:
         answer = httpx.post(
             f"{server.url}/predict_arrays",
@@ -527,9 +565,12 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path
     assert result.exit_code == 0
     assert result.server_errors == 0, result.statuses
     assert result.requests >= 100
-    assert {"POST /predict_arrays", "POST /predict_images", "POST /admin/reload"} <= set(
-        result.statuses
-    )
+    assert {
+        "POST /predict_arrays",
+        "POST /predict_images",
+        "POST /predict_image",
+        "POST /admin/reload",
+    } <= set(result.statuses)
 
 
 def test_a_short_soak_answers_everything(server: Server) -> None:
