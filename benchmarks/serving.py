@@ -37,6 +37,9 @@ Two more commands share the set-up (`make fuzz`, `make soak`); both exit 1 when 
   (`/docs.json`, every operation, `/admin/reload` with the token) and checks
   that none is answered with a 5xx; at least `--min-requests` (1,000) must be
   sent. Counts per operation and status come from its HAR report.
+  schemathesis sends one fixed image per image media type, so `/predict_image`
+  then gets valid PNGs/JPEGs of every common mode and `--corrupted-images`
+  (500) corruptions of them (`image_bodies`): none may get a 5xx either.
 * `soak`: `--seconds` (180) of steady closed-loop load (PNG bodies and uploads, JSON
   arrays, and a truncated PNG in every ten that must get its 400); fails on any
   other answer or when the server processes' resident memory at the end exceeds
@@ -543,6 +546,9 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
 # ------------------------------------------------------------------- fuzz
 
 
+IMAGE_BODIES_OPERATION = "POST /predict_image (valid and corrupted image files)"
+
+
 @dataclass
 class FuzzResult:
     """What schemathesis sent and what came back (from its HAR report)."""
@@ -561,15 +567,95 @@ class FuzzResult:
         return sum(n for c in self.statuses.values() for s, n in c.items() if s >= 500)
 
 
+def image_bodies(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """Bodies for `/predict_image` that schemathesis does not make, with their media types.
+
+    schemathesis sends one fixed 1 x 1 image per image media type, so the
+    decoder would otherwise meet no bad file. These are valid PNGs and JPEGs
+    of every common mode and odd sizes, then `count` corruptions of them:
+    truncated, bytes overwritten, a slice dropped or repeated, or garbage
+    behind a PNG or JPEG signature; each sent as `image/png` or `image/jpeg`
+    at random (decoding sniffs the content, not the header).
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    gray = np.tile(np.linspace(0, 255, 32), (32, 1)).astype(np.uint8)  # (32, 32)
+    gray[8:24, 8:24] = 255 - gray[8:24, 8:24]
+    rgb = np.stack([gray, gray[::-1], gray.T], axis=-1)  # (32, 32, 3)
+    sources = [
+        ("PNG", Image.fromarray(gray)),
+        ("PNG", Image.fromarray(rgb)),
+        ("PNG", Image.fromarray(rgb).convert("RGBA")),
+        ("PNG", Image.fromarray(rgb).convert("P")),
+        ("PNG", Image.fromarray(gray).convert("LA")),
+        ("PNG", Image.fromarray(gray).convert("1")),
+        ("PNG", Image.fromarray(gray.astype(np.uint16) * 257)),  # 16-bit
+        ("PNG", Image.fromarray(gray).resize((1, 1))),
+        ("PNG", Image.fromarray(gray).resize((300, 7))),
+        ("JPEG", Image.fromarray(gray)),
+        ("JPEG", Image.fromarray(rgb)),
+        ("JPEG", Image.fromarray(rgb).convert("CMYK")),
+        ("JPEG", Image.fromarray(rgb).resize((640, 480))),
+    ]
+    valid = []
+    for fmt, picture in sources:
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt, **({"progressive": True} if fmt == "JPEG" else {}))
+        valid.append(buffer.getvalue())
+    types = ("image/png", "image/jpeg")
+    bodies = [(types[i % 2], body) for i, body in enumerate(valid)]
+    for _ in range(count):
+        body = bytearray(valid[int(rng.integers(len(valid)))])
+        cut = int(rng.integers(1, len(body)))
+        kind = int(rng.integers(5))
+        if kind == 0:  # truncated
+            body = body[:cut]
+        elif kind == 1:  # bytes overwritten
+            where = rng.integers(0, len(body), size=int(rng.integers(1, 16)))
+            for i in where:
+                body[int(i)] = int(rng.integers(256))
+        elif kind == 2:  # a slice dropped
+            body = body[:cut] + body[cut + int(rng.integers(1, 64)) :]
+        elif kind == 3:  # a slice repeated
+            body = body[:cut] + body[max(0, cut - 64) : cut] + body[cut:]
+        else:  # garbage behind a signature
+            signature = b"\x89PNG\r\n\x1a\n" if rng.integers(2) else b"\xff\xd8\xff\xe0"
+            body = bytearray(signature + rng.bytes(int(rng.integers(0, 2048))))
+        bodies.append((types[int(rng.integers(2))], bytes(body)))
+    return bodies
+
+
+def fuzz_image_bodies(url: str, bodies: Sequence[tuple[str, bytes]]) -> Counter[int]:
+    """Send each body to `/predict_image`; the answers' statuses."""
+    import httpx
+
+    statuses: Counter[int] = Counter()
+    with httpx.Client(timeout=30) as client:
+        for media_type, body in bodies:
+            answer = client.post(
+                f"{url}/predict_image", content=body, headers={"Content-Type": media_type}
+            )
+            statuses[answer.status_code] += 1
+    return statuses
+
+
 def run_fuzz(
-    url: str, report_dir: Path, *, max_examples: int, seed: int, token: str | None = None
+    url: str,
+    report_dir: Path,
+    *,
+    max_examples: int,
+    seed: int,
+    token: str | None = None,
+    corrupted_images: int = 0,
 ) -> FuzzResult:
     """Fuzz every operation of the service's OpenAPI spec with schemathesis (its CLI).
 
     Checks `not_a_server_error` on every answer (a 5xx fails the run); every
     request and answer is kept in a HAR file, which gives the counts. With
     `token`, requests carry it, so `/admin/reload` is fuzzed past its
-    authorisation too.
+    authorisation too. Then `/predict_image` gets the valid and
+    `corrupted_images` corrupted bodies of `image_bodies` (its own row).
     """
     har = report_dir / "fuzz.har"
     command = [
@@ -600,6 +686,8 @@ def run_fuzz(
             route = "/" + request["url"].split("/", 3)[-1].split("?")[0]
             key = f"{request['method']} {route}"
             statuses.setdefault(key, Counter())[int(entry["response"]["status"])] += 1
+    bodies = image_bodies(corrupted_images, seed)
+    statuses[IMAGE_BODIES_OPERATION] = fuzz_image_bodies(url, bodies)
     return FuzzResult(done.returncode, statuses)
 
 
@@ -768,7 +856,7 @@ def print_soak(result: SoakResult, max_growth: float) -> bool:
     previous: SoakSample | None = None
     for sample in result.samples:
         rate = ""
-        if previous is not None and sample.seconds > previous.seconds:
+        if previous is not None and sample.seconds - previous.seconds >= 1.0:  # not the tail
             rate = (
                 f"{(sample.requests - previous.requests) / (sample.seconds - previous.seconds):.0f}"
             )
@@ -788,7 +876,7 @@ def print_soak(result: SoakResult, max_growth: float) -> bool:
         f"{'[green]passed[/green]' if passed else '[red]FAILED[/red]'}: {result.requests} "
         f"requests in {result.samples[-1].seconds:.0f} s "
         f"({result.requests / result.samples[-1].seconds:.0f} req/s), "
-        f"{result.errors} errors {dict(result.unexpected) or ''}, "
+        f"{result.errors} errors{f' {dict(result.unexpected)}' if result.unexpected else ''}, "
         f"p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms; "
         f"resident memory {growth:+.1%} after the warm-up (limit +{max_growth:.0%})"
     )
@@ -849,6 +937,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fuzz.add_argument("--max-examples", type=int, default=500, help="Per operation and phase.")
     fuzz.add_argument("--seed", type=int, default=0)
     fuzz.add_argument("--min-requests", type=int, default=1000)
+    fuzz.add_argument(
+        "--corrupted-images", type=int, default=500, help="Corrupted /predict_image bodies."
+    )
     soak.add_argument("--seconds", type=float, default=180.0)
     soak.add_argument("--concurrency", type=int, default=8)
     soak.add_argument("--sample-every", type=float, default=10.0)
@@ -884,7 +975,14 @@ def fuzz_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -
     with start_server(
         params, env={**env, "FLYWHEEL_ADMIN_TOKEN": token}, log_path=workdir / "flywheel.log"
     ) as url:
-        result = run_fuzz(url, workdir, max_examples=args.max_examples, seed=args.seed, token=token)
+        result = run_fuzz(
+            url,
+            workdir,
+            max_examples=args.max_examples,
+            seed=args.seed,
+            token=token,
+            corrupted_images=args.corrupted_images,
+        )
     return print_fuzz(result, args.min_requests)
 
 

@@ -239,10 +239,15 @@ def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None)
         name = source.name if isinstance(source, Path) else "the body"
     try:
         image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+    except Image.DecompressionBombError as err:  # PIL's own limit, far above max_pixels
+        raise RequestError(f"{name}: {err}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
     except (Image.UnidentifiedImageError, OSError):  # PIL's message names the server's temp path
         raise RequestError(
             f"{name}: not a PNG or JPEG image (the content is not recognised)"
         ) from None
+    except Exception as err:  # a damaged header: PIL's parsers raise ValueError,
+        # SyntaxError, struct.error, EOFError, ... on hostile bytes (found by fuzzing)
+        raise RequestError(f"{name}: not a readable PNG or JPEG image ({err})") from None
     if image.format not in IMAGE_FORMATS:
         raise RequestError(
             f"{name}: unsupported image format {image.format}; send PNG or JPEG",
@@ -256,7 +261,7 @@ def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None)
         )
     try:
         image.load()  # the header parsed; now the pixels (a truncated file fails here)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except Exception as err:  # OSError, ValueError, SyntaxError, ... as above
         raise RequestError(f"{name}: cannot decode the image ({err})") from None
     return image
 

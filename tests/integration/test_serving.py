@@ -39,7 +39,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from benchmarks.serving import run_fuzz, run_soak
+from benchmarks.serving import IMAGE_BODIES_OPERATION, run_fuzz, run_soak
 from flywheel import registry
 from flywheel.config import ModelConfig
 from flywheel.features import FEATURE_COLUMNS, summary_features
@@ -561,9 +561,13 @@ def test_metrics_count_predictions_and_show_the_version(server: Server) -> None:
 
 def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path: Path) -> None:
     """A short schemathesis run (`benchmarks/serving.py fuzz` runs 1,000+ requests)."""
-    result = run_fuzz(server.url, tmp_path, max_examples=25, seed=1)
+    result = run_fuzz(server.url, tmp_path, max_examples=25, seed=1, corrupted_images=150)
     assert result.exit_code == 0
     assert result.server_errors == 0, result.statuses
+    bodies = result.statuses[IMAGE_BODIES_OPERATION]
+    assert sum(bodies.values()) == 13 + 150
+    assert bodies[200] >= 13, bodies  # the valid images of every mode, and lucky corruptions
+    assert bodies[400] > 0, bodies
     assert result.requests >= 100
     assert {
         "POST /predict_arrays",

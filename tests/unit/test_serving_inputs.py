@@ -96,6 +96,7 @@ def test_png_and_jpeg_decode(tmp_path: Path) -> None:
         ("text", HTTPStatus.BAD_REQUEST, "not a PNG or JPEG"),
         ("empty", HTTPStatus.BAD_REQUEST, "not a PNG or JPEG"),
         ("large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "exceeds"),
+        ("short-header", HTTPStatus.BAD_REQUEST, "Truncated IHDR"),
     ],
 )
 def test_bad_uploads_are_refused_with_the_file_name(
@@ -110,6 +111,10 @@ def test_bad_uploads_are_refused_with_the_file_name(
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif content == "large":
         path = _save(tmp_path, "up.bin", Image.new("L", (S + 1, S)), "PNG")
+    elif content == "short-header":  # PIL raises ValueError, not OSError (a 500 once)
+        path = _save(tmp_path, "up.bin", gray, "PNG")
+        png = path.read_bytes()
+        path.write_bytes(png[:8] + b"\x00\x00\x00\x05IHDR" + png[16:])  # IHDR says 5 bytes
     else:
         path = tmp_path / "up.bin"
         path.write_bytes(b"" if content == "empty" else b"plain text")
