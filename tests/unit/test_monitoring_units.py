@@ -29,7 +29,7 @@ from flywheel.monitoring.monitor import (
     join_ground_truth,
     predictions_dir,
     reports_dir,
-    select_version,
+    version_mask,
     workspace_dir,
 )
 from flywheel.monitoring.reference import EMBEDDING_PREFIX, MonitoringError
@@ -116,20 +116,21 @@ def test_a_bound_that_is_neither_says_which_forms_work(text: str) -> None:
 def test_a_window_keeps_one_version_the_latest_by_default() -> None:
     log = _log(5, versions=["1", "1", "2", "1", "2"])
 
-    rows, version, others = select_version(log, None)
+    mine, version = version_mask(log, None)
 
-    assert (version, others, len(rows)) == ("2", 3, 2)
-    assert rows["request_id"].tolist() == ["r2", "r4"]
+    assert (version, int((~mine).sum()), int(mine.sum())) == ("2", 3, 2)
+    assert log[mine]["request_id"].tolist() == ["r2", "r4"]
 
 
 def test_an_explicit_version_is_kept_or_named_as_missing() -> None:
     log = _log(3, versions=["1", "2", "2"])
 
-    assert select_version(log, "1")[1:] == ("1", 2)
+    mine, version = version_mask(log, "1")
+    assert (version, mine.tolist()) == ("1", [True, False, False])
     with pytest.raises(NotEnoughDataError, match=r"no predictions of version 7.*\['1', '2'\]"):
-        select_version(log, "7")
+        version_mask(log, "7")
     with pytest.raises(NotEnoughDataError, match="no predictions"):
-        select_version(log.iloc[:0], None)
+        version_mask(log.iloc[:0], None)
 
 
 def test_ground_truth_joins_on_request_and_index_and_leaves_the_rest_unknown() -> None:

@@ -158,21 +158,15 @@ def _when(moment: datetime | None, default: str) -> str:
     return default if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def select_version(frame: pd.DataFrame, version: str | None) -> tuple[pd.DataFrame, str, int]:
+def version_mask(frame: pd.DataFrame, version: str | None) -> tuple[np.ndarray, str]:
     """The rows of one model version: `version`, else the one that served the latest prediction.
 
     Returns:
-        `(rows of that version, the version, rows of other versions)`.
+        `(a boolean mask over the rows of `frame`, the version chosen)`.
 
     Raises:
         NotEnoughDataError: the window is empty, or holds nothing of `version`.
     """
-    mine, chosen = version_mask(frame, version)
-    return frame[mine].reset_index(drop=True), chosen, int((~mine).sum())
-
-
-def version_mask(frame: pd.DataFrame, version: str | None) -> tuple[np.ndarray, str]:
-    """Which rows `select_version` keeps, and the version it chose."""
     if frame.empty:
         raise NotEnoughDataError("the window holds no predictions")
     versions = frame["model_version"].astype(str)
