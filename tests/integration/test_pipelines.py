@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, Params, load_params
-from flywheel.data.collect import collect_dataset
 from flywheel.data.versioning import track_dataset
 from flywheel.steps import (
     DataGateError,
@@ -36,6 +33,7 @@ from pipelines.cluster import ClusterSettings, compile_pipeline
 from pipelines.flywheel import build_flywheel_pipeline
 from pipelines.local import TaskEvent, exception_message, parse_runner_line
 from pipelines.training import OUTPUT_TASKS, build_training_pipeline
+from tests.project_support import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -547,17 +545,8 @@ TINY = Params(
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DVC repository (no git) holding the tiny dataset as its recorded version."""
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-    )
-    collect_dataset(TINY.data, repo / "data", progress=False)
-    track_dataset(repo, TINY.data, push=False)
-    return repo
+    root, _ = make_project(tmp_path / "repo", TINY)
+    return root
 
 
 @pytest.mark.slow
