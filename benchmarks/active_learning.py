@@ -57,7 +57,7 @@ from flywheel.curation import (
     select_random,
     select_top,
 )
-from flywheel.data.collect import collect_batch, collect_dataset
+from flywheel.demo.collect import collect_batch, collect_dataset
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.classification import ClassificationTask
 

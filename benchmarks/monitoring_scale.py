@@ -60,7 +60,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from flywheel.config import MonitorConfig, Params, load_params
-from flywheel.data.collect import collect_batch, collect_dataset
+from flywheel.demo.collect import collect_batch, collect_dataset
 from flywheel.env import disable_telemetry
 from flywheel.monitoring.drift import (
     DriftCheck,
@@ -70,9 +70,7 @@ from flywheel.monitoring.drift import (
     window_from_reference,
 )
 from flywheel.monitoring.monitor import monitor
-from flywheel.monitoring.reference import load_reference
-from flywheel.monitoring.replay import replay_images
-from flywheel.prediction_log import (
+from flywheel.monitoring.prediction_log import (
     PredictionLogger,
     compact_part,
     partition_dir,
@@ -81,6 +79,8 @@ from flywheel.prediction_log import (
     to_frame,
     write_parquet,
 )
+from flywheel.monitoring.reference import load_reference
+from flywheel.monitoring.replay import replay_images
 
 REPO = Path(__file__).resolve().parents[1]
 DRIFT_SCENARIO = "handwritten_shadow_rotated"
@@ -103,7 +103,7 @@ class Pools:
 
 def build_pools(work: Path, pool: int, epochs: int, per_stratum: dict[str, int]) -> Pools:
     """Train and register a model, replay both scenarios through it."""
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     params = load_params(
         REPO / "params.yaml",
@@ -238,7 +238,7 @@ def write_log(pools: Pools, root: Path, rows: int, share: float, seed: int) -> N
 
 
 def write_jsonl(table: pa.Table, path: Path) -> None:
-    """Rows as the service's writer appends them (`flywheel.prediction_log`)."""
+    """Rows as the service's writer appends them (`flywheel.monitoring.prediction_log`)."""
     with path.open("w", encoding="utf-8") as handle:
         for row in table.to_pylist():
             row["time"] = row["time"].isoformat(timespec="microseconds")

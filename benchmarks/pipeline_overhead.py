@@ -5,7 +5,7 @@ dataset with the same params, four ways, each against its own fresh state
 folder and MLflow SQLite store (so every side registers version 1 and faces no
 champion — the same work):
 
-* **direct, warm**: the step functions (`flywheel.steps`) called one after the
+* **direct, warm**: the step functions (`flywheel.workflows`) called one after the
   other in this process, after a warm-up run that paid the imports. The pure
   work of the steps.
 * **direct, new process**: the same calls in a new Python process: the work
@@ -72,8 +72,8 @@ def bench_params(train: int, val: int, test: int, epochs: int) -> Params:
 
 def make_repo(root: Path, params: Params) -> str:
     """A DVC repository (no git) holding the planned dataset as its recorded version."""
-    from flywheel.data.collect import collect_dataset
     from flywheel.data.versioning import track_dataset
+    from flywheel.demo.collect import collect_dataset
 
     root.mkdir(parents=True)
     subprocess.run(
@@ -104,7 +104,7 @@ def state(folder: Path) -> Iterator[None]:
 
 def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str, float]:
     """The four steps as the components call them; seconds per step (their output is muted)."""
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     seconds: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -161,7 +161,7 @@ def run_direct_fresh(params: Params, repo: Path, version: str, folder: Path) -> 
 
 def run_pipeline(params: Params, repo: Path, version: str) -> tuple[float, dict[str, float]]:
     """The training pipeline on the KFP local runner with caching on; wall time, per-step times."""
-    from flywheel.steps import pipeline_arguments
+    from flywheel.workflows import pipeline_arguments
     from pipelines.catalog import get_pipeline
     from pipelines.local import run_locally
 

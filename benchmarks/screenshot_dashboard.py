@@ -52,11 +52,11 @@ def build_example(params: Params, work: Path) -> Path:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from flywheel import steps
-    from flywheel.data.collect import collect_batch, collect_dataset
-    from flywheel.ground_truth import write_ground_truth
+    from flywheel import workflows as steps
+    from flywheel.demo.collect import collect_batch, collect_dataset
+    from flywheel.labeling.ground_truth import write_ground_truth
+    from flywheel.monitoring.prediction_log import PredictionLogger
     from flywheel.monitoring.replay import replay_images
-    from flywheel.prediction_log import PredictionLogger
 
     plan = DataPlan(
         name="example",

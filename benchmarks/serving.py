@@ -374,8 +374,8 @@ def train_model(workdir: Path, params_path: Path, epochs: int) -> tuple[str, str
     from flywheel import registry
     from flywheel.config import load_params
     from flywheel.evaluation import evaluate_candidate
+    from flywheel.modeling.training import train
     from flywheel.tracking import configure_tracking
-    from flywheel.training import train
 
     uri = f"sqlite:///{workdir}/mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -452,7 +452,7 @@ def run_process(
     command: list[str], env: dict[str, str], log: Path, url: str, probe: str
 ) -> Iterator[str]:
     """A server subprocess (own process group) until the block ends; waits for `probe`."""
-    from flywheel.serving_client import file_tail, stop_process_group, wait_until_ready
+    from flywheel.demo.server import file_tail, stop_process_group, wait_until_ready
 
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -967,7 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def fuzz_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -> bool:
     """Serve the model with an admin token, fuzz it, report."""
-    from flywheel.serving_client import start_server
+    from flywheel.demo.server import start_server
 
     token = "fuzz-admin-token"
     params = write_serve_params(args.params, workdir, name, args.workers)
@@ -988,7 +988,7 @@ def fuzz_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -
 
 def soak_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -> bool:
     """Serve the model, hold it under steady load, watch its memory, report."""
-    from flywheel.serving_client import start_server
+    from flywheel.demo.server import start_server
 
     params = write_serve_params(args.params, workdir, name, args.workers)
     env = {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_HOME": str(workdir / "state")}
@@ -1014,7 +1014,7 @@ def bench_command(
     import torch
 
     from flywheel.config import load_params
-    from flywheel.serving_client import free_port, start_server
+    from flywheel.demo.server import free_port, start_server
 
     load_before = os.getloadavg()
     image = sample_image(args.params)

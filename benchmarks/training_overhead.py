@@ -6,7 +6,7 @@ batch size, optimizer, cosine schedule, augmentation, seeds and epochs, in one
 process with the same `torch.set_num_threads`, interleaved in rotating order
 (A B C D, B C D A, ...) after one warm-up round that is not counted:
 
-* **platform**: `flywheel.training.train` as `flywheel train` runs it — MLflow
+* **platform**: `flywheel.modeling.training.train` as `flywheel train` runs it — MLflow
   logging to a SQLite store in a temp folder (run, params, lineage tags,
   per-epoch metrics, curves PNG, history), atomic fsynced checkpoints every
   epoch (last, and best when it improves), the tqdm bar, validation every
@@ -69,10 +69,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from flywheel.config import Params, load_params
 from flywheel.env import disable_telemetry
+from flywheel.modeling.training import seed_everything, train
 from flywheel.tasks import TASKS
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.classification import ClassificationMetrics, ClassificationTask
-from flywheel.training import seed_everything, train
 
 PLATFORM, PLATFORM_NONDET = "platform", "platform, deterministic: false"
 BARE_MEMORY, BARE_DECODE = "bare, in memory", "bare, decode each epoch"
@@ -133,7 +133,7 @@ def timed_task(clock: Clock) -> type[ClassificationTask]:
 
 
 def run_platform(params: Params, dataset_dir: Path, work: Path, side: str) -> RunTiming:
-    """`flywheel.training.train` with everything on, as `flywheel train` runs it.
+    """`flywheel.modeling.training.train` with everything on, as `flywheel train` runs it.
 
     `PLATFORM_NONDET` turns `train.deterministic` off (PyTorch's deterministic
     mode, which also fills every new tensor's memory before use).
@@ -177,7 +177,7 @@ def decode_split(task: ClassificationTask, dataset_dir: Path, split: str) -> Ten
 def run_bare(params: Params, dataset_dir: Path, side: str) -> RunTiming:
     """A plain loop: forward, loss, backward, step; running loss/accuracy; validate each epoch.
 
-    Seeds and the order of RNG draws follow `flywheel.training` (model init after
+    Seeds and the order of RNG draws follow `flywheel.modeling.training` (model init after
     seeding, dropout seed, a shuffle and an augmentation generator, the val
     loader's base-seed draw), so the final weights equal the platform's.
     """

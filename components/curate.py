@@ -20,6 +20,6 @@ def curate_samples(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     return steps.curate_samples(steps.resolve_params(params, overrides), queue_out=Path(queue.path))

@@ -34,7 +34,7 @@ def evaluate_model(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     judgement = steps.judge_candidate(
         steps.resolve_params(params, overrides, min_accuracy=min_accuracy),

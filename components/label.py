@@ -20,7 +20,7 @@ def label_samples(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     return steps.label_samples(
         steps.resolve_params(params, overrides), Path(queue.path), labels_out=Path(labels.path)

@@ -23,7 +23,7 @@ def monitor_drift(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     result = steps.detect_drift(
         steps.resolve_params(params, overrides),

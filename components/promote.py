@@ -16,6 +16,6 @@ def promote_model(model: Input[Model]) -> str:
     Returns:
         The version in production afterwards.
     """
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     return steps.promote_candidate(model.metadata["name"], model.metadata["version"]).production

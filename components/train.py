@@ -29,7 +29,7 @@ def train_model(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     candidate = steps.train_candidate(
         steps.resolve_params(params, overrides, epochs=epochs, learning_rate=learning_rate),

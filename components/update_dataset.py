@@ -18,6 +18,6 @@ def update_dataset(params: str, overrides: list, repo: str, labels: Input[Datase
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     return steps.update_dataset(steps.resolve_params(params, overrides), repo, Path(labels.path))

@@ -27,7 +27,7 @@ def validate_data(
     """
     from pathlib import Path
 
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     result = steps.validate_data(
         steps.resolve_params(params, overrides),

@@ -221,7 +221,7 @@ def submit(
         run_name: the run's (or recurring run's) name.
         arguments: pipeline arguments.
         namespace: the Kubeflow profile namespace (multi-user installs).
-        cron: a schedule in KFP's six-field form (`flywheel.steps.kfp_cron`); None
+        cron: a schedule in KFP's six-field form (`flywheel.workflows.kfp_cron`); None
             submits a single run.
 
     Raises:

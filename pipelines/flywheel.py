@@ -5,7 +5,7 @@ monitor-drift ──► [drifted] curate-samples ──► label-samples ──�
  (Evidently)               (active learning)     (oracle / LS)     (dvc add, push)    (nested)
 ```
 
-Each step calls one library function of `flywheel.steps` (`detect_drift`,
+Each step calls one library function of `flywheel.workflows` (`detect_drift`,
 `curate_samples`, `label_samples`, `update_dataset`). The retraining itself is
 the `training` pipeline, nested unchanged, fed the new data version. `flywheel
 demo` runs it through the KFP local runner after drifted traffic; on a cluster
@@ -24,7 +24,7 @@ from components.monitor import monitor_drift
 from components.update_dataset import update_dataset
 from flywheel.config import Params
 from flywheel.env import component_image
-from flywheel.steps import params_document
+from flywheel.workflows import params_document
 from pipelines.cluster import ClusterSettings, Target, configure_step
 from pipelines.training import build_training_pipeline
 

@@ -7,7 +7,7 @@ interpreter, so the installed flywheel imports; nothing is pip-installed):
 * outputs land under `<state>/kfp/outputs/<pipeline>-<timestamp>/<task>/<output>`,
   the cache under `<state>/kfp/cache` (keyed by the steps' inputs);
 * the steps get this process's MLflow store, state folder and a run id through
-  the environment (`flywheel.steps.local_run_environment`), so runs and models
+  the environment (`flywheel.workflows.local_run_environment`), so runs and models
   land where `flywheel models` and `mlflow ui` look, and carry the run id as
   lineage; each step's temporary folder goes under `<state>/kfp/tmp/<run id>`,
   removed afterwards (the runner leaves one `mktemp -d` folder per step);
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from flywheel.env import state_dir
-from flywheel.steps import LOG_PREFIX, local_run_environment, new_run_id
+from flywheel.workflows import LOG_PREFIX, local_run_environment, new_run_id
 
 EventKind = Literal["start", "cached", "done", "failed", "message"]
 
@@ -70,8 +70,8 @@ def exception_message(lines: list[str]) -> str | None:
 
     >>> exception_message(["x", "    Traceback (most recent call last):",
     ...                    '      File "a.py", line 1, in f', "        raise E('no')",
-    ...                    "    flywheel.steps.DataGateError: no"])
-    'flywheel.steps.DataGateError: no'
+    ...                    "    flywheel.workflows.DataGateError: no"])
+    'flywheel.workflows.DataGateError: no'
     """
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most")]
     if not starts:
@@ -287,7 +287,7 @@ def run_locally(
         output_tasks: pipeline output → producing step (`pipelines.catalog`).
         caching: reuse the outputs of steps whose inputs did not change (steps
             that opt out, like evaluation and promotion, always run).
-        run_id: the run id the steps record (default: `flywheel.steps.new_run_id`).
+        run_id: the run id the steps record (default: `flywheel.workflows.new_run_id`).
         on_event: called for each step start/cache hit/finish/failure and each
             line a step prints for people.
 

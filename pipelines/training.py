@@ -9,7 +9,7 @@ validate-data ──► train-model ──► evaluate-model ──► [blessed]
 `build_training_pipeline` makes the pipeline from a loaded params.yaml: its
 parameters default to the file's values — the whole file as `params`, a few
 values as parameters of their own (`epochs`, `learning_rate`, `min_accuracy`,
-see `flywheel.steps.FIRST_CLASS_PARAMETERS`), `overrides` for any other key as
+see `flywheel.workflows.FIRST_CLASS_PARAMETERS`), `overrides` for any other key as
 `dotted.key=value` pairs (the CLI's `--set`) — so a compiled pipeline carries
 the configuration it was built with and any run can change it. `params` is JSON
 text, not a mapping: KFP parameters cannot hold the nulls params.yaml uses.
@@ -28,7 +28,7 @@ from components.train import train_model
 from components.validate import validate_data
 from flywheel.config import Params
 from flywheel.env import component_image
-from flywheel.steps import params_document
+from flywheel.workflows import params_document
 from pipelines.cluster import ClusterSettings, Target, configure_step, request_gpu
 
 NAME = "training"

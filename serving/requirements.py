@@ -38,7 +38,7 @@ SERVICE_REQUIREMENTS: tuple[str, ...] = (
     "mlflow",  # the registry client and the pt2 model loader (SQLite stores need full mlflow)
     "torch",  # runs the exported program
     "numpy",
-    "pandas",  # flywheel.features, flywheel.prediction_log
+    "pandas",  # flywheel.monitoring.features, flywheel.monitoring.prediction_log
     "pillow",  # image decoding
     "pydantic",  # flywheel.config, the API models
     "pyyaml",  # params.yaml

@@ -73,7 +73,7 @@ passes run on one model thread with `serve.torch_threads` intra-op threads;
 responses are serialised here (`Response`), not by BentoML, which rebuilds a
 JSON schema for every list-typed answer.
 
-Every prediction goes to the prediction log (`flywheel.prediction_log`) from
+Every prediction goes to the prediction log (`flywheel.monitoring.prediction_log`) from
 a background thread; `/metrics` adds `flywheel_predictions_total{label}`,
 `flywheel_prediction_confidence`, `flywheel_model_version{model_name}` (0
 until loaded), `flywheel_model_loads_total{outcome}` (`loaded`, `failed`),
@@ -178,7 +178,7 @@ def params_base(environ: Mapping[str, str] | None = None) -> Path | None:
     """The folder of the params file the server reads (`$FLYWHEEL_PARAMS`), if set.
 
     A relative `serve.log.dir` is relative to it (the project root), not to the
-    server's working directory (`flywheel.prediction_log.predictions_dir`).
+    server's working directory (`flywheel.monitoring.prediction_log.predictions_dir`).
     """
     path = (os.environ if environ is None else environ).get(PARAMS_ENV)
     return Path(path).resolve().parent if path else None
@@ -683,7 +683,7 @@ def forward_with_features(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     Returns:
         `(B, K + D + F)` float64: probabilities, embedding, `FEATURE_COLUMNS`.
     """
-    from flywheel.features import summary_features
+    from flywheel.monitoring.features import summary_features
 
     output = model.forward(batch)  # (B, K + D)
     features = summary_features(batch[:, 0]).to_numpy()  # (B, F)
@@ -728,7 +728,7 @@ class FlywheelService:
         from prometheus_client import Counter, Gauge, Histogram  # after BentoML's multiproc set-up
 
         from flywheel.env import disable_telemetry
-        from flywheel.prediction_log import PredictionLogger, predictions_dir
+        from flywheel.monitoring.prediction_log import PredictionLogger, predictions_dir
 
         disable_telemetry()
         torch.set_num_threads(_SERVE.torch_threads)  # the process's intra-op pool (see params)
@@ -1110,8 +1110,8 @@ class FlywheelService:
         Serialised here rather than by BentoML, which derives the media type of a
         list-typed answer from its JSON schema, rebuilt on every response (~3 ms).
         """
-        from flywheel.features import FEATURE_COLUMNS
-        from flywheel.prediction_log import PredictionRecord
+        from flywheel.monitoring.features import FEATURE_COLUMNS
+        from flywheel.monitoring.prediction_log import PredictionRecord
 
         now = datetime.now(UTC)
         features = output[:, -len(FEATURE_COLUMNS) :]  # (N, F)

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import DataPlan, Scenario
-from flywheel.features import summary_features
-from flywheel.prediction_log import PredictionLogger, PredictionRecord, read_predictions
+from flywheel.monitoring.features import summary_features
+from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord, read_predictions
 
 
 def write_prediction_log(
@@ -102,8 +102,8 @@ def serve_collected_batch(
     """
     from PIL import Image
 
-    from flywheel.data.collect import collect_batch
-    from flywheel.ground_truth import write_ground_truth
+    from flywheel.demo.collect import collect_batch
+    from flywheel.labeling.ground_truth import write_ground_truth
 
     batch = collect_batch(plan, scenario or Scenario(), n, seed, work_dir / f"batch-{seed}")
     images = np.stack(

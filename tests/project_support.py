@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from flywheel.config import Params
-from flywheel.data.collect import collect_dataset
 from flywheel.data.versioning import track_dataset
+from flywheel.demo.collect import collect_dataset
 
 
 def make_project(root: Path, params: Params) -> tuple[Path, str]:

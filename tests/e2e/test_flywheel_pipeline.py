@@ -34,12 +34,12 @@ from flywheel.config import (
 )
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import data_version
-from flywheel.ground_truth import read_ground_truth
+from flywheel.demo.server import start_server
+from flywheel.demo.simulate import simulate_traffic
+from flywheel.labeling.ground_truth import read_ground_truth
 from flywheel.registry import get_version, read_blessing, version_for_alias
-from flywheel.serving_client import start_server
-from flywheel.simulate import simulate_traffic
-from flywheel.steps import pipeline_arguments
 from flywheel.tracking import configure_tracking
+from flywheel.workflows import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
 from tests.project_support import make_project

@@ -26,9 +26,9 @@ from flywheel.config import (
 )
 from flywheel.curation import CurationError, curate_batch, score_consensus_kl
 from flywheel.labeling import read_batch
+from flywheel.modeling.training import log_exported_model
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import configure_tracking, ensure_experiment
-from flywheel.training import log_exported_model
 from tests.labeling_support import random_images, write_prediction_log
 
 pytestmark = pytest.mark.slow  # three pt2 exports: ~10 s

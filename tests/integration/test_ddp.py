@@ -20,9 +20,9 @@ import torch
 from mlflow import MlflowClient
 
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
-from flywheel.data.collect import collect_dataset
+from flywheel.demo.collect import collect_dataset
+from flywheel.modeling.training import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
 from flywheel.tasks.classification import ClassificationTask
-from flywheel.training import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ _RANK_SCRIPT = textwrap.dedent(
     import torch
 
     from flywheel.config import Params
-    from flywheel.training import train
+    from flywheel.modeling.training import train
 
     params_json, dataset, out_dir = sys.argv[1:4]
     result = train(Params.model_validate_json(Path(params_json).read_text()), Path(dataset),

@@ -54,9 +54,9 @@ from packaging.requirements import Requirement
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig, load_params
-from flywheel.data.collect import collect_dataset
+from flywheel.demo.collect import collect_dataset
 from flywheel.env import DEFAULT_IMAGE
-from flywheel.tuning import resolve_objective
+from flywheel.modeling.tuning import resolve_objective
 
 Doc = dict[str, Any]
 

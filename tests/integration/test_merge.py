@@ -18,7 +18,7 @@ from flywheel.config import HOLDOUT_SPLIT, DataPlan, Params, Scenario, Strata
 from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
 from flywheel.data.merge import MergeError, production_image_id, update_dataset
 from flywheel.data.versioning import data_version, ensure_dataset, is_clean
-from flywheel.ground_truth import write_ground_truth
+from flywheel.labeling.ground_truth import write_ground_truth
 from tests.labeling_support import serve_collected_batch, write_prediction_log
 
 pytestmark = pytest.mark.slow  # DVC and GX: a few seconds each
@@ -68,7 +68,7 @@ def _label(truth_rows: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def _truth(tmp_path: Path) -> pd.DataFrame:
-    from flywheel.ground_truth import read_ground_truth
+    from flywheel.labeling.ground_truth import read_ground_truth
 
     return read_ground_truth(tmp_path / "state" / "ground_truth", origins=["simulator"])
 
@@ -195,7 +195,7 @@ def test_data_merge_cli(setup: tuple[Params, Path, Path]) -> None:
 
 def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, Path]) -> None:
     """What the curate, label and update-dataset components call, chained as the pipeline does."""
-    from flywheel import steps
+    from flywheel import workflows as steps
 
     params, repo, tmp_path = setup
     params = params.model_copy(

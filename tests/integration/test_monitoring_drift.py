@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from flywheel.config import ConfigError, DriftTest, MonitorConfig
-from flywheel.features import FEATURE_COLUMNS
 from flywheel.monitoring.drift import CORRECT, Window, run_drift_report
+from flywheel.monitoring.features import FEATURE_COLUMNS
 from flywheel.monitoring.workspace import dashboard_model, open_workspace, save_snapshot
 
 N = 2000

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from flywheel import steps
+from flywheel import workflows as steps
 from flywheel.cli import app
 from flywheel.config import (
     DataPlan,
@@ -41,10 +41,9 @@ from flywheel.config import (
     TrainConfig,
     load_params,
 )
-from flywheel.data.collect import collect_batch, collect_dataset
+from flywheel.demo.collect import collect_batch, collect_dataset
 from flywheel.evaluation import load_task
-from flywheel.features import FEATURE_COLUMNS, summary_features
-from flywheel.ground_truth import write_ground_truth
+from flywheel.labeling.ground_truth import write_ground_truth
 from flywheel.monitoring import (
     NotEnoughDataError,
     ReferenceNotFoundError,
@@ -52,9 +51,10 @@ from flywheel.monitoring import (
     monitor,
 )
 from flywheel.monitoring.dashboards import find_chromium, free_port, screenshot
+from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
+from flywheel.monitoring.prediction_log import PredictionLogger, read_predictions
 from flywheel.monitoring.reference import REFERENCE_ARTIFACT, TAG_REFERENCE, embedding_columns
 from flywheel.monitoring.replay import replay_images
-from flywheel.prediction_log import PredictionLogger, read_predictions
 from flywheel.registry import model_uri
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 from flywheel.config import DataPlan, Params, load_params
 from flywheel.data.versioning import track_dataset
-from flywheel.steps import (
+from flywheel.workflows import (
     DataGateError,
     DataVersionMismatchError,
     resolve_params,
@@ -135,7 +135,7 @@ def test_training_steps_run_in_the_one_image_without_installing_anything(
         assert container["image"] == expected, name
         program = " ".join(container["command"])
         assert "pip install" not in program, name  # install_kfp_package=False
-        assert "from flywheel import steps" in program, name
+        assert "from flywheel import workflows as steps" in program, name
 
 
 def test_only_the_training_step_asks_for_a_gpu_on_gpu_nodes(cluster_training: Path) -> None:
@@ -509,7 +509,7 @@ TRACEBACK = [
     '      File "/app/ephemeral_component.py", line 29, in validate_data',
     "        result = steps.validate_data(",
     "                 ^^^^^^^^^^^^^^^^^^^^",
-    "    flywheel.steps.DataGateError: data/tiny: 1 of 40 expectations failed",
+    "    flywheel.workflows.DataGateError: data/tiny: 1 of 40 expectations failed",
     "    ",
 ]
 
@@ -517,7 +517,7 @@ TRACEBACK = [
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
-        (TRACEBACK, "flywheel.steps.DataGateError: data/tiny: 1 of 40 expectations failed"),
+        (TRACEBACK, "flywheel.workflows.DataGateError: data/tiny: 1 of 40 expectations failed"),
         ([*TRACEBACK[:2], "    KeyError: 'version'"], "KeyError: 'version'"),
         (["    [flywheel] epoch 1/2", "    Killed"], None),  # no traceback: nothing to name
         ([], None),

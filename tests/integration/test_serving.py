@@ -3,7 +3,7 @@
 A tiny real classifier (the project's small CNN, seeded weights) is exported
 with the training code's own export path (`log_exported_model`: pt2, dynamic
 batch), registered, blessed and promoted through `flywheel.registry`. Servers
-start with `flywheel.serving_client.start_server` (`flywheel serve` in a
+start with `flywheel.demo.server.start_server` (`flywheel serve` in a
 subprocess, so the CLI and its environment are tested too):
 
 * the main server (no admin token): predictions, bad input, the log, metrics;
@@ -42,10 +42,7 @@ from urllib3 import encode_multipart_formdata
 from benchmarks.serving import IMAGE_BODIES_OPERATION, run_fuzz, run_soak
 from flywheel import registry
 from flywheel.config import ModelConfig
-from flywheel.features import FEATURE_COLUMNS, summary_features
-from flywheel.prediction_log import read_predictions
-from flywheel.registry import Blessing, GateResult
-from flywheel.serving_client import (
+from flywheel.demo.server import (
     PredictionError,
     ServerStartError,
     free_port,
@@ -55,9 +52,12 @@ from flywheel.serving_client import (
     stop_process_group,
     wait_until_ready,
 )
+from flywheel.modeling.training import log_exported_model
+from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
+from flywheel.monitoring.prediction_log import read_predictions
+from flywheel.registry import Blessing, GateResult
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import configure_tracking, ensure_experiment
-from flywheel.training import log_exported_model
 
 pytestmark = pytest.mark.slow  # real servers: ~10 s to start each
 
@@ -817,7 +817,12 @@ def test_the_service_loads_the_model_without_training_code(env: dict[str, str]) 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["version"] == "1"
-    forbidden = {"flywheel.training", "flywheel.evaluation", "flywheel.tuning", "optuna"}
+    forbidden = {
+        "flywheel.modeling.training",
+        "flywheel.evaluation",
+        "flywheel.modeling.tuning",
+        "optuna",
+    }
     assert not forbidden & set(result["modules"])
 
 
@@ -847,7 +852,11 @@ def test_bentoml_build_packs_the_service_offline(tmp_path: Path) -> None:
     (manifest,) = (tmp_path / "bentoml" / "bentos" / "flywheel").glob("*/bento.yaml")
     bento = manifest.parent
     assert yaml.safe_load(manifest.read_text())["service"] == "serving.service:FlywheelService"
-    for source in ("serving/service.py", "serving/batching.py", "src/flywheel/registry.py"):
+    for source in (
+        "serving/service.py",
+        "serving/batching.py",
+        "src/flywheel/registry/__init__.py",
+    ):
         assert (bento / "src" / source).is_file(), source
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0+cpu" in requirements

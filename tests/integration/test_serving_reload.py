@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from flywheel import registry
-from flywheel.serving_client import reload_model, start_server
+from flywheel.demo.server import reload_model, start_server
 from serving.service import BROADCAST_TRIGGER
 from tests.integration.test_serving import (
     TOKEN,

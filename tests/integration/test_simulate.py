@@ -37,13 +37,13 @@ from flywheel.config import (
     SimulateConfig,
     Strata,
 )
-from flywheel.ground_truth import read_ground_truth
-from flywheel.prediction_log import read_predictions
+from flywheel.demo.simulate import SimulationError, simulate_traffic
+from flywheel.labeling.ground_truth import read_ground_truth
+from flywheel.modeling.training import log_exported_model
+from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.registry import Blessing, GateResult
-from flywheel.simulate import SimulationError, simulate_traffic
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import configure_tracking, ensure_experiment
-from flywheel.training import log_exported_model
 
 CLASSES = ("0", "1", "2", "3")
 SIZE = 16

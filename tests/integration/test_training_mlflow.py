@@ -28,11 +28,8 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
-from flywheel.data.collect import collect_dataset
-from flywheel.tasks import DatasetError
-from flywheel.tasks.classification import ClassificationTask
-from flywheel.tracking import LINEAGE_TAGS
-from flywheel.training import (
+from flywheel.demo.collect import collect_dataset
+from flywheel.modeling.training import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -41,6 +38,9 @@ from flywheel.training import (
     load_checkpoint,
     train,
 )
+from flywheel.tasks import DatasetError
+from flywheel.tasks.classification import ClassificationTask
+from flywheel.tracking import LINEAGE_TAGS
 
 pytestmark = pytest.mark.slow
 
@@ -289,7 +289,7 @@ _HANG_AFTER_FIRST_EPOCH = textwrap.dedent(
     import torch
 
     from flywheel.config import Params
-    from flywheel.training import train
+    from flywheel.modeling.training import train
 
     params_json, dataset, out_dir, threads = sys.argv[1:5]
     torch.set_num_threads(int(threads))  # same float reduction order as the reference run

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig, TuneConfig, load_params
-from flywheel.data.collect import collect_dataset
-from flywheel.tuning import (
+from flywheel.demo.collect import collect_dataset
+from flywheel.modeling.tuning import (
     BEST_PARAMS_YAML,
     TAG_PRUNED_EPOCH,
     TAG_STATE,

@@ -374,7 +374,7 @@ def test_unreadable_manifest_is_a_clear_error(
 
 
 def test_a_freshly_collected_dataset_passes(tmp_path: Path) -> None:
-    from flywheel.data.collect import collect_dataset
+    from flywheel.demo.collect import collect_dataset
 
     plan = DataPlan(
         name="collected",

@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import SOURCE_POOLS, DataPlan, Scenario
-from flywheel.data.collect import (
+from flywheel.data.files import DatasetWriteError, staged_dir
+from flywheel.data.manifest import COLUMNS, load_manifest, sha256_file, stratum
+from flywheel.demo.collect import (
     CollectError,
     allocate_counts,
     assign_groups,
     collect_batch,
     collect_dataset,
     scenario_mix,
-    staged_dir,
 )
-from flywheel.data.manifest import COLUMNS, load_manifest, sha256_file, stratum
-from flywheel.data.render import PRINTED_FONTS, GlyphLibrary
+from flywheel.demo.render import PRINTED_FONTS, GlyphLibrary
 
 PER_STRATUM = {"train": 20, "val": 10, "test": 10}
 TINY = DataPlan(name="tiny", seed=7, per_stratum=PER_STRATUM)
@@ -258,7 +258,7 @@ def test_a_folder_flywheel_did_not_write_is_never_replaced(tmp_path: Path) -> No
     target = tmp_path / "tiny"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
-    with pytest.raises(CollectError, match=r"holds \['notes.txt'\].*not replaced"):
+    with pytest.raises(DatasetWriteError, match=r"holds \['notes.txt'\].*not replaced"):
         collect_dataset(TINY, tmp_path, progress=False)
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]

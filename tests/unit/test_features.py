@@ -1,4 +1,4 @@
-"""Summary features (`flywheel.features`): values on hand-made images, invariances, input checks."""
+"""Summary features (`flywheel.monitoring.features`): values, invariances, input checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.features import (
+from flywheel.monitoring.features import (
     EDGE_THRESHOLD,
     FEATURE_COLUMNS,
     HISTOGRAM_BINS,

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan
-from flywheel.data.collect import collect_dataset
 from flywheel.data.importer import DatasetImportError, import_imagefolder
 from flywheel.data.manifest import load_manifest, sha256_file
+from flywheel.demo.collect import collect_dataset
 
 PLAN = DataPlan(name="tiny", seed=3, per_stratum={"train": 10, "val": 10, "test": 10})
 

@@ -11,12 +11,6 @@ import pandas as pd
 import pytest
 
 from flywheel.config import LabelConfig
-from flywheel.ground_truth import (
-    GroundTruthError,
-    latest_per_key,
-    read_ground_truth,
-    write_ground_truth,
-)
 from flywheel.labeling import (
     LabelImportError,
     QueueError,
@@ -27,6 +21,12 @@ from flywheel.labeling import (
     queue_batches,
     read_batch,
     read_labels,
+)
+from flywheel.labeling.ground_truth import (
+    GroundTruthError,
+    latest_per_key,
+    read_ground_truth,
+    write_ground_truth,
 )
 
 CLASSES = ("0", "1", "2")

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from flywheel.config import MonitorConfig, Params
-from flywheel.loop import LoopError, PhaseResult, event_row, phase_table, run_closed_loop
+from flywheel.demo.loop import LoopError, PhaseResult, event_row, phase_table, run_closed_loop
 
 
 def _phase(name: str, accuracy: float, drift: bool, errors: int = 0) -> PhaseResult:

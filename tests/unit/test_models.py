@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flywheel.config import ModelConfig
-from flywheel.models import build_model, count_parameters
+from flywheel.modeling.networks import build_model, count_parameters
 from flywheel.tasks.classification import ProbabilitiesAndEmbedding
 
 TINY = ModelConfig(width=4, stages=2, depth=1, embedding_dim=8, dropout=0.0)

@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 
 from flywheel.config import MonitorConfig, Params, UIConfig
-from flywheel.features import FEATURE_COLUMNS
 from flywheel.monitoring import ColumnDrift, DriftCheck, MonitorResult, NotEnoughDataError
 from flywheel.monitoring.dashboards import DashboardError, evidently_ui_command, find_chromium
 from flywheel.monitoring.dashboards import screenshot as take_screenshot
@@ -25,6 +24,7 @@ from flywheel.monitoring.drift import (
     window_from_predictions,
     window_from_reference,
 )
+from flywheel.monitoring.features import FEATURE_COLUMNS
 from flywheel.monitoring.monitor import (
     join_ground_truth,
     predictions_dir,
@@ -32,8 +32,8 @@ from flywheel.monitoring.monitor import (
     version_mask,
     workspace_dir,
 )
+from flywheel.monitoring.prediction_log import parse_time
 from flywheel.monitoring.reference import EMBEDDING_PREFIX, MonitoringError
-from flywheel.prediction_log import parse_time
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""The prediction log (`flywheel.prediction_log`): partitions, flush policy, sampling, reading."""
+"""The prediction log (`flywheel.monitoring.prediction_log`): partitions, flush, sampling, reads."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flywheel.features import FEATURE_COLUMNS
-from flywheel.prediction_log import (
+from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.monitoring.prediction_log import (
     RECORD_FIELDS,
     PredictionLogger,
     PredictionRecord,
@@ -322,7 +322,7 @@ def test_a_part_compacted_while_the_window_is_read_is_read_from_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer's compactor may replace a part between listing the folder and reading it."""
-    import flywheel.prediction_log as prediction_log
+    import flywheel.monitoring.prediction_log as prediction_log
 
     with PredictionLogger(tmp_path, compact_closed=False) as log:
         for i in range(3):

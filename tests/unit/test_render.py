@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from flywheel.config import DataPlan, NoiseStrength
-from flywheel.data import collect, render
-from flywheel.data.render import (
+from flywheel.data.files import encode_png
+from flywheel.demo import collect, render
+from flywheel.demo.render import (
     DIGITS,
     NOISES,
     PRINTED_FONTS,
@@ -20,7 +21,6 @@ from flywheel.data.render import (
     GlyphLibrary,
     apply_noise,
     check_font,
-    encode_png,
     font_mask,
     load_font,
     render_glyph,

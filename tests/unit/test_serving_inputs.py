@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from urllib3 import encode_multipart_formdata
 
 from flywheel.config import Params, ServeConfig
-from flywheel.prediction_log import predictions_dir
+from flywheel.monitoring.prediction_log import predictions_dir
 from serving.service import (
     PARAMS_ENV,
     MultipartPart,

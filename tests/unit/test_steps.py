@@ -18,7 +18,7 @@ import pytest
 
 from flywheel.config import ConfigError, DataPlan, GatesConfig, Params, TrainConfig
 from flywheel.evaluation import EvaluationOutcome, check_gates, evaluate_predictions
-from flywheel.steps import (
+from flywheel.workflows import (
     FIRST_CLASS_PARAMETERS,
     LOG_PREFIX,
     RegisteredCandidate,

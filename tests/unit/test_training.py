@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flywheel.training import (
+from flywheel.modeling.training import (
     EarlyStopping,
     TrainingError,
     capture_rng_state,

@@ -1,4 +1,4 @@
-"""The search space, the objective and the best-params file of `flywheel.tuning` (no training)."""
+"""Search space, objective and best-params file of `flywheel.modeling.tuning` (no training)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from flywheel.config import (
     TuneConfig,
     load_params,
 )
-from flywheel.tuning import (
+from flywheel.modeling.tuning import (
     TrialRecord,
     TuneError,
     TuneResult,

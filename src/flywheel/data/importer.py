@@ -25,9 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from flywheel.config import SPLITS, DataPlan
-from flywheel.data.collect import IMAGES_DIR, manifest_frame, staged_dir
-from flywheel.data.manifest import save_manifest
-from flywheel.data.render import CollectError, encode_png
+from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
+from flywheel.data.manifest import manifest_frame, save_manifest
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
 
@@ -218,6 +217,6 @@ def import_imagefolder(
                 raise DatasetImportError(src, bad_files)
             manifest = manifest_frame(rows)
             save_manifest(manifest, stage)
-    except CollectError as err:  # the target folder is not ours to replace
+    except DatasetWriteError as err:  # the target folder is not ours to replace
         raise DatasetImportError(src, [str(err)]) from None
     return manifest

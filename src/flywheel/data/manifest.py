@@ -8,6 +8,7 @@ diffable and byte-stable across library versions (the DVC hash depends on it).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -84,3 +85,9 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def manifest_frame(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
+    """Rows as a manifest table: schema columns and dtypes, sorted by image_id like the file."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS)).astype(COLUMNS)
+    return frame.sort_values("image_id", kind="stable").reset_index(drop=True)

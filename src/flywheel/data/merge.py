@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
-from flywheel.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
+from flywheel.labeling.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -125,7 +125,7 @@ class MergeResult:
 
 def _image_lookup(log_root: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
     """Stored image paths of logged predictions, for the keys asked for."""
-    from flywheel.prediction_log import read_predictions
+    from flywheel.monitoring.prediction_log import read_predictions
 
     if not keys:
         return {}
@@ -387,7 +387,7 @@ def update_dataset(
         flywheel.data.versioning.DataVersionError: `data/` holds unrecorded changes.
         MergeError: the merged dataset fails the data gate (nothing is recorded).
     """
-    from flywheel.prediction_log import predictions_dir
+    from flywheel.monitoring.prediction_log import predictions_dir
     from flywheel.data.versioning import ensure_dataset, track_dataset
     from flywheel.labeling import read_labels
 

@@ -97,7 +97,7 @@ def ensure_dataset(plan: DataPlan, repo: str | Path = ".") -> tuple[Provenance, 
             (they are left untouched), or the regenerated data does not match
             the recorded hash.
     """
-    from flywheel.data.collect import collect_dataset
+    from flywheel.demo.collect import collect_dataset
 
     repo = Path(repo)
     data_dir = repo / _root(plan)

@@ -27,6 +27,7 @@ from flywheel.monitoring.monitor import (
     monitor,
     result_table,
 )
+from flywheel.monitoring.prediction_log import parse_time  # window bounds, shared with curation
 from flywheel.monitoring.reference import (
     MonitoringError,
     ReferenceInfo,
@@ -36,7 +37,6 @@ from flywheel.monitoring.reference import (
     compute_reference,
     load_reference,
 )
-from flywheel.prediction_log import parse_time  # window bounds, shared with curation
 
 __all__ = [
     "EXIT_DRIFT",

@@ -2,7 +2,7 @@
 
 What is compared, per prediction (`Window`):
 
-* **summary features** (`flywheel.features.FEATURE_COLUMNS`): one Evidently
+* **summary features** (`flywheel.monitoring.features.FEATURE_COLUMNS`): one Evidently
   `ValueDrift` test each, and `DriftedColumnsCount` for the share of drifted
   ones; data drift when that share reaches `monitor.drift_share`;
 * **the embedding**, reduced to `monitor.embedding_components` PCA components
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import ConfigError, DriftSignal, DriftTest, MonitorConfig
-from flywheel.features import FEATURE_COLUMNS
+from flywheel.monitoring.features import FEATURE_COLUMNS
 from flywheel.monitoring.reference import MonitoringError, embedding_columns
 
 if TYPE_CHECKING:
@@ -121,12 +121,12 @@ class Window:
 
 
 def window_from_predictions(frame: pd.DataFrame, embeddings: np.ndarray | None = None) -> Window:
-    """A window of `flywheel.prediction_log.read_predictions` rows (embeddings kept as logged).
+    """A window of `prediction_log.read_predictions` rows (embeddings kept as logged).
 
     The log's `label` is the predicted class; it becomes `prediction`. A
     `true_label` column (joined ground truth) becomes `correct`. `embeddings`,
     an `(N, D)` matrix of the same rows, replaces the frame's `embedding`
-    column (`flywheel.prediction_log.embedding_matrix`: no per-row arrays).
+    column (`flywheel.monitoring.prediction_log.embedding_matrix`: no per-row arrays).
     """
     rows = frame[list(FEATURE_COLUMNS)].astype(np.float64)
     rows[PREDICTION] = frame["label"].astype(str).to_numpy()

@@ -7,7 +7,7 @@ Steps of `monitor`:
 2. Keep the predictions of one model version — by default the one that served
    the most recent prediction — because each version is compared with its own
    reference profile (rows of other versions are counted and left out).
-3. Join the ground truth known for those predictions (`flywheel.ground_truth`:
+3. Join the ground truth known for those predictions (`flywheel.labeling.ground_truth`:
    the simulator's truth, Label Studio labels, the oracle's answers; the latest
    label of a key wins), for accuracy on labelled traffic.
 4. Run the drift check (`flywheel.monitoring.drift`), save its HTML report and
@@ -39,8 +39,8 @@ from flywheel.monitoring.drift import (
     window_from_predictions,
     window_from_reference,
 )
+from flywheel.monitoring.prediction_log import predictions_dir
 from flywheel.monitoring.reference import MonitoringError, load_reference
-from flywheel.prediction_log import predictions_dir
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -229,8 +229,8 @@ def monitor(
         flywheel.registry.RegistryError: the version is not registered.
         ConfigError: a configured drift test is not an Evidently stattest.
     """
-    from flywheel.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
-    from flywheel.prediction_log import compact, embedding_matrix, read_table, to_frame
+    from flywheel.labeling.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
+    from flywheel.monitoring.prediction_log import compact, embedding_matrix, read_table, to_frame
 
     config = params.monitor
     name = params.evaluate.registered_model

@@ -7,7 +7,7 @@ validation images are passed through exactly what serving runs:
 * the same pre-processing (`Task.build_dataset` reads PNGs with the task's
   `image_to_tensor`, which is what `Task.preprocess` does to an upload), giving
   `(B, 1, S, S)` float32 in [0, 1];
-* the same summary features (`flywheel.features.summary_features` on those
+* the same summary features (`flywheel.monitoring.features.summary_features` on those
   pixels, as `serving/service.py` computes them on every request);
 * the same model: the exported pt2 program loaded with `mlflow.pytorch.load_model`
   from the logged model, as serving loads it, giving the probabilities and the
@@ -18,7 +18,7 @@ run (`reference/reference.parquet`), so every version registered from that run
 carries it. Columns (`REFERENCE_COLUMNS` plus the features and the embedding):
 
 * `image_id`, `split`, `label` (the true class), `style`, `noise`, `stratum`;
-* one float column per summary feature (`flywheel.features.FEATURE_COLUMNS`);
+* one float column per summary feature (`flywheel.monitoring.features.FEATURE_COLUMNS`);
 * `prediction` (predicted class), `confidence` (its probability), `correct`;
 * `embedding_0 ... embedding_{D-1}` (float32).
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flywheel.features import FEATURE_COLUMNS, summary_features
+from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
 
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flywheel.features import summary_features
-from flywheel.prediction_log import PredictionLogger, PredictionRecord
+from flywheel.monitoring.features import summary_features
+from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord
 
 if TYPE_CHECKING:
     from flywheel.tasks.base import ImageLike

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flywheel.features import FEATURE_COLUMNS
 from flywheel.monitoring.drift import CONFIDENCE, CORRECT, MODEL_VERSION, PREDICTION
+from flywheel.monitoring.features import FEATURE_COLUMNS
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot

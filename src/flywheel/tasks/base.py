@@ -1,6 +1,6 @@
 """The task interface: what the generic training loop and serving need from a vision task.
 
-The training loop (`flywheel.training`) knows nothing about classification: it
+The training loop (`flywheel.modeling.training`) knows nothing about classification: it
 asks the task for the dataset of a split, the model, the augmentation, the loss
 and the metrics. Serving asks it for pre-processing (image → tensor), the
 exported module and post-processing (model output → response). A second task

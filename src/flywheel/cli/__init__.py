@@ -96,12 +96,13 @@ def data_collect(
     rendered with bundled fonts; noise is applied as each stratum says. Writes
     data/<name>/images/ and data/<name>/manifest.csv.
     """
-    from flywheel.data.collect import CollectError, collect_dataset
+    from flywheel.data.files import DatasetWriteError
+    from flywheel.demo.collect import collect_dataset
 
     p = _params(params, set_)
     try:
         manifest = collect_dataset(p.data)
-    except CollectError as err:
+    except DatasetWriteError as err:  # CollectError is one
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     console.print(
@@ -275,9 +276,9 @@ def train(
     images through the exported model) as a run artifact.
     """
     from flywheel.env import state_dir
+    from flywheel.modeling.training import TrainingError
+    from flywheel.modeling.training import train as train_model
     from flywheel.tasks import DatasetError
-    from flywheel.training import TrainingError
-    from flywheel.training import train as train_model
 
     p = _params(params, set_)
     data_dir = dataset or p.data.dataset_dir
@@ -366,10 +367,10 @@ def tune(
     set-up resumes the study. Exits 1 when no trial completed.
     """
     from flywheel.env import state_dir
+    from flywheel.modeling.training import TrainingError
+    from flywheel.modeling.tuning import TuneError, print_report, validate_space
+    from flywheel.modeling.tuning import tune as tune_study
     from flywheel.tasks import DatasetError
-    from flywheel.training import TrainingError
-    from flywheel.tuning import TuneError, print_report, validate_space
-    from flywheel.tuning import tune as tune_study
 
     p = _params(params, set_)
     try:
@@ -634,7 +635,7 @@ def _serving_root() -> Path:
     spec = importlib.util.find_spec("serving")
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).resolve().parents[1]
-    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli.py -> <repo>
+    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
     if (checkout / "serving" / "service.py").is_file():
         return checkout
     err_console.print(
@@ -744,7 +745,7 @@ def simulate(
     answered and the latency. Exits 1 when no request was answered.
     """
     from flywheel.config import ConfigError
-    from flywheel.simulate import SimulationError, simulate_traffic
+    from flywheel.demo.simulate import SimulationError, simulate_traffic
 
     p = _params(params, set_)
     try:
@@ -1241,7 +1242,7 @@ def _import_pipelines() -> None:
 
     if importlib.util.find_spec("pipelines") is not None:
         return
-    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli.py -> <repo>
+    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
     if (checkout / "pipelines" / "catalog.py").is_file():
         sys.path.insert(0, str(checkout))
         return
@@ -1297,7 +1298,7 @@ def _cluster_settings(
 
 def _arguments(pipeline: Any, p: Params, pairs: list[str], *, data_version: str, repo: str) -> Any:
     """The run's arguments, limited to the parameters this pipeline declares."""
-    from flywheel.steps import pipeline_arguments
+    from flywheel.workflows import pipeline_arguments
 
     arguments = pipeline_arguments(p, pairs, data_version=data_version, repo=repo)
     return {k: v for k, v in arguments.items() if k in pipeline.component_spec.inputs}
@@ -1368,8 +1369,8 @@ def _print_outputs(run: Any) -> None:
 
 def _print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, test accuracy per slice, the reports, the MLflow UI."""
-    from flywheel.steps import mlflow_ui_command, summarize_training_run
     from flywheel.tracking import local_store_dir, resolve_tracking
+    from flywheel.workflows import mlflow_ui_command, summarize_training_run
 
     s = summarize_training_run(
         run.outputs["model"].metadata, run.outputs["metrics"].metadata, bool(run.outputs["blessed"])
@@ -1538,7 +1539,7 @@ def pipeline_submit(
     from datetime import UTC, datetime
 
     from flywheel.env import component_image
-    from flywheel.steps import kfp_cron
+    from flywheel.workflows import kfp_cron
 
     entry = _pipeline_entry(name, runnable=True)
     if recurring != (cron is not None):
@@ -1636,15 +1637,15 @@ def demo(
 
 
 def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, requests: int) -> None:
-    """The demo's second half (`flywheel.loop.run_closed_loop`), then the phase table.
+    """The demo's second half (`flywheel.demo.loop.run_closed_loop`), then the phase table.
 
     Exits 1 when a phase fails.
     """
     import httpx
 
     from flywheel.data.versioning import data_version
-    from flywheel.loop import LoopError, phase_table, run_closed_loop
-    from flywheel.serving_client import PredictionError, ServerStartError
+    from flywheel.demo.loop import LoopError, phase_table, run_closed_loop
+    from flywheel.demo.server import PredictionError, ServerStartError
 
     p = _params(params, set_)
     if scenario not in p.scenarios:
@@ -1700,14 +1701,14 @@ def _show_served_prediction(p: Params, params: Path) -> None:
     import httpx
 
     from flywheel.data.manifest import ManifestError, load_manifest
-    from flywheel.registry import version_for_alias
-    from flywheel.serving_client import (
+    from flywheel.demo.server import (
         PredictionError,
         ServerStartError,
         predict_file,
         serve_command,
         start_server,
     )
+    from flywheel.registry import version_for_alias
     from flywheel.tracking import configure_tracking
 
     configure_tracking()

@@ -5,7 +5,7 @@
 a seeded TPE sampler and a MedianPruner:
 
 * **One MLflow parent run per study**, each trial a child run made by
-  `flywheel.training.train` itself (params, per-epoch metrics, lineage), tagged
+  `flywheel.modeling.training.train` itself (params, per-epoch metrics, lineage), tagged
   with the study, the trial number and its final state (COMPLETE / PRUNED /
   FAIL; a pruned run's status is KILLED, not FAILED). Trials do not log a model.
 * **Pruning** reports the objective metric after every epoch through
@@ -390,7 +390,7 @@ def tune(
         TuneError: the search space or the objective does not fit the configuration,
             or the named study was made for another set-up.
         flywheel.tasks.DatasetError: the dataset cannot be read.
-        flywheel.training.TrainingError: a trial cannot train.
+        flywheel.modeling.training.TrainingError: a trial cannot train.
     """
     import mlflow
     import optuna
@@ -580,7 +580,7 @@ class _Objective:
         import mlflow
         import optuna
 
-        from flywheel.training import train
+        from flywheel.modeling.training import train
 
         values = suggest_params(trial, self.space)
         params = apply_overrides(self.base, values)

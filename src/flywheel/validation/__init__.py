@@ -56,7 +56,7 @@ from flywheel.config import (
 )
 from flywheel.data.manifest import COLUMNS, ManifestError, load_manifest, stratum
 from flywheel.env import state_dir
-from flywheel.expectations import (
+from flywheel.validation.expectations import (
     ExpectColumnValueCountsToBeAtLeast,
     ExpectColumnValueSharesToBeBetween,
 )

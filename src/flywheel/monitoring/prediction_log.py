@@ -105,7 +105,7 @@ class PredictionRecord:
         label: the predicted class.
         confidence: the probability of `label`.
         probabilities: every class's probability.
-        features: summary features of the input (`flywheel.features`).
+        features: summary features of the input (`flywheel.monitoring.features`).
         embedding: the model's embedding of the input.
         image: the model-input image, `(H, W)` uint8, kept for curation; the
             logger stores it (or a sampled fraction) as a PNG.
@@ -475,7 +475,7 @@ def read_predictions(
     Returns:
         One row per image: the `RECORD_FIELDS` except `features`, which is
         expanded into one float column per feature (named as in
-        `flywheel.features.FEATURE_COLUMNS`); `time` is a UTC datetime;
+        `flywheel.monitoring.features.FEATURE_COLUMNS`); `time` is a UTC datetime;
         `probabilities` a dict per row, `embedding` a float32 array per row;
         `image_path` is absolute (None where the image was not sampled).
     """

@@ -1,7 +1,7 @@
 """Stage 9: active-learning curation — which logged production samples are worth labelling.
 
 Under a labelling budget of K images, curation picks from the prediction log
-(`flywheel.prediction_log`) the images the model is least sure of, spread over
+(`flywheel.monitoring.prediction_log`) the images the model is least sure of, spread over
 the kinds of image it sees, and exports them as a Label Studio labelling queue
 (`flywheel.labeling`).
 
@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import CurateConfig, CurationStrategy, Params
-from flywheel.features import FEATURE_COLUMNS
 from flywheel.labeling import (
     LABEL_CONFIG_NAME,
     Key,
@@ -56,7 +55,8 @@ from flywheel.labeling import (
     queued_keys,
     write_json_atomic,
 )
-from flywheel.prediction_log import parse_time, predictions_dir
+from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.monitoring.prediction_log import parse_time, predictions_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -348,7 +348,7 @@ def load_candidates(
     Raises:
         CurationError: a logged row lacks a probability for one of the classes.
     """
-    from flywheel.prediction_log import read_predictions
+    from flywheel.monitoring.prediction_log import read_predictions
 
     log = read_predictions(log_root, since, until)
     if not log.empty:
@@ -572,7 +572,7 @@ def new_batch_id(strategy: str, now: datetime | None = None) -> str:
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """A window bound (`flywheel.prediction_log.parse_time`), its error as a `CurationError`.
+    """A window bound (`prediction_log.parse_time`), its error as a `CurationError`.
 
     >>> parse_since("2h", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)).isoformat()
     '2026-11-23T10:00:00+00:00'

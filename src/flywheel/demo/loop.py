@@ -112,8 +112,8 @@ def run_traffic_phase(
     Raises:
         LoopError: most requests failed, or the window is too small to monitor.
     """
+    from flywheel.demo.simulate import simulate_traffic
     from flywheel.monitoring import MonitoringError, monitor
-    from flywheel.simulate import simulate_traffic
 
     started = time.perf_counter()
     since = datetime.now(UTC) - timedelta(seconds=1)
@@ -262,11 +262,11 @@ def run_closed_loop(
 
     Raises:
         LoopError: a phase failed (the message says which and why).
-        flywheel.serving_client.ServerStartError: the service did not start.
+        flywheel.demo.server.ServerStartError: the service did not start.
     """
     from flywheel.data.versioning import data_version
+    from flywheel.demo.server import reload_model, start_server
     from flywheel.registry import version_for_alias
-    from flywheel.serving_client import reload_model, start_server
     from flywheel.tracking import configure_tracking
 
     if requests < params.monitor.min_window_size:

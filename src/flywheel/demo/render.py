@@ -19,7 +19,6 @@ order in which they are made.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from flywheel.config import NoiseStrength
+from flywheel.data.files import DatasetWriteError
 
 STYLES: tuple[str, ...] = ("handwritten", "printed")
 """Styles the collector can draw."""
@@ -95,7 +95,7 @@ FONT_STROKES: tuple[int, ...] = (0, 0, 1, 2, 3)
 """Extra stroke width (pixels at `FONT_RENDER_SIZE`) drawn around a printed glyph."""
 
 
-class CollectError(ValueError):
+class CollectError(DatasetWriteError):
     """The plan asks for something the collector cannot make, or a glyph source is broken."""
 
 
@@ -377,10 +377,3 @@ def render_image(
     """One finished image: the glyph drawn clean, then degraded by `noise` at `severity`."""
     pixels, paper = render_glyph(library, glyph, image_size, rng)
     return apply_noise(pixels, paper, noise, strength, severity, rng)
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes that depend on the pixels only: no metadata, no timestamp, fixed compression."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()

@@ -27,12 +27,9 @@ Order of work, and why:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +38,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from flywheel.config import SOURCE_POOLS, SPLITS, DataPlan, NoiseStrength, Scenario
-from flywheel.data.manifest import COLUMNS, MANIFEST_NAME, save_manifest
-from flywheel.data.render import (
+from flywheel.data.files import IMAGES_DIR, encode_png, staged_dir
+from flywheel.data.manifest import manifest_frame, save_manifest
+from flywheel.demo.render import (
     NOISES,
     CollectError,
     Glyph,
     GlyphLibrary,
-    encode_png,
     render_image,
 )
 
@@ -63,9 +60,6 @@ __all__ = [
     "scenario_mix",
     "staged_dir",
 ]
-
-IMAGES_DIR = "images"
-"""Image folder inside a dataset or batch folder."""
 
 PoolKey = tuple[str, str, str]
 """(pool, style, label): one cell of the group assignment."""
@@ -226,12 +220,6 @@ def _write_images(
             }
         )
     return manifest_frame(rows)
-
-
-def manifest_frame(rows: Sequence[dict[str, object]]) -> pd.DataFrame:
-    """Rows as a manifest table: schema columns and dtypes, sorted by image_id like the file."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS)).astype(COLUMNS)
-    return frame.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
 def collect_dataset(
@@ -406,55 +394,3 @@ def collect_batch(
         )
         save_manifest(manifest, stage)
     return manifest
-
-
-@contextlib.contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """An empty hidden sibling of `target` to fill; on success it replaces `target` whole.
-
-    On an exception (or a kill) `target` is left as it was; leftovers of a
-    killed run (`.<name>.partial-*`, `.<name>.old-*`) are removed by the next
-    run. Two runs writing the same target at once are not supported.
-
-    Raises:
-        CollectError: `target` exists and is not a folder of only
-            `manifest.csv` and `images/` (it is never deleted then).
-    """
-    target = Path(target)
-    _check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in [
-        *target.parent.glob(f".{target.name}.partial-*"),
-        *target.parent.glob(f".{target.name}.old-*"),
-    ]:
-        shutil.rmtree(leftover, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield stage
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{stage.name.rsplit('-', 1)[-1]}"
-            target.rename(old)
-            stage.rename(target)
-            shutil.rmtree(old)
-        else:
-            stage.rename(target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
-
-
-def _check_replaceable(target: Path) -> None:
-    """Refuse to replace anything but an empty folder or one written by flywheel."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise CollectError(f"{target} exists and is not a folder; move it away first")
-    entries = sorted(p.name for p in target.iterdir())
-    if not entries:
-        return
-    unexpected = [e for e in entries if e not in {MANIFEST_NAME, IMAGES_DIR}]
-    if unexpected or MANIFEST_NAME not in entries:
-        what = f"holds {unexpected[:10]}" if unexpected else f"has no {MANIFEST_NAME}"
-        raise CollectError(
-            f"{target} {what}: it is not a dataset written by flywheel, so it is not replaced. "
-            "Move it away, or choose another data.root / data.name."
-        )

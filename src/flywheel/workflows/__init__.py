@@ -433,13 +433,13 @@ def train_candidate(
 
     Raises:
         flywheel.tasks.DatasetError: the dataset cannot be read.
-        flywheel.training.TrainingError: training cannot run as configured.
+        flywheel.modeling.training.TrainingError: training cannot run as configured.
         StepError: training logged no model (nothing to register).
     """
+    from flywheel.modeling.training import train
     from flywheel.monitoring.reference import build_reference
     from flywheel.registry import register, run_lineage
     from flywheel.tracking import configure_tracking
-    from flywheel.training import train
 
     configure_tracking()
     epochs = params.train.epochs

@@ -617,7 +617,7 @@ def load_task(model_uri: str) -> ClassificationTask:
     if "task" not in metadata:
         raise EvaluationError(
             f"{model_uri}: the logged model has no task metadata (log it with "
-            "metadata=task.export_metadata(), as flywheel.training does)"
+            "metadata=task.export_metadata(), as flywheel.modeling.training does)"
         )
     try:
         task = get_task(str(metadata["task"])).from_metadata(metadata)

@@ -136,7 +136,7 @@ class ValidationConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The network: `name` picks a builder in `flywheel.models`; the rest sizes it."""
+    """The network: `name` picks a builder in `flywheel.modeling.networks`; the rest sizes it."""
 
     name: Literal["small_cnn", "resnet"] = "small_cnn"
     width: int = Field(16, ge=4, le=1024)  # channels of the first stage, doubled per stage
@@ -160,7 +160,7 @@ class AugmentConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    """Training hyper-parameters (`flywheel.training.train`)."""
+    """Training hyper-parameters (`flywheel.modeling.training.train`)."""
 
     task: str = "classification"  # a name known to `flywheel.tasks.get_task`
     experiment: str = "flywheel"  # MLflow experiment
@@ -308,11 +308,11 @@ def _default_space() -> dict[str, FloatDimension | IntDimension | CategoricalDim
 
 
 class TuneConfig(_Frozen):
-    """Hyper-parameter search (`flywheel.tuning.tune`): an Optuna study over `space`.
+    """Hyper-parameter search (`flywheel.modeling.tuning.tune`): an Optuna study over `space`.
 
     `space` maps dotted keys of params.yaml (`train.lr`) to search dimensions;
     whether each key exists and each bound is a valid value is checked against
-    the whole configuration by `flywheel.tuning.validate_space`.
+    the whole configuration by `flywheel.modeling.tuning.validate_space`.
     """
 
     n_trials: int = Field(12, ge=1)  # trials per invocation (a resumed study adds as many)
@@ -350,7 +350,7 @@ class TuneConfig(_Frozen):
 
 
 class PredictionLogConfig(_Frozen):
-    """The serving prediction log (`flywheel.prediction_log`)."""
+    """The serving prediction log (`flywheel.monitoring.prediction_log`)."""
 
     dir: Path | None = None  # root of the log (None: <state dir>/predictions)
     sample_images: float = Field(1.0, ge=0, le=1)  # fraction of input images stored for curation
@@ -434,7 +434,7 @@ class MergeConfig(_Frozen):
 
 
 class SimulateConfig(_Frozen):
-    """The traffic simulator (`flywheel.simulate`)."""
+    """The traffic simulator (`flywheel.demo.simulate`)."""
 
     requests: int = Field(200, ge=1)  # requests per run
     images_per_request: int = Field(1, ge=1)  # images per request (<= serve.max_images_per_request)

@@ -1,12 +1,12 @@
 """The traffic simulator: production-like requests to the running service, with hidden truth.
 
 `simulate_traffic` draws images with the real collector for a traffic scenario
-of `params.yaml` (`flywheel.data.collect.collect_batch`: the production glyph
+of `params.yaml` (`flywheel.demo.collect.collect_batch`: the production glyph
 pool, the scenario's stratum mix and noise severity — in-distribution or
 drifted), posts them to the service's image-file API (`/predict_images`,
 multipart field `images`) with an `X-Request-ID` header per request, and
 records the truth of every answered image in the ground-truth store
-(`flywheel.ground_truth`, `origin="simulator"`, with `style`, `noise`,
+(`flywheel.labeling.ground_truth`, `origin="simulator"`, with `style`, `noise`,
 `scenario` and the source glyph `group`), where the service never looks.
 Monitoring joins that truth with the prediction log to measure accuracy on
 labelled traffic; the demo's oracle labeller answers from it.
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import Params
-from flywheel.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
+from flywheel.labeling.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
 
 if TYPE_CHECKING:
     import httpx
@@ -262,8 +262,9 @@ def simulate_traffic(
     """
     import httpx
 
-    from flywheel.data.collect import CollectError, collect_batch
+    from flywheel.data.files import DatasetWriteError
     from flywheel.data.manifest import stratum
+    from flywheel.demo.collect import collect_batch
 
     cfg = params.simulate
     chosen = params.scenario(scenario)
@@ -283,7 +284,7 @@ def simulate_traffic(
             batch = collect_batch(
                 params.data, chosen, n_requests * per_request, seed, Path(tmp) / "batch"
             )
-        except CollectError as err:
+        except DatasetWriteError as err:  # CollectError is one
             raise SimulationError(f"scenario {scenario!r}: {err}") from None
         batch = batch.assign(stratum=stratum(batch)).set_index("image_id", drop=False)
         groups = chunk(batch["image_id"].tolist(), per_request)

@@ -13,7 +13,7 @@ tasks whose `annotations[].result[].value.choices` hold the class. The whole
 file is checked before anything is written — a label outside the classes, a
 task without its key, two tasks giving one image different labels are errors
 that name the task — and the labels are appended to the ground-truth store
-(`flywheel.ground_truth`) in one file. Importing the same export twice writes
+(`flywheel.labeling.ground_truth`) in one file. Importing the same export twice writes
 nothing the second time.
 
 For the demo, `label_with_oracle` answers the queue from the traffic
@@ -37,7 +37,7 @@ import pandas as pd
 
 from flywheel.config import LabelConfig, Params
 from flywheel.env import state_dir
-from flywheel.ground_truth import (
+from flywheel.labeling.ground_truth import (
     KEY,
     LABELLER_ORIGINS,
     ORIGIN_LABEL_STUDIO,

@@ -1,0 +1,1 @@
+"""Networks, training and hyper-parameter tuning."""
