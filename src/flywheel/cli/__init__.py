@@ -635,7 +635,7 @@ def _serving_root() -> Path:
     spec = importlib.util.find_spec("serving")
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).resolve().parents[1]
-    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
+    checkout = Path(__file__).resolve().parents[3]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
     if (checkout / "serving" / "service.py").is_file():
         return checkout
     err_console.print(
@@ -1242,7 +1242,7 @@ def _import_pipelines() -> None:
 
     if importlib.util.find_spec("pipelines") is not None:
         return
-    checkout = Path(__file__).resolve().parents[2]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
+    checkout = Path(__file__).resolve().parents[3]  # <repo>/src/flywheel/cli/__init__.py -> <repo>
     if (checkout / "pipelines" / "catalog.py").is_file():
         sys.path.insert(0, str(checkout))
         return
