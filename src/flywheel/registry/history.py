@@ -1,0 +1,152 @@
+"""Who changed a version's aliases, when and why: the transitions recorded on each version.
+
+The latest transition is written as `flywheel.transition.*` tags, and every
+transition, compactly, as a JSON list in `flywheel.history` (the newest
+`HISTORY_LIMIT` kept).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from mlflow import MlflowClient
+
+from flywheel.registry.store import NO_ROLE, _aliases_of, _client, _get_version, role_of
+
+TAG_HISTORY = "flywheel.history"
+"""Every transition of the version, a compact JSON list (oldest first)."""
+
+
+TAG_TRANSITION = "flywheel.transition"
+"""Prefix of the latest transition's tags: `.at .action .from .to .by .reason .gates`."""
+
+
+HISTORY_LIMIT = 200
+"""Transitions kept in `flywheel.history` per version (the oldest are dropped)."""
+
+
+USER_ENV = "FLYWHEEL_USER"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of a version's aliases, as recorded in its history.
+
+    Attributes:
+        at: UTC ISO time.
+        action: register | bless | reject | supersede | promote | demote | retire | rollback.
+        from_role: the alias the version held before (`none` if none of `ROLES`).
+        to_role: the alias it holds after.
+        by: who asked for it.
+        reason: why.
+        gates: blessing summary at the time (empty if not applicable).
+    """
+
+    at: str
+    action: str
+    from_role: str
+    to_role: str
+    by: str
+    reason: str
+    gates: str = ""
+
+    def compact(self) -> dict[str, str]:
+        """Short keys for the history tag."""
+        return {
+            "at": self.at,
+            "action": self.action,
+            "from": self.from_role,
+            "to": self.to_role,
+            "by": self.by,
+            "reason": self.reason,
+            "gates": self.gates,
+        }
+
+    @classmethod
+    def from_compact(cls, raw: Mapping[str, str]) -> Transition:
+        """Read one `compact()` entry."""
+        return cls(
+            at=raw.get("at", ""),
+            action=raw.get("action", ""),
+            from_role=raw.get("from", NO_ROLE),
+            to_role=raw.get("to", NO_ROLE),
+            by=raw.get("by", ""),
+            reason=raw.get("reason", ""),
+            gates=raw.get("gates", ""),
+        )
+
+
+def resolve_user(who: str | None = None) -> str:
+    """Who is acting: `who`, else `FLYWHEEL_USER`, else the login name, else `unknown`."""
+    if who:
+        return who
+    if os.environ.get(USER_ENV):
+        return os.environ[USER_ENV]
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "unknown"
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with seconds (`2026-11-23T09:30:00+00:00`)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _read_history(tags: Mapping[str, str]) -> list[Transition]:
+    raw = tags.get(TAG_HISTORY)
+    if not raw:
+        return []
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError:
+        return []  # hand-edited; the next transition starts a fresh list
+    return [Transition.from_compact(e) for e in entries if isinstance(e, dict)]
+
+
+def _record(client: MlflowClient, name: str, version: str, transition: Transition) -> None:
+    """Write `transition` as the version's latest-transition tags and append it to its history."""
+    current = _get_version(client, name, version)
+    history = [t.compact() for t in _read_history(current.tags)]
+    history = [*history, transition.compact()][-HISTORY_LIMIT:]
+    tags = {
+        f"{TAG_TRANSITION}.at": transition.at,
+        f"{TAG_TRANSITION}.action": transition.action,
+        f"{TAG_TRANSITION}.from": transition.from_role,
+        f"{TAG_TRANSITION}.to": transition.to_role,
+        f"{TAG_TRANSITION}.by": transition.by,
+        f"{TAG_TRANSITION}.reason": transition.reason,
+        f"{TAG_TRANSITION}.gates": transition.gates,
+        TAG_HISTORY: json.dumps(history, separators=(",", ":")),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _record_alias_lost(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    aliases: Mapping[str, str],
+    alias: str,
+    transition: Transition,
+) -> None:
+    """Record on `version` that it lost `alias` (its roles before and after filled in)."""
+    before = _aliases_of(aliases, version)
+    after = [a for a in before if a != alias]
+    _record(
+        client,
+        name,
+        version,
+        replace(transition, from_role=role_of(before), to_role=role_of(after)),
+    )
+
+
+def read_history(name: str, version: str) -> list[Transition]:
+    """Every recorded transition of a version, oldest first."""
+    return _read_history(_get_version(_client(), name, version).tags)

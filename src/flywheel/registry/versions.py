@@ -1,0 +1,215 @@
+"""Registered versions: register a trained model, look versions up, list them with their lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mlflow.entities.model_registry import ModelVersion
+
+from flywheel.registry.blessing import TAG_BLESSED, TAG_EVAL_ACCURACY
+from flywheel.registry.errors import ModelNotFoundError
+from flywheel.registry.history import (
+    Transition,
+    _read_history,
+    _record,
+    _record_alias_lost,
+    resolve_user,
+    utc_now,
+)
+from flywheel.registry.lock import LockStrategy, registry_lock
+from flywheel.registry.store import (
+    ALIAS_CANDIDATE,
+    NO_ROLE,
+    ROLES,
+    _client,
+    _get_aliases,
+    _get_version,
+    _verify_aliases,
+)
+from flywheel.tracking import LINEAGE_TAGS, TAG_DATA_VERSION, TAG_GIT_COMMIT
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One version for listings (`flywheel models`).
+
+    Attributes:
+        version: the version number.
+        aliases: the aliases pointing at it.
+        created_at: UTC ISO time of registration.
+        run_id: the training run (None if registered from a path).
+        source: where its files live.
+        blessed: the latest verdict (None: never evaluated).
+        eval_accuracy: overall accuracy of the latest evaluation.
+        git_commit: lineage: the code.
+        data_version: lineage: the DVC data version.
+        last_transition: the latest recorded transition.
+        lineage: all lineage tags present.
+    """
+
+    version: str
+    aliases: tuple[str, ...]
+    created_at: str
+    run_id: str | None
+    source: str
+    blessed: bool | None
+    eval_accuracy: float | None
+    git_commit: str | None
+    data_version: str | None
+    last_transition: Transition | None
+    lineage: Mapping[str, str] = field(default_factory=dict)
+
+
+def register(
+    model_uri: str,
+    name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    reason: str = "registered after training",
+    who: str | None = None,
+    lock: LockStrategy = "auto",
+) -> str:
+    """Register a logged model as a new version and point `candidate` at it.
+
+    `candidate` only moves forward: if a concurrent registration created a
+    later version and took the alias first, it keeps it.
+
+    Args:
+        model_uri: the logged model, e.g. `runs:/<run id>/model` or `models:/<model id>`.
+        name: the registered model (created if missing).
+        tags: version tags, typically the training run's lineage tags
+            (`flywheel.tracking.lineage_tags`).
+        reason: why, for the history.
+        who: who, for the history (default: `resolve_user()`).
+        lock: the `registry_lock` strategy.
+
+    Returns:
+        The new version number.
+    """
+    import mlflow
+
+    by = resolve_user(who)
+    registered = mlflow.register_model(
+        model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
+    )
+    version = str(registered.version)
+    client = _client()
+    with registry_lock(name, strategy=lock):
+        aliases = _get_aliases(client, name)
+        replaced = aliases.get(ALIAS_CANDIDATE)
+        at = utc_now()
+        if replaced is not None and int(replaced) > int(version):
+            # A concurrent registration got a later version and already took the alias.
+            _record(
+                client,
+                name,
+                version,
+                Transition(
+                    at,
+                    "register",
+                    NO_ROLE,
+                    NO_ROLE,
+                    by,
+                    f"{reason} ({model_uri}); version {replaced} is the newer candidate",
+                ),
+            )
+            return version
+        client.set_registered_model_alias(name, ALIAS_CANDIDATE, version)
+        _verify_aliases(client, name, {ALIAS_CANDIDATE: version})
+        _record(
+            client,
+            name,
+            version,
+            Transition(at, "register", NO_ROLE, ALIAS_CANDIDATE, by, f"{reason} ({model_uri})"),
+        )
+        if replaced is not None and replaced != version:
+            _record_alias_lost(
+                client,
+                name,
+                replaced,
+                aliases,
+                ALIAS_CANDIDATE,
+                Transition(at, "supersede", "", "", by, f"version {version} is the new candidate"),
+            )
+    return version
+
+
+def list_versions(name: str) -> list[VersionSummary]:
+    """Every version of a registered model, newest first, with aliases, verdict and lineage.
+
+    Raises:
+        ModelNotFoundError: no such model.
+    """
+    client = _client()
+    aliases = _get_aliases(client, name)
+    versions: list[ModelVersion] = []
+    page_token: str | None = None
+    while True:
+        page = client.search_model_versions(
+            f"name = '{name}'", max_results=1000, page_token=page_token
+        )
+        versions.extend(page)
+        page_token = page.token
+        if not page_token:
+            break
+    out = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = dict(mv.tags or {})
+        blessed_tag = tags.get(TAG_BLESSED)
+        accuracy = tags.get(TAG_EVAL_ACCURACY)
+        history = _read_history(tags)
+        out.append(
+            VersionSummary(
+                version=str(mv.version),
+                aliases=tuple(a for a in ROLES if aliases.get(a) == str(mv.version))
+                + tuple(
+                    sorted(a for a, v in aliases.items() if v == str(mv.version) and a not in ROLES)
+                ),
+                created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+                run_id=mv.run_id or None,
+                source=str(mv.source),
+                blessed=None if blessed_tag is None else blessed_tag == "true",
+                eval_accuracy=None if accuracy is None else float(accuracy),
+                git_commit=tags.get(TAG_GIT_COMMIT),
+                data_version=tags.get(TAG_DATA_VERSION),
+                last_transition=history[-1] if history else None,
+                lineage={k: tags[k] for k in LINEAGE_TAGS if k in tags},
+            )
+        )
+    return out
+
+
+def model_uri(name: str, version: str) -> str:
+    """The URI MLflow loads a registered version from.
+
+    >>> model_uri("digits", "3")
+    'models:/digits/3'
+    """
+    return f"models:/{name}/{version}"
+
+
+def get_version(name: str, version: str) -> ModelVersion:
+    """A registered version (run id, source, tags).
+
+    Raises:
+        ModelNotFoundError, VersionNotFoundError: no such model or version.
+    """
+    return _get_version(_client(), name, str(version))
+
+
+def version_for_alias(name: str, alias: str) -> str | None:
+    """The version an alias points at, None if the alias (or the model) does not exist."""
+    try:
+        return _get_aliases(_client(), name).get(alias)
+    except ModelNotFoundError:
+        return None
+
+
+def run_lineage(run_id: str) -> dict[str, str]:
+    """The lineage tags (`flywheel.tracking.LINEAGE_TAGS`) a training run carries."""
+    tags = _client().get_run(run_id).data.tags
+    return {key: tags[key] for key in LINEAGE_TAGS if key in tags}
