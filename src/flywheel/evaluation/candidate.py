@@ -1,0 +1,204 @@
+"""The stage: a registered candidate against `production` on the same data, blessed or not.
+
+`evaluate_candidate` evaluates both versions on the same split (and on the
+production holdout when the dataset has one), applies the gates, logs the
+results into the candidate's training run (`log_evaluation`) and records the
+blessing on the version (`flywheel.registry.record_blessing`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from flywheel import registry
+from flywheel.config import HOLDOUT_SPLIT, EvaluateConfig
+from flywheel.evaluation.gates import check_gates
+from flywheel.evaluation.metrics import EvaluationReport, metric_key
+from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_accuracy
+from flywheel.evaluation.prediction import evaluate_model
+from flywheel.registry import Blessing, LockStrategy
+
+ARTIFACT_DIR = "evaluation"
+"""Folder of the evaluation artifacts in the candidate's run."""
+
+
+def log_evaluation(
+    run_id: str,
+    report: EvaluationReport,
+    blessing: Blessing,
+    champion: EvaluationReport | None = None,
+    *,
+    min_slice_accuracy: float | None = None,
+    holdout: EvaluationReport | None = None,
+    champion_holdout: EvaluationReport | None = None,
+) -> None:
+    """Write the evaluation into an MLflow run (the candidate's training run).
+
+    Metrics: `mlflow_metrics()` of the report (and of the holdout report:
+    `holdout_accuracy`, per slice), `blessed` (1/0), `gates_failed` and
+    `gate/<name>` values. Artifacts under `evaluation/`: the report and the
+    blessing as JSON, the per-slice table (CSV and an MLflow table), the
+    confusion matrix and the per-slice accuracy bars (PNG).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+    values = report.mlflow_metrics()
+    values["blessed"] = float(blessing.blessed)
+    values["gates_failed"] = float(len(blessing.failed_gates))
+    for gate in blessing.gates:
+        values[metric_key("gate", gate.name)] = gate.value
+    if champion is not None:
+        values[f"champion_{report.split}_accuracy"] = champion.overall.accuracy
+    if holdout is not None:
+        values.update(holdout.mlflow_metrics())
+    if champion_holdout is not None:
+        values[f"champion_{champion_holdout.split}_accuracy"] = champion_holdout.overall.accuracy
+    metrics = [Metric(key, float(v), now, 0) for key, v in values.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    client.log_dict(run_id, report.to_dict(), f"{ARTIFACT_DIR}/report.json")
+    if champion is not None:
+        client.log_dict(run_id, champion.to_dict(), f"{ARTIFACT_DIR}/champion_report.json")
+    if holdout is not None:
+        client.log_dict(run_id, holdout.to_dict(), f"{ARTIFACT_DIR}/holdout_report.json")
+    client.log_text(
+        run_id, json.dumps(blessing.to_dict(), indent=2), f"{ARTIFACT_DIR}/blessing.json"
+    )
+    table = report.slice_table()
+    client.log_text(run_id, table.to_csv(index=False), f"{ARTIFACT_DIR}/slices.csv")
+    client.log_table(run_id, data=table, artifact_file=f"{ARTIFACT_DIR}/slices.json")
+    client.log_figure(
+        run_id,
+        plot_confusion_matrix(report.overall, report.classes),
+        f"{ARTIFACT_DIR}/confusion_matrix.png",
+    )
+    client.log_figure(
+        run_id,
+        plot_slice_accuracy(report, champion, min_slice_accuracy),
+        f"{ARTIFACT_DIR}/slice_accuracy.png",
+    )
+    client.set_tag(run_id, "flywheel.blessed", str(blessing.blessed).lower())
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    """What `evaluate_candidate` produced.
+
+    Attributes:
+        blessing: the gates' verdict (also stored on the version).
+        report: the candidate's evaluation.
+        champion: the champion's evaluation on the same data, None without one.
+        holdout: the candidate on the production holdout split, None without one.
+        champion_holdout: the champion on the same holdout.
+    """
+
+    blessing: Blessing
+    report: EvaluationReport
+    champion: EvaluationReport | None
+    holdout: EvaluationReport | None = None
+    champion_holdout: EvaluationReport | None = None
+
+
+def evaluate_candidate(
+    name: str,
+    version: str,
+    dataset_dir: str | Path,
+    config: EvaluateConfig,
+    *,
+    who: str | None = None,
+    lock: LockStrategy = "auto",
+    progress: bool = True,
+) -> EvaluationOutcome:
+    """Stage 5: evaluate a registered version against `production`, bless it or not.
+
+    Both models run on the same split of the same dataset. When the dataset has
+    a production holdout (split `holdout`, merged labelled traffic), both also
+    run on it and `check_gates` weighs it too. The result is logged to the
+    candidate's training run (when the version has one) and recorded on the
+    version (`registry.record_blessing`): a blessed version becomes `staging`.
+
+    Args:
+        name: the registered model.
+        version: the candidate version.
+        dataset_dir: the dataset folder (`manifest.csv`).
+        config: `evaluate` of params.yaml (split, slices, bins, gates).
+        who: recorded on the version (default `registry.resolve_user()`).
+        lock: the registry lock strategy.
+        progress: show progress bars.
+
+    Raises:
+        registry.ModelNotFoundError, registry.VersionNotFoundError: no such version.
+        EvaluationError: the models or the data cannot be evaluated.
+    """
+    version = str(version)
+    candidate_version = registry.get_version(name, version)
+    champion_version = registry.version_for_alias(name, registry.ALIAS_PRODUCTION)
+    if champion_version == version:
+        champion_version = None  # re-evaluating production itself: absolute gates only
+    report = evaluate_model(
+        registry.model_uri(name, version), dataset_dir, config, progress=progress
+    )
+    champion = (
+        evaluate_model(
+            registry.model_uri(name, champion_version), dataset_dir, config, progress=progress
+        )
+        if champion_version is not None
+        else None
+    )
+    holdout = champion_holdout = None
+    if has_split(dataset_dir, HOLDOUT_SPLIT):
+        holdout = evaluate_model(
+            registry.model_uri(name, version),
+            dataset_dir,
+            config,
+            progress=progress,
+            split=HOLDOUT_SPLIT,
+        )
+        if champion_version is not None:
+            champion_holdout = evaluate_model(
+                registry.model_uri(name, champion_version),
+                dataset_dir,
+                config,
+                progress=progress,
+                split=HOLDOUT_SPLIT,
+            )
+    blessing = check_gates(
+        report,
+        champion,
+        config.gates,
+        champion_version=champion_version,
+        model_name=name,
+        candidate_version=version,
+        holdout=holdout,
+        champion_holdout=champion_holdout,
+    )
+    if candidate_version.run_id:
+        log_evaluation(
+            candidate_version.run_id,
+            report,
+            blessing,
+            champion,
+            min_slice_accuracy=config.gates.min_slice_accuracy,
+            holdout=holdout,
+            champion_holdout=champion_holdout,
+        )
+    registry.record_blessing(name, version, blessing, who=who, lock=lock)
+    return EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
+
+
+def has_split(dataset_dir: str | Path, split: str) -> bool:
+    """Whether the dataset's manifest has any row in `split` (False without a manifest)."""
+    from flywheel.data.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(dataset_dir)
+    except ManifestError:
+        return False
+    return "split" in manifest and bool((manifest["split"] == split).any())

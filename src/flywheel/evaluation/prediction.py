@@ -1,0 +1,154 @@
+"""Running a logged model over a dataset split, with the pre-processing of its Task.
+
+`load_task` rebuilds the Task a model was logged with (its MLflow metadata),
+`predict_split` runs the model over a split in batches without gradients, and
+`evaluate_model` turns the predictions into an `EvaluationReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from flywheel.config import EvaluateConfig
+from flywheel.evaluation.errors import EvaluationError
+from flywheel.evaluation.metrics import EvaluationReport, evaluate_predictions, fingerprint_rows
+
+if TYPE_CHECKING:
+    from flywheel.tasks.classification import ClassificationTask
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's outputs on a split, aligned with the split's manifest rows.
+
+    Attributes:
+        probs: `(N, K)` class probabilities.
+        labels: `(N,)` true class indices.
+        frame: the N manifest rows.
+        classes: class names of the probability columns.
+    """
+
+    probs: np.ndarray
+    labels: np.ndarray
+    frame: pd.DataFrame
+    classes: tuple[str, ...]
+
+
+def load_task(model_uri: str) -> ClassificationTask:
+    """The classification Task a logged model was trained with, rebuilt from its metadata.
+
+    Raises:
+        EvaluationError: the model has no task metadata or is not a classifier.
+    """
+    from mlflow.models import get_model_info
+
+    from flywheel.tasks import get_task
+    from flywheel.tasks.classification import ClassificationTask
+
+    metadata = get_model_info(model_uri).metadata or {}
+    if "task" not in metadata:
+        raise EvaluationError(
+            f"{model_uri}: the logged model has no task metadata (log it with "
+            "metadata=task.export_metadata(), as flywheel.modeling.training does)"
+        )
+    try:
+        task = get_task(str(metadata["task"])).from_metadata(metadata)
+    except ValueError as err:
+        raise EvaluationError(f"{model_uri}: {err}") from None
+    if not isinstance(task, ClassificationTask):
+        raise EvaluationError(
+            f"{model_uri}: evaluation supports classification models only, not task {task.name!r}"
+        )
+    return task
+
+
+def predict_split(
+    model_uri: str,
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Predictions:
+    """Run a logged model over one split of a manifest dataset.
+
+    The images go through the pre-processing of the Task the model was logged
+    with (`load_task`), in batches, under `torch.inference_mode`.
+
+    Args:
+        model_uri: e.g. `runs:/<id>/model`, `models:/<name>/<version>`.
+        dataset_dir: folder with `manifest.csv`.
+        split: the split to run.
+        batch_size: images per forward pass.
+        device: torch device.
+        progress: show a progress bar.
+
+    Raises:
+        EvaluationError: no task metadata; outputs of the wrong shape.
+        flywheel.tasks.DatasetError: the split cannot be read (names the rows).
+    """
+    import mlflow.pytorch
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    task = load_task(model_uri)
+    dataset = task.build_dataset(Path(dataset_dir), split)
+    model = mlflow.pytorch.load_model(model_uri, device=device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for images, _ in tqdm(
+            loader, desc=f"evaluate {split}", unit="batch", disable=not progress, leave=False
+        ):
+            output = model(images.to(device))  # (B, K + D)
+            try:
+                probs, _embedding = task.split_output(output)  # (B, K), (B, D)
+            except ValueError as err:
+                raise EvaluationError(f"{model_uri}: {err}") from None
+            chunks.append(probs.astype(np.float64))
+    return Predictions(
+        probs=np.concatenate(chunks),  # (N, K)
+        labels=dataset.targets.numpy(),  # (N,)
+        frame=dataset.frame,
+        classes=tuple(task.classes),
+    )
+
+
+def evaluate_model(
+    model_uri: str,
+    dataset_dir: str | Path,
+    config: EvaluateConfig,
+    *,
+    progress: bool = True,
+    split: str | None = None,
+) -> EvaluationReport:
+    """`predict_split` then `evaluate_predictions`, as `config` says (split, slices, bins).
+
+    `split` evaluates another split than `config.split` (e.g. the production holdout).
+    """
+    split = split or config.split
+    predictions = predict_split(
+        model_uri, dataset_dir, split, batch_size=config.batch_size, progress=progress
+    )
+    return evaluate_predictions(
+        predictions.probs,
+        predictions.labels,
+        predictions.frame,
+        predictions.classes,
+        slice_columns=config.slice_columns,
+        n_bins=config.calibration_bins,
+        model_uri=model_uri,
+        split=split,
+        dataset={
+            "path": str(dataset_dir),
+            "images": len(predictions.frame),
+            "fingerprint": fingerprint_rows(predictions.frame),
+        },
+    )
