@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mlflow import MlflowClient
+
 from flywheel.registry.blessing import Blessing, _blessing_from_tags
 from flywheel.registry.errors import (
     AliasNotFoundError,
@@ -97,15 +99,7 @@ def promote(
             return AliasChange(name, version, aliases.get(ALIAS_PREVIOUS), changed=False)
         blessing = _promotable_blessing(name, version, candidate.tags, current)
         old_previous = aliases.get(ALIAS_PREVIOUS)
-        # previous first: a crash in between leaves both aliases on the old
-        # production version, never a version that fell out of both.
-        if current is not None:
-            client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
-        client.set_registered_model_alias(name, ALIAS_PRODUCTION, version)
-        expected = {ALIAS_PRODUCTION: version}
-        if current is not None:
-            expected[ALIAS_PREVIOUS] = current
-        _verify_aliases(client, name, expected)
+        _set_production(client, name, version, current)
 
         at = utc_now()
         before = _aliases_of(aliases, version)
@@ -217,9 +211,7 @@ def rollback(
                 f"({blessing.summary() if blessing else 'never evaluated'}); refusing to serve it",
                 failed_gates=blessing.failed_gates if blessing else (),
             )
-        client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
-        client.set_registered_model_alias(name, ALIAS_PRODUCTION, target)
-        _verify_aliases(client, name, {ALIAS_PRODUCTION: target, ALIAS_PREVIOUS: current})
+        _set_production(client, name, target, current)
         at = utc_now()
         transition = Transition(
             at,
@@ -245,3 +237,20 @@ def rollback(
             ),
         )
     return AliasChange(name, target, current, changed=True, transition=transition)
+
+
+def _set_production(client: MlflowClient, name: str, version: str, current: str | None) -> None:
+    """Point `production` at `version` and `previous` at `current` (unless None), then check.
+
+    `previous` first: a crash in between leaves both aliases on the old
+    production version, never a version that fell out of both.
+
+    Raises:
+        ConcurrentModificationError: the aliases do not read back as written.
+    """
+    expected = {ALIAS_PRODUCTION: version}
+    if current is not None:
+        client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
+        expected[ALIAS_PREVIOUS] = current
+    client.set_registered_model_alias(name, ALIAS_PRODUCTION, version)
+    _verify_aliases(client, name, expected)

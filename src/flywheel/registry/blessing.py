@@ -17,7 +17,7 @@ from flywheel.registry.errors import RegistryError
 from flywheel.registry.history import (
     Transition,
     _record,
-    _record_alias_lost,
+    _take_alias,
     resolve_user,
     utc_now,
 )
@@ -28,7 +28,6 @@ from flywheel.registry.store import (
     _client,
     _get_aliases,
     _get_version,
-    _verify_aliases,
     role_of,
 )
 
@@ -258,9 +257,16 @@ def record_blessing(
         at = utc_now()
         champion = blessing.champion_version or "none (first model)"
         if blessing.blessed:
-            replaced = aliases.get(ALIAS_STAGING)
-            client.set_registered_model_alias(name, ALIAS_STAGING, version)
-            _verify_aliases(client, name, {ALIAS_STAGING: version})
+            _take_alias(
+                client,
+                name,
+                ALIAS_STAGING,
+                version,
+                aliases,
+                at=at,
+                by=by,
+                reason=f"version {version} is the new staging version",
+            )
             after = sorted({*before, ALIAS_STAGING})
             transition = Transition(
                 at,
@@ -271,17 +277,6 @@ def record_blessing(
                 f"gates passed against champion {champion}",
                 blessing.summary(),
             )
-            if replaced is not None and replaced != version:
-                _record_alias_lost(
-                    client,
-                    name,
-                    replaced,
-                    aliases,
-                    ALIAS_STAGING,
-                    Transition(
-                        at, "supersede", "", "", by, f"version {version} is the new staging version"
-                    ),
-                )
         else:
             if aliases.get(ALIAS_STAGING) == version:
                 client.delete_registered_model_alias(name, ALIAS_STAGING)

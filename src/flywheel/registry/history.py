@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 
 from mlflow import MlflowClient
 
-from flywheel.registry.store import NO_ROLE, _aliases_of, _client, _get_version, role_of
+from flywheel.registry.store import (
+    NO_ROLE,
+    _aliases_of,
+    _client,
+    _get_version,
+    _verify_aliases,
+    role_of,
+)
 
 TAG_HISTORY = "flywheel.history"
 """Every transition of the version, a compact JSON list (oldest first)."""
@@ -150,3 +157,34 @@ def _record_alias_lost(
 def read_history(name: str, version: str) -> list[Transition]:
     """Every recorded transition of a version, oldest first."""
     return _read_history(_get_version(_client(), name, version).tags)
+
+
+def _take_alias(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    aliases: Mapping[str, str],
+    *,
+    at: str,
+    by: str,
+    reason: str,
+) -> None:
+    """Point `alias` at `version`, check it, and record on the version that held it that it lost it.
+
+    Args:
+        aliases: the model's aliases before the change (alias → version).
+        at: when, for the history.
+        by: who, for the history.
+        reason: why the old holder lost the alias, for its history.
+
+    Raises:
+        ConcurrentModificationError: the alias does not read back as written.
+    """
+    replaced = aliases.get(alias)
+    client.set_registered_model_alias(name, alias, version)
+    _verify_aliases(client, name, {alias: version})
+    if replaced is not None and replaced != version:
+        _record_alias_lost(
+            client, name, replaced, aliases, alias, Transition(at, "supersede", "", "", by, reason)
+        )

@@ -14,7 +14,7 @@ from flywheel.registry.history import (
     Transition,
     _read_history,
     _record,
-    _record_alias_lost,
+    _take_alias,
     resolve_user,
     utc_now,
 )
@@ -26,7 +26,6 @@ from flywheel.registry.store import (
     _client,
     _get_aliases,
     _get_version,
-    _verify_aliases,
 )
 from flywheel.tracking import LINEAGE_TAGS, TAG_DATA_VERSION, TAG_GIT_COMMIT
 
@@ -116,23 +115,22 @@ def register(
                 ),
             )
             return version
-        client.set_registered_model_alias(name, ALIAS_CANDIDATE, version)
-        _verify_aliases(client, name, {ALIAS_CANDIDATE: version})
+        _take_alias(
+            client,
+            name,
+            ALIAS_CANDIDATE,
+            version,
+            aliases,
+            at=at,
+            by=by,
+            reason=f"version {version} is the new candidate",
+        )
         _record(
             client,
             name,
             version,
             Transition(at, "register", NO_ROLE, ALIAS_CANDIDATE, by, f"{reason} ({model_uri})"),
         )
-        if replaced is not None and replaced != version:
-            _record_alias_lost(
-                client,
-                name,
-                replaced,
-                aliases,
-                ALIAS_CANDIDATE,
-                Transition(at, "supersede", "", "", by, f"version {version} is the new candidate"),
-            )
     return version
 
 
