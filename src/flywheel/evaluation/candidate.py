@@ -142,33 +142,24 @@ def evaluate_candidate(
     champion_version = registry.version_for_alias(name, registry.ALIAS_PRODUCTION)
     if champion_version == version:
         champion_version = None  # re-evaluating production itself: absolute gates only
-    report = evaluate_model(
-        registry.model_uri(name, version), dataset_dir, config, progress=progress
-    )
-    champion = (
-        evaluate_model(
-            registry.model_uri(name, champion_version), dataset_dir, config, progress=progress
-        )
-        if champion_version is not None
-        else None
-    )
-    holdout = champion_holdout = None
-    if has_split(dataset_dir, HOLDOUT_SPLIT):
-        holdout = evaluate_model(
-            registry.model_uri(name, version),
+
+    def evaluate(of_version: str, split: str | None = None) -> EvaluationReport:
+        """One version on `split` (default `config.split`) of the dataset."""
+        return evaluate_model(
+            registry.model_uri(name, of_version),
             dataset_dir,
             config,
             progress=progress,
-            split=HOLDOUT_SPLIT,
+            split=split,
         )
+
+    report = evaluate(version)
+    champion = evaluate(champion_version) if champion_version is not None else None
+    holdout = champion_holdout = None
+    if has_split(dataset_dir, HOLDOUT_SPLIT):
+        holdout = evaluate(version, HOLDOUT_SPLIT)
         if champion_version is not None:
-            champion_holdout = evaluate_model(
-                registry.model_uri(name, champion_version),
-                dataset_dir,
-                config,
-                progress=progress,
-                split=HOLDOUT_SPLIT,
-            )
+            champion_holdout = evaluate(champion_version, HOLDOUT_SPLIT)
     blessing = check_gates(
         report,
         champion,
