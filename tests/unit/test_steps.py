@@ -18,6 +18,7 @@ import pytest
 
 from flywheel.config import ConfigError, DataPlan, GatesConfig, Params, TrainConfig
 from flywheel.evaluation import EvaluationOutcome, check_gates, evaluate_predictions
+from flywheel.evaluation.report import render_evaluation_html
 from flywheel.workflows import (
     FIRST_CLASS_PARAMETERS,
     LOG_PREFIX,
@@ -30,7 +31,6 @@ from flywheel.workflows import (
     params_document,
     parse_overrides,
     pipeline_arguments,
-    render_evaluation_html,
     resolve_params,
     say,
     slice_rows,
