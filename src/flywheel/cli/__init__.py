@@ -1369,8 +1369,8 @@ def _print_outputs(run: Any) -> None:
 
 def _print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, test accuracy per slice, the reports, the MLflow UI."""
+    from flywheel.cli.summaries import mlflow_ui_command, summarize_training_run
     from flywheel.tracking import local_store_dir, resolve_tracking
-    from flywheel.workflows import mlflow_ui_command, summarize_training_run
 
     s = summarize_training_run(
         run.outputs["model"].metadata, run.outputs["metrics"].metadata, bool(run.outputs["blessed"])
