@@ -161,7 +161,7 @@ def run_direct_fresh(params: Params, repo: Path, version: str, folder: Path) -> 
 
 def run_pipeline(params: Params, repo: Path, version: str) -> tuple[float, dict[str, float]]:
     """The training pipeline on the KFP local runner with caching on; wall time, per-step times."""
-    from flywheel.workflows import pipeline_arguments
+    from pipelines.arguments import pipeline_arguments
     from pipelines.catalog import get_pipeline
     from pipelines.local import run_locally
 

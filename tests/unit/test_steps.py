@@ -25,18 +25,16 @@ from flywheel.workflows import (
     RegisteredCandidate,
     StepError,
     evaluation_scalars,
-    kfp_cron,
-    local_run_environment,
-    new_run_id,
     params_document,
     parse_overrides,
-    pipeline_arguments,
     resolve_params,
     say,
     slice_rows,
-    split_overrides,
     write_json,
 )
+from pipelines.arguments import pipeline_arguments, split_overrides
+from pipelines.cluster import kfp_cron
+from pipelines.local import local_run_environment, new_run_id
 
 PARAMS = Params(
     data=DataPlan(name="tiny", classes=("0", "1", "2")),

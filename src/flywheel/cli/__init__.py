@@ -1298,7 +1298,7 @@ def _cluster_settings(
 
 def _arguments(pipeline: Any, p: Params, pairs: list[str], *, data_version: str, repo: str) -> Any:
     """The run's arguments, limited to the parameters this pipeline declares."""
-    from flywheel.workflows import pipeline_arguments
+    from pipelines.arguments import pipeline_arguments
 
     arguments = pipeline_arguments(p, pairs, data_version=data_version, repo=repo)
     return {k: v for k, v in arguments.items() if k in pipeline.component_spec.inputs}
@@ -1539,9 +1539,10 @@ def pipeline_submit(
     from datetime import UTC, datetime
 
     from flywheel.env import component_image
-    from flywheel.workflows import kfp_cron
 
     entry = _pipeline_entry(name, runnable=True)
+    from pipelines.cluster import kfp_cron
+
     if recurring != (cron is not None):
         raise typer.BadParameter("--recurring and --cron go together", param_hint="--cron")
     try:

@@ -35,18 +35,15 @@ import re
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flywheel.config import ConfigError, Params, parse_params
-from flywheel.env import TELEMETRY_OFF, state_dir
-from flywheel.tracking import PIPELINE_RUN_ID_ENV, resolve_tracking
+from flywheel.tracking import PIPELINE_RUN_ID_ENV
 
 if TYPE_CHECKING:
     from flywheel.evaluation import EvaluationOutcome
@@ -166,53 +163,6 @@ def resolve_params(
         if value is not None:
             merged[FIRST_CLASS_PARAMETERS[name]] = value
     return parse_params(raw, merged, source="pipeline parameters")
-
-
-def split_overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """Route `--set` pairs: first-class pipeline parameters (typed), and the other pairs as given.
-
-    >>> split_overrides(["train.epochs=3", "train.batch_size=64"])
-    ({'epochs': 3}, ['train.batch_size=64'])
-
-    Raises:
-        ConfigError: a malformed pair.
-    """
-    by_key = {key: name for name, key in FIRST_CLASS_PARAMETERS.items()}
-    first_class: dict[str, Any] = {}
-    rest: list[str] = []
-    for pair in pairs:
-        ((key, value),) = parse_overrides([pair]).items()
-        if key in by_key:
-            first_class[by_key[key]] = value
-        else:
-            rest.append(pair)
-    return first_class, rest
-
-
-def pipeline_arguments(
-    params: Params,
-    overrides: Sequence[str] = (),
-    *,
-    data_version: str,
-    repo: str,
-) -> dict[str, Any]:
-    """Arguments of one training-pipeline run: the base params, the routed overrides, the data.
-
-    Args:
-        params: params.yaml as loaded, *without* the overrides (they travel apart,
-            so the run shows what was changed).
-        overrides: `dotted.key=value` pairs (`--set`).
-        data_version: the DVC data version the run must train on.
-        repo: the repository root holding `data.dvc`, as the steps will see it.
-    """
-    first_class, rest = split_overrides(overrides)
-    return {
-        "params": params_document(params),
-        "overrides": rest,
-        **first_class,
-        "data_version": data_version,
-        "repo": repo,
-    }
 
 
 # -------------------------------------------------------------------- validate
@@ -774,60 +724,3 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
         f"data version {update.version}" + ("" if update.changed else " (unchanged)")
     )
     return update.version
-
-
-# ----------------------------------------------------------- local runs, cron
-
-
-def new_run_id(pipeline: str) -> str:
-    """A run id for a local pipeline run: `<pipeline>-local-<UTC time>-<random>`.
-
-    >>> new_run_id("training").startswith("training-local-")
-    True
-    """
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{pipeline}-local-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def local_run_environment(*, run_id: str, tmp_dir: Path) -> dict[str, str]:
-    """Environment for the local runner's step processes: this process's stores, as absolute paths.
-
-    The steps are subprocesses: they must find the same MLflow store, GX context
-    and DVC state as the process that launched them, whatever their working
-    directory, and record the pipeline run as lineage. Telemetry stays off
-    (values the user set win), output is unbuffered so logs stream, and
-    temporary files go to `tmp_dir`, which the runner removes afterwards.
-    """
-    env = {key: os.environ.get(key, value) for key, value in TELEMETRY_OFF.items()}
-    env.update(
-        {
-            "FLYWHEEL_HOME": str(state_dir().resolve()),
-            "MLFLOW_TRACKING_URI": resolve_tracking().uri,
-            PIPELINE_RUN_ID_ENV: run_id,
-            "TMPDIR": str(tmp_dir.resolve()),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-def kfp_cron(expression: str) -> str:
-    """A cron expression as Kubeflow Pipelines wants it: six fields, seconds first.
-
-    Standard five-field expressions get `0` seconds in front.
-
-    >>> kfp_cron("0 * * * *")
-    '0 0 * * * *'
-
-    Raises:
-        ValueError: neither five nor six fields.
-    """
-    fields = expression.split()
-    if len(fields) == 5:
-        return " ".join(["0", *fields])
-    if len(fields) == 6:
-        return " ".join(fields)
-    raise ValueError(
-        f"cron expression {expression!r} has {len(fields)} fields; give five "
-        "(minute hour day month weekday, e.g. '0 * * * *') or six (seconds first)"
-    )
