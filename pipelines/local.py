@@ -73,8 +73,8 @@ def exception_message(lines: list[str]) -> str | None:
 
     >>> exception_message(["x", "    Traceback (most recent call last):",
     ...                    '      File "a.py", line 1, in f', "        raise E('no')",
-    ...                    "    flywheel.workflows.DataGateError: no"])
-    'flywheel.workflows.DataGateError: no'
+    ...                    "    flywheel.workflows.errors.DataGateError: no"])
+    'flywheel.workflows.errors.DataGateError: no'
     """
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most")]
     if not starts:

@@ -1,726 +1,86 @@
-"""The pipeline steps as library functions: what each Kubeflow component calls.
+"""The workflow layer: the pipeline steps as library functions, for the CLI and the components.
 
 A component (`components/*.py`) is a handful of lines: it turns its KFP inputs
-into plain values, calls ONE function of this module and writes what comes back
+into plain values, calls ONE function of this package and writes what comes back
 into its KFP outputs. Everything else a step does — resolving the parameters,
 bringing the data to the recorded version, gating, training and registering,
-judging, promoting, rendering the reports the KFP UI shows — lives here, where
-unit tests reach it. This module never imports kfp; the pipelines and the local
-runner live in `pipelines/`.
+judging, promoting, writing the reports the KFP UI shows — lives here, where
+unit tests reach it. This package never imports kfp; the pipelines, their
+arguments and the local runner live in `pipelines/`.
 
-The steps of the training pipeline, in order:
+* `flywheel.workflows.training` — the training pipeline's steps:
+  `validate_data` → `train_candidate` → (`judge_candidate`) → `promote_candidate`;
+* `flywheel.workflows.judging` — `judge_candidate`, the evaluation step, and the
+  Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
+* `flywheel.workflows.loop` — the retraining (`flywheel`) pipeline's steps in front
+  of training: `detect_drift` → `curate_samples` → `label_samples` → `update_dataset`;
+* `flywheel.workflows.params` — the configuration a step runs with, from the
+  pipeline's parameters (`resolve_params`, `params_document`);
+* `flywheel.workflows.output` / `.errors` — what every step shares: its progress
+  lines (`say`), its JSON outputs (`write_json`) and its errors (`StepError`).
 
-1. `validate_data` — the data at the version `data.dvc` records (kept, pulled or
-   regenerated), through the Great Expectations gate; a failure raises
-   `DataGateError` (the pipeline stops before training) after writing Data Docs.
-   The validated dataset is copied into the step's output, so the steps after it
-   read exactly what was validated, here and on a cluster alike.
-2. `train_candidate` — train on it, log to MLflow with lineage, register the
-   logged model as the new `candidate` version.
-3. `judge_candidate` — evaluate that version against `production` on the frozen
-   split; the gates bless it or not (recorded in the registry).
-4. `promote_candidate` — move `production` to it (only run when blessed).
-
-The retraining (`flywheel`) pipeline adds `detect_drift` (Evidently against
-the serving version's reference profile), `curate_samples` (active learning),
-`label_samples` (the oracle, through a Label Studio export) and `update_dataset`
-(merge, data gate, `dvc add`) in front.
+`DEFAULT_IMAGE` (the components' base image, `flywheel.env.DEFAULT_IMAGE`) is
+re-exported here so that the components import nothing but this package.
 """
 
-from __future__ import annotations
-
-import json
-import os
-import re
-import shutil
-import sys
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
-
-from flywheel.config import ConfigError, Params, parse_params
-from flywheel.tracking import PIPELINE_RUN_ID_ENV
-
-if TYPE_CHECKING:
-    from flywheel.evaluation import EvaluationOutcome
-    from flywheel.monitoring import MonitorResult
-    from flywheel.registry import AliasChange
-
-LOG_PREFIX = "[flywheel]"
-"""Marks the lines a step prints for people (the local runner echoes them; pod logs show them)."""
-
-FIRST_CLASS_PARAMETERS: dict[str, str] = {
-    "epochs": "train.epochs",
-    "learning_rate": "train.lr",
-    "min_accuracy": "evaluate.gates.min_accuracy",
-}
-"""Pipeline parameters of their own (shown and editable one by one in the KFP UI) → params key."""
-
-MONITORING_ISSUE = "the monitoring and curation issue"
-
-
-class StepError(RuntimeError):
-    """A pipeline step cannot do its job; the message says why and what to do."""
-
-
-class DataGateError(StepError):
-    """The dataset failed validation: the pipeline stops before training."""
-
-
-class DataVersionMismatchError(StepError):
-    """The repository records another data version than the pipeline run asked for."""
-
-
-def say(message: str) -> None:
-    """Print one progress line for people, marked with `LOG_PREFIX`, flushed at once."""
-    print(f"{LOG_PREFIX} {message}", flush=True)
-
-
-def write_json(path: Path, value: Any) -> Path:
-    """Write JSON (indented, keys sorted) to `path`, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, allow_nan=False))
-    return path
-
-
-# -------------------------------------------------------------------- parameters
-
-
-def params_document(params: Params) -> str:
-    """params as the one-line JSON text the pipelines carry in their `params` parameter.
-
-    Text rather than a mapping because KFP's parameters cannot hold nulls, and
-    params.yaml has them (`null` turns a gate off); one line because the KFP
-    compiler copies defaults into a YAML comment and a line break there breaks
-    the compiled file. Every key is written out, so a run shows the whole
-    configuration it used. Keys are sorted: the text is part of the cache key of
-    every step, and the same configuration must always read the same.
-    """
-    return json.dumps(params.model_dump(mode="json"), sort_keys=True, allow_nan=False)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`dotted.key=value` pairs (the CLI's `--set`) into a mapping; values are read as YAML.
-
-    >>> parse_overrides(["train.epochs=3", "evaluate.gates.max_ece=null"])
-    {'train.epochs': 3, 'evaluate.gates.max_ece': None}
-
-    Raises:
-        ConfigError: a pair without `=` or key, or a value that is not YAML.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {pair!r}: expected dotted.key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {pair!r}: the value is not YAML: {err}") from None
-    return out
-
-
-def resolve_params(
-    params: str | Mapping[str, Any],
-    overrides: Sequence[str] = (),
-    *,
-    epochs: int | None = None,
-    learning_rate: float | None = None,
-    min_accuracy: float | None = None,
-) -> Params:
-    """The configuration a step runs with: params.yaml, the overrides, then the first-class ones.
-
-    The pipeline carries the whole params.yaml as one parameter (so a cached
-    step's key changes whenever any value does), the `--set` pairs of the run,
-    and a few values as parameters of their own; those win over both.
-
-    Args:
-        params: params.yaml as JSON text (the pipeline's `params`) or as a mapping.
-        overrides: `dotted.key=value` pairs, e.g. `["train.batch_size=64"]`.
-        epochs: `train.epochs`, when given.
-        learning_rate: `train.lr`, when given.
-        min_accuracy: `evaluate.gates.min_accuracy`, when given.
-
-    Raises:
-        ConfigError: not JSON, or the result does not match the schema (names the key).
-    """
-    if isinstance(params, str):
-        try:
-            raw = json.loads(params)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"pipeline parameter params: not valid JSON: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("pipeline parameter params: expected a mapping at the top level")
-    else:
-        raw = dict(params)
-    merged = parse_overrides(overrides)
-    given = {"epochs": epochs, "learning_rate": learning_rate, "min_accuracy": min_accuracy}
-    for name, value in given.items():
-        if value is not None:
-            merged[FIRST_CLASS_PARAMETERS[name]] = value
-    return parse_params(raw, merged, source="pipeline parameters")
-
-
-# -------------------------------------------------------------------- validate
-
-
-@dataclass(frozen=True)
-class ValidatedDataset:
-    """What `validate_data` checked and exported.
-
-    Attributes:
-        data_version: the DVC data version (hash of the data folder in `data.dvc`).
-        provenance: how the data got there: present, pulled, regenerated or collected.
-        source_dir: the dataset folder that was validated (in the repository).
-        exported_dir: the copy handed to the next steps.
-        n_rows: manifest rows.
-        n_expectations: expectations evaluated.
-        counts: images per stratum and split.
-        data_docs: the Great Expectations Data Docs page of this validation.
-    """
-
-    data_version: str
-    provenance: str
-    source_dir: Path
-    exported_dir: Path
-    n_rows: int
-    n_expectations: int
-    counts: dict[str, dict[str, int]]
-    data_docs: Path | None
-
-    def metadata(self) -> dict[str, Any]:
-        """JSON-able metadata for the Dataset artifact (shown in the KFP UI)."""
-        return {
-            "data_version": self.data_version,
-            "provenance": self.provenance,
-            "source": str(self.source_dir),
-            "rows": self.n_rows,
-            "expectations": self.n_expectations,
-            "counts": self.counts,
-            "data_docs": str(self.data_docs) if self.data_docs else "",
-        }
-
-
-def validate_data(
-    params: Params,
-    repo: str | Path,
-    *,
-    expected_version: str = "",
-    dataset_out: Path,
-    docs_out: Path,
-) -> ValidatedDataset:
-    """Bring the data to its recorded version, gate it, and export it for the next steps.
-
-    Args:
-        params: the configuration (`data` plan, `validation` thresholds).
-        repo: the repository root holding `data.dvc` (locally the project; on a
-            cluster the image's working directory).
-        expected_version: the data version the run asked for; empty accepts
-            whatever `data.dvc` records.
-        dataset_out: folder to copy the validated dataset into (the step's output).
-        docs_out: file to copy the Data Docs page into (written even on failure).
-
-    Raises:
-        flywheel.data.versioning.DataVersionError: the data cannot be brought to
-            the recorded version (e.g. unrecorded changes in the folder).
-        DataVersionMismatchError: `data.dvc` records another version than asked for.
-        DataGateError: an expectation failed; names them and the Data Docs page.
-    """
-    from rich.console import Console
-
-    from flywheel.data.versioning import ensure_dataset
-    from flywheel.validation import print_report, validate_dataset
-
-    repo = Path(repo)
-    provenance, version = ensure_dataset(params.data, repo)
-    say(f"data version {version} ({provenance})")
-    if expected_version and version != expected_version:
-        raise DataVersionMismatchError(
-            f"{repo / 'data.dvc'} records data version {version}, but the run asked for "
-            f"{expected_version}: build the image from the commit that recorded it, or "
-            "run with the version the repository holds"
-        )
-    source = repo / params.data.dataset_dir
-    report = validate_dataset(source, params, progress=False)
-    report.data_version = version
-    print_report(report, Console(file=sys.stdout, width=120, color_system=None))
-    docs_out.parent.mkdir(parents=True, exist_ok=True)
-    if report.data_docs is not None:
-        shutil.copyfile(report.data_docs, docs_out)
-    else:
-        docs_out.write_text("<html><body><p>Great Expectations wrote no Data Docs page.</p>")
-    if not report.success:
-        for f in report.failures:
-            shown = ", ".join(f"{o.key} ({str(o.value)[:60]})" for o in f.offenders[:3])
-            rows = f"{f.unexpected_count} rows, e.g. {shown}" if f.unexpected_count else shown
-            say(f"✗ {f.rule} [{f.expectation}{f' on {f.column}' if f.column else ''}] {rows}")
-        failed = "; ".join(
-            f"{f.rule} ({f.expectation}{f' on {f.column}' if f.column else ''})"
-            for f in report.failures
-        )
-        raise DataGateError(
-            f"{source}: {len(report.failures)} of {report.n_expectations} expectations "
-            f"failed, training will not start: {failed}. Data Docs: {report.data_docs}"
-        )
-    shutil.copytree(source, dataset_out, dirs_exist_ok=True)
-    say(f"{report.n_rows} rows passed {report.n_expectations} expectations")
-    return ValidatedDataset(
-        data_version=version,
-        provenance=provenance,
-        source_dir=source,
-        exported_dir=dataset_out,
-        n_rows=report.n_rows,
-        n_expectations=report.n_expectations,
-        counts=report.counts,
-        data_docs=report.data_docs,
-    )
-
-
-# ----------------------------------------------------------------------- train
-
-
-@dataclass(frozen=True)
-class RegisteredCandidate:
-    """A trained model, logged and registered as the `candidate` version.
-
-    Attributes:
-        name: the registered model.
-        version: its new version.
-        run_id: the MLflow training run.
-        model_uri: the logged model the version was registered from.
-        data_version: the data version it was trained on.
-        monitor: the validation metric that picked the best epoch.
-        best_metric: that metric's best value.
-        epochs_run: epochs trained (fewer than asked when it stopped early).
-        metrics: the best epoch's train/validation metrics.
-    """
-
-    name: str
-    version: str
-    run_id: str
-    model_uri: str
-    data_version: str
-    monitor: str
-    best_metric: float
-    epochs_run: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def registry_uri(self) -> str:
-        """`models:/<name>/<version>`: what serving and evaluation load."""
-        return f"models:/{self.name}/{self.version}"
-
-    def metadata(self) -> dict[str, Any]:
-        """JSON-able metadata for the Model artifact; `from_metadata` reads it back."""
-        return {**asdict(self), "registry_uri": self.registry_uri}
-
-    @classmethod
-    def from_metadata(cls, raw: Mapping[str, Any]) -> RegisteredCandidate:
-        """Read `metadata()` back (KFP turns integers into floats on the way; undone here).
-
-        Raises:
-            StepError: a key is missing (not a Model artifact of `train_candidate`).
-        """
-        try:
-            return cls(
-                name=str(raw["name"]),
-                version=str(raw["version"]),
-                run_id=str(raw["run_id"]),
-                model_uri=str(raw["model_uri"]),
-                data_version=str(raw["data_version"]),
-                monitor=str(raw["monitor"]),
-                best_metric=float(raw["best_metric"]),
-                epochs_run=int(raw["epochs_run"]),
-                metrics={str(k): float(v) for k, v in dict(raw.get("metrics", {})).items()},
-            )
-        except KeyError as err:
-            raise StepError(f"model artifact metadata lacks {err}: {dict(raw)}") from None
-
-
-def epoch_line(metrics: Mapping[str, float], monitor: str) -> str:
-    """One epoch's progress in a few numbers: losses, the monitored metric, the time.
-
-    >>> epoch_line({"train_loss": 0.7381, "val_loss": 0.5034, "val_accuracy": 0.8875,
-    ...             "epoch_seconds": 17.87, "lr": 0.0015}, "val_accuracy")
-    'train_loss 0.7381, val_loss 0.5034, val_accuracy 0.8875 (17.9 s)'
-    """
-    shown = [k for k in ("train_loss", "val_loss", monitor) if k in metrics]
-    line = ", ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown))
-    if "epoch_seconds" in metrics:
-        line += f" ({metrics['epoch_seconds']:.1f} s)"
-    return line
-
-
-def train_candidate(
-    params: Params,
-    dataset_dir: str | Path,
-    *,
-    data_version: str,
-    model_out: Path,
-    metrics_out: Path,
-) -> RegisteredCandidate:
-    """Train, log the run and the model to MLflow, register it as the new `candidate`.
-
-    Before registering, the model's reference profile (its train and val images
-    through the exported model, `flywheel.monitoring.reference`) is stored on the
-    run, so monitoring can compare traffic with what every version learned from.
-    Checkpoints go to a scratch folder that is removed afterwards: the best model
-    is in MLflow, the learning curves and history in the run. Prints one line per
-    epoch. `model_out` receives the version's metadata as JSON (the Model
-    artifact's content: a pointer into the registry), `metrics_out` the best
-    epoch's metrics as JSON (an output without a file counts as missing, and
-    the local runner's cache then never hits).
-
-    Raises:
-        flywheel.tasks.DatasetError: the dataset cannot be read.
-        flywheel.modeling.training.TrainingError: training cannot run as configured.
-        StepError: training logged no model (nothing to register).
-    """
-    from flywheel.modeling.training import train
-    from flywheel.monitoring.reference import build_reference
-    from flywheel.registry import register, run_lineage
-    from flywheel.tracking import configure_tracking
-
-    configure_tracking()
-    epochs = params.train.epochs
-
-    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        say(f"epoch {epoch}/{epochs}: {epoch_line(metrics, params.train.monitor)}")
-
-    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as scratch:
-        result = train(
-            params,
-            Path(dataset_dir),
-            out_dir=Path(scratch),
-            data_version=data_version or None,
-            progress=False,
-            on_epoch_end=report_epoch,
-        )
-    if result.run_id is None or result.model_uri is None:
-        raise StepError("training finished without logging a model; nothing to register")
-    reference = build_reference(result.model_uri, result.run_id, dataset_dir)
-    say(
-        f"reference profile: {reference.rows} images of {'+'.join(reference.splits)} through "
-        f"the exported model ({reference.seconds:.1f} s) → run artifact {reference.artifact}"
-    )
-    name = params.evaluate.registered_model
-    run_id = os.environ.get(PIPELINE_RUN_ID_ENV) or "unknown"
-    version = register(
-        result.model_uri,
-        name,
-        tags=run_lineage(result.run_id),
-        reason=f"trained by pipeline run {run_id}",
-    )
-    best = next((row for row in result.history if int(row["epoch"]) == result.best_epoch), {})
-    candidate = RegisteredCandidate(
-        name=name,
-        version=version,
-        run_id=result.run_id,
-        model_uri=result.model_uri,
-        data_version=data_version,
-        monitor=result.monitor,
-        best_metric=float(result.best_metric),
-        epochs_run=result.epochs_run,
-        metrics={k: float(v) for k, v in best.items() if k != "epoch"},
-    )
-    write_json(model_out, candidate.metadata())
-    write_json(metrics_out, candidate.metrics)
-    say(
-        f"registered {name} version {version} (run {result.run_id}); best "
-        f"{result.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}"
-    )
-    return candidate
-
-
-# -------------------------------------------------------------------- evaluate
-
-
-@dataclass(frozen=True)
-class SliceRow:
-    """One line of the per-slice table: the whole split (`all`) or one slice."""
-
-    name: str
-    images: int
-    accuracy: float
-    champion_accuracy: float | None = None
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """The evaluation step's result, as plain values for the KFP outputs.
-
-    Attributes:
-        blessed: every gate passed.
-        summary: the blessing in one line (`blessed: 7/7 gates passed`, or the failures).
-        failed_gates: names of the failed gates.
-        champion_version: the `production` version it was compared with (None: first model).
-        scalars: the Metrics artifact's values (`evaluation_scalars`).
-        classes: class names, the confusion matrix's order.
-        confusion: `(K, K)` counts, rows true classes.
-    """
-
-    blessed: bool
-    summary: str
-    failed_gates: tuple[str, ...]
-    champion_version: str | None
-    scalars: dict[str, float]
-    classes: tuple[str, ...]
-    confusion: list[list[int]]
-
-
-def judge_candidate(
-    params: Params,
-    name: str,
-    version: str,
-    dataset_dir: str | Path,
-    *,
-    report_out: Path,
-    metrics_out: Path,
-    confusion_out: Path,
-) -> Judgement:
-    """Evaluate a registered version against `production` and let the gates bless it or not.
-
-    The verdict is recorded on the version (`flywheel.evaluation.evaluate_candidate`);
-    `report_out` receives a self-contained HTML report (tables and pictures inline),
-    `metrics_out` the scalars and `confusion_out` the confusion matrix, as JSON.
-
-    Raises:
-        flywheel.registry.RegistryError: no such model or version.
-        flywheel.evaluation.EvaluationError: the models or the data cannot be evaluated.
-    """
-    from flywheel.evaluation import evaluate_candidate
-    from flywheel.evaluation.report import render_evaluation_html
-    from flywheel.tracking import configure_tracking
-
-    configure_tracking()
-    outcome = evaluate_candidate(name, version, dataset_dir, params.evaluate, progress=False)
-    report_out.parent.mkdir(parents=True, exist_ok=True)
-    report_out.write_text(render_evaluation_html(outcome, params.evaluate.gates))
-    blessing = outcome.blessing
-    say(f"{name} version {version}: {blessing.summary()}")
-    judgement = Judgement(
-        blessed=blessing.blessed,
-        summary=blessing.summary(),
-        failed_gates=tuple(blessing.failed_gates),
-        champion_version=blessing.champion_version,
-        scalars=evaluation_scalars(outcome),
-        classes=tuple(outcome.report.classes),
-        confusion=[list(row) for row in outcome.report.overall.confusion],
-    )
-    write_json(metrics_out, judgement.scalars)
-    write_json(confusion_out, {"classes": list(judgement.classes), "matrix": judgement.confusion})
-    return judgement
-
-
-def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
-    """Flat scalars for the KFP Metrics artifact: overall, per slice, the champion's, the verdict.
-
-    Names: `accuracy`, `macro_f1`, `ece`, `images`, `accuracy[<slice>]`,
-    `images[<slice>]`, `champion_accuracy`, `champion_accuracy[<slice>]`,
-    `blessed` (1 or 0) and `gates_failed`. `slice_rows` reads them back.
-    """
-    report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
-    out = {
-        "accuracy": report.overall.accuracy,
-        "macro_f1": report.overall.macro_f1,
-        "ece": report.overall.ece,
-        "images": float(report.overall.n),
-    }
-    for name, m in report.slices.items():
-        out[f"accuracy[{name}]"] = m.accuracy
-        out[f"images[{name}]"] = float(m.n)
-    if champion is not None:
-        out["champion_accuracy"] = champion.overall.accuracy
-        for name, m in champion.slices.items():
-            if name in report.slices:
-                out[f"champion_accuracy[{name}]"] = m.accuracy
-    out["blessed"] = float(blessing.blessed)
-    out["gates_failed"] = float(len(blessing.failed_gates))
-    return out
-
-
-_SLICED = re.compile(r"^(?P<metric>\w+)\[(?P<slice>.+)\]$")
-
-
-def slice_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
-    """The per-slice table back from `evaluation_scalars`' names.
-
-    `all` first, then single-column slices, then combinations, each by name.
-
-    >>> rows = slice_rows({"accuracy": 0.9, "images": 10.0,
-    ...                    "accuracy[style=a,noise=b]": 0.7, "images[style=a,noise=b]": 2.0,
-    ...                    "accuracy[style=a]": 0.8, "images[style=a]": 5.0})
-    >>> [(r.name, r.images, r.accuracy, r.champion_accuracy) for r in rows]
-    [('all', 10, 0.9, None), ('style=a', 5, 0.8, None), ('style=a,noise=b', 2, 0.7, None)]
-    """
-    slices: list[SliceRow] = []
-    for key, value in scalars.items():
-        match = _SLICED.match(key)
-        if match and match["metric"] == "accuracy":
-            name = match["slice"]
-            slices.append(
-                SliceRow(
-                    name,
-                    int(scalars.get(f"images[{name}]", 0)),
-                    float(value),
-                    scalars.get(f"champion_accuracy[{name}]"),
-                )
-            )
-    # KFP does not keep the order of metadata keys: single columns first, then combinations.
-    slices.sort(key=lambda row: (row.name.count(","), row.name))
-    overall = SliceRow(
-        "all",
-        int(scalars.get("images", 0)),
-        float(scalars["accuracy"]),
-        scalars.get("champion_accuracy"),
-    )
-    return [overall, *slices]
-
-
-# --------------------------------------------------------------------- promote
-
-
-def promote_candidate(name: str, version: str, *, reason: str = "") -> AliasChange:
-    """Point `production` at a blessed version (the replaced one becomes `previous`).
-
-    Args:
-        name: the registered model.
-        version: the version the gates blessed.
-        reason: recorded on the versions; default names the pipeline run.
-
-    Raises:
-        flywheel.registry.PromotionRefusedError: not blessed, or blessed against a
-            champion that is no longer production.
-    """
-    from flywheel.registry import promote
-    from flywheel.tracking import configure_tracking
-
-    configure_tracking()
-    run_id = os.environ.get(PIPELINE_RUN_ID_ENV) or "unknown"
-    change = promote(
-        name, version, reason=reason or f"blessed by the gates in pipeline run {run_id}"
-    )
-    if change.changed:
-        say(f"{name}: production → version {change.production} (previous: {change.previous})")
-    else:
-        say(f"{name}: version {version} already is production; nothing changed")
-    return change
-
-
-# ------------------------------------------------------------------ retraining
-
-
-def detect_drift(
-    params: Params, *, report_out: Path, metrics_out: Path | None = None
-) -> MonitorResult:
-    """Compare the recent prediction log with the serving version's reference (`flywheel monitor`).
-
-    The window is the last `monitor.window_hours` of the log under the state
-    folder; the Evidently report goes to `report_out` and the snapshot into the
-    workspace, `metrics_out` receives `MonitorResult.scalars()` as JSON.
-
-    Raises:
-        flywheel.monitoring.NotEnoughDataError: too few predictions to decide.
-        flywheel.monitoring.ReferenceNotFoundError: the served version has no profile.
-    """
-    from rich.console import Console
-
-    from flywheel.monitoring import monitor, result_table
-    from flywheel.tracking import configure_tracking
-
-    configure_tracking()
-    result = monitor(params, report_path=report_out)
-    Console(file=sys.stdout, width=120, color_system=None).print(result_table(result))
-    if metrics_out is not None:
-        write_json(metrics_out, result.scalars())
-    reasons = f" ({', '.join(result.check.reasons)})" if result.drift else ""
-    say(
-        f"{result.model_name} version {result.model_version}, {result.window_size} predictions: "
-        f"{'DRIFT' + reasons if result.drift else 'no drift'}"
-    )
-    return result
-
-
-LABELS_FILE = "labels.parquet"
-"""The labels one labelling step hands to the next (in its `labels` output folder)."""
-
-
-def curate_samples(params: Params, *, queue_out: Path) -> int:
-    """Choose the logged samples worth labelling; write the labelling queue; return its size.
-
-    `flywheel.curation.curate_batch` with params.yaml's `curate` settings over
-    the whole prediction log (what is already queued or labelled is skipped).
-    The batch goes to the labelling queue and is copied, with the labelling
-    config, into `queue_out` (a folder) for the next step.
-    """
-    from flywheel.curation import curate_batch
-    from flywheel.labeling import LABEL_CONFIG_NAME
-
-    result = curate_batch(params, progress=False)
-    queue_out.mkdir(parents=True, exist_ok=True)
-    if result.queue_file is None:
-        say(f"nothing to curate: every logged image is queued or labelled ({result.excluded})")
-        return 0
-    shutil.copy2(result.queue_file, queue_out / result.queue_file.name)
-    shutil.copy2(result.queue_file.parent / LABEL_CONFIG_NAME, queue_out / LABEL_CONFIG_NAME)
-    say(
-        f"queued {len(result.selected)} of {result.candidates} candidates "
-        f"({result.strategy}, spread over {result.space}): batch {result.batch_id}"
-    )
-    return len(result.selected)
-
-
-def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
-    """Label the queue (an oracle in the demo); write the labels; return how many.
-
-    `label.labeler: oracle` answers the batches in `queue_dir` from the
-    simulator's truth through a Label Studio export (`flywheel.labeling.label_with_oracle`);
-    the export and `labels.parquet` (the labels recorded) go to `labels_out`.
-    """
-    import pandas as pd
-
-    from flywheel.labeling import LABEL_COLUMNS, label_with_oracle
-
-    labels_out.mkdir(parents=True, exist_ok=True)
-    result = label_with_oracle(params, queue=queue_dir, export_dir=labels_out)
-    labels = (
-        result.imported.labels
-        if result.imported is not None
-        else pd.DataFrame(columns=list(LABEL_COLUMNS))
-    )
-    labels.to_parquet(labels_out / LABELS_FILE, index=False)
-    say(
-        f"oracle answered {result.answered} of {result.tasks} pending tasks "
-        f"({len(result.unanswered)} without truth)"
-    )
-    return len(labels)
-
-
-def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
-    """Merge the labels into a new dataset version (`dvc add` + push); return the version.
-
-    Reads `labels.parquet` of the labelling step from `labels_dir` and calls
-    `flywheel.data.merge.update_dataset`; the merged dataset passes the data
-    gate or nothing is recorded. No new labels: the version stays.
-    """
-    import pandas as pd
-
-    from flywheel.data.merge import update_dataset as merge_and_track
-
-    path = labels_dir / LABELS_FILE
-    labels = (
-        pd.read_parquet(path)
-        if path.is_file()
-        else pd.DataFrame(columns=["request_id", "index", "label"])
-    )
-    update = merge_and_track(params, repo, labels)
-    added = update.merge.added_per_split()
-    say(
-        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}; "
-        f"data version {update.version}" + ("" if update.changed else " (unchanged)")
-    )
-    return update.version
+from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows.errors import DataGateError, DataVersionMismatchError, StepError
+from flywheel.workflows.judging import (
+    Judgement,
+    SliceRow,
+    evaluation_scalars,
+    judge_candidate,
+    slice_rows,
+)
+from flywheel.workflows.loop import (
+    LABELS_FILE,
+    curate_samples,
+    detect_drift,
+    label_samples,
+    update_dataset,
+)
+from flywheel.workflows.output import LOG_PREFIX, say, write_json
+from flywheel.workflows.params import (
+    FIRST_CLASS_PARAMETERS,
+    params_document,
+    parse_overrides,
+    resolve_params,
+)
+from flywheel.workflows.training import (
+    RegisteredCandidate,
+    ValidatedDataset,
+    epoch_line,
+    promote_candidate,
+    train_candidate,
+    validate_data,
+)
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "FIRST_CLASS_PARAMETERS",
+    "LABELS_FILE",
+    "LOG_PREFIX",
+    "DataGateError",
+    "DataVersionMismatchError",
+    "Judgement",
+    "RegisteredCandidate",
+    "SliceRow",
+    "StepError",
+    "ValidatedDataset",
+    "curate_samples",
+    "detect_drift",
+    "epoch_line",
+    "evaluation_scalars",
+    "judge_candidate",
+    "label_samples",
+    "params_document",
+    "parse_overrides",
+    "promote_candidate",
+    "resolve_params",
+    "say",
+    "slice_rows",
+    "train_candidate",
+    "update_dataset",
+    "validate_data",
+    "write_json",
+]
