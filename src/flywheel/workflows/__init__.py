@@ -10,6 +10,7 @@ arguments and the local runner live in `pipelines/`.
 
 * `flywheel.workflows.training` — the training pipeline's steps:
   `validate_data` → `train_candidate` → (`judge_candidate`) → `promote_candidate`;
+  `train_and_register` is the train step without its KFP outputs (`flywheel train`);
 * `flywheel.workflows.judging` — `judge_candidate`, the evaluation step, and the
   Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
 * `flywheel.workflows.loop` — the retraining (`flywheel`) pipeline's steps in front
@@ -48,9 +49,11 @@ from flywheel.workflows.params import (
 )
 from flywheel.workflows.training import (
     RegisteredCandidate,
+    TrainedModel,
     ValidatedDataset,
     epoch_line,
     promote_candidate,
+    train_and_register,
     train_candidate,
     validate_data,
 )
@@ -66,6 +69,7 @@ __all__ = [
     "RegisteredCandidate",
     "SliceRow",
     "StepError",
+    "TrainedModel",
     "ValidatedDataset",
     "curate_samples",
     "detect_drift",
@@ -79,6 +83,7 @@ __all__ = [
     "resolve_params",
     "say",
     "slice_rows",
+    "train_and_register",
     "train_candidate",
     "update_dataset",
     "validate_data",

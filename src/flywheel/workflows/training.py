@@ -5,8 +5,9 @@
    `DataGateError` (the pipeline stops before training) after writing Data Docs.
    The validated dataset is copied into the step's output, so the steps after it
    read exactly what was validated, here and on a cluster alike.
-2. `train_candidate` — train on it, log to MLflow with lineage, register the
-   logged model as the new `candidate` version.
+2. `train_candidate` — train on it, log to MLflow with lineage, store the
+   model's reference profile, register it as the new `candidate` version
+   (`train_and_register`, which `flywheel train` calls too).
 3. `judge_candidate` (`flywheel.workflows.judging`) — evaluate that version
    against `production` on the frozen split; the gates bless it or not.
 4. `promote_candidate` — move `production` to it (only run when blessed).
@@ -18,7 +19,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ from flywheel.workflows.errors import DataGateError, DataVersionMismatchError, S
 from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
+    from flywheel.modeling.training import TrainResult
+    from flywheel.monitoring.reference import ReferenceInfo
     from flywheel.registry import AliasChange
 
 
@@ -219,30 +223,67 @@ def epoch_line(metrics: Mapping[str, float], monitor: str) -> str:
     return line
 
 
-def train_candidate(
+@dataclass(frozen=True)
+class TrainedModel:
+    """What `train_and_register` did.
+
+    Attributes:
+        training: the training run (history, best epoch, the logged model).
+        reference: the reference profile stored on the run; None when no model
+            was logged (or on a DDP rank other than 0).
+        candidate: the registered `candidate` version; None when no model was
+            logged (or on a DDP rank other than 0).
+    """
+
+    training: TrainResult
+    reference: ReferenceInfo | None = None
+    candidate: RegisteredCandidate | None = None
+
+
+def _quiet(what: str) -> AbstractContextManager[object]:
+    """No status shown."""
+    return nullcontext()
+
+
+def train_and_register(
     params: Params,
     dataset_dir: str | Path,
     *,
+    out_dir: Path,
     data_version: str,
-    model_out: Path,
-    metrics_out: Path,
-) -> RegisteredCandidate:
-    """Train, log the run and the model to MLflow, register it as the new `candidate`.
+    reason: str,
+    resume: bool = False,
+    log_model: bool = True,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    status: Callable[[str], AbstractContextManager[object]] | None = None,
+) -> TrainedModel:
+    """Train, log the run and the model to MLflow, store its reference profile, register it.
 
-    Before registering, the model's reference profile (its train and val images
-    through the exported model, `flywheel.monitoring.reference`) is stored on the
-    run, so monitoring can compare traffic with what every version learned from.
-    Checkpoints go to a scratch folder that is removed afterwards: the best model
-    is in MLflow, the learning curves and history in the run. Prints one line per
-    epoch. `model_out` receives the version's metadata as JSON (the Model
-    artifact's content: a pointer into the registry), `metrics_out` the best
-    epoch's metrics as JSON (an output without a file counts as missing, and
-    the local runner's cache then never hits).
+    What `flywheel train` and the pipeline's train step (`train_candidate`) both
+    do. Before registering, the model's reference profile (its train and val
+    images through the exported model, `flywheel.monitoring.reference`) is
+    stored on the run, so monitoring can compare traffic with what every version
+    learned from; then the logged model becomes the new `candidate` version of
+    `evaluate.registered_model`. A run that logged no model (`log_model=False`,
+    or a DDP rank other than 0) is neither profiled nor registered.
+
+    Args:
+        params: the configuration (`train`; `evaluate.registered_model`).
+        dataset_dir: the dataset folder (`manifest.csv` and the images).
+        out_dir: checkpoints, `history.json` and the learning curves.
+        data_version: the DVC data version, for the lineage ('' when unknown).
+        reason: why the version is registered, for the registry's history.
+        resume: continue from the last checkpoint in `out_dir`.
+        log_model: log the best model to MLflow (without it, nothing is registered).
+        progress: show progress bars.
+        on_epoch_end: called after each epoch with `(epoch, metrics)`.
+        status: wraps the reference profile's computation (given what it does), e.g. in a
+            spinner.
 
     Raises:
         flywheel.tasks.DatasetError: the dataset cannot be read.
         flywheel.modeling.training.TrainingError: training cannot run as configured.
-        StepError: training logged no model (nothing to register).
     """
     from flywheel.modeling.training import train
     from flywheel.monitoring.reference import build_reference
@@ -250,35 +291,22 @@ def train_candidate(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    epochs = params.train.epochs
-
-    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        say(f"epoch {epoch}/{epochs}: {epoch_line(metrics, params.train.monitor)}")
-
-    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as scratch:
-        result = train(
-            params,
-            Path(dataset_dir),
-            out_dir=Path(scratch),
-            data_version=data_version or None,
-            progress=False,
-            on_epoch_end=report_epoch,
-        )
+    result = train(
+        params,
+        Path(dataset_dir),
+        out_dir=out_dir,
+        resume=resume,
+        data_version=data_version or None,
+        log_model=log_model,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+    )
     if result.run_id is None or result.model_uri is None:
-        raise StepError("training finished without logging a model; nothing to register")
-    reference = build_reference(result.model_uri, result.run_id, dataset_dir)
-    say(
-        f"reference profile: {reference.rows} images of {'+'.join(reference.splits)} through "
-        f"the exported model ({reference.seconds:.1f} s) → run artifact {reference.artifact}"
-    )
+        return TrainedModel(result)
+    with (status or _quiet)("reference profile: train + val through the exported model"):
+        reference = build_reference(result.model_uri, result.run_id, dataset_dir)
     name = params.evaluate.registered_model
-    run_id = os.environ.get(PIPELINE_RUN_ID_ENV) or "unknown"
-    version = register(
-        result.model_uri,
-        name,
-        tags=run_lineage(result.run_id),
-        reason=f"trained by pipeline run {run_id}",
-    )
+    version = register(result.model_uri, name, tags=run_lineage(result.run_id), reason=reason)
     best = next((row for row in result.history if int(row["epoch"]) == result.best_epoch), {})
     candidate = RegisteredCandidate(
         name=name,
@@ -291,11 +319,58 @@ def train_candidate(
         epochs_run=result.epochs_run,
         metrics={k: float(v) for k, v in best.items() if k != "epoch"},
     )
+    return TrainedModel(result, reference, candidate)
+
+
+def train_candidate(
+    params: Params,
+    dataset_dir: str | Path,
+    *,
+    data_version: str,
+    model_out: Path,
+    metrics_out: Path,
+) -> RegisteredCandidate:
+    """The pipeline's train step: `train_and_register`, with the step's outputs and progress lines.
+
+    Checkpoints go to a scratch folder that is removed afterwards: the best model
+    is in MLflow, the learning curves and history in the run. Prints one line per
+    epoch. `model_out` receives the version's metadata as JSON (the Model
+    artifact's content: a pointer into the registry), `metrics_out` the best
+    epoch's metrics as JSON (an output without a file counts as missing, and
+    the local runner's cache then never hits).
+
+    Raises:
+        flywheel.tasks.DatasetError: the dataset cannot be read.
+        flywheel.modeling.training.TrainingError: training cannot run as configured.
+        StepError: training logged no model (nothing to register).
+    """
+    epochs = params.train.epochs
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        say(f"epoch {epoch}/{epochs}: {epoch_line(metrics, params.train.monitor)}")
+
+    run_id = os.environ.get(PIPELINE_RUN_ID_ENV) or "unknown"
+    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as scratch:
+        trained = train_and_register(
+            params,
+            dataset_dir,
+            out_dir=Path(scratch),
+            data_version=data_version,
+            reason=f"trained by pipeline run {run_id}",
+            on_epoch_end=report_epoch,
+        )
+    candidate, reference, result = trained.candidate, trained.reference, trained.training
+    if candidate is None or reference is None:
+        raise StepError("training finished without logging a model; nothing to register")
+    say(
+        f"reference profile: {reference.rows} images of {'+'.join(reference.splits)} through "
+        f"the exported model ({reference.seconds:.1f} s) → run artifact {reference.artifact}"
+    )
     write_json(model_out, candidate.metadata())
     write_json(metrics_out, candidate.metrics)
     say(
-        f"registered {name} version {version} (run {result.run_id}); best "
-        f"{result.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}"
+        f"registered {candidate.name} version {candidate.version} (run {candidate.run_id}); "
+        f"best {result.monitor} {result.best_metric:.4f} at epoch {result.best_epoch}"
     )
     return candidate
 
