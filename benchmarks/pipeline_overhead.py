@@ -104,12 +104,12 @@ def state(folder: Path) -> Iterator[None]:
 
 def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str, float]:
     """The four steps as the components call them; seconds per step (their output is muted)."""
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
     seconds: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):
         tick = time.perf_counter()
-        data = steps.validate_data(
+        data = workflows.validate_data(
             params,
             repo,
             expected_version=version,
@@ -118,7 +118,7 @@ def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str
         )
         seconds["validate-data"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        candidate = steps.train_candidate(
+        candidate = workflows.train_candidate(
             params,
             data.exported_dir,
             data_version=data.data_version,
@@ -127,7 +127,7 @@ def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str
         )
         seconds["train-model"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        steps.judge_candidate(
+        workflows.judge_candidate(
             params,
             candidate.name,
             candidate.version,
@@ -138,7 +138,7 @@ def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str
         )
         seconds["evaluate-model"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        steps.promote_candidate(candidate.name, candidate.version)
+        workflows.promote_candidate(candidate.name, candidate.version)
         seconds["promote-model"] = time.perf_counter() - tick
     return seconds
 
@@ -161,7 +161,7 @@ def run_direct_fresh(params: Params, repo: Path, version: str, folder: Path) -> 
 
 def run_pipeline(params: Params, repo: Path, version: str) -> tuple[float, dict[str, float]]:
     """The training pipeline on the KFP local runner with caching on; wall time, per-step times."""
-    from flywheel.workflows import pipeline_arguments
+    from pipelines.arguments import pipeline_arguments
     from pipelines.catalog import get_pipeline
     from pipelines.local import run_locally
 

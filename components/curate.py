@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -20,6 +20,8 @@ def curate_samples(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    return steps.curate_samples(steps.resolve_params(params, overrides), queue_out=Path(queue.path))
+    return workflows.curate_samples(
+        workflows.resolve_params(params, overrides), queue_out=Path(queue.path)
+    )

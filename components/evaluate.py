@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -34,10 +34,10 @@ def evaluate_model(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    judgement = steps.judge_candidate(
-        steps.resolve_params(params, overrides, min_accuracy=min_accuracy),
+    judgement = workflows.judge_candidate(
+        workflows.resolve_params(params, overrides, min_accuracy=min_accuracy),
         model.metadata["name"],
         model.metadata["version"],
         dataset.path,

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -20,8 +20,8 @@ def label_samples(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    return steps.label_samples(
-        steps.resolve_params(params, overrides), Path(queue.path), labels_out=Path(labels.path)
+    return workflows.label_samples(
+        workflows.resolve_params(params, overrides), Path(queue.path), labels_out=Path(labels.path)
     )

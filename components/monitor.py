@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Metrics, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -23,10 +23,10 @@ def monitor_drift(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    result = steps.detect_drift(
-        steps.resolve_params(params, overrides),
+    result = workflows.detect_drift(
+        workflows.resolve_params(params, overrides),
         report_out=Path(report.path),
         metrics_out=Path(metrics.path),
     )

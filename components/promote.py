@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Input, Model
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -16,6 +16,6 @@ def promote_model(model: Input[Model]) -> str:
     Returns:
         The version in production afterwards.
     """
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    return steps.promote_candidate(model.metadata["name"], model.metadata["version"]).production
+    return workflows.promote_candidate(model.metadata["name"], model.metadata["version"]).production

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -29,10 +29,10 @@ def train_model(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    candidate = steps.train_candidate(
-        steps.resolve_params(params, overrides, epochs=epochs, learning_rate=learning_rate),
+    candidate = workflows.train_candidate(
+        workflows.resolve_params(params, overrides, epochs=epochs, learning_rate=learning_rate),
         dataset.path,
         data_version=dataset.metadata.get("data_version", ""),
         model_out=Path(model.path),

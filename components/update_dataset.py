@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -18,6 +18,8 @@ def update_dataset(params: str, overrides: list, repo: str, labels: Input[Datase
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    return steps.update_dataset(steps.resolve_params(params, overrides), repo, Path(labels.path))
+    return workflows.update_dataset(
+        workflows.resolve_params(params, overrides), repo, Path(labels.path)
+    )

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Output
 
-from flywheel.env import DEFAULT_IMAGE
+from flywheel.workflows import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
@@ -27,10 +27,10 @@ def validate_data(
     """
     from pathlib import Path
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
-    result = steps.validate_data(
-        steps.resolve_params(params, overrides),
+    result = workflows.validate_data(
+        workflows.resolve_params(params, overrides),
         repo,
         expected_version=data_version,
         dataset_out=Path(dataset.path),

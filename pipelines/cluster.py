@@ -177,6 +177,28 @@ def request_gpu(
     return task
 
 
+def kfp_cron(expression: str) -> str:
+    """A cron expression as Kubeflow Pipelines wants it: six fields, seconds first.
+
+    Standard five-field expressions get `0` seconds in front.
+
+    >>> kfp_cron("0 * * * *")
+    '0 0 * * * *'
+
+    Raises:
+        ValueError: neither five nor six fields.
+    """
+    fields = expression.split()
+    if len(fields) == 5:
+        return " ".join(["0", *fields])
+    if len(fields) == 6:
+        return " ".join(fields)
+    raise ValueError(
+        f"cron expression {expression!r} has {len(fields)} fields; give five "
+        "(minute hour day month weekday, e.g. '0 * * * *') or six (seconds first)"
+    )
+
+
 def compile_pipeline(pipeline: Any, package: Path) -> Path:
     """Write a built pipeline as Kubeflow Pipelines IR YAML (what the KFP UI and API accept)."""
     from kfp import compiler
@@ -221,7 +243,7 @@ def submit(
         run_name: the run's (or recurring run's) name.
         arguments: pipeline arguments.
         namespace: the Kubeflow profile namespace (multi-user installs).
-        cron: a schedule in KFP's six-field form (`flywheel.workflows.kfp_cron`); None
+        cron: a schedule in KFP's six-field form (`kfp_cron`); None
             submits a single run.
 
     Raises:

@@ -7,7 +7,7 @@ interpreter, so the installed flywheel imports; nothing is pip-installed):
 * outputs land under `<state>/kfp/outputs/<pipeline>-<timestamp>/<task>/<output>`,
   the cache under `<state>/kfp/cache` (keyed by the steps' inputs);
 * the steps get this process's MLflow store, state folder and a run id through
-  the environment (`flywheel.workflows.local_run_environment`), so runs and models
+  the environment (`local_run_environment`), so runs and models
   land where `flywheel models` and `mlflow ui` look, and carry the run id as
   lineage; each step's temporary folder goes under `<state>/kfp/tmp/<run id>`,
   removed afterwards (the runner leaves one `mktemp -d` folder per step);
@@ -25,14 +25,17 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from flywheel.env import state_dir
-from flywheel.workflows import LOG_PREFIX, local_run_environment, new_run_id
+from flywheel.env import TELEMETRY_OFF, state_dir
+from flywheel.tracking import PIPELINE_RUN_ID_ENV, resolve_tracking
+from flywheel.workflows import LOG_PREFIX
 
 EventKind = Literal["start", "cached", "done", "failed", "message"]
 
@@ -70,8 +73,8 @@ def exception_message(lines: list[str]) -> str | None:
 
     >>> exception_message(["x", "    Traceback (most recent call last):",
     ...                    '      File "a.py", line 1, in f', "        raise E('no')",
-    ...                    "    flywheel.workflows.DataGateError: no"])
-    'flywheel.workflows.DataGateError: no'
+    ...                    "    flywheel.workflows.errors.DataGateError: no"])
+    'flywheel.workflows.errors.DataGateError: no'
     """
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most")]
     if not starts:
@@ -231,6 +234,38 @@ class LocalRun:
     events: list[TaskEvent] = field(default_factory=list)
 
 
+def new_run_id(pipeline: str) -> str:
+    """A run id for a local pipeline run: `<pipeline>-local-<UTC time>-<random>`.
+
+    >>> new_run_id("training").startswith("training-local-")
+    True
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{pipeline}-local-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def local_run_environment(*, run_id: str, tmp_dir: Path) -> dict[str, str]:
+    """Environment for the local runner's step processes: this process's stores, as absolute paths.
+
+    The steps are subprocesses: they must find the same MLflow store, GX context
+    and DVC state as the process that launched them, whatever their working
+    directory, and record the pipeline run as lineage. Telemetry stays off
+    (values the user set win), output is unbuffered so logs stream, and
+    temporary files go to `tmp_dir`, which the runner removes afterwards.
+    """
+    env = {key: os.environ.get(key, value) for key, value in TELEMETRY_OFF.items()}
+    env.update(
+        {
+            "FLYWHEEL_HOME": str(state_dir().resolve()),
+            "MLFLOW_TRACKING_URI": resolve_tracking().uri,
+            PIPELINE_RUN_ID_ENV: run_id,
+            "TMPDIR": str(tmp_dir.resolve()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
 @contextlib.contextmanager
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
     """Set environment variables for the duration (the steps inherit them), then restore."""
@@ -287,7 +322,7 @@ def run_locally(
         output_tasks: pipeline output → producing step (`pipelines.catalog`).
         caching: reuse the outputs of steps whose inputs did not change (steps
             that opt out, like evaluation and promotion, always run).
-        run_id: the run id the steps record (default: `flywheel.workflows.new_run_id`).
+        run_id: the run id the steps record (default: `new_run_id`).
         on_event: called for each step start/cache hit/finish/failure and each
             line a step prints for people.
 

@@ -39,7 +39,7 @@ from flywheel.demo.simulate import simulate_traffic
 from flywheel.labeling.ground_truth import read_ground_truth
 from flywheel.registry import get_version, read_blessing, version_for_alias
 from flywheel.tracking import configure_tracking
-from flywheel.workflows import pipeline_arguments
+from pipelines.arguments import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
 from tests.project_support import make_project

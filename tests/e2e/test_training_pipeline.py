@@ -28,7 +28,8 @@ from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import track_dataset
 from flywheel.registry import read_blessing, version_for_alias
 from flywheel.tracking import configure_tracking
-from flywheel.workflows import RegisteredCandidate, pipeline_arguments
+from flywheel.workflows import RegisteredCandidate
+from pipelines.arguments import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
 from tests.project_support import make_project

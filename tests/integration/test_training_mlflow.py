@@ -353,3 +353,28 @@ def test_resume_after_kill_gives_bit_identical_weights(
     run = client.get_run(resumed.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == EPOCHS
+
+
+def test_cli_train_registers_the_candidate_with_its_reference_profile(
+    store: str, dataset: Path, tmp_path: Path
+) -> None:
+    """`flywheel train` does what the pipeline's train step does: profile, then register."""
+    from flywheel.monitoring.reference import load_reference
+    from flywheel.registry import version_for_alias
+
+    name = "test-cli-train"
+    evaluate = PARAMS.evaluate.model_copy(update={"registered_model": name})
+    params_yaml = tmp_path / "params.yaml"
+    params_yaml.write_text(
+        yaml.safe_dump(PARAMS.model_copy(update={"evaluate": evaluate}).model_dump(mode="json"))
+    )
+    args = ["train", "-p", str(params_yaml), "--dataset", str(dataset), "--out", str(tmp_path)]
+
+    done = CliRunner().invoke(app, [*args, "--set", "train.epochs=1"])
+
+    assert done.exit_code == 0, done.output
+    assert "best val_accuracy" in done.output
+    assert "reference profile:" in done.output
+    assert f"registered {name} version 1 as candidate" in done.output
+    assert version_for_alias(name, "candidate") == "1"
+    assert len(load_reference(name, "1")) > 0

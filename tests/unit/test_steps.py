@@ -18,25 +18,23 @@ import pytest
 
 from flywheel.config import ConfigError, DataPlan, GatesConfig, Params, TrainConfig
 from flywheel.evaluation import EvaluationOutcome, check_gates, evaluate_predictions
+from flywheel.evaluation.report import render_evaluation_html
 from flywheel.workflows import (
     FIRST_CLASS_PARAMETERS,
     LOG_PREFIX,
     RegisteredCandidate,
     StepError,
     evaluation_scalars,
-    kfp_cron,
-    local_run_environment,
-    new_run_id,
     params_document,
     parse_overrides,
-    pipeline_arguments,
-    render_evaluation_html,
     resolve_params,
     say,
     slice_rows,
-    split_overrides,
     write_json,
 )
+from pipelines.arguments import pipeline_arguments, split_overrides
+from pipelines.cluster import kfp_cron
+from pipelines.local import local_run_environment, new_run_id
 
 PARAMS = Params(
     data=DataPlan(name="tiny", classes=("0", "1", "2")),

@@ -273,12 +273,14 @@ def train(
     `torchrun --nproc_per_node=N $(which flywheel) train` it trains data-parallel.
     Prints the run id, the best validation metric and the logged model's URI.
     A logged model gets its reference profile for monitoring (train and val
-    images through the exported model) as a run artifact.
+    images through the exported model) as a run artifact and is registered as
+    the new 'candidate' version, as the pipeline's train step does.
     """
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
-    from flywheel.modeling.training import train as train_model
+    from flywheel.registry import RegistryError
     from flywheel.tasks import DatasetError
+    from flywheel.workflows import train_and_register
 
     p = _params(params, set_)
     data_dir = dataset or p.data.dataset_dir
@@ -286,25 +288,23 @@ def train(
     if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
         version = _describe_data_version(p.data)
     try:
-        result = train_model(
+        trained = train_and_register(
             p,
             data_dir,
             out_dir=out or state_dir() / "train",
             resume=resume,
-            data_version=version,
+            data_version=version or "",
             log_model=log_model,
+            progress=True,
+            reason="trained by flywheel train",
+            status=err_console.status,
         )
-    except (DatasetError, TrainingError) as err:
+    except (DatasetError, TrainingError, RegistryError) as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
+    result, reference, candidate = trained.training, trained.reference, trained.candidate
     if result.run_id is None:  # a DDP rank other than 0: rank 0 reports
         return
-    reference = None
-    if result.model_uri:  # monitoring compares traffic with what this model learned from
-        from flywheel.monitoring.reference import build_reference
-
-        with err_console.status("reference profile: train + val through the exported model"):
-            reference = build_reference(result.model_uri, result.run_id, data_dir)
     last = result.history[-1]
     table = Table(title=f"last epoch ({result.device})")
     for column in ("metric", "train", "val"):
@@ -331,6 +331,11 @@ def train(
         console.print(
             f"reference profile: {reference.rows} images → run artifact {reference.artifact} "
             f"({reference.seconds:.1f} s)"
+        )
+    if candidate is not None:
+        console.print(
+            f"registered [bold]{candidate.name}[/bold] version [bold]{candidate.version}[/bold]"
+            " as candidate"
         )
 
 
@@ -1298,7 +1303,7 @@ def _cluster_settings(
 
 def _arguments(pipeline: Any, p: Params, pairs: list[str], *, data_version: str, repo: str) -> Any:
     """The run's arguments, limited to the parameters this pipeline declares."""
-    from flywheel.workflows import pipeline_arguments
+    from pipelines.arguments import pipeline_arguments
 
     arguments = pipeline_arguments(p, pairs, data_version=data_version, repo=repo)
     return {k: v for k, v in arguments.items() if k in pipeline.component_spec.inputs}
@@ -1369,8 +1374,8 @@ def _print_outputs(run: Any) -> None:
 
 def _print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, test accuracy per slice, the reports, the MLflow UI."""
+    from flywheel.cli.summaries import mlflow_ui_command, summarize_training_run
     from flywheel.tracking import local_store_dir, resolve_tracking
-    from flywheel.workflows import mlflow_ui_command, summarize_training_run
 
     s = summarize_training_run(
         run.outputs["model"].metadata, run.outputs["metrics"].metadata, bool(run.outputs["blessed"])
@@ -1539,9 +1544,10 @@ def pipeline_submit(
     from datetime import UTC, datetime
 
     from flywheel.env import component_image
-    from flywheel.workflows import kfp_cron
 
     entry = _pipeline_entry(name, runnable=True)
+    from pipelines.cluster import kfp_cron
+
     if recurring != (cron is not None):
         raise typer.BadParameter("--recurring and --cron go together", param_hint="--cron")
     try:

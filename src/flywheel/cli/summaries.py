@@ -1,0 +1,99 @@
+"""What the CLI prints after a pipeline run: the training run read back, the MLflow UI command.
+
+`flywheel pipeline run training` and `flywheel demo` show what a finished
+training-pipeline run did (the version it registered, the gates' verdict, where
+production stands now, test accuracy per slice) from the run's outputs and the
+registry; the printing itself stays in the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flywheel.workflows import RegisteredCandidate, SliceRow, slice_rows
+
+
+@dataclass(frozen=True)
+class TrainingRunSummary:
+    """What a finished training-pipeline run did, for people (`flywheel demo`, `pipeline run`).
+
+    Attributes:
+        model_name: the registered model.
+        version: the candidate version the run registered (or reused from the cache).
+        run_id: its MLflow training run.
+        data_version: the data it was trained on.
+        blessed: the gates' verdict.
+        failed_gates: the gates that failed (empty when blessed).
+        champion_version: the production version it was judged against (None: first model).
+        production: the version in production after the run.
+        aliases: the aliases the candidate version holds after the run.
+        slices: test accuracy overall and per slice (with the champion's).
+    """
+
+    model_name: str
+    version: str
+    run_id: str
+    data_version: str
+    blessed: bool
+    failed_gates: tuple[str, ...]
+    champion_version: str | None
+    production: str | None
+    aliases: tuple[str, ...]
+    slices: list[SliceRow]
+
+    @property
+    def promoted(self) -> bool:
+        """The candidate is what production serves now."""
+        return self.blessed and self.production == self.version
+
+
+def summarize_training_run(
+    model: Mapping[str, Any], scalars: Mapping[str, float], blessed: bool
+) -> TrainingRunSummary:
+    """Read back what a training run did: its outputs, and the registry as it is now.
+
+    Args:
+        model: the Model artifact's metadata (`RegisteredCandidate.metadata`).
+        scalars: the evaluation Metrics artifact's metadata (`evaluation_scalars`).
+        blessed: the evaluation step's verdict.
+    """
+    from flywheel.registry import list_versions, read_blessing, version_for_alias
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    candidate = RegisteredCandidate.from_metadata(model)
+    blessing = read_blessing(candidate.name, candidate.version)
+    aliases = next(
+        (v.aliases for v in list_versions(candidate.name) if v.version == candidate.version), ()
+    )
+    return TrainingRunSummary(
+        model_name=candidate.name,
+        version=candidate.version,
+        run_id=candidate.run_id,
+        data_version=candidate.data_version,
+        blessed=blessed,
+        failed_gates=tuple(blessing.failed_gates) if blessing is not None else (),
+        champion_version=blessing.champion_version if blessing is not None else None,
+        production=version_for_alias(candidate.name, "production"),
+        aliases=tuple(aliases),
+        slices=slice_rows(scalars),
+    )
+
+
+def mlflow_ui_command(tracking_uri: str, *, port: int = 5000) -> str:
+    """The command that opens the MLflow UI on a local store (one worker: 2 cores are plenty).
+
+    >>> mlflow_ui_command("sqlite:////p/.flywheel/mlflow/mlflow.db").split()[1:4]
+    ['ui', '--backend-store-uri', 'sqlite:////p/.flywheel/mlflow/mlflow.db']
+    """
+    mlflow = Path(sys.executable).parent / "mlflow"
+    with contextlib.suppress(ValueError):
+        mlflow = mlflow.relative_to(Path.cwd())
+    return (
+        f"{mlflow} ui --backend-store-uri {tracking_uri} --workers 1 --host 127.0.0.1 --port {port}"
+    )

@@ -1,0 +1,101 @@
+"""The evaluation as one self-contained HTML page: what the KFP UI shows for the evaluation step.
+
+Tables (per slice, with the champion beside the candidate; every gate) and the
+per-slice accuracy bars and confusion matrix as inline PNGs, so the page needs
+no external resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from flywheel.config import GatesConfig
+    from flywheel.evaluation import EvaluationOutcome
+
+
+def figure_png_base64(fig: Figure) -> str:
+    """A matplotlib figure as a base64 PNG, for an `<img src="data:image/png;base64,...">`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_evaluation_html(outcome: EvaluationOutcome, gates: GatesConfig) -> str:
+    """The evaluation as one self-contained HTML page (the KFP UI renders HTML artifacts).
+
+    Verdict, per-slice table (with the champion beside the candidate), every gate
+    with value, threshold and detail, the notes, and the per-slice accuracy bars
+    and confusion matrix as inline PNGs — no external resources.
+    """
+    from flywheel.evaluation import plot_confusion_matrix, plot_slice_accuracy
+
+    report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
+    title = f"{blessing.model_name or ''} version {blessing.candidate_version or '?'}".strip()
+    verdict = (
+        '<p class="ok">blessed: every gate passed</p>'
+        if blessing.blessed
+        else f'<p class="bad">not blessed; failed: {html.escape(", ".join(blessing.failed_gates))}'
+        "</p>"
+    )
+    champ = blessing.champion_version
+    slice_headers = ["slice", "images", "accuracy", "macro-F1", "ECE"]
+    if champion is not None:
+        slice_headers.append(f"champion v{champ} accuracy")
+    slice_table = []
+    for name, m in [("all", report.overall), *report.slices.items()]:
+        row = [name, str(m.n), f"{m.accuracy:.4f}", f"{m.macro_f1:.4f}", f"{m.ece:.4f}"]
+        if champion is not None:
+            theirs = champion.overall if name == "all" else champion.slices.get(name)
+            row.append("-" if theirs is None else f"{theirs.accuracy:.4f}")
+        slice_table.append(row)
+    gate_rows = [
+        [
+            g.name,
+            f"{g.value:.4f}",
+            f"{g.comparison} {g.threshold:.4f}",
+            "pass" if g.passed else "FAIL",
+            g.detail,
+        ]
+        for g in blessing.gates
+    ]
+    bars = figure_png_base64(plot_slice_accuracy(report, champion, gates.min_slice_accuracy))
+    confusion = figure_png_base64(plot_confusion_matrix(report.overall, report.classes))
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in blessing.notes)
+    against = f"production version {champ}" if champ else "no production model (first model)"
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>evaluation: {html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+.ok {{ color: #176f2c; font-weight: bold; }} .bad {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>Evaluation of {html.escape(title)}</h1>
+<p>{html.escape(report.split)} split, {report.overall.n} images, against
+{html.escape(against)}; evaluated {html.escape(blessing.evaluated_at)}.</p>
+{verdict}
+<h2>Accuracy per slice</h2>
+{_html_table(slice_headers, slice_table)}
+<img alt="accuracy per slice" src="data:image/png;base64,{bars}">
+<h2>Gates</h2>
+{_html_table(["gate", "value", "threshold", "verdict", "detail"], gate_rows)}
+<ul>{notes}</ul>
+<h2>Confusion matrix</h2>
+<img alt="confusion matrix" src="data:image/png;base64,{confusion}">
+</body></html>
+"""

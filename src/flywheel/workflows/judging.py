@@ -1,0 +1,162 @@
+"""Judging a candidate: evaluate it against `production`, let the gates bless it or not.
+
+`judge_candidate` is the evaluation step; `evaluation_scalars` flattens its
+outcome into the Metrics artifact the KFP UI shows, and `slice_rows` reads the
+per-slice table back from those scalars (what the CLI prints after a run).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flywheel.config import Params
+from flywheel.workflows.output import say, write_json
+
+if TYPE_CHECKING:
+    from flywheel.evaluation import EvaluationOutcome
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    """One line of the per-slice table: the whole split (`all`) or one slice."""
+
+    name: str
+    images: int
+    accuracy: float
+    champion_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The evaluation step's result, as plain values for the KFP outputs.
+
+    Attributes:
+        blessed: every gate passed.
+        summary: the blessing in one line (`blessed: 7/7 gates passed`, or the failures).
+        failed_gates: names of the failed gates.
+        champion_version: the `production` version it was compared with (None: first model).
+        scalars: the Metrics artifact's values (`evaluation_scalars`).
+        classes: class names, the confusion matrix's order.
+        confusion: `(K, K)` counts, rows true classes.
+    """
+
+    blessed: bool
+    summary: str
+    failed_gates: tuple[str, ...]
+    champion_version: str | None
+    scalars: dict[str, float]
+    classes: tuple[str, ...]
+    confusion: list[list[int]]
+
+
+def judge_candidate(
+    params: Params,
+    name: str,
+    version: str,
+    dataset_dir: str | Path,
+    *,
+    report_out: Path,
+    metrics_out: Path,
+    confusion_out: Path,
+) -> Judgement:
+    """Evaluate a registered version against `production` and let the gates bless it or not.
+
+    The verdict is recorded on the version (`flywheel.evaluation.evaluate_candidate`);
+    `report_out` receives a self-contained HTML report (tables and pictures inline),
+    `metrics_out` the scalars and `confusion_out` the confusion matrix, as JSON.
+
+    Raises:
+        flywheel.registry.RegistryError: no such model or version.
+        flywheel.evaluation.EvaluationError: the models or the data cannot be evaluated.
+    """
+    from flywheel.evaluation import evaluate_candidate
+    from flywheel.evaluation.report import render_evaluation_html
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    outcome = evaluate_candidate(name, version, dataset_dir, params.evaluate, progress=False)
+    report_out.parent.mkdir(parents=True, exist_ok=True)
+    report_out.write_text(render_evaluation_html(outcome, params.evaluate.gates))
+    blessing = outcome.blessing
+    say(f"{name} version {version}: {blessing.summary()}")
+    judgement = Judgement(
+        blessed=blessing.blessed,
+        summary=blessing.summary(),
+        failed_gates=tuple(blessing.failed_gates),
+        champion_version=blessing.champion_version,
+        scalars=evaluation_scalars(outcome),
+        classes=tuple(outcome.report.classes),
+        confusion=[list(row) for row in outcome.report.overall.confusion],
+    )
+    write_json(metrics_out, judgement.scalars)
+    write_json(confusion_out, {"classes": list(judgement.classes), "matrix": judgement.confusion})
+    return judgement
+
+
+def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
+    """Flat scalars for the KFP Metrics artifact: overall, per slice, the champion's, the verdict.
+
+    Names: `accuracy`, `macro_f1`, `ece`, `images`, `accuracy[<slice>]`,
+    `images[<slice>]`, `champion_accuracy`, `champion_accuracy[<slice>]`,
+    `blessed` (1 or 0) and `gates_failed`. `slice_rows` reads them back.
+    """
+    report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
+    out = {
+        "accuracy": report.overall.accuracy,
+        "macro_f1": report.overall.macro_f1,
+        "ece": report.overall.ece,
+        "images": float(report.overall.n),
+    }
+    for name, m in report.slices.items():
+        out[f"accuracy[{name}]"] = m.accuracy
+        out[f"images[{name}]"] = float(m.n)
+    if champion is not None:
+        out["champion_accuracy"] = champion.overall.accuracy
+        for name, m in champion.slices.items():
+            if name in report.slices:
+                out[f"champion_accuracy[{name}]"] = m.accuracy
+    out["blessed"] = float(blessing.blessed)
+    out["gates_failed"] = float(len(blessing.failed_gates))
+    return out
+
+
+_SLICED = re.compile(r"^(?P<metric>\w+)\[(?P<slice>.+)\]$")
+
+
+def slice_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
+    """The per-slice table back from `evaluation_scalars`' names.
+
+    `all` first, then single-column slices, then combinations, each by name.
+
+    >>> rows = slice_rows({"accuracy": 0.9, "images": 10.0,
+    ...                    "accuracy[style=a,noise=b]": 0.7, "images[style=a,noise=b]": 2.0,
+    ...                    "accuracy[style=a]": 0.8, "images[style=a]": 5.0})
+    >>> [(r.name, r.images, r.accuracy, r.champion_accuracy) for r in rows]
+    [('all', 10, 0.9, None), ('style=a', 5, 0.8, None), ('style=a,noise=b', 2, 0.7, None)]
+    """
+    slices: list[SliceRow] = []
+    for key, value in scalars.items():
+        match = _SLICED.match(key)
+        if match and match["metric"] == "accuracy":
+            name = match["slice"]
+            slices.append(
+                SliceRow(
+                    name,
+                    int(scalars.get(f"images[{name}]", 0)),
+                    float(value),
+                    scalars.get(f"champion_accuracy[{name}]"),
+                )
+            )
+    # KFP does not keep the order of metadata keys: single columns first, then combinations.
+    slices.sort(key=lambda row: (row.name.count(","), row.name))
+    overall = SliceRow(
+        "all",
+        int(scalars.get("images", 0)),
+        float(scalars["accuracy"]),
+        scalars.get("champion_accuracy"),
+    )
+    return [overall, *slices]

@@ -1,0 +1,133 @@
+"""The retraining loop in front of training: detect drift → curate → label → update the dataset.
+
+The `flywheel` pipeline runs these steps, then the training workflow
+(`flywheel.workflows.training`) on the new data version: `detect_drift`
+(Evidently against the serving version's reference profile), `curate_samples`
+(active learning), `label_samples` (the oracle, through a Label Studio export)
+and `update_dataset` (merge, data gate, `dvc add`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flywheel.config import Params
+from flywheel.workflows.output import say, write_json
+
+if TYPE_CHECKING:
+    from flywheel.monitoring import MonitorResult
+
+
+def detect_drift(
+    params: Params, *, report_out: Path, metrics_out: Path | None = None
+) -> MonitorResult:
+    """Compare the recent prediction log with the serving version's reference (`flywheel monitor`).
+
+    The window is the last `monitor.window_hours` of the log under the state
+    folder; the Evidently report goes to `report_out` and the snapshot into the
+    workspace, `metrics_out` receives `MonitorResult.scalars()` as JSON.
+
+    Raises:
+        flywheel.monitoring.NotEnoughDataError: too few predictions to decide.
+        flywheel.monitoring.ReferenceNotFoundError: the served version has no profile.
+    """
+    from rich.console import Console
+
+    from flywheel.monitoring import monitor, result_table
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    result = monitor(params, report_path=report_out)
+    Console(file=sys.stdout, width=120, color_system=None).print(result_table(result))
+    if metrics_out is not None:
+        write_json(metrics_out, result.scalars())
+    reasons = f" ({', '.join(result.check.reasons)})" if result.drift else ""
+    say(
+        f"{result.model_name} version {result.model_version}, {result.window_size} predictions: "
+        f"{'DRIFT' + reasons if result.drift else 'no drift'}"
+    )
+    return result
+
+
+LABELS_FILE = "labels.parquet"
+"""The labels one labelling step hands to the next (in its `labels` output folder)."""
+
+
+def curate_samples(params: Params, *, queue_out: Path) -> int:
+    """Choose the logged samples worth labelling; write the labelling queue; return its size.
+
+    `flywheel.curation.curate_batch` with params.yaml's `curate` settings over
+    the whole prediction log (what is already queued or labelled is skipped).
+    The batch goes to the labelling queue and is copied, with the labelling
+    config, into `queue_out` (a folder) for the next step.
+    """
+    from flywheel.curation import curate_batch
+    from flywheel.labeling import LABEL_CONFIG_NAME
+
+    result = curate_batch(params, progress=False)
+    queue_out.mkdir(parents=True, exist_ok=True)
+    if result.queue_file is None:
+        say(f"nothing to curate: every logged image is queued or labelled ({result.excluded})")
+        return 0
+    shutil.copy2(result.queue_file, queue_out / result.queue_file.name)
+    shutil.copy2(result.queue_file.parent / LABEL_CONFIG_NAME, queue_out / LABEL_CONFIG_NAME)
+    say(
+        f"queued {len(result.selected)} of {result.candidates} candidates "
+        f"({result.strategy}, spread over {result.space}): batch {result.batch_id}"
+    )
+    return len(result.selected)
+
+
+def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
+    """Label the queue (an oracle in the demo); write the labels; return how many.
+
+    `label.labeler: oracle` answers the batches in `queue_dir` from the
+    simulator's truth through a Label Studio export (`flywheel.labeling.label_with_oracle`);
+    the export and `labels.parquet` (the labels recorded) go to `labels_out`.
+    """
+    import pandas as pd
+
+    from flywheel.labeling import LABEL_COLUMNS, label_with_oracle
+
+    labels_out.mkdir(parents=True, exist_ok=True)
+    result = label_with_oracle(params, queue=queue_dir, export_dir=labels_out)
+    labels = (
+        result.imported.labels
+        if result.imported is not None
+        else pd.DataFrame(columns=list(LABEL_COLUMNS))
+    )
+    labels.to_parquet(labels_out / LABELS_FILE, index=False)
+    say(
+        f"oracle answered {result.answered} of {result.tasks} pending tasks "
+        f"({len(result.unanswered)} without truth)"
+    )
+    return len(labels)
+
+
+def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
+    """Merge the labels into a new dataset version (`dvc add` + push); return the version.
+
+    Reads `labels.parquet` of the labelling step from `labels_dir` and calls
+    `flywheel.data.merge.update_dataset`; the merged dataset passes the data
+    gate or nothing is recorded. No new labels: the version stays.
+    """
+    import pandas as pd
+
+    from flywheel.data.merge import update_dataset as merge_and_track
+
+    path = labels_dir / LABELS_FILE
+    labels = (
+        pd.read_parquet(path)
+        if path.is_file()
+        else pd.DataFrame(columns=["request_id", "index", "label"])
+    )
+    update = merge_and_track(params, repo, labels)
+    added = update.merge.added_per_split()
+    say(
+        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}; "
+        f"data version {update.version}" + ("" if update.changed else " (unchanged)")
+    )
+    return update.version

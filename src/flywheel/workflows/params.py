@@ -1,0 +1,100 @@
+"""The configuration a step runs with, from the parameters a pipeline run carries.
+
+A pipeline run carries the whole params.yaml as one parameter (`params_document`,
+so a cached step's key changes whenever any value does), the run's `--set` pairs,
+and a few values as parameters of their own (`FIRST_CLASS_PARAMETERS`); each step
+reads them back with `resolve_params`. Building a run's arguments is the
+pipelines' (`pipelines.arguments`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from flywheel.config import ConfigError, Params, parse_params
+
+FIRST_CLASS_PARAMETERS: dict[str, str] = {
+    "epochs": "train.epochs",
+    "learning_rate": "train.lr",
+    "min_accuracy": "evaluate.gates.min_accuracy",
+}
+"""Pipeline parameters of their own (shown and editable one by one in the KFP UI) → params key."""
+
+
+def params_document(params: Params) -> str:
+    """params as the one-line JSON text the pipelines carry in their `params` parameter.
+
+    Text rather than a mapping because KFP's parameters cannot hold nulls, and
+    params.yaml has them (`null` turns a gate off); one line because the KFP
+    compiler copies defaults into a YAML comment and a line break there breaks
+    the compiled file. Every key is written out, so a run shows the whole
+    configuration it used. Keys are sorted: the text is part of the cache key of
+    every step, and the same configuration must always read the same.
+    """
+    return json.dumps(params.model_dump(mode="json"), sort_keys=True, allow_nan=False)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`dotted.key=value` pairs (the CLI's `--set`) into a mapping; values are read as YAML.
+
+    >>> parse_overrides(["train.epochs=3", "evaluate.gates.max_ece=null"])
+    {'train.epochs': 3, 'evaluate.gates.max_ece': None}
+
+    Raises:
+        ConfigError: a pair without `=` or key, or a value that is not YAML.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r}: expected dotted.key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {pair!r}: the value is not YAML: {err}") from None
+    return out
+
+
+def resolve_params(
+    params: str | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    min_accuracy: float | None = None,
+) -> Params:
+    """The configuration a step runs with: params.yaml, the overrides, then the first-class ones.
+
+    The pipeline carries the whole params.yaml as one parameter (so a cached
+    step's key changes whenever any value does), the `--set` pairs of the run,
+    and a few values as parameters of their own; those win over both.
+
+    Args:
+        params: params.yaml as JSON text (the pipeline's `params`) or as a mapping.
+        overrides: `dotted.key=value` pairs, e.g. `["train.batch_size=64"]`.
+        epochs: `train.epochs`, when given.
+        learning_rate: `train.lr`, when given.
+        min_accuracy: `evaluate.gates.min_accuracy`, when given.
+
+    Raises:
+        ConfigError: not JSON, or the result does not match the schema (names the key).
+    """
+    if isinstance(params, str):
+        try:
+            raw = json.loads(params)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"pipeline parameter params: not valid JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("pipeline parameter params: expected a mapping at the top level")
+    else:
+        raw = dict(params)
+    merged = parse_overrides(overrides)
+    given = {"epochs": epochs, "learning_rate": learning_rate, "min_accuracy": min_accuracy}
+    for name, value in given.items():
+        if value is not None:
+            merged[FIRST_CLASS_PARAMETERS[name]] = value
+    return parse_params(raw, merged, source="pipeline parameters")
