@@ -201,7 +201,12 @@ def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, 
     params = params.model_copy(
         update={
             "curate": params.curate.model_copy(update={"budget": 8}),
-            "label": params.label.model_copy(update={"dir": tmp_path / "labeling"}),
+            "label": params.label.model_copy(
+                update={
+                    "dir": tmp_path / "labeling",
+                    "labeler": "flywheel.demo.oracle:OracleLabeler",
+                }
+            ),
         }
     )
     first = data_version(repo, PLAN)
