@@ -29,6 +29,7 @@ PLAN = DataPlan(
     image_size=16,
     strata=Strata(style=("handwritten", "printed"), noise=("clean", "shadow")),
     per_stratum={"train": 8, "val": 4, "test": 4},
+    generator="flywheel.demo.collect:collect_dataset",  # params.yaml's: the first version
 )
 DRIFT = Scenario(mix={"handwritten/shadow": 0.8, "printed/clean": 0.2}, severity={"shadow": 1.5})
 

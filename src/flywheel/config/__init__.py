@@ -95,6 +95,7 @@ class DataPlan(_Frozen):
     per_stratum: dict[Split, int] = Field(default_factory=lambda: _default_counts())
     source_shares: dict[SourcePool, float] = Field(default_factory=lambda: _default_shares())
     noise: NoiseStrength = NoiseStrength()
+    generator: str | None = None  # package.module:function(plan, root) that regenerates data/
 
     @field_validator("per_stratum")
     @classmethod
