@@ -13,6 +13,7 @@ import pandas as pd
 from flywheel.curation.strategies import EPS, CurationError, check_probabilities
 from flywheel.labeling import Key
 from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.monitoring.prediction_log import RECORD_FIELDS
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,10 @@ class Candidates:
         return len(self.frame)
 
 
-FRAME_COLUMNS = (
-    "request_id",
-    "index",
-    "time",
-    "model_name",
-    "model_version",
-    "label",
-    "confidence",
-    "image_path",
+FRAME_COLUMNS: tuple[str, ...] = tuple(
+    c for c in RECORD_FIELDS if c not in ("probabilities", "embedding", "features")
 )
+"""The prediction log's fields kept per candidate (the arrays go to `Candidates`)."""
 
 
 def load_candidates(

@@ -16,7 +16,6 @@ step imports the exports that hold queued tasks.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from flywheel.labeling.ground_truth import (
     read_ground_truth,
     write_ground_truth,
 )
-from flywheel.labeling.queue import Key, exports_dir, queued_keys, task_key
+from flywheel.labeling.queue import Key, exports_dir, queued_keys, read_json, task_key
 
 
 class LabelImportError(ValueError):
@@ -226,12 +225,7 @@ def read_export(path: Path) -> Any:
     Raises:
         LabelImportError: the file is missing or not JSON.
     """
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LabelImportError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LabelImportError(f"{path}: not a JSON file: {err}") from None
+    return read_json(path, LabelImportError)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,22 @@ def write_json_atomic(path: Path, value: Any) -> Path:
     return path
 
 
+def read_json(path: Path, error: type[ValueError], *, missing: str = "no such file") -> Any:
+    """The parsed JSON of a file; a missing or unreadable file raises `error` naming it.
+
+    Args:
+        path: the file.
+        error: the exception to raise (`QueueError`, `LabelImportError`).
+        missing: what a missing file is called in the message.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not a JSON file: {err}") from None
+
+
 def task_key(task: Mapping[str, Any]) -> Key | None:
     """`(request_id, index)` of a task's `data`, None when either is missing or malformed."""
     data = task.get("data")
@@ -74,12 +90,7 @@ def read_batch(path: Path) -> list[dict[str, Any]]:
     Raises:
         QueueError: the file is missing, not JSON, or not a list of tasks with keys.
     """
-    try:
-        tasks = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QueueError(f"{path}: no such queue batch") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise QueueError(f"{path}: not a JSON file: {err}") from None
+    tasks = read_json(path, QueueError, missing="no such queue batch")
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise QueueError(f"{path}: a queue batch is a JSON list of Label Studio tasks")
     for position, task in enumerate(tasks):

@@ -72,7 +72,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         raise ValueError(
             f"{text!r} is neither an ISO time (2026-11-23T07:30) nor a duration (90m, 2h, 1d)"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return as_utc(when)
 
 
 def read_table(
