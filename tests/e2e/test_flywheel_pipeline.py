@@ -25,6 +25,7 @@ from flywheel.config import (
     DataPlan,
     EvaluateConfig,
     GatesConfig,
+    LabelConfig,
     ModelConfig,
     MonitorConfig,
     Params,
@@ -75,6 +76,7 @@ PARAMS = Params(
     ),
     monitor=MonitorConfig(min_window_size=40),
     curate=CurateConfig(budget=24, strategy="margin"),
+    label=LabelConfig(labeler="flywheel.demo.oracle:OracleLabeler"),  # the demo's labeller
     simulate=SimulateConfig(concurrency=4),
 )
 DRIFTED_REQUESTS = 80

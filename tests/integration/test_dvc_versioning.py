@@ -21,6 +21,8 @@ from flywheel.data.versioning import (
 
 pytestmark = pytest.mark.slow
 
+DEMO_GENERATOR = "flywheel.demo.collect:collect_dataset"  # params.yaml's data.generator
+
 
 def _dvc(repo: Path, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
@@ -32,6 +34,7 @@ def plan() -> DataPlan:
         seed=7,
         strata=Strata(style=("handwritten", "printed"), noise=("clean", "blur")),
         per_stratum={"train": 10, "val": 4, "test": 4},
+        generator=DEMO_GENERATOR,
     )
 
 
@@ -129,3 +132,25 @@ def test_regenerated_data_that_differs_is_an_error(repo: Path, plan: DataPlan) -
 def test_data_version_without_pointer_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataVersionError, match="not found"):
         data_version(tmp_path)
+
+
+def test_without_a_generator_missing_data_is_a_clear_error(repo: Path, plan: DataPlan) -> None:
+    _, version = ensure_dataset(plan, repo)
+    for gone in ("data", ".dvc/cache"):
+        shutil.rmtree(repo / gone)
+    shutil.rmtree(repo.parent / "remote")
+
+    with pytest.raises(DataVersionError, match=rf"did not restore .*{version}.*data\.generator"):
+        ensure_dataset(plan.model_copy(update={"generator": None}), repo)
+    assert not (repo / "data").exists()
+
+
+def test_without_a_generator_or_a_pointer_file_nothing_is_made(repo: Path, plan: DataPlan) -> None:
+    with pytest.raises(DataVersionError, match=r"no data\.dvc .*flywheel data track"):
+        ensure_dataset(plan.model_copy(update={"generator": None}), repo)
+    assert not (repo / "data").exists()
+
+
+def test_a_generator_that_cannot_be_imported_is_named(repo: Path, plan: DataPlan) -> None:
+    with pytest.raises(DataVersionError, match=r"data\.generator 'flywheel\.nowhere:make'"):
+        ensure_dataset(plan.model_copy(update={"generator": "flywheel.nowhere:make"}), repo)

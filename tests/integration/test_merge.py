@@ -29,6 +29,7 @@ PLAN = DataPlan(
     image_size=16,
     strata=Strata(style=("handwritten", "printed"), noise=("clean", "shadow")),
     per_stratum={"train": 8, "val": 4, "test": 4},
+    generator="flywheel.demo.collect:collect_dataset",  # params.yaml's: the first version
 )
 DRIFT = Scenario(mix={"handwritten/shadow": 0.8, "printed/clean": 0.2}, severity={"shadow": 1.5})
 
@@ -201,7 +202,12 @@ def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, 
     params = params.model_copy(
         update={
             "curate": params.curate.model_copy(update={"budget": 8}),
-            "label": params.label.model_copy(update={"dir": tmp_path / "labeling"}),
+            "label": params.label.model_copy(
+                update={
+                    "dir": tmp_path / "labeling",
+                    "labeler": "flywheel.demo.oracle:OracleLabeler",
+                }
+            ),
         }
     )
     first = data_version(repo, PLAN)

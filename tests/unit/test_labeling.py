@@ -10,13 +10,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from flywheel.config import LabelConfig
+from flywheel.config import DataPlan, LabelConfig, Params
+from flywheel.demo.oracle import OracleLabeler, answer_tasks
 from flywheel.labeling import (
+    LABEL_COLUMNS,
+    LabelerError,
     LabelImportError,
+    LabelStudioExportLabeler,
     QueueError,
-    answer_tasks,
     import_labels,
     label_config_xml,
+    labeler_for,
     parse_export,
     queue_batches,
     read_batch,
@@ -193,6 +197,97 @@ def test_the_oracle_answers_what_it_knows_as_an_export() -> None:
     parsed = parse_export(export, CLASSES, from_name="label")
     assert parsed.labels[["request_id", "label"]].values.tolist() == [["r1", "2"]]
     assert parsed.unlabelled == ("2",)
+
+
+# ------------------------------------------------------------------ labellers
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("label-studio-export", LabelStudioExportLabeler),
+        ("flywheel.labeling.label_studio:LabelStudioExportLabeler", LabelStudioExportLabeler),
+        ("flywheel.demo.oracle:OracleLabeler", OracleLabeler),
+    ],
+)
+def test_the_labeller_comes_from_configuration(name: str, expected: type) -> None:
+    assert type(labeler_for(LabelConfig(labeler=name))) is expected
+
+
+def test_the_default_labeller_is_the_label_studio_import() -> None:
+    assert isinstance(labeler_for(LabelConfig()), LabelStudioExportLabeler)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("oracle", "expected one of \\['label-studio-export'\\] or a class path"),
+        ("flywheel.nowhere:Labeler", "cannot import flywheel.nowhere:Labeler"),
+        ("flywheel.labeling:read_labels", "not a concrete subclass"),
+        ("flywheel.labeling:Labeler", "not a concrete subclass"),
+    ],
+)
+def test_an_unusable_labeller_is_named(name: str, message: str) -> None:
+    with pytest.raises(LabelerError, match=message):
+        labeler_for(LabelConfig(labeler=name))
+
+
+def test_the_export_labeller_imports_the_exports_holding_queued_tasks(tmp_path: Path) -> None:
+    queue, exports, out, gt = (tmp_path / d for d in ("queue", "exports", "out", "gt"))
+    queue.mkdir()
+    exports.mkdir()
+    (queue / "b1.json").write_text(json.dumps([_task(1, "r1", 0), _task(2, "r2", 0)]))
+    (exports / "a.json").write_text(json.dumps([_task(1, "r1", 0, _annotation("2"))]))
+    (exports / "b.json").write_text(
+        json.dumps([_task(1, "r1", 0, _annotation("1")), _task(9, "r9", 0, _annotation("0"))])
+    )
+    (exports / "other.json").write_text(json.dumps([_task(5, "r5", 0, _annotation("0"))]))
+    params = Params(data=DataPlan(classes=CLASSES))
+    labeler = LabelStudioExportLabeler(source=exports)
+
+    result = labeler.label(params, queue, export_dir=out, gt_root=gt)
+
+    # r1 is relabelled by the later export; r9 is not queued; r2 is not labelled yet.
+    assert result.labels[["request_id", "index", "label"]].values.tolist() == [["r1", 0, "1"]]
+    assert result.exports == (out / "a.json", out / "b.json")
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
+    assert result.summary.startswith("1 of 2 queued tasks labelled in 2 Label Studio exports")
+    labels = read_labels(gt).set_index("request_id")["label"].to_dict()
+    assert labels == {"r1": "1", "r9": "0"}  # whole exports are imported
+    assert len(read_ground_truth(gt)) == 2  # r1 once: the later export's label
+    assert set(read_ground_truth(gt)["origin"]) == {"label-studio"}
+
+    again = labeler.label(params, queue, export_dir=out, gt_root=gt)
+    assert again.summary.endswith("(0 new labels)")
+    assert len(list(gt.glob("*.parquet"))) == 1  # one file per run; nothing new the second time
+
+
+def test_the_export_labeller_with_no_exports_labels_nothing(tmp_path: Path) -> None:
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "b1.json").write_text(json.dumps([_task(1, "r1", 0)]))
+    result = LabelStudioExportLabeler(source=tmp_path / "none").label(
+        Params(data=DataPlan(classes=CLASSES)),
+        tmp_path / "queue",
+        export_dir=tmp_path / "out",
+        gt_root=tmp_path / "gt",
+    )
+    assert result.labels.empty
+    assert list(result.labels.columns) == list(LABEL_COLUMNS)
+    assert result.exports == ()
+
+
+def test_the_export_labeller_refuses_a_broken_export(tmp_path: Path) -> None:
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "b1.json").write_text(json.dumps([_task(1, "r1", 0)]))
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "x.json").write_text("{not json")
+    with pytest.raises(LabelImportError, match=r"x\.json: not a JSON file"):
+        LabelStudioExportLabeler(source=tmp_path / "exports").label(
+            Params(data=DataPlan(classes=CLASSES)),
+            tmp_path / "queue",
+            export_dir=tmp_path / "out",
+            gt_root=tmp_path / "gt",
+        )
 
 
 def test_queue_batches_and_a_missing_batch(tmp_path: Path) -> None:

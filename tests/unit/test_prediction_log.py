@@ -322,7 +322,7 @@ def test_a_part_compacted_while_the_window_is_read_is_read_from_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer's compactor may replace a part between listing the folder and reading it."""
-    import flywheel.monitoring.prediction_log as prediction_log
+    import flywheel.monitoring.prediction_log.reader as prediction_log
 
     with PredictionLogger(tmp_path, compact_closed=False) as log:
         for i in range(3):

@@ -926,7 +926,8 @@ def label_oracle(
     The export (under <label dir>/exports/) is imported with `label import`'s
     code, as a person's would be. Tasks the simulator did not send stay unlabelled.
     """
-    from flywheel.labeling import LabelImportError, QueueError, label_with_oracle
+    from flywheel.demo.oracle import label_with_oracle
+    from flywheel.labeling import LabelImportError, QueueError
 
     p = _params(params)
     try:

@@ -95,6 +95,7 @@ class DataPlan(_Frozen):
     per_stratum: dict[Split, int] = Field(default_factory=lambda: _default_counts())
     source_shares: dict[SourcePool, float] = Field(default_factory=lambda: _default_shares())
     noise: NoiseStrength = NoiseStrength()
+    generator: str | None = None  # package.module:function(plan, root) that regenerates data/
 
     @field_validator("per_stratum")
     @classmethod
@@ -417,7 +418,7 @@ class LabelConfig(_Frozen):
     dir: Path | None = None  # queue/, exports/, label_config.xml (None: <state dir>/labeling)
     from_name: str = Field("label", min_length=1)  # the Choices control holding the class
     to_name: str = Field("image", min_length=1)  # the Image object it labels
-    labeler: Literal["oracle"] = "oracle"  # who answers the pipeline's queue (the demo's oracle)
+    labeler: str = Field("label-studio-export", min_length=1)  # short name or package.module:Class
 
 
 class MergeConfig(_Frozen):

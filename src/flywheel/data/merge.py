@@ -387,9 +387,9 @@ def update_dataset(
         flywheel.data.versioning.DataVersionError: `data/` holds unrecorded changes.
         MergeError: the merged dataset fails the data gate (nothing is recorded).
     """
-    from flywheel.monitoring.prediction_log import predictions_dir
     from flywheel.data.versioning import ensure_dataset, track_dataset
     from flywheel.labeling import read_labels
+    from flywheel.monitoring.prediction_log import predictions_dir
 
     repo = Path(repo)
     _, before = ensure_dataset(params.data, repo)

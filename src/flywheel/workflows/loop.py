@@ -3,7 +3,7 @@
 The `flywheel` pipeline runs these steps, then the training workflow
 (`flywheel.workflows.training`) on the new data version: `detect_drift`
 (Evidently against the serving version's reference profile), `curate_samples`
-(active learning), `label_samples` (the oracle, through a Label Studio export)
+(active learning), `label_samples` (the configured labeller)
 and `update_dataset` (merge, data gate, `dvc add`).
 """
 
@@ -82,29 +82,20 @@ def curate_samples(params: Params, *, queue_out: Path) -> int:
 
 
 def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
-    """Label the queue (an oracle in the demo); write the labels; return how many.
+    """Label the queue with the configured labeller; write the labels; return how many.
 
-    `label.labeler: oracle` answers the batches in `queue_dir` from the
-    simulator's truth through a Label Studio export (`flywheel.labeling.label_with_oracle`);
-    the export and `labels.parquet` (the labels recorded) go to `labels_out`.
+    `label.labeler` (`flywheel.labeling.labeler_for`) labels the batches in
+    `queue_dir`: the Label Studio exports people saved, or the demo's oracle.
+    The Label Studio exports used and `labels.parquet` (the labels recorded) go
+    to `labels_out`.
     """
-    import pandas as pd
-
-    from flywheel.labeling import LABEL_COLUMNS, label_with_oracle
+    from flywheel.labeling import labeler_for
 
     labels_out.mkdir(parents=True, exist_ok=True)
-    result = label_with_oracle(params, queue=queue_dir, export_dir=labels_out)
-    labels = (
-        result.imported.labels
-        if result.imported is not None
-        else pd.DataFrame(columns=list(LABEL_COLUMNS))
-    )
-    labels.to_parquet(labels_out / LABELS_FILE, index=False)
-    say(
-        f"oracle answered {result.answered} of {result.tasks} pending tasks "
-        f"({len(result.unanswered)} without truth)"
-    )
-    return len(labels)
+    result = labeler_for(params.label).label(params, queue_dir, export_dir=labels_out)
+    result.labels.to_parquet(labels_out / LABELS_FILE, index=False)
+    say(result.summary)
+    return len(result.labels)
 
 
 def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:

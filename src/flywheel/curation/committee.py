@@ -1,0 +1,94 @@
+"""Query-by-committee: recent registered versions re-score the logged images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flywheel.curation.strategies import CurationError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from flywheel.tasks.classification import ClassificationTask
+
+
+@dataclass(frozen=True)
+class CommitteeMember:
+    """One registered version, loaded for re-scoring."""
+
+    version: str
+    module: nn.Module
+    task: ClassificationTask
+
+
+def load_committee(model_name: str, size: int) -> list[CommitteeMember]:
+    """The `size` most recent registered versions of a model, loaded from the registry.
+
+    Each is the exported pt2 program (`mlflow.pytorch.load_model` of
+    `models:/<name>/<version>`, as serving loads it) with its task rebuilt
+    from the model's metadata.
+
+    Raises:
+        CurationError: fewer than two versions, or versions with different classes.
+        flywheel.registry.ModelNotFoundError: no such registered model.
+    """
+    import mlflow.pytorch
+
+    from flywheel.evaluation import load_task
+    from flywheel.registry import list_versions, model_uri
+
+    versions = [v.version for v in list_versions(model_name)][:size]
+    if len(versions) < 2:
+        raise CurationError(
+            f"query-by-committee needs at least 2 registered versions of {model_name!r}; "
+            f"it has {len(versions)}. Use an uncertainty strategy until a second version "
+            "is trained."
+        )
+    members = []
+    for version in versions:
+        uri = model_uri(model_name, version)
+        members.append(CommitteeMember(version, mlflow.pytorch.load_model(uri), load_task(uri)))
+    classes = {m.task.classes for m in members}
+    if len(classes) > 1:
+        raise CurationError(
+            f"committee versions {versions} predict different classes: {sorted(classes)}"
+        )
+    return members
+
+
+def score_images(
+    members: Sequence[CommitteeMember],
+    image_paths: Sequence[str | Path],
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> np.ndarray:
+    """Every member's class probabilities on the images, `(M, N, K)`.
+
+    The images go through each member's own pre-processing (its task), in
+    batches, under `torch.inference_mode`.
+    """
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    out = np.empty((len(members), len(image_paths), len(members[0].task.classes)))  # (M, N, K)
+    starts = range(0, len(image_paths), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(
+            starts, desc="committee re-scores", unit="batch", disable=not progress, leave=False
+        ):
+            images = []
+            for path in image_paths[start : start + batch_size]:
+                with Image.open(path) as image:
+                    images.append(image.convert("L"))
+            for m, member in enumerate(members):
+                batch = member.task.preprocess(images)  # (B, 1, S, S)
+                probs, _ = member.task.split_output(member.module(batch))  # (B, K), (B, D)
+                out[m, start : start + len(images)] = probs
+    return out

@@ -1,0 +1,184 @@
+"""Stage 9 itself: `curate_batch` scores the window, chooses a batch and writes it to the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flywheel.config import CurateConfig, CurationStrategy, Params
+from flywheel.curation.candidates import diversity_space, load_candidates
+from flywheel.curation.committee import load_committee, score_images
+from flywheel.curation.queue import build_tasks, new_batch_id
+from flywheel.curation.selection import select_diverse, select_random, select_top
+from flywheel.curation.strategies import (
+    STRATEGIES,
+    CurationError,
+    score_committee,
+    score_uncertainty,
+)
+from flywheel.labeling import (
+    LABEL_CONFIG_NAME,
+    label_config_xml,
+    labelled_keys,
+    queue_dir,
+    queued_keys,
+    write_json_atomic,
+)
+from flywheel.monitoring.prediction_log import parse_time, predictions_dir
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A window bound (`prediction_log.parse_time`), its error as a `CurationError`.
+
+    >>> from datetime import UTC
+    >>> parse_since("2h", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)).isoformat()
+    '2026-11-23T10:00:00+00:00'
+    """
+    try:
+        return parse_time(text, now)
+    except ValueError as err:
+        raise CurationError(str(err)) from None
+
+
+# ------------------------------------------------------------------- stage
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    """What `curate_batch` chose and wrote.
+
+    Attributes:
+        batch_id: the batch's id (its file stem).
+        queue_file: the Label Studio task file, None when nothing was selected.
+        selected: the chosen rows (`Candidates.frame` + `score`, `rank`), best first.
+        strategy: the strategy used.
+        candidates: logged images eligible (stored image, not queued or labelled).
+        excluded: keys skipped because they were already queued or labelled.
+        space: where the batch was spread: `embedding`, `summary` or `none`.
+        committee: the versions that re-scored the images (committee only).
+    """
+
+    batch_id: str
+    queue_file: Path | None
+    selected: pd.DataFrame
+    strategy: str
+    candidates: int
+    excluded: int
+    space: str
+    committee: tuple[str, ...] = field(default=())
+
+
+def curate_batch(
+    params: Params,
+    *,
+    strategy: CurationStrategy | None = None,
+    budget: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    log_root: Path | None = None,
+    queue: Path | None = None,
+    gt_root: Path | None = None,
+    progress: bool = True,
+) -> CurationResult:
+    """Stage 9: choose up to `budget` logged images to label and write them as a queue batch.
+
+    Candidates are the logged predictions of the window with a stored image
+    that are neither in a queue batch nor labelled. They are scored by the
+    strategy, spread over clusters (`curate.diversity`), and written as Label
+    Studio tasks to `<queue>/<batch-id>.json`; the labelling interface goes
+    into the queue folder as `label_config.xml`.
+
+    Args:
+        params: `curate`, `label`, `data.classes`, `evaluate.registered_model`
+            (the committee's model) and `serve.log.dir` are used.
+        strategy: overrides `curate.strategy`.
+        budget: overrides `curate.budget`.
+        since: window start (None: the start of the log).
+        until: window end (None: now).
+        log_root: the prediction log (default `predictions_dir(params)`).
+        queue: the queue folder (default `flywheel.labeling.queue_dir(params.label)`).
+        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        progress: show progress bars.
+
+    Raises:
+        CurationError: an unknown strategy, unusable logged rows, or a
+            committee of fewer than two versions.
+    """
+    cfg: CurateConfig = params.curate
+    strategy_name = strategy or cfg.strategy
+    if strategy_name not in STRATEGIES:
+        raise CurationError(f"unknown strategy {strategy_name!r}; choose one of {list(STRATEGIES)}")
+    budget = cfg.budget if budget is None else budget
+    if budget < 1:
+        raise CurationError(f"the budget must be at least 1 image, got {budget}")
+    log_root = Path(log_root) if log_root is not None else predictions_dir(params)
+    queue = Path(queue) if queue is not None else queue_dir(params.label)
+    exclude = queued_keys(queue) | labelled_keys(gt_root)
+    candidates = load_candidates(
+        log_root, params.data.classes, since=since, until=until, exclude=exclude
+    )
+    batch_id = new_batch_id(strategy_name)
+    empty = candidates.frame.assign(score=pd.Series(dtype=float), rank=pd.Series(dtype=int))
+    if len(candidates) == 0:
+        return CurationResult(
+            batch_id, None, empty.iloc[:0], strategy_name, 0, len(exclude), "none"
+        )
+
+    committee: tuple[str, ...] = ()
+    if strategy_name == "random":
+        chosen = select_random(len(candidates), budget, cfg.seed)
+        scores = np.zeros(len(candidates))
+        space = "none"
+    else:
+        if strategy_name == "committee":
+            members = load_committee(params.evaluate.registered_model, cfg.committee.size)
+            committee = tuple(m.version for m in members)
+            votes = score_images(
+                members,
+                candidates.frame["image_path"].tolist(),
+                batch_size=cfg.committee.batch_size,
+                progress=progress,
+            )  # (M, N, K)
+            scores = score_committee(votes, cfg.committee.measure)
+        else:
+            scores = score_uncertainty(candidates.probs, strategy_name)
+        if cfg.diversity == "kmeans":
+            features, space = diversity_space(candidates)
+            chosen = select_diverse(
+                scores, features, budget, prefilter=cfg.prefilter, seed=cfg.seed
+            )
+        else:
+            chosen, space = select_top(scores, budget), "none"
+
+    selected = candidates.frame.iloc[chosen].assign(
+        score=scores[chosen], rank=np.arange(1, len(chosen) + 1)
+    )
+    tasks = build_tasks(
+        selected,
+        candidates.probs[chosen],
+        candidates.classes,
+        batch_id=batch_id,
+        strategy=strategy_name,
+        from_name=params.label.from_name,
+        to_name=params.label.to_name,
+        image_root=cfg.image_root if cfg.image_root is not None else log_root,
+        url_prefix=cfg.image_url_prefix,
+    )
+    queue_file = write_json_atomic(queue / f"{batch_id}.json", tasks)
+    (queue / LABEL_CONFIG_NAME).write_text(
+        label_config_xml(params.data.classes, params.label.from_name, params.label.to_name) + "\n"
+    )
+    return CurationResult(
+        batch_id=batch_id,
+        queue_file=queue_file,
+        selected=selected.reset_index(drop=True),
+        strategy=strategy_name,
+        candidates=len(candidates),
+        excluded=len(exclude),
+        space=space,
+        committee=committee,
+    )

@@ -1,0 +1,200 @@
+"""The demo's labeller: an oracle that answers the labelling queue from the simulator's truth.
+
+`label_with_oracle` answers the queue from the traffic simulator's hidden
+truth (`origin="simulator"` in the ground-truth store) and writes a Label
+Studio export, which then goes through `flywheel.labeling.import_labels`
+exactly as a person's export would. `OracleLabeler` is the same as a
+`flywheel.labeling.Labeler`, for the pipeline's label step
+(`label.labeler: flywheel.demo.oracle:OracleLabeler` in params.yaml).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import Params
+from flywheel.labeling import (
+    Key,
+    Labeler,
+    LabelImport,
+    LabelingResult,
+    choice_result,
+    exports_dir,
+    import_labels,
+    labelled_keys,
+    no_labels,
+    queue_batches,
+    queue_dir,
+    read_batch,
+    task_key,
+    write_json_atomic,
+)
+from flywheel.labeling.ground_truth import (
+    ORIGIN_ORACLE,
+    ORIGIN_SIMULATOR,
+    latest_per_key,
+    read_ground_truth,
+)
+
+ORACLE_USER = 0
+"""`completed_by` of the oracle's annotations (Label Studio user ids start at 1)."""
+
+
+def answer_tasks(
+    tasks: Iterable[Mapping[str, Any]],
+    truth: Mapping[Key, str],
+    *,
+    from_name: str,
+    to_name: str,
+    answered_at: str,
+) -> tuple[list[dict[str, Any]], int]:
+    """The tasks as a Label Studio export, each annotated with its true label where known.
+
+    Tasks whose key has no truth keep an empty `annotations` list (as Label
+    Studio exports tasks nobody labelled).
+
+    Returns:
+        The export's tasks, and how many were answered.
+    """
+    export: list[dict[str, Any]] = []
+    answered = 0
+    for number, task in enumerate(tasks, start=1):
+        key = task_key(task)
+        out = {**task, "id": task.get("id", number), "annotations": []}
+        label = truth.get(key) if key is not None else None
+        if label is not None:
+            answered += 1
+            out["annotations"] = [
+                {
+                    "id": number,
+                    "completed_by": ORACLE_USER,
+                    "result": [choice_result(label, from_name, to_name, id=f"oracle-{number}")],
+                    "was_cancelled": False,
+                    "ground_truth": False,
+                    "created_at": answered_at,
+                    "updated_at": answered_at,
+                    "lead_time": 0.0,
+                }
+            ]
+        export.append(out)
+    return export, answered
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """What `label_with_oracle` did.
+
+    Attributes:
+        batches: the queue batches it answered.
+        export: the Label Studio export it wrote (None when nothing was pending).
+        tasks: pending tasks it saw (not labelled before).
+        answered: tasks it knew the truth of.
+        imported: the import of its export (None without an export).
+    """
+
+    batches: tuple[Path, ...]
+    export: Path | None
+    tasks: int
+    answered: int
+    imported: LabelImport | None = None
+    unanswered: tuple[str, ...] = field(default=())
+
+
+def label_with_oracle(
+    params: Params,
+    *,
+    batch: str | None = None,
+    queue: Path | None = None,
+    export_dir: Path | None = None,
+    gt_root: Path | None = None,
+) -> OracleResult:
+    """The demo labeller: answer the queue from the simulator's truth, then import the answers.
+
+    Pending tasks (not labelled yet) of the chosen batches are answered with
+    the simulator's recorded truth (`origin="simulator"`); the answers are
+    written as a Label Studio JSON export and imported with `import_labels`
+    (`origin="oracle"`), the path a person's export takes.
+
+    Args:
+        params: `data.classes` and `label` are used.
+        batch: one queue batch id (default: every batch in the queue).
+        queue: the queue folder (default `queue_dir(params.label)`).
+        export_dir: where the export goes (default `exports_dir(params.label)`).
+        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+
+    Raises:
+        QueueError: `batch` does not exist or a batch is unreadable.
+    """
+    cfg = params.label
+    batches = queue_batches(queue if queue is not None else queue_dir(cfg), batch)
+    done = labelled_keys(gt_root)
+    pending: list[dict[str, Any]] = []
+    pending_keys: set[Key] = set()
+    for path in batches:
+        for task in read_batch(path):
+            key = task_key(task)
+            if key is not None and key not in done and key not in pending_keys:
+                pending_keys.add(key)
+                pending.append(task)
+    if not pending:
+        return OracleResult(batches=tuple(batches), export=None, tasks=0, answered=0)
+    simulated = latest_per_key(read_ground_truth(gt_root, origins=[ORIGIN_SIMULATOR]))
+    truth = {
+        (str(r), int(i)): str(label)
+        for r, i, label in zip(
+            simulated["request_id"], simulated["index"], simulated["label"], strict=True
+        )
+    }
+    now = datetime.now(UTC)
+    export_tasks, answered = answer_tasks(
+        pending,
+        truth,
+        from_name=cfg.from_name,
+        to_name=cfg.to_name,
+        answered_at=now.isoformat(timespec="microseconds"),
+    )
+    name = batch.removesuffix(".json") if batch else "queue"
+    folder = export_dir if export_dir is not None else exports_dir(cfg)
+    export = write_json_atomic(folder / f"{name}-oracle-{now:%Y%m%dT%H%M%S%fZ}.json", export_tasks)
+    imported = import_labels(
+        export, params.data.classes, cfg, origin=ORIGIN_ORACLE, gt_root=gt_root
+    )
+    return OracleResult(
+        batches=tuple(batches),
+        export=export,
+        tasks=len(pending),
+        answered=answered,
+        imported=imported,
+        unanswered=imported.unlabelled,
+    )
+
+
+class OracleLabeler(Labeler):
+    """The demo's labeller: `label_with_oracle` over the queued batches.
+
+    Its Label Studio export goes to `export_dir` and through `import_labels`
+    (`origin="oracle"`), the path a person's export takes.
+    """
+
+    def label(
+        self,
+        params: Params,
+        queue_dir: Path,
+        *,
+        export_dir: Path,
+        gt_root: Path | None = None,
+    ) -> LabelingResult:
+        """Answer the pending tasks of the batches in `queue_dir` (see `label_with_oracle`)."""
+        result = label_with_oracle(params, queue=queue_dir, export_dir=export_dir, gt_root=gt_root)
+        return LabelingResult(
+            labels=result.imported.labels if result.imported is not None else no_labels(),
+            summary=(
+                f"oracle answered {result.answered} of {result.tasks} pending tasks "
+                f"({len(result.unanswered)} without truth)"
+            ),
+            exports=() if result.export is None else (result.export,),
+        )

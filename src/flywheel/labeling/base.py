@@ -1,0 +1,124 @@
+"""The `Labeler` interface: who labels the queued batches, chosen by `label.labeler`.
+
+Labelling is the step a person does. The pipeline's label step asks the
+configured labeller for the labels of the batches curation queued;
+`labeler_for` resolves `label.labeler` to one:
+
+* a built-in short name (`BUILTIN_LABELERS`): `label-studio-export`, the
+  Label Studio export import (`flywheel.labeling.label_studio`);
+* a dotted path `package.module:Class` to a `Labeler` subclass, imported with
+  the standard library (`pkgutil.resolve_name`): the demo configures its
+  oracle this way (`flywheel.demo.oracle:OracleLabeler`), so product code
+  never imports the demo.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from flywheel.config import LabelConfig, Params
+
+LABEL_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "index",
+    "label",
+    "task_id",
+    "batch_id",
+    "image_path",
+    "annotated_at",
+)
+"""Columns of a labels table (`parse_export`, `LabelingResult.labels`): one row per task."""
+
+BUILTIN_LABELERS: dict[str, str] = {
+    "label-studio-export": "flywheel.labeling.label_studio:LabelStudioExportLabeler",
+}
+"""`label.labeler` short names of the product's labellers, and the classes they name."""
+
+
+class LabelerError(ValueError):
+    """`label.labeler` names no usable labeller."""
+
+
+@dataclass(frozen=True)
+class LabelingResult:
+    """What a labeller did with the queued batches.
+
+    Attributes:
+        labels: the labels of queued tasks (`LABEL_COLUMNS`), as recorded in the
+            ground-truth store.
+        summary: one line for the step's log, e.g. how many tasks were answered.
+        exports: the Label Studio exports the labels came from.
+    """
+
+    labels: pd.DataFrame
+    summary: str
+    exports: tuple[Path, ...] = field(default=())
+
+
+class Labeler(ABC):
+    """Labels the tasks of the queued batches and records the labels in the ground-truth store."""
+
+    @abstractmethod
+    def label(
+        self,
+        params: Params,
+        queue_dir: Path,
+        *,
+        export_dir: Path,
+        gt_root: Path | None = None,
+    ) -> LabelingResult:
+        """Label the batches in `queue_dir`.
+
+        Args:
+            params: `data.classes` and `label` are used.
+            queue_dir: the folder of queue batches (Label Studio task files).
+            export_dir: where the Label Studio exports the labels came from are kept
+                (the label step's output folder).
+            gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        """
+
+
+def no_labels() -> pd.DataFrame:
+    """An empty labels table (`LABEL_COLUMNS`)."""
+    return pd.DataFrame(columns=list(LABEL_COLUMNS))
+
+
+def labeler_for(cfg: LabelConfig) -> Labeler:
+    """The labeller `label.labeler` names: a built-in short name or `package.module:Class`.
+
+    >>> from flywheel.config import LabelConfig
+    >>> type(labeler_for(LabelConfig(labeler="label-studio-export"))).__name__
+    'LabelStudioExportLabeler'
+
+    Raises:
+        LabelerError: the name is neither a built-in nor an importable `Labeler` subclass.
+    """
+    name = cfg.labeler
+    target = BUILTIN_LABELERS.get(name, name)
+    if target == name and ":" not in name:
+        raise LabelerError(
+            f"label.labeler {name!r}: expected one of {sorted(BUILTIN_LABELERS)} "
+            "or a class path `package.module:Class`"
+        )
+    try:
+        labeler = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise LabelerError(f"label.labeler {name!r}: cannot import {target}: {err}") from err
+    if (
+        not isinstance(labeler, type)
+        or not issubclass(labeler, Labeler)
+        or inspect.isabstract(labeler)
+    ):
+        raise LabelerError(
+            f"label.labeler {name!r}: {target} is not a concrete subclass of "
+            "flywheel.labeling.Labeler"
+        )
+    return labeler()

@@ -1,0 +1,129 @@
+"""The labelling queue: its folders, and the batches of Label Studio tasks curation writes there.
+
+A batch is `<label dir>/queue/<batch-id>.json`, a list of Label Studio tasks
+whose `data.request_id` and `data.index` key each one to its logged prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import LabelConfig
+from flywheel.env import state_dir
+from flywheel.labeling.ground_truth import LABELLER_ORIGINS, read_ground_truth
+
+QUEUE_DIR = "queue"
+EXPORTS_DIR = "exports"
+LABEL_CONFIG_NAME = "label_config.xml"
+
+Key = tuple[str, int]
+
+
+class QueueError(ValueError):
+    """A labelling-queue batch that is missing or unreadable."""
+
+
+def labeling_dir(cfg: LabelConfig) -> Path:
+    """`label.dir`, or `<state dir>/labeling`: holds `queue/`, `exports/`, `label_config.xml`."""
+    return cfg.dir if cfg.dir is not None else state_dir() / "labeling"
+
+
+def queue_dir(cfg: LabelConfig) -> Path:
+    """Where curation writes the batches Label Studio imports."""
+    return labeling_dir(cfg) / QUEUE_DIR
+
+
+def exports_dir(cfg: LabelConfig) -> Path:
+    """Where Label Studio exports are saved: people's, and the demo oracle's."""
+    return labeling_dir(cfg) / EXPORTS_DIR
+
+
+def write_json_atomic(path: Path, value: Any) -> Path:
+    """Write JSON to `path` whole or not at all (a temporary sibling, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path, error: type[ValueError], *, missing: str = "no such file") -> Any:
+    """The parsed JSON of a file; a missing or unreadable file raises `error` naming it.
+
+    Args:
+        path: the file.
+        error: the exception to raise (`QueueError`, `LabelImportError`).
+        missing: what a missing file is called in the message.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not a JSON file: {err}") from None
+
+
+def task_key(task: Mapping[str, Any]) -> Key | None:
+    """`(request_id, index)` of a task's `data`, None when either is missing or malformed."""
+    data = task.get("data")
+    if not isinstance(data, Mapping):
+        return None
+    request_id, index = data.get("request_id"), data.get("index")
+    if not isinstance(request_id, str) or not request_id:
+        return None
+    if isinstance(index, bool) or not isinstance(index, int | str):
+        return None
+    try:
+        return request_id, int(index)
+    except ValueError:
+        return None
+
+
+def read_batch(path: Path) -> list[dict[str, Any]]:
+    """The tasks of one queue batch.
+
+    Raises:
+        QueueError: the file is missing, not JSON, or not a list of tasks with keys.
+    """
+    tasks = read_json(path, QueueError, missing="no such queue batch")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise QueueError(f"{path}: a queue batch is a JSON list of Label Studio tasks")
+    for position, task in enumerate(tasks):
+        if task_key(task) is None:
+            raise QueueError(f"{path}: task {position} has no data.request_id / data.index")
+    return tasks
+
+
+def queue_batches(folder: Path, batch: str | None = None) -> list[Path]:
+    """The batch files of a queue folder, oldest first; with `batch`, only that one.
+
+    Raises:
+        QueueError: `batch` names no file in the folder.
+    """
+    folder = Path(folder)
+    if batch is not None:
+        path = folder / (batch if batch.endswith(".json") else f"{batch}.json")
+        if not path.is_file():
+            known = [p.stem for p in sorted(folder.glob("*.json"))]
+            raise QueueError(f"no queue batch {batch!r} in {folder}; batches: {known or 'none'}")
+        return [path]
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def queued_keys(folder: Path) -> set[Key]:
+    """Every `(request_id, index)` already in a queue batch of `folder`."""
+    keys: set[Key] = set()
+    for path in queue_batches(folder):
+        keys.update(k for k in map(task_key, read_batch(path)) if k is not None)
+    return keys
+
+
+def labelled_keys(gt_root: Path | None = None) -> set[Key]:
+    """Every `(request_id, index)` a labeller (person or oracle) has labelled."""
+    labels = read_ground_truth(gt_root, origins=LABELLER_ORIGINS)
+    return {(str(r), int(i)) for r, i in zip(labels["request_id"], labels["index"], strict=True)}
