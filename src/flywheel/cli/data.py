@@ -1,0 +1,180 @@
+"""`flywheel data`: collect, import, version and merge datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flywheel.cli.console import console, err_console
+from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_help=True)
+
+
+@commands.command("collect")
+def data_collect(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Generate the demo dataset the data plan asks for (deterministic from the seed).
+
+    Handwritten glyphs come from scikit-learn's bundled digits, printed ones are
+    rendered with bundled fonts; noise is applied as each stratum says. Writes
+    data/<name>/images/ and data/<name>/manifest.csv.
+    """
+    from flywheel.data.files import DatasetWriteError
+    from flywheel.demo.collect import collect_dataset
+
+    p = read_params(params, set_)
+    try:
+        manifest = collect_dataset(p.data)
+    except DatasetWriteError as err:  # CollectError is one
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"collected [bold]{len(manifest)}[/bold] images into {p.data.dataset_dir}/ "
+        f"(seed {p.data.seed})"
+    )
+    _print_counts(manifest)
+
+
+@commands.command("import")
+def data_import(
+    path: Annotated[Path, typer.Argument(help="ImageFolder tree: PATH/<split>/<label>/*.png|jpg")],
+    name: Annotated[
+        str | None, typer.Option(help="Dataset name (default: params data.name).")
+    ] = None,
+    style: Annotated[
+        str, typer.Option(help="Stratum value for 'style' of every image.")
+    ] = "unknown",
+    noise: Annotated[
+        str, typer.Option(help="Stratum value for 'noise' of every image.")
+    ] = "unknown",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Import your own ImageFolder tree into the manifest format (resized to the plan's size)."""
+    from flywheel.data.importer import DatasetImportError, import_imagefolder
+
+    p = read_params(params)
+    try:
+        manifest = import_imagefolder(
+            path, p.data, name=name or p.data.name, style=style, noise=noise
+        )
+    except DatasetImportError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"imported [bold]{len(manifest)}[/bold] images from {path}")
+    _print_counts(manifest)
+
+
+@commands.command("version")
+def data_version_cmd(
+    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+) -> None:
+    """Print the data version: the DVC hash of data/ recorded in data.dvc."""
+    from flywheel.data.versioning import DataVersionError, data_version
+
+    try:
+        console.print(data_version(repo))
+    except DataVersionError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+@commands.command("ensure")
+def data_ensure(
+    params: ParamsOpt = Path("params.yaml"),
+    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+) -> None:
+    """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed."""
+    from flywheel.data.versioning import DataVersionError, ensure_dataset
+
+    p = read_params(params)
+    try:
+        how, version = ensure_dataset(p.data, repo)
+    except DataVersionError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
+
+
+@commands.command("track")
+def data_track(
+    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+    push: Annotated[bool, typer.Option(help="Push the new version to the default remote.")] = True,
+) -> None:
+    """Record data/ as a new version (`dvc add data`) and push it; prints the new hash."""
+    from flywheel.data.versioning import track_dataset
+
+    version = track_dataset(repo, push=push)
+    console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
+
+
+def _print_counts(manifest: pd.DataFrame) -> None:
+    from flywheel.data.manifest import stratum
+
+    counts = manifest.assign(stratum=stratum(manifest)).pivot_table(
+        index="stratum", columns="split", values="image_id", aggfunc="count", fill_value=0
+    )
+    table = Table(title="images per stratum and split")
+    table.add_column("stratum")
+    for split in counts.columns:
+        table.add_column(str(split), justify="right")
+    for name, row in counts.iterrows():
+        table.add_row(str(name), *(str(int(v)) for v in row))
+    console.print(table)
+
+
+@commands.command("merge")
+def data_merge(
+    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+    push: Annotated[bool, typer.Option(help="Push the new version to the default remote.")] = True,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Merge every label into data/ as production rows and record a new data version.
+
+    data/ is first brought to the version data.dvc records. The test split
+    stays frozen; merge.holdout_share of the new images form the evaluation-only
+    `holdout` split. The merged dataset must pass the data gate (else the merge
+    is undone, exit 1); `dvc add` records it. Merging the same labels again adds
+    nothing and keeps the version.
+    """
+    from flywheel.data.merge import SKIP_REASONS, MergeError, update_dataset
+    from flywheel.data.versioning import DataVersionError
+
+    p = read_params(params, set_)
+    try:
+        update = update_dataset(p, repo, log_root=log_dir, push=push)
+    except DataVersionError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    except MergeError as err:
+        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    merge = update.merge
+    added = ", ".join(f"{n} to {split}" for split, n in merge.added_per_split().items())
+    console.print(
+        f"{merge.labels} labelled images: [bold]{len(merge.added)}[/bold] merged"
+        f"{f' ({added})' if added else ''}"
+    )
+    for reason, keys in merge.skipped.items():
+        console.print(f"  skipped {len(keys)}: {SKIP_REASONS[reason]} (e.g. {escape(keys[0])})")
+    if update.changed:
+        console.print(
+            f"data version [bold]{update.version}[/bold] (was {update.version_before}); "
+            "commit data.dvc to share it"
+        )
+    else:
+        console.print(f"data version unchanged: {update.version}")

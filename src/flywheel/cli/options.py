@@ -1,0 +1,64 @@
+"""Options several commands share, and reading params.yaml with the `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from flywheel.cli.console import err_console
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="The params.yaml to read.", show_default=True)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override one value of params.yaml, as dotted.key=value (YAML value); repeatable.",
+    ),
+]
+DatasetOpt = Annotated[
+    Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Registered model (default: evaluate.registered_model)."),
+]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded on the versions).")]
+WhoOpt = Annotated[
+    str | None,
+    typer.Option(help="Who (recorded; default: $FLYWHEEL_USER, else the login name)."),
+]
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected dotted.key=value", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def read_params(path: Path, pairs: list[str] | None = None) -> Params:
+    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
+    from flywheel.config import ConfigError, load_params
+
+    try:
+        return load_params(path, _overrides(pairs))
+    except ConfigError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+def registered_model(model: str | None, params: Path) -> str:
+    """The registered model: `--model`, else `evaluate.registered_model` of params.yaml."""
+    return model or read_params(params).evaluate.registered_model
