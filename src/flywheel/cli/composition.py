@@ -12,9 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import typer
-
-from flywheel.cli.console import err_console
+from flywheel.cli.console import abort
 
 
 def serving_root() -> Path:
@@ -31,10 +29,7 @@ def serving_root() -> Path:
     checkout = Path(__file__).resolve().parents[3]  # <repo>/src/flywheel/cli/composition.py
     if (checkout / "serving" / "service.py").is_file():
         return checkout
-    err_console.print(
-        "[red]error:[/red] the `serving` package is neither installed nor beside src/"
-    )
-    raise typer.Exit(2)
+    raise abort("the `serving` package is neither installed nor beside src/")
 
 
 def import_pipelines() -> None:
@@ -47,7 +42,4 @@ def import_pipelines() -> None:
     if (checkout / "pipelines" / "catalog.py").is_file():
         sys.path.insert(0, str(checkout))
         return
-    err_console.print(
-        "[red]error:[/red] the `pipelines` package is neither installed nor beside src/"
-    )
-    raise typer.Exit(2)
+    raise abort("the `pipelines` package is neither installed nor beside src/")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import console, exit_on, refuse_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
@@ -33,11 +33,8 @@ def data_collect(
     from flywheel.demo.collect import collect_dataset
 
     p = read_params(params, set_)
-    try:
+    with exit_on(DatasetWriteError):  # CollectError is one
         manifest = collect_dataset(p.data)
-    except DatasetWriteError as err:  # CollectError is one
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     console.print(
         f"collected [bold]{len(manifest)}[/bold] images into {p.data.dataset_dir}/ "
         f"(seed {p.data.seed})"
@@ -63,13 +60,10 @@ def data_import(
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
     p = read_params(params)
-    try:
+    with exit_on(DatasetImportError):
         manifest = import_imagefolder(
             path, p.data, name=name or p.data.name, style=style, noise=noise
         )
-    except DatasetImportError as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     console.print(f"imported [bold]{len(manifest)}[/bold] images from {path}")
     _print_counts(manifest)
 
@@ -81,11 +75,8 @@ def data_version_cmd(
     """Print the data version: the DVC hash of data/ recorded in data.dvc."""
     from flywheel.data.versioning import DataVersionError, data_version
 
-    try:
+    with exit_on(DataVersionError):
         console.print(data_version(repo))
-    except DataVersionError as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
 
 
 @commands.command("ensure")
@@ -97,11 +88,8 @@ def data_ensure(
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
     p = read_params(params)
-    try:
+    with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo)
-    except DataVersionError as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
 
 
@@ -155,14 +143,8 @@ def data_merge(
     from flywheel.data.versioning import DataVersionError
 
     p = read_params(params, set_)
-    try:
+    with exit_on(DataVersionError), refuse_on(MergeError):
         update = update_dataset(p, repo, log_root=log_dir, push=push)
-    except DataVersionError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
-    except MergeError as err:
-        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
     merge = update.merge
     added = ", ".join(f"{n} to {split}" for split, n in merge.added_per_split().items())
     console.print(

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 from flywheel.cli.pipeline import (
     pipeline_entry,
@@ -63,11 +62,8 @@ def demo(
     entry = pipeline_entry("training", runnable=True)
     p = read_params(params)
     read_params(params, set_)
-    try:
+    with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, ".")
-    except DataVersionError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     console.print(f"data/ is at version [bold]{version}[/bold] ({how})")
     run = run_pipeline_locally(entry, p, list(set_ or []), version, cache)
     print_outputs(run)
@@ -106,7 +102,7 @@ def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, reques
         console.print(f"flywheel pipeline run {run.run_id}: {run.seconds:.0f} s")
 
     console.rule("the closed loop")
-    try:
+    with exit_on(LoopError, ServerStartError, PredictionError, httpx.HTTPError, code=1):
         phases = run_closed_loop(
             params,
             p,
@@ -115,9 +111,6 @@ def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, reques
             requests=requests,
             say=console.print,
         )
-    except (LoopError, ServerStartError, PredictionError, httpx.HTTPError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
     console.print(phase_table(phases))
     after = phases[-1].data_version
     if after != before:
@@ -160,22 +153,18 @@ def _show_served_prediction(p: Params, params: Path) -> None:
     if version_for_alias(name, p.serve.alias) is None:
         console.print(f"no {p.serve.alias!r} version of {name} yet: nothing to serve")
         return
-    try:
+    with exit_on(ManifestError):
         manifest = load_manifest(p.data.dataset_dir)
-    except ManifestError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     sample = manifest[manifest["split"] == "test"].iloc[0]
     image = p.data.dataset_dir / str(sample["path"])
-    try:
-        with (
-            console.status(f"serving models:/{name}@{p.serve.alias} on 127.0.0.1 ..."),
-            start_server(params) as url,
-        ):
-            item = predict_file(url, image, request_id="demo-sample")
-    except (ServerStartError, PredictionError, httpx.HTTPError) as err:
-        err_console.print(f"[red]error:[/red] serving failed: {escape(str(err))}")
-        raise typer.Exit(1) from None
+    with (
+        exit_on(
+            ServerStartError, PredictionError, httpx.HTTPError, code=1, prefix="serving failed: "
+        ),
+        console.status(f"serving models:/{name}@{p.serve.alias} on 127.0.0.1 ..."),
+        start_server(params) as url,
+    ):
+        item = predict_file(url, image, request_id="demo-sample")
     console.print(
         f"served {url}: {image} (true label {sample['label']}) → label "
         f"[bold]{item['label']}[/bold], confidence {item['confidence']:.3f}, "

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, read_params
 
 commands = typer.Typer()
@@ -60,7 +60,7 @@ def curate(
     p = read_params(params, set_)
     if strategy is not None and strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose one of {', '.join(STRATEGIES)}", param_hint="--strategy")
-    try:
+    with exit_on(CurationError, RegistryError):
         start = parse_since(since) if since else None
         end = parse_since(until) if until else None
         if (strategy or p.curate.strategy) == "committee":
@@ -73,9 +73,6 @@ def curate(
             until=end,
             log_root=log_dir,
         )
-    except (CurationError, RegistryError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     if result.queue_file is None:
         console.print(
             f"nothing to curate: no logged image with a stored file that is not already "
@@ -160,7 +157,7 @@ def monitor(
 
     p = read_params(params, set_)
     configure_tracking()
-    try:
+    with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
         start = parse_time(since) if since else None
         end = parse_time(until) if until else None
         with err_console.status("monitoring: Evidently report over the window"):
@@ -174,9 +171,6 @@ def monitor(
                 save=save,
                 report_path=report,
             )
-    except (MonitoringError, ConfigError, RegistryError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(EXIT_ERROR) from None
     if json_out:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -213,7 +207,7 @@ def reference(
     p = read_params(params)
     configure_tracking()
     name = model or p.evaluate.registered_model
-    try:
+    with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
         chosen = version or version_for_alias(name, "production")
         if chosen is None:
             raise RegistryError(f"model {name!r} has no 'production' version; pass --version")
@@ -224,9 +218,6 @@ def reference(
             splits=p.monitor.reference_splits,
             progress=True,
         )
-    except (MonitoringError, RegistryError, EvaluationError, DatasetError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     console.print(
         f"{name} version {chosen}: reference profile of {info.rows} images "
         f"({'+'.join(info.splits)}, embedding {info.embedding_dim}) → run {info.run_id} "
@@ -270,19 +261,18 @@ def ui(
     tracking = configure_tracking()
     bind = host or p.ui.host
     workspace = workspace_dir(p).resolve()
-    try:
-        with err_console.status("starting the Evidently UI and the MLflow UI"):
-            dashboards = start_dashboards(
-                workspace,
-                tracking.uri,
-                host=bind,
-                evidently_port=evidently_port or p.ui.evidently_port,
-                mlflow_port=(mlflow_port or p.ui.mlflow_port) if mlflow else None,
-                log_dir=state_dir() / "logs",
-            )
-    except DashboardError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+    with (
+        exit_on(DashboardError),
+        err_console.status("starting the Evidently UI and the MLflow UI"),
+    ):
+        dashboards = start_dashboards(
+            workspace,
+            tracking.uri,
+            host=bind,
+            evidently_port=evidently_port or p.ui.evidently_port,
+            mlflow_port=(mlflow_port or p.ui.mlflow_port) if mlflow else None,
+            log_dir=state_dir() / "logs",
+        )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job ignores SIGINT
         signal.signal(signum, lambda *_: stop.set())
@@ -304,11 +294,10 @@ def ui(
         if stop.is_set() or not dead:
             console.print("stopping the dashboards")
             return
-        err_console.print(
-            f"[red]error:[/red] the {dead[0].name} UI exited (status "
-            f"{dead[0].process.returncode}); log: {dead[0].log}"
+        raise abort(
+            f"the {dead[0].name} UI exited (status {dead[0].process.returncode}); "
+            f"log: {dead[0].log}"
         )
-        raise typer.Exit(2)
 
 
 @label_commands.command("import")
@@ -328,11 +317,8 @@ def label_import(
     from flywheel.labeling import LabelImportError, import_labels
 
     p = read_params(params)
-    try:
+    with exit_on(LabelImportError):
         result = import_labels(path, p.data.classes, p.label, origin=origin)
-    except LabelImportError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     console.print(
         f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
         f"changed labels recorded, {result.unchanged} already known, "
@@ -357,11 +343,8 @@ def label_oracle(
     from flywheel.labeling import LabelImportError, QueueError, label_with_oracle
 
     p = read_params(params)
-    try:
+    with exit_on(QueueError, LabelImportError):
         result = label_with_oracle(p, batch=batch)
-    except (QueueError, LabelImportError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     if result.export is None:
         console.print(f"nothing to label: no pending task in {len(result.batches)} queue batches")
         return

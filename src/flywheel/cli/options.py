@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flywheel.cli.console import err_console
+from flywheel.cli.console import exit_on
 
 if TYPE_CHECKING:
     from flywheel.config import Params
@@ -52,11 +52,8 @@ def read_params(path: Path, pairs: list[str] | None = None) -> Params:
     """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
     from flywheel.config import ConfigError, load_params
 
-    try:
+    with exit_on(ConfigError):
         return load_params(path, _overrides(pairs))
-    except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
 
 
 def registered_model(model: str | None, params: Path) -> str:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.composition import import_pipelines
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import abort, console, err_console, exit_on, print_error
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
@@ -60,12 +60,10 @@ def pipeline_entry(name: str, *, runnable: bool) -> Any:
 
     try:
         entry = get_pipeline(name)
-    except KeyError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
-        raise typer.Exit(2) from None
+    except KeyError as err:  # its message is the first argument (str() would quote it)
+        raise abort(str(err.args[0])) from None
     if runnable and not entry.ready:
-        err_console.print(f"[red]error:[/red] pipeline {name!r} cannot run yet: {entry.not_ready}")
-        raise typer.Exit(2)
+        raise abort(f"pipeline {name!r} cannot run yet: {entry.not_ready}")
     return entry
 
 
@@ -142,7 +140,7 @@ def run_pipeline_locally(
             on_event=show,
         )
     except PipelineRunError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        print_error(str(err))
         if err.error:
             err_console.print(f"  {escape(err.error)}")
         else:  # no exception in its log: show how it ended
@@ -366,7 +364,7 @@ def pipeline_submit(
     package = compile_pipeline(pipeline, out / f"{name}.yaml")
     run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo=".")
-    try:
+    with exit_on(ClusterError):
         submission = submit(
             package,
             host=host,
@@ -376,9 +374,6 @@ def pipeline_submit(
             namespace=namespace,
             cron=schedule,
         )
-    except ClusterError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     when = f" on '{schedule}'" if schedule else ""
     console.print(f"submitted {submission.kind} [bold]{run_name}[/bold]{when}: {submission.id}")
     console.print(f"  {submission.url}")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import console, exit_on, refuse_on
 from flywheel.cli.options import ModelOpt, ParamsOpt, ReasonOpt, WhoOpt, registered_model
 
 commands = typer.Typer()
@@ -34,14 +34,8 @@ def promote(
 
     configure_tracking()
     name = registered_model(model, params)
-    try:
+    with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = promote_version(name, version, reason=reason, who=who)
-    except PromotionRefusedError as err:
-        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
-    except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     if not change.changed:
         console.print(f"{name} version {version} already is production; nothing changed")
         return
@@ -68,14 +62,8 @@ def rollback(
 
     configure_tracking()
     name = registered_model(model, params)
-    try:
+    with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = rollback_model(name, reason=reason, who=who)
-    except PromotionRefusedError as err:
-        err_console.print(f"[red]refused:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
-    except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     console.print(
         f"{name}: production → version [bold]{change.production}[/bold]"
         f" (previous: {change.previous})"
@@ -93,11 +81,8 @@ def models(
 
     configure_tracking()
     name = registered_model(model, params)
-    try:
+    with exit_on(RegistryError):
         versions = list_versions(name)
-    except RegistryError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     table = Table(title=f"registered model {name}")
     for column in (
         "version",

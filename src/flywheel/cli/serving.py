@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.composition import serving_root
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import console, err_console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 
 commands = typer.Typer()
@@ -122,7 +122,7 @@ def simulate(
     from flywheel.demo.simulate import SimulationError, simulate_traffic
 
     p = read_params(params, set_)
-    try:
+    with exit_on(ConfigError, SimulationError):
         report = simulate_traffic(
             p,
             scenario,
@@ -133,9 +133,6 @@ def simulate(
             images_per_request=images_per_request,
             max_seconds=max_seconds,
         )
-    except (ConfigError, SimulationError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     table = Table(title=f"traffic: {report.scenario} → {report.url}")
     table.add_column("")
     table.add_column("value", justify="right")

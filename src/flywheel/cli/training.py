@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, err_console
+from flywheel.cli.console import console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, WhoOpt, read_params
 
 if TYPE_CHECKING:
@@ -53,11 +53,8 @@ def validate(
     )
 
     p = read_params(params)
-    try:
+    with exit_on(ManifestError, ValidationSetupError):
         report = validate_dataset(dataset or p.data.dataset_dir, p, check_files=files)
-    except (ManifestError, ValidationSetupError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
     if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
         report.data_version = _describe_data_version(p.data)
     print_report(report, console)
@@ -99,7 +96,7 @@ def train(
     version = None
     if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
         version = _describe_data_version(p.data)
-    try:
+    with exit_on(DatasetError, TrainingError):
         result = train_model(
             p,
             data_dir,
@@ -108,9 +105,6 @@ def train(
             data_version=version,
             log_model=log_model,
         )
-    except (DatasetError, TrainingError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     if result.run_id is None:  # a DDP rank other than 0: rank 0 reports
         return
     reference = None
@@ -187,7 +181,7 @@ def tune(
     from flywheel.tasks import DatasetError
 
     p = read_params(params, set_)
-    try:
+    with exit_on(TuneError, DatasetError, TrainingError):
         validate_space(p)  # before anything is opened or trained
         data_dir = dataset or p.data.dataset_dir
         version = None
@@ -203,9 +197,6 @@ def tune(
             timeout_s=timeout,
             data_version=version,
         )
-    except (TuneError, DatasetError, TrainingError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     print_report(result, console)
     if result.best is None:
         raise typer.Exit(1)
@@ -244,7 +235,7 @@ def evaluate(
     name = model or p.evaluate.registered_model
     if run_id and version:
         raise typer.BadParameter("give --run-id or --version, not both", param_hint="--run-id")
-    try:
+    with exit_on(RegistryError, EvaluationError, DatasetError):
         if run_id:
             version = register(
                 f"runs:/{run_id}/{artifact}", name, tags=run_lineage(run_id), who=who
@@ -257,9 +248,6 @@ def evaluate(
         outcome = evaluate_candidate(
             name, version, dataset or p.data.dataset_dir, p.evaluate, who=who
         )
-    except (RegistryError, EvaluationError, DatasetError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
     _print_evaluation(outcome)
     if not outcome.blessing.blessed:
         raise typer.Exit(1)
