@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,24 +36,17 @@ WhoOpt = Annotated[
 ]
 
 
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r}: expected dotted.key=value", param_hint="--set")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def read_params(path: Path, pairs: list[str] | None = None) -> Params:
     """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
     from flywheel.config import ConfigError, load_params
+    from flywheel.config.overrides import OverrideError, parse_overrides
 
+    try:
+        overrides = parse_overrides(pairs or [])
+    except OverrideError as err:  # a usage error: Typer prints it with the usage line, exit 2
+        raise typer.BadParameter(f"{err.pair!r}: {err.reason}", param_hint="--set") from None
     with exit_on(ConfigError):
-        return load_params(path, _overrides(pairs))
+        return load_params(path, overrides)
 
 
 def registered_model(model: str | None, params: Path) -> str:
