@@ -10,12 +10,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.console import console, exit_on, refuse_on
-from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
     import pandas as pd
 
 commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_help=True)
+
+RepoOpt = Annotated[Path, typer.Option(help="Repository root holding data.dvc.")]
+PushOpt = Annotated[bool, typer.Option(help="Push the new version to the default remote.")]
 
 
 @commands.command("collect")
@@ -70,7 +73,7 @@ def data_import(
 
 @commands.command("version")
 def data_version_cmd(
-    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+    repo: RepoOpt = Path("."),
 ) -> None:
     """Print the data version: the DVC hash of data/ recorded in data.dvc."""
     from flywheel.data.versioning import DataVersionError, data_version
@@ -82,7 +85,7 @@ def data_version_cmd(
 @commands.command("ensure")
 def data_ensure(
     params: ParamsOpt = Path("params.yaml"),
-    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
+    repo: RepoOpt = Path("."),
 ) -> None:
     """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed."""
     from flywheel.data.versioning import DataVersionError, ensure_dataset
@@ -95,8 +98,8 @@ def data_ensure(
 
 @commands.command("track")
 def data_track(
-    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
-    push: Annotated[bool, typer.Option(help="Push the new version to the default remote.")] = True,
+    repo: RepoOpt = Path("."),
+    push: PushOpt = True,
 ) -> None:
     """Record data/ as a new version (`dvc add data`) and push it; prints the new hash."""
     from flywheel.data.versioning import track_dataset
@@ -122,12 +125,9 @@ def _print_counts(manifest: pd.DataFrame) -> None:
 
 @commands.command("merge")
 def data_merge(
-    repo: Annotated[Path, typer.Option(help="Repository root holding data.dvc.")] = Path("."),
-    push: Annotated[bool, typer.Option(help="Push the new version to the default remote.")] = True,
-    log_dir: Annotated[
-        Path | None,
-        typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
-    ] = None,
+    repo: RepoOpt = Path("."),
+    push: PushOpt = True,
+    log_dir: LogDirOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:

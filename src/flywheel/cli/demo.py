@@ -13,6 +13,7 @@ from flywheel.cli.pipeline import (
     pipeline_entry,
     print_outputs,
     print_training_summary,
+    read_base_params,
     run_pipeline_locally,
 )
 
@@ -60,8 +61,7 @@ def demo(
 
     started = time.perf_counter()
     entry = pipeline_entry("training", runnable=True)
-    p = read_params(params)
-    read_params(params, set_)
+    p = read_base_params(params, set_)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, ".")
     console.print(f"data/ is at version [bold]{version}[/bold] ({how})")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on
-from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
 
 commands = typer.Typer()
 label_commands = typer.Typer(
@@ -40,10 +40,7 @@ def curate(
     until: Annotated[
         str | None, typer.Option(help="Window end: ISO time or a duration back (default: now).")
     ] = None,
-    log_dir: Annotated[
-        Path | None,
-        typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
-    ] = None,
+    log_dir: LogDirOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:

@@ -25,6 +25,10 @@ SetOpt = Annotated[
 DatasetOpt = Annotated[
     Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
 ]
+LogDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Registered model (default: evaluate.registered_model)."),

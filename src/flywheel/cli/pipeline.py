@@ -67,6 +67,16 @@ def pipeline_entry(name: str, *, runnable: bool) -> Any:
     return entry
 
 
+def read_base_params(params: Path, pairs: list[str] | None) -> Params:
+    """params.yaml as a pipeline run's base: *without* the `--set` pairs, checked all the same.
+
+    The pairs travel apart, so the run shows what was changed; a bad one fails
+    here, with its key, before anything runs.
+    """
+    read_params(params, pairs)
+    return read_params(params)
+
+
 def recorded_data_version(p: Params) -> str:
     """The data version data.dvc records, '' when there is none (the run then takes any)."""
     from flywheel.data.versioning import DataVersionError, data_version
@@ -93,6 +103,23 @@ def _cluster_settings(
         config_map=config_map or defaults.config_map,
         s3_secret=s3_secret or defaults.s3_secret,
     )
+
+
+def _compile_for_cluster(
+    entry: Any, p: Params, version: str, image: str | None, settings: Any, package: Path
+) -> tuple[Any, Path]:
+    """Build a catalog pipeline for a cluster and compile it to `package`; both come back."""
+    from flywheel.env import component_image
+    from pipelines.cluster import compile_pipeline
+
+    pipeline = entry.build(
+        p,
+        data_version=version,
+        target="cluster",
+        image=image or component_image(),
+        cluster=settings,
+    )
+    return pipeline, compile_pipeline(pipeline, package)
 
 
 def _arguments(pipeline: Any, p: Params, pairs: list[str], *, data_version: str, repo: str) -> Any:
@@ -236,8 +263,7 @@ def pipeline_run(
     before training).
     """
     entry = pipeline_entry(name, runnable=True)
-    p = read_params(params)
-    read_params(params, set_)  # a bad override fails here, with its key
+    p = read_base_params(params, set_)
     run = run_pipeline_locally(entry, p, list(set_ or []), recorded_data_version(p), cache)
     print_outputs(run)
     if entry.name == "training":
@@ -268,7 +294,6 @@ def pipeline_compile(
     import_pipelines()
     from flywheel.env import component_image
     from pipelines.catalog import PIPELINES
-    from pipelines.cluster import compile_pipeline
 
     p = read_params(params)
     chosen = names or [n for n, e in PIPELINES.items() if e.ready]
@@ -276,14 +301,7 @@ def pipeline_compile(
     version = recorded_data_version(p)
     for name in chosen:
         entry = pipeline_entry(name, runnable=False)
-        pipeline = entry.build(
-            p,
-            data_version=version,
-            target="cluster",
-            image=image or component_image(),
-            cluster=settings,
-        )
-        package = compile_pipeline(pipeline, out / f"{name}.yaml")
+        _, package = _compile_for_cluster(entry, p, version, image, settings, out / f"{name}.yaml")
         note = (
             "" if entry.ready else f" [yellow](cannot run yet: {escape(entry.not_ready)})[/yellow]"
         )
@@ -339,7 +357,6 @@ def pipeline_submit(
     """
     from datetime import UTC, datetime
 
-    from flywheel.env import component_image
     from flywheel.workflows import kfp_cron
 
     entry = pipeline_entry(name, runnable=True)
@@ -349,19 +366,14 @@ def pipeline_submit(
         schedule = kfp_cron(cron) if cron is not None else None
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--cron") from None
-    from pipelines.cluster import ClusterError, compile_pipeline, submit
+    from pipelines.cluster import ClusterError, submit
 
-    p = read_params(params)
-    read_params(params, set_)
+    p = read_base_params(params, set_)
     version = recorded_data_version(p)
-    pipeline = entry.build(
-        p,
-        data_version=version,
-        target="cluster",
-        image=image or component_image(),
-        cluster=_cluster_settings(train_image, accelerator, config_map, s3_secret),
+    settings = _cluster_settings(train_image, accelerator, config_map, s3_secret)
+    pipeline, package = _compile_for_cluster(
+        entry, p, version, image, settings, out / f"{name}.yaml"
     )
-    package = compile_pipeline(pipeline, out / f"{name}.yaml")
     run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo=".")
     with exit_on(ClusterError):

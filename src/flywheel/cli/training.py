@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 commands = typer.Typer()
 
 
-def _describe_data_version(plan: DataPlan) -> str | None:
-    """The DVC data version of the plan's data folder, flagged when the folder has moved on."""
+def _describe_data_version(plan: DataPlan, dataset: Path | None = None) -> str | None:
+    """The DVC data version of the plan's data folder, flagged when the folder has moved on.
+
+    None when there is none, or when `dataset` (a `--dataset` given) lies outside that folder.
+    """
     from flywheel.data.versioning import DataVersionError, data_version, is_clean
 
+    if dataset is not None and not dataset.resolve().is_relative_to(plan.root.resolve()):
+        return None
     try:
         version = data_version(".", plan)
     except DataVersionError:
@@ -55,8 +60,7 @@ def validate(
     p = read_params(params)
     with exit_on(ManifestError, ValidationSetupError):
         report = validate_dataset(dataset or p.data.dataset_dir, p, check_files=files)
-    if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
-        report.data_version = _describe_data_version(p.data)
+    report.data_version = _describe_data_version(p.data, dataset)
     print_report(report, console)
     if not report.success:
         raise typer.Exit(1)
@@ -93,9 +97,7 @@ def train(
 
     p = read_params(params, set_)
     data_dir = dataset or p.data.dataset_dir
-    version = None
-    if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
-        version = _describe_data_version(p.data)
+    version = _describe_data_version(p.data, dataset)
     with exit_on(DatasetError, TrainingError):
         result = train_model(
             p,
@@ -184,9 +186,7 @@ def tune(
     with exit_on(TuneError, DatasetError, TrainingError):
         validate_space(p)  # before anything is opened or trained
         data_dir = dataset or p.data.dataset_dir
-        version = None
-        if dataset is None or dataset.resolve().is_relative_to(p.data.root.resolve()):
-            version = _describe_data_version(p.data)
+        version = _describe_data_version(p.data, dataset)
         result = tune_study(
             p,
             data_dir,
