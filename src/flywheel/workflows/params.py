@@ -13,9 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from flywheel.config import ConfigError, Params, parse_params
+from flywheel.config.overrides import parse_overrides
 
 FIRST_CLASS_PARAMETERS: dict[str, str] = {
     "epochs": "train.epochs",
@@ -36,27 +35,6 @@ def params_document(params: Params) -> str:
     every step, and the same configuration must always read the same.
     """
     return json.dumps(params.model_dump(mode="json"), sort_keys=True, allow_nan=False)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`dotted.key=value` pairs (the CLI's `--set`) into a mapping; values are read as YAML.
-
-    >>> parse_overrides(["train.epochs=3", "evaluate.gates.max_ece=null"])
-    {'train.epochs': 3, 'evaluate.gates.max_ece': None}
-
-    Raises:
-        ConfigError: a pair without `=` or key, or a value that is not YAML.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {pair!r}: expected dotted.key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {pair!r}: the value is not YAML: {err}") from None
-    return out
 
 
 def resolve_params(

@@ -1,0 +1,60 @@
+"""The two rich consoles every command prints to, and how a command fails.
+
+Results go to stdout (`console`); errors go to stderr (`err_console`) as one
+line, `error: <why>` in red, and end the command with exit status 2, or 1
+where the status means a verdict (a refused promotion or merge, drift, a
+failed step). A library error is turned into that line by `exit_on`:
+
+    with exit_on(RegistryError, EvaluationError):
+        outcome = evaluate_candidate(...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: str, *, label: str = "error") -> None:
+    """Print `<label>: <message>` on stderr, the label in red; the message as text, not markup."""
+    err_console.print(f"[red]{label}:[/red] {escape(message)}")
+
+
+def abort(message: str, *, code: int = 2, label: str = "error") -> typer.Exit:
+    """Print the error (`print_error`); return the exit with status `code`, for `raise`."""
+    print_error(message, label=label)
+    return typer.Exit(code)
+
+
+@contextmanager
+def exit_on(
+    *errors: type[Exception], code: int = 2, label: str = "error", prefix: str = ""
+) -> Iterator[None]:
+    """Turn any of `errors` raised in the block into `abort(prefix + str(err))`, no traceback.
+
+    Args:
+        errors: the exception types a person can act on (the message says what to do).
+        code: the exit status.
+        label: the word before the message (`error`, `refused`).
+        prefix: text before the exception's message (what was being done).
+    """
+    try:
+        yield
+    except errors as err:
+        raise abort(f"{prefix}{err}", code=code, label=label) from None
+
+
+def refuse_on(*errors: type[Exception]) -> AbstractContextManager[None]:
+    """`exit_on` for a gate's refusal: `refused: <why>`, exit status 1.
+
+    Put it inside (after) an `exit_on` of a base class of `errors`, so that it
+    sees the refusal first: `with exit_on(RegistryError), refuse_on(PromotionRefusedError):`.
+    """
+    return exit_on(*errors, code=1, label="refused")

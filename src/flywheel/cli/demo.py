@@ -1,0 +1,178 @@
+"""`flywheel demo`: the training pipeline, one served prediction, then the closed loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flywheel.cli.console import console, exit_on
+from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.pipeline import (
+    pipeline_entry,
+    print_outputs,
+    print_training_summary,
+    read_base_params,
+    run_pipeline_locally,
+)
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
+
+commands = typer.Typer()
+
+
+@commands.command()
+def demo(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Reuse cached steps (default: train afresh)."),
+    ] = False,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop/--no-loop",
+            help="After training: serve, send traffic, detect drift, curate, label, retrain.",
+        ),
+    ] = True,
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per traffic phase of the loop.")
+    ] = 400,
+    drift_scenario: Annotated[
+        str, typer.Option(help="The drifting traffic scenario (params.yaml `scenarios:`).")
+    ] = "handwritten_shadow_rotated",
+) -> None:
+    """Run the loop locally: data (keep, pull or regenerate) → the training pipeline → summary.
+
+    The training pipeline runs on the KFP local runner: validate, train, evaluate
+    against production, promote when blessed. Then shows the version promoted, its
+    aliases, test accuracy overall and per slice, the Data Docs path and the
+    command that opens the MLflow UI, and ends by serving the production model on
+    127.0.0.1 for one prediction of a test image (and the command that serves it).
+    Run it again: the new candidate faces the champion, and is promoted only if
+    the gates bless it.
+    """
+    import time
+
+    from flywheel.data.versioning import DataVersionError, ensure_dataset
+
+    started = time.perf_counter()
+    entry = pipeline_entry("training", runnable=True)
+    p = read_base_params(params, set_)
+    with exit_on(DataVersionError):
+        how, version = ensure_dataset(p.data, ".")
+    console.print(f"data/ is at version [bold]{version}[/bold] ({how})")
+    run = run_pipeline_locally(entry, p, list(set_ or []), version, cache)
+    print_outputs(run)
+    print_training_summary(run)
+    _show_served_prediction(p, params)
+    if loop:
+        _run_closed_loop(params, set_, drift_scenario, requests)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, requests: int) -> None:
+    """The demo's second half (`flywheel.demo.loop.run_closed_loop`), then the phase table.
+
+    Exits 1 when a phase fails.
+    """
+    import httpx
+
+    from flywheel.data.versioning import data_version
+    from flywheel.demo.loop import LoopError, phase_table, run_closed_loop
+    from flywheel.demo.server import PredictionError, ServerStartError
+
+    p = read_params(params, set_)
+    if scenario not in p.scenarios:
+        raise typer.BadParameter(
+            f"unknown scenario {scenario!r}; params.yaml has {', '.join(p.scenarios)}",
+            param_hint="--drift-scenario",
+        )
+    entry = pipeline_entry("flywheel", runnable=True)
+    base = read_params(params)
+    before = data_version(".", p.data)
+
+    def retrain(extra: list[str]) -> None:
+        run = run_pipeline_locally(
+            entry, base, [*(set_ or []), *extra], data_version(".", p.data), False
+        )
+        console.print(f"flywheel pipeline run {run.run_id}: {run.seconds:.0f} s")
+
+    console.rule("the closed loop")
+    with exit_on(LoopError, ServerStartError, PredictionError, httpx.HTTPError, code=1):
+        phases = run_closed_loop(
+            params,
+            p,
+            retrain=retrain,
+            drift_scenario=scenario,
+            requests=requests,
+            say=console.print,
+        )
+    console.print(phase_table(phases))
+    after = phases[-1].data_version
+    if after != before:
+        console.print(
+            f"data.dvc now records data version {after} (was {before}): "
+            "`git diff HEAD -- data.dvc` shows it (DVC staged it); commit it to keep the "
+            "labelled production data, or `git checkout HEAD -- data.dvc && dvc checkout` "
+            "to go back",
+            soft_wrap=True,
+        )
+    for row in phases:
+        if row.report is not None:
+            console.print(f"drift report, {row.phase}: {row.report}", soft_wrap=True)
+    console.print(
+        "dashboards (Evidently UI + MLflow UI): [bold]make ui[/bold] or `flywheel ui`",
+        soft_wrap=True,
+    )
+
+
+def _show_served_prediction(p: Params, params: Path) -> None:
+    """Serve the production model on a free local port, classify one test image, stop it.
+
+    Exits 1 when the server does not become ready or the prediction fails.
+    """
+    import httpx
+
+    from flywheel.data.manifest import ManifestError, load_manifest
+    from flywheel.demo.server import (
+        PredictionError,
+        ServerStartError,
+        predict_file,
+        serve_command,
+        start_server,
+    )
+    from flywheel.registry import version_for_alias
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    name = p.evaluate.registered_model
+    if version_for_alias(name, p.serve.alias) is None:
+        console.print(f"no {p.serve.alias!r} version of {name} yet: nothing to serve")
+        return
+    with exit_on(ManifestError):
+        manifest = load_manifest(p.data.dataset_dir)
+    sample = manifest[manifest["split"] == "test"].iloc[0]
+    image = p.data.dataset_dir / str(sample["path"])
+    with (
+        exit_on(
+            ServerStartError, PredictionError, httpx.HTTPError, code=1, prefix="serving failed: "
+        ),
+        console.status(f"serving models:/{name}@{p.serve.alias} on 127.0.0.1 ..."),
+        start_server(params) as url,
+    ):
+        item = predict_file(url, image, request_id="demo-sample")
+    console.print(
+        f"served {url}: {image} (true label {sample['label']}) → label "
+        f"[bold]{item['label']}[/bold], confidence {item['confidence']:.3f}, "
+        f"{item['model_name']} version {item['model_version']}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"serve it on http://{p.serve.host}:{p.serve.port} "
+        "(POST /predict_image, /predict_images or /predict_arrays; docs at /):"
+    )
+    console.print(f"  {serve_command(params)}", soft_wrap=True, highlight=False)

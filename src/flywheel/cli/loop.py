@@ -1,0 +1,354 @@
+"""The loop after serving: monitor for drift, curate, label; the reference profile; the dashboards.
+
+`flywheel label import|oracle` is the `label` group (`label_commands`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flywheel.cli.console import abort, console, err_console, exit_on
+from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
+
+commands = typer.Typer()
+label_commands = typer.Typer(
+    help="Labels in and out of Label Studio (JSON); the demo oracle.", no_args_is_help=True
+)
+
+
+@commands.command()
+def curate(
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="Images to queue (default: curate.budget).")
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="least_confidence | margin | entropy | committee | random "
+            "(default: curate.strategy)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Window start: ISO time (naive = UTC) or a duration back (90m, 2h, 1d)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end: ISO time or a duration back (default: now).")
+    ] = None,
+    log_dir: LogDirOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Choose the logged production images worth labelling; queue them as Label Studio tasks.
+
+    Candidates have a stored image and are neither queued nor labelled. Writes
+    <label dir>/queue/<batch-id>.json (import it into Label Studio with the
+    label_config.xml beside it) and prints the batch.
+    """
+    from flywheel.curation import STRATEGIES, CurationError, curate_batch, parse_since
+    from flywheel.registry import RegistryError
+    from flywheel.tracking import configure_tracking
+
+    p = read_params(params, set_)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise typer.BadParameter(f"choose one of {', '.join(STRATEGIES)}", param_hint="--strategy")
+    with exit_on(CurationError, RegistryError):
+        start = parse_since(since) if since else None
+        end = parse_since(until) if until else None
+        if (strategy or p.curate.strategy) == "committee":
+            configure_tracking()
+        result = curate_batch(
+            p,
+            strategy=strategy,  # type: ignore[arg-type]  # checked against STRATEGIES above
+            budget=budget,
+            since=start,
+            until=end,
+            log_root=log_dir,
+        )
+    if result.queue_file is None:
+        console.print(
+            f"nothing to curate: no logged image with a stored file that is not already "
+            f"queued or labelled ({result.excluded} are)"
+        )
+        return
+    selected = result.selected
+    committee = f", committee versions {', '.join(result.committee)}" if result.committee else ""
+    console.print(
+        f"queued [bold]{len(selected)}[/bold] of {result.candidates} candidates "
+        f"({result.strategy}, spread over {result.space}{committee})"
+    )
+    table = Table(title=f"batch {result.batch_id}: by predicted label and model version")
+    for column in ("predicted", "version", "images", "mean score", "mean confidence"):
+        table.add_column(column, justify="left" if column in ("predicted", "version") else "right")
+    grouped = selected.groupby(["label", "model_version"])
+    for (label, version), rows in grouped:
+        table.add_row(
+            str(label),
+            str(version),
+            str(len(rows)),
+            f"{rows['score'].mean():.3f}",
+            f"{rows['confidence'].mean():.3f}",
+        )
+    console.print(table)
+    console.print(f"queue: {result.queue_file}", soft_wrap=True)
+
+
+@commands.command()
+def monitor(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Window start: ISO time (naive = UTC) or a duration back from now (90m, 2h, 1d). "
+            "Default: the last monitor.window_hours, unless --last is given."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end (exclusive), same forms. Default: now.")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Only the most recent N predictions of the window.")
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Model version to check (default: the one that served the latest)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout, nothing else.")
+    ] = False,
+    save: Annotated[
+        bool,
+        typer.Option("--save/--no-save", help="Write the HTML report and the Evidently snapshot."),
+    ] = True,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="The HTML report (default: monitor.reports_dir/<model>-v<N>-<time>.html)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Check a window of the prediction log for drift against the serving version's reference.
+
+    Evidently compares the summary features, the embedding (PCA components),
+    the predicted labels and the confidence with the reference profile of the
+    model version that served the window; accuracy is reported where ground
+    truth is known. The snapshot goes to the Evidently workspace (`flywheel ui`).
+
+    Exit status: 0 no drift, 1 drift, 2 error (bad configuration, no reference
+    profile, fewer predictions than monitor.min_window_size, ...).
+    """
+    import json
+
+    from flywheel.config import ConfigError
+    from flywheel.monitoring import MonitoringError, parse_time, result_table
+    from flywheel.monitoring import monitor as run_monitor
+    from flywheel.monitoring.monitor import EXIT_ERROR, predictions_dir
+    from flywheel.registry import RegistryError
+    from flywheel.tracking import configure_tracking
+
+    p = read_params(params, set_)
+    configure_tracking()
+    with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
+        start = parse_time(since) if since else None
+        end = parse_time(until) if until else None
+        with err_console.status("monitoring: Evidently report over the window"):
+            result = run_monitor(
+                p,
+                since=start,
+                until=end,
+                last=last,
+                version=version,
+                log_dir=predictions_dir(p, params.resolve().parent),
+                save=save,
+                report_path=report,
+            )
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        console.print(result_table(result))
+        for note in result.check.notes:
+            console.print(f"note: {escape(note)}")
+        if result.report_path:
+            console.print(f"report: {result.report_path}", soft_wrap=True)
+        if result.project_id:
+            console.print(f"dashboard: `flywheel ui`, project {result.project_id}")
+    raise typer.Exit(result.exit_code)
+
+
+@commands.command()
+def reference(
+    version: Annotated[
+        str | None, typer.Option(help="Registered version (default: the 'production' alias).")
+    ] = None,
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Compute and store the reference profile of a registered version (monitoring's baseline).
+
+    Training does this for every new model; use it for versions trained before,
+    or to profile a version on the dataset it was trained on after the fact.
+    """
+    from flywheel.evaluation import EvaluationError
+    from flywheel.monitoring import MonitoringError, build_version_reference
+    from flywheel.registry import RegistryError, version_for_alias
+    from flywheel.tasks import DatasetError
+    from flywheel.tracking import configure_tracking
+
+    p = read_params(params)
+    configure_tracking()
+    name = model or p.evaluate.registered_model
+    with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
+        chosen = version or version_for_alias(name, "production")
+        if chosen is None:
+            raise RegistryError(f"model {name!r} has no 'production' version; pass --version")
+        info = build_version_reference(
+            name,
+            chosen,
+            dataset or p.data.dataset_dir,
+            splits=p.monitor.reference_splits,
+            progress=True,
+        )
+    console.print(
+        f"{name} version {chosen}: reference profile of {info.rows} images "
+        f"({'+'.join(info.splits)}, embedding {info.embedding_dim}) → run {info.run_id} "
+        f"artifact {info.artifact} ({info.seconds:.1f} s)"
+    )
+
+
+@commands.command()
+def ui(
+    host: Annotated[str | None, typer.Option(help="Address (default: ui.host).")] = None,
+    evidently_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Evidently UI port (default: ui.evidently_port)."),
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="MLflow UI port (default: ui.mlflow_port).")
+    ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Start the MLflow UI too.")
+    ] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Open the dashboards until Ctrl-C: the Evidently UI over the workspace, and MLflow's.
+
+    The Evidently project of the registered model shows drift over time (share
+    of drifted features, embedding drift, confidence, prediction distribution,
+    accuracy on labelled traffic, the version serving). Both bind 127.0.0.1 by
+    default: neither has authentication.
+    """
+    import signal
+    import threading
+
+    from flywheel.env import state_dir
+    from flywheel.monitoring.dashboards import DashboardError, start_dashboards
+    from flywheel.monitoring.monitor import workspace_dir
+    from flywheel.monitoring.workspace import open_workspace
+    from flywheel.tracking import configure_tracking
+
+    p = read_params(params, set_)
+    tracking = configure_tracking()
+    bind = host or p.ui.host
+    workspace = workspace_dir(p).resolve()
+    with (
+        exit_on(DashboardError),
+        err_console.status("starting the Evidently UI and the MLflow UI"),
+    ):
+        dashboards = start_dashboards(
+            workspace,
+            tracking.uri,
+            host=bind,
+            evidently_port=evidently_port or p.ui.evidently_port,
+            mlflow_port=(mlflow_port or p.ui.mlflow_port) if mlflow else None,
+            log_dir=state_dir() / "logs",
+        )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job ignores SIGINT
+        signal.signal(signum, lambda *_: stop.set())
+    with dashboards:
+        evidently = dashboards.servers[0]
+        projects = open_workspace(workspace).search_project(p.evaluate.registered_model)
+        where = (
+            f"/projects/{projects[0].id}"
+            if projects
+            else " (no snapshot yet: run `flywheel monitor`)"
+        )
+        console.print(f"Evidently UI: {evidently.url}{where}  (workspace {workspace})")
+        for server in dashboards.servers[1:]:
+            console.print(f"MLflow UI:    {server.url}  ({tracking.uri})")
+        console.print("Ctrl-C stops both.")
+        while not stop.wait(1.0) and not dashboards.dead():
+            pass
+        dead = dashboards.dead()
+        if stop.is_set() or not dead:
+            console.print("stopping the dashboards")
+            return
+        raise abort(
+            f"the {dead[0].name} UI exited (status {dead[0].process.returncode}); "
+            f"log: {dead[0].log}"
+        )
+
+
+@label_commands.command("import")
+def label_import(
+    path: Annotated[Path, typer.Argument(help="A Label Studio JSON export (a list of tasks).")],
+    origin: Annotated[
+        str, typer.Option(help="Recorded on the labels: label-studio (people) or oracle.")
+    ] = "label-studio",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Import a Label Studio export: check every task, then record the labels, all or nothing.
+
+    A label outside the plan's classes, a task without data.request_id/index,
+    or two tasks labelling one image differently is an error naming the task;
+    nothing is written then (exit 2). Re-importing an export records nothing new.
+    """
+    from flywheel.labeling import LabelImportError, import_labels
+
+    p = read_params(params)
+    with exit_on(LabelImportError):
+        result = import_labels(path, p.data.classes, p.label, origin=origin)
+    console.print(
+        f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
+        f"changed labels recorded, {result.unchanged} already known, "
+        f"{len(result.unlabelled)} tasks without a label"
+    )
+    if result.file:
+        console.print(f"labels: {result.file}", soft_wrap=True)
+
+
+@label_commands.command("oracle")
+def label_oracle(
+    batch: Annotated[
+        str | None, typer.Option(help="Queue batch id to answer (default: every pending task).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """The demo labeller: answer the queue from the simulator's truth, as a Label Studio export.
+
+    The export (under <label dir>/exports/) is imported with `label import`'s
+    code, as a person's would be. Tasks the simulator did not send stay unlabelled.
+    """
+    from flywheel.demo.oracle import label_with_oracle
+    from flywheel.labeling import LabelImportError, QueueError
+
+    p = read_params(params)
+    with exit_on(QueueError, LabelImportError):
+        result = label_with_oracle(p, batch=batch)
+    if result.export is None:
+        console.print(f"nothing to label: no pending task in {len(result.batches)} queue batches")
+        return
+    written = result.imported.written if result.imported else 0
+    console.print(
+        f"oracle answered [bold]{result.answered}[/bold] of {result.tasks} pending tasks "
+        f"({len(result.unanswered)} without truth); {written} labels recorded"
+    )
+    console.print(f"export: {result.export}", soft_wrap=True)

@@ -1,0 +1,58 @@
+"""Options several commands share, and reading params.yaml with the `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flywheel.cli.console import exit_on
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="The params.yaml to read.", show_default=True)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override one value of params.yaml, as dotted.key=value (YAML value); repeatable.",
+    ),
+]
+DatasetOpt = Annotated[
+    Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
+]
+LogDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Registered model (default: evaluate.registered_model)."),
+]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded on the versions).")]
+WhoOpt = Annotated[
+    str | None,
+    typer.Option(help="Who (recorded; default: $FLYWHEEL_USER, else the login name)."),
+]
+
+
+def read_params(path: Path, pairs: list[str] | None = None) -> Params:
+    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
+    from flywheel.config import ConfigError, load_params
+    from flywheel.config.overrides import OverrideError, parse_overrides
+
+    try:
+        overrides = parse_overrides(pairs or [])
+    except OverrideError as err:  # a usage error: Typer prints it with the usage line, exit 2
+        raise typer.BadParameter(f"{err.pair!r}: {err.reason}", param_hint="--set") from None
+    with exit_on(ConfigError):
+        return load_params(path, overrides)
+
+
+def registered_model(model: str | None, params: Path) -> str:
+    """The registered model: `--model`, else `evaluate.registered_model` of params.yaml."""
+    return model or read_params(params).evaluate.registered_model

@@ -1,0 +1,46 @@
+"""The `flywheel` command: the root Typer app, assembled from one module per command group.
+
+Commands of the top level come from the modules in the order `flywheel --help`
+lists them; `data`, `label` and `pipeline` are groups of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flywheel.cli import data, demo, loop, pipeline, registry, serving, training
+from flywheel.cli.console import err_console
+from flywheel.env import disable_telemetry
+
+app = typer.Typer(
+    name="flywheel",
+    help="The data flywheel of a vision AI service: collect, validate, train, evaluate, "
+    "promote, serve, monitor, curate, label, retrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(training.commands)  # validate, train, tune, evaluate
+app.add_typer(registry.commands)  # promote, rollback, models
+app.add_typer(serving.commands)  # serve, simulate
+app.add_typer(loop.commands)  # curate, monitor, reference, ui
+app.add_typer(demo.commands)  # demo
+app.add_typer(data.commands, name="data")
+app.add_typer(loop.label_commands, name="label")
+app.add_typer(pipeline.commands, name="pipeline")
+
+
+@app.callback()
+def _main() -> None:
+    disable_telemetry()
+
+
+def main() -> None:
+    """Entry point of the `flywheel` script."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive only
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,296 @@
+"""Validate, train, tune and evaluate: from a dataset to a blessed (or refused) candidate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flywheel.cli.console import console, err_console, exit_on
+from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, WhoOpt, read_params
+
+if TYPE_CHECKING:
+    from flywheel.config import DataPlan
+    from flywheel.evaluation import EvaluationOutcome
+
+commands = typer.Typer()
+
+
+def _describe_data_version(plan: DataPlan, dataset: Path | None = None) -> str | None:
+    """The DVC data version of the plan's data folder, flagged when the folder has moved on.
+
+    None when there is none, or when `dataset` (a `--dataset` given) lies outside that folder.
+    """
+    from flywheel.data.versioning import DataVersionError, data_version, is_clean
+
+    if dataset is not None and not dataset.resolve().is_relative_to(plan.root.resolve()):
+        return None
+    try:
+        version = data_version(".", plan)
+    except DataVersionError:
+        return None
+    if not is_clean(".", plan):
+        return f"{version} + unrecorded changes (run `flywheel data track`)"
+    return version
+
+
+@commands.command()
+def validate(
+    params: ParamsOpt = Path("params.yaml"),
+    dataset: DatasetOpt = None,
+    files: Annotated[
+        bool, typer.Option("--files/--no-files", help="Open and decode every image file.")
+    ] = True,
+) -> None:
+    """Validate the dataset against the data contract derived from the plan (Great Expectations).
+
+    Exits non-zero when any expectation fails, printing each failure with a few
+    offending rows; always writes Data Docs and prints their path.
+    """
+    from flywheel.validation import (
+        ManifestError,
+        ValidationSetupError,
+        print_report,
+        validate_dataset,
+    )
+
+    p = read_params(params)
+    with exit_on(ManifestError, ValidationSetupError):
+        report = validate_dataset(dataset or p.data.dataset_dir, p, check_files=files)
+    report.data_version = _describe_data_version(p.data, dataset)
+    print_report(report, console)
+    if not report.success:
+        raise typer.Exit(1)
+
+
+@commands.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    dataset: DatasetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoints, history and curves (default: <state dir>/train)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")
+    ] = False,
+    log_model: Annotated[
+        bool, typer.Option("--log-model/--no-log-model", help="Log the best model to MLflow.")
+    ] = True,
+) -> None:
+    """Train the model params.yaml describes; log the run, curves and pt2 model to MLflow.
+
+    Runs on CUDA with mixed precision when a GPU is present; under
+    `torchrun --nproc_per_node=N $(which flywheel) train` it trains data-parallel.
+    Prints the run id, the best validation metric and the logged model's URI.
+    A logged model gets its reference profile for monitoring (train and val
+    images through the exported model) as a run artifact and is registered as
+    the new 'candidate' version, as the pipeline's train step does.
+    """
+    from flywheel.env import state_dir
+    from flywheel.modeling.training import TrainingError
+    from flywheel.registry import RegistryError
+    from flywheel.tasks import DatasetError
+    from flywheel.workflows import train_and_register
+
+    p = read_params(params, set_)
+    data_dir = dataset or p.data.dataset_dir
+    version = _describe_data_version(p.data, dataset)
+    with exit_on(DatasetError, TrainingError, RegistryError):
+        trained = train_and_register(
+            p,
+            data_dir,
+            out_dir=out or state_dir() / "train",
+            resume=resume,
+            data_version=version or "",
+            log_model=log_model,
+            progress=True,
+            reason="trained by flywheel train",
+            status=err_console.status,
+        )
+    result, reference, candidate = trained.training, trained.reference, trained.candidate
+    if result.run_id is None:  # a DDP rank other than 0: rank 0 reports
+        return
+    last = result.history[-1]
+    table = Table(title=f"last epoch ({result.device})")
+    for column in ("metric", "train", "val"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in sorted(k.removeprefix("val_") for k in last if k.startswith("val_")):
+        table.add_row(name, f"{last[f'train_{name}']:.4f}", f"{last[f'val_{name}']:.4f}")
+    console.print(table)
+    notes = [
+        f"{result.epochs_run} epochs in {result.train_seconds:.1f} s",
+        "stopped early" if result.stopped_early else "",
+        "[yellow]overfitting[/yellow]" if result.overfitting else "",
+    ]
+    console.print(", ".join(n for n in notes if n))
+    console.print(
+        f"best {result.monitor} [bold]{result.best_metric:.4f}[/bold] at epoch {result.best_epoch}"
+        f" → {result.best_checkpoint}"
+    )
+    if result.model_uri:
+        console.print(
+            f"model [bold]{result.model_uri}[/bold] (run {result.run_id}, "
+            f"logged in {result.log_model_seconds:.1f} s)"
+        )
+    if reference is not None:
+        console.print(
+            f"reference profile: {reference.rows} images → run artifact {reference.artifact} "
+            f"({reference.seconds:.1f} s)"
+        )
+    if candidate is not None:
+        console.print(
+            f"registered [bold]{candidate.name}[/bold] version [bold]{candidate.version}[/bold]"
+            " as candidate"
+        )
+
+
+@commands.command()
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    dataset: DatasetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="best_params.yaml, the default Optuna storage (default: <state>/tune)."),
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="Trials to run (default: tune.n_trials)")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Start no trial after this many seconds (default: tune.timeout_s)."),
+    ] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(help="Optuna study to create or resume (default: derived from the set-up)."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: SQLite in --out)."),
+    ] = None,
+) -> None:
+    """Search tune.space of params.yaml with Optuna (TPE, median pruning); trials nest in MLflow.
+
+    Each trial is a short training run (tune.epochs_per_trial), a child of one
+    parent "tune" run. Prints the trials and the best values, writes them to
+    <out>/best_params.yaml (dotted keys, ready for --set). Re-running the same
+    set-up resumes the study. Exits 1 when no trial completed.
+    """
+    from flywheel.env import state_dir
+    from flywheel.modeling.training import TrainingError
+    from flywheel.modeling.tuning import TuneError, print_report, validate_space
+    from flywheel.modeling.tuning import tune as tune_study
+    from flywheel.tasks import DatasetError
+
+    p = read_params(params, set_)
+    with exit_on(TuneError, DatasetError, TrainingError):
+        validate_space(p)  # before anything is opened or trained
+        data_dir = dataset or p.data.dataset_dir
+        version = _describe_data_version(p.data, dataset)
+        result = tune_study(
+            p,
+            data_dir,
+            out_dir=out or state_dir() / "tune",
+            study_name=study_name,
+            storage=storage,
+            n_trials=n_trials,
+            timeout_s=timeout,
+            data_version=version,
+        )
+    print_report(result, console)
+    if result.best is None:
+        raise typer.Exit(1)
+
+
+@commands.command()
+def evaluate(
+    version: Annotated[
+        str | None,
+        typer.Option(help="Registered version to evaluate (default: the 'candidate' alias)."),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Register this run's model first, then evaluate it."),
+    ] = None,
+    artifact: Annotated[str, typer.Option(help="The model's name in the run.")] = "model",
+    model: ModelOpt = None,
+    dataset: DatasetOpt = None,
+    who: WhoOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a candidate on the frozen test split, overall and per slice, against production.
+
+    Applies the gates of params.yaml (evaluate.gates) and records the verdict on
+    the version; a blessed version becomes 'staging'. Exits 1 when the gates
+    refuse it, naming the failed gates.
+    """
+    from flywheel.evaluation import EvaluationError, evaluate_candidate
+    from flywheel.registry import RegistryError, register, run_lineage, version_for_alias
+    from flywheel.tasks import DatasetError
+    from flywheel.tracking import configure_tracking
+
+    p = read_params(params, set_)
+    configure_tracking()
+    name = model or p.evaluate.registered_model
+    if run_id and version:
+        raise typer.BadParameter("give --run-id or --version, not both", param_hint="--run-id")
+    with exit_on(RegistryError, EvaluationError, DatasetError):
+        if run_id:
+            version = register(
+                f"runs:/{run_id}/{artifact}", name, tags=run_lineage(run_id), who=who
+            )
+            console.print(f"registered run {run_id} as [bold]{name}[/bold] version {version}")
+        elif version is None:
+            version = version_for_alias(name, "candidate")
+            if version is None:
+                raise RegistryError(f"model {name!r} has no 'candidate' version; pass --version")
+        outcome = evaluate_candidate(
+            name, version, dataset or p.data.dataset_dir, p.evaluate, who=who
+        )
+    _print_evaluation(outcome)
+    if not outcome.blessing.blessed:
+        raise typer.Exit(1)
+
+
+def _print_evaluation(outcome: EvaluationOutcome) -> None:
+    report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
+    table = Table(title=escape(f"{report.split} split: {report.model_uri}"))
+    for column in ("slice", "images", "accuracy", "macro-F1", "ECE"):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    if champion is not None:
+        table.add_column(f"champion v{blessing.champion_version}", justify="right")
+    for name, m in [("all", report.overall), *report.slices.items()]:
+        extra = []
+        if champion is not None:
+            theirs = champion.overall if name == "all" else champion.slices[name]
+            extra = [f"{theirs.accuracy:.3f}"]
+        row = [f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.ece:.3f}"]
+        table.add_row(escape(name), str(m.n), *row, *extra)
+    console.print(table)
+    gates = Table(title="gates")
+    for column in ("gate", "value", "threshold", "verdict", "detail"):
+        gates.add_column(column)
+    for gate in blessing.gates:
+        verdict = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        gates.add_row(
+            escape(gate.name),
+            f"{gate.value:.4f}",
+            f"{gate.comparison} {gate.threshold:.4f}",
+            verdict,
+            escape(gate.detail),
+        )
+    console.print(gates)
+    for note in blessing.notes:
+        console.print(f"note: {escape(note)}")
+    version = f"{blessing.model_name} version {blessing.candidate_version}"
+    if blessing.blessed:
+        console.print(f"[green]blessed[/green]: {version} is now 'staging'")
+    else:
+        failed = ", ".join(blessing.failed_gates)
+        console.print(f"[red]not blessed[/red]: {escape(version)}; failed: {escape(failed)}")
