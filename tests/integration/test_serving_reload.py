@@ -17,7 +17,7 @@ import pytest
 
 from flywheel import registry
 from flywheel.demo.server import reload_model, start_server
-from serving.service import BROADCAST_TRIGGER
+from serving.watcher import BROADCAST_TRIGGER
 from tests.integration.test_serving import (
     TOKEN,
     Server,
