@@ -12,18 +12,17 @@ import uuid
 from collections.abc import MutableMapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from flywheel.serving_api import REQUEST_ID_HEADER, Scale
 from serving.errors import RequestError
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 """Caller-supplied request ids are used in file names: only a safe alphabet is kept."""
 IMAGE_FORMATS = frozenset({"PNG", "JPEG"})
-Scale = Literal["auto", "unit", "byte"]
 
 
 def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image:
@@ -117,8 +116,6 @@ def request_id_from(headers: MutableMapping[str, str] | Any) -> str:
 
 __all__ = [
     "IMAGE_FORMATS",
-    "REQUEST_ID_HEADER",
-    "Scale",
     "arrays_to_unit",
     "decode_image",
     "request_id_from",

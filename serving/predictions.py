@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import TypeAdapter
 from starlette.responses import Response
 
+from flywheel.serving_api import JSON_MEDIA_TYPE, ClassProbability, Prediction
 from serving.hot_swap import LoadedModel
 from serving.metrics import ServiceMetrics
-from serving.schema import ClassProbability, Prediction
 
 if TYPE_CHECKING:
     from flywheel.monitoring.prediction_log import PredictionLogger
@@ -110,7 +110,7 @@ def respond(
                 image=images[i],
             )
         )
-    return Response(_PREDICTIONS.dump_json(out), media_type="application/json")
+    return Response(_PREDICTIONS.dump_json(out), media_type=JSON_MEDIA_TYPE)
 
 
 __all__ = ["forward_with_features", "respond"]

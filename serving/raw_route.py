@@ -16,13 +16,10 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.schema import ErrorBody, Prediction
+from flywheel.serving_api import IMAGE_MEDIA_TYPES, PREDICT_IMAGE_PATH, ErrorBody, Prediction
 
 if TYPE_CHECKING:
     from serving.service import Flywheel
-
-IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg")
-"""What `/predict_image` takes as its body (either format under either type: decoding sniffs)."""
 
 RAW_ROUTES = FastAPI(
     title="flywheel raw image route", docs_url=None, redoc_url=None, openapi_url=None
@@ -50,7 +47,7 @@ _RAW_IMAGE_BODY = {
 
 
 @RAW_ROUTES.post(
-    "/predict_image",
+    PREDICT_IMAGE_PATH,
     response_model=list[Prediction],
     responses=_REFUSALS,
     openapi_extra=_RAW_IMAGE_BODY,
@@ -68,4 +65,4 @@ async def predict_image(request: Request) -> Response:
     return await service.predict_image(request)
 
 
-__all__ = ["IMAGE_MEDIA_TYPES", "RAW_ROUTES", "predict_image"]
+__all__ = ["RAW_ROUTES", "predict_image"]

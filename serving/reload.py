@@ -27,10 +27,9 @@ import uuid
 from http import HTTPStatus
 from pathlib import Path
 
+from flywheel.serving_api import ADMIN_SCHEME, ADMIN_TOKEN_ENV, AUTHORIZATION_HEADER
 from serving.errors import RequestError
 
-ADMIN_TOKEN_ENV = "FLYWHEEL_ADMIN_TOKEN"
-"""The bearer token `/admin/reload` requires; unset or empty disables the endpoint."""
 RELOAD_DIR_ENV = "FLYWHEEL_RELOAD_DIR"
 """The folder the workers of one server share for reload requests. Not a setting: the server
 process makes a fresh one and sets this before it starts the workers (`open_reload_channel`)."""
@@ -55,9 +54,10 @@ def authorize_admin(expected: str | None, authorization: str | None) -> None:
             HTTPStatus.FORBIDDEN,
         )
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != ADMIN_SCHEME.lower() or not token.strip():
         raise RequestError(
-            "admin endpoints need 'Authorization: Bearer <token>'", HTTPStatus.UNAUTHORIZED
+            f"admin endpoints need '{AUTHORIZATION_HEADER}: {ADMIN_SCHEME} <token>'",
+            HTTPStatus.UNAUTHORIZED,
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise RequestError("invalid admin token", HTTPStatus.FORBIDDEN)
@@ -145,7 +145,6 @@ def worker_reload_signal() -> ReloadSignal | None:
 
 
 __all__ = [
-    "ADMIN_TOKEN_ENV",
     "RELOAD_DIR_ENV",
     "RELOAD_WATCH_S",
     "ReloadSignal",

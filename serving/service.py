@@ -75,29 +75,42 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from flywheel.serving_api import (
+    ADMIN_RELOAD_PATH,
+    ADMIN_SCHEME,
+    ADMIN_TOKEN_ENV,
+    AUTHORIZATION_HEADER,
+    BODY_MEDIA_TYPES,
+    IMAGES_FIELD,
+    MODEL_VERSION_HEADER,
+    PREDICT_ARRAYS_PATH,
+    PREDICT_IMAGES_PATH,
+    REQUEST_ID_HEADER,
+    RETRY_AFTER_HEADER,
+    WWW_AUTHENTICATE_HEADER,
+    Prediction,
+    ReloadResult,
+    Scale,
+)
 from serving.batching import OverloadedError
-from serving.decoding import Scale, arrays_to_unit, decode_image, request_id_from
+from serving.decoding import arrays_to_unit, decode_image, request_id_from
 from serving.errors import RequestError
 from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
 from serving.predictions import forward_with_features, respond
-from serving.raw_route import IMAGE_MEDIA_TYPES, RAW_ROUTES
+from serving.raw_route import RAW_ROUTES
 from serving.reload import (
-    ADMIN_TOKEN_ENV,
     RELOAD_DIR_ENV,
     authorize_admin,
     open_reload_channel,
     worker_reload_signal,
 )
-from serving.schema import Prediction, ReloadResult
 from serving.settings import params_base, service_params
 from serving.watcher import RegistryWatcher
 
 logger = logging.getLogger("flywheel.serving")
 
-REQUEST_ID_HEADER = "X-Request-ID"
-MODEL_VERSION_HEADER = "X-Model-Version"
 RETRY_AFTER_S = 1
 """Sent with a 503: when a shed or not-yet-ready request is worth retrying."""
 INLINE_BYTES = 256 * 1024
@@ -196,7 +209,7 @@ class Flywheel:
 
         return await self._serve(request.headers, prepare, inline=len(body) < INLINE_BYTES)
 
-    @bentoml.api
+    @bentoml.api(route=PREDICT_IMAGES_PATH)
     async def predict_images(self, images: list[Path], ctx: bentoml.Context) -> list[Prediction]:
         """Classify uploaded PNG/JPEG files (multipart field `images`, one or more)."""
 
@@ -209,7 +222,7 @@ class Flywheel:
         answer = await self._serve(ctx.request.headers, prepare, inline=size < INLINE_BYTES)
         return _answer(ctx, answer)
 
-    @bentoml.api
+    @bentoml.api(route=PREDICT_ARRAYS_PATH)
     async def predict_arrays(
         self, images: np.ndarray, ctx: bentoml.Context, scale: Scale = "auto"
     ) -> list[Prediction]:
@@ -224,7 +237,7 @@ class Flywheel:
         answer = await self._serve(ctx.request.headers, prepare, inline=inline)
         return _answer(ctx, answer)
 
-    @bentoml.api(route="/admin/reload")
+    @bentoml.api(route=ADMIN_RELOAD_PATH)
     async def reload_model(self, ctx: bentoml.Context) -> ReloadResult:
         """Check the alias now and swap in a new version (`Authorization: Bearer <token>`).
 
@@ -236,11 +249,11 @@ class Flywheel:
         when the server has no `FLYWHEEL_ADMIN_TOKEN`.
         """
         try:
-            authorize_admin(self.admin_token, ctx.request.headers.get("authorization"))
+            authorize_admin(self.admin_token, ctx.request.headers.get(AUTHORIZATION_HEADER))
         except RequestError as err:
             refusal = self._refuse(err)
             if err.status == HTTPStatus.UNAUTHORIZED:
-                refusal.headers["WWW-Authenticate"] = 'Bearer realm="flywheel-admin"'
+                refusal.headers[WWW_AUTHENTICATE_HEADER] = f'{ADMIN_SCHEME} realm="flywheel-admin"'
             return _answer(ctx, refusal)
         signalled = self.watcher.signal_other_workers()
         outcome = await self.watcher.refresh("admin")
@@ -309,7 +322,7 @@ class Flywheel:
             response = self._refuse(
                 RequestError(str(err), HTTPStatus.SERVICE_UNAVAILABLE), request_id
             )
-            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            response.headers[RETRY_AFTER_HEADER] = str(RETRY_AFTER_S)
         except RequestError as err:
             response = self._refuse(err, request_id)
         response.headers[REQUEST_ID_HEADER] = request_id
@@ -353,13 +366,8 @@ def build_service() -> Any:
     service.add_asgi_middleware(
         RequestGuard,
         max_bytes=config.max_request_bytes,
-        media_types={
-            "/predict_image": IMAGE_MEDIA_TYPES,
-            "/predict_arrays": ("application/json",),
-            "/predict_images": ("multipart/form-data",),
-            "/admin/reload": ("application/json",),
-        },
-        multipart_fields={"/predict_images": frozenset({"images"})},
+        media_types=BODY_MEDIA_TYPES,
+        multipart_fields={PREDICT_IMAGES_PATH: frozenset({IMAGES_FIELD})},
     )
     return service
 

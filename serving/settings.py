@@ -14,9 +14,7 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from flywheel.config import Params, load_params
-
-PARAMS_ENV = "FLYWHEEL_PARAMS"
-"""Path of the params.yaml the service reads (set by `flywheel serve`)."""
+from flywheel.serving_api import PARAMS_ENV
 
 
 def read_service_params(environ: MutableMapping[str, str] | None = None) -> Params:
