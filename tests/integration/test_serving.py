@@ -39,7 +39,6 @@ from mlflow import MlflowClient
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from benchmarks.serving import IMAGE_BODIES_OPERATION, run_fuzz, run_soak
 from flywheel import registry
 from flywheel.config import ModelConfig
 from flywheel.demo.server import (
@@ -58,6 +57,8 @@ from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.registry import Blessing, GateResult
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import configure_tracking, ensure_experiment
+from tests.load.fuzz import IMAGE_BODIES_OPERATION, run_fuzz
+from tests.load.soak import run_soak
 
 pytestmark = pytest.mark.slow  # real servers: ~10 s to start each
 
@@ -560,7 +561,7 @@ def test_metrics_count_predictions_and_show_the_version(server: Server) -> None:
 
 
 def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path: Path) -> None:
-    """A short schemathesis run (`benchmarks/serving.py fuzz` runs 1,000+ requests)."""
+    """A short schemathesis run (`make fuzz`, `tests/load/fuzz.py`, runs 1,000+ requests)."""
     result = run_fuzz(server.url, tmp_path, max_examples=25, seed=1, corrupted_images=150)
     assert result.exit_code == 0
     assert result.server_errors == 0, result.statuses
@@ -578,7 +579,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path
 
 
 def test_a_short_soak_answers_everything(server: Server) -> None:
-    """Steady load with a bad upload in every ten (`benchmarks/serving.py soak` runs minutes)."""
+    """Steady load with a bad upload in every ten (`make soak`, `tests/load/soak.py`: minutes)."""
     result = run_soak(
         server.url,
         _images(1)[0],
