@@ -68,10 +68,10 @@ bench: setup ## Run the benchmarks (ratios against baselines measured in the sam
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 fuzz: setup ## Fuzz the service's OpenAPI spec (schemathesis, 1,000+ requests): fails on any 5xx
-	$(BIN)/python benchmarks/serving.py fuzz
+	$(BIN)/python -m tests.load.fuzz
 
 soak: setup ## Hold the service under steady load for 3 min: fails on any error or memory growth >= 10 %
-	$(BIN)/python benchmarks/serving.py soak
+	$(BIN)/python -m tests.load.soak
 
 lock: ## Re-resolve the pinned environment (on purpose, then review the diff)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv

@@ -10,7 +10,8 @@ same number of worker processes (`--workers`, default 1):
 * **HTTP floor**: a bare Starlette app under uvicorn that decodes the same
   payload (JSON into a numpy array, or the multipart upload into a PIL image)
   and answers a constant — no model, no validation, no logging: what HTTP and
-  payload decoding alone cost on this machine;
+  payload decoding alone cost on this machine (`benchmarks/floors/serving.py`,
+  beside a bare BentoML service, the "BentoML floor");
 * **in-process**: batched forward passes of the loaded model, no HTTP (the
   concurrency column is the batch size; req/s is images per second).
 
@@ -31,25 +32,13 @@ p99) and to mlflow serve; then the goals of the serving issue at concurrency 32
 and the load average (the machine is shared: read the ratios, not the
 absolute numbers).
 
-Two more commands share the set-up (`make fuzz`, `make soak`); both exit 1 when they fail:
-
-* `fuzz`: schemathesis generates requests from the service's OpenAPI spec
-  (`/docs.json`, every operation, `/admin/reload` with the token) and checks
-  that none is answered with a 5xx; at least `--min-requests` (1,000) must be
-  sent. Counts per operation and status come from its HAR report.
-  schemathesis sends one fixed image per image media type, so `/predict_image`
-  then gets valid PNGs/JPEGs of every common mode and `--corrupted-images`
-  (500) corruptions of them (`image_bodies`): none may get a 5xx either.
-* `soak`: `--seconds` (180) of steady closed-loop load (PNG bodies and uploads, JSON
-  arrays, and a truncated PNG in every ten that must get its 400); fails on any
-  other answer or when the server processes' resident memory at the end exceeds
-  that right after the warm-up (the first 20 %) by `--max-growth` (10 %).
+Fuzzing and soaking the service are checks, not measurements: the load drivers
+`tests/load/fuzz.py` and `tests/load/soak.py` (`make fuzz`, `make soak`). The
+set-up (the model, the server's params) is theirs too: `flywheel.demo.sandbox`.
 
     .venv/bin/python benchmarks/serving.py                 # trains a small CNN into a temp store
     .venv/bin/python benchmarks/serving.py --tracking-uri sqlite:///$PWD/.flywheel/mlflow/mlflow.db
     .venv/bin/python benchmarks/serving.py --requests 1000 --seconds 30 --json results.json
-    .venv/bin/python benchmarks/serving.py fuzz            # make fuzz
-    .venv/bin/python benchmarks/serving.py soak --seconds 300
 """
 
 from __future__ import annotations
@@ -57,131 +46,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import io
-import itertools
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from flywheel.demo.payloads import (
+    IMAGE,
+    JSON,
+    MULTIPART,
+    ApiRequest,
+    api_requests,
+    post_status,
+    unit_array,
+)
+from flywheel.demo.sandbox import (
+    Sandbox,
+    SandboxError,
+    add_sandbox_arguments,
+    open_sandbox,
+    sample_image,
+)
+from flywheel.serving_api import CONTENT_TYPE_HEADER, JSON_MEDIA_TYPE, METRICS_PATH, READY_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 FLYWHEEL, MLFLOW, FLOOR = "flywheel", "mlflow serve", "HTTP floor"
 BENTO_FLOOR, IN_PROCESS = "BentoML floor", "in-process"
 SERVERS = (FLYWHEEL, MLFLOW, FLOOR, BENTO_FLOOR)
-IMAGE, MULTIPART, JSON = "image", "multipart", "json"
+FLOORS = "benchmarks.floors.serving"
+"""The module of the floors (`benchmarks/floors/serving.py`), started from the checkout."""
 GOAL_CONCURRENCY = 32
-CONSTANT_ANSWER = b'[{"label":"0","confidence":1.0}]'
 
 console = Console(width=None if sys.stdout.isatty() else 150)
-
-
-# ------------------------------------------------------------- the floor
-
-
-def build_floor_app() -> Any:
-    """The HTTP floor: decode the payload as the service must, answer a constant.
-
-    Run by uvicorn as `benchmarks.serving:build_floor_app` (`--factory`).
-    """
-    from PIL import Image
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
-
-    async def predict_arrays(request: Request) -> Response:
-        body = await request.json()
-        np.asarray(body["images"], dtype=np.float32)  # (N, 1, S, S)
-        return Response(CONSTANT_ANSWER, media_type="application/json")
-
-    async def predict_images(request: Request) -> Response:
-        async with request.form() as form:
-            for upload in form.getlist("images"):
-                Image.open(io.BytesIO(await upload.read())).load()  # type: ignore[union-attr]
-        return Response(CONSTANT_ANSWER, media_type="application/json")
-
-    async def predict_image(request: Request) -> Response:
-        Image.open(io.BytesIO(await request.body())).load()
-        return Response(CONSTANT_ANSWER, media_type="application/json")
-
-    async def ready(_: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    return Starlette(
-        routes=[
-            Route("/predict_arrays", predict_arrays, methods=["POST"]),
-            Route("/predict_images", predict_images, methods=["POST"]),
-            Route("/predict_image", predict_image, methods=["POST"]),
-            Route("/readyz", ready),
-        ]
-    )
-
-
-def build_bentoml_floor() -> Any:
-    """The BentoML floor: the floor's two endpoints as a bare BentoML service, no model.
-
-    Not one of the issue's four: it shows what BentoML's own request handling
-    costs (its middlewares, IO descriptors, uploads spooled to files), the
-    ceiling of any service built on it. `/predict_image` is mounted as the
-    service mounts its own (`bentoml.asgi_app`).
-    """
-    import bentoml
-    from fastapi import FastAPI
-    from PIL import Image
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    async def predict_image(request: Request) -> Response:
-        Image.open(io.BytesIO(await request.body())).load()
-        return Response(CONSTANT_ANSWER, media_type="application/json")
-
-    # FastAPI reads the types from the annotations, strings here (`from __future__`), in the
-    # module's globals, where Request is not: give it the classes.
-    predict_image.__annotations__.update({"request": Request, "return": Response})
-    raw = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    raw.post("/predict_image")(predict_image)
-
-    @bentoml.service(name="bentofloor")
-    @bentoml.asgi_app(raw, path="/")
-    class BentoFloor:
-        @bentoml.api
-        async def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
-            return Response(CONSTANT_ANSWER, media_type="application/json")  # type: ignore[return-value]
-
-        @bentoml.api
-        async def predict_images(self, images: list[Path]) -> list[dict[str, Any]]:
-            for path in images:
-                Image.open(path).load()
-            return Response(CONSTANT_ANSWER, media_type="application/json")  # type: ignore[return-value]
-
-    return BentoFloor
-
-
-def __getattr__(name: str) -> Any:
-    """`BentoFloor` on first access (PEP 562): `bentoml serve benchmarks.serving:BentoFloor`.
-
-    Lazily, so that importing this module (the uvicorn floor and the tests do)
-    does not import BentoML; kept as a module global, where BentoML looks for it.
-    """
-    if name != "BentoFloor":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    service = globals()[name] = build_bentoml_floor()
-    return service
 
 
 # ------------------------------------------------------------ measurement
@@ -223,16 +130,9 @@ class Cell:
         return sum(n for s, n in self.statuses.items() if s.isdigit() and predicate(int(s)))
 
 
-@dataclass(frozen=True)
-class Target:
-    """How to send one payload to one server."""
-
-    url: str
-    body: bytes
-    headers: dict[str, str]
-
-
-async def _load(target: Target, cell: Cell, *, warmup: int, requests: int, seconds: float) -> None:
+async def _load(
+    target: ApiRequest, cell: Cell, *, warmup: int, requests: int, seconds: float
+) -> None:
     """Send `warmup` requests, then measure until `requests` are done or `seconds` pass."""
     import aiohttp
 
@@ -242,7 +142,7 @@ async def _load(target: Target, cell: Cell, *, warmup: int, requests: int, secon
 
         async def send(record: bool) -> None:
             started = time.perf_counter()
-            status = await _post(session, target)
+            status = await post_status(session, target)
             if record:
                 cell.latencies_ms.append((time.perf_counter() - started) * 1000.0)
                 cell.statuses[status] += 1
@@ -266,24 +166,12 @@ async def _load(target: Target, cell: Cell, *, warmup: int, requests: int, secon
         cell.seconds = await run(requests, seconds, record=True)
 
 
-async def _post(session: Any, target: Target) -> str:
-    """Send one request; the answer's status, or the name of the error that prevented one."""
-    import aiohttp
-
-    try:
-        async with session.post(target.url, data=target.body, headers=target.headers) as answer:
-            await answer.read()
-            return str(answer.status)
-    except (aiohttp.ClientError, TimeoutError) as err:
-        return type(err).__name__
-
-
 def _batch_stats(url: str) -> tuple[float, float]:
     """The service's `flywheel_batch_size` histogram: (sum, count)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}{METRICS_PATH}", timeout=10).text
     total = count = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "flywheel_batch_size":
@@ -296,7 +184,7 @@ def _batch_stats(url: str) -> tuple[float, float]:
 
 
 def measure(
-    targets: dict[tuple[str, str], Target],
+    targets: dict[tuple[str, str], ApiRequest],
     concurrencies: Sequence[int],
     *,
     warmup: int,
@@ -362,87 +250,22 @@ def measure_in_process(
     return cells
 
 
-# ---------------------------------------------------------------- set-up
-
-
-def train_model(workdir: Path, params_path: Path, epochs: int) -> tuple[str, str, str]:
-    """Train the small CNN of params.yaml briefly into a temp store and promote it.
-
-    Returns:
-        The tracking URI, the registered model name and the production version.
-    """
-    from flywheel import registry
-    from flywheel.config import load_params
-    from flywheel.evaluation import evaluate_candidate
-    from flywheel.modeling.training import train
-    from flywheel.tracking import configure_tracking
-
-    uri = f"sqlite:///{workdir}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    overrides = {
-        "train.epochs": epochs,
-        "train.model.name": "small_cnn",
-        "evaluate.gates.min_accuracy": 0.0,  # a serving benchmark: any model will do
-        "evaluate.gates.min_slice_accuracy": None,
-    }
-    params = load_params(params_path, overrides)
-    dataset = params.data.dataset_dir
-    if not (dataset / "manifest.csv").is_file():
-        raise SystemExit(f"no dataset at {dataset}: run `flywheel data ensure` first")
-    configure_tracking()
-    console.print(f"training {params.train.model.name} for {epochs} epochs into {uri}")
-    result = train(params, dataset, out_dir=workdir / "train", log_model=True, progress=False)
-    assert result.model_uri is not None
-    name = params.evaluate.registered_model
-    version = registry.register(result.model_uri, name)
-    outcome = evaluate_candidate(name, version, dataset, params.evaluate, progress=False)
-    registry.promote(name, version, reason="serving benchmark")
-    console.print(f"{name} version {version}: test accuracy {outcome.report.overall.accuracy:.3f}")
-    return uri, name, version
-
-
-def sample_image(params_path: Path) -> np.ndarray:
-    """A test image of the dataset `(S, S)` uint8, or a synthetic one when there is none."""
-    from PIL import Image
-
-    from flywheel.config import load_params
-    from flywheel.data.manifest import load_manifest
-
-    data = load_params(params_path).data
-    try:
-        manifest = load_manifest(data.dataset_dir)
-        row = manifest[manifest["split"] == "test"].iloc[0]
-        return np.asarray(Image.open(data.dataset_dir / row["path"]).convert("L"))
-    except (OSError, IndexError, ValueError):
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (data.image_size, data.image_size), dtype=np.uint8)
-
-
-def build_targets(urls: dict[str, str], image: np.ndarray) -> dict[tuple[str, str], Target]:
+def build_targets(urls: dict[str, str], image: np.ndarray) -> dict[tuple[str, str], ApiRequest]:
     """The request of each (server, payload) for the servers in `urls`; the same bytes wherever
     the API allows (MLflow wants `inputs`, and takes no files)."""
-    from PIL import Image
-    from urllib3 import encode_multipart_formdata
-
-    png = io.BytesIO()
-    Image.fromarray(image).save(png, format="PNG")
-    multipart, content_type = encode_multipart_formdata(
-        [("images", ("digit.png", png.getvalue(), "image/png"))]
-    )
-    unit = np.round(image.astype(np.float64) / 255.0, 4)[None, None].tolist()  # (1, 1, S, S)
-    as_json = {"Content-Type": "application/json"}
-    arrays = ("/predict_arrays", json.dumps({"images": unit}).encode(), as_json)
-    files = ("/predict_images", multipart, {"Content-Type": content_type})
-    body = ("/predict_image", png.getvalue(), {"Content-Type": "image/png"})
     requests = {
         (server, payload): request
         for server in (FLYWHEEL, FLOOR, BENTO_FLOOR)
-        for payload, request in ((JSON, arrays), (IMAGE, body), (MULTIPART, files))
+        for payload, request in api_requests(image).items()
     }
-    requests[(MLFLOW, JSON)] = ("/invocations", json.dumps({"inputs": unit}).encode(), as_json)
+    requests[(MLFLOW, JSON)] = ApiRequest(
+        "/invocations",  # MLflow's scoring path
+        json.dumps({"inputs": unit_array(image)}).encode(),
+        {CONTENT_TYPE_HEADER: JSON_MEDIA_TYPE},
+    )
     return {
-        (server, payload): Target(urls[server] + route, body, headers)
-        for (server, payload), (route, body, headers) in requests.items()
+        (server, payload): request.at(urls[server])
+        for (server, payload), request in requests.items()
         if server in urls
     }
 
@@ -543,473 +366,28 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
     return goals
 
 
-# ------------------------------------------------------------------- fuzz
-
-
-IMAGE_BODIES_OPERATION = "POST /predict_image (valid and corrupted image files)"
-
-
-@dataclass
-class FuzzResult:
-    """What schemathesis sent and what came back (from its HAR report)."""
-
-    exit_code: int
-    statuses: dict[str, Counter[int]]  # operation ("POST /predict_images") -> status counts
-
-    @property
-    def requests(self) -> int:
-        """Requests sent."""
-        return sum(sum(c.values()) for c in self.statuses.values())
-
-    @property
-    def server_errors(self) -> int:
-        """Answers with a 5xx status."""
-        return sum(n for c in self.statuses.values() for s, n in c.items() if s >= 500)
-
-
-def image_bodies(count: int, seed: int) -> list[tuple[str, bytes]]:
-    """Bodies for `/predict_image` that schemathesis does not make, with their media types.
-
-    schemathesis sends one fixed 1 x 1 image per image media type, so the
-    decoder would otherwise meet no bad file. These are valid PNGs and JPEGs
-    of every common mode and odd sizes, then `count` corruptions of them:
-    truncated, bytes overwritten, a slice dropped or repeated, or garbage
-    behind a PNG or JPEG signature; each sent as `image/png` or `image/jpeg`
-    at random (decoding sniffs the content, not the header).
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    gray = np.tile(np.linspace(0, 255, 32), (32, 1)).astype(np.uint8)  # (32, 32)
-    gray[8:24, 8:24] = 255 - gray[8:24, 8:24]
-    rgb = np.stack([gray, gray[::-1], gray.T], axis=-1)  # (32, 32, 3)
-    sources = [
-        ("PNG", Image.fromarray(gray)),
-        ("PNG", Image.fromarray(rgb)),
-        ("PNG", Image.fromarray(rgb).convert("RGBA")),
-        ("PNG", Image.fromarray(rgb).convert("P")),
-        ("PNG", Image.fromarray(gray).convert("LA")),
-        ("PNG", Image.fromarray(gray).convert("1")),
-        ("PNG", Image.fromarray(gray.astype(np.uint16) * 257)),  # 16-bit
-        ("PNG", Image.fromarray(gray).resize((1, 1))),
-        ("PNG", Image.fromarray(gray).resize((300, 7))),
-        ("JPEG", Image.fromarray(gray)),
-        ("JPEG", Image.fromarray(rgb)),
-        ("JPEG", Image.fromarray(rgb).convert("CMYK")),
-        ("JPEG", Image.fromarray(rgb).resize((640, 480))),
-    ]
-    valid = []
-    for fmt, picture in sources:
-        buffer = io.BytesIO()
-        picture.save(buffer, format=fmt, **({"progressive": True} if fmt == "JPEG" else {}))
-        valid.append(buffer.getvalue())
-    types = ("image/png", "image/jpeg")
-    bodies = [(types[i % 2], body) for i, body in enumerate(valid)]
-    for _ in range(count):
-        body = bytearray(valid[int(rng.integers(len(valid)))])
-        cut = int(rng.integers(1, len(body)))
-        kind = int(rng.integers(5))
-        if kind == 0:  # truncated
-            body = body[:cut]
-        elif kind == 1:  # bytes overwritten
-            where = rng.integers(0, len(body), size=int(rng.integers(1, 16)))
-            for i in where:
-                body[int(i)] = int(rng.integers(256))
-        elif kind == 2:  # a slice dropped
-            body = body[:cut] + body[cut + int(rng.integers(1, 64)) :]
-        elif kind == 3:  # a slice repeated
-            body = body[:cut] + body[max(0, cut - 64) : cut] + body[cut:]
-        else:  # garbage behind a signature
-            signature = b"\x89PNG\r\n\x1a\n" if rng.integers(2) else b"\xff\xd8\xff\xe0"
-            body = bytearray(signature + rng.bytes(int(rng.integers(0, 2048))))
-        bodies.append((types[int(rng.integers(2))], bytes(body)))
-    return bodies
-
-
-def fuzz_image_bodies(url: str, bodies: Sequence[tuple[str, bytes]]) -> Counter[int]:
-    """Send each body to `/predict_image`; the answers' statuses."""
-    import httpx
-
-    statuses: Counter[int] = Counter()
-    with httpx.Client(timeout=30) as client:
-        for media_type, body in bodies:
-            answer = client.post(
-                f"{url}/predict_image", content=body, headers={"Content-Type": media_type}
-            )
-            statuses[answer.status_code] += 1
-    return statuses
-
-
-def run_fuzz(
-    url: str,
-    report_dir: Path,
-    *,
-    max_examples: int,
-    seed: int,
-    token: str | None = None,
-    corrupted_images: int = 0,
-) -> FuzzResult:
-    """Fuzz every operation of the service's OpenAPI spec with schemathesis (its CLI).
-
-    Checks `not_a_server_error` on every answer (a 5xx fails the run); every
-    request and answer is kept in a HAR file, which gives the counts. With
-    `token`, requests carry it, so `/admin/reload` is fuzzed past its
-    authorisation too. Then `/predict_image` gets the valid and
-    `corrupted_images` corrupted bodies of `image_bodies` (its own row).
-    """
-    har = report_dir / "fuzz.har"
-    command = [
-        str(Path(sys.executable).parent / "schemathesis"),
-        "run",
-        f"{url}/docs.json",
-        "--checks",
-        "not_a_server_error",
-        "--max-examples",
-        str(max_examples),
-        "--seed",
-        str(seed),
-        "--workers",
-        "1",
-        "--report",
-        "har",
-        "--report-har-path",
-        str(har),
-    ]
-    if token:
-        command += ["--header", f"Authorization: Bearer {token}"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    console.print(done.stdout[-4000:], markup=False, highlight=False)
-    statuses: dict[str, Counter[int]] = {}
-    if har.is_file():
-        for entry in json.loads(har.read_text())["log"]["entries"]:
-            request = entry["request"]
-            route = "/" + request["url"].split("/", 3)[-1].split("?")[0]
-            key = f"{request['method']} {route}"
-            statuses.setdefault(key, Counter())[int(entry["response"]["status"])] += 1
-    bodies = image_bodies(corrupted_images, seed)
-    statuses[IMAGE_BODIES_OPERATION] = fuzz_image_bodies(url, bodies)
-    return FuzzResult(done.returncode, statuses)
-
-
-def print_fuzz(result: FuzzResult, minimum: int) -> bool:
-    """The requests per operation and status; True when the run passed."""
-    table = Table(title="schemathesis: answers per operation and status")
-    table.add_column("operation")
-    table.add_column("requests", justify="right")
-    table.add_column("statuses", justify="left")
-    probes: Counter[int] = Counter()  # the odd request per method and path (405 checks)
-    for operation, counts in sorted(result.statuses.items()):
-        if sum(counts.values()) < 5:
-            probes.update(counts)
-            continue
-        detail = ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()))
-        table.add_row(operation, str(sum(counts.values())), detail)
-    if probes:
-        detail = ", ".join(f"{s}: {n}" for s, n in sorted(probes.items()))
-        table.add_row("other methods and paths", str(sum(probes.values())), detail)
-    console.print(table)
-    passed = result.exit_code == 0 and result.server_errors == 0 and result.requests >= minimum
-    console.print(
-        f"{'[green]passed[/green]' if passed else '[red]FAILED[/red]'}: {result.requests} "
-        f"requests (at least {minimum} wanted), {result.server_errors} with a 5xx, "
-        f"schemathesis exit status {result.exit_code}"
-    )
-    return passed
-
-
-# ------------------------------------------------------------------- soak
-
-
-@dataclass
-class SoakSample:
-    """One point of the soak: when, how much was answered so far, memory."""
-
-    seconds: float
-    requests: int
-    errors: int
-    rss_bytes: int
-
-
-@dataclass
-class SoakResult:
-    """The whole soak: samples, latencies, unexpected answers."""
-
-    samples: list[SoakSample]
-    latencies_ms: list[float]
-    unexpected: Counter[str]
-
-    @property
-    def requests(self) -> int:
-        """Requests answered (or failed)."""
-        return self.samples[-1].requests if self.samples else 0
-
-    @property
-    def errors(self) -> int:
-        """Answers other than the one expected (200, or 400 for the deliberately bad ones)."""
-        return sum(self.unexpected.values())
-
-    def memory_growth(self, warmup_share: float = 0.2) -> float:
-        """Resident memory at the end over that right after the warm-up, minus 1.
-
-        Each side is the mean of up to three samples, so one sample taken in the
-        middle of a burst of allocation does not decide it.
-        """
-        settled = [s for s in self.samples if s.seconds >= warmup_share * self.samples[-1].seconds]
-        first = settled[:3]
-        last = settled[-3:]
-        start = statistics.fmean(s.rss_bytes for s in first)
-        end = statistics.fmean(s.rss_bytes for s in last)
-        return end / start - 1.0
-
-
-def children_rss() -> int:
-    """Resident memory of this process's descendants (the server and its workers), in bytes."""
-    import psutil
-
-    total = 0
-    for process in psutil.Process().children(recursive=True):
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:  # a worker restarting between the listing and the read
-            continue
-    return total
-
-
-def run_soak(
-    url: str,
-    image: np.ndarray,
-    *,
-    seconds: float,
-    concurrency: int,
-    sample_every: float,
-    memory: Callable[[], int],
-) -> SoakResult:
-    """Steady closed-loop load for `seconds`: PNG bodies and uploads, JSON arrays, bad uploads.
-
-    Every tenth request is a truncated PNG that must be refused with a 400 (the
-    error path must not leak either); the others must be answered 200.
-    Resident memory is sampled every `sample_every` seconds with `memory()`.
-    """
-    from tqdm import tqdm
-
-    targets = build_targets({FLYWHEEL: url}, image)
-    good = [targets[(FLYWHEEL, payload)] for payload in (IMAGE, MULTIPART, JSON)]
-    upload = targets[(FLYWHEEL, MULTIPART)]
-    truncated = Target(upload.url, upload.body[: len(upload.body) * 2 // 3], upload.headers)
-    result = SoakResult([], [], Counter())
-    counter = itertools.count()
-
-    async def soak() -> None:
-        import aiohttp
-
-        started = time.monotonic()
-        deadline = started + seconds
-        answered = 0
-        bar = tqdm(total=int(seconds), desc="soak", unit="s", file=sys.stderr)
-
-        async def worker(session: aiohttp.ClientSession) -> None:
-            nonlocal answered
-            while time.monotonic() < deadline:
-                n = next(counter)
-                target, expected = (truncated, 400) if n % 10 == 9 else (good[n % 3], 200)
-                sent = time.perf_counter()
-                status = await _post(session, target)
-                if expected == 200:
-                    result.latencies_ms.append((time.perf_counter() - sent) * 1000.0)
-                if status != str(expected):
-                    result.unexpected[f"{status} (expected {expected})"] += 1
-                answered += 1
-
-        async def sampler() -> None:
-            while True:
-                now = time.monotonic() - started
-                result.samples.append(
-                    SoakSample(now, answered, sum(result.unexpected.values()), memory())
-                )
-                bar.n = min(int(now), int(seconds))
-                bar.refresh()
-                if now >= seconds:
-                    return
-                await asyncio.sleep(min(sample_every, max(0.0, seconds - now)))
-
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            workers = [worker(session) for _ in range(concurrency)]
-            await asyncio.gather(sampler(), *workers)
-        result.samples.append(
-            SoakSample(
-                time.monotonic() - started, answered, sum(result.unexpected.values()), memory()
-            )
-        )
-        bar.close()
-
-    asyncio.run(soak())
-    return result
-
-
-def print_soak(result: SoakResult, max_growth: float) -> bool:
-    """The samples and the verdict; True when there were no errors and memory held."""
-    table = Table(title="soak: answers and resident memory of the server's processes")
-    for column in ("s", "requests", "req/s", "errors", "RSS MiB"):
-        table.add_column(column, justify="right")
-    previous: SoakSample | None = None
-    for sample in result.samples:
-        rate = ""
-        if previous is not None and sample.seconds - previous.seconds >= 1.0:  # not the tail
-            rate = (
-                f"{(sample.requests - previous.requests) / (sample.seconds - previous.seconds):.0f}"
-            )
-        table.add_row(
-            f"{sample.seconds:.0f}",
-            str(sample.requests),
-            rate,
-            str(sample.errors),
-            f"{sample.rss_bytes / 2**20:.1f}",
-        )
-        previous = sample
-    console.print(table)
-    growth = result.memory_growth()
-    latencies = np.asarray(result.latencies_ms)
-    passed = result.errors == 0 and growth < max_growth
-    console.print(
-        f"{'[green]passed[/green]' if passed else '[red]FAILED[/red]'}: {result.requests} "
-        f"requests in {result.samples[-1].seconds:.0f} s "
-        f"({result.requests / result.samples[-1].seconds:.0f} req/s), "
-        f"{result.errors} errors{f' {dict(result.unexpected)}' if result.unexpected else ''}, "
-        f"p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms; "
-        f"resident memory {growth:+.1%} after the warm-up (limit +{max_growth:.0%})"
-    )
-    return passed
-
-
 # ------------------------------------------------------------------- main
 
 
-def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[str, str, str]:
-    """The tracking URI, model name and production version: `--tracking-uri`, or trained."""
-    from flywheel.config import load_params
-    from flywheel.registry import version_for_alias
-
-    if not args.tracking_uri:
-        return train_model(workdir, args.params, args.epochs)
-    os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    name = args.model or load_params(args.params).evaluate.registered_model
-    version = version_for_alias(name, "production")
-    if version is None:
-        raise SystemExit(f"{name!r} has no production version in {args.tracking_uri}")
-    return args.tracking_uri, name, version
-
-
-def write_serve_params(params: Path, workdir: Path, name: str, workers: int) -> Path:
-    """params.yaml for the server: the model to serve, the workers, the log in `workdir`."""
-    raw = yaml.safe_load(params.read_text()) or {}
-    raw.setdefault("evaluate", {})["registered_model"] = name
-    serve = raw.setdefault("serve", {})
-    serve["workers"] = workers
-    serve["log"] = {**serve.get("log", {}), "dir": str(workdir / "predictions")}
-    path = workdir / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`bench` (default) reports, `fuzz` and `soak` exit 1 when they fail."""
+    """Start the servers, measure, report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument(
-        "--tracking-uri", help="Use this MLflow store's production model (default: train one)."
-    )
-    parser.add_argument("--model", help="Registered model (default: evaluate.registered_model).")
-    parser.add_argument("--epochs", type=int, default=2, help="Training epochs of the temp model.")
-    parser.add_argument("--workers", type=int, default=1, help="Worker processes per server.")
-    parser.add_argument("--keep", action="store_true", help="Keep the temp folder (logs).")
-    commands = parser.add_subparsers(dest="command")
-    bench = commands.add_parser("bench", help="The benchmark (the default).")
-    fuzz = commands.add_parser("fuzz", help="schemathesis against the OpenAPI spec; no 5xx.")
-    soak = commands.add_parser("soak", help="Minutes of steady load: no errors, flat memory.")
-    for command in (parser, bench):  # `serving.py --requests 100` runs the benchmark too
-        command.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-        command.add_argument("--requests", type=int, default=400, help="Measured per cell.")
-        command.add_argument("--seconds", type=float, default=15.0, help="Time limit per cell.")
-        command.add_argument("--warmup", type=int, default=40, help="Unmeasured per cell.")
-        command.add_argument("--json", type=Path, help="Also write the results here.")
-    fuzz.add_argument("--max-examples", type=int, default=500, help="Per operation and phase.")
-    fuzz.add_argument("--seed", type=int, default=0)
-    fuzz.add_argument("--min-requests", type=int, default=1000)
-    fuzz.add_argument(
-        "--corrupted-images", type=int, default=500, help="Corrupted /predict_image bodies."
-    )
-    soak.add_argument("--seconds", type=float, default=180.0)
-    soak.add_argument("--concurrency", type=int, default=8)
-    soak.add_argument("--sample-every", type=float, default=10.0)
-    soak.add_argument("--max-growth", type=float, default=0.10)
+    add_sandbox_arguments(parser, REPO / "params.yaml")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--requests", type=int, default=400, help="Measured per cell.")
+    parser.add_argument("--seconds", type=float, default=15.0, help="Time limit per cell.")
+    parser.add_argument("--warmup", type=int, default=40, help="Unmeasured per cell.")
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args(argv)
-
-    from flywheel.env import disable_telemetry
-
-    disable_telemetry()
-    workdir = Path(tempfile.mkdtemp(prefix="flywheel-serving-bench-"))
     try:
-        uri, name, version = prepare_model(args, workdir)
-        if args.command == "fuzz":
-            return 0 if fuzz_command(args, workdir, uri, name) else 1
-        if args.command == "soak":
-            return 0 if soak_command(args, workdir, uri, name) else 1
-        bench_command(args, workdir, uri, name, version)
-        return 0
-    finally:
-        if args.keep:
-            console.print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with open_sandbox(args, "flywheel-serving-bench-", say=console.print) as box:
+            bench(args, box)
+    except SandboxError as err:
+        raise SystemExit(str(err)) from None
+    return 0
 
 
-def fuzz_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -> bool:
-    """Serve the model with an admin token, fuzz it, report."""
-    from flywheel.demo.server import start_server
-
-    token = "fuzz-admin-token"
-    params = write_serve_params(args.params, workdir, name, args.workers)
-    env = {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_HOME": str(workdir / "state")}
-    with start_server(
-        params, env={**env, "FLYWHEEL_ADMIN_TOKEN": token}, log_path=workdir / "flywheel.log"
-    ) as url:
-        result = run_fuzz(
-            url,
-            workdir,
-            max_examples=args.max_examples,
-            seed=args.seed,
-            token=token,
-            corrupted_images=args.corrupted_images,
-        )
-    return print_fuzz(result, args.min_requests)
-
-
-def soak_command(args: argparse.Namespace, workdir: Path, uri: str, name: str) -> bool:
-    """Serve the model, hold it under steady load, watch its memory, report."""
-    from flywheel.demo.server import start_server
-
-    params = write_serve_params(args.params, workdir, name, args.workers)
-    env = {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_HOME": str(workdir / "state")}
-    with start_server(params, env=env, log_path=workdir / "flywheel.log") as url:
-        console.print(f"soak: {args.seconds:.0f} s at concurrency {args.concurrency} against {url}")
-        result = run_soak(
-            url,
-            sample_image(args.params),
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            sample_every=args.sample_every,
-            memory=children_rss,
-        )
-    passed = print_soak(result, args.max_growth)
-    console.print(f"load average (1, 5, 15 min): {_fmt(os.getloadavg())} on {os.cpu_count()} cores")
-    return passed
-
-
-def bench_command(
-    args: argparse.Namespace, workdir: Path, uri: str, name: str, version: str
-) -> None:
+def bench(args: argparse.Namespace, box: Sandbox) -> None:
     """Start the three servers, measure, measure the model in-process, report."""
     import torch
 
@@ -1017,12 +395,12 @@ def bench_command(
     from flywheel.demo.server import free_port, start_server
 
     load_before = os.getloadavg()
+    name, version, workdir = box.model_name, box.version, box.workdir
     image = sample_image(args.params)
-    serve_params = write_serve_params(args.params, workdir, name, args.workers)
+    serve_params = box.serve_params(args.params, args.workers)
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "FLYWHEEL_HOME": str(workdir / "state"),
+        **box.server_env(),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "BENTOML_HOME": str(workdir / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
@@ -1036,23 +414,23 @@ def bench_command(
             *("--workers", str(args.workers)),
         ],
         FLOOR: [
-            *(sys.executable, "-m", "uvicorn", "--factory", "benchmarks.serving:build_floor_app"),
+            *(sys.executable, "-m", "uvicorn", "--factory", f"{FLOORS}:build_floor_app"),
             *("--app-dir", str(REPO), "--workers", str(args.workers)),
             *("--no-access-log", "--log-level", "warning"),
         ],
         BENTO_FLOOR: [
-            *(sys.executable, "-m", "bentoml", "serve", "benchmarks.serving:BentoFloor"),
+            *(sys.executable, "-m", "bentoml", "serve", f"{FLOORS}:BentoFloor"),
             *("--working-dir", str(REPO)),  # workers: BENTOML_CONFIG_OPTIONS
         ],
     }
-    probes = {MLFLOW: "/ping", FLOOR: "/readyz", BENTO_FLOOR: "/readyz"}
+    probes = {MLFLOW: "/ping", FLOOR: READY_PATH, BENTO_FLOOR: READY_PATH}  # MLflow's own
     with ExitStack() as stack:
         console.print(f"starting the servers for models:/{name}/{version} ...")
         urls = {
             FLYWHEEL: stack.enter_context(
                 start_server(
                     serve_params,
-                    env={"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_HOME": str(workdir / "state")},
+                    env=box.server_env(),
                     log_path=workdir / "flywheel.log",
                     ready_timeout_s=180.0,
                 )

@@ -3,7 +3,7 @@
 The server polls the alias once an hour, so within the test only a reload
 request can make a worker swap: the worker that receives `/admin/reload`
 checks the alias itself and asks the other one to check too (`ReloadSignal`).
-The registry, the models and the helpers are those of `test_serving.py`.
+The registry, the models and the helpers are those of `tests.serving_support`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import pytest
 
 from flywheel import registry
 from flywheel.demo.server import reload_model, start_server
-from serving.service import BROADCAST_TRIGGER
-from tests.integration.test_serving import (
+from serving.watcher import BROADCAST_TRIGGER
+from tests.serving_support import (
     TOKEN,
     Server,
-    _images,
-    _register_blessed,
-    _server_env,
-    _wait_for,
-    _write_params,
+    digit_images,
     env,  # noqa: F401  (the module's registry fixture, shared rather than copied)
+    register_blessed,
+    server_environment,
+    wait_for,
+    write_params,
 )
 
 pytestmark = pytest.mark.slow  # a real server with two workers: ~15 s to start
@@ -48,15 +48,15 @@ def two_workers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     """Two workers both serving version 1; the alias polled once an hour; admin enabled."""
-    registry.promote(MODEL, _register_blessed(MODEL, env["second"]), reason="broadcast test")
+    registry.promote(MODEL, register_blessed(MODEL, env["second"]), reason="broadcast test")
     folder = tmp_path_factory.mktemp("broadcast")
-    params = _write_params(folder, MODEL, workers=WORKERS, poll_interval_s=3600.0)
+    params = write_params(folder, MODEL, workers=WORKERS, poll_interval_s=3600.0)
     log_path = folder / "server.log"
-    server_env = _server_env(env, FLYWHEEL_ADMIN_TOKEN=TOKEN)
+    server_env = server_environment(env, FLYWHEEL_ADMIN_TOKEN=TOKEN)
     with start_server(params, env=server_env, cwd=folder, log_path=log_path) as url:
         server = Server(url, log_path, folder / "predictions")
         # /readyz answered for one worker: wait for the other, or it could load a later version.
-        _wait_for(
+        wait_for(
             lambda: server.output().count(f"READY: serving models:/{MODEL}/1") == WORKERS,
             60,
             f"{WORKERS} workers serving version 1",
@@ -79,7 +79,7 @@ def _answers(server: Server) -> tuple[set[str], set[str]]:
     Returns:
         The versions the answers named, and the workers that answered (from the access log).
     """
-    body = {"images": _images(1).tolist()}
+    body = {"images": digit_images(1).tolist()}
     mark = len(server.output())
     versions: set[str] = set()
     for sent in range(1, MAX_REQUESTS + 1):
@@ -94,7 +94,7 @@ def _answers(server: Server) -> tuple[set[str], set[str]]:
 
 def test_one_admin_reload_swaps_every_worker(two_workers: Server) -> None:
     assert _answers(two_workers) == ({"1"}, {"1", "2"})
-    new = _register_blessed(MODEL, registry.model_uri(MODEL, "1"))
+    new = register_blessed(MODEL, registry.model_uri(MODEL, "1"))
     registry.promote(MODEL, new, reason="broadcast test: the new version")
 
     result = reload_model(two_workers.url, TOKEN)
@@ -105,7 +105,7 @@ def test_one_admin_reload_swaps_every_worker(two_workers: Server) -> None:
     # The worker that answered swapped before answering; the other one on its request.
     swapped = f"{MODEL} now serves version {new}"
     admin, broadcast = f"SWAPPED (admin): {swapped}", f"SWAPPED ({BROADCAST_TRIGGER}): {swapped}"
-    _wait_for(
+    wait_for(
         lambda: broadcast in two_workers.output(),
         BROADCAST_WITHIN_S,
         "the other worker's swap",
@@ -124,7 +124,7 @@ def test_workers_answer_a_reload_request_once(two_workers: Server) -> None:
     result = reload_model(two_workers.url, TOKEN)  # nothing new: a check, no swap
     assert result["changed"] is False
     assert result["other_workers_signalled"] is True
-    _wait_for(
+    wait_for(
         lambda: two_workers.output().count("RELOAD REQUESTED") == before + WORKERS - 1,
         BROADCAST_WITHIN_S,
         "the other worker's check",

@@ -1,4 +1,4 @@
-"""The service's input checks (`serving.service`) without a server: arrays, uploads, ids."""
+"""The service's input checks without a server: arrays, uploads, ids, admin tokens, params."""
 
 from __future__ import annotations
 
@@ -14,18 +14,11 @@ from urllib3 import encode_multipart_formdata
 
 from flywheel.config import Params, ServeConfig
 from flywheel.monitoring.prediction_log import predictions_dir
-from serving.service import (
-    PARAMS_ENV,
-    MultipartPart,
-    RequestError,
-    arrays_to_unit,
-    authorize_admin,
-    decode_image,
-    multipart_parts,
-    params_base,
-    read_service_params,
-    request_id_from,
-)
+from serving.decoding import arrays_to_unit, decode_image, request_id_from
+from serving.errors import RequestError
+from serving.multipart import MultipartPart, multipart_parts
+from serving.reload import authorize_admin
+from serving.settings import PARAMS_ENV, params_base, read_service_params
 
 S = 8
 

@@ -1,4 +1,4 @@
-"""Reload requests between the workers of one server (`serving.service.ReloadSignal`), no server."""
+"""Reload requests between the workers of one server (`serving.reload.ReloadSignal`), no server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.service import RELOAD_DIR_ENV, FlywheelService, ReloadSignal
+from serving.reload import RELOAD_DIR_ENV, ReloadSignal
+from serving.service import FlywheelService
 
 
 def test_a_request_reaches_every_other_worker_once(tmp_path: Path) -> None:

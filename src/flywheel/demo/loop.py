@@ -31,9 +31,7 @@ from pathlib import Path
 from rich.table import Table
 
 from flywheel.config import Params
-
-ADMIN_TOKEN_ENV = "FLYWHEEL_ADMIN_TOKEN"
-"""The service's admin token variable (`/admin/reload`); the loop makes a fresh one per run."""
+from flywheel.serving_api import ADMIN_TOKEN_ENV  # the loop makes a fresh token per run
 
 LOG_SETTLE_S = 0.5
 """Extra wait after the prediction log's flush interval before reading it back."""

@@ -29,6 +29,16 @@ from typing import IO, Any
 
 import httpx
 
+from flywheel.serving_api import (
+    ADMIN_RELOAD_PATH,
+    IMAGES_FIELD,
+    PREDICT_IMAGES_PATH,
+    READY_PATH,
+    REQUEST_ID_HEADER,
+    admin_headers,
+    image_media_type,
+)
+
 READY_TIMEOUT_S = 120.0
 """How long `start_server` waits for `/readyz` (start-up imports MLflow and loads the model)."""
 STOP_TIMEOUT_S = 20.0
@@ -200,7 +210,7 @@ def wait_until_ready(
     *,
     process: subprocess.Popen[bytes] | None = None,
     output: Callable[[], str] | None = None,
-    path: str = "/readyz",
+    path: str = READY_PATH,
 ) -> None:
     """Poll `<url><path>` until it answers 200 (any HTTP server: `path` is its readiness probe).
 
@@ -276,11 +286,15 @@ def predict_files(
         PredictionError: the service answered with an error status (its message included).
         httpx.HTTPError: the request could not be sent or answered.
     """
-    headers = {"X-Request-ID": request_id} if request_id else {}
-    files = [("images", (Path(p).name, Path(p).read_bytes(), _media_type(p))) for p in paths]
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    files = [
+        (IMAGES_FIELD, (Path(p).name, Path(p).read_bytes(), image_media_type(p))) for p in paths
+    ]
     with ExitStack() as stack:
         http = client or stack.enter_context(httpx.Client())
-        answer = http.post(f"{url}/predict_images", files=files, headers=headers, timeout=timeout_s)
+        answer = http.post(
+            f"{url}{PREDICT_IMAGES_PATH}", files=files, headers=headers, timeout=timeout_s
+        )
     items: list[dict[str, Any]] = _checked(answer).json()
     return items
 
@@ -300,9 +314,7 @@ def reload_model(url: str, token: str, *, timeout_s: float = 120.0) -> dict[str,
         PredictionError: refused (401/403: token) or the new version failed to load (502).
     """
     answer = httpx.post(
-        f"{url}/admin/reload",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=timeout_s,
+        f"{url}{ADMIN_RELOAD_PATH}", headers=admin_headers(token), timeout=timeout_s
     )
     result: dict[str, Any] = _checked(answer).json()
     return result
@@ -330,10 +342,6 @@ def _checked(answer: httpx.Response) -> httpx.Response:
             answer.text,
         )
     return answer
-
-
-def _media_type(path: Path) -> str:
-    return "image/jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
 
 
 def _quote(output: Callable[[], str] | None) -> str:

@@ -35,13 +35,16 @@ import pandas as pd
 
 from flywheel.config import Params
 from flywheel.labeling.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
+from flywheel.serving_api import (
+    IMAGES_FIELD,
+    PNG_MEDIA_TYPE,
+    PREDICT_IMAGES_PATH,
+    READY_PATH,
+    REQUEST_ID_HEADER,
+)
 
 if TYPE_CHECKING:
     import httpx
-
-REQUEST_ID_HEADER = "X-Request-ID"
-PREDICT_PATH = "/predict_images"
-READY_PATH = "/readyz"
 
 
 class SimulationError(RuntimeError):
@@ -163,11 +166,11 @@ def _post(
 ) -> RequestOutcome:
     import httpx
 
-    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    files = [(IMAGES_FIELD, (p.name, p.read_bytes(), PNG_MEDIA_TYPE)) for p in paths]
     started = time.perf_counter()
     try:
         response = client.post(
-            url + PREDICT_PATH, files=files, headers={REQUEST_ID_HEADER: request_id}
+            url + PREDICT_IMAGES_PATH, files=files, headers={REQUEST_ID_HEADER: request_id}
         )
     except httpx.HTTPError as err:
         return RequestOutcome(

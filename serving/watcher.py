@@ -1,0 +1,296 @@
+"""Keeping the served version current: load it, poll the alias, swap without downtime.
+
+Each worker resolves `models:/<evaluate.registered_model>@<serve.alias>` to a
+concrete version and loads it (`serving.hot_swap`). A missing alias is not a
+crash: the worker logs why and retries every `serve.load_retry_s` seconds (so
+promoting a first model makes a waiting server ready without a restart).
+
+Zero-downtime updates: the worker checks the alias every `serve.poll_interval_s`
+seconds (and on `/admin/reload`, or when another worker's admin reload asks it
+to: `serving.reload`); a new version is loaded and warmed up beside the
+serving one, then swapped in by one reference assignment. Requests already
+admitted finish on the old version; every response names the version that
+computed it. A version that fails to load is logged and counted, and the old
+one keeps serving. After loading, the heap is frozen out of the cycle
+collector's way (`freeze_heap`: its full passes over the model's ~600,000
+objects were the p99's 330 ms stalls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from flywheel.config import ServeConfig
+from serving.hot_swap import (
+    LoadedModel,
+    ModelHolder,
+    ServedModel,
+    load_model_version,
+    missing_alias_message,
+)
+from serving.metrics import ServiceMetrics
+from serving.reload import RELOAD_WATCH_S, ReloadSignal
+
+logger = logging.getLogger("flywheel.serving")
+
+BROADCAST_TRIGGER = "admin-broadcast"
+"""The trigger of a check that another worker's `/admin/reload` asked for."""
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one check of the alias did.
+
+    Attributes:
+        trigger: `poll`, `admin` or `admin-broadcast` (another worker's admin reload).
+        previous_version: the version served before the check (None: none yet).
+        model_version: the version served after it.
+        error: why a new version could not be loaded or the alias not read (None: no error).
+    """
+
+    trigger: str
+    previous_version: str | None
+    model_version: str | None
+    error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """A new version was swapped in."""
+        return self.model_version != self.previous_version
+
+
+class RegistryWatcher:
+    """One worker's served version of `model_name`, kept at what `config.alias` points to.
+
+    Args:
+        model_name: the registered model.
+        config: the service's settings (alias, polling, batching).
+        metrics: where loads, the served version and batch sizes are counted.
+        executor: the model thread (every model's forward passes run there).
+        compute: what one batch runs on the model thread (`ServedModel`'s `compute`).
+        reload_signal: this worker's end of its server's reload channel (None: no other
+            worker can ask it to check, nor it them).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        config: ServeConfig,
+        *,
+        metrics: ServiceMetrics,
+        executor: Executor,
+        compute: Callable[[LoadedModel, np.ndarray], np.ndarray],
+        reload_signal: ReloadSignal | None,
+    ) -> None:
+        self.model_name = model_name
+        self.config = config
+        self.metrics = metrics
+        self.reload_signal = reload_signal
+        self.holder = ModelHolder()
+        self._executor = executor
+        self._compute = compute
+        self._refresh_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def start(self) -> None:
+        """Start the task that loads the model and then polls the alias (in the event loop)."""
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch_registry(), name="registry-watcher"
+        )
+
+    def stop(self) -> None:
+        """Stop polling."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch_registry(self) -> None:
+        """Check the alias now, then on a timer or when another worker asks.
+
+        The timer: `poll_interval_s` (`load_retry_s` while not ready), restarted
+        after every check. Another worker asks when it received `/admin/reload`.
+        """
+        trigger = "poll"
+        while True:
+            await self.refresh(trigger)
+            ready = self.holder.current is not None
+            trigger = await self._wait_for_next_check(
+                self.config.poll_interval_s if ready else self.config.load_retry_s
+            )
+
+    async def _wait_for_next_check(self, seconds: float) -> str:
+        """Wait `seconds`, or less if another worker sends a reload request; returns the trigger.
+
+        Looking for a request is one `stat` every `RELOAD_WATCH_S` seconds, on the
+        event loop (cheaper than a hop to a thread).
+        """
+        signal = self.reload_signal
+        if signal is None:
+            await asyncio.sleep(seconds)
+            return "poll"
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, RELOAD_WATCH_S))
+            token = signal.received()
+            if token is not None:
+                logger.info(
+                    "RELOAD REQUESTED by worker pid %s: worker pid %d checks models:/%s@%s now",
+                    token.partition("-")[0],
+                    os.getpid(),
+                    self.model_name,
+                    self.config.alias,
+                )
+                return BROADCAST_TRIGGER
+        return "poll"
+
+    def signal_other_workers(self) -> bool:
+        """Ask the server's other workers to check the alias now; False when none could be."""
+        if self.reload_signal is None:
+            return False  # warned about at start-up
+        try:
+            self.reload_signal.send()
+        except OSError as err:
+            logger.error(
+                "cannot signal the other workers through %s (%s): they check at their next poll",
+                self.reload_signal.path,
+                err,
+            )
+            return False
+        return True
+
+    async def refresh(self, trigger: str) -> RefreshOutcome:
+        """Swap in the version the alias points at if it is not the one served. Never raises.
+
+        Checks run one at a time in a worker (the poller and admin calls share a lock).
+        """
+        async with self._refresh_lock:
+            return await self._refresh(trigger)
+
+    async def _refresh(self, trigger: str) -> RefreshOutcome:
+        from flywheel.registry import version_for_alias
+
+        name, alias = self.model_name, self.config.alias
+        served = self.holder.current
+        current = served.model.version if served is not None else None
+        try:
+            version = await asyncio.to_thread(version_for_alias, name, alias)
+        except Exception as err:  # whatever the registry raises, the served model keeps serving
+            return self._refresh_failed(trigger, current, f"cannot read the alias: {err}")
+        if version is None:
+            return self._refresh_failed(trigger, current, missing_alias_message(name, alias))
+        if version == current:
+            return RefreshOutcome(trigger, current, current)
+        try:
+            loaded = await asyncio.to_thread(load_model_version, name, version)
+        except Exception as err:  # a broken version must never take the served one down
+            return self._refresh_failed(trigger, current, f"version {version}: {err}")
+        served = self._serve_model(loaded)
+        if current is None:
+            freeze_heap()  # before /readyz says ready: no request waits on the collection
+        previous = self.holder.swap(served)
+        self.metrics.set_version(name, version)
+        self.metrics.count_load("loaded")
+        if previous is None:
+            logger.info(
+                "READY: serving %s (alias %r) loaded in %.1f s",
+                loaded.uri,
+                alias,
+                loaded.load_seconds,
+            )
+        else:
+            logger.info(
+                "SWAPPED (%s): %s now serves version %s (loaded in %.1f s); version %s "
+                "finishes its %d admitted requests",
+                trigger,
+                name,
+                version,
+                loaded.load_seconds,
+                current,
+                previous.admitted,
+            )
+            task = asyncio.get_running_loop().create_task(
+                freeze_heap_when_drained(previous, self.config.poll_interval_s)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return RefreshOutcome(trigger, current, version)
+
+    def _serve_model(self, loaded: LoadedModel) -> ServedModel:
+        return ServedModel(
+            loaded,
+            compute=self._compute,
+            max_batch_size=self.config.max_batch_size,
+            max_latency_ms=self.config.max_latency_ms,
+            executor=self._executor,
+            on_batch=self.metrics.batch_size.observe,
+        )
+
+    def _refresh_failed(self, trigger: str, current: str | None, reason: str) -> RefreshOutcome:
+        """Count and log a failed check; whatever was served stays served."""
+        self.metrics.count_load("failed")
+        where = f"models:/{self.model_name}@{self.config.alias}"
+        if current is None:
+            self.holder.status = f"cannot load {where}: {reason}"
+            logger.error(
+                "NOT READY: %s; retrying in %.0f s", self.holder.status, self.config.load_retry_s
+            )
+        else:
+            logger.error(
+                "LOAD FAILED (%s): %s: %s; still serving version %s",
+                trigger,
+                where,
+                reason,
+                current,
+            )
+        return RefreshOutcome(trigger, current, current, error=reason)
+
+
+def freeze_heap() -> None:
+    """Collect garbage once, then move every object alive into the GC's permanent generation.
+
+    With a model loaded the process holds ~600,000 objects, and a full
+    (generation 2) pass of Python's cycle collector took ~330 ms: a stall that
+    every request in flight waited out (the p99 at concurrency 32 was 6× the
+    p50). After `gc.freeze()` the collector skips those objects and only looks
+    at what requests allocate.
+    """
+    started = time.perf_counter()
+    gc.unfreeze()  # objects frozen before (a previous model) are collectable again
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "heap frozen: %d objects out of the collector's way (%.0f ms)",
+        gc.get_freeze_count(),
+        (time.perf_counter() - started) * 1000,
+    )
+
+
+async def freeze_heap_when_drained(previous: ServedModel, timeout_s: float) -> None:
+    """Once `previous` has answered its last request (at most `timeout_s`), `freeze_heap`.
+
+    Not at once: frozen with the heap, the swapped-out model would never be
+    collected if its objects form reference cycles.
+    """
+    deadline = time.monotonic() + timeout_s
+    while previous.admitted and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    del previous
+    freeze_heap()
+
+
+__all__ = [
+    "BROADCAST_TRIGGER",
+    "RefreshOutcome",
+    "RegistryWatcher",
+    "freeze_heap",
+    "freeze_heap_when_drained",
+]

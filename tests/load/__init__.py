@@ -1,0 +1,12 @@
+"""Load drivers: they check the service under load, where benchmarks measure it.
+
+* `tests.load.fuzz` (`make fuzz`): schemathesis against the OpenAPI spec, then
+  valid and corrupted image files; fails on any 5xx.
+* `tests.load.soak` (`make soak`): minutes of steady load; fails on any
+  unexpected answer or on resident memory growth.
+
+Each runs as a script (`python -m tests.load.fuzz`) against a server of a
+model it trains into a temporary store (`flywheel.demo.sandbox`), and its
+`run_*` function runs from a test against a test's server
+(`tests/integration/test_serving.py`).
+"""
