@@ -139,8 +139,8 @@ def version(state: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory
 def serve_like_the_service(
     module: torch.nn.Module, uri: str, images: Sequence[Image.Image]
 ) -> list[tuple[str, float, dict[str, float], list[float], dict[str, float]]]:
-    """What `serving/service.py` computes per image: label, confidence, probabilities, embedding,
-    summary features of the pre-processed pixels."""
+    """What `serving/predictions.py` computes per image: label, confidence, probabilities,
+    embedding, summary features of the pre-processed pixels."""
     task = load_task(uri)
     batch = task.preprocess(images)  # (N, 1, S, S) in [0, 1]
     features = summary_features(batch[:, 0].numpy()).to_dict(orient="records")

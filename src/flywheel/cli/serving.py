@@ -45,12 +45,13 @@ def serve(
     import os
 
     from flywheel.env import state_dir
+    from flywheel.serving_api import PARAMS_ENV
     from flywheel.tracking import resolve_tracking
 
     p = read_params(params)  # fail here, with the bad key, rather than inside a worker
     params_path = params.resolve()
     env = dict(os.environ)
-    env["FLYWHEEL_PARAMS"] = str(params_path)
+    env[PARAMS_ENV] = str(params_path)
     env.setdefault("BENTOML_HOME", str((state_dir() / "bentoml").resolve()))
     env["BENTOML_DO_NOT_TRACK"] = "true"
     # BentoML changes into --working-dir: pin the state folder and the store absolutely.

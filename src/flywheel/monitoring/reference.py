@@ -8,7 +8,7 @@ validation images are passed through exactly what serving runs:
   `image_to_tensor`, which is what `Task.preprocess` does to an upload), giving
   `(B, 1, S, S)` float32 in [0, 1];
 * the same summary features (`flywheel.monitoring.features.summary_features` on those
-  pixels, as `serving/service.py` computes them on every request);
+  pixels, as `serving/predictions.py` computes them on every request);
 * the same model: the exported pt2 program loaded with `mlflow.pytorch.load_model`
   from the logged model, as serving loads it, giving the probabilities and the
   embedding.

@@ -1,7 +1,7 @@
 """Replay images through a registered version into the prediction log, as the service would.
 
 For back-filling a log, for examples and benchmarks of monitoring without a
-running server, and for tests. Per image it computes what `serving/service.py`
+running server, and for tests. Per image it computes what `serving/predictions.py`
 logs: the task's pre-processing, the summary features of the pre-processed
 pixels, the exported model's probabilities and embedding (loaded with
 `mlflow.pytorch.load_model`, as the service loads it), label and confidence.
