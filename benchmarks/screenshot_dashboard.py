@@ -53,8 +53,8 @@ def build_example(params: Params, work: Path) -> Path:
     from mlflow import MlflowClient
 
     from flywheel import workflows as steps
+    from flywheel.data.ground_truth import write_ground_truth
     from flywheel.demo.collect import collect_batch, collect_dataset
-    from flywheel.labeling.ground_truth import write_ground_truth
     from flywheel.monitoring.prediction_log import PredictionLogger
     from flywheel.monitoring.replay import replay_images
 

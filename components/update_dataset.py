@@ -1,4 +1,4 @@
-"""Component: merge new labels into a new dataset version (`flywheel.data.merge`)."""
+"""Component: merge new labels into a new dataset version (`flywheel.labeling.merge`)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input

@@ -102,8 +102,8 @@ def serve_collected_batch(
     """
     from PIL import Image
 
+    from flywheel.data.ground_truth import write_ground_truth
     from flywheel.demo.collect import collect_batch
-    from flywheel.labeling.ground_truth import write_ground_truth
 
     batch = collect_batch(plan, scenario or Scenario(), n, seed, work_dir / f"batch-{seed}")
     images = np.stack(

@@ -33,11 +33,11 @@ from flywheel.config import (
     SimulateConfig,
     TrainConfig,
 )
+from flywheel.data.ground_truth import read_ground_truth
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import data_version
 from flywheel.demo.server import start_server
 from flywheel.demo.simulate import simulate_traffic
-from flywheel.labeling.ground_truth import read_ground_truth
 from flywheel.registry import get_version, read_blessing, version_for_alias
 from flywheel.tracking import configure_tracking
 from pipelines.arguments import pipeline_arguments

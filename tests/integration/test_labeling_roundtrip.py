@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import DataPlan, Strata
+from flywheel.data.ground_truth import read_ground_truth
 from flywheel.labeling import parse_export, read_batch, read_labels
-from flywheel.labeling.ground_truth import read_ground_truth
 from tests.labeling_support import serve_collected_batch
 
 PLAN = DataPlan(

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import HOLDOUT_SPLIT, DataPlan, Params, Scenario, Strata
+from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
-from flywheel.data.merge import MergeError, production_image_id, update_dataset
 from flywheel.data.versioning import data_version, ensure_dataset, is_clean
-from flywheel.labeling.ground_truth import write_ground_truth
+from flywheel.labeling.merge import MergeError, production_image_id, update_dataset
 from tests.labeling_support import serve_collected_batch, write_prediction_log
 
 pytestmark = pytest.mark.slow  # DVC and GX: a few seconds each
@@ -69,7 +69,7 @@ def _label(truth_rows: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def _truth(tmp_path: Path) -> pd.DataFrame:
-    from flywheel.labeling.ground_truth import read_ground_truth
+    from flywheel.data.ground_truth import read_ground_truth
 
     return read_ground_truth(tmp_path / "state" / "ground_truth", origins=["simulator"])
 

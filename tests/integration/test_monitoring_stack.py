@@ -41,9 +41,9 @@ from flywheel.config import (
     TrainConfig,
     load_params,
 )
+from flywheel.data.ground_truth import write_ground_truth
 from flywheel.demo.collect import collect_batch, collect_dataset
 from flywheel.evaluation import load_task
-from flywheel.labeling.ground_truth import write_ground_truth
 from flywheel.monitoring import (
     NotEnoughDataError,
     ReferenceNotFoundError,

@@ -37,8 +37,8 @@ from flywheel.config import (
     SimulateConfig,
     Strata,
 )
+from flywheel.data.ground_truth import read_ground_truth
 from flywheel.demo.simulate import SimulationError, simulate_traffic
-from flywheel.labeling.ground_truth import read_ground_truth
 from flywheel.modeling.training import log_exported_model
 from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.registry import Blessing, GateResult

@@ -11,6 +11,12 @@ import pandas as pd
 import pytest
 
 from flywheel.config import DataPlan, LabelConfig, Params
+from flywheel.data.ground_truth import (
+    GroundTruthError,
+    latest_per_key,
+    read_ground_truth,
+    write_ground_truth,
+)
 from flywheel.demo.oracle import OracleLabeler, answer_tasks
 from flywheel.labeling import (
     LABEL_COLUMNS,
@@ -25,12 +31,6 @@ from flywheel.labeling import (
     queue_batches,
     read_batch,
     read_labels,
-)
-from flywheel.labeling.ground_truth import (
-    GroundTruthError,
-    latest_per_key,
-    read_ground_truth,
-    write_ground_truth,
 )
 
 CLASSES = ("0", "1", "2")

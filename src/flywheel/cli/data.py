@@ -139,8 +139,8 @@ def data_merge(
     is undone, exit 1); `dvc add` records it. Merging the same labels again adds
     nothing and keeps the version.
     """
-    from flywheel.data.merge import SKIP_REASONS, MergeError, update_dataset
     from flywheel.data.versioning import DataVersionError
+    from flywheel.labeling.merge import SKIP_REASONS, MergeError, update_dataset
 
     p = read_params(params, set_)
     with exit_on(DataVersionError), refuse_on(MergeError):

@@ -22,7 +22,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SOURCE_POOLS: tuple[str, ...] = (*SPLITS, "production")
 
 HOLDOUT_SPLIT = "holdout"
-"""Evaluation-only rows: labelled production traffic held out of training (`flywheel.data.merge`).
+"""Evaluation-only rows: labelled production traffic kept out of training (`labeling.merge`).
 
 The frozen `test` split never changes; the holdout grows with each merge and
 gives evaluation an extra slice of what production looks like now."""
@@ -422,7 +422,7 @@ class LabelConfig(_Frozen):
 
 
 class MergeConfig(_Frozen):
-    """How labelled production images join the dataset (`flywheel.data.merge`)."""
+    """How labelled production images join the dataset (`flywheel.labeling.merge`)."""
 
     holdout_share: float = Field(0.3, ge=0, lt=1)  # to the evaluation-only holdout split
     val_share: float = Field(0.1, ge=0, lt=1)  # to val; the rest to train

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import Params
+from flywheel.data.ground_truth import (
+    ORIGIN_ORACLE,
+    ORIGIN_SIMULATOR,
+    latest_per_key,
+    read_ground_truth,
+)
 from flywheel.labeling import (
     Key,
     Labeler,
@@ -32,12 +38,6 @@ from flywheel.labeling import (
     read_batch,
     task_key,
     write_json_atomic,
-)
-from flywheel.labeling.ground_truth import (
-    ORIGIN_ORACLE,
-    ORIGIN_SIMULATOR,
-    latest_per_key,
-    read_ground_truth,
 )
 
 ORACLE_USER = 0

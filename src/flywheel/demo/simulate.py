@@ -6,7 +6,7 @@ pool, the scenario's stratum mix and noise severity — in-distribution or
 drifted), posts them to the service's image-file API (`/predict_images`,
 multipart field `images`) with an `X-Request-ID` header per request, and
 records the truth of every answered image in the ground-truth store
-(`flywheel.labeling.ground_truth`, `origin="simulator"`, with `style`, `noise`,
+(`flywheel.data.ground_truth`, `origin="simulator"`, with `style`, `noise`,
 `scenario` and the source glyph `group`), where the service never looks.
 Monitoring joins that truth with the prediction log to measure accuracy on
 labelled traffic; the demo's oracle labeller answers from it.
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import Params
-from flywheel.labeling.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
+from flywheel.data.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
 from flywheel.serving_api import (
     IMAGES_FIELD,
     PNG_MEDIA_TYPE,

@@ -1,4 +1,4 @@
-"""Stage 10 (first half): the labelling queue and labels, in Label Studio's JSON formats.
+"""Stage 10: the labelling queue, labels in Label Studio's JSON formats, the merge into the data.
 
 The queue is a folder of batches, `<label dir>/queue/<batch-id>.json`, each a
 list of Label Studio *tasks* ready for its import: `data.image` is a URL Label
@@ -10,7 +10,7 @@ control over the plan's classes.
 
 Labels come back as a Label Studio JSON export (`import_labels`), checked
 whole before anything is appended to the ground-truth store
-(`flywheel.labeling.ground_truth`).
+(`flywheel.data.ground_truth`).
 
 Who labels is configuration: a `Labeler` (`labeler_for(params.label)`) labels
 the queued batches for the pipeline's label step. The product's is
@@ -18,8 +18,11 @@ the queued batches for the pipeline's label step. The product's is
 oracle (`flywheel.demo.oracle`), which answers from the traffic simulator's
 truth through a Label Studio export.
 
+Labelled production images then join the dataset as a new data version
+(`merge`: GX-gated, `dvc add`).
+
 Modules: `base` (the `Labeler` interface), `queue` (folders and batches),
-`label_studio` (formats, the import, the export labeller), `ground_truth`.
+`label_studio` (formats, the import, the export labeller), `merge`.
 """
 
 from flywheel.labeling.base import (

@@ -5,7 +5,7 @@ tasks whose `annotations[].result[].value.choices` hold the class. The whole
 file is checked before anything is written — a label outside the classes, a
 task without its key, two tasks giving one image different labels are errors
 that name the task — and the labels are appended to the ground-truth store
-(`flywheel.labeling.ground_truth`) in one file. Importing the same export twice
+(`flywheel.data.ground_truth`) in one file. Importing the same export twice
 writes nothing the second time.
 
 `LabelStudioExportLabeler` (`label.labeler: label-studio-export`) is the
@@ -26,8 +26,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from flywheel.config import LabelConfig, Params
-from flywheel.labeling.base import LABEL_COLUMNS, Labeler, LabelingResult, no_labels
-from flywheel.labeling.ground_truth import (
+from flywheel.data.ground_truth import (
     KEY,
     LABELLER_ORIGINS,
     ORIGIN_LABEL_STUDIO,
@@ -35,6 +34,7 @@ from flywheel.labeling.ground_truth import (
     read_ground_truth,
     write_ground_truth,
 )
+from flywheel.labeling.base import LABEL_COLUMNS, Labeler, LabelingResult, no_labels
 from flywheel.labeling.queue import Key, exports_dir, queued_keys, read_json, task_key
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import LabelConfig
+from flywheel.data.ground_truth import LABELLER_ORIGINS, read_ground_truth
 from flywheel.env import state_dir
-from flywheel.labeling.ground_truth import LABELLER_ORIGINS, read_ground_truth
 
 QUEUE_DIR = "queue"
 EXPORTS_DIR = "exports"

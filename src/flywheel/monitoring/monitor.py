@@ -7,7 +7,7 @@ Steps of `monitor`:
 2. Keep the predictions of one model version — by default the one that served
    the most recent prediction — because each version is compared with its own
    reference profile (rows of other versions are counted and left out).
-3. Join the ground truth known for those predictions (`flywheel.labeling.ground_truth`:
+3. Join the ground truth known for those predictions (`flywheel.data.ground_truth`:
    the simulator's truth, Label Studio labels, the oracle's answers; the latest
    label of a key wins), for accuracy on labelled traffic.
 4. Run the drift check (`flywheel.monitoring.drift`), save its HTML report and
@@ -229,7 +229,7 @@ def monitor(
         flywheel.registry.RegistryError: the version is not registered.
         ConfigError: a configured drift test is not an Evidently stattest.
     """
-    from flywheel.labeling.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
+    from flywheel.data.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
     from flywheel.monitoring.prediction_log import compact, embedding_matrix, read_table, to_frame
 
     config = params.monitor

@@ -49,7 +49,7 @@ def build_suite(
     readable and matching the manifest; at least the planned count per stratum
     in each split; each class's share per split within the tolerance.
 
-    Merged production data (`flywheel.data.merge`) is allowed: the split may
+    Merged production data (`flywheel.labeling.merge`) is allowed: the split may
     also be the evaluation-only `holdout`, which no planned count covers, and
     rows with `source = production` count towards the per-stratum minimums but
     not towards class balance — that rule is the plan's promise about the data

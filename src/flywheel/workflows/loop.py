@@ -102,12 +102,12 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
     """Merge the labels into a new dataset version (`dvc add` + push); return the version.
 
     Reads `labels.parquet` of the labelling step from `labels_dir` and calls
-    `flywheel.data.merge.update_dataset`; the merged dataset passes the data
+    `flywheel.labeling.merge.update_dataset`; the merged dataset passes the data
     gate or nothing is recorded. No new labels: the version stays.
     """
     import pandas as pd
 
-    from flywheel.data.merge import update_dataset as merge_and_track
+    from flywheel.labeling.merge import update_dataset as merge_and_track
 
     path = labels_dir / LABELS_FILE
     labels = (

@@ -1,4 +1,4 @@
-"""Stage 10 (second half): labelled production images become a new dataset version.
+"""Stage 10, its end: labelled production images become a new dataset version.
 
 `merge_labels` turns labels of logged predictions (`flywheel.labeling`) into
 manifest rows of the dataset `data/<name>`:
@@ -37,8 +37,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params
+from flywheel.data.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
-from flywheel.labeling.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
