@@ -53,11 +53,12 @@ test: setup ## Run every test, slow ones included (what CI runs)
 test-fast: setup ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: setup ## ruff (lint + format check) and mypy; fails at the end if any failed
+lint: setup ## ruff (lint + format check), mypy and the import contracts; fails at the end if any failed
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
 	$(BIN)/ruff format --check . || status=1; \
 	$(BIN)/mypy || status=1; \
+	$(BIN)/lint-imports --no-cache || status=1; \
 	exit $$status
 
 format: setup ## Apply ruff's fixes and formatting

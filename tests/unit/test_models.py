@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flywheel.config import ModelConfig
-from flywheel.modeling.networks import build_model, count_parameters
 from flywheel.tasks.classification import ProbabilitiesAndEmbedding
+from flywheel.tasks.networks import build_model, count_parameters
 
 TINY = ModelConfig(width=4, stages=2, depth=1, embedding_dim=8, dropout=0.0)
 

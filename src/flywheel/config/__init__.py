@@ -137,7 +137,7 @@ class ValidationConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The network: `name` picks a builder in `flywheel.modeling.networks`; the rest sizes it."""
+    """The network: `name` picks a builder in `flywheel.tasks.networks`; the rest sizes it."""
 
     name: Literal["small_cnn", "resnet"] = "small_cnn"
     width: int = Field(16, ge=4, le=1024)  # channels of the first stage, doubled per stage

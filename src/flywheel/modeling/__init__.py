@@ -1,1 +1,1 @@
-"""Networks, training and hyper-parameter tuning."""
+"""Training and hyper-parameter tuning: the loop, checkpoints, export, Optuna studies."""

@@ -1,7 +1,7 @@
 """Image classification: one label per image, the manifest's `label` column.
 
 Inputs are grayscale images scaled to [0, 1], shape `(B, 1, H, W)`; the model
-(`flywheel.modeling.networks`) returns `(logits, embedding)`. The exported module returns
+(`flywheel.tasks.networks`) returns `(logits, embedding)`. The exported module returns
 one tensor `(B, K + D)`: the K class probabilities followed by the D-dimensional
 embedding, so serving gets the prediction and the monitoring features from one
 call, through either MLflow flavour.
@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
-from flywheel.modeling.networks import build_model
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.base import DatasetError, Direction, ImageLike, MetricAccumulator, Task
+from flywheel.tasks.networks import build_model
 
 _REQUIRED_COLUMNS = ("image_id", "path", "label", "split")
 _ROWS_SHOWN = 5
