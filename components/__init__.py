@@ -1,4 +1,4 @@
-"""flywheel's Kubeflow components, one per pipeline step (see DESIGN.md).
+"""flywheel's Kubeflow components, one per pipeline step (docs/architecture.md).
 
 Each body imports `flywheel.workflows` and calls one function of it (after
 `resolve_params` has read the run's parameters); the base image is

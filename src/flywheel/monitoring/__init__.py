@@ -1,4 +1,4 @@
-"""Drift monitoring (DESIGN.md stage 8): production traffic against what its model learned from.
+"""Stage 8, drift monitoring (docs/architecture.md): production traffic against its training data.
 
 * `reference` — the reference profile of a model version: its training and
   validation images through the serving pre-processing, summary features and
