@@ -1,1 +1,7 @@
-"""Networks, training and hyper-parameter tuning."""
+"""Networks, training and hyper-parameter tuning.
+
+`networks` builds the architectures; `training.train` runs the training loop
+(its parts in `reproducibility`, `checkpoints`, `distributed`, `loaders`,
+`loop`, `early_stopping`, `run_logging` and `export`); `tuning` searches
+hyper-parameters with Optuna, each trial a training run.
+"""
