@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from flywheel.config.base import FrozenConfig
+from flywheel.config.base import FrozenConfig, distinct_names
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Dataset splits, in order. `production` is a source pool, never a dataset split."""
@@ -39,9 +39,7 @@ class Strata(FrozenConfig):
     @field_validator("style", "noise")
     @classmethod
     def _non_empty_unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        if not values or len(set(values)) != len(values):
-            raise ValueError("must be a non-empty list of distinct names")
-        return values
+        return distinct_names(values)
 
     def names(self) -> list[str]:
         """Stratum names, `style/noise`, in plan order.

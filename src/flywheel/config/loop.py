@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flywheel.config.base import FrozenConfig
+from flywheel.config.base import FrozenConfig, distinct_names
 from flywheel.config.data import Split
 
 CurationStrategy = Literal["least_confidence", "margin", "entropy", "committee", "random"]
@@ -108,9 +108,7 @@ class MonitorConfig(FrozenConfig):
     @field_validator("triggers", "reference_splits")
     @classmethod
     def _non_empty_distinct(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        if not values or len(set(values)) != len(values):
-            raise ValueError("must be a non-empty list of distinct names")
-        return values
+        return distinct_names(values)
 
 
 class UIConfig(FrozenConfig):

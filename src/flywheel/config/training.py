@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flywheel.config.base import FrozenConfig
+from flywheel.config.base import FrozenConfig, validation_metric
 
 
 class ModelConfig(FrozenConfig):
@@ -65,9 +65,7 @@ class TrainConfig(FrozenConfig):
     @field_validator("monitor")
     @classmethod
     def _validation_metric(cls, value: str) -> str:
-        if not value.startswith("val_"):
-            raise ValueError(f"must name a validation metric ('val_<metric>'), got {value!r}")
-        return value
+        return validation_metric(value)
 
 
 class FloatDimension(FrozenConfig):
@@ -178,9 +176,7 @@ class TuneConfig(FrozenConfig):
     @field_validator("metric")
     @classmethod
     def _validation_metric(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("val_"):
-            raise ValueError(f"must name a validation metric ('val_<metric>'), got {value!r}")
-        return value
+        return None if value is None else validation_metric(value)
 
     @field_validator("space")
     @classmethod

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -297,9 +298,7 @@ def _run_epoch(loop: TrainingLoop, epoch: int, show: bool) -> dict[str, float]:
     for step, (inputs, targets) in enumerate(bar):
         inputs, targets = task.to_device(inputs, targets, device)
         inputs, targets = task.augment(inputs, targets, cfg.augment, loop.generators["augment"])
-        with torch.autocast(device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
-            outputs = loop.wrapped(inputs)
-            loss = task.loss(outputs, targets)
+        outputs, loss = _forward(loop, loop.wrapped, inputs, targets)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         loop.scaler.step(loop.optimizer)
@@ -326,6 +325,15 @@ def _run_epoch(loop: TrainingLoop, epoch: int, show: bool) -> dict[str, float]:
     return row
 
 
+def _forward(
+    loop: TrainingLoop, module: nn.Module, inputs: Any, targets: Any
+) -> tuple[Any, torch.Tensor]:
+    """The module's outputs and the task's loss, in mixed precision where the loop uses it."""
+    with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
+        outputs = module(inputs)
+        return outputs, loop.task.loss(outputs, targets)
+
+
 @torch.no_grad()
 def _evaluate(loop: TrainingLoop) -> dict[str, float]:
     """Metrics of the current model on this rank's validation shard, summed over ranks."""
@@ -333,11 +341,7 @@ def _evaluate(loop: TrainingLoop) -> dict[str, float]:
     meter = loop.task.new_metrics(loop.device)
     for inputs, targets in loop.val_loader:
         inputs, targets = loop.task.to_device(inputs, targets, loop.device)
-        with torch.autocast(
-            loop.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None
-        ):
-            outputs = loop.model(inputs)
-            loss = loop.task.loss(outputs, targets)
+        outputs, loss = _forward(loop, loop.model, inputs, targets)
         meter.update(outputs, targets, loss)
     meter.sync()
     return meter.compute()
