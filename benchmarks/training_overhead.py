@@ -22,7 +22,7 @@ process with the same `torch.set_num_threads`, interleaved in rotating order
   epoch. Nothing else.
 * **bare, decode each epoch**: the same loop reading the task's dataset
   objects, which decode each PNG on every access — the platform's input
-  pipeline before `training.DecodedOnce`; shows what that cost.
+  pipeline before `flywheel.modeling.loaders.DecodedOnce`; shows what that cost.
 
 A side's progress bars go to stderr: `2>/dev/null` keeps only the table.
 
@@ -69,7 +69,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from flywheel.config import Params, load_params
 from flywheel.env import disable_telemetry
-from flywheel.modeling.training import seed_everything, train
+from flywheel.modeling.reproducibility import seed_everything
+from flywheel.modeling.training import train
 from flywheel.tasks import TASKS
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.classification import ClassificationMetrics, ClassificationTask

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
 from flywheel.demo.collect import collect_dataset
-from flywheel.modeling.training import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
+from flywheel.modeling.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
 from flywheel.tasks.classification import ClassificationTask
 
 pytestmark = pytest.mark.slow

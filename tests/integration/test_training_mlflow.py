@@ -29,15 +29,14 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
 from flywheel.demo.collect import collect_dataset
-from flywheel.modeling.training import (
+from flywheel.modeling.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     TrainingError,
-    TrainResult,
     load_checkpoint,
-    train,
 )
+from flywheel.modeling.training import TrainResult, train
 from flywheel.tasks import DatasetError
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import LINEAGE_TAGS

@@ -10,16 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flywheel.modeling.training import (
-    EarlyStopping,
-    TrainingError,
-    capture_rng_state,
-    detect_overfitting,
-    load_checkpoint,
-    plot_learning_curves,
-    restore_rng_state,
-    save_checkpoint,
-)
+from flywheel.modeling.checkpoints import TrainingError, load_checkpoint, save_checkpoint
+from flywheel.modeling.early_stopping import EarlyStopping, detect_overfitting
+from flywheel.modeling.reproducibility import capture_rng_state, restore_rng_state
+from flywheel.modeling.run_logging import plot_learning_curves
 
 
 @pytest.mark.parametrize(

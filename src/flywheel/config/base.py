@@ -1,0 +1,37 @@
+"""What every configuration section shares: frozen, extra keys refused, one error type."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ConfigError(ValueError):
+    """`params.yaml` is missing, unreadable or does not match the schema."""
+
+
+class FrozenConfig(BaseModel):
+    """A section of params.yaml: immutable once loaded; an unknown key is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def distinct_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`values`, checked to be a non-empty list of distinct names (a field validator's rule).
+
+    >>> distinct_names(("clean", "blur"))
+    ('clean', 'blur')
+    """
+    if not values or len(set(values)) != len(values):
+        raise ValueError("must be a non-empty list of distinct names")
+    return values
+
+
+def validation_metric(value: str) -> str:
+    """`value`, checked to name a validation metric (`val_<metric>`).
+
+    >>> validation_metric("val_loss")
+    'val_loss'
+    """
+    if not value.startswith("val_"):
+        raise ValueError(f"must name a validation metric ('val_<metric>'), got {value!r}")
+    return value

@@ -1,0 +1,36 @@
+"""The evaluation section: how a candidate is judged, and the gates it must pass."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from flywheel.config.base import FrozenConfig
+
+
+class GatesConfig(FrozenConfig):
+    """The blessing gates (`flywheel.evaluation.check_gates`); None turns an optional gate off.
+
+    Accuracy-type values are fractions in [0, 1]. The champion gates apply only
+    when a `production` model exists; a first model faces the absolute ones.
+    """
+
+    min_accuracy: float = Field(0.8, ge=0, le=1)  # overall accuracy, absolute
+    min_macro_f1: float | None = Field(None, ge=0, le=1)  # overall macro-F1, absolute
+    max_ece: float | None = Field(None, ge=0, le=1)  # expected calibration error, absolute
+    min_slice_accuracy: float | None = Field(None, ge=0, le=1)  # every slice, absolute
+    max_slice_regression: float | None = Field(0.05, ge=0, le=1)  # drop vs champion, per slice
+    min_improvement: float = Field(0.0, ge=-1, le=1)  # candidate - champion overall accuracy
+    min_slice_support: int = Field(20, ge=1)  # slices with fewer test images skip slice gates
+
+
+class EvaluateConfig(FrozenConfig):
+    """Evaluation of a candidate against the champion (`flywheel.evaluation`)."""
+
+    registered_model: str = Field("flywheel-digits", min_length=1)  # MLflow registered model
+    split: Literal["train", "val", "test"] = "test"  # the frozen split the gates judge
+    slice_columns: tuple[str, ...] = ("style", "noise")  # manifest columns that define slices
+    batch_size: int = Field(256, ge=1)
+    calibration_bins: int = Field(15, ge=2, le=1000)  # equal-width confidence bins of the ECE
+    gates: GatesConfig = GatesConfig()

@@ -1,0 +1,125 @@
+"""The sections of the loop after serving: monitor, curate, label, merge; simulator and UIs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from flywheel.config.base import FrozenConfig, distinct_names
+from flywheel.config.data import Split
+
+CurationStrategy = Literal["least_confidence", "margin", "entropy", "committee", "random"]
+
+
+class CommitteeConfig(FrozenConfig):
+    """Query-by-committee: recent registered versions re-score the logged images."""
+
+    size: int = Field(3, ge=2)  # the most recent registered versions in the committee
+    measure: Literal["kl", "vote_entropy"] = "kl"  # disagreement: KL to consensus, or vote entropy
+    batch_size: int = Field(256, ge=1)  # images per forward pass
+
+
+class CurateConfig(FrozenConfig):
+    """Active-learning curation of logged production samples (`flywheel.curation`)."""
+
+    budget: int = Field(100, ge=1)  # images per labelling batch
+    strategy: CurationStrategy = "margin"
+    diversity: Literal["kmeans", "none"] = "kmeans"  # spread the batch over embedding clusters
+    prefilter: int = Field(10, ge=1)  # kmeans: cluster the budget x prefilter most uncertain
+    seed: int = 0  # k-means initialisation, random strategy
+    committee: CommitteeConfig = CommitteeConfig()
+    image_url_prefix: str = "/data/local-files/?d="  # Label Studio's local-files URLs
+    image_root: Path | None = None  # the folder image URLs are relative to (None: the log root)
+
+
+class LabelConfig(FrozenConfig):
+    """The labelling queue and Label Studio's labelling interface (`flywheel.labeling`)."""
+
+    dir: Path | None = None  # queue/, exports/, label_config.xml (None: <state dir>/labeling)
+    from_name: str = Field("label", min_length=1)  # the Choices control holding the class
+    to_name: str = Field("image", min_length=1)  # the Image object it labels
+    labeler: str = Field("label-studio-export", min_length=1)  # short name or package.module:Class
+
+
+class MergeConfig(FrozenConfig):
+    """How labelled production images join the dataset (`flywheel.labeling.merge`)."""
+
+    holdout_share: float = Field(0.3, ge=0, lt=1)  # to the evaluation-only holdout split
+    val_share: float = Field(0.1, ge=0, lt=1)  # to val; the rest to train
+
+    @model_validator(mode="after")
+    def _leaves_some_for_training(self) -> MergeConfig:
+        if self.holdout_share + self.val_share >= 1:
+            raise ValueError("holdout_share + val_share must leave a share for train (< 1)")
+        return self
+
+
+class SimulateConfig(FrozenConfig):
+    """The traffic simulator (`flywheel.demo.simulate`)."""
+
+    requests: int = Field(200, ge=1)  # requests per run
+    images_per_request: int = Field(1, ge=1)  # images per request (<= serve.max_images_per_request)
+    concurrency: int = Field(4, ge=1, le=64)  # requests in flight at once
+    timeout_s: float = Field(30.0, gt=0)  # per request
+    max_seconds: float = Field(300.0, gt=0)  # no new request starts after this
+    url: str | None = None  # the service (None: http://<serve.host>:<serve.port>)
+
+
+class DriftTest(FrozenConfig):
+    """One Evidently drift test: a registered stattest name and its threshold.
+
+    Distances (`wasserstein`, `jensenshannon`, `psi`, ...) flag drift at or above
+    the threshold; p-value tests (`ks`, `chisquare`, ...) below it. Distances
+    are the default because their value does not depend on the window size,
+    so a sampled window reaches the decision the full one does.
+    """
+
+    method: str = Field("wasserstein", min_length=1)  # evidently stattest name
+    threshold: float = Field(0.1, gt=0)
+
+
+DriftSignal = Literal["features", "embedding", "prediction", "confidence"]
+
+
+class MonitorConfig(FrozenConfig):
+    """Drift monitoring of the prediction log against the served version's reference."""
+
+    window_hours: float = Field(24.0, gt=0)  # default window: the last N hours of the log
+    since: datetime | None = None  # a fixed window start instead (naive = UTC), set per run
+    min_window_size: int = Field(200, ge=1)  # fewer predictions: no decision (exit status 2)
+    reference_splits: tuple[Split, ...] = ("train", "val")  # rows of the reference profile used
+    features: DriftTest = DriftTest(threshold=0.15)  # the test of each summary feature
+    per_feature: dict[str, DriftTest] = Field(default_factory=dict)  # overrides, by feature
+    drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features that is data drift
+    embedding_components: int = Field(5, ge=1, le=256)  # PCA components fitted on the reference
+    embedding: DriftTest = DriftTest(threshold=0.15)  # the test of each embedding component
+    embedding_drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted components: drift
+    prediction: DriftTest = DriftTest(method="jensenshannon", threshold=0.1)  # predicted labels
+    confidence: DriftTest = DriftTest()  # top-class probability
+    triggers: tuple[DriftSignal, ...] = ("features", "embedding")  # signals that decide drift
+    sample_rows: int | None = Field(20_000, ge=100)  # rows per side Evidently sees (None: all)
+    seed: int = 0  # the sampling
+    workspace: Path | None = None  # Evidently workspace (None: <state dir>/evidently)
+    reports_dir: Path | None = None  # HTML reports (None: <state dir>/monitoring/reports)
+
+    @field_validator("triggers", "reference_splits")
+    @classmethod
+    def _non_empty_distinct(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct_names(values)
+
+
+class UIConfig(FrozenConfig):
+    """`flywheel ui`: the Evidently UI over the workspace and the MLflow UI."""
+
+    host: str = "127.0.0.1"
+    evidently_port: int = Field(8000, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> UIConfig:
+        if self.evidently_port == self.mlflow_port:
+            raise ValueError(f"evidently_port and mlflow_port are both {self.mlflow_port}")
+        return self

@@ -1,0 +1,137 @@
+"""`Params`, the whole of params.yaml, and how it is read: from a file or a mapping."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.config.base import ConfigError, FrozenConfig
+from flywheel.config.data import DataPlan, Scenario, ValidationConfig
+from flywheel.config.evaluation import EvaluateConfig
+from flywheel.config.loop import (
+    CurateConfig,
+    LabelConfig,
+    MergeConfig,
+    MonitorConfig,
+    SimulateConfig,
+    UIConfig,
+)
+from flywheel.config.serving import ServeConfig
+from flywheel.config.training import TrainConfig, TuneConfig
+
+
+class Params(FrozenConfig):
+    """Everything in `params.yaml`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # later stages add sections
+
+    data: DataPlan = DataPlan()
+    scenarios: dict[str, Scenario] = Field(default_factory=lambda: {"in_distribution": Scenario()})
+    validation: ValidationConfig = ValidationConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tune: TuneConfig = TuneConfig()
+    serve: ServeConfig = ServeConfig()
+    curate: CurateConfig = CurateConfig()
+    label: LabelConfig = LabelConfig()
+    merge: MergeConfig = MergeConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    ui: UIConfig = UIConfig()
+
+    @model_validator(mode="after")
+    def _scenarios_name_strata(self) -> Params:
+        known = set(self.data.strata.names())
+        for name, scenario in self.scenarios.items():
+            if isinstance(scenario.mix, dict):
+                unknown = set(scenario.mix) - known
+                if unknown:
+                    raise ValueError(
+                        f"scenario {name!r} names unknown strata {sorted(unknown)}; "
+                        f"known: {sorted(known)}"
+                    )
+            bad = set(scenario.severity) - set(self.data.strata.noise)
+            if bad:
+                raise ValueError(f"scenario {name!r}: severity for unknown noise {sorted(bad)}")
+        return self
+
+    def scenario(self, name: str) -> Scenario:
+        """The named scenario, or a clear error listing the known ones."""
+        try:
+            return self.scenarios[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown scenario {name!r}; params.yaml defines {sorted(self.scenarios)}"
+            ) from None
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
+    """Read `params.yaml` into `Params`.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys to replace, e.g. `{"data.seed": 7}` (the CLI's `--set`).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not match the schema.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found (run from the project root or pass --params)"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw, overrides, source=str(path))
+
+
+def parse_params(
+    raw: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str = "params",
+) -> Params:
+    """Validate an already-loaded params mapping into `Params` (e.g. a pipeline parameter).
+
+    Args:
+        raw: the content of a params.yaml, as a mapping (left unchanged).
+        overrides: dotted keys to replace, as in `load_params`.
+        source: where `raw` came from, named in errors.
+
+    Raises:
+        ConfigError: the mapping, with the overrides applied, does not match the schema.
+    """
+    tree = copy.deepcopy(dict(raw))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating mappings on the way.
+
+    >>> t = {"a": {"b": 1}}; _set_dotted(t, "a.c", 2); t
+    {'a': {'b': 1, 'c': 2}}
+    """
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a mapping")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,47 @@
+"""The serving sections: the BentoML service and its prediction log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from flywheel.config.base import FrozenConfig
+
+
+class PredictionLogConfig(FrozenConfig):
+    """The serving prediction log (`flywheel.monitoring.prediction_log`)."""
+
+    dir: Path | None = None  # root of the log (None: <state dir>/predictions)
+    sample_images: float = Field(1.0, ge=0, le=1)  # fraction of input images stored for curation
+    flush_every: int = Field(100, ge=1)  # flush after this many records...
+    flush_interval_s: float = Field(1.0, gt=0)  # ...or this many seconds
+    queue_size: int = Field(10_000, ge=1)  # records waiting at most; beyond, records are dropped
+
+
+class ServeConfig(FrozenConfig):
+    """The BentoML service (`serving/service.py`, `flywheel serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    alias: str = Field("production", min_length=1)  # the registry alias served
+    max_batch_size: int = Field(64, ge=2)  # adaptive batching: images per model call at most
+    max_latency_ms: int = Field(1000, ge=1)  # a request that waited this long for the model: 503
+    max_images_per_request: int = Field(64, ge=1)  # more in one request is a 400
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger bodies are a 413
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # larger decoded images are a 413
+    top_k: int = Field(3, ge=1)  # probabilities returned per image
+    load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
+    poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
+    workers: int = Field(1, ge=1)  # server processes, each with its own copy of the model
+    torch_threads: int = Field(1, ge=1)  # intra-op threads of each worker's forward passes
+    log: PredictionLogConfig = PredictionLogConfig()
+
+    @model_validator(mode="after")
+    def _request_fits_a_batch(self) -> ServeConfig:
+        if self.max_images_per_request > self.max_batch_size:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
+                f"max_batch_size ({self.max_batch_size}): a request is batched whole"
+            )
+        return self
