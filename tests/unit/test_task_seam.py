@@ -38,15 +38,8 @@ from flywheel.evaluation import EvaluationError, evaluate_model, load_task
 from flywheel.monitoring.prediction_log import PredictionLogger, read_predictions
 from flywheel.monitoring.reference import compute_reference, embedding_columns
 from flywheel.monitoring.replay import replay_images
-from flywheel.tasks import TASKS, get_task
-from flywheel.tasks.base import (
-    DecodedBatch,
-    Direction,
-    ImageLike,
-    ManifestDataset,
-    MetricAccumulator,
-    Task,
-)
+from flywheel.tasks import TASKS, DecodedBatch, ManifestDataset, MetricAccumulator, Task, get_task
+from flywheel.tasks.base import Direction, ImageLike
 from serving.hot_swap import ModelLoadError, load_model_version
 
 SIZE = 8

@@ -132,7 +132,7 @@ def compute_reference(
 
     from flywheel.data.manifest import stratum
     from flywheel.evaluation import load_task
-    from flywheel.tasks.base import DecodedBatch
+    from flywheel.tasks import DecodedBatch
 
     task = load_task(model_uri)
     module = mlflow.pytorch.load_model(model_uri, map_location="cpu")  # as serving loads it
