@@ -37,7 +37,7 @@ from serving.batching import AdaptiveBatcher
 if TYPE_CHECKING:
     from torch import nn
 
-    from flywheel.tasks.classification import ClassificationTask
+    from flywheel.tasks import Task
 
 
 class ModelLoadError(RuntimeError):
@@ -66,7 +66,7 @@ class LoadedModel:
     version: str
     uri: str
     module: nn.Module
-    task: ClassificationTask
+    task: Task
     loaded_at: datetime
     load_seconds: float
 
@@ -87,8 +87,8 @@ def load_model_version(name: str, version: str) -> LoadedModel:
     whose output does not match its metadata is refused before it serves.
 
     Raises:
-        ModelLoadError: the version has no task metadata, is not a classifier,
-            cannot be loaded, or its output is not `(B, K + D)`.
+        ModelLoadError: the version has no task metadata, gives no class
+            probabilities, cannot be loaded, or its output does not match its task.
     """
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
@@ -96,7 +96,6 @@ def load_model_version(name: str, version: str) -> LoadedModel:
 
     from flywheel.registry import model_uri
     from flywheel.tasks import get_task
-    from flywheel.tasks.classification import ClassificationTask
 
     started = time.perf_counter()
     uri = model_uri(name, version)
@@ -106,12 +105,10 @@ def load_model_version(name: str, version: str) -> LoadedModel:
         module = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"{uri}: cannot load the model: {err}") from None
-    if not isinstance(task, ClassificationTask):
-        raise ModelLoadError(f"{uri}: serves classification models only, not {task.name!r}")
     loaded = LoadedModel(name, version, uri, module, task, datetime.now(UTC), 0.0)
-    blank = np.zeros((1, 1, task.image_size, task.image_size), np.float32)  # (1, 1, S, S)
+    blank = np.zeros((1, *task.input_shape), np.float32)  # (1, C, S, S)
     try:
-        task.split_output(loaded.forward(blank))
+        task.decode(loaded.forward(blank)).class_probabilities()  # the response ranks classes
     except (RuntimeError, ValueError) as err:  # torch raises RuntimeError on a bad graph
         raise ModelLoadError(f"{uri}: the warm-up forward pass failed: {err}") from None
     return LoadedModel(

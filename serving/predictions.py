@@ -31,7 +31,7 @@ def forward_with_features(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 
     Args:
         model: the served version.
-        batch: `(B, 1, S, S)` float32 in [0, 1].
+        batch: `(B, C, S, S)` float32 in [0, 1] (`Task.pixels` gives the grey levels).
 
     Returns:
         `(B, K + D + F)` float64: probabilities, embedding, `FEATURE_COLUMNS`.
@@ -39,7 +39,7 @@ def forward_with_features(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     from flywheel.monitoring.features import summary_features
 
     output = model.forward(batch)  # (B, K + D)
-    features = summary_features(batch[:, 0]).to_numpy()  # (B, F)
+    features = summary_features(model.task.pixels(batch)).to_numpy()  # (B, F)
     return np.concatenate([output.astype(np.float64), features], axis=1)
 
 
@@ -72,8 +72,9 @@ def respond(
 
     now = datetime.now(UTC)
     features = output[:, -len(FEATURE_COLUMNS) :]  # (N, F)
-    probabilities, embeddings = model.task.split_output(output[:, : -len(FEATURE_COLUMNS)])
-    images = np.rint(batch[:, 0] * 255.0).astype(np.uint8)  # (N, S, S)
+    decoded = model.task.decode(output[:, : -len(FEATURE_COLUMNS)])
+    probabilities, embeddings = decoded.class_probabilities(), decoded.embedding  # (N, K), (N, D)
+    images = np.rint(model.task.pixels(batch) * 255.0).astype(np.uint8)  # (N, S, S)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     classes = model.task.classes
     out = []

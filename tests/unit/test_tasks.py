@@ -262,3 +262,24 @@ def test_postprocess_cuts_the_exported_output() -> None:
         assert len(response["embedding"]) == 5
     with pytest.raises(ValueError, match=r"expected output \(B, 3 \+ D\)"):
         task.postprocess(np.zeros((2, 3)))
+
+
+def test_decode_reads_the_exported_output_per_sample(tmp_path: Path) -> None:
+    task = ClassificationTask(CLASSES, 8)
+    output = np.array([[0.1, 0.7, 0.2, 3.0, 4.0], [0.5, 0.25, 0.25, 5.0, 6.0]], np.float32)
+
+    decoded = task.decode(output)
+
+    assert decoded.labels == ("b", "a")
+    assert decoded.confidence.tolist() == pytest.approx([0.7, 0.5])
+    assert decoded.embedding.tolist() == [[3.0, 4.0], [5.0, 6.0]]
+    assert decoded.class_probabilities().shape == (2, 3)
+    assert decoded.probability_map(1) == {"a": 0.5, "b": 0.25, "c": 0.25}
+    both = type(decoded).concat([decoded, decoded])
+    assert both.labels == ("b", "a", "b", "a")
+    assert both.embedding.shape == (4, 2)
+    assert task.input_shape == (1, 8, 8)
+    assert task.export_metadata()["input"]["shape"] == [-1, 1, 8, 8]
+    _write_dataset(tmp_path, ["c", "a"])
+    targets = task.class_targets(task.build_dataset(tmp_path, "train"))
+    assert targets.tolist() == [2, 0]

@@ -1,4 +1,9 @@
-"""Query-by-committee: recent registered versions re-score the logged images."""
+"""Query-by-committee: recent registered versions re-score the logged images.
+
+The members are read through the `Task` interface only; the disagreement
+measures need class probabilities per image (`DecodedBatch.class_probabilities`),
+so a task without them is refused by name.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from flywheel.curation.strategies import CurationError
 if TYPE_CHECKING:
     from torch import nn
 
-    from flywheel.tasks.classification import ClassificationTask
+    from flywheel.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class CommitteeMember:
 
     version: str
     module: nn.Module
-    task: ClassificationTask
+    task: Task
 
 
 def load_committee(model_name: str, size: int) -> list[CommitteeMember]:
@@ -72,6 +77,9 @@ def score_images(
 
     The images go through each member's own pre-processing (its task), in
     batches, under `torch.inference_mode`.
+
+    Raises:
+        CurationError: a member's task gives no class probabilities.
     """
     import torch
     from PIL import Image
@@ -86,9 +94,15 @@ def score_images(
             images = []
             for path in image_paths[start : start + batch_size]:
                 with Image.open(path) as image:
-                    images.append(image.convert("L"))
+                    images.append(image.copy())  # decoded; the task converts it
             for m, member in enumerate(members):
-                batch = member.task.preprocess(images)  # (B, 1, S, S)
-                probs, _ = member.task.split_output(member.module(batch))  # (B, K), (B, D)
-                out[m, start : start + len(images)] = probs
+                batch = member.task.preprocess(images)  # e.g. (B, 1, S, S)
+                try:
+                    probs = member.task.decode(member.module(batch)).class_probabilities()
+                except ValueError as err:
+                    raise CurationError(
+                        f"version {member.version} (task {member.task.name!r}) cannot sit on a "
+                        f"committee: {err}"
+                    ) from None
+                out[m, start : start + len(images)] = probs  # (B, K)
     return out

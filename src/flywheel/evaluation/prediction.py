@@ -1,8 +1,13 @@
 """Running a logged model over a dataset split, with the pre-processing of its Task.
 
-`load_task` rebuilds the Task a model was logged with (its MLflow metadata),
-`predict_split` runs the model over a split in batches without gradients, and
-`evaluate_model` turns the predictions into an `EvaluationReport`.
+`load_task` rebuilds the Task a model was logged with (its MLflow metadata,
+through the task registry `flywheel.tasks.get_task`), `predict_split` runs the
+model over a split in batches without gradients, and `evaluate_model` turns the
+predictions into an `EvaluationReport`.
+
+Only the `Task` interface is used: the metrics are defined on one class per
+sample, so a task is evaluated when `Task.class_targets` and
+`DecodedBatch.class_probabilities` give them, and refused by name otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from flywheel.evaluation.errors import EvaluationError
 from flywheel.evaluation.metrics import EvaluationReport, evaluate_predictions, fingerprint_rows
 
 if TYPE_CHECKING:
-    from flywheel.tasks.classification import ClassificationTask
+    from flywheel.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -39,16 +44,15 @@ class Predictions:
     classes: tuple[str, ...]
 
 
-def load_task(model_uri: str) -> ClassificationTask:
-    """The classification Task a logged model was trained with, rebuilt from its metadata.
+def load_task(model_uri: str) -> Task:
+    """The Task a logged model was trained with, rebuilt from its metadata.
 
     Raises:
-        EvaluationError: the model has no task metadata or is not a classifier.
+        EvaluationError: the model has no task metadata, or metadata no known task reads.
     """
     from mlflow.models import get_model_info
 
     from flywheel.tasks import get_task
-    from flywheel.tasks.classification import ClassificationTask
 
     metadata = get_model_info(model_uri).metadata or {}
     if "task" not in metadata:
@@ -60,10 +64,6 @@ def load_task(model_uri: str) -> ClassificationTask:
         task = get_task(str(metadata["task"])).from_metadata(metadata)
     except ValueError as err:
         raise EvaluationError(f"{model_uri}: {err}") from None
-    if not isinstance(task, ClassificationTask):
-        raise EvaluationError(
-            f"{model_uri}: evaluation supports classification models only, not task {task.name!r}"
-        )
     return task
 
 
@@ -90,7 +90,8 @@ def predict_split(
         progress: show a progress bar.
 
     Raises:
-        EvaluationError: no task metadata; outputs of the wrong shape.
+        EvaluationError: no task metadata; a task without one class per sample;
+            outputs of the wrong shape.
         flywheel.tasks.DatasetError: the split cannot be read (names the rows).
     """
     import mlflow.pytorch
@@ -100,22 +101,30 @@ def predict_split(
 
     task = load_task(model_uri)
     dataset = task.build_dataset(Path(dataset_dir), split)
+    labels = task.class_targets(dataset)  # (N,)
+    if labels is None:
+        raise EvaluationError(
+            f"{model_uri}: task {task.name!r} has no single class per sample; evaluation's "
+            "metrics (accuracy, macro-F1, calibration, confusion matrix) need one"
+        )
     model = mlflow.pytorch.load_model(model_uri, device=device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=task.collate_fn()
+    )
     chunks: list[np.ndarray] = []
     with torch.inference_mode():
-        for images, _ in tqdm(
+        for inputs, _ in tqdm(
             loader, desc=f"evaluate {split}", unit="batch", disable=not progress, leave=False
         ):
-            output = model(images.to(device))  # (B, K + D)
+            output = model(inputs.to(device))  # the exported layout, e.g. (B, K + D)
             try:
-                probs, _embedding = task.split_output(output)  # (B, K), (B, D)
+                probs = task.decode(output).class_probabilities()  # (B, K)
             except ValueError as err:
                 raise EvaluationError(f"{model_uri}: {err}") from None
             chunks.append(probs.astype(np.float64))
     return Predictions(
         probs=np.concatenate(chunks),  # (N, K)
-        labels=dataset.targets.numpy(),  # (N,)
+        labels=labels,
         frame=dataset.frame,
         classes=tuple(task.classes),
     )

@@ -4,14 +4,15 @@ Monitoring compares a window of production traffic with what the model that
 served it learned from. So when a version is trained, its training and
 validation images are passed through exactly what serving runs:
 
-* the same pre-processing (`Task.build_dataset` reads PNGs with the task's
-  `image_to_tensor`, which is what `Task.preprocess` does to an upload), giving
-  `(B, 1, S, S)` float32 in [0, 1];
-* the same summary features (`flywheel.monitoring.features.summary_features` on those
-  pixels, as `serving/predictions.py` computes them on every request);
+* the same pre-processing (`Task.build_dataset` reads images with the
+  transform `Task.preprocess` applies to an upload; for classification
+  `(B, 1, S, S)` float32 in [0, 1]);
+* the same summary features (`flywheel.monitoring.features.summary_features` on
+  `Task.pixels` of those inputs, as `serving/predictions.py` computes them on
+  every request);
 * the same model: the exported pt2 program loaded with `mlflow.pytorch.load_model`
-  from the logged model, as serving loads it, giving the probabilities and the
-  embedding.
+  from the logged model, as serving loads it, its output read by `Task.decode`:
+  prediction, confidence and embedding.
 
 One row per image is stored as a Parquet artifact on the version's training
 run (`reference/reference.parquet`), so every version registered from that run
@@ -131,6 +132,7 @@ def compute_reference(
 
     from flywheel.data.manifest import stratum
     from flywheel.evaluation import load_task
+    from flywheel.tasks import DecodedBatch
 
     task = load_task(model_uri)
     module = mlflow.pytorch.load_model(model_uri, map_location="cpu")  # as serving loads it
@@ -138,20 +140,15 @@ def compute_reference(
     for split in splits:
         dataset = task.build_dataset(Path(dataset_dir), split)
         features: list[pd.DataFrame] = []
-        probabilities: list[np.ndarray] = []
-        embeddings: list[np.ndarray] = []
+        outputs: list[DecodedBatch] = []
         starts = range(0, len(dataset), batch_size)
         for start in tqdm(starts, desc=f"reference {split}", unit="batch", disable=not progress):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = torch.stack([image for image, _ in items])  # (B, 1, S, S) in [0, 1]
-            features.append(summary_features(batch[:, 0].numpy()))  # as the service does
+            batch = torch.stack([image for image, _ in items])  # (B, C, S, S) in [0, 1]
+            features.append(summary_features(task.pixels(batch)))  # as the service does
             with torch.inference_mode():
-                output = module(batch)  # (B, K + D)
-            probs, embedding = task.split_output(output)  # (B, K), (B, D)
-            probabilities.append(probs.astype(np.float64))
-            embeddings.append(embedding.astype(np.float32))
-        probs = np.concatenate(probabilities)  # (N, K)
-        best = probs.argmax(axis=1)  # (N,)
+                outputs.append(task.decode(module(batch)))
+        decoded = DecodedBatch.concat(outputs)
         rows = dataset.frame
         part = pd.DataFrame(
             {
@@ -164,12 +161,12 @@ def compute_reference(
             }
         )
         part = pd.concat([part, pd.concat(features, ignore_index=True)], axis=1)
-        part["prediction"] = np.asarray(task.classes, dtype=object)[best]
-        part["confidence"] = probs[np.arange(len(best)), best]
+        part["prediction"] = np.asarray(decoded.labels, dtype=object)
+        part["confidence"] = decoded.confidence.astype(np.float64)
         part["correct"] = part["prediction"] == part["label"]
         embedding_frame = pd.DataFrame(
-            np.concatenate(embeddings),  # (N, D)
-            columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(embeddings[0].shape[1])],
+            decoded.embedding.astype(np.float32),  # (N, D)
+            columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(decoded.embedding.shape[1])],
         )
         parts.append(pd.concat([part, embedding_frame], axis=1))
     return pd.concat(parts, ignore_index=True)

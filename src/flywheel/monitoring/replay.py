@@ -3,8 +3,9 @@
 For back-filling a log, for examples and benchmarks of monitoring without a
 running server, and for tests. Per image it computes what `serving/predictions.py`
 logs: the task's pre-processing, the summary features of the pre-processed
-pixels, the exported model's probabilities and embedding (loaded with
-`mlflow.pytorch.load_model`, as the service loads it), label and confidence.
+pixels (`Task.pixels`), and what `Task.decode` reads from the exported model's
+output (loaded with `mlflow.pytorch.load_model`, as the service loads it):
+label, confidence, class probabilities and embedding.
 Records are timed `start, start + interval, ...` so windows can be laid out
 in time.
 """
@@ -64,15 +65,14 @@ def replay_images(
     module = mlflow.pytorch.load_model(uri, map_location="cpu")
     ids: list[str] = []
     for first in range(0, len(images), batch_size):
-        batch = task.preprocess(list(images[first : first + batch_size]))  # (B, 1, S, S)
-        pixels = batch[:, 0].numpy()  # (B, S, S) in [0, 1]
+        batch = task.preprocess(list(images[first : first + batch_size]))  # (B, C, S, S)
+        pixels = task.pixels(batch)  # (B, S, S) in [0, 1]
         features = summary_features(pixels).to_dict(orient="records")
         with torch.inference_mode():
-            probabilities, embeddings = task.split_output(module(batch))  # (B, K), (B, D)
+            decoded = task.decode(module(batch))
         stored = np.rint(pixels * 255.0).astype(np.uint8)  # (B, S, S), as the service stores
         for j in range(len(batch)):
             i = first + j
-            best = int(probabilities[j].argmax())
             request_id = f"{request_prefix}-{i}"
             logger.log(
                 PredictionRecord(
@@ -81,13 +81,11 @@ def replay_images(
                     time=start + i * interval,
                     model_name=model_name,
                     model_version=str(version),
-                    label=task.classes[best],
-                    confidence=float(probabilities[j, best]),
-                    probabilities=dict(
-                        zip(task.classes, probabilities[j].astype(float).tolist(), strict=True)
-                    ),
+                    label=decoded.labels[j],
+                    confidence=float(decoded.confidence[j]),
+                    probabilities=decoded.probability_map(j),
                     features=features[j],
-                    embedding=embeddings[j].astype(float).tolist(),
+                    embedding=decoded.embedding[j].astype(float).tolist(),
                     image=stored[j],
                 )
             )

@@ -1,11 +1,14 @@
 """Vision tasks behind one interface (`Task`); `get_task(name)` picks one by name.
 
 A new task is a `Task` subclass in its own module and one line in `TASKS`.
+Training, export, evaluation, monitoring, curation and serving reach a model's
+task only through `Task` (its output through `Task.decode` → `DecodedBatch`),
+never through a concrete class.
 """
 
 from __future__ import annotations
 
-from flywheel.tasks.base import DatasetError, MetricAccumulator, Task
+from flywheel.tasks.base import DatasetError, DecodedBatch, ManifestDataset, MetricAccumulator, Task
 from flywheel.tasks.classification import ClassificationTask
 
 TASKS: dict[str, type[Task]] = {
@@ -29,4 +32,12 @@ def get_task(name: str) -> type[Task]:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
 
 
-__all__ = ["TASKS", "DatasetError", "MetricAccumulator", "Task", "get_task"]
+__all__ = [
+    "TASKS",
+    "DatasetError",
+    "DecodedBatch",
+    "ManifestDataset",
+    "MetricAccumulator",
+    "Task",
+    "get_task",
+]

@@ -7,6 +7,15 @@ exported module and post-processing (model output → response). A second task
 (e.g. YOLO-style detection) is one new subclass registered in
 `flywheel.tasks`, not a change to the loop.
 
+Everything downstream of the exported model (evaluation, curation, monitoring,
+serving) reads its output through `Task.decode` only: a `DecodedBatch` holds per
+sample the predicted label, its confidence and an embedding, which every task
+has, and the class probabilities, which only a task whose prediction is one
+class per sample has. A consumer that needs the latter (evaluation's class
+metrics and confusion matrix, the committee and uncertainty strategies,
+serving's top-k) says so through `DecodedBatch.class_probabilities` and
+`Task.class_targets` rather than by asking for a particular task class.
+
 The one contract between training and serving is `export_metadata()`: it is
 stored with the logged model, and `Task.from_metadata` rebuilds the same
 pre- and post-processing from it without the training code or `params.yaml`.
@@ -16,10 +25,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -33,8 +44,96 @@ ImageLike = Image.Image | np.ndarray
 """A single image for serving: a PIL image or an `(H, W)` / `(H, W, C)` uint8 array."""
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
 class DatasetError(ValueError):
     """A dataset cannot be used: missing split, unknown label, unreadable image (names the row)."""
+
+
+class ManifestDataset(Dataset[T_co]):
+    """One split of a manifest dataset: `(input, target)` items in the manifest's row order.
+
+    Attributes:
+        frame: the split's manifest rows, item i is row i (evaluation slices
+            results by its columns; the reference profile copies them).
+    """
+
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """An exported model's output batch, per sample, in the terms every consumer reads.
+
+    Attributes:
+        classes: the task's class names (the columns of `probabilities`).
+        labels: `(N,)` the prediction of each sample as one string: the class
+            for classification (a detector or a recogniser would say what it
+            found, e.g. the decoded text).
+        confidence: `(N,)` float64 in [0, 1], how sure the model is of `labels`.
+        embedding: `(N, D)` the sample's feature vector (drift monitoring,
+            diverse curation).
+        probabilities: `(N, K)` float64, a distribution over `classes` per
+            sample; None for a task whose prediction is not one class per sample.
+    """
+
+    classes: tuple[str, ...]
+    labels: tuple[str, ...]
+    confidence: np.ndarray
+    embedding: np.ndarray
+    probabilities: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_probabilities(self) -> np.ndarray:
+        """`probabilities`, for a consumer that only makes sense on one class per sample.
+
+        Raises:
+            ValueError: the task gives no class probabilities.
+        """
+        if self.probabilities is None:
+            raise ValueError(
+                "the model's task gives no class probabilities per sample "
+                f"(its predictions look like {list(self.labels[:3])})"
+            )
+        return self.probabilities
+
+    def probability_map(self, i: int) -> dict[str, float]:
+        """Sample `i`'s probabilities by class name (what the prediction log and responses hold).
+
+        Empty for a task without class probabilities.
+        """
+        if self.probabilities is None:
+            return {}
+        return dict(zip(self.classes, self.probabilities[i].astype(float).tolist(), strict=True))
+
+    @classmethod
+    def concat(cls, parts: Sequence[DecodedBatch]) -> DecodedBatch:
+        """The batches one after the other (e.g. a split decoded batch by batch).
+
+        Raises:
+            ValueError: no parts, or parts of different classes.
+        """
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        if any(p.classes != first.classes for p in parts):
+            raise ValueError("cannot concatenate outputs over different classes")
+        probabilities = [p.probabilities for p in parts]
+        return cls(
+            classes=first.classes,
+            labels=tuple(label for p in parts for label in p.labels),
+            confidence=np.concatenate([p.confidence for p in parts]),
+            embedding=np.concatenate([p.embedding for p in parts]),
+            probabilities=None
+            if any(p is None for p in probabilities)
+            else np.concatenate([p for p in probabilities if p is not None]),
+        )
 
 
 class MetricAccumulator(ABC):
@@ -126,12 +225,22 @@ class Task(ABC):
     # ------------------------------------------------------------ training
 
     @abstractmethod
-    def build_dataset(self, dataset_dir: Path, split: str) -> Dataset[Any]:
+    def build_dataset(self, dataset_dir: Path, split: str) -> ManifestDataset[Any]:
         """The rows of `split` in `<dataset_dir>/manifest.csv` as a torch Dataset.
 
         Raises:
             DatasetError: the manifest, a label or an image file cannot be used.
         """
+
+    def class_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray | None:
+        """The true class index of every item of `dataset` (from `build_dataset`), `(N,)`.
+
+        Evaluation's metrics (accuracy, macro-F1, calibration, the confusion
+        matrix) compare these with `DecodedBatch.probabilities`. None (the
+        default) for a task whose targets are not one class per sample;
+        evaluation then refuses it by name.
+        """
+        return None
 
     def collate_fn(self) -> Callable[[list[Any]], Any] | None:
         """Batch collation for the DataLoader; None uses torch's default (stacked tensors)."""
@@ -168,6 +277,11 @@ class Task(ABC):
 
     # ------------------------------------------------------------- serving
 
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input of the exported module, without the batch dimension (`(C, H, W)`)."""
+
     @abstractmethod
     def preprocess(self, images: Sequence[ImageLike]) -> Tensor:
         """Images as they arrive at the service → the model's input batch.
@@ -175,6 +289,15 @@ class Task(ABC):
         The same transform the training datasets use, so served and trained
         inputs match.
         """
+
+    def pixels(self, batch: Tensor | np.ndarray) -> np.ndarray:
+        """A batch of model inputs `(B, C, H, W)` in [0, 1] → grey levels `(B, H, W)` in [0, 1].
+
+        What monitoring's summary features are computed on and the prediction
+        log stores; the channel itself for one channel, else the channel mean.
+        """
+        array = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
+        return array[:, 0] if array.shape[1] == 1 else array.mean(axis=1)
 
     @abstractmethod
     def export_module(self, model: nn.Module) -> nn.Module:
@@ -185,8 +308,29 @@ class Task(ABC):
         """
 
     @abstractmethod
+    def decode(self, output: Tensor | np.ndarray) -> DecodedBatch:
+        """The exported module's output batch → predictions, confidences and embeddings per sample.
+
+        Raises:
+            ValueError: the output does not have the layout `export_metadata()` describes.
+        """
+
     def postprocess(self, output: Tensor | np.ndarray) -> list[dict[str, Any]]:
-        """The exported module's output batch → one JSON-able response per image."""
+        """The exported module's output batch → one JSON-able response per image.
+
+        Per image: `label`, `confidence`, `probabilities` by class (empty
+        without them) and `embedding`.
+        """
+        decoded = self.decode(output)
+        return [
+            {
+                "label": decoded.labels[i],
+                "confidence": float(decoded.confidence[i]),
+                "probabilities": decoded.probability_map(i),
+                "embedding": decoded.embedding[i].astype(float).tolist(),
+            }
+            for i in range(len(decoded))
+        ]
 
 
 def _device_of(outputs: Any) -> torch.device:

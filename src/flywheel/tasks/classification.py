@@ -19,12 +19,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
 from flywheel.tasks.augment import augment_batch
-from flywheel.tasks.base import DatasetError, Direction, ImageLike, MetricAccumulator, Task
+from flywheel.tasks.base import (
+    DatasetError,
+    DecodedBatch,
+    Direction,
+    ImageLike,
+    ManifestDataset,
+    MetricAccumulator,
+    Task,
+)
 from flywheel.tasks.networks import build_model
 
 _REQUIRED_COLUMNS = ("image_id", "path", "label", "split")
@@ -53,7 +60,7 @@ def image_to_tensor(image: ImageLike, image_size: int) -> Tensor:
     return torch.from_numpy(pixels.copy()).to(torch.float32).div_(255.0).unsqueeze(0)  # (1, H, W)
 
 
-class ClassificationDataset(Dataset[tuple[Tensor, Tensor]]):
+class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
     """The rows of one split of a manifest dataset: `(image (1, H, W), class index)`.
 
     Images are decoded lazily (DataLoader workers can share the work); the
@@ -207,6 +214,16 @@ class ClassificationTask(Task):
     def build_dataset(self, dataset_dir: Path, split: str) -> ClassificationDataset:
         return ClassificationDataset(dataset_dir, split, self.classes, self.image_size)
 
+    def class_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """The class index of every item, `(N,)` int64.
+
+        Raises:
+            TypeError: `dataset` is not one of this task's datasets.
+        """
+        if not isinstance(dataset, ClassificationDataset):
+            raise TypeError(f"expected a ClassificationDataset, got {type(dataset).__name__}")
+        return dataset.targets.numpy()
+
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return build_model(cfg, num_classes=len(self.classes), in_channels=1)
 
@@ -226,6 +243,11 @@ class ClassificationTask(Task):
 
     # ------------------------------------------------------------- serving
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """`(1, S, S)`: one grayscale channel."""
+        return (1, self.image_size, self.image_size)
+
     def preprocess(self, images: Sequence[ImageLike]) -> Tensor:
         """Images → `(B, 1, H, W)` float32 in [0, 1] (as `ClassificationDataset` reads them)."""
         if not images:
@@ -242,7 +264,7 @@ class ClassificationTask(Task):
             **super().export_metadata(),
             "input": {
                 "dtype": "float32",
-                "shape": [-1, 1, self.image_size, self.image_size],
+                "shape": [-1, *self.input_shape],
                 "range": [0.0, 1.0],
                 "color": "grayscale",
             },
@@ -261,16 +283,19 @@ class ClassificationTask(Task):
             raise ValueError(f"expected output (B, {k} + D), got shape {array.shape}")
         return array[:, :k], array[:, k:]
 
-    def postprocess(self, output: Tensor | np.ndarray) -> list[dict[str, Any]]:
-        """Per image: `label`, `confidence`, `probabilities` by class, `embedding`."""
-        probabilities, embeddings = self.split_output(output)
+    def decode(self, output: Tensor | np.ndarray) -> DecodedBatch:
+        """The most probable class, its probability, every class's probability, the embedding.
+
+        Raises:
+            ValueError: the output is not 2-D with more than K columns.
+        """
+        probabilities, embedding = self.split_output(output)  # (B, K), (B, D)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
         best = probabilities.argmax(axis=1)  # (B,)
-        return [
-            {
-                "label": self.classes[int(best[i])],
-                "confidence": float(probabilities[i, best[i]]),
-                "probabilities": dict(zip(self.classes, map(float, probabilities[i]), strict=True)),
-                "embedding": embeddings[i].astype(float).tolist(),
-            }
-            for i in range(len(best))
-        ]
+        return DecodedBatch(
+            classes=self.classes,
+            labels=tuple(self.classes[int(i)] for i in best),
+            confidence=probabilities[np.arange(len(best)), best],
+            embedding=embedding,
+            probabilities=probabilities,
+        )
