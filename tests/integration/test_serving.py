@@ -41,7 +41,6 @@ from urllib3 import encode_multipart_formdata
 
 from benchmarks.serving import IMAGE_BODIES_OPERATION, run_fuzz, run_soak
 from flywheel import registry
-from flywheel.config import ModelConfig
 from flywheel.demo.server import (
     PredictionError,
     ServerStartError,
@@ -52,12 +51,12 @@ from flywheel.demo.server import (
     stop_process_group,
     wait_until_ready,
 )
-from flywheel.modeling.training import log_exported_model
 from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
 from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.registry import Blessing, GateResult
 from flywheel.tasks.classification import ClassificationTask
-from flywheel.tracking import configure_tracking, ensure_experiment
+from tests.support.models import log_small_model
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow  # real servers: ~10 s to start each
 
@@ -77,15 +76,7 @@ MAX_BYTES = 64 * 1024
 
 def _log_model(seed: int) -> str:
     """Log a seeded small CNN with the training export path; returns its model URI."""
-    torch.manual_seed(seed)
-    task = ClassificationTask(CLASSES, SIZE)
-    model = task.build_model(
-        ModelConfig(width=4, stages=2, embedding_dim=EMBEDDING, dropout=0.0)
-    ).eval()
-    example = torch.rand(2, 1, SIZE, SIZE)  # (2, 1, S, S)
-    with mlflow.start_run():
-        uri, _ = log_exported_model(task, model, model.state_dict(), example, EMBEDDING)
-    return uri
+    return log_small_model(CLASSES, SIZE, seed, embedding_dim=EMBEDDING)
 
 
 def _bless(name: str, version: str, uri: str) -> None:
@@ -222,12 +213,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A SQLite MLflow store: MODEL and SWAP_MODEL with v1 in production (the same seeded
     network), SWAP_MODEL v2 (another network) blessed, and a model without production."""
     store = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{store}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("FLYWHEEL_HOME", str(tmp_path_factory.mktemp("state")))
-        config = configure_tracking()
-        mlflow.set_experiment(experiment_id=ensure_experiment("serving-tests", config))
+    state = tmp_path_factory.mktemp("state")
+    with tracking_env(store, home=state, experiment="serving-tests") as uri:
         first, second = _log_model(seed=1), _log_model(seed=2)
         for name in (MODEL, SWAP_MODEL):
             registry.promote(name, _register_blessed(name, first), reason="serving test")
