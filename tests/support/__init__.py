@@ -1,4 +1,4 @@
-"""Builders the tests share: projects, data plans, MLflow stores, prediction logs, servers.
+"""Builders the tests share: projects, data plans, MLflow stores, prediction logs, clusters.
 
 Plain functions and context managers, imported as `tests.support.<module>` (the
 repository root is on `sys.path`, see `pythonpath` in pyproject.toml). The
@@ -12,5 +12,15 @@ Modules:
     tracking: a SQLite MLflow store selected through the environment.
     models: a small model logged to MLflow as training logs it.
     labeling: a real prediction log and the simulator's truth, written without a server.
-    processes: a free port for the servers tests start.
+    processes: servers on a free port, HTTP probes, `make`, the environment they run in.
+    k8s: the kustomize overlays rendered and walked, built-in objects validated.
+    schemas: the Katib Experiment and the PyTorchJob validated against infra/k8s/schemas/.
+    katib: Katib's admission rules, trial pod wrapping and metrics parsing (Katib v0.17.0).
+    training_operator: the PyTorchJob admission rules (Training Operator v1.8.0).
+    dockerfile: infra/docker/Dockerfile read as stages and instructions.
 """
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+"""The repository root (params.yaml, infra/, the Makefile)."""
