@@ -22,11 +22,9 @@ import pytest
 
 from flywheel.config import (
     CurateConfig,
-    DataPlan,
     EvaluateConfig,
     GatesConfig,
     LabelConfig,
-    ModelConfig,
     MonitorConfig,
     Params,
     Scenario,
@@ -43,19 +41,15 @@ from flywheel.tracking import configure_tracking
 from pipelines.arguments import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
-from tests.project_support import make_project
+from tests.support.plans import TINY_MODEL, tiny_plan
+from tests.support.project import in_project, make_project
 
 pytestmark = pytest.mark.slow
 
 MODEL = "e2e-loop"
 DRIFT = "handwritten_shadow_rotated"
 PARAMS = Params(
-    data=DataPlan(
-        name="tiny",
-        seed=5,
-        classes=("0", "1", "2", "3"),
-        per_stratum={"train": 12, "val": 4, "test": 4},
-    ),
+    data=tiny_plan(12, 4, 4, seed=5),
     scenarios={
         "in_distribution": Scenario(),
         DRIFT: Scenario(
@@ -68,7 +62,7 @@ PARAMS = Params(
         epochs=2,
         batch_size=16,
         patience=10,
-        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+        model=TINY_MODEL,
     ),
     evaluate=EvaluateConfig(
         registered_model=MODEL,
@@ -100,10 +94,7 @@ def _run(name: str, version: str) -> LocalRun:
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """Version 1 in production, drifted traffic served and logged, then the flywheel run."""
     root, first_version = make_project(tmp_path_factory.mktemp("loop") / "project", PARAMS)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        for key in ("FLYWHEEL_HOME", "MLFLOW_TRACKING_URI", "FLYWHEEL_PIPELINE_RUN_ID"):
-            patch.delenv(key, raising=False)
+    with in_project(root):
         training = _run("training", first_version)
         assert training.outputs["blessed"] is True
         with start_server(root / "params.yaml", cwd=root) as url:

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel.cli import app
-from flywheel.config import DataPlan, EvaluateConfig, GatesConfig, ModelConfig, Params, TrainConfig
+from flywheel.config import EvaluateConfig, GatesConfig, Params, TrainConfig
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import track_dataset
 from flywheel.registry import read_blessing, version_for_alias
@@ -32,24 +32,20 @@ from flywheel.workflows import RegisteredCandidate
 from pipelines.arguments import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
-from tests.project_support import make_project
+from tests.support.plans import TINY_MODEL, tiny_plan
+from tests.support.project import in_project, make_project
 
 pytestmark = pytest.mark.slow
 
 MODEL = "e2e-digits"
 PARAMS = Params(
-    data=DataPlan(
-        name="tiny",
-        seed=11,
-        classes=("0", "1", "2", "3"),
-        per_stratum={"train": 12, "val": 4, "test": 4},
-    ),
+    data=tiny_plan(12, 4, 4),
     train=TrainConfig(
         experiment="e2e",
         epochs=2,
         batch_size=16,
         patience=10,
-        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+        model=TINY_MODEL,
     ),
     evaluate=EvaluateConfig(
         registered_model=MODEL, gates=GatesConfig(min_accuracy=0.0, min_slice_accuracy=None)
@@ -63,10 +59,7 @@ TEST_IMAGES = 8 * 4  # 8 strata × 4 test images
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """The project as the working directory, with the embedded defaults (no env overrides)."""
     root, version = make_project(tmp_path_factory.mktemp("e2e") / "project", PARAMS)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        for key in ("FLYWHEEL_HOME", "MLFLOW_TRACKING_URI", "FLYWHEEL_PIPELINE_RUN_ID"):
-            patch.delenv(key, raising=False)
+    with in_project(root):
         yield root, version
 
 

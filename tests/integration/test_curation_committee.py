@@ -19,17 +19,16 @@ from flywheel.config import (
     DataPlan,
     EvaluateConfig,
     LabelConfig,
-    ModelConfig,
     Params,
     PredictionLogConfig,
     ServeConfig,
 )
 from flywheel.curation import CurationError, curate_batch, score_consensus_kl
 from flywheel.labeling import read_batch
-from flywheel.modeling.training import log_exported_model
 from flywheel.tasks.classification import ClassificationTask
-from flywheel.tracking import configure_tracking, ensure_experiment
-from tests.labeling_support import random_images, write_prediction_log
+from tests.support.labeling import random_images, write_prediction_log
+from tests.support.models import log_small_model
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow  # three pt2 exports: ~10 s
 
@@ -40,28 +39,18 @@ MODEL = "committee-digits"
 
 def _register(seed: int, name: str) -> str:
     """A seeded small CNN exported as training does (pt2, dynamic batch), registered."""
-    torch.manual_seed(seed)
-    task = ClassificationTask(CLASSES, SIZE)
-    model = task.build_model(ModelConfig(width=4, stages=2, embedding_dim=8, dropout=0.0)).eval()
-    with mlflow.start_run():
-        uri, _ = log_exported_model(
-            task, model, model.state_dict(), torch.rand(2, 1, SIZE, SIZE), 8
-        )
-    return registry.register(uri, name)
+    return registry.register(log_small_model(CLASSES, SIZE, seed), name)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A SQLite MLflow store holding three versions of MODEL and one of a lone model."""
     root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        config = configure_tracking()
-        mlflow.set_experiment(experiment_id=ensure_experiment("committee-tests", config))
+    with tracking_env(root, experiment="committee-tests") as uri:
         for seed in (1, 2, 3):
             _register(seed, MODEL)
         _register(4, f"{MODEL}-lone")
-        yield config.uri
+        yield uri
 
 
 def _params(tmp_path: Path, model: str, size: int = 2) -> Params:

@@ -19,16 +19,15 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
+from flywheel.config import ModelConfig, Params, TrainConfig
 from flywheel.demo.collect import collect_dataset
 from flywheel.modeling.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, load_checkpoint
 from flywheel.tasks.classification import ClassificationTask
+from tests.support.plans import tiny_plan
 
 pytestmark = pytest.mark.slow
 
-PLAN = DataPlan(
-    name="tiny", seed=5, classes=("0", "1", "2"), per_stratum={"train": 6, "val": 3, "test": 1}
-)
+PLAN = tiny_plan(6, 3, 1, seed=5, classes=("0", "1", "2"))
 PARAMS = Params(
     data=PLAN,
     train=TrainConfig(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,11 @@ from flywheel.data.versioning import (
     is_clean,
     track_dataset,
 )
+from tests.support.project import make_git_dvc_repo
 
 pytestmark = pytest.mark.slow
 
 DEMO_GENERATOR = "flywheel.demo.collect:collect_dataset"  # params.yaml's data.generator
-
-
-def _dvc(repo: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -41,13 +36,7 @@ def plan() -> DataPlan:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A git + DVC repository whose default remote is a folder in tmp."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "remote", "add", "-d", "tmp", str(tmp_path / "remote"))
-    return repo
+    return make_git_dvc_repo(tmp_path / "repo", remote=tmp_path / "remote")
 
 
 def _file_hashes(dataset_dir: Path) -> dict[str, str]:

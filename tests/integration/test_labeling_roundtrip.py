@@ -22,7 +22,7 @@ from flywheel.cli import app
 from flywheel.config import DataPlan, Strata
 from flywheel.data.ground_truth import read_ground_truth
 from flywheel.labeling import parse_export, read_batch, read_labels
-from tests.labeling_support import serve_collected_batch
+from tests.support.labeling import serve_collected_batch
 
 PLAN = DataPlan(
     classes=("0", "1", "2", "3"),

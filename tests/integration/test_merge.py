@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,8 @@ from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
 from flywheel.data.versioning import data_version, ensure_dataset, is_clean
 from flywheel.labeling.merge import MergeError, production_image_id, update_dataset
-from tests.labeling_support import serve_collected_batch, write_prediction_log
+from tests.support.labeling import serve_collected_batch, write_prediction_log
+from tests.support.project import make_git_dvc_repo
 
 pytestmark = pytest.mark.slow  # DVC and GX: a few seconds each
 
@@ -34,20 +33,11 @@ PLAN = DataPlan(
 DRIFT = Scenario(mix={"handwritten/shadow": 0.8, "printed/clean": 0.2}, severity={"shadow": 1.5})
 
 
-def _dvc(repo: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True, capture_output=True)
-
-
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Params, Path, Path]:
     """A git + DVC repo with the first data version, and 30 served, truth-recorded images."""
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "state"))
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "remote", "add", "-d", "tmp", str(tmp_path / "remote"))
+    repo = make_git_dvc_repo(tmp_path / "repo", remote=tmp_path / "remote")
     ensure_dataset(PLAN, repo)
     params = Params(data=PLAN, serve={"log": {"dir": tmp_path / "log"}})  # type: ignore[arg-type]
     serve_collected_batch(

@@ -35,14 +35,13 @@ from flywheel.cli import app
 from flywheel.config import (
     DataPlan,
     EvaluateConfig,
-    ModelConfig,
     MonitorConfig,
     Params,
     TrainConfig,
     load_params,
 )
 from flywheel.data.ground_truth import write_ground_truth
-from flywheel.demo.collect import collect_batch, collect_dataset
+from flywheel.demo.collect import collect_batch
 from flywheel.evaluation import load_task
 from flywheel.monitoring import (
     NotEnoughDataError,
@@ -56,17 +55,14 @@ from flywheel.monitoring.prediction_log import PredictionLogger, read_prediction
 from flywheel.monitoring.reference import REFERENCE_ARTIFACT, TAG_REFERENCE, embedding_columns
 from flywheel.monitoring.replay import replay_images
 from flywheel.registry import model_uri
+from tests.support.plans import TINY_MODEL, tiny_plan
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "monitoring-tiny"
-PLAN = DataPlan(
-    name="tiny",
-    seed=11,
-    classes=("0", "1", "2", "3"),
-    per_stratum={"train": 40, "val": 10, "test": 4},
-)
+PLAN = tiny_plan(40, 10, 4)
 SCENARIOS = load_params(REPO / "params.yaml").scenarios  # the real traffic scenarios
 DRIFT = "handwritten_shadow_rotated"
 PARAMS = Params(
@@ -79,7 +75,7 @@ PARAMS = Params(
         batch_size=32,
         lr=5e-3,
         patience=10,
-        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+        model=TINY_MODEL,
     ),
     evaluate=EvaluateConfig(registered_model=MODEL),
     monitor=MonitorConfig(min_window_size=100, embedding_components=4),
@@ -109,17 +105,14 @@ def hour(h: int) -> tuple[datetime, datetime]:
 def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh SQLite store and state folder, selected through the environment as in deployments."""
     home = tmp_path_factory.mktemp("state")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow.db")
-        patch.setenv("FLYWHEEL_HOME", str(home))
+    with tracking_env(home, home=home):
         yield home
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    collect_dataset(PLAN, root, progress=False)
-    return root / PLAN.name
+def data_plan() -> DataPlan:
+    """What the conftest's `dataset` collects."""
+    return PLAN
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from kfp import components
 from typer.testing import CliRunner
 
 from flywheel.cli import app
-from flywheel.config import DataPlan, Params, load_params
+from flywheel.config import Params, load_params
 from flywheel.data.versioning import track_dataset
 from flywheel.workflows import (
     DataGateError,
@@ -33,7 +33,9 @@ from pipelines.cluster import ClusterSettings, compile_pipeline
 from pipelines.flywheel import build_flywheel_pipeline
 from pipelines.local import TaskEvent, exception_message, parse_runner_line
 from pipelines.training import OUTPUT_TASKS, build_training_pipeline
-from tests.project_support import make_project
+from tests.support.plans import tiny_plan
+from tests.support.processes import free_port
+from tests.support.project import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -452,11 +454,7 @@ class socket_closed_port:
     """A localhost port nothing listens on (bound, then released)."""
 
     def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        return free_port()
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -531,14 +529,7 @@ def test_exception_message_is_the_last_exception_without_its_traceback(
 
 # --------------------------------------------- the validation step, real DVC and GX
 
-TINY = Params(
-    data=DataPlan(
-        name="tiny",
-        seed=5,
-        classes=("0", "1", "2", "3"),
-        per_stratum={"train": 8, "val": 4, "test": 4},
-    )
-)
+TINY = Params(data=tiny_plan(8, 4, 4, seed=5))
 
 
 @pytest.fixture

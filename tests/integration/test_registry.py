@@ -47,6 +47,7 @@ from flywheel.registry import (
     VersionNotFoundError,
 )
 from flywheel.tasks.classification import ClassificationTask
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow  # a real MLflow store and pt2 models: seconds, not milliseconds
 
@@ -168,11 +169,10 @@ class Store:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        mp.setenv("FLYWHEEL_USER", "tester")
+    with (
+        tracking_env(root, MLFLOW_DISABLE_TELEMETRY="true", FLYWHEEL_USER="tester") as uri,
+        pytest.MonkeyPatch.context() as mp,
+    ):
         mp.setattr(tracking_utils, "_tracking_uri", None)  # the env var decides, then restored
         experiment = MlflowClient().create_experiment(
             "registry-tests", artifact_location=(root / "artifacts").as_uri()

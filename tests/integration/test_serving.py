@@ -1,6 +1,6 @@
 """The BentoML service against a real server on 127.0.0.1 and a real MLflow SQLite registry.
 
-The main server (`tests.serving_support.server`, no admin token): predictions,
+The main server (`tests.support.serving.server`, no admin token): predictions,
 bad input, the log, metrics, fuzzing and a short soak. Hot swaps, readiness,
 start-up and packaging: `test_serving_lifecycle.py`; every worker of a
 two-worker server: `test_serving_reload.py`.
@@ -26,10 +26,10 @@ from flywheel.demo.server import PredictionError, predict_file
 from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
 from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.tasks.classification import ClassificationTask
-from tests import serving_support
 from tests.load.fuzz import IMAGE_BODIES_OPERATION, run_fuzz
 from tests.load.soak import run_soak
-from tests.serving_support import (
+from tests.support import serving as serving_support
+from tests.support.serving import (
     CLASSES,
     EMBEDDING,
     MAX_BYTES,
@@ -47,7 +47,7 @@ from tests.serving_support import (
 )
 
 pytestmark = pytest.mark.slow  # real servers: ~10 s to start each
-# The module-scoped fixtures of tests.serving_support used here (each module gets its own).
+# The module-scoped fixtures of tests.support.serving used here (each module gets its own).
 env, reference, server = serving_support.env, serving_support.reference, serving_support.server
 
 

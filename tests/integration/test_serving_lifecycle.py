@@ -1,6 +1,6 @@
 """The service's life: versions swapped in under load, readiness, start-up, packaging.
 
-The swap server (`tests.serving_support.swap_server`: the alias polled every
+The swap server (`tests.support.serving.swap_server`: the alias polled every
 second, an admin token): a version promoted under load, a version that fails to
 load, the admin reload. Then a server for a model without a `production`
 alias (not ready until one is promoted; its prediction log flushed only at
@@ -35,8 +35,8 @@ from flywheel.demo.server import (
     wait_until_ready,
 )
 from flywheel.monitoring.prediction_log import read_predictions
-from tests import serving_support
-from tests.serving_support import (
+from tests.support import serving as serving_support
+from tests.support.serving import (
     MODEL,
     REPO,
     SWAP_MODEL,
@@ -55,7 +55,7 @@ from tests.serving_support import (
 )
 
 pytestmark = pytest.mark.slow  # real servers: ~10 s to start each
-# The module-scoped fixtures of tests.serving_support used here (each module gets its own).
+# The module-scoped fixtures of tests.support.serving used here (each module gets its own).
 env, swap_server = serving_support.env, serving_support.swap_server
 
 

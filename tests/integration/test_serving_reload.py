@@ -3,7 +3,7 @@
 The server polls the alias once an hour, so within the test only a reload
 request can make a worker swap: the worker that receives `/admin/reload`
 checks the alias itself and asks the other one to check too (`ReloadSignal`).
-The registry, the models and the helpers are those of `tests.serving_support`.
+The registry, the models and the helpers are those of `tests.support.serving`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from flywheel import registry
 from flywheel.demo.server import reload_model, start_server
 from serving.watcher import BROADCAST_TRIGGER
-from tests.serving_support import (
+from tests.support.serving import (
     TOKEN,
     Server,
     digit_images,

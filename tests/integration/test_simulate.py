@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -30,7 +27,6 @@ from flywheel.cli import app
 from flywheel.config import (
     DataPlan,
     EvaluateConfig,
-    ModelConfig,
     Params,
     Scenario,
     ServeConfig,
@@ -39,22 +35,16 @@ from flywheel.config import (
 )
 from flywheel.data.ground_truth import read_ground_truth
 from flywheel.demo.simulate import SimulationError, simulate_traffic
-from flywheel.modeling.training import log_exported_model
 from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.registry import Blessing, GateResult
-from flywheel.tasks.classification import ClassificationTask
-from flywheel.tracking import configure_tracking, ensure_experiment
+from tests.support.models import log_small_model
+from tests.support.processes import free_port as _free_port
+from tests.support.tracking import tracking_env
 
 CLASSES = ("0", "1", "2", "3")
 SIZE = 16
 MODEL = "simulate-digits"
 READY_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _params(tmp: Path, port: int) -> Params:
@@ -87,18 +77,8 @@ def _params(tmp: Path, port: int) -> Params:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Params, Path]]:
     """A promoted tiny model behind `flywheel serve`; yields the params and the project folder."""
     tmp = tmp_path_factory.mktemp("simulate")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-        patch.setenv("FLYWHEEL_HOME", str(tmp / "state"))
-        config = configure_tracking()
-        mlflow.set_experiment(experiment_id=ensure_experiment("simulate-tests", config))
-        torch.manual_seed(0)
-        task = ClassificationTask(CLASSES, SIZE)
-        model = task.build_model(ModelConfig(width=4, stages=2, embedding_dim=8)).eval()
-        with mlflow.start_run():
-            uri, _ = log_exported_model(
-                task, model, model.state_dict(), torch.rand(2, 1, SIZE, SIZE), 8
-            )
+    with tracking_env(tmp, home=tmp / "state", experiment="simulate-tests"):
+        uri = log_small_model(CLASSES, SIZE, seed=0)
         version = registry.register(uri, MODEL)
         gate = GateResult("min_accuracy", 1.0, 0.8, ">=", True)
         registry.record_blessing(

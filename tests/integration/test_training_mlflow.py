@@ -27,8 +27,7 @@ from mlflow.models import get_model_info
 from typer.testing import CliRunner
 
 from flywheel.cli import app
-from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig
-from flywheel.demo.collect import collect_dataset
+from flywheel.config import DataPlan, Params, TrainConfig
 from flywheel.modeling.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -40,15 +39,12 @@ from flywheel.modeling.training import TrainResult, train
 from flywheel.tasks import DatasetError
 from flywheel.tasks.classification import ClassificationTask
 from flywheel.tracking import LINEAGE_TAGS
+from tests.support.plans import TINY_MODEL, tiny_plan
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow
 
-PLAN = DataPlan(
-    name="tiny",
-    seed=11,
-    classes=("0", "1", "2", "3"),
-    per_stratum={"train": 40, "val": 4, "test": 4},
-)
+PLAN = tiny_plan(40, 4, 4)
 PARAMS = Params(
     data=PLAN,
     train=TrainConfig(
@@ -58,7 +54,7 @@ PARAMS = Params(
         batch_size=16,
         lr=5e-3,
         patience=10,
-        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+        model=TINY_MODEL,
     ),
 )
 EPOCHS = list(range(1, PARAMS.train.epochs + 1))
@@ -79,18 +75,15 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh SQLite tracking store, selected the way deployments do: the environment."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("FLYWHEEL_PIPELINE_RUN_ID", PIPELINE_RUN)
+    root = tmp_path_factory.mktemp("mlflow")
+    with tracking_env(root, FLYWHEEL_PIPELINE_RUN_ID=PIPELINE_RUN) as uri:
         yield uri
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    collect_dataset(PLAN, root, progress=False)
-    return root / PLAN.name
+def data_plan() -> DataPlan:
+    """What the conftest's `dataset` collects."""
+    return PLAN
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ each), so a whole study fits in seconds while every component is the real one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from mlflow.entities import Run
 from typer.testing import CliRunner
 
 from flywheel.cli import app
-from flywheel.config import DataPlan, ModelConfig, Params, TrainConfig, TuneConfig, load_params
-from flywheel.demo.collect import collect_dataset
+from flywheel.config import DataPlan, Params, TrainConfig, TuneConfig, load_params
 from flywheel.modeling.tuning import (
     BEST_PARAMS_YAML,
     TAG_PRUNED_EPOCH,
@@ -30,15 +28,11 @@ from flywheel.modeling.tuning import (
     TuneResult,
     tune,
 )
+from tests.support.plans import TINY_MODEL, tiny_plan
 
 pytestmark = pytest.mark.slow
 
-PLAN = DataPlan(
-    name="tiny",
-    seed=11,
-    classes=("0", "1", "2", "3"),
-    per_stratum={"train": 40, "val": 4, "test": 4},
-)
+PLAN = tiny_plan(40, 4, 4)
 SPACE: dict[str, Any] = {
     "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "train.batch_size": {"type": "categorical", "choices": [16, 32]},
@@ -54,7 +48,7 @@ PARAMS = Params(
         batch_size=16,
         lr=5e-3,
         patience=10,
-        model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.1),
+        model=TINY_MODEL,
     ),
     tune=TuneConfig.model_validate(
         {
@@ -69,18 +63,15 @@ PARAMS = Params(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
+def store(mlflow_store: str) -> str:
+    """The conftest's fresh SQLite store, selected through the environment."""
+    return mlflow_store
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    collect_dataset(PLAN, root, progress=False)
-    return root / PLAN.name
+def data_plan() -> DataPlan:
+    """What the conftest's `dataset` collects."""
+    return PLAN
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from flywheel.curation import (
     select_top,
 )
 from flywheel.labeling import queue_batches, read_batch
-from tests.labeling_support import random_images, write_prediction_log
+from tests.support.labeling import random_images, write_prediction_log
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ too):
 
 The fixtures are module-scoped: each test module that binds them
 (`env, server = serving_support.env, serving_support.server`) gets its own.
-Tests import it as `tests.serving_support` (the repository root is on
+Tests import it as `tests.support.serving` (the repository root is on
 `sys.path`, see `pythonpath` in pyproject.toml).
 """
 
@@ -38,16 +38,14 @@ import yaml
 from PIL import Image
 
 from flywheel import registry
-from flywheel.config import ModelConfig
 from flywheel.demo.server import (
     start_server,
 )
-from flywheel.modeling.training import log_exported_model
 from flywheel.registry import Blessing, GateResult
-from flywheel.tasks.classification import ClassificationTask
-from flywheel.tracking import configure_tracking, ensure_experiment
+from tests.support.models import log_small_model
+from tests.support.tracking import tracking_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("0", "1", "2", "3")
 SIZE = 16
 EMBEDDING = 8
@@ -63,15 +61,7 @@ MAX_BYTES = 64 * 1024
 
 def log_model(seed: int) -> str:
     """Log a seeded small CNN with the training export path; returns its model URI."""
-    torch.manual_seed(seed)
-    task = ClassificationTask(CLASSES, SIZE)
-    model = task.build_model(
-        ModelConfig(width=4, stages=2, embedding_dim=EMBEDDING, dropout=0.0)
-    ).eval()
-    example = torch.rand(2, 1, SIZE, SIZE)  # (2, 1, S, S)
-    with mlflow.start_run():
-        uri, _ = log_exported_model(task, model, model.state_dict(), example, EMBEDDING)
-    return uri
+    return log_small_model(CLASSES, SIZE, seed, embedding_dim=EMBEDDING)
 
 
 def bless(name: str, version: str, uri: str) -> None:
@@ -208,12 +198,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A SQLite MLflow store: MODEL and SWAP_MODEL with v1 in production (the same seeded
     network), SWAP_MODEL v2 (another network) blessed, and a model without production."""
     store = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{store}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("FLYWHEEL_HOME", str(tmp_path_factory.mktemp("state")))
-        config = configure_tracking()
-        mlflow.set_experiment(experiment_id=ensure_experiment("serving-tests", config))
+    state = tmp_path_factory.mktemp("state")
+    with tracking_env(store, home=state, experiment="serving-tests") as uri:
         first, second = log_model(seed=1), log_model(seed=2)
         for name in (MODEL, SWAP_MODEL):
             registry.promote(name, register_blessed(name, first), reason="serving test")

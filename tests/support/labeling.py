@@ -1,8 +1,4 @@
-"""Test support for curation, labelling and merging: a real prediction log, written as serving does.
-
-Tests import it as `tests.labeling_support` (the repository root is on
-`sys.path`, see `pythonpath` in pyproject.toml).
-"""
+"""A real prediction log and the simulator's truth, written as serving and the simulator do."""
 
 from __future__ import annotations
 

@@ -1,0 +1,38 @@
+"""Fixtures shared by the test tiers; the builders behind them are in `tests/support/`.
+
+Module-scoped fixtures are built once per test module that asks for them:
+
+* `mlflow_store`: a fresh SQLite MLflow store selected through `MLFLOW_TRACKING_URI`;
+* `dataset`: the module's tiny data plan (its `data_plan` fixture) collected
+  by the real collector.
+
+Every test run loads this file, a single unit test's too: heavy libraries are
+imported inside the fixtures that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import DataPlan
+from tests.support.tracking import tracking_env
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh SQLite tracking store, selected the way deployments do: the environment."""
+    with tracking_env(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def dataset(data_plan: DataPlan, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dataset folder of `data_plan` (a fixture the test module defines), collected."""
+    from flywheel.demo.collect import collect_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    collect_dataset(data_plan, root, progress=False)
+    return root / data_plan.name

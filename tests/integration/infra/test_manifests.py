@@ -1,0 +1,466 @@
+"""The kustomize overlays (`infra/k8s`), rendered and checked against what they promise.
+
+Both overlays are rendered with `kubectl kustomize` (kubectl's built-in
+kustomize); every built-in object is validated against the Kubernetes API
+schemas with kubernetes-validate (strict: unknown fields are errors). Then the
+semantics: GPUs where training runs, zero-downtime serving, non-root pods,
+Secret references, the one image constant, Service types, ports and selectors,
+shared settings, and every `flywheel ...` command against the real CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import typer.main
+import yaml
+
+from flywheel.cli import app
+from flywheel.config import load_params
+from flywheel.env import DEFAULT_IMAGE
+from tests.support import REPO
+from tests.support.k8s import (
+    IMAGE_REPO,
+    IMAGES,
+    INFRA,
+    K8S,
+    OVERLAYS,
+    Doc,
+    all_containers,
+    argv,
+    containers,
+    documented_secrets,
+    find,
+    ident,
+    of_kind,
+    pod_specs,
+    pod_templates,
+    project_version,
+    secret_data,
+    secret_references,
+    validate_builtin,
+)
+from tests.support.katib import substitute_trial_parameters
+from tests.support.processes import make
+from tests.support.schemas import CUSTOM_SCHEMAS
+
+PLACEHOLDERS = {"flywheel-component", "flywheel-tracking", "flywheel-serving"}
+# NodePort Services the local overlay publishes (kind.yaml maps them to localhost).
+LOCAL_NODE_PORTS = {"flywheel-mlflow", "flywheel-serving", "flywheel-evidently"}
+GPU = "nvidia.com/gpu"
+
+
+# ================================================================== rendering, schemas
+
+
+def test_overlays_render_what_each_environment_runs(rendered: dict[str, list[Doc]]) -> None:
+    kinds = {name: {d["kind"] for d in docs} for name, docs in rendered.items()}
+    platform = {
+        "Namespace", "ConfigMap", "PersistentVolumeClaim", "Service", "StatefulSet",
+        "Deployment", "Job", "CronJob", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+    }  # fmt: skip
+    assert platform <= kinds["local"]
+    assert platform <= kinds["gpu"]
+    assert {"Experiment", "PyTorchJob"} <= kinds["gpu"]
+    assert not {"Experiment", "PyTorchJob"} & kinds["local"], "no Kubeflow on a local cluster"
+    assert "Secret" in kinds["local"]
+    assert "Secret" not in kinds["gpu"], "real credentials are created out of band"
+    for docs in rendered.values():
+        namespaced = [d for d in docs if d["kind"] != "Namespace"]
+        assert {d["metadata"].get("namespace") for d in namespaced} == {"flywheel"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_builtin_objects_validate_against_the_kubernetes_api(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    errors, unknown = [], []
+    for doc in rendered[overlay]:
+        try:
+            errors += validate_builtin(doc)
+        except kubernetes_validate.SchemaNotFoundError:
+            unknown.append(doc)
+    assert not errors, "\n".join(errors)
+    # Whatever kubernetes-validate has no schema for is one of ours, validated below.
+    assert {(d["apiVersion"], d["kind"]) for d in unknown} <= CUSTOM_SCHEMAS.keys()
+
+
+def test_the_kubernetes_validator_rejects_broken_objects(rendered: dict[str, list[Doc]]) -> None:
+    deployment = copy.deepcopy(find(rendered["local"], "Deployment", "flywheel-serving"))
+    assert validate_builtin(deployment) == []
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "3000x"
+    assert any("containerPort" in e for e in validate_builtin(deployment))
+    deployment = copy.deepcopy(find(rendered["local"], "Deployment", "flywheel-serving"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    assert validate_builtin(deployment), "a misspelt field is an error (strict)"
+
+
+# ================================================================== semantics
+
+
+def test_gpu_overlay_runs_training_on_gpu_nodes(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["gpu"]
+    job = find(docs, "PyTorchJob", "flywheel-train-ddp")
+    experiment = find(docs, "Experiment", "flywheel-tune")
+    trainers = [*pod_specs(job), *pod_specs(experiment)]
+    assert len(trainers) == 3  # Master, Worker, Katib trial
+    for where, pod in trainers:
+        main = pod["containers"][0]
+        limits, requests = main["resources"]["limits"], main["resources"]["requests"]
+        assert int(limits[GPU]) >= 1, where
+        assert requests[GPU] == limits[GPU], f"{where}: GPU requests must equal limits"
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, where
+        shm = next(v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory")
+        assert {"name": shm["name"], "mountPath": "/dev/shm"} in main["volumeMounts"], where
+        assert main["image"] == f"{IMAGES['component']}:{project_version()}-cuda", where
+    # torchrun starts one process per GPU of the pod.
+    for role in ("Master", "Worker"):
+        pod = job["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]
+        assert job["spec"]["nprocPerNode"] == pod["containers"][0]["resources"]["limits"][GPU]
+    # Nothing else asks for GPUs: serving, MLflow and the rest stay on CPU nodes.
+    gpu_users = {
+        w for w, _, c in all_containers(docs) if GPU in c.get("resources", {}).get("limits", {})
+    }
+    assert gpu_users == {
+        "PyTorchJob/flywheel-train-ddp/Master/pytorch",
+        "PyTorchJob/flywheel-train-ddp/Worker/pytorch",
+        "Experiment/flywheel-tune/trial/training",
+    }
+
+
+def test_local_overlay_asks_for_no_gpu(rendered: dict[str, list[Doc]]) -> None:
+    assert GPU not in json.dumps(rendered["local"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_rolls_out_without_downtime(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    deployment = find(docs, "Deployment", "flywheel-serving")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert "http" in ports
+    rolling = deployment["spec"]["strategy"]
+    assert rolling["type"] == "RollingUpdate"
+    assert rolling["rollingUpdate"]["maxUnavailable"] == 0
+    assert rolling["rollingUpdate"]["maxSurge"] >= 1
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pre_stop < pod["terminationGracePeriodSeconds"]
+
+    hpa = find(docs, "HorizontalPodAutoscaler", "flywheel-serving")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "flywheel-serving")
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    pdb = find(docs, "PodDisruptionBudget", "flywheel-serving")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    if overlay == "gpu":  # a real cluster: voluntary evictions always leave a serving pod
+        assert hpa["spec"]["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 1
+        local = find(rendered["local"], "HorizontalPodAutoscaler", "flywheel-serving")
+        assert hpa["spec"]["maxReplicas"] > local["spec"]["maxReplicas"]
+    env_from = {e["configMapRef"]["name"] for e in container["envFrom"]}
+    assert "MLFLOW_TRACKING_URI" in find(docs, "ConfigMap", next(iter(env_from)))["data"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_container_runs_as_root(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    problems = []
+    for doc in rendered[overlay]:
+        for where, pod in pod_specs(doc):
+            pod_ctx = pod.get("securityContext", {})
+            if pod.get("automountServiceAccountToken") is not False:
+                problems.append(f"{where}: mounts a service account token it does not use")
+            for c in containers(pod):
+                ctx = {**pod_ctx, **c.get("securityContext", {})}
+                name = f"{where}/{c['name']}"
+                if ctx.get("runAsNonRoot") is not True:
+                    problems.append(f"{name}: runAsNonRoot is not true")
+                if not ctx.get("runAsUser"):  # unset (the image decides) or 0
+                    problems.append(f"{name}: no non-zero runAsUser")
+                if ctx.get("allowPrivilegeEscalation") is not False:
+                    problems.append(f"{name}: allowPrivilegeEscalation is not false")
+                if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+                    problems.append(f"{name}: capabilities are not all dropped")
+                if ctx.get("privileged"):
+                    problems.append(f"{name}: privileged")
+                if ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                    problems.append(f"{name}: no RuntimeDefault seccomp profile")
+    assert not problems, "\n".join(problems)
+
+
+def test_secret_references_are_defined_or_documented(rendered: dict[str, list[Doc]]) -> None:
+    local = rendered["local"]
+    defined = {s["metadata"]["name"]: secret_data(s) for s in of_kind(local, "Secret")}
+    local_refs = secret_references(local)
+    assert local_refs, "the platform reads credentials from Secrets"
+    for name, key in local_refs:
+        assert name in defined, (
+            f"Secret {name} is referenced but not generated by the local overlay"
+        )
+        assert key is None or key in defined[name], f"Secret {name} has no key {key}"
+    for name, values in defined.items():  # fake values, and visibly so
+        secrets = [v for k, v in values.items() if k in ("password", "secret-key", "token")]
+        assert secrets, name
+        assert all(v.startswith("dev-only") for v in secrets), name
+
+    documented = documented_secrets(INFRA / "README.md")
+    for name, key in secret_references(rendered["gpu"]):
+        assert name in documented, (
+            f"Secret {name} is neither created by the gpu overlay nor documented"
+        )
+        assert key is None or key in documented[name], f"README's {name} lacks key {key}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_credential_is_written_in_a_manifest(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    sensitive = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|_KEY$", re.IGNORECASE)
+    for where, _, c in all_containers(rendered[overlay]):
+        for entry in c.get("env", []):
+            if sensitive.search(entry["name"]):
+                assert "valueFrom" in entry, f"{where}: {entry['name']} must come from a Secret"
+    for config in of_kind(rendered[overlay], "ConfigMap"):
+        assert not [k for k in config["data"] if sensitive.search(k)], config["data"].keys()
+    # The backend URI is assembled from the Secret at start-up, never written out.
+    mlflow = find(rendered[overlay], "Deployment", "flywheel-mlflow")["spec"]["template"]["spec"]
+    uri = next(e for e in mlflow["containers"][0]["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")
+    assert "$(POSTGRES_PASSWORD)" in uri["value"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_the_one_constant_or_pinned(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    version = project_version()
+    component_tag = f"{version}-cuda" if overlay == "gpu" else version
+    expected = {
+        IMAGES["component"]: component_tag,
+        IMAGES["tracking"]: version,
+        IMAGES["serving"]: version,
+    }
+    seen = set()
+    for where, _, c in all_containers(rendered[overlay]):
+        image = c["image"]
+        assert image not in PLACEHOLDERS, f"{where}: placeholder {image} not replaced"
+        name, _, tag = image.rpartition(":")
+        assert name, f"{where}: {image} has no tag"
+        assert "/" not in tag, f"{where}: {image} has no tag"
+        assert tag != "latest", f"{where}: {image}"
+        if name in expected:
+            assert tag == expected[name], f"{where}: {image}, expected tag {expected[name]}"
+            seen.add(name)
+        else:
+            assert not name.startswith(IMAGE_REPO), f"{where}: unknown flywheel image {image}"
+        # Our code (the CLI, torchrun, the Evidently UI) runs in the component image.
+        if argv(c)[:1] in (["flywheel"], ["torchrun"], ["evidently"]):
+            assert name == IMAGES["component"], where
+    assert seen == set(expected)
+
+
+def test_kustomize_images_carry_the_project_version() -> None:
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    version = project_version()
+    assert {(i["name"], i["newName"], i["newTag"]) for i in base["images"]} == {
+        ("flywheel-component", IMAGES["component"], version),
+        ("flywheel-tracking", IMAGES["tracking"], version),
+        ("flywheel-serving", IMAGES["serving"], version),
+    }
+    # The library's default for pipeline steps (FLYWHEEL_IMAGE unset) is the same image.
+    assert f"{IMAGES['component']}:{version}" == DEFAULT_IMAGE
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_are_internal_except_the_local_node_ports(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    for service in of_kind(rendered[overlay], "Service"):
+        name, kind = service["metadata"]["name"], service["spec"].get("type", "ClusterIP")
+        if overlay == "local" and name in LOCAL_NODE_PORTS:
+            assert kind == "NodePort", name
+        else:
+            assert kind == "ClusterIP", f"{overlay}: {name} is {kind}"
+
+
+def test_local_node_ports_are_published_by_the_kind_cluster(rendered: dict[str, list[Doc]]) -> None:
+    kind = yaml.safe_load((K8S / "overlays" / "local" / "kind.yaml").read_text())
+    mappings = {m["containerPort"]: m for m in kind["nodes"][0]["extraPortMappings"]}
+    node_ports = {
+        p["nodePort"]: (s["metadata"]["name"], p["port"])
+        for s in of_kind(rendered["local"], "Service")
+        if s["spec"].get("type") == "NodePort"
+        for p in s["spec"]["ports"]
+    }
+    assert node_ports.keys() == mappings.keys()
+    for node_port, (service, port) in node_ports.items():
+        assert mappings[node_port]["listenAddress"] == "127.0.0.1", service
+        assert mappings[node_port]["hostPort"] == port, f"{service}: host port = service port"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_references_between_objects_resolve(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for doc in docs:
+        claim_templates = {
+            t["metadata"]["name"] for t in doc.get("spec", {}).get("volumeClaimTemplates", [])
+        }
+        for where, pod in pod_specs(doc):
+            volumes = {v["name"] for v in pod.get("volumes", [])} | claim_templates
+            for volume in pod.get("volumes", []):
+                if claim := volume.get("persistentVolumeClaim"):
+                    assert ("PersistentVolumeClaim", claim["claimName"]) in names, where
+            for c in containers(pod):
+                declared = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    port = c.get(probe, {}).get("httpGet", {}).get("port")
+                    if port is not None:
+                        assert port in declared or port in declared.values(), f"{where}: {probe}"
+                for source in c.get("envFrom", []):
+                    assert ("ConfigMap", source["configMapRef"]["name"]) in names, where
+                mounts = {m["name"] for m in c.get("volumeMounts", [])}
+                assert mounts <= volumes, f"{where}/{c['name']}: no volume {mounts - volumes}"
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), ident(doc)
+    # Every Service selects exactly one pod template and targets its named ports.
+    templates = [t for d in docs for _, t in pod_templates(d)]
+    for service in of_kind(docs, "Service"):
+        selector = service["spec"]["selector"]
+        matching = [t for t in templates if selector.items() <= t["metadata"]["labels"].items()]
+        assert len(matching) == 1, f"{ident(service)} selects {len(matching)} pod templates"
+        port_names = {p.get("name") for c in matching[0]["spec"]["containers"] for p in c["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, f"{ident(service)}: {port['targetPort']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shared_settings_point_at_the_in_cluster_services(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    config = find(docs, "ConfigMap", "flywheel-config")["data"]
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"):
+        url = urlsplit(config[key])
+        service = find(docs, "Service", str(url.hostname))
+        assert url.port in {p["port"] for p in service["spec"]["ports"]}, key
+    bucket = urlsplit(config["MLFLOW_ARTIFACTS_DESTINATION"]).hostname
+    assert bucket in config["FLYWHEEL_BUCKETS"].split()
+    state = config["FLYWHEEL_HOME"]
+    for kind, name in (
+        ("Deployment", "flywheel-serving"),
+        ("Deployment", "flywheel-evidently"),
+        ("CronJob", "flywheel-monitor"),
+    ):
+        ((_, pod),) = pod_specs(find(docs, kind, name))
+        claims = {
+            v["name"]
+            for v in pod["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "flywheel-state"
+        }
+        main = pod["containers"][0]
+        assert {m["mountPath"] for m in main["volumeMounts"] if m["name"] in claims} == {state}, (
+            name
+        )
+    evidently = find(docs, "Deployment", "flywheel-evidently")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    workspace = next(a.split("=", 1)[1] for a in evidently["args"] if a.startswith("--workspace="))
+    assert Path(workspace).parent == Path(state)
+    state_claim = find(docs, "PersistentVolumeClaim", "flywheel-state")["spec"]["accessModes"]
+    assert state_claim == (["ReadWriteOnce"] if overlay == "local" else ["ReadWriteMany"])
+
+
+def flywheel_invocations(docs: list[Doc]) -> Iterator[tuple[str, list[str]]]:
+    """`(where, arguments)` of every `flywheel ...` a container runs (under torchrun too)."""
+    for doc in docs:
+        subject = substitute_trial_parameters(doc) if doc["kind"] == "Experiment" else doc
+        for where, pod in pod_specs(subject):
+            for c in containers(pod):
+                words = argv(c)
+                if words[:2] == ["torchrun", "--no-python"]:
+                    words = words[2:]
+                if words and words[0] == "flywheel":
+                    yield f"{where}/{c['name']}", words[1:]
+
+
+def resolve_cli(words: list[str]) -> list[str]:
+    """Parse `flywheel <words>` with the real CLI without running it; the command path.
+
+    Raises:
+        AssertionError: no such command.
+        click.UsageError: (Typer's) options the command does not take, or bad values.
+    """
+    command = typer.main.get_command(app)
+    ctx = None
+    path: list[str] = []
+    rest = list(words)
+    while isinstance(command, typer.core.TyperGroup):
+        ctx = command.context_class(command, info_name=" ".join(["flywheel", *path]), parent=ctx)
+        assert rest, f"flywheel {' '.join(path)} needs a command"
+        name, *rest = rest
+        sub = command.get_command(ctx, name)
+        assert sub is not None, f"no command 'flywheel {' '.join([*path, name])}'"
+        path.append(name)
+        command = sub
+    command.make_context(" ".join(["flywheel", *path]), rest, parent=ctx)
+    return path
+
+
+def implemented(command: str) -> bool:
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    return command in group.commands
+
+
+def test_every_flywheel_command_parses_with_the_real_cli(rendered: dict[str, list[Doc]]) -> None:
+    invocations = dict(flywheel_invocations(rendered["gpu"]))
+    assert {tuple(resolve_cli(w)) for w in invocations.values() if w[0] != "monitor"} == {
+        ("data", "ensure"),
+        ("train",),
+    }
+    for where, words in invocations.items():
+        if words[0] == "monitor":
+            continue  # test_monitor_cronjob_runs_a_cli_command
+        overrides = {
+            key: yaml.safe_load(value)
+            for key, value in (
+                w.removeprefix("--set=").split("=", 1) for w in words if w.startswith("--set=")
+            )
+        }
+        # The overrides make a valid configuration: the keys exist, the values have their types.
+        assert load_params(REPO / "params.yaml", overrides), where
+
+
+def test_monitor_cronjob_runs_a_cli_command(rendered: dict[str, list[Doc]]) -> None:
+    invocations = [w for _, w in flywheel_invocations(rendered["gpu"]) if w[0] == "monitor"]
+    assert invocations == [["monitor"]]
+    if not implemented("monitor"):
+        pytest.skip(
+            "`flywheel monitor` is not in the CLI yet: the CronJob's command cannot be parsed"
+        )
+    assert resolve_cli(invocations[0]) == ["monitor"]
+
+
+# ================================================================== make render
+
+
+def test_make_render_writes_every_overlay(rendered: dict[str, list[Doc]], tmp_path: Path) -> None:
+    done = make("render", f"RENDER_DIR={tmp_path}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{o}.yaml" for o in OVERLAYS)
+    for overlay in OVERLAYS:
+        written = [d for d in yaml.safe_load_all((tmp_path / f"{overlay}.yaml").read_text()) if d]
+        assert written == rendered[overlay]
