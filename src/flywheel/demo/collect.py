@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from flywheel.config import SOURCE_POOLS, SPLITS, DataPlan, NoiseStrength, Scenario
+from flywheel.config import SOURCE_POOLS, SPLITS, DataPlan, Scenario
 from flywheel.data.files import IMAGES_DIR, encode_png, staged_dir
 from flywheel.data.manifest import manifest_frame, save_manifest
 from flywheel.demo.render import (
@@ -184,11 +184,30 @@ def _plan_dataset(plan: DataPlan, pools: dict[PoolKey, list[Glyph]]) -> list[_Im
     return jobs
 
 
+def _write_dataset(
+    jobs: Sequence[_ImageJob],
+    library: GlyphLibrary,
+    plan: DataPlan,
+    target: Path,
+    *,
+    progress: bool,
+    desc: str,
+) -> pd.DataFrame:
+    """Draw, encode and write every job's PNG and the manifest into `target`, atomically.
+
+    Returns:
+        The manifest, sorted by image_id.
+    """
+    with staged_dir(target) as stage:
+        manifest = _write_images(jobs, library, plan, stage, progress=progress, desc=desc)
+        save_manifest(manifest, stage)
+    return manifest
+
+
 def _write_images(
     jobs: Sequence[_ImageJob],
     library: GlyphLibrary,
-    strength: NoiseStrength,
-    image_size: int,
+    plan: DataPlan,
     dest: Path,
     *,
     progress: bool,
@@ -200,7 +219,13 @@ def _write_images(
     rows: list[dict[str, object]] = []
     for job in tqdm(jobs, desc=desc, unit="img", disable=not progress):
         image = render_image(
-            library, job.glyph, job.noise, strength, job.severity, image_size, rng_for(*job.stream)
+            library,
+            job.glyph,
+            job.noise,
+            plan.noise,
+            job.severity,
+            plan.image_size,
+            rng_for(*job.stream),
         )
         data = encode_png(image)
         (dest / job.relpath).write_bytes(data)
@@ -244,18 +269,9 @@ def collect_dataset(
     target = Path(root if root is not None else plan.root) / plan.name
     library = GlyphLibrary.load(plan.classes, plan.strata.style)
     jobs = _plan_dataset(plan, assign_groups(plan, library))
-    with staged_dir(target) as stage:
-        manifest = _write_images(
-            jobs,
-            library,
-            plan.noise,
-            plan.image_size,
-            stage,
-            progress=progress,
-            desc=f"collect {plan.name}",
-        )
-        save_manifest(manifest, stage)
-    return manifest
+    return _write_dataset(
+        jobs, library, plan, target, progress=progress, desc=f"collect {plan.name}"
+    )
 
 
 def scenario_mix(plan: DataPlan, scenario: Scenario) -> dict[str, float]:
@@ -382,15 +398,6 @@ def collect_batch(
                 stream=(plan.seed, "batch", seed, "image", index),
             )
         )
-    with staged_dir(Path(out_dir)) as stage:
-        manifest = _write_images(
-            jobs,
-            library,
-            plan.noise,
-            plan.image_size,
-            stage,
-            progress=progress,
-            desc=f"batch seed {seed}",
-        )
-        save_manifest(manifest, stage)
-    return manifest
+    return _write_dataset(
+        jobs, library, plan, Path(out_dir), progress=progress, desc=f"batch seed {seed}"
+    )
