@@ -103,7 +103,7 @@ class Pools:
 
 def build_pools(work: Path, pool: int, epochs: int, per_stratum: dict[str, int]) -> Pools:
     """Train and register a model, replay both scenarios through it."""
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
     params = load_params(
         REPO / "params.yaml",
@@ -115,7 +115,7 @@ def build_pools(work: Path, pool: int, epochs: int, per_stratum: dict[str, int])
         },
     )
     collect_dataset(params.data, work / "data", progress=True)
-    candidate = steps.train_candidate(
+    candidate = workflows.train_candidate(
         params,
         work / "data" / params.data.name,
         data_version="bench",

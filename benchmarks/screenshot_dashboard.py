@@ -52,7 +52,7 @@ def build_example(params: Params, work: Path) -> Path:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from flywheel import workflows as steps
+    from flywheel import workflows
     from flywheel.data.ground_truth import write_ground_truth
     from flywheel.demo.collect import collect_batch, collect_dataset
     from flywheel.monitoring.prediction_log import PredictionLogger
@@ -75,7 +75,7 @@ def build_example(params: Params, work: Path) -> Path:
         }
     )
     collect_dataset(plan, work / "data", progress=True)
-    first = steps.train_candidate(
+    first = workflows.train_candidate(
         example,
         work / "data" / plan.name,
         data_version="example",

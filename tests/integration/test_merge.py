@@ -186,7 +186,7 @@ def test_data_merge_cli(setup: tuple[Params, Path, Path]) -> None:
 
 def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, Path]) -> None:
     """What the curate, label and update-dataset components call, chained as the pipeline does."""
-    from flywheel import workflows as steps
+    from flywheel import workflows
 
     params, repo, tmp_path = setup
     params = params.model_copy(
@@ -202,11 +202,11 @@ def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, 
     )
     first = data_version(repo, PLAN)
 
-    queued = steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "queue")
-    labelled = steps.label_samples(
+    queued = workflows.curate_samples(params, queue_out=tmp_path / "artifacts" / "queue")
+    labelled = workflows.label_samples(
         params, tmp_path / "artifacts" / "queue", labels_out=tmp_path / "artifacts" / "labels"
     )
-    version = steps.update_dataset(params, repo, tmp_path / "artifacts" / "labels")
+    version = workflows.update_dataset(params, repo, tmp_path / "artifacts" / "labels")
 
     assert (queued, labelled) == (8, 8)
     assert (tmp_path / "artifacts" / "queue" / "label_config.xml").is_file()
@@ -215,12 +215,12 @@ def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, 
     assert (merged["source"] == "production").sum() == 8
     # Nothing new to curate from the same log after the rest is queued: the version holds.
     params = params.model_copy(update={"curate": params.curate.model_copy(update={"budget": 50})})
-    assert steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "q2") == 22
-    assert steps.curate_samples(params, queue_out=tmp_path / "artifacts" / "q3") == 0
+    assert workflows.curate_samples(params, queue_out=tmp_path / "artifacts" / "q2") == 22
+    assert workflows.curate_samples(params, queue_out=tmp_path / "artifacts" / "q3") == 0
     assert (
-        steps.label_samples(
+        workflows.label_samples(
             params, tmp_path / "artifacts" / "q3", labels_out=tmp_path / "artifacts" / "l3"
         )
         == 0
     )
-    assert steps.update_dataset(params, repo, tmp_path / "artifacts" / "l3") == version
+    assert workflows.update_dataset(params, repo, tmp_path / "artifacts" / "l3") == version
