@@ -4,7 +4,8 @@ Module-scoped fixtures are built once per test module that asks for them:
 
 * `mlflow_store`: a fresh SQLite MLflow store selected through `MLFLOW_TRACKING_URI`;
 * `dataset`: the module's tiny data plan (its `data_plan` fixture) collected
-  by the real collector.
+  by the real collector (a suite that shares one set-up across its modules
+  overrides it at package scope, e.g. tests/integration/monitoring/).
 
 Every test run loads this file, a single unit test's too: heavy libraries are
 imported inside the fixtures that need them.
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import DataPlan
+from tests.support.plans import collect_plan
 from tests.support.tracking import tracking_env
 
 
@@ -31,8 +33,4 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def dataset(data_plan: DataPlan, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dataset folder of `data_plan` (a fixture the test module defines), collected."""
-    from flywheel.demo.collect import collect_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    collect_dataset(data_plan, root, progress=False)
-    return root / data_plan.name
+    return collect_plan(data_plan, tmp_path_factory.mktemp("data"))

@@ -2,13 +2,14 @@
 
 Plain functions and context managers, imported as `tests.support.<module>` (the
 repository root is on `sys.path`, see `pythonpath` in pyproject.toml). The
-fixtures built from them live in `tests/conftest.py`. No module here is named
-`test_*`: pytest collects no tests from them, only their doctests
+fixtures built from them live in `tests/conftest.py` and in the conftest.py of
+a suite's folder (tests/integration/infra/, registry/, monitoring/). No module
+here is named `test_*`: pytest collects no tests from them, only their doctests
 (`--doctest-modules`).
 
 Modules:
     project: a tiny flywheel project in a DVC repository, a git + DVC repository.
-    plans: the tiny data plan and model the training tests share.
+    plans: the tiny data plan and model the training tests share, a plan's dataset collected.
     tracking: a SQLite MLflow store selected through the environment.
     models: a small model logged to MLflow as training logs it.
     labeling: a real prediction log and the simulator's truth, written without a server.
@@ -18,6 +19,8 @@ Modules:
     katib: Katib's admission rules, trial pod wrapping and metrics parsing (Katib v0.17.0).
     training_operator: the PyTorchJob admission rules (Training Operator v1.8.0).
     dockerfile: infra/docker/Dockerfile read as stages and instructions.
+    registry_store: the registry tests' dataset shape, gates, store handle, blessings.
+    monitoring_stack: the monitoring stack tests' params, traffic windows, fixture handles.
 """
 
 from pathlib import Path

@@ -2,12 +2,14 @@
 
 Each test module keeps its own counts (they size what it asserts); what they
 share is the shape: a plan named "tiny" of four digit classes and the default
-strata, and a shrunk CNN that trains in seconds on CPU.
+strata, and a shrunk CNN that trains in seconds on CPU. `collect_plan` makes a
+plan's dataset with the real collector, for the `dataset` fixtures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from flywheel.config import DataPlan, ModelConfig
 
@@ -27,3 +29,11 @@ def tiny_plan(
         classes=tuple(classes),
         per_stratum={"train": train, "val": val, "test": test},
     )
+
+
+def collect_plan(plan: DataPlan, root: Path) -> Path:
+    """Collect `plan` under `root` with the real collector; its dataset folder, `root/<name>`."""
+    from flywheel.demo.collect import collect_dataset  # the collector's imports, when asked for
+
+    collect_dataset(plan, root, progress=False)
+    return root / plan.name

@@ -1,0 +1,118 @@
+"""The dashboards `flywheel ui` serves (a point per monitoring run on every panel, the version
+switch, the MLflow UI beside it, a headless Chromium screenshot), then the KFP monitor
+component, whose run adds a snapshot to the same workspace (so it comes last)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from flywheel import workflows as steps
+from flywheel.monitoring.dashboards import find_chromium, screenshot
+from tests.support.monitoring_stack import PARAMS, WINDOW, Dashboard
+
+pytestmark = pytest.mark.slow
+
+
+def _series(dashboard: Dashboard, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The data the UI plots for a panel's values (its own API)."""
+    filters = [{k: v[k] for k in ("tags", "metadata", "metric", "metric_labels")} for v in values]
+    response = httpx.post(
+        f"{dashboard.evidently_url}/api/v2/snapshots/{dashboard.project_id}/data_series_batch",
+        json={"series_filter": filters},
+        timeout=30,
+    )
+    response.raise_for_status()
+    series: list[dict[str, Any]] = response.json()["series"]
+    return series
+
+
+def test_every_dashboard_panel_has_a_point_per_monitoring_run(dashboard: Dashboard) -> None:
+    model = httpx.get(
+        f"{dashboard.evidently_url}/api/v2/dashboards/{dashboard.project_id}", timeout=30
+    ).json()
+    plotted = {p["title"]: p for p in model["panels"] if p["values"]}
+    assert {
+        "Share of drifted summary features",
+        "Embedding drift",
+        "Mean confidence",
+        "Accuracy on labelled traffic",
+        "Prediction distribution",
+        "Model version serving",
+    } <= set(plotted)
+
+    runs = len(dashboard.versions)
+    for title, panel in plotted.items():
+        series = _series(dashboard, panel["values"])
+        assert series, title
+        if title == "Accuracy on labelled traffic":  # the fifth hour has no ground truth
+            assert [v is not None for v in series[0]["values"]] == [True] * 4, title
+        elif title != "Prediction distribution":  # a label may be absent from some windows
+            assert all(len(s["values"]) == runs for s in series), title
+    features = _series(dashboard, plotted["Share of drifted summary features"]["values"])
+    share = features[0]["values"]
+    assert max(share[:2]) < PARAMS.monitor.drift_share <= min(share[2:4])
+    served = _series(dashboard, plotted["Model version serving"]["values"])[0]["values"]
+    assert served == [float(v) for v in dashboard.versions]
+    assert dashboard.versions[-1] != dashboard.versions[0]
+
+
+def test_the_mlflow_ui_runs_beside_it(dashboard: Dashboard) -> None:
+    response = httpx.get(f"{dashboard.mlflow_url}/health", timeout=30)
+
+    assert response.status_code == 200
+
+
+def test_a_headless_chromium_screenshot_shows_the_dashboard(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    if find_chromium() is None:
+        pytest.skip(
+            "no Chromium on this machine (install Debian's `chromium`, or `make screenshot`)"
+        )
+    out = screenshot(
+        f"{dashboard.evidently_url}/projects/{dashboard.project_id}", tmp_path / "d.png"
+    )
+
+    image = np.asarray(Image.open(out).convert("RGB"))  # (H, W, 3)
+    assert image.shape[:2] == (2200, 1400)
+    # The plotted series are drawn in Evidently's teal; a page without data has none of it.
+    teal = (np.abs(image.astype(int) - (0, 180, 180)).sum(axis=2) < 90).mean()
+    assert teal > 0.001, f"only {teal:.4%} of the page is series colour"
+
+
+# ------------------------------------------------------------------ component
+
+
+def test_the_monitor_component_runs_through_the_kfp_local_runner(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """The latest prediction is version 2's in-distribution hour: its window, no drift."""
+    from kfp import local
+
+    from components.monitor import monitor_drift
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "outputs")
+    )
+    params = PARAMS.model_copy(
+        update={"monitor": PARAMS.monitor.model_copy(update={"workspace": dashboard.workspace})}
+    )
+
+    task = monitor_drift(
+        params=steps.params_document(params),
+        overrides=["monitor.window_hours=1000000"],  # since 2021: the whole test log
+    )
+
+    assert task.outputs["Output"] is False
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["model_version"] == float(dashboard.versions[-1])
+    assert metrics["window_size"] == WINDOW
+    assert metrics["drift"] == 0.0
+    report = Path(task.outputs["report"].path)
+    assert "illumination_gradient" in report.read_text()  # the Evidently report of the window

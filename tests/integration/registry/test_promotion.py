@@ -1,0 +1,164 @@
+"""The registry alone, with hand-made blessings: aliases as versions are promoted and
+rolled back, clear errors, unblessed and stale blessings refused, `flywheel models`,
+and the registry lock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flywheel import registry
+from flywheel.registry import (
+    AliasNotFoundError,
+    ModelNotFoundError,
+    PromotionRefusedError,
+    RegistryLockTimeout,
+    StaleBlessingError,
+    VersionNotFoundError,
+)
+from tests.support.registry_store import Store
+from tests.support.registry_store import aliases as _aliases
+from tests.support.registry_store import bless as _bless
+from tests.support.registry_store import register_versions as _register
+
+pytestmark = pytest.mark.slow  # a real MLflow store and pt2 models: seconds, not milliseconds
+
+
+def test_promote_without_production_then_replace_keeps_previous(uses_store: Store) -> None:
+    name = "reg-basic"
+    v1, v2, v3 = _register(uses_store, name, 3)
+    assert _aliases(name) == {"candidate": v3}
+    _bless(name, v1, champion=None)
+
+    change = registry.promote(name, v1, reason="first")
+    assert (change.production, change.previous) == (v1, None)
+    assert "previous" not in _aliases(name)
+
+    _bless(name, v2, champion=v1)
+    registry.promote(name, v2, reason="second")
+    _bless(name, v3, champion=v2)
+    registry.promote(name, v3, reason="third")
+    aliases = _aliases(name)
+    assert (aliases["production"], aliases["previous"]) == (v3, v2)
+    assert registry.read_history(name, v1)[-1].action == "retire"  # dropped out of `previous`
+
+    unchanged = registry.promote(name, v3, reason="again")  # idempotent
+    assert not unchanged.changed
+    assert unchanged.previous == v2
+
+
+def test_missing_things_give_clear_errors(uses_store: Store) -> None:
+    name = "reg-missing"
+    (v1,) = _register(uses_store, name, 1)
+
+    with pytest.raises(AliasNotFoundError, match="no 'production' version"):
+        registry.rollback(name, reason="panic")
+    with pytest.raises(VersionNotFoundError, match=r"no version '7'; versions: \['1'\]"):
+        registry.promote(name, "7", reason="x")
+    with pytest.raises(VersionNotFoundError, match="not a version number"):
+        registry.promote(name, "latest", reason="x")
+    with pytest.raises(ModelNotFoundError, match="no registered model 'nope'"):
+        registry.promote("nope", "1", reason="x")
+    with pytest.raises(PromotionRefusedError, match="never evaluated") as never:
+        registry.promote(name, v1, reason="x")
+    assert never.value.failed_gates == ()
+
+    _bless(name, v1, champion=None)
+    registry.promote(name, v1, reason="first")
+    with pytest.raises(AliasNotFoundError, match="no 'previous' version to roll back to"):
+        registry.rollback(name, reason="panic")
+
+
+def test_unblessed_and_stale_blessings_are_refused(uses_store: Store) -> None:
+    name = "reg-stale"
+    v1, v2, v3 = _register(uses_store, name, 3)
+    _bless(name, v1, champion=None)
+    _bless(name, v2, champion=v1)
+    _bless(name, v3, champion=v1)
+    _bless(name, v2, champion=v1, passed=False)  # re-evaluated: revoked
+    assert _aliases(name)["staging"] == v3
+
+    with pytest.raises(PromotionRefusedError) as refused:
+        registry.promote(name, v2, reason="x")
+    assert refused.value.failed_gates == ("min_accuracy",)
+    assert "min_accuracy: fail (0.5000 >= 0.8000)" in str(refused.value)
+
+    with pytest.raises(
+        StaleBlessingError, match="blessed against champion 1, but production is now unset"
+    ):
+        registry.promote(name, v3, reason="x")  # blessed against v1, production unset
+    registry.promote(name, v1, reason="first")
+    registry.promote(name, v3, reason="judged against v1")
+    assert _aliases(name)["production"] == v3
+
+
+def test_flywheel_models_lists_versions(uses_store: Store) -> None:
+    from flywheel.cli import app
+
+    name = "reg-cli"
+    v1, v2 = _register(uses_store, name, 2)
+    client = MlflowClient()
+    client.set_model_version_tag(name, v1, "flywheel.git_commit", "feedfacecafe1234")
+    client.set_model_version_tag(name, v1, "flywheel.data_version", "0a1b2c3d4e5f.dir")
+    _bless(name, v1, champion=None)
+    _bless(name, v2, champion=None, passed=False)
+    registry.promote(name, v1, reason="first")
+
+    summaries = registry.list_versions(name)
+    assert [s.version for s in summaries] == [v2, v1]
+    assert summaries[1].aliases == ("production", "staging")
+    assert (summaries[0].blessed, summaries[1].blessed) == (False, True)
+    assert summaries[1].eval_accuracy == pytest.approx(0.9)
+    assert summaries[1].git_commit == "feedfacecafe1234"
+    assert summaries[1].last_transition is not None
+    assert summaries[1].last_transition.action == "promote"
+
+    result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split("│")[1].strip(): line
+        for line in result.output.splitlines()
+        if line.count("│") > 3 and line.split("│")[1].strip().isdigit()
+    }
+    assert set(lines) == {v1, v2}
+    assert "production" in lines[v1]
+    assert "feedfacecaf" in lines[v1]
+    assert "0.900" in lines[v1]
+    assert "no" in lines[v2]
+    assert "candidate" in lines[v2]
+
+    refused = CliRunner().invoke(app, ["promote", v2, "--model", name, "--reason", "try"])
+    assert refused.exit_code == 1
+    assert "min_accuracy" in refused.output
+
+    missing = CliRunner().invoke(app, ["rollback", "--model", name, "--reason", "x"])
+    assert missing.exit_code == 2
+    assert "no 'previous' version" in missing.output
+
+
+def test_an_abandoned_registry_lock_is_broken_and_a_live_one_waited_for(
+    uses_store: Store,
+) -> None:
+    name = "reg-lock"
+    (v1,) = _register(uses_store, name, 1)
+    _bless(name, v1, champion=None)
+    client = MlflowClient()
+    lock_name = name + registry.LOCK_SUFFIX
+    client.create_registered_model(
+        lock_name, description=json.dumps({"owner": "crashed", "expires": 0.0})
+    )
+
+    registry.promote(name, v1, reason="after a crash", lock="registry", lock_timeout=10)
+    assert _aliases(name)["production"] == v1
+    names = {m.name for m in client.search_registered_models()}
+    assert not any(n.startswith(lock_name) for n in names)  # broken, then released
+
+    client.create_registered_model(
+        lock_name, description=json.dumps({"owner": "busy-worker", "expires": 4e9})
+    )
+    with pytest.raises(RegistryLockTimeout, match="busy-worker"):
+        registry.rollback(name, reason="x", lock="registry", lock_timeout=0.5)
+    client.delete_registered_model(lock_name)

@@ -1,0 +1,76 @@
+"""What the registry tests (tests/integration/registry/) share: the store and its helpers.
+
+The store holds rule-based pt2 classifiers (built in that package's conftest)
+that read a tiny hand-made dataset exactly, each broken on chosen strata, so
+every accuracy (overall and per slice) is known in advance. Here: the shape of
+that dataset, the evaluation config with its gates, the store's handle, and
+the registry-only helpers (several versions of one model, hand-made blessings,
+the aliases as a plain mapping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from flywheel import registry
+from flywheel.config import EvaluateConfig, GatesConfig
+from flywheel.registry import Blessing, GateResult
+
+CLASSES = ("0", "1", "2")
+LEVELS = (40, 128, 215)  # pixel value of each class
+SIZE = 8
+STYLES = ("handwritten", "printed")
+NOISES = ("clean", "shadow")
+PER_STRATUM = 24  # test images per style × noise stratum (8 per class)
+CONFIG = EvaluateConfig(
+    registered_model="unused",
+    slice_columns=("style", "noise"),
+    batch_size=32,
+    calibration_bins=10,
+    gates=GatesConfig(
+        min_accuracy=0.7,
+        min_slice_accuracy=None,
+        max_slice_regression=0.05,
+        min_improvement=0.0,
+        min_slice_support=20,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A SQLite MLflow store in a temp folder, with the logged test models."""
+
+    uri: str
+    dataset: Path
+    models: dict[str, str]  # model kind → runs:/ URI
+
+
+def bless(name: str, version: str, champion: str | None, passed: bool = True) -> None:
+    """Record a hand-made blessing (registry tests do not need real evaluations)."""
+    gates = (
+        GateResult("min_accuracy", 0.9 if passed else 0.5, 0.8, ">=", passed),
+        GateResult("slice_regression[style=printed]", 0.0, 0.05, "<=", True),
+    )
+    blessing = Blessing(
+        candidate_uri=registry.model_uri(name, version),
+        champion_version=champion,
+        gates=gates,
+        split="test",
+        evaluated_at=registry.utc_now(),
+        metrics={"accuracy": 0.9 if passed else 0.5},
+    )
+    registry.record_blessing(name, version, blessing)
+
+
+def register_versions(store: Store, name: str, n: int) -> list[str]:
+    """Register the store's "first" model `n` times under `name`: `n` new versions."""
+    return [registry.register(store.models["first"], name) for _ in range(n)]
+
+
+def aliases(name: str) -> dict[str, str]:
+    """The registered model's aliases, alias → version."""
+    return {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
