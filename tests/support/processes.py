@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.monitoring.dashboards import free_port as free_port  # re-exported for the tests
 from tests.support import REPO
 
 BIN = Path(sys.executable).parent  # the environment's scripts: flywheel, mlflow, evidently, dvc
@@ -24,13 +24,6 @@ TELEMETRY_OFF = {
     "DVC_NO_ANALYTICS": "1",
     "BENTOML_DO_NOT_TRACK": "true",
 }
-
-
-def free_port() -> int:
-    """A localhost TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def replace_flag(args: list[str], flag: str, value: str) -> list[str]:

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import httpx
 
+from flywheel.monitoring.dashboards import free_port  # one OS-picked port helper
 from flywheel.serving_api import (
     ADMIN_RELOAD_PATH,
     IMAGES_FIELD,
@@ -66,13 +67,6 @@ class PredictionError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.body = body
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(host: str, port: int) -> bool:
