@@ -1,10 +1,9 @@
-"""The CLI finds `serving/` and `pipelines/` installed, or in the checkout around src/."""
+"""The CLI imports `serving/` and `pipelines/` as installed packages, or says how to get them."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,55 +14,44 @@ from flywheel.cli import composition
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def nothing_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`serving` and `pipelines` are not importable; sys.path is restored afterwards."""
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name in ("serving", "pipelines") else real(name, *a),
-    )
-    monkeypatch.setattr(sys, "path", list(sys.path))
+def test_the_service_is_served_from_the_repository_root() -> None:
+    assert composition.serving_root() == REPO
 
 
-def test_the_checkout_is_the_repository_root() -> None:
-    assert composition.CHECKOUT == REPO
-    assert composition.serving_root() == REPO  # found installed or on the path: the same folder
-
-
-@pytest.mark.usefixtures("nothing_installed")
-def test_without_an_install_both_come_from_the_checkout(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    for path in ("serving/service.py", "pipelines/catalog.py"):
-        (tmp_path / path).parent.mkdir()
-        (tmp_path / path).write_text("")
-    monkeypatch.setattr(composition, "CHECKOUT", tmp_path)
-
-    assert composition.serving_root() == tmp_path
-    composition.import_pipelines()
-    assert sys.path[0] == str(tmp_path)
-
-
-@pytest.mark.usefixtures("nothing_installed")
-@pytest.mark.parametrize(
-    ("find", "package"),
-    [(composition.serving_root, "serving"), (composition.import_pipelines, "pipelines")],
-)
-def test_neither_installed_nor_in_the_checkout_exits_2_naming_the_package(
-    find: Callable[[], object],
-    package: str,
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_install_maps_the_three_packages_and_nothing_else_of_the_checkout(
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(composition, "CHECKOUT", tmp_path)
+    # A fresh interpreter outside the checkout, without pytest's `pythonpath`.
+    probe = (
+        "import importlib.util as u, sys\n"
+        "for name in ('serving', 'pipelines', 'components'):\n"
+        "    print(name, u.find_spec(name).origin)\n"
+        "print('tests', u.find_spec('tests') is not None)\n"
+        "print('path', any(p.rstrip('/') == sys.argv[1] for p in sys.path))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+    assert out[:3] == [
+        f"{name} {REPO / name / '__init__.py'}" for name in ("serving", "pipelines", "components")
+    ]
+    assert out[3:] == ["tests False", "path False"]
+
+
+@pytest.mark.parametrize("package", ["serving", "pipelines"])
+def test_a_package_not_installed_exits_2_naming_it(
+    package: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # what `import` sees when it is absent
 
     with pytest.raises(typer.Exit) as caught:
-        find()
+        composition.require(package)
 
     assert caught.value.exit_code == 2
-    assert capsys.readouterr().err == (
-        f"error: the `{package}` package is neither installed nor beside src/\n"
-    )
+    assert capsys.readouterr().err.startswith(f"error: the `{package}` package is not installed")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.composition import import_pipelines
+from flywheel.cli.composition import require
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 
@@ -55,7 +55,7 @@ PackageDirOpt = Annotated[
 
 def pipeline_entry(name: str, *, runnable: bool) -> Any:
     """The catalog entry `name`; with `runnable`, refuse a pipeline whose steps are not built."""
-    import_pipelines()
+    require("pipelines")
     from pipelines.catalog import get_pipeline
 
     try:
@@ -291,7 +291,7 @@ def pipeline_compile(
     must exist in the namespace the pipeline runs in. Upload the file in the KFP
     UI or use `submit`.
     """
-    import_pipelines()
+    require("pipelines")
     from flywheel.env import component_image
     from pipelines.catalog import PIPELINES
 
@@ -358,7 +358,7 @@ def pipeline_submit(
     from datetime import UTC, datetime
 
     entry = pipeline_entry(name, runnable=True)
-    from pipelines.cluster import kfp_cron  # importable once pipeline_entry has found pipelines/
+    from pipelines.cluster import kfp_cron
 
     if recurring != (cron is not None):
         raise typer.BadParameter("--recurring and --cron go together", param_hint="--cron")
