@@ -16,6 +16,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK             := 1
 export DVC_NO_ANALYTICS         := 1
 export BENTOML_DO_NOT_TRACK     := true
+# PyTorch's OpenMP threads sleep instead of spinning: training stays fast on a busy machine.
+export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy ui screenshot

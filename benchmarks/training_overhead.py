@@ -45,13 +45,25 @@ shared machine, the ratio of the best (fastest) epoch or run of each side:
 
     .venv/bin/python benchmarks/training_overhead.py                 # 4 epochs, 3 repeats
     .venv/bin/python benchmarks/training_overhead.py --epochs 8 --repeats 5 --threads 2
+
+**On a busy machine** (`--busy N`): the platform side alone, in fresh
+processes, idle and beside N CPU-bound busy loops (bounded, killed after each
+run), with OpenMP's wait policy as PyTorch leaves it (unset: threads spin
+before they sleep) and as the platform's entry points set it (`PASSIVE`,
+`flywheel.env.CPU_SHARING`). The ratio busy/idle of the train-phase epoch
+time is compared with N + 1, what a fair share of the cores would give:
+
+    .venv/bin/python benchmarks/training_overhead.py --busy 4 --epochs 2 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -380,6 +392,74 @@ def report(
     return table
 
 
+# ------------------------------------------------------------------ on a busy machine
+
+WAIT_POLICIES = {"unset (PyTorch's default)": None, "PASSIVE (the platform's)": "PASSIVE"}
+BUSY_LOOP = "while True: pass"
+
+
+def probe(params: Params, dataset_dir: Path, work: Path) -> list[float]:
+    """One platform run after a 1-epoch warm-up: its train-phase seconds per epoch."""
+    warm = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 1})})
+    run_platform(warm, dataset_dir, work, PLATFORM)
+    return run_platform(params, dataset_dir, work, PLATFORM).clock.train_seconds()
+
+
+def probe_in_child(args: argparse.Namespace, policy: str | None, busy: int) -> float:
+    """Median train-phase s/epoch of `probe` in a fresh process with `policy`, beside `busy` loops.
+
+    A fresh process because OpenMP reads its wait policy once, when torch loads.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    command = [sys.executable, __file__, "--probe", "--params", str(args.params)]
+    command += ["--epochs", str(args.epochs), "--threads", str(args.threads)]
+    if args.dataset is not None:
+        command += ["--dataset", str(args.dataset)]
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    try:
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    return statistics.median(json.loads(out.stdout.splitlines()[-1]))
+
+
+def busy_report(args: argparse.Namespace, console: Console) -> Table:
+    """Idle and busy epoch times per wait policy, rounds interleaved; ratios against N + 1."""
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.repeats):
+        for name, policy in WAIT_POLICIES.items():
+            for busy in (0, args.busy):
+                value = probe_in_child(args, policy, busy)
+                seconds.setdefault((name, busy), []).append(value)
+                console.log(
+                    f"round {r + 1}/{args.repeats} {name}, {busy} busy: {value:.2f} s/epoch"
+                )
+    table = Table(
+        title=(
+            f"training beside {args.busy} busy loops on {os.cpu_count()} cores: train-phase "
+            f"s/epoch, {args.threads} torch threads, median of {args.repeats} runs"
+        ),
+        caption=f"fair share: busy/idle at most N + 1 = {args.busy + 1}",
+    )
+    for column in ("OpenMP wait policy", "idle s/epoch", "busy s/epoch", "busy/idle", "vs N+1"):
+        table.add_column(column, justify="left" if column.startswith("OpenMP") else "right")
+    for name in WAIT_POLICIES:
+        idle = statistics.median(seconds[(name, 0)])
+        busy = statistics.median(seconds[(name, args.busy)])
+        table.add_row(
+            name,
+            f"{idle:.2f}",
+            f"{busy:.2f}",
+            f"{busy / idle:.1f}",
+            f"{busy / idle / (args.busy + 1):.2f}×",
+        )
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, run the rounds, print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -388,7 +468,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--busy", type=int, default=0, help="the busy-machine case beside N busy loops (1-16)"
+    )
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # a --busy child
     args = parser.parse_args(argv)
+    if args.busy:
+        if not 1 <= args.busy <= 16:
+            parser.error("--busy takes 1 to 16 busy loops")
+        console = Console(width=max(Console().width, 120))
+        console.print(busy_report(args, console))
+        return
 
     disable_telemetry()
     torch.set_num_threads(args.threads)  # one process: identical for every side
@@ -400,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="flywheel-overhead-") as tmp, tracking_store(Path(tmp)):
+        if args.probe:
+            print(json.dumps(probe(params, dataset_dir, Path(tmp))))
+            return
         runs = benchmark(params, dataset_dir, args.repeats, Path(tmp), console)
     console.print(report(runs, params, args.repeats, (load_before, os.getloadavg()[0])))
 

@@ -126,12 +126,14 @@ class Flywheel:
     """
 
     def __init__(self) -> None:
+        from flywheel.env import configure_process
+
+        configure_process()  # before torch loads OpenMP
+
         import torch
 
-        from flywheel.env import disable_telemetry
         from flywheel.monitoring.prediction_log import PredictionLogger, predictions_dir
 
-        disable_telemetry()
         self.params = service_params()
         self.config = self.params.serve
         torch.set_num_threads(self.config.torch_threads)  # the process's intra-op pool

@@ -8,7 +8,10 @@ Module-scoped fixtures are built once per test module that asks for them:
   overrides it at package scope, e.g. tests/integration/monitoring/).
 
 Every test run loads this file, a single unit test's too: heavy libraries are
-imported inside the fixtures that need them.
+imported inside the fixtures that need them. Like the product's entry points,
+the test process turns telemetry off and lets PyTorch's OpenMP threads sleep
+instead of spin (`flywheel.env.configure_process`) before anything imports
+torch; the servers and steps the tests start inherit it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import DataPlan
+from flywheel.env import configure_process
 from tests.support.plans import collect_plan
 from tests.support.tracking import tracking_env
+
+configure_process()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,32 @@ def disable_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+CPU_SHARING: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Environment that keeps PyTorch's CPU threads from spin-waiting on a shared machine.
+
+PyTorch's CPU build runs its intra-op threads on GNU OpenMP, whose threads spin
+after each parallel region before they sleep. On a machine with other
+CPU-bound work (a CI runner, a laptop, a shared node) a spinning thread takes
+the core from the one that has work, and every barrier waits for a
+descheduled thread: one training step became 10-40x slower with 4 busy
+processes on 2 cores (`benchmarks/training_overhead.py --busy 4`). `PASSIVE`
+makes finished threads sleep at once; on an idle machine it costs nothing
+measurable. OpenMP reads it once, when torch is imported: entry points set it
+before that (`configure_process`), the image sets it in its environment.
+"""
+
+
+def configure_process() -> None:
+    """What every entry point (the CLI, the service) sets up first, before torch is imported.
+
+    Telemetry off (`disable_telemetry`) and `CPU_SHARING`; values already set
+    by the user win.
+    """
+    disable_telemetry()
+    for key, value in CPU_SHARING.items():
+        os.environ.setdefault(key, value)
+
+
 def state_dir() -> Path:
     """Local state of the embedded default (MLflow store, GX context, Evidently workspace).
 

@@ -12,7 +12,7 @@ import typer
 
 from flywheel.cli import data, demo, loop, pipeline, registry, serving, training
 from flywheel.cli.console import err_console
-from flywheel.env import disable_telemetry
+from flywheel.env import configure_process
 
 app = typer.Typer(
     name="flywheel",
@@ -34,7 +34,7 @@ app.add_typer(pipeline.commands, name="pipeline")
 
 @app.callback()
 def _main() -> None:
-    disable_telemetry()
+    configure_process()
 
 
 def main() -> None:

@@ -96,14 +96,14 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser, params: Path) -> None
 def open_sandbox(args: argparse.Namespace, prefix: str, say: Say = print) -> Iterator[Sandbox]:
     """A temporary folder with the model to serve (`add_sandbox_arguments`' options).
 
-    Telemetry is turned off first; the folder is removed at the end unless `--keep`.
+    Telemetry is turned off and OpenMP set to share the CPU first (`configure_process`); the folder is removed at the end unless `--keep`.
 
     Raises:
         SandboxError: see `prepare_model`.
     """
-    from flywheel.env import disable_telemetry
+    from flywheel.env import configure_process
 
-    disable_telemetry()
+    configure_process()
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         uri, name, version = prepare_model(
