@@ -27,6 +27,7 @@ from tests.support.katib import (
     substitute_trial_parameters,
 )
 from tests.support.plans import tiny_plan
+from tests.support.postgres import postgres_server
 from tests.support.processes import (
     BIN,
     free_port,
@@ -42,23 +43,39 @@ from tests.support.processes import (
 def test_mlflow_server_as_deployed_answers_the_in_cluster_name(
     rendered: dict[str, list[Doc]], tmp_path: Path
 ) -> None:
-    """`mlflow server` with the Deployment's arguments and environment.
+    """`mlflow server` with the Deployment's arguments and environment, on a real PostgreSQL.
 
-    PostgreSQL and S3 are swapped for a SQLite file and a folder (the only
-    changes, with the port and one worker for two CPU cores). MLflow 3 refuses
-    Host headers it does not know; the cluster calls it by the Service name.
+    The backend store URI is the manifest's, assembled from the Secret as the
+    kubelet does, with only the Service's host swapped for the local server
+    (its role and database created as the Secret names them). Artifacts go to
+    a folder, the port is free and one worker serves (two CPU cores). MLflow 3
+    refuses Host headers it does not know; the cluster calls it by the Service
+    name.
     """
     docs = rendered["local"]
     pod = find(docs, "Deployment", "flywheel-mlflow")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = resolve_env(
-        container,
-        docs,
-        {
-            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
-        },
+    as_deployed = urlsplit(resolve_env(container, docs, {})["MLFLOW_BACKEND_STORE_URI"])
+    assert (as_deployed.scheme, as_deployed.hostname) == (
+        "postgresql+psycopg2",
+        "flywheel-postgres",
     )
+    with postgres_server() as postgres:
+        database, role = as_deployed.path.lstrip("/"), as_deployed.username
+        postgres.createdb(database, owner=role)
+        local = f"{role}:{as_deployed.password}@{postgres.host}:{postgres.port}"
+        env = resolve_env(
+            container,
+            docs,
+            {
+                "MLFLOW_BACKEND_STORE_URI": as_deployed._replace(netloc=local).geturl(),
+                "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+            },
+        )
+        _serve_and_probe(container, docs, env, tmp_path)
+
+
+def _serve_and_probe(container: Doc, docs: list[Doc], env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     args = [expand(a, env) for a in container["args"]]
     args = replace_flag(replace_flag(args, "--port", str(port)), "--workers", "1")
@@ -81,15 +98,20 @@ def test_mlflow_server_as_deployed_answers_the_in_cluster_name(
         in_cluster = urlsplit(
             find(docs, "ConfigMap", "flywheel-config")["data"]["MLFLOW_TRACKING_URI"]
         )
-        status, body = http_get(api, host=in_cluster.netloc)
+        # Generous: the first queries after start can take seconds on a busy machine.
+        status, body = http_get(api, host=in_cluster.netloc, timeout=60)
         assert status == 200, body[:300]
         assert "experiments" in json.loads(body)
         assert (
-            http_get(api, host=f"{in_cluster.hostname}.flywheel.svc.cluster.local:5000")[0] == 200
+            http_get(
+                api, host=f"{in_cluster.hostname}.flywheel.svc.cluster.local:5000", timeout=60
+            )[0]
+            == 200
         )
-        assert http_get(api, host="rebinding.example.com:5000")[0] == 403
+        assert http_get(api, host="rebinding.example.com:5000", timeout=60)[0] == 403
         # Kubelet probes come with the pod IP as Host: the health path must not care.
-        assert http_get(f"http://127.0.0.1:{port}{probe}", host="10.244.1.7:5000")[0] == 200
+        health = f"http://127.0.0.1:{port}{probe}"
+        assert http_get(health, host="10.244.1.7:5000", timeout=60)[0] == 200
     finally:
         stop(server)
 
