@@ -89,6 +89,9 @@ class DecodedBatch:
             diverse curation).
         probabilities: `(N, K)` float64, a distribution over `classes` per
             sample; None for a task whose prediction is not one class per sample.
+        predictions: `(N, ...)` the task's own prediction per sample, for its
+            `Task.evaluation_metrics` (a count, an object array of boxes); None
+            when `labels` and `probabilities` say it all (classification).
     """
 
     classes: tuple[str, ...]
@@ -96,6 +99,7 @@ class DecodedBatch:
     confidence: np.ndarray
     embedding: np.ndarray
     probabilities: np.ndarray | None = None
+    predictions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -139,6 +143,7 @@ class DecodedBatch:
             confidence=self.confidence[mask],
             embedding=self.embedding[mask],
             probabilities=None if self.probabilities is None else self.probabilities[mask],
+            predictions=None if self.predictions is None else self.predictions[mask],
         )
 
     @classmethod
@@ -153,16 +158,21 @@ class DecodedBatch:
         first = parts[0]
         if any(p.classes != first.classes for p in parts):
             raise ValueError("cannot concatenate outputs over different classes")
-        probabilities = [p.probabilities for p in parts]
         return cls(
             classes=first.classes,
             labels=tuple(label for p in parts for label in p.labels),
             confidence=np.concatenate([p.confidence for p in parts]),
             embedding=np.concatenate([p.embedding for p in parts]),
-            probabilities=None
-            if any(p is None for p in probabilities)
-            else np.concatenate([p for p in probabilities if p is not None]),
+            probabilities=_concat_optional([p.probabilities for p in parts]),
+            predictions=_concat_optional([p.predictions for p in parts]),
         )
+
+
+def _concat_optional(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The arrays one after the other, or None when any part has none."""
+    if any(a is None for a in arrays):
+        return None
+    return np.concatenate([a for a in arrays if a is not None])
 
 
 class MetricsError(ValueError):
