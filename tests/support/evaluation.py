@@ -33,7 +33,8 @@ def classification_report(
     `evaluate_predictions` (`slice_columns`, `n_bins`, `model_uri`, `split`, ...).
 
     >>> report = classification_report(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 0]),
-    ...                                pd.DataFrame({"style": ["a", "b"]}), ("x", "y"),
+    ...                                pd.DataFrame({"style": ["a", "b"], "image_id": ["1", "2"]}),
+    ...                                ("x", "y"),
     ...                                slice_columns=("style",), n_bins=10)
     >>> report.overall["accuracy"], report.slices["style=a"]["accuracy"]
     (0.5, 1.0)
