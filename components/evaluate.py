@@ -28,8 +28,10 @@ def evaluate_model(
         min_accuracy: evaluate.gates.min_accuracy.
         dataset: the validated dataset (its frozen test split is evaluated).
         model: the registered candidate version.
-        metrics: accuracy overall and per slice, the champion's, the verdict.
-        confusion: the candidate's confusion matrix on the test split.
+        metrics: the task's metrics overall, its primary metric (accuracy) per
+            slice, the champion's, the verdict.
+        confusion: the candidate's confusion matrix on the test split (for a
+            task that computes one).
         report: the evaluation report (tables, gates, per-slice bars, confusion matrix).
     """
     from pathlib import Path
@@ -47,5 +49,6 @@ def evaluate_model(
     )
     for name, value in judgement.scalars.items():
         metrics.log_metric(name, value)
-    confusion.log_confusion_matrix(list(judgement.classes), judgement.confusion)
+    if judgement.confusion:  # a task without a confusion matrix leaves the artifact empty
+        confusion.log_confusion_matrix(list(judgement.classes), judgement.confusion)
     return judgement.blessed

@@ -21,6 +21,7 @@ Modules:
     dockerfile: infra/docker/Dockerfile read as stages and instructions.
     registry_store: the registry tests' dataset shape, gates, store handle, blessings.
     monitoring_stack: the monitoring stack tests' params, traffic windows, fixture handles.
+    evaluation: evaluation reports from hand-made class probabilities, through the real task.
 """
 
 from pathlib import Path

@@ -1,8 +1,13 @@
-"""The pure core of evaluation: metrics, calibration, slices, gates, the blessing record."""
+"""The pure core of evaluation on classification: slices, the report, gates, the blessing record.
+
+Classification's metrics themselves are tested in test_classification_metrics.py;
+the same evaluation path with another task in test_evaluation_second_task.py.
+"""
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,14 +18,12 @@ from flywheel.evaluation import (
     EvaluationError,
     EvaluationReport,
     check_gates,
-    classification_metrics,
-    evaluate_predictions,
-    expected_calibration_error,
     plot_confusion_matrix,
-    plot_slice_accuracy,
+    plot_slice_metric,
     slice_masks,
 )
 from flywheel.registry import Blessing, GateResult
+from tests.support.evaluation import classification_report
 
 CLASSES = ("a", "b", "c")
 
@@ -33,97 +36,136 @@ def _probs(predicted: list[int], confidence: float | list[float], k: int = 3) ->
     return out
 
 
-# ------------------------------------------------------------------ metrics
+# --------------------------------------------- regression: today's numbers
 
-
-@pytest.mark.parametrize(
-    ("predicted", "labels", "confidence", "accuracy", "macro_f1", "ece"),
+FIXED_PROBS = np.array(
     [
-        # perfect and fully confident: calibrated
-        ([0, 1, 2, 0], [0, 1, 2, 0], 1.0, 1.0, 1.0, 0.0),
-        # always wrong, fully confident: worst calibration
-        ([1, 2, 0], [0, 1, 2], 1.0, 0.0, 0.0, 1.0),
-        # right half the time at confidence 0.5: calibrated
-        ([0, 0, 1, 1], [0, 1, 1, 0], 0.5, 0.5, 0.5, 0.0),
-        # a constant predictor: F1 only for the predicted class (2/3 · ... averaged over 3)
-        ([0, 0, 0], [0, 1, 2], 0.8, 1 / 3, (2 * (1 / 3) / (1 / 3 + 1)) / 3, 0.8 - 1 / 3),
-    ],
+        [0.70, 0.20, 0.10],
+        [0.10, 0.80, 0.10],
+        [0.30, 0.30, 0.40],
+        [0.50, 0.40, 0.10],
+        [0.05, 0.90, 0.05],
+        [0.20, 0.25, 0.55],
+        [0.60, 0.30, 0.10],
+        [0.34, 0.33, 0.33],
+    ]
 )
-def test_classification_metrics_table(
-    predicted: list[int],
-    labels: list[int],
-    confidence: float,
-    accuracy: float,
-    macro_f1: float,
-    ece: float,
-) -> None:
-    metrics = classification_metrics(
-        _probs(predicted, confidence), np.array(labels), CLASSES, n_bins=10
+FIXED_LABELS = np.array([0, 1, 2, 1, 1, 2, 2, 0])
+FIXED_FRAME = pd.DataFrame(
+    {"style": ["printed", "handwritten"] * 4, "image_id": [f"i{i}" for i in range(8)]}
+)
+
+
+def _fixed(probs: np.ndarray, model: str) -> EvaluationReport:
+    return classification_report(
+        probs,
+        FIXED_LABELS,
+        FIXED_FRAME,
+        CLASSES,
+        slice_columns=("style",),
+        n_bins=5,
+        model_uri=model,
     )
 
-    assert metrics.n == len(labels)
-    assert metrics.accuracy == pytest.approx(accuracy)
-    assert metrics.macro_f1 == pytest.approx(macro_f1)
-    assert metrics.ece == pytest.approx(ece)
+
+def test_classification_keeps_its_metric_names_values_and_gates() -> None:
+    """The numbers evaluation gave before it talked to the Task hook, on a fixed table."""
+    report = _fixed(FIXED_PROBS, "cand")
+    champion = _fixed(np.eye(3)[[0, 1, 2, 1, 0, 2, 2, 0]] * 0.7 + 0.1, "champ")
+
+    assert report.mlflow_metrics() == pytest.approx(
+        {
+            "test_accuracy": 0.75,
+            "test_macro_f1": 0.7555555555555555,
+            "test_ece": 0.31375,
+            "test_images": 8.0,
+            "test_f1/class_a": 2 / 3,
+            "test_f1/class_b": 0.8,
+            "test_f1/class_c": 0.8,
+            "test_accuracy/style:handwritten": 0.75,
+            "test_macro_f1/style:handwritten": 0.7777777777777777,
+            "test_ece/style:handwritten": 0.2275,
+            "test_accuracy/style:printed": 0.75,
+            "test_macro_f1/style:printed": 0.7777777777777777,
+            "test_ece/style:printed": 0.4,
+        }
+    )
+    raw = report.to_dict()
+    assert list(raw["overall"]) == ["n", "accuracy", "macro_f1", "ece", "per_class", "confusion"]
+    assert raw["overall"]["per_class"]["b"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": 0.8,
+        "support": 3,
+    }
+    assert raw["overall"]["confusion"] == [[2, 0, 0], [1, 2, 0], [1, 0, 2]]
+    assert raw["slices"]["style=printed"]["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert report.slice_table().columns.tolist() == ["slice", "n", "accuracy", "macro_f1", "ece"]
+
+    blessing = check_gates(
+        report,
+        champion,
+        GatesConfig(
+            min_accuracy=0.5,
+            min_macro_f1=0.5,
+            max_ece=0.2,
+            min_slice_accuracy=0.6,
+            min_slice_support=1,
+        ),
+        champion_version="1",
+    )
+
+    assert [(g.name, g.value, g.comparison, g.passed, g.detail) for g in blessing.gates] == [
+        ("min_accuracy", 0.75, ">=", True, "6/8 correct"),
+        ("min_macro_f1", pytest.approx(0.7555555555555555), ">=", True, ""),
+        ("max_ece", pytest.approx(0.31375), "<=", False, "5 bins"),
+        ("min_slice_accuracy[style=handwritten]", 0.75, ">=", True, "4 images"),
+        ("min_slice_accuracy[style=printed]", 0.75, ">=", True, "4 images"),
+        (
+            "slice_regression[style=handwritten]",
+            0.25,
+            "<=",
+            False,
+            "candidate 0.7500 vs champion 1.0000 on 4 images",
+        ),
+        (
+            "slice_regression[style=printed]",
+            0.0,
+            "<=",
+            True,
+            "candidate 0.7500 vs champion 0.7500 on 4 images",
+        ),
+        ("beats_champion", -0.125, ">=", False, "candidate 0.7500 vs champion 0.8750 (version 1)"),
+    ]
+    assert blessing.metrics == pytest.approx(
+        {
+            "accuracy": 0.75,
+            "macro_f1": 0.7555555555555555,
+            "ece": 0.31375,
+            "images": 8.0,
+            "champion_accuracy": 0.875,
+        }
+    )
 
 
-def test_per_class_metrics_and_confusion_matrix() -> None:
-    labels = np.array([0, 0, 0, 1, 1, 2])
-    predicted = [0, 0, 1, 1, 2, 2]
+def test_a_gate_on_a_metric_the_task_lacks_is_an_error_not_a_pass() -> None:
+    report = _fixed(FIXED_PROBS, "cand")
+    values = {"accuracy": report.overall["accuracy"]}  # a task computing accuracy alone
+    bare = replace(
+        report,
+        task="bare",
+        overall=replace(report.overall, values=values),
+        slices={
+            n: replace(m, values={"accuracy": m["accuracy"]}) for n, m in report.slices.items()
+        },
+    )
 
-    metrics = classification_metrics(_probs(predicted, 0.9), labels, CLASSES, n_bins=5)
-
-    a, b, c = (metrics.per_class[name] for name in CLASSES)
-    assert (a.precision, a.recall, a.support) == (1.0, pytest.approx(2 / 3), 3)
-    assert (b.precision, b.recall, b.support) == (0.5, 0.5, 2)
-    assert (c.precision, c.recall, c.f1) == (0.5, 1.0, pytest.approx(2 / 3))
-    assert metrics.confusion == ((2, 1, 0), (0, 1, 1), (0, 0, 1))
-    assert metrics.to_dict()["per_class"]["a"]["support"] == 3
-
-
-def test_a_class_absent_from_a_slice_has_zero_support_not_an_error() -> None:
-    metrics = classification_metrics(_probs([0, 0], 0.9), np.array([0, 0]), CLASSES, n_bins=5)
-
-    assert metrics.per_class["c"].support == 0
-    assert metrics.macro_f1 == 1.0  # over the classes present
-
-
-@pytest.mark.parametrize(
-    ("confidence", "correct", "n_bins", "expected"),
-    [
-        ([0.9, 0.6], [True, False], 10, (0.1 + 0.6) / 2),  # separate bins
-        ([0.9, 0.6], [True, False], 1, abs(0.5 - 0.75)),  # one bin: |mean acc - mean conf|
-        ([0.5, 0.5], [True, True], 2, 0.5),  # 0.5 belongs to the lower bin (0, 0.5]
-        ([0.55, 0.95], [True, False], 2, abs(0.5 - 0.75)),  # both in (0.5, 1]
-        ([1.0, 1.0, 1.0, 1.0], [True, True, True, False], 15, 0.25),
-    ],
-)
-def test_expected_calibration_error_table(
-    confidence: list[float], correct: list[bool], n_bins: int, expected: float
-) -> None:
-    probs = np.stack([[c, 1 - c] for c in confidence])  # (N, 2), class 0 predicted
-    labels = np.where(correct, 0, 1)
-
-    assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("probs", "labels", "message"),
-    [
-        (np.array([[2.0, -1.0, 0.5]]), np.array([0]), r"row 0: .* are not probabilities .* logits"),
-        (np.array([[0.5, 0.5]]), np.array([0]), r"expected probabilities \(N, 3\)"),
-        (np.full((2, 3), 1 / 3), np.array([0]), r"expected labels \(2,\)"),
-        (np.full((2, 3), 1 / 3), np.array([0, 3]), r"row 1: label 3 is not in \[0, 3\)"),
-        (np.full((1, 3), 1 / 3), np.array([0.0]), "integer class indices"),
-        (np.empty((0, 3)), np.array([], dtype=int), "no predictions"),
-        (np.array([[np.nan, 0.5, 0.5]]), np.array([0]), "row 0"),
-    ],
-)
-def test_bad_inputs_fail_with_the_offending_row(
-    probs: np.ndarray, labels: np.ndarray, message: str
-) -> None:
-    with pytest.raises(EvaluationError, match=message):
-        classification_metrics(probs, labels, CLASSES, n_bins=10)
+    assert check_gates(bare, None, GatesConfig(min_accuracy=0.5)).blessed
+    with pytest.raises(
+        EvaluationError,
+        match=r"max_ece judges 'ece', which task 'bare' does not compute \(it computes \['accu",
+    ):
+        check_gates(bare, None, GatesConfig(min_accuracy=0.5, max_ece=0.2))
 
 
 # ------------------------------------------------------------------- slices
@@ -168,7 +210,7 @@ def _report(wrong: dict[str, int], per_stratum: int = 25, model: str = "m") -> E
             rows.append({"style": style, "noise": noise, "image_id": f"{style}-{noise}-{i}"})
             labels.append(label)
             predicted.append((label + 1) % 3 if i < errors else label)
-    return evaluate_predictions(
+    return classification_report(
         _probs(predicted, 0.9),
         np.array(labels),
         pd.DataFrame(rows),
@@ -182,17 +224,17 @@ def _report(wrong: dict[str, int], per_stratum: int = 25, model: str = "m") -> E
 def test_evaluate_predictions_reports_every_slice() -> None:
     report = _report({"handwritten/shadow": 25, "printed/clean": 5})
 
-    assert report.overall.accuracy == pytest.approx(70 / 100)
-    assert report.slices["style=handwritten"].accuracy == 0.5
-    assert report.slices["noise=clean"].accuracy == pytest.approx(45 / 50)
-    assert report.slices["style=handwritten,noise=shadow"].accuracy == 0.0
+    assert report.overall["accuracy"] == pytest.approx(70 / 100)
+    assert report.slices["style=handwritten"]["accuracy"] == 0.5
+    assert report.slices["noise=clean"]["accuracy"] == pytest.approx(45 / 50)
+    assert report.slices["style=handwritten,noise=shadow"]["accuracy"] == 0.0
     assert report.slices["style=printed,noise=clean"].n == 25
     table = report.slice_table().set_index("slice")
     assert table.loc["all", "n"] == 100
     assert table.loc["style=printed", "accuracy"] == pytest.approx(45 / 50)
     metrics = report.mlflow_metrics()
     assert metrics["test_accuracy/style:handwritten.noise:shadow"] == 0.0
-    assert metrics["test_f1/class_a"] == report.overall.per_class["a"].f1
+    assert metrics["test_f1/class_a"] == report.overall.per_class["a"]["f1"]
 
 
 # -------------------------------------------------------------------- gates
@@ -385,13 +427,13 @@ def test_pictures_render_to_png() -> None:
 
     for figure in (
         plot_confusion_matrix(candidate.overall, CLASSES),
-        plot_slice_accuracy(candidate, champion, min_slice_accuracy=0.6),
-        plot_slice_accuracy(candidate),
+        plot_slice_metric(candidate, champion, min_slice_accuracy=0.6),
+        plot_slice_metric(candidate),
     ):
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         assert buffer.getvalue().startswith(b"\x89PNG")
-    bars = plot_slice_accuracy(candidate, champion).axes[0]
+    bars = plot_slice_metric(candidate, champion).axes[0]
     labels = [t.get_text() for t in bars.get_yticklabels()]
     assert labels[0] == "all (n=100)"
     assert "style=handwritten,noise=clean (n=25)" in labels

@@ -14,9 +14,9 @@ from flywheel.evaluation import (
     EvaluationError,
     EvaluationReport,
     check_gates,
-    evaluate_predictions,
     has_split,
 )
+from tests.support.evaluation import classification_report
 
 CLASSES = ("a", "b")
 
@@ -29,7 +29,7 @@ def _report(n: int, wrong: int, split: str, model: str = "m", prefix: str = "") 
     frame = pd.DataFrame(
         {"style": "printed", "noise": "clean", "image_id": [f"{prefix}{i}" for i in range(n)]}
     )
-    return evaluate_predictions(
+    return classification_report(
         probs,
         labels,
         frame,

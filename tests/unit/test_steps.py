@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from flywheel.config import ConfigError, DataPlan, GatesConfig, Params, TrainConfig
-from flywheel.evaluation import EvaluationOutcome, check_gates, evaluate_predictions
+from flywheel.evaluation import EvaluationOutcome, check_gates
 from flywheel.evaluation.report import render_evaluation_html
 from flywheel.workflows import (
     FIRST_CLASS_PARAMETERS,
@@ -35,6 +35,7 @@ from flywheel.workflows import (
 from pipelines.arguments import pipeline_arguments, split_overrides
 from pipelines.cluster import kfp_cron
 from pipelines.local import local_run_environment, new_run_id
+from tests.support.evaluation import classification_report
 
 PARAMS = Params(
     data=DataPlan(name="tiny", classes=("0", "1", "2")),
@@ -187,7 +188,7 @@ def _outcome(with_champion: bool) -> EvaluationOutcome:
         return probs
 
     def report(accuracy: float, uri: str) -> Any:
-        return evaluate_predictions(
+        return classification_report(
             predict(accuracy),
             labels,
             frame,
@@ -215,11 +216,11 @@ def test_evaluation_scalars_hold_overall_slices_champion_and_verdict() -> None:
 
     scalars = evaluation_scalars(outcome)
 
-    assert scalars["accuracy"] == outcome.report.overall.accuracy
+    assert scalars["accuracy"] == outcome.report.overall["accuracy"]
     assert scalars["images"] == 40.0
-    assert scalars["accuracy[style=printed]"] == outcome.report.slices["style=printed"].accuracy
+    assert scalars["accuracy[style=printed]"] == outcome.report.slices["style=printed"]["accuracy"]
     assert scalars["images[noise=blur]"] == 20.0
-    assert scalars["champion_accuracy"] == outcome.champion.overall.accuracy
+    assert scalars["champion_accuracy"] == outcome.champion.overall["accuracy"]
     assert scalars["blessed"] == float(outcome.blessing.blessed)
     assert scalars["gates_failed"] == len(outcome.blessing.failed_gates)
     assert all(isinstance(v, float) for v in scalars.values())
@@ -245,8 +246,8 @@ def test_slice_rows_read_the_scalars_back_in_a_stable_order() -> None:
     assert len(rows) == 1 + len(outcome.report.slices)
     by_name = {r.name: r for r in rows}
     for name, m in outcome.report.slices.items():
-        assert (by_name[name].images, by_name[name].accuracy) == (m.n, m.accuracy)
-        assert by_name[name].champion_accuracy == champion.slices[name].accuracy
+        assert (by_name[name].images, by_name[name].accuracy) == (m.n, m["accuracy"])
+        assert by_name[name].champion_accuracy == champion.slices[name]["accuracy"]
 
 
 def test_slice_rows_without_a_champion_leave_its_column_empty() -> None:

@@ -12,8 +12,10 @@ that still asks for one fails here.
   `(B, 3)` = embedding (mean, std) then one logit; it has class probabilities,
   so every consumer accepts it.
 * `BrightnessTask`: predicts the brightness as a number, with no class per
-  sample; consumers that only make sense on class probabilities (evaluation,
-  the committee, serving's ranked answer) refuse it by name, the others take it.
+  sample; consumers that only make sense on class probabilities (the
+  committee, serving's ranked answer, and the evaluation it inherits, which
+  scores class probabilities) refuse it by name, the others take it. A task
+  with metrics of its own is evaluated: test_evaluation_second_task.py.
 """
 
 from __future__ import annotations
@@ -38,8 +40,17 @@ from flywheel.evaluation import EvaluationError, evaluate_model, load_task
 from flywheel.monitoring.prediction_log import PredictionLogger, read_predictions
 from flywheel.monitoring.reference import compute_reference, embedding_columns
 from flywheel.monitoring.replay import replay_images
-from flywheel.tasks import TASKS, DecodedBatch, ManifestDataset, MetricAccumulator, Task, get_task
+from flywheel.tasks import (
+    TASKS,
+    DecodedBatch,
+    ManifestDataset,
+    MetricAccumulator,
+    SplitMetrics,
+    Task,
+    get_task,
+)
 from flywheel.tasks.base import Direction, ImageLike
+from flywheel.tasks.classification_metrics import classification_metrics
 from serving.hot_swap import ModelLoadError, load_model_version
 
 SIZE = 8
@@ -76,13 +87,25 @@ class ThresholdTask(Task):
     """Two classes by mean brightness: the smallest task that is not classification's class."""
 
     name: ClassVar[str] = "toy-threshold"
-    metric_directions: ClassVar[dict[str, Direction]] = {"loss": "min"}
+    metric_directions: ClassVar[dict[str, Direction]] = {"loss": "min", "accuracy": "max"}
+    primary_metric: ClassVar[str] = "accuracy"
 
     def build_dataset(self, dataset_dir: Path, split: str) -> ToyDataset:
         return ToyDataset(self, dataset_dir, split)
 
     def class_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
         return np.array([self.classes.index(label) for label in dataset.frame["label"]])
+
+    def evaluation_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        return np.array([self.classes.index(label) for label in dataset.frame["label"]])
+
+    def evaluation_metrics(
+        self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int
+    ) -> SplitMetrics:
+        """Classification's metrics, from the class probabilities (not classification's class)."""
+        return classification_metrics(
+            decoded.class_probabilities(), targets, self.classes, n_bins=calibration_bins
+        )
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return BrightnessModule()
@@ -214,13 +237,14 @@ def test_evaluation_runs_a_task_with_classes_and_refuses_one_without(
 ) -> None:
     config = EvaluateConfig(slice_columns=("style",), calibration_bins=5)
     if not _has_classes(toy):
-        with pytest.raises(EvaluationError, match="no single class per sample"):
+        with pytest.raises(EvaluationError, match="gives no class probabilities"):
             evaluate_model(URI, dataset, config, progress=False)
         return
     report = evaluate_model(URI, dataset, config, progress=False)
     assert report.classes == ("dark", "bright")
     assert report.overall.n == 12
-    assert report.overall.accuracy == 1.0
+    assert report.overall["accuracy"] == 1.0
+    assert report.task == toy.name
     assert set(report.slices) == {"style=printed", "style=handwritten"}
     assert report.slices["style=printed"].n == 6
 

@@ -261,16 +261,13 @@ def evaluate(
 def _print_evaluation(outcome: EvaluationOutcome) -> None:
     report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
     table = Table(title=escape(f"{report.split} split: {report.model_uri}"))
-    for column in ("slice", "images", "accuracy", "macro-F1", "ECE"):
+    for column in ("slice", "images", *(report.label(m) for m in report.metric_names)):
         table.add_column(column, justify="left" if column == "slice" else "right")
     if champion is not None:
         table.add_column(f"champion v{blessing.champion_version}", justify="right")
     for name, m in [("all", report.overall), *report.slices.items()]:
-        extra = []
-        if champion is not None:
-            theirs = champion.overall if name == "all" else champion.slices[name]
-            extra = [f"{theirs.accuracy:.3f}"]
-        row = [f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.ece:.3f}"]
+        extra = [] if champion is None else [f"{champion.primary(name):.3f}"]
+        row = [f"{m[metric]:.3f}" for metric in report.metric_names]
         table.add_row(escape(name), str(m.n), *row, *extra)
     console.print(table)
     gates = Table(title="gates")

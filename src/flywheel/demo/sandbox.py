@@ -189,7 +189,8 @@ def train_model(
     version = registry.register(result.model_uri, name)
     outcome = evaluate_candidate(name, version, dataset, params.evaluate, progress=False)
     registry.promote(name, version, reason="serving benchmark")
-    say(f"{name} version {version}: test accuracy {outcome.report.overall.accuracy:.3f}")
+    report = outcome.report
+    say(f"{name} version {version}: test {report.primary_metric} {report.primary():.3f}")
     return uri, name, version
 
 

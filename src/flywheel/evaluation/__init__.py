@@ -1,14 +1,20 @@
 """Stage 5: evaluate a candidate on the frozen test split, compare it with the champion, bless it.
 
-The core is pure: `classification_metrics`, `slice_masks`,
-`evaluate_predictions` and `check_gates` work on numpy arrays (class
-probabilities, labels) and the manifest's slice columns, and are unit-tested
-on small tables. Around it:
+Evaluation talks to the `Task` interface only: the task decodes the model's
+output, gives each image's true answer (`Task.evaluation_targets`) and scores
+one against the other (`Task.evaluation_metrics` → `flywheel.tasks.SplitMetrics`);
+its `primary_metric` is what the accuracy-type gates judge (classification:
+accuracy, whose metric code is `flywheel.tasks.classification_metrics`). A
+second task is evaluated, gated, logged and rendered without a change here.
+
+The core is pure: `slice_masks`, `evaluate_predictions` and `check_gates`
+work on a task's decoded outputs, its targets and the manifest's slice
+columns, and are unit-tested on small tables. Around it:
 
 * `predict_split` runs a logged MLflow model (`runs:/…`, `models:/name/version`)
   over a dataset split with the pre-processing of the Task the model was logged
   with (its metadata), in batches, without gradients;
-* `plot_confusion_matrix`, `plot_slice_accuracy` and `log_evaluation` put the
+* `plot_confusion_matrix`, `plot_slice_metric` and `log_evaluation` put the
   results into the candidate's MLflow run;
 * `evaluate_candidate` is the stage: it evaluates a registered version and the
   current `production` version on the same images, applies the gates of
@@ -36,45 +42,35 @@ from flywheel.evaluation.candidate import (
 from flywheel.evaluation.errors import EvaluationError
 from flywheel.evaluation.gates import EPSILON, check_gates
 from flywheel.evaluation.metrics import (
-    PROBABILITY_TOLERANCE,
-    ClassificationMetrics,
-    ClassMetrics,
     EvaluationReport,
-    check_probabilities,
-    classification_metrics,
     evaluate_predictions,
-    expected_calibration_error,
     fingerprint_rows,
     metric_key,
+    score,
     slice_masks,
 )
-from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_accuracy
+from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_metric
 from flywheel.evaluation.prediction import Predictions, evaluate_model, load_task, predict_split
 
 __all__ = [
     "ARTIFACT_DIR",
     "EPSILON",
-    "PROBABILITY_TOLERANCE",
-    "ClassMetrics",
-    "ClassificationMetrics",
     "EvaluationError",
     "EvaluationOutcome",
     "EvaluationReport",
     "Predictions",
     "check_gates",
-    "check_probabilities",
-    "classification_metrics",
     "evaluate_candidate",
     "evaluate_model",
     "evaluate_predictions",
-    "expected_calibration_error",
     "fingerprint_rows",
     "has_split",
     "load_task",
     "log_evaluation",
     "metric_key",
     "plot_confusion_matrix",
-    "plot_slice_accuracy",
+    "plot_slice_metric",
     "predict_split",
+    "score",
     "slice_masks",
 ]

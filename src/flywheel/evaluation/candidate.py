@@ -18,7 +18,7 @@ from flywheel import registry
 from flywheel.config import HOLDOUT_SPLIT, EvaluateConfig
 from flywheel.evaluation.gates import check_gates
 from flywheel.evaluation.metrics import EvaluationReport, metric_key
-from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_accuracy
+from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_metric
 from flywheel.evaluation.prediction import evaluate_model
 from flywheel.registry import Blessing, LockStrategy
 
@@ -39,10 +39,12 @@ def log_evaluation(
     """Write the evaluation into an MLflow run (the candidate's training run).
 
     Metrics: `mlflow_metrics()` of the report (and of the holdout report:
-    `holdout_accuracy`, per slice), `blessed` (1/0), `gates_failed` and
+    `holdout_accuracy`, per slice), the champion's primary metric
+    (`champion_test_accuracy`), `blessed` (1/0), `gates_failed` and
     `gate/<name>` values. Artifacts under `evaluation/`: the report and the
     blessing as JSON, the per-slice table (CSV and an MLflow table), the
-    confusion matrix and the per-slice accuracy bars (PNG).
+    per-slice bars of the primary metric (`slice_accuracy.png` for
+    classification) and, for a task that has one, the confusion matrix (PNG).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -54,12 +56,13 @@ def log_evaluation(
     values["gates_failed"] = float(len(blessing.failed_gates))
     for gate in blessing.gates:
         values[metric_key("gate", gate.name)] = gate.value
+    primary = report.primary_metric
     if champion is not None:
-        values[f"champion_{report.split}_accuracy"] = champion.overall.accuracy
+        values[f"champion_{report.split}_{primary}"] = champion.primary()
     if holdout is not None:
         values.update(holdout.mlflow_metrics())
     if champion_holdout is not None:
-        values[f"champion_{champion_holdout.split}_accuracy"] = champion_holdout.overall.accuracy
+        values[f"champion_{champion_holdout.split}_{primary}"] = champion_holdout.primary()
     metrics = [Metric(key, float(v), now, 0) for key, v in values.items()]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
@@ -74,15 +77,16 @@ def log_evaluation(
     table = report.slice_table()
     client.log_text(run_id, table.to_csv(index=False), f"{ARTIFACT_DIR}/slices.csv")
     client.log_table(run_id, data=table, artifact_file=f"{ARTIFACT_DIR}/slices.json")
+    if report.overall.confusion is not None:
+        client.log_figure(
+            run_id,
+            plot_confusion_matrix(report.overall, report.classes),
+            f"{ARTIFACT_DIR}/confusion_matrix.png",
+        )
     client.log_figure(
         run_id,
-        plot_confusion_matrix(report.overall, report.classes),
-        f"{ARTIFACT_DIR}/confusion_matrix.png",
-    )
-    client.log_figure(
-        run_id,
-        plot_slice_accuracy(report, champion, min_slice_accuracy),
-        f"{ARTIFACT_DIR}/slice_accuracy.png",
+        plot_slice_metric(report, champion, min_slice_accuracy),
+        f"{ARTIFACT_DIR}/slice_{primary}.png",
     )
     client.set_tag(run_id, "flywheel.blessed", str(blessing.blessed).lower())
 

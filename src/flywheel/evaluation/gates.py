@@ -1,7 +1,9 @@
 """The blessing gates: a candidate's report (and its champion's) against `evaluate.gates`.
 
 `check_gates` returns the verdict as a `flywheel.registry.Blessing`, each gate
-named so it is looked up by name, never by position.
+named so it is looked up by name, never by position. It reads only the generic
+report: the task's primary metric (and `macro_f1`/`ece` where the task computes
+them), so a second task is gated by the same `evaluate.gates` of params.yaml.
 """
 
 from __future__ import annotations
@@ -41,20 +43,28 @@ def check_gates(
 ) -> Blessing:
     """Apply the gates of `params.yaml` to a candidate (and its champion) and return the verdict.
 
+    The accuracy-type gates judge the task's primary metric (`Task.primary_metric`,
+    `accuracy` for classification) in its direction: a floor on a metric that is
+    maximised, a ceiling on one that is minimised (an error such as CER), and a
+    regression or a gain is always measured towards "better".
+
     Absolute gates: `min_accuracy`, optional `min_macro_f1`, `max_ece` and
     `min_slice_accuracy[<slice>]`. With a champion (the `production` model
-    evaluated on the same images) also `slice_regression[<slice>]` (accuracy
-    lost on the slice, at most `max_slice_regression`) and `beats_champion`
-    (accuracy gained overall, at least `min_improvement`). Slices with fewer
-    than `min_slice_support` images are reported but not gated (a note says so).
+    evaluated on the same images) also `slice_regression[<slice>]` (primary
+    metric lost on the slice, at most `max_slice_regression`) and
+    `beats_champion` (gained overall, at least `min_improvement`). Slices with
+    fewer than `min_slice_support` images are reported but not gated (a note
+    says so). `min_macro_f1` and `max_ece` judge the metrics of those names; set
+    for a task that does not compute them, they are an error, not a pass.
 
     With the production holdout (`holdout`, `champion_holdout`: both models on
     the dataset's `holdout` split, labelled production traffic that no model
-    trained on) and a champion, `holdout_regression` caps the accuracy lost on
-    it (`max_slice_regression`), and `beats_champion` is met by the better of
-    the two gains, frozen test or holdout: after drift a retrained model must
-    be able to win on the traffic it was retrained for while holding the test
-    split. A holdout below `min_slice_support` images is reported, not gated.
+    trained on) and a champion, `holdout_regression` caps the primary metric
+    lost on it (`max_slice_regression`), and `beats_champion` is met by the
+    better of the two gains, frozen test or holdout: after drift a retrained
+    model must be able to win on the traffic it was retrained for while holding
+    the test split. A holdout below `min_slice_support` images is reported, not
+    gated.
 
     Args:
         candidate: the candidate's report.
@@ -68,24 +78,25 @@ def check_gates(
         champion_holdout: the champion's report on the same holdout.
 
     Raises:
-        EvaluationError: the champion was evaluated on other images, split or classes.
+        EvaluationError: a gate is configured on a metric the task does not
+            compute; the champion was evaluated on other images, split, classes
+            or task.
     """
-    ov = candidate.overall
+    primary, ov = candidate.primary_metric, candidate.overall
+    floor = ">=" if candidate.primary_direction == "max" else "<="
     results = [
-        _gate(
-            "min_accuracy",
-            ov.accuracy,
-            gates.min_accuracy,
-            ">=",
-            f"{round(ov.accuracy * ov.n)}/{ov.n} correct",
-        ),
+        _gate("min_accuracy", ov[primary], gates.min_accuracy, floor, ov.readings.get(primary, ""))
     ]
-    if gates.min_macro_f1 is not None:
-        results.append(_gate("min_macro_f1", ov.macro_f1, gates.min_macro_f1, ">=", ""))
-    if gates.max_ece is not None:
-        results.append(
-            _gate("max_ece", ov.ece, gates.max_ece, "<=", f"{candidate.calibration_bins} bins")
-        )
+    for gate, metric, comparison in (("min_macro_f1", "macro_f1", ">="), ("max_ece", "ece", "<=")):
+        threshold = getattr(gates, gate)
+        if threshold is None:
+            continue
+        if metric not in ov.values:
+            raise EvaluationError(
+                f"gate evaluate.gates.{gate} judges {metric!r}, which task {candidate.task!r} "
+                f"does not compute (it computes {list(candidate.metric_names)}); set it to null"
+            )
+        results.append(_gate(gate, ov[metric], threshold, comparison, ov.readings.get(metric, "")))
     notes: list[str] = []
     gated = {}
     for name, m in candidate.slices.items():
@@ -101,33 +112,28 @@ def check_gates(
             results.append(
                 _gate(
                     f"min_slice_accuracy[{name}]",
-                    m.accuracy,
+                    m[primary],
                     gates.min_slice_accuracy,
-                    ">=",
+                    floor,
                     f"{m.n} images",
                 )
             )
-    metrics = {
-        "accuracy": ov.accuracy,
-        "macro_f1": ov.macro_f1,
-        "ece": ov.ece,
-        "images": float(ov.n),
-    }
+    metrics = {**ov.values, "images": float(ov.n)}
     holdout_gain: float | None = None
     if holdout is not None:
-        metrics["holdout_accuracy"] = holdout.overall.accuracy
+        metrics[f"holdout_{primary}"] = holdout.primary()
         metrics["holdout_images"] = float(holdout.overall.n)
         if champion_holdout is not None:
             _check_comparable(holdout, champion_holdout)
-            metrics["champion_holdout_accuracy"] = champion_holdout.overall.accuracy
+            metrics[f"champion_holdout_{primary}"] = champion_holdout.primary()
         if holdout.overall.n < gates.min_slice_support:
             notes.append(
                 f"holdout: {holdout.overall.n} images < min_slice_support "
                 f"{gates.min_slice_support}, not gated"
             )
         elif champion is not None and champion_holdout is not None:
-            ours_h, theirs_h = holdout.overall.accuracy, champion_holdout.overall.accuracy
-            holdout_gain = ours_h - theirs_h
+            ours_h, theirs_h = holdout.primary(), champion_holdout.primary()
+            holdout_gain = candidate.gain(ours_h, theirs_h)
             if gates.max_slice_regression is not None:
                 results.append(
                     _gate(
@@ -143,25 +149,23 @@ def check_gates(
         notes.append("no production model: absolute gates only")
     else:
         _check_comparable(candidate, champion)
-        cov = champion.overall
-        metrics["champion_accuracy"] = cov.accuracy
+        ours, theirs = ov[primary], champion.primary()
+        metrics[f"champion_{primary}"] = theirs
         if gates.max_slice_regression is not None:
             for name, m in gated.items():
-                theirs = champion.slices[name]
+                ours_s, theirs_s = m[primary], champion.primary(name)
                 results.append(
                     _gate(
                         f"slice_regression[{name}]",
-                        theirs.accuracy - m.accuracy,
+                        -candidate.gain(ours_s, theirs_s),
                         gates.max_slice_regression,
                         "<=",
-                        f"candidate {m.accuracy:.4f} vs champion {theirs.accuracy:.4f} "
-                        f"on {m.n} images",
+                        f"candidate {ours_s:.4f} vs champion {theirs_s:.4f} on {m.n} images",
                     )
                 )
-        test_gain = ov.accuracy - cov.accuracy
+        test_gain = candidate.gain(ours, theirs)
         detail = (
-            f"candidate {ov.accuracy:.4f} vs champion {cov.accuracy:.4f} "
-            f"(version {champion_version or '?'})"
+            f"candidate {ours:.4f} vs champion {theirs:.4f} (version {champion_version or '?'})"
         )
         if holdout_gain is not None:
             detail = f"test: {detail}; holdout: {holdout_gain:+.4f}; the better gain counts"
@@ -189,7 +193,7 @@ def check_gates(
 
 
 def _check_comparable(candidate: EvaluationReport, champion: EvaluationReport) -> None:
-    """A champion comparison is only meaningful on the same images, split and classes."""
+    """A champion comparison is only meaningful on the same images, split, classes and task."""
     ours, theirs = candidate.dataset.get("fingerprint"), champion.dataset.get("fingerprint")
     problems = []
     if ours != theirs:
@@ -198,6 +202,11 @@ def _check_comparable(candidate: EvaluationReport, champion: EvaluationReport) -
         problems.append(f"split {candidate.split!r} vs {champion.split!r}")
     if candidate.classes != champion.classes:
         problems.append(f"classes {list(candidate.classes)} vs {list(champion.classes)}")
+    if (candidate.task, candidate.primary_metric) != (champion.task, champion.primary_metric):
+        problems.append(
+            f"task {candidate.task!r} ({candidate.primary_metric}) vs "
+            f"{champion.task!r} ({champion.primary_metric})"
+        )
     if set(candidate.slices) != set(champion.slices):
         problems.append("different slices")
     if problems:

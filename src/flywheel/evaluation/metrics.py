@@ -1,9 +1,11 @@
-"""The pure core: metrics of class probabilities against labels, overall and per slice.
+"""The pure core: a task's metrics overall and per slice, in one report.
 
-`classification_metrics` (accuracy, macro-F1, per-class precision/recall/F1,
-ECE, confusion matrix) on numpy arrays; `slice_masks` names the slices of the
-manifest's slice columns; `evaluate_predictions` puts both into an
-`EvaluationReport`. Unit-tested on small tables.
+`slice_masks` names the slices of the manifest's slice columns;
+`evaluate_predictions` scores a decoded split and each of its slices with the
+task's own metrics (`Task.evaluation_metrics` → `flywheel.tasks.SplitMetrics`)
+and puts them into an `EvaluationReport`, which knows the task only by name,
+its metric names, its primary metric and that metric's direction. Nothing here
+is specific to classification. Unit-tested on small tables.
 """
 
 from __future__ import annotations
@@ -11,162 +13,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from flywheel.evaluation.errors import EvaluationError
 
-PROBABILITY_TOLERANCE = 1e-3
-"""How far a row of probabilities may sum from 1 (float32 softmax)."""
-
-
-@dataclass(frozen=True)
-class ClassMetrics:
-    """Precision, recall, F1 and support (true count) of one class."""
-
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class ClassificationMetrics:
-    """The metrics of one set of predictions (the whole split or one slice).
-
-    Attributes:
-        n: number of images.
-        accuracy: share of correct top-1 predictions.
-        macro_f1: unweighted mean F1 over the classes present (in labels or predictions).
-        ece: expected calibration error of the top-1 confidence.
-        per_class: class name → its metrics (every class, support 0 if absent).
-        confusion: `(K, K)` counts, rows are true classes, columns predictions.
-    """
-
-    n: int
-    accuracy: float
-    macro_f1: float
-    ece: float
-    per_class: Mapping[str, ClassMetrics]
-    confusion: tuple[tuple[int, ...], ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "macro_f1": self.macro_f1,
-            "ece": self.ece,
-            "per_class": {c: asdict(m) for c, m in self.per_class.items()},
-            "confusion": [list(row) for row in self.confusion],
-        }
-
-
-def check_probabilities(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
-    """Fail clearly unless `probs` `(N, K)` are probabilities and `labels` `(N,)` class indices.
-
-    Raises:
-        EvaluationError: names the first offending row.
-    """
-    if probs.ndim != 2 or probs.shape[1] != num_classes:
-        raise EvaluationError(f"expected probabilities (N, {num_classes}), got shape {probs.shape}")
-    if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
-        raise EvaluationError(
-            f"expected labels ({probs.shape[0]},) to match the probabilities, got {labels.shape}"
-        )
-    if probs.shape[0] == 0:
-        raise EvaluationError("nothing to evaluate: no predictions")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise EvaluationError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    bad_label = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad_label.size:
-        i = int(bad_label[0])
-        raise EvaluationError(f"row {i}: label {int(labels[i])} is not in [0, {num_classes})")
-    sums = probs.sum(axis=1)  # (N,)
-    bad = np.flatnonzero(
-        ~np.isfinite(sums)
-        | (np.abs(sums - 1.0) > PROBABILITY_TOLERANCE)
-        | (probs.min(axis=1) < -PROBABILITY_TOLERANCE)
-    )
-    if bad.size:
-        i = int(bad[0])
-        raise EvaluationError(
-            f"row {i}: {probs[i].round(4).tolist()} are not probabilities (sum {sums[i]:.4f}); "
-            f"{bad.size} such rows — were logits passed instead of softmax outputs?"
-        )
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
-    """Top-label ECE: how far the confidence is from the accuracy, over equal-width bins.
-
-    `sum_b |B_b| / N · |accuracy(B_b) − mean confidence(B_b)|`, with bins
-    `(i/n, (i+1)/n]` (the first also holds 0). scikit-learn's
-    `calibration_curve` is binary-only, so the multi-class top-label form is
-    written here (the standard definition of Guo et al., 2017).
-
-    Args:
-        probs: `(N, K)` class probabilities.
-        labels: `(N,)` true class indices.
-        n_bins: number of confidence bins.
-
-    >>> probs = np.array([[0.9, 0.1], [0.6, 0.4]])
-    >>> round(expected_calibration_error(probs, np.array([0, 1]), n_bins=10), 4)
-    0.35
-    """
-    if n_bins < 1:
-        raise EvaluationError(f"n_bins must be >= 1, got {n_bins}")
-    confidence = probs.max(axis=1)  # (N,)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)  # (N,)
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)  # (N,)
-    confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)  # (n_bins,)
-    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)  # (n_bins,)
-    return float(np.abs(correct_sum - confidence_sum).sum() / len(labels))
-
-
-def classification_metrics(
-    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], *, n_bins: int
-) -> ClassificationMetrics:
-    """Accuracy, macro-F1, per-class precision/recall/F1, ECE and the confusion matrix.
-
-    Args:
-        probs: `(N, K)` class probabilities, columns in `classes` order.
-        labels: `(N,)` true class indices.
-        classes: class names.
-        n_bins: ECE confidence bins.
-
-    Raises:
-        EvaluationError: shapes or values that are not probabilities and labels.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    check_probabilities(probs, labels, len(classes))
-    predicted = probs.argmax(axis=1)  # (N,)
-    every = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=every, zero_division=0
-    )
-    return ClassificationMetrics(
-        n=len(labels),
-        accuracy=float(accuracy_score(labels, predicted)),
-        macro_f1=float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        ece=expected_calibration_error(probs, labels, n_bins),
-        per_class={
-            name: ClassMetrics(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-            for i, name in enumerate(classes)
-        },
-        confusion=tuple(
-            tuple(int(v) for v in row) for row in confusion_matrix(labels, predicted, labels=every)
-        ),
-    )
+if TYPE_CHECKING:  # evaluation is imported without torch; the tasks are loaded with a model
+    from flywheel.tasks import DecodedBatch, SplitMetrics, Task
+    from flywheel.tasks.base import Direction
 
 
 def slice_masks(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -241,56 +98,78 @@ class EvaluationReport:
     Attributes:
         model_uri: the model evaluated.
         split: the split.
-        classes: class names, in probability-column order.
+        classes: the task's class names (for classification, the probability columns).
         overall: metrics over the whole split.
         slices: slice name → metrics of the rows in that slice.
-        calibration_bins: the ECE's bin count.
+        calibration_bins: the bins of any calibration metric (classification's ECE).
         dataset: folder, number of images, `fingerprint_rows` of the split.
+        task: the task's registry name (`Task.name`).
+        primary_metric: the metric the accuracy-type gates judge (`Task.primary_metric`).
+        primary_direction: whether a larger (`max`) or smaller (`min`) primary metric is better.
+        metric_labels: metric name → title in tables and pictures (`Task.metric_labels`).
     """
 
     model_uri: str
     split: str
     classes: tuple[str, ...]
-    overall: ClassificationMetrics
-    slices: Mapping[str, ClassificationMetrics]
+    overall: SplitMetrics
+    slices: Mapping[str, SplitMetrics]
     calibration_bins: int
     dataset: Mapping[str, Any] = field(default_factory=dict)
+    task: str = field(kw_only=True)
+    primary_metric: str = field(kw_only=True)
+    primary_direction: Direction = field(kw_only=True)
+    metric_labels: Mapping[str, str] = field(default_factory=dict, kw_only=True)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics the task computed, in its order (the columns of tables)."""
+        return tuple(self.overall.values)
+
+    def label(self, metric: str) -> str:
+        """How tables and pictures title `metric` (e.g. `macro-F1`)."""
+        return self.metric_labels.get(metric, metric)
+
+    def primary(self, name: str = "all") -> float:
+        """The primary metric over the whole split (`all`) or on slice `name`."""
+        return (self.overall if name == "all" else self.slices[name])[self.primary_metric]
+
+    def gain(self, ours: float, theirs: float) -> float:
+        """How much better `ours` is than `theirs` on the primary metric (negative: worse).
+
+        >>> from flywheel.tasks import SplitMetrics
+        >>> EvaluationReport("m", "test", ("a", "b"), SplitMetrics(1, {"mae": 1.0}), {}, 10,
+        ...                  task="count", primary_metric="mae", primary_direction="min"
+        ...                  ).gain(0.5, 0.75)
+        0.25
+        """
+        return ours - theirs if self.primary_direction == "max" else theirs - ours
 
     def slice_table(self) -> pd.DataFrame:
-        """One row per slice (and `all`): n, accuracy, macro-F1, ECE."""
+        """One row per slice (and `all`): n and every metric (accuracy, macro-F1, ECE, ...)."""
         rows = [("all", self.overall), *self.slices.items()]
-        return pd.DataFrame(
-            [
-                {
-                    "slice": name,
-                    "n": m.n,
-                    "accuracy": m.accuracy,
-                    "macro_f1": m.macro_f1,
-                    "ece": m.ece,
-                }
-                for name, m in rows
-            ]
-        )
+        return pd.DataFrame([{"slice": name, "n": m.n, **m.values} for name, m in rows])
 
     def mlflow_metrics(self) -> dict[str, float]:
-        """Flat metrics for the run: `<split>_accuracy`, per class, per slice."""
+        """Flat metrics for the run: `<split>_<metric>`, `<split>_images`, per class, per slice.
+
+        E.g. `test_accuracy`, `test_f1/class_3`, `test_accuracy/style:printed`.
+        """
         s = self.split
-        out = {
-            f"{s}_accuracy": self.overall.accuracy,
-            f"{s}_macro_f1": self.overall.macro_f1,
-            f"{s}_ece": self.overall.ece,
-            f"{s}_images": float(self.overall.n),
-        }
-        for name, per_class in self.overall.per_class.items():
-            out[metric_key(f"{s}_f1", f"class_{name}")] = per_class.f1
+        out = {f"{s}_{name}": value for name, value in self.overall.values.items()}
+        out[f"{s}_images"] = float(self.overall.n)
+        if self.overall.class_metric is not None:
+            for name, per_class in self.overall.per_class.items():
+                out[metric_key(f"{s}_{self.overall.class_metric}", f"class_{name}")] = per_class[
+                    self.overall.class_metric
+                ]
         for name, m in self.slices.items():
-            out[metric_key(f"{s}_accuracy", name)] = m.accuracy
-            out[metric_key(f"{s}_macro_f1", name)] = m.macro_f1
-            out[metric_key(f"{s}_ece", name)] = m.ece
+            for metric, value in m.values.items():
+                out[metric_key(f"{s}_{metric}", name)] = value
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
+        """JSON-able form (`overall` and each slice as `SplitMetrics.to_dict`)."""
         return {
             "model_uri": self.model_uri,
             "split": self.split,
@@ -299,14 +178,35 @@ class EvaluationReport:
             "dataset": dict(self.dataset),
             "overall": self.overall.to_dict(),
             "slices": {name: m.to_dict() for name, m in self.slices.items()},
+            "task": self.task,
+            "primary_metric": self.primary_metric,
         }
 
 
+def score(task: Task, decoded: DecodedBatch, targets: np.ndarray, *, n_bins: int) -> SplitMetrics:
+    """The task's metrics of `decoded` against `targets`, checked to hold its primary metric.
+
+    Raises:
+        EvaluationError: the task cannot score them (its message), or computed
+            no `primary_metric`.
+    """
+    try:
+        metrics = task.evaluation_metrics(decoded, targets, calibration_bins=n_bins)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    if task.primary_metric not in metrics.values:
+        raise EvaluationError(
+            f"task {task.name!r} declares primary metric {task.primary_metric!r} but its "
+            f"evaluation computed only {sorted(metrics.values)}"
+        )
+    return metrics
+
+
 def evaluate_predictions(
-    probs: np.ndarray,
-    labels: np.ndarray,
+    task: Task,
+    decoded: DecodedBatch,
+    targets: np.ndarray,
     frame: pd.DataFrame,
-    classes: Sequence[str],
     *,
     slice_columns: Sequence[str],
     n_bins: int,
@@ -314,39 +214,47 @@ def evaluate_predictions(
     split: str = "test",
     dataset: Mapping[str, Any] | None = None,
 ) -> EvaluationReport:
-    """Metrics overall and per slice from predictions and the rows they belong to.
+    """The task's metrics overall and per slice, from its decoded outputs and their manifest rows.
 
     Args:
-        probs: `(N, K)` class probabilities.
-        labels: `(N,)` true class indices.
+        task: the model's task; it scores every set of samples (`Task.evaluation_metrics`).
+        decoded: the model's decoded outputs, N samples.
+        targets: `Task.evaluation_targets` of the N samples (a boolean mask selects a slice).
         frame: the N manifest rows (slice columns), in the same order.
-        classes: class names.
         slice_columns: columns of `frame` defining the slices.
-        n_bins: ECE bins.
+        n_bins: calibration bins.
         model_uri: recorded in the report.
         split: recorded in the report.
         dataset: recorded in the report (default: rows and `fingerprint_rows(frame)`).
 
     Raises:
-        EvaluationError: mismatched lengths, missing slice columns, non-probabilities.
+        EvaluationError: mismatched lengths, missing slice columns, outputs the task cannot score.
     """
-    if len(frame) != len(labels):
-        raise EvaluationError(f"{len(frame)} manifest rows for {len(labels)} predictions")
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
-    overall = classification_metrics(probs, labels, classes, n_bins=n_bins)
+    try:
+        direction = task.direction(task.primary_metric)
+    except ValueError as err:
+        raise EvaluationError(f"the primary metric has no direction: {err}") from None
+    if not len(frame) == len(decoded) == len(targets):
+        raise EvaluationError(
+            f"{len(frame)} manifest rows for {len(decoded)} predictions and {len(targets)} targets"
+        )
+    overall = score(task, decoded, targets, n_bins=n_bins)
     slices = {
-        name: classification_metrics(probs[mask], labels[mask], classes, n_bins=n_bins)
+        name: score(task, decoded.select(mask), targets[mask], n_bins=n_bins)
         for name, mask in slice_masks(frame, slice_columns).items()
     }
     return EvaluationReport(
         model_uri=model_uri,
         split=split,
-        classes=tuple(classes),
+        classes=tuple(task.classes),
         overall=overall,
         slices=slices,
         calibration_bins=n_bins,
         dataset=dict(dataset)
         if dataset is not None
         else {"images": len(frame), "fingerprint": fingerprint_rows(frame)},
+        task=task.name,
+        primary_metric=task.primary_metric,
+        primary_direction=direction,
+        metric_labels=dict(task.metric_labels),
     )

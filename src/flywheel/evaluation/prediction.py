@@ -5,9 +5,10 @@ through the task registry `flywheel.tasks.get_task`), `predict_split` runs the
 model over a split in batches without gradients, and `evaluate_model` turns the
 predictions into an `EvaluationReport`.
 
-Only the `Task` interface is used: the metrics are defined on one class per
-sample, so a task is evaluated when `Task.class_targets` and
-`DecodedBatch.class_probabilities` give them, and refused by name otherwise.
+Only the `Task` interface is used: the task decodes the model's output
+(`Task.decode`), says what each image's true answer is
+(`Task.evaluation_targets`) and scores one against the other
+(`Task.evaluation_metrics`), so any registered task is evaluated here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flywheel.evaluation.errors import EvaluationError
 from flywheel.evaluation.metrics import EvaluationReport, evaluate_predictions, fingerprint_rows
 
 if TYPE_CHECKING:
-    from flywheel.tasks import Task
+    from flywheel.tasks import DecodedBatch, Task
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,16 @@ class Predictions:
     """A model's outputs on a split, aligned with the split's manifest rows.
 
     Attributes:
-        probs: `(N, K)` class probabilities.
-        labels: `(N,)` true class indices.
+        task: the task the model was logged with (it scores the outputs).
+        decoded: the N decoded outputs (`Task.decode`).
+        targets: the N true answers (`Task.evaluation_targets`).
         frame: the N manifest rows.
-        classes: class names of the probability columns.
     """
 
-    probs: np.ndarray
-    labels: np.ndarray
+    task: Task
+    decoded: DecodedBatch
+    targets: np.ndarray
     frame: pd.DataFrame
-    classes: tuple[str, ...]
 
 
 def load_task(model_uri: str) -> Task:
@@ -90,8 +91,8 @@ def predict_split(
         progress: show a progress bar.
 
     Raises:
-        EvaluationError: no task metadata; a task without one class per sample;
-            outputs of the wrong shape.
+        EvaluationError: no task metadata; targets or outputs the task cannot
+            read (its message).
         flywheel.tasks.DatasetError: the split cannot be read (names the rows).
     """
     import mlflow.pytorch
@@ -99,34 +100,35 @@ def predict_split(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from flywheel.tasks import DecodedBatch
+
     task = load_task(model_uri)
     dataset = task.build_dataset(Path(dataset_dir), split)
-    labels = task.class_targets(dataset)  # (N,)
-    if labels is None:
+    try:
+        targets = task.evaluation_targets(dataset)  # one entry per image
+    except ValueError as err:
+        raise EvaluationError(f"{model_uri}: {err}") from None
+    if not isinstance(targets, np.ndarray) or len(targets) != len(dataset):
         raise EvaluationError(
-            f"{model_uri}: task {task.name!r} has no single class per sample; evaluation's "
-            "metrics (accuracy, macro-F1, calibration, confusion matrix) need one"
+            f"{model_uri}: task {task.name!r} gave no array of one target per image "
+            f"({len(dataset)}) for split {split!r}: {type(targets).__name__}"
         )
     model = mlflow.pytorch.load_model(model_uri, device=device)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=task.collate_fn()
     )
-    chunks: list[np.ndarray] = []
+    chunks: list[DecodedBatch] = []
     with torch.inference_mode():
         for inputs, _ in tqdm(
             loader, desc=f"evaluate {split}", unit="batch", disable=not progress, leave=False
         ):
             output = model(inputs.to(device))  # the exported layout, e.g. (B, K + D)
             try:
-                probs = task.decode(output).class_probabilities()  # (B, K)
+                chunks.append(task.decode(output))
             except ValueError as err:
                 raise EvaluationError(f"{model_uri}: {err}") from None
-            chunks.append(probs.astype(np.float64))
     return Predictions(
-        probs=np.concatenate(chunks),  # (N, K)
-        labels=labels,
-        frame=dataset.frame,
-        classes=tuple(task.classes),
+        task=task, decoded=DecodedBatch.concat(chunks), targets=targets, frame=dataset.frame
     )
 
 
@@ -147,10 +149,10 @@ def evaluate_model(
         model_uri, dataset_dir, split, batch_size=config.batch_size, progress=progress
     )
     return evaluate_predictions(
-        predictions.probs,
-        predictions.labels,
+        predictions.task,
+        predictions.decoded,
+        predictions.targets,
         predictions.frame,
-        predictions.classes,
         slice_columns=config.slice_columns,
         n_bins=config.calibration_bins,
         model_uri=model_uri,

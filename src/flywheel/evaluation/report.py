@@ -1,8 +1,9 @@
 """The evaluation as one self-contained HTML page: what the KFP UI shows for the evaluation step.
 
-Tables (per slice, with the champion beside the candidate; every gate) and the
-per-slice accuracy bars and confusion matrix as inline PNGs, so the page needs
-no external resources.
+Tables (per slice, every metric the task computes, with the champion's primary
+metric beside the candidate's; every gate) and the per-slice bars of the
+primary metric and, for a task that has one, the confusion matrix as inline
+PNGs, so the page needs no external resources.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
 def render_evaluation_html(outcome: EvaluationOutcome, gates: GatesConfig) -> str:
     """The evaluation as one self-contained HTML page (the KFP UI renders HTML artifacts).
 
-    Verdict, per-slice table (with the champion beside the candidate), every gate
-    with value, threshold and detail, the notes, and the per-slice accuracy bars
-    and confusion matrix as inline PNGs — no external resources.
+    Verdict, per-slice table (every metric of the task, with the champion's
+    primary metric beside the candidate's), every gate with value, threshold and
+    detail, the notes, and the per-slice bars of the primary metric and the
+    confusion matrix (when the task has one) as inline PNGs — no external resources.
     """
-    from flywheel.evaluation import plot_confusion_matrix, plot_slice_accuracy
+    from flywheel.evaluation import plot_confusion_matrix, plot_slice_metric
 
     report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
+    primary = report.label(report.primary_metric)
     title = f"{blessing.model_name or ''} version {blessing.candidate_version or '?'}".strip()
     verdict = (
         '<p class="ok">blessed: every gate passed</p>'
@@ -52,15 +55,15 @@ def render_evaluation_html(outcome: EvaluationOutcome, gates: GatesConfig) -> st
         "</p>"
     )
     champ = blessing.champion_version
-    slice_headers = ["slice", "images", "accuracy", "macro-F1", "ECE"]
+    slice_headers = ["slice", "images", *(report.label(m) for m in report.metric_names)]
     if champion is not None:
-        slice_headers.append(f"champion v{champ} accuracy")
+        slice_headers.append(f"champion v{champ} {primary}")
     slice_table = []
     for name, m in [("all", report.overall), *report.slices.items()]:
-        row = [name, str(m.n), f"{m.accuracy:.4f}", f"{m.macro_f1:.4f}", f"{m.ece:.4f}"]
+        row = [name, str(m.n), *(f"{m[metric]:.4f}" for metric in report.metric_names)]
         if champion is not None:
-            theirs = champion.overall if name == "all" else champion.slices.get(name)
-            row.append("-" if theirs is None else f"{theirs.accuracy:.4f}")
+            known = name == "all" or name in champion.slices
+            row.append(f"{champion.primary(name):.4f}" if known else "-")
         slice_table.append(row)
     gate_rows = [
         [
@@ -72,8 +75,13 @@ def render_evaluation_html(outcome: EvaluationOutcome, gates: GatesConfig) -> st
         ]
         for g in blessing.gates
     ]
-    bars = figure_png_base64(plot_slice_accuracy(report, champion, gates.min_slice_accuracy))
-    confusion = figure_png_base64(plot_confusion_matrix(report.overall, report.classes))
+    bars = figure_png_base64(plot_slice_metric(report, champion, gates.min_slice_accuracy))
+    confusion = (
+        ""
+        if report.overall.confusion is None
+        else '<h2>Confusion matrix</h2>\n<img alt="confusion matrix" src="data:image/png;base64,'
+        f'{figure_png_base64(plot_confusion_matrix(report.overall, report.classes))}">\n'
+    )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in blessing.notes)
     against = f"production version {champ}" if champ else "no production model (first model)"
     return f"""<!DOCTYPE html>
@@ -89,13 +97,11 @@ th:first-child, td:first-child {{ text-align: left; }}
 <p>{html.escape(report.split)} split, {report.overall.n} images, against
 {html.escape(against)}; evaluated {html.escape(blessing.evaluated_at)}.</p>
 {verdict}
-<h2>Accuracy per slice</h2>
+<h2>{html.escape(primary[:1].upper() + primary[1:])} per slice</h2>
 {_html_table(slice_headers, slice_table)}
-<img alt="accuracy per slice" src="data:image/png;base64,{bars}">
+<img alt="{html.escape(primary)} per slice" src="data:image/png;base64,{bars}">
 <h2>Gates</h2>
 {_html_table(["gate", "value", "threshold", "verdict", "detail"], gate_rows)}
 <ul>{notes}</ul>
-<h2>Confusion matrix</h2>
-<img alt="confusion matrix" src="data:image/png;base64,{confusion}">
-</body></html>
+{confusion}</body></html>
 """

@@ -2,13 +2,22 @@
 
 A new task is a `Task` subclass in its own module and one line in `TASKS`.
 Training, export, evaluation, monitoring, curation and serving reach a model's
-task only through `Task` (its output through `Task.decode` → `DecodedBatch`),
-never through a concrete class.
+task only through `Task` (its output through `Task.decode` → `DecodedBatch`, its
+scores through `Task.evaluation_metrics` → `SplitMetrics`), never through a
+concrete class.
 """
 
 from __future__ import annotations
 
-from flywheel.tasks.base import DatasetError, DecodedBatch, ManifestDataset, MetricAccumulator, Task
+from flywheel.tasks.base import (
+    DatasetError,
+    DecodedBatch,
+    ManifestDataset,
+    MetricAccumulator,
+    MetricsError,
+    SplitMetrics,
+    Task,
+)
 from flywheel.tasks.classification import ClassificationTask
 
 TASKS: dict[str, type[Task]] = {
@@ -38,6 +47,8 @@ __all__ = [
     "DecodedBatch",
     "ManifestDataset",
     "MetricAccumulator",
+    "MetricsError",
+    "SplitMetrics",
     "Task",
     "get_task",
 ]

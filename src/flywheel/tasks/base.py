@@ -1,4 +1,4 @@
-"""The task interface: what the generic training loop and serving need from a vision task.
+"""The task interface: what the generic training loop, evaluation and serving need from a task.
 
 The training loop (`flywheel.modeling.training`) knows nothing about classification: it
 asks the task for the dataset of a split, the model, the augmentation, the loss
@@ -11,10 +11,20 @@ Everything downstream of the exported model (evaluation, curation, monitoring,
 serving) reads its output through `Task.decode` only: a `DecodedBatch` holds per
 sample the predicted label, its confidence and an embedding, which every task
 has, and the class probabilities, which only a task whose prediction is one
-class per sample has. A consumer that needs the latter (evaluation's class
-metrics and confusion matrix, the committee and uncertainty strategies,
-serving's top-k) says so through `DecodedBatch.class_probabilities` and
-`Task.class_targets` rather than by asking for a particular task class.
+class per sample has. A consumer that needs the latter (the committee and
+uncertainty strategies, serving's top-k) says so through
+`DecodedBatch.class_probabilities` rather than by asking for a particular task
+class.
+
+Evaluation asks the task what to score, through the evaluation hook:
+`Task.evaluation_targets` (the true answer per sample of a split, a numpy array
+that a boolean mask slices) and `Task.evaluation_metrics` (a decoded batch
+against its targets → `SplitMetrics`: named values, and per-class values and a
+confusion matrix where the task has them), with `Task.primary_metric` the value
+the accuracy-type gates judge (classification: `accuracy`; a detector: mAP; a
+recogniser: CER, minimised). `flywheel.evaluation` slices, compares, gates, logs
+and renders whatever the task computes, so a second task is evaluated without a
+change there.
 
 The one contract between training and serving is `export_metadata()`: it is
 stored with the logged model, and `Task.from_metadata` rebuilds the same
@@ -25,7 +35,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
@@ -79,6 +89,9 @@ class DecodedBatch:
             diverse curation).
         probabilities: `(N, K)` float64, a distribution over `classes` per
             sample; None for a task whose prediction is not one class per sample.
+        predictions: `(N, ...)` the task's own prediction per sample, for its
+            `Task.evaluation_metrics` (a count, an object array of boxes); None
+            when `labels` and `probabilities` say it all (classification).
     """
 
     classes: tuple[str, ...]
@@ -86,6 +99,7 @@ class DecodedBatch:
     confidence: np.ndarray
     embedding: np.ndarray
     probabilities: np.ndarray | None = None
+    predictions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -112,6 +126,26 @@ class DecodedBatch:
             return {}
         return dict(zip(self.classes, self.probabilities[i].astype(float).tolist(), strict=True))
 
+    def select(self, mask: np.ndarray) -> DecodedBatch:
+        """The samples where the boolean `mask` `(N,)` is True, in order (e.g. one slice).
+
+        Raises:
+            ValueError: `mask` is not a boolean array of one entry per sample.
+        """
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (len(self),):
+            raise ValueError(
+                f"expected a boolean mask ({len(self)},), got {mask.dtype} {mask.shape}"
+            )
+        return DecodedBatch(
+            classes=self.classes,
+            labels=tuple(label for label, keep in zip(self.labels, mask, strict=True) if keep),
+            confidence=self.confidence[mask],
+            embedding=self.embedding[mask],
+            probabilities=None if self.probabilities is None else self.probabilities[mask],
+            predictions=None if self.predictions is None else self.predictions[mask],
+        )
+
     @classmethod
     def concat(cls, parts: Sequence[DecodedBatch]) -> DecodedBatch:
         """The batches one after the other (e.g. a split decoded batch by batch).
@@ -124,16 +158,77 @@ class DecodedBatch:
         first = parts[0]
         if any(p.classes != first.classes for p in parts):
             raise ValueError("cannot concatenate outputs over different classes")
-        probabilities = [p.probabilities for p in parts]
         return cls(
             classes=first.classes,
             labels=tuple(label for p in parts for label in p.labels),
             confidence=np.concatenate([p.confidence for p in parts]),
             embedding=np.concatenate([p.embedding for p in parts]),
-            probabilities=None
-            if any(p is None for p in probabilities)
-            else np.concatenate([p for p in probabilities if p is not None]),
+            probabilities=_concat_optional([p.probabilities for p in parts]),
+            predictions=_concat_optional([p.predictions for p in parts]),
         )
+
+
+def _concat_optional(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The arrays one after the other, or None when any part has none."""
+    if any(a is None for a in arrays):
+        return None
+    return np.concatenate([a for a in arrays if a is not None])
+
+
+class MetricsError(ValueError):
+    """Predictions and targets that cannot be scored (wrong shapes, logits instead of
+    probabilities, labels out of range); the message names the first offending row."""
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    """What a task's evaluation computed on one set of samples (a split or one slice of it).
+
+    Generic on purpose: `flywheel.evaluation` logs, tables, gates and renders
+    these fields without knowing the task. The optional parts are rendered
+    only when a task fills them.
+
+    Attributes:
+        n: number of samples.
+        values: metric name → value, e.g. `accuracy`, `macro_f1`, `ece`; every
+            one is reported overall and per slice (`<split>_<name>` in MLflow),
+            and `Task.primary_metric` is one of them.
+        per_class: class name → its metrics (classification: precision,
+            recall, F1, support); empty for a task without per-class results.
+        class_metric: the per-class metric also logged to MLflow, overall, as
+            `<split>_<class_metric>/class_<name>` (classification: `f1`).
+        confusion: `(K, K)` counts over the task's classes, rows true, columns
+            predicted; None for a task without one.
+        readings: metric name → its value in words, for the gates' details
+            (classification: `accuracy` → `43/48 correct`).
+    """
+
+    n: int
+    values: Mapping[str, float]
+    per_class: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    class_metric: str | None = None
+    confusion: tuple[tuple[int, ...], ...] | None = None
+    readings: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, metric: str) -> float:
+        """The value of `metric`.
+
+        Raises:
+            KeyError: not computed here; names the metrics that are.
+        """
+        try:
+            return self.values[metric]
+        except KeyError:
+            raise KeyError(f"no metric {metric!r}; computed: {sorted(self.values)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: `n`, the values by name, then `per_class` and `confusion` if present."""
+        out: dict[str, Any] = {"n": self.n, **self.values}
+        if self.per_class:
+            out["per_class"] = {name: dict(m) for name, m in self.per_class.items()}
+        if self.confusion is not None:
+            out["confusion"] = [list(row) for row in self.confusion]
+        return out
 
 
 class MetricAccumulator(ABC):
@@ -173,6 +268,13 @@ class Task(ABC):
     """Registry name, as in `train.task` of params.yaml."""
     metric_directions: ClassVar[Mapping[str, Direction]]
     """Every metric `compute()` returns → whether larger (`max`) or smaller (`min`) is better."""
+    primary_metric: ClassVar[str]
+    """The evaluation metric the accuracy-type gates judge (`min_accuracy`,
+    `min_slice_accuracy`, `max_slice_regression`, `min_improvement`): one of the
+    `SplitMetrics.values` of `evaluation_metrics`, with its direction in
+    `metric_directions` (e.g. `accuracy`, max; an error rate would be min)."""
+    metric_labels: ClassVar[Mapping[str, str]] = {}
+    """Evaluation metric name → how reports and tables title it (default: the name)."""
 
     def __init__(self, classes: Sequence[str], image_size: int) -> None:
         if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -235,12 +337,37 @@ class Task(ABC):
     def class_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray | None:
         """The true class index of every item of `dataset` (from `build_dataset`), `(N,)`.
 
-        Evaluation's metrics (accuracy, macro-F1, calibration, the confusion
-        matrix) compare these with `DecodedBatch.probabilities`. None (the
-        default) for a task whose targets are not one class per sample;
-        evaluation then refuses it by name.
+        None (the default) for a task whose targets are not one class per sample.
         """
         return None
+
+    @abstractmethod
+    def evaluation_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """The true answer of every item of `dataset` (from `build_dataset`): what is scored.
+
+        One entry per item in dataset order, so a boolean mask over the
+        manifest rows selects a slice's targets (`targets[mask]`): class indices
+        `(N,)` for classification, an object array of per-image boxes or texts
+        for a detector or a recogniser.
+
+        Raises:
+            ValueError: `dataset` is not one this task can score.
+        """
+
+    @abstractmethod
+    def evaluation_metrics(
+        self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int
+    ) -> SplitMetrics:
+        """The metrics of decoded model outputs against their `evaluation_targets` (or a slice).
+
+        Called once for the whole split and once per slice; `values` must hold
+        `primary_metric`. `calibration_bins` is `evaluate.calibration_bins` of
+        params.yaml, for a task that measures calibration.
+
+        Raises:
+            ValueError: outputs and targets that cannot be scored (`MetricsError`
+                names the offending row).
+        """
 
     def collate_fn(self) -> Callable[[list[Any]], Any] | None:
         """Batch collation for the DataLoader; None uses torch's default (stacked tensors)."""

@@ -30,8 +30,10 @@ from flywheel.tasks.base import (
     ImageLike,
     ManifestDataset,
     MetricAccumulator,
+    SplitMetrics,
     Task,
 )
+from flywheel.tasks.classification_metrics import classification_metrics
 from flywheel.tasks.networks import build_model
 
 _REQUIRED_COLUMNS = ("image_id", "path", "label", "split")
@@ -199,6 +201,8 @@ class ClassificationTask(Task):
         "accuracy": "max",
         "macro_f1": "max",
     }
+    primary_metric: ClassVar[str] = "accuracy"
+    metric_labels: ClassVar[dict[str, str]] = {"macro_f1": "macro-F1", "ece": "ECE"}
 
     def __init__(
         self, classes: Sequence[str], image_size: int, label_smoothing: float = 0.0
@@ -223,6 +227,19 @@ class ClassificationTask(Task):
         if not isinstance(dataset, ClassificationDataset):
             raise TypeError(f"expected a ClassificationDataset, got {type(dataset).__name__}")
         return dataset.targets.numpy()
+
+    def evaluation_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """The class indices (`class_targets`): what the probabilities are scored against."""
+        return self.class_targets(dataset)
+
+    def evaluation_metrics(
+        self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int
+    ) -> SplitMetrics:
+        """Accuracy, macro-F1, ECE, per-class metrics and the confusion matrix
+        (`flywheel.tasks.classification_metrics`)."""
+        return classification_metrics(
+            decoded.class_probabilities(), targets, self.classes, n_bins=calibration_bins
+        )
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return build_model(cfg, num_classes=len(self.classes), in_channels=1)

@@ -41,7 +41,7 @@ class Judgement:
         champion_version: the `production` version it was compared with (None: first model).
         scalars: the Metrics artifact's values (`evaluation_scalars`).
         classes: class names, the confusion matrix's order.
-        confusion: `(K, K)` counts, rows true classes.
+        confusion: `(K, K)` counts, rows true classes; empty for a task without one.
     """
 
     blessed: bool
@@ -90,7 +90,7 @@ def judge_candidate(
         champion_version=blessing.champion_version,
         scalars=evaluation_scalars(outcome),
         classes=tuple(outcome.report.classes),
-        confusion=[list(row) for row in outcome.report.overall.confusion],
+        confusion=[list(row) for row in outcome.report.overall.confusion or ()],
     )
     write_json(metrics_out, judgement.scalars)
     write_json(confusion_out, {"classes": list(judgement.classes), "matrix": judgement.confusion})
@@ -100,25 +100,23 @@ def judge_candidate(
 def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
     """Flat scalars for the KFP Metrics artifact: overall, per slice, the champion's, the verdict.
 
-    Names: `accuracy`, `macro_f1`, `ece`, `images`, `accuracy[<slice>]`,
-    `images[<slice>]`, `champion_accuracy`, `champion_accuracy[<slice>]`,
-    `blessed` (1 or 0) and `gates_failed`. `slice_rows` reads them back.
+    Names: every metric of the task (classification: `accuracy`, `macro_f1`,
+    `ece`), `images`, `<primary>[<slice>]`, `images[<slice>]`,
+    `champion_<primary>`, `champion_<primary>[<slice>]`, `blessed` (1 or 0) and
+    `gates_failed`, where `<primary>` is the task's primary metric
+    (classification: `accuracy`). `slice_rows` reads them back.
     """
     report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
-    out = {
-        "accuracy": report.overall.accuracy,
-        "macro_f1": report.overall.macro_f1,
-        "ece": report.overall.ece,
-        "images": float(report.overall.n),
-    }
+    primary = report.primary_metric
+    out = {**report.overall.values, "images": float(report.overall.n)}
     for name, m in report.slices.items():
-        out[f"accuracy[{name}]"] = m.accuracy
+        out[f"{primary}[{name}]"] = m[primary]
         out[f"images[{name}]"] = float(m.n)
     if champion is not None:
-        out["champion_accuracy"] = champion.overall.accuracy
-        for name, m in champion.slices.items():
+        out[f"champion_{primary}"] = champion.primary()
+        for name in champion.slices:
             if name in report.slices:
-                out[f"champion_accuracy[{name}]"] = m.accuracy
+                out[f"champion_{primary}[{name}]"] = champion.primary(name)
     out["blessed"] = float(blessing.blessed)
     out["gates_failed"] = float(len(blessing.failed_gates))
     return out

@@ -35,8 +35,8 @@ def test_first_model_faces_absolute_gates_only_and_is_logged(uses_store: Store) 
     assert blessing.champion_version is None
     assert [g.name for g in blessing.gates] == ["min_accuracy"]
     assert blessing.gate("min_accuracy").value == pytest.approx(0.75)
-    assert outcome.report.slices["style=handwritten,noise=shadow"].accuracy == 0.0
-    assert outcome.report.slices["style=printed"].accuracy == 1.0
+    assert outcome.report.slices["style=handwritten,noise=shadow"]["accuracy"] == 0.0
+    assert outcome.report.slices["style=printed"]["accuracy"] == 1.0
     assert outcome.report.slices["noise=shadow"].n == 2 * PER_STRATUM
     assert _aliases(name) == {"candidate": version, "staging": version}
 
@@ -116,7 +116,7 @@ def test_better_model_promoted_then_rollback_restores_previous(uses_store: Store
     assert outcome.blessing.blessed, outcome.blessing.summary()
     assert outcome.blessing.gate("beats_champion").value == pytest.approx(0.25)
     assert outcome.champion is not None
-    assert outcome.champion.overall.accuracy == 0.75
+    assert outcome.champion.overall["accuracy"] == 0.75
 
     change = registry.promote(name, good, reason="better on handwritten/shadow", who="alice")
     assert (change.production, change.previous) == (good, first)
