@@ -77,14 +77,15 @@ def build_training_pipeline(
         target: `local` (KFP local runner) or `cluster` (adds resources, GPUs,
             placement, credentials; see `pipelines.cluster`).
         image: the steps' image (default `flywheel.env.component_image()`).
-        cluster: placement and credentials for `cluster`.
+        cluster: placement and credentials for `cluster` (default: `config.cluster` with
+            the objects `infra/k8s` creates).
 
     Returns:
         The `@dsl.pipeline` (a KFP GraphComponent): call it under `kfp.local`,
         compile it, or nest it in another pipeline.
     """
     image = image or component_image()
-    settings = cluster or ClusterSettings()
+    settings = cluster or ClusterSettings(placement=config.cluster)
     document = params_document(config)
 
     def step(task: dsl.PipelineTask, *, training: bool = False) -> dsl.PipelineTask:
