@@ -148,6 +148,7 @@ def test_multi_user_kubeflow_without_a_namespace_is_refused_before_creating_anyt
         (["--token", "a", "--token-file", "/nonexistent"], "not both"),
         (["--token-file", "/nonexistent/token"], "cannot read the KFP token file"),
         (["--token", " "], "the KFP token is empty"),
+        (["--in-cluster"], "cannot read the KFP token file /var/run/secrets/kubeflow/pipelines/"),
     ],
 )
 def test_bad_credentials_are_named_before_anything_is_sent(
