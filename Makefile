@@ -20,7 +20,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy ui screenshot
+.PHONY: help setup demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,8 +91,11 @@ distclean: clean ## clean, and remove .venv too
 
 # ---------------------------------------------------------------- cluster (infra/)
 # The image constant: one name per image, tagged with the project version. The
-# manifests name the same images (infra/k8s/base/kustomization.yaml, `images:`);
-# pipelines read FLYWHEEL_IMAGE, which must equal IMAGE (or IMAGE_CUDA on GPUs).
+# manifests name the same images (infra/k8s/images/kustomization.yaml); render,
+# deploy, tune and train-distributed carry IMAGE_REPO into them
+# (infra/k8s/render.sh), and `flywheel pipeline compile|submit` reads it as
+# FLYWHEEL_IMAGE_REPO (exported below). STORAGE_CLASS names the volumes' storage
+# class (empty: the cluster's default).
 VERSION        := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_REPO     ?= ghcr.io/flywheel-ml
 IMAGE          ?= $(IMAGE_REPO)/flywheel:$(VERSION)
@@ -106,6 +109,10 @@ KUBECTL        ?= kubectl
 OVERLAY        ?= local
 OVERLAYS       := $(notdir $(wildcard infra/k8s/overlays/*))
 RENDER_DIR     ?= dist/k8s
+STORAGE_CLASS  ?=
+JOBS           := $(if $(filter gpu,$(OVERLAY)),gpu,cpu)
+RENDER         := IMAGE_REPO=$(IMAGE_REPO) STORAGE_CLASS=$(STORAGE_CLASS) KUBECTL=$(KUBECTL) infra/k8s/render.sh
+export FLYWHEEL_IMAGE_REPO := $(IMAGE_REPO)
 
 images: ## Build the images: component (CPU + CUDA), MLflow server, BentoML serving (needs Docker)
 	@command -v $(DOCKER) >/dev/null || { echo "make images: '$(DOCKER)' not found: building images needs a container engine (Docker, or DOCKER=podman)"; exit 1; }
@@ -120,16 +127,38 @@ images: ## Build the images: component (CPU + CUDA), MLflow server, BentoML serv
 	$(BIN)/bentoml build -f serving/bentofile.yaml --version $(VERSION) .
 	$(BIN)/bentoml containerize flywheel:$(VERSION) --image-tag $(SERVING_IMAGE)
 
-render: ## Render every kustomize overlay into dist/k8s/<overlay>.yaml (no cluster needed)
+render: ## Render every overlay and jobs variant into dist/k8s/ (IMAGE_REPO, STORAGE_CLASS; no cluster)
 	@command -v $(KUBECTL) >/dev/null || { echo "make render: '$(KUBECTL)' not found (it renders with its built-in kustomize)"; exit 1; }
 	mkdir -p $(RENDER_DIR)
 	for overlay in $(OVERLAYS); do \
-	  $(KUBECTL) kustomize infra/k8s/overlays/$$overlay > $(RENDER_DIR)/$$overlay.yaml; \
+	  $(RENDER) overlays/$$overlay > $(RENDER_DIR)/$$overlay.yaml; \
 	  echo "rendered $(RENDER_DIR)/$$overlay.yaml"; \
 	done
+	for jobs in cpu gpu; do \
+	  $(RENDER) jobs/$$jobs > $(RENDER_DIR)/jobs-$$jobs.yaml; \
+	  echo "rendered $(RENDER_DIR)/jobs-$$jobs.yaml"; \
+	done
 
-deploy: ## Apply an overlay to kubectl's current cluster: make deploy OVERLAY=local|gpu
-	@test -d infra/k8s/overlays/$(OVERLAY) || { echo "make deploy: no overlay '$(OVERLAY)' (overlays: $(OVERLAYS))"; exit 1; }
-	@command -v $(KUBECTL) >/dev/null || { echo "make deploy: '$(KUBECTL)' not found"; exit 1; }
-	@$(KUBECTL) cluster-info --request-timeout=5s >/dev/null 2>&1 || { echo "make deploy: no cluster answers on kubectl's current context ('$(KUBECTL) cluster-info' failed): create one (infra/README.md) or pick one with 'kubectl config use-context'"; exit 1; }
-	$(KUBECTL) apply -k infra/k8s/overlays/$(OVERLAY)
+define need-cluster
+	@test -d infra/k8s/overlays/$(OVERLAY) || { echo "make $@: no overlay '$(OVERLAY)' (overlays: $(OVERLAYS))"; exit 1; }
+	@command -v $(KUBECTL) >/dev/null || { echo "make $@: '$(KUBECTL)' not found"; exit 1; }
+	@$(KUBECTL) cluster-info --request-timeout=5s >/dev/null 2>&1 || { echo "make $@: no cluster answers on kubectl's current context ('$(KUBECTL) cluster-info' failed): create one (infra/README.md) or pick one with 'kubectl config use-context'"; exit 1; }
+endef
+
+deploy: ## Apply the services of an overlay: make deploy OVERLAY=local|gpu [IMAGE_REPO=...] [STORAGE_CLASS=...]
+	$(need-cluster)
+	mkdir -p $(RENDER_DIR)
+	$(RENDER) overlays/$(OVERLAY) > $(RENDER_DIR)/$(OVERLAY).yaml
+	$(KUBECTL) apply -f $(RENDER_DIR)/$(OVERLAY).yaml
+
+tune: ## Start the Katib experiment flywheel-tune (OVERLAY=gpu: on GPU nodes); refused while one exists
+	$(need-cluster)
+	mkdir -p $(RENDER_DIR)
+	$(RENDER) jobs/$(JOBS) > $(RENDER_DIR)/jobs-$(JOBS).yaml
+	$(KUBECTL) create -f $(RENDER_DIR)/jobs-$(JOBS).yaml -l app.kubernetes.io/name=tune
+
+train-distributed: ## Start the PyTorchJob flywheel-train-ddp (OVERLAY=gpu: on GPU nodes); refused while one exists
+	$(need-cluster)
+	mkdir -p $(RENDER_DIR)
+	$(RENDER) jobs/$(JOBS) > $(RENDER_DIR)/jobs-$(JOBS).yaml
+	$(KUBECTL) create -f $(RENDER_DIR)/jobs-$(JOBS).yaml -l app.kubernetes.io/name=train-ddp

@@ -1,27 +1,30 @@
-"""Running on a Kubernetes cluster: per-step placement, compiling to IR YAML, submitting.
+"""Running on a Kubernetes cluster: per-step resources and placement, compiling to IR YAML.
 
 The pipelines are built for one of two targets. `local` (the KFP local runner)
 gets no resource or Kubernetes settings: the runner ignores them and warns for
 each. `cluster` gets them, from `ClusterSettings`, named after the objects
 `infra/k8s` creates:
 
-* every step takes the shared settings from the ConfigMap `flywheel-config`
-  (`MLFLOW_TRACKING_URI`, `MLFLOW_S3_ENDPOINT_URL`, `FLYWHEEL_USER`), the S3
-  credentials from the Secret `flywheel-s3` (DVC remote, MLflow artifacts) and,
-  when the tracking server wants them, MLflow credentials from the optional
-  Secret `flywheel-mlflow`, all as environment variables; and the KFP run id
-  (the pod's `pipeline/runid` label, through the downward API) as
-  `FLYWHEEL_PIPELINE_RUN_ID`, which training records as lineage — an
-  environment variable, not an input, so it does not break caching;
-* the training step runs in the CUDA build of the image, requests a GPU
-  (accelerator type and count), CPU and memory, and is placed on GPU nodes by a
-  node selector and a toleration of their taint.
+* every step asks for CPU and memory (requests and limits, params.yaml
+  `cluster.steps`), runs on the nodes `cluster.placement` names, takes the
+  shared settings from the ConfigMap `flywheel-config` (`MLFLOW_TRACKING_URI`,
+  `MLFLOW_S3_ENDPOINT_URL`, `FLYWHEEL_USER`), the S3 credentials from the Secret
+  `flywheel-s3` (DVC remote, MLflow artifacts) and, when the tracking server
+  wants them, MLflow credentials from the optional Secret `flywheel-mlflow`, all
+  as environment variables; and the KFP run id (the pod's `pipeline/runid`
+  label, through the downward API) as `FLYWHEEL_PIPELINE_RUN_ID`, which training
+  records as lineage — an environment variable, not an input, so it does not
+  break caching;
+* the training step has resources of its own (`cluster.train`): GPUs of the
+  configured resource name, in the CUDA build of the image, on the nodes its
+  placement names (a node selector, tolerations of their taints); or, with
+  `gpus: 0`, the CPU build placed like every other step.
 
-Caching is decided by the pipelines (on for validation and training, off for the
-steps that depend on the registry's state).
+The compiled spec needs a KFP backend of at least `MIN_KFP_BACKEND`. Caching is
+decided by the pipelines (on for validation and training, off for the steps that
+depend on the registry's state). Submitting is `pipelines.submission`.
 """
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +32,20 @@ from typing import Any, Literal
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
+from flywheel.config import ClusterConfig, Placement, Resources
 from flywheel.tracking import PIPELINE_RUN_ID_ENV
 
 Target = Literal["local", "cluster"]
+
+MIN_KFP_BACKEND = "2.15.0"
+"""The oldest Kubeflow Pipelines backend that runs the compiled spec.
+
+kfp-kubernetes (2.15 and later) writes the field `optional` on every Secret and
+ConfigMap environment reference, and the optional MLflow Secret needs it; a
+driver older than 2.15 refuses the whole step ("unknown field optional",
+kubeflow/pipelines#12495). The tests parse every compiled executor with the
+protos of this version (tests/support/kfp_backend.py).
+"""
 
 RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
 """The KFP backend labels every pod of a run with the run's id."""
@@ -39,24 +53,6 @@ RUN_ID_FIELD_PATH = "metadata.labels['pipeline/runid']"
 
 class ClusterError(RuntimeError):
     """The KFP endpoint cannot be reached or refused the request; the message says which."""
-
-
-@dataclass(frozen=True)
-class Toleration:
-    """A toleration of a node taint (Kubernetes `tolerations[]`)."""
-
-    key: str
-    operator: Literal["Equal", "Exists"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = "NoSchedule"
-
-
-def _default_node_selector() -> dict[str, str]:
-    return {"nvidia.com/gpu.present": "true"}  # set by NVIDIA GPU feature discovery
-
-
-def _default_tolerations() -> tuple[Toleration, ...]:
-    return (Toleration(key="nvidia.com/gpu"),)  # the usual taint of GPU node pools
 
 
 def _default_config_keys() -> tuple[str, ...]:
@@ -80,14 +76,10 @@ class ClusterSettings:
     there (e.g. `http://flywheel-mlflow.flywheel.svc.cluster.local:5000`).
 
     Attributes:
+        placement: resources, GPUs and nodes of the steps (params.yaml `cluster`).
         train_image: the training step's image; None: the CUDA build of the steps'
-            image (`<image>-cuda`, what `make images` tags).
-        accelerator: the training step's accelerator resource (`nvidia.com/gpu`).
-        gpus: accelerators for the training step (it trains in one process).
-        train_cpu: CPU request of the training step.
-        train_memory: memory request of the training step.
-        node_selector: node labels the training step requires.
-        tolerations: taints the training step tolerates.
+            image (`<image>-cuda`, what `make images` tags) when it has GPUs, the
+            steps' image when it trains on CPU.
         config_map: the ConfigMap with the shared settings.
         config_keys: its keys, each exposed as the environment variable of the same name.
         s3_secret: the Secret with the S3 credentials.
@@ -96,13 +88,8 @@ class ClusterSettings:
         mlflow_keys: its keys → environment variables.
     """
 
+    placement: ClusterConfig = field(default_factory=ClusterConfig)
     train_image: str | None = None
-    accelerator: str = "nvidia.com/gpu"
-    gpus: int = 1
-    train_cpu: str = "4"
-    train_memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=_default_node_selector)
-    tolerations: tuple[Toleration, ...] = field(default_factory=_default_tolerations)
     config_map: str = "flywheel-config"
     config_keys: tuple[str, ...] = field(default_factory=_default_config_keys)
     s3_secret: str = "flywheel-s3"
@@ -111,62 +98,85 @@ class ClusterSettings:
     mlflow_keys: dict[str, str] = field(default_factory=_default_mlflow_keys)
 
     def training_image(self, image: str) -> str:
-        """The training step's image: `train_image`, else the CUDA build `<image>-cuda`.
+        """The training step's image: `train_image`, else the CUDA build `<image>-cuda` for GPUs.
 
         >>> ClusterSettings().training_image("ghcr.io/flywheel-ml/flywheel:0.1.0")
         'ghcr.io/flywheel-ml/flywheel:0.1.0-cuda'
         """
         if self.train_image:
             return self.train_image
+        if self.placement.train.gpus == 0:  # CPU training: the CPU build
+            return image
         if "@" in image:  # a digest names one build: there is no "-cuda" of it
             return image
         return f"{image}-cuda"
 
 
 def configure_step(
-    task: PipelineTask, *, image: str, target: Target, settings: ClusterSettings
+    task: PipelineTask,
+    *,
+    image: str,
+    target: Target,
+    settings: ClusterSettings,
+    training: bool = False,
 ) -> PipelineTask:
-    """Give a step its image and, on a cluster, its settings, credentials and run id.
+    """Give a step its image and, on a cluster, its resources, nodes, credentials and run id.
 
     Locally only the image is set (and ignored by the subprocess runner), so the
-    local runner has no settings to warn about.
+    local runner has no settings to warn about. On a cluster every step asks for
+    CPU and memory; the training step (`training`) its own resources, GPUs and
+    nodes from `settings.placement.train`.
     """
-    task.set_container_image(image)
-    if target == "cluster":
-        kubernetes.use_config_map_as_env(
-            task,
-            config_map_name=settings.config_map,
-            config_map_key_to_env={key: key for key in settings.config_keys},
-        )
-        kubernetes.use_secret_as_env(
-            task, secret_name=settings.s3_secret, secret_key_to_env=dict(settings.s3_keys)
-        )
-        kubernetes.use_secret_as_env(
-            task,
-            secret_name=settings.mlflow_secret,
-            secret_key_to_env=dict(settings.mlflow_keys),
-            optional=True,
-        )
-        kubernetes.use_field_path_as_env(
-            task, env_name=PIPELINE_RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH
-        )
+    if target != "cluster":
+        task.set_container_image(image)
+        return task
+    cluster = settings.placement
+    if training:
+        task.set_container_image(settings.training_image(image))
+        _set_resources(task, cluster.train.resources)
+        if cluster.train.gpus:
+            task.set_accelerator_type(cluster.train.accelerator)
+            task.set_accelerator_limit(cluster.train.gpus)
+            _set_placement(task, cluster.train.placement)
+        else:  # on CPU: placed like every other step
+            _set_placement(task, cluster.placement)
+    else:
+        task.set_container_image(image)
+        _set_resources(task, cluster.steps)
+        _set_placement(task, cluster.placement)
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=settings.config_map,
+        config_map_key_to_env={key: key for key in settings.config_keys},
+    )
+    kubernetes.use_secret_as_env(
+        task, secret_name=settings.s3_secret, secret_key_to_env=dict(settings.s3_keys)
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=settings.mlflow_secret,
+        secret_key_to_env=dict(settings.mlflow_keys),
+        optional=True,
+    )
+    kubernetes.use_field_path_as_env(
+        task, env_name=PIPELINE_RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH
+    )
     return task
 
 
-def request_gpu(
-    task: PipelineTask, *, image: str, target: Target, settings: ClusterSettings
-) -> PipelineTask:
-    """On a cluster: the CUDA image, the accelerator, CPU and memory, and the GPU nodes."""
-    if target != "cluster":
-        return task
-    task.set_container_image(settings.training_image(image))
-    task.set_accelerator_type(settings.accelerator)
-    task.set_accelerator_limit(settings.gpus)
-    task.set_cpu_request(settings.train_cpu)
-    task.set_memory_request(settings.train_memory)
-    for key, value in settings.node_selector.items():
+def _set_resources(task: PipelineTask, resources: Resources) -> None:
+    task.set_cpu_request(resources.cpu)
+    task.set_memory_request(resources.memory)
+    if resources.cpu_limit is not None:
+        task.set_cpu_limit(resources.cpu_limit)
+    if resources.memory_limit is not None:
+        task.set_memory_limit(resources.memory_limit)
+
+
+def _set_placement(task: PipelineTask, placement: Placement) -> None:
+    for key, value in placement.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    for toleration in settings.tolerations:
+    for toleration in placement.tolerations:
         kubernetes.add_toleration(
             task,
             key=toleration.key,
@@ -174,7 +184,6 @@ def request_gpu(
             value=toleration.value,
             effect=toleration.effect,
         )
-    return task
 
 
 def kfp_cron(expression: str) -> str:
@@ -206,87 +215,3 @@ def compile_pipeline(pipeline: Any, package: Path) -> Path:
     package.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(package))
     return package
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What `submit` created on the KFP endpoint.
-
-    Attributes:
-        kind: `run` or `recurring run`.
-        id: its id.
-        url: where the KFP UI shows it.
-    """
-
-    kind: str
-    id: str
-    url: str
-
-
-def submit(
-    package: Path,
-    *,
-    host: str,
-    experiment: str,
-    run_name: str,
-    arguments: dict[str, Any],
-    namespace: str | None = None,
-    cron: str | None = None,
-) -> Submission:
-    """Submit a compiled pipeline to a KFP endpoint: one run, or a recurring run on a cron schedule.
-
-    Args:
-        package: the compiled IR YAML.
-        host: the KFP API endpoint, e.g. `http://localhost:8080` (a port-forward of
-            `svc/ml-pipeline-ui`) or the Kubeflow gateway.
-        experiment: the KFP experiment (created if missing).
-        run_name: the run's (or recurring run's) name.
-        arguments: pipeline arguments.
-        namespace: the Kubeflow profile namespace (multi-user installs).
-        cron: a schedule in KFP's six-field form (`kfp_cron`); None
-            submits a single run.
-
-    Raises:
-        ClusterError: the endpoint cannot be reached or refused the request.
-    """
-    import kfp
-
-    try:
-        with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": noted
-            warnings.simplefilter("ignore", FutureWarning)
-            client = kfp.Client(host=host, namespace=namespace or "kubeflow")
-    except Exception as err:  # the client wraps connection failures in several types
-        raise ClusterError(f"cannot reach the KFP endpoint {host}: {_first_line(err)}") from None
-    try:
-        if cron is None:
-            run = client.create_run_from_pipeline_package(
-                str(package),
-                arguments=arguments,
-                run_name=run_name,
-                experiment_name=experiment,
-                namespace=namespace,
-            )
-            return Submission("run", run.run_id, f"{host.rstrip('/')}/#/runs/details/{run.run_id}")
-        exp = client.create_experiment(experiment, namespace=namespace)
-        job = client.create_recurring_run(
-            experiment_id=exp.experiment_id,
-            job_name=run_name,
-            cron_expression=cron,
-            pipeline_package_path=str(package),
-            params=arguments,
-            max_concurrency=1,
-            no_catchup=True,
-        )
-        job_id = job.recurring_run_id
-        return Submission(
-            "recurring run", job_id, f"{host.rstrip('/')}/#/recurringrun/details/{job_id}"
-        )
-    except Exception as err:  # kfp_server_api raises ApiException; transport errors vary
-        raise ClusterError(
-            f"the KFP endpoint {host} refused the request: {_first_line(err)}"
-        ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

@@ -51,7 +51,7 @@ def build_flywheel_pipeline(
     """
     del data_version  # the nested training gets the version update-dataset records
     image = image or component_image()
-    settings = cluster or ClusterSettings()
+    settings = cluster or ClusterSettings(placement=config.cluster)
     training = build_training_pipeline(config, target=target, image=image, cluster=settings)
 
     def step(task: dsl.PipelineTask) -> dsl.PipelineTask:

@@ -29,7 +29,7 @@ from components.validate import validate_data
 from flywheel.config import Params
 from flywheel.env import component_image
 from flywheel.workflows import params_document
-from pipelines.cluster import ClusterSettings, Target, configure_step, request_gpu
+from pipelines.cluster import ClusterSettings, Target, configure_step
 
 NAME = "training"
 
@@ -74,21 +74,24 @@ def build_training_pipeline(
         config: params.yaml as loaded (without run overrides: those are arguments).
         data_version: default of the `data_version` parameter (the DVC version to
             train on; '' accepts whatever the repository's data.dvc records).
-        target: `local` (KFP local runner) or `cluster` (adds GPU, placement,
-            credentials; see `pipelines.cluster`).
+        target: `local` (KFP local runner) or `cluster` (adds resources, GPUs,
+            placement, credentials; see `pipelines.cluster`).
         image: the steps' image (default `flywheel.env.component_image()`).
-        cluster: placement and credentials for `cluster`.
+        cluster: placement and credentials for `cluster` (default: `config.cluster` with
+            the objects `infra/k8s` creates).
 
     Returns:
         The `@dsl.pipeline` (a KFP GraphComponent): call it under `kfp.local`,
         compile it, or nest it in another pipeline.
     """
     image = image or component_image()
-    settings = cluster or ClusterSettings()
+    settings = cluster or ClusterSettings(placement=config.cluster)
     document = params_document(config)
 
-    def step(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return configure_step(task, image=image, target=target, settings=settings)
+    def step(task: dsl.PipelineTask, *, training: bool = False) -> dsl.PipelineTask:
+        return configure_step(
+            task, image=image, target=target, settings=settings, training=training
+        )
 
     @dsl.pipeline(
         name=NAME,
@@ -114,9 +117,9 @@ def build_training_pipeline(
                 epochs=epochs,
                 learning_rate=learning_rate,
                 dataset=validate.outputs["dataset"],
-            )
+            ),
+            training=True,
         )
-        request_gpu(train, image=image, target=target, settings=settings)
         evaluate = step(
             evaluate_model(
                 params=params,

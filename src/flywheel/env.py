@@ -65,14 +65,25 @@ def state_dir() -> Path:
 
 
 IMAGE_ENV = "FLYWHEEL_IMAGE"
-DEFAULT_IMAGE = f"ghcr.io/flywheel-ml/flywheel:{__version__}"
+IMAGE_REPO_ENV = "FLYWHEEL_IMAGE_REPO"
+DEFAULT_IMAGE_REPO = "ghcr.io/flywheel-ml"
+DEFAULT_IMAGE = f"{DEFAULT_IMAGE_REPO}/flywheel:{__version__}"
 """The container image of every pipeline step: the released image of this version."""
 
 
-def component_image() -> str:
-    """The image the pipeline steps run in on a cluster: `FLYWHEEL_IMAGE`, else `DEFAULT_IMAGE`.
+def component_image(repo: str | None = None) -> str:
+    """The image the pipeline steps run in on a cluster.
 
-    Pin a registry of your own (and a digest) with `FLYWHEEL_IMAGE`, e.g.
-    `registry.example/flywheel@sha256:...`; the local runner ignores the image.
+    `FLYWHEEL_IMAGE` names it whole (pin a digest there, e.g.
+    `registry.example/flywheel@sha256:...`); else `<repo>/flywheel:<version>`,
+    the repository from `repo`, `FLYWHEEL_IMAGE_REPO` (the Makefile's
+    `IMAGE_REPO`, where `make images` pushes) or `DEFAULT_IMAGE_REPO`. The local
+    runner ignores the image.
+
+    >>> component_image("registry.example/ml").startswith("registry.example/ml/flywheel:")
+    True
     """
-    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+    if os.environ.get(IMAGE_ENV):
+        return os.environ[IMAGE_ENV]
+    chosen = (repo or os.environ.get(IMAGE_REPO_ENV) or DEFAULT_IMAGE_REPO).rstrip("/")
+    return f"{chosen}/flywheel:{__version__}"

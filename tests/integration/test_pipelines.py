@@ -20,7 +20,7 @@ from kfp import components
 from typer.testing import CliRunner
 
 from flywheel.cli import app
-from flywheel.config import Params, load_params
+from flywheel.config import ClusterConfig, Params, TrainPlacement, load_params
 from flywheel.data.versioning import track_dataset
 from flywheel.workflows import (
     DataGateError,
@@ -155,7 +155,7 @@ def test_only_the_training_step_asks_for_a_gpu_on_gpu_nodes(cluster_training: Pa
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     for name in ("validate-data", "evaluate-model", "promote-model"):
-        assert "resources" not in _executor(spec, tasks[name]), name
+        assert "accelerator" not in _executor(spec, tasks[name])["resources"], name
         assert "nodeSelector" not in _k8s(platform, spec, tasks[name]), name
         assert "tolerations" not in _k8s(platform, spec, tasks[name]), name
 
@@ -200,6 +200,13 @@ def test_every_step_reads_settings_credentials_and_the_run_id(cluster_training: 
         ),
         (ClusterSettings(train_image="x/gpu:1"), "x/cpu:1", "x/gpu:1"),
         (ClusterSettings(), "x/flywheel@sha256:abc", "x/flywheel@sha256:abc"),
+        (  # CPU training: the CPU build
+            ClusterSettings(
+                placement=ClusterConfig(train=TrainPlacement(gpus=0)),
+            ),
+            "x/flywheel:1",
+            "x/flywheel:1",
+        ),
     ],
 )
 def test_the_training_image_is_the_cuda_build(

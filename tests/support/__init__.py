@@ -19,6 +19,8 @@ Modules:
     katib: Katib's admission rules, trial pod wrapping and metrics parsing (Katib v0.17.0).
     training_operator: the PyTorchJob admission rules (Training Operator v1.8.0).
     dockerfile: infra/docker/Dockerfile read as stages and instructions.
+    kfp_backend: what a KFP backend of a given version accepts, from its protos (kfp_protos/).
+    kfp_api: a recording stand-in of the KFP REST API on 127.0.0.1.
     registry_store: the registry tests' dataset shape, gates, store handle, blessings.
     monitoring_stack: the monitoring stack tests' params, traffic windows, fixture handles.
     evaluation: evaluation reports from hand-made class probabilities, through the real task.

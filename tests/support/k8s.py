@@ -28,6 +28,16 @@ Doc = dict[str, Any]
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 OVERLAYS = ("local", "gpu")
+"""The services' overlays (`make deploy OVERLAY=...`)."""
+JOBS = ("jobs-cpu", "jobs-gpu")
+"""The jobs submitted on purpose (`make tune|train-distributed`), CPU and GPU variants."""
+RENDERINGS = {
+    "local": "overlays/local",
+    "gpu": "overlays/gpu",
+    "jobs-cpu": "jobs/cpu",
+    "jobs-gpu": "jobs/gpu",
+}
+"""Every kustomization a user renders, by the name `make render` writes it under."""
 KUBERNETES_VERSION = "1.32"  # a version kubernetes-validate bundles, the kubectl client's
 
 IMAGE_REPO = "ghcr.io/flywheel-ml"
@@ -48,16 +58,16 @@ def project_version() -> str:
 
 
 def render_overlay(name: str) -> list[Doc]:
-    """`kubectl kustomize infra/k8s/overlays/<name>`, as a list of objects."""
+    """`kubectl kustomize infra/k8s/<RENDERINGS[name]>`, as a list of objects."""
     done = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / "overlays" / name)],
+        ["kubectl", "kustomize", str(K8S / RENDERINGS[name])],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     if done.returncode != 0:
-        raise AssertionError(f"kubectl kustomize overlays/{name} failed:\n{done.stderr}")
+        raise AssertionError(f"kubectl kustomize {RENDERINGS[name]} failed:\n{done.stderr}")
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 

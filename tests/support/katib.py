@@ -1,7 +1,7 @@
 """Katib's admission rules, trial pod wrapping and metrics parsing, ported for offline checks.
 
 Mirrors kubeflow/katib **v0.17.0** (commit 5723604d419c5ba5bf01240b7be5ebf55aaee0bc),
-the oldest release the gpu overlay supports (`infra/k8s/overlays/gpu`: Katib >= 0.17).
+the oldest release the GPU jobs support (`infra/k8s/jobs/gpu`: Katib >= 0.17).
 Paths below are in that tree.
 
 * `katib_admission_errors`: the Experiment validating webhook,

@@ -20,6 +20,19 @@ def test_repository_params_load() -> None:
     assert "in_distribution" in params.scenarios
 
 
+def test_repository_params_place_training_on_one_gpu_and_size_every_step() -> None:
+    cluster = load_params(REPO / "params.yaml").cluster
+
+    assert (cluster.train.gpus, cluster.train.accelerator) == (1, "nvidia.com/gpu")
+    assert cluster.train.placement.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert (cluster.steps.cpu, cluster.steps.memory, cluster.steps.memory_limit) == (
+        "500m",
+        "2Gi",
+        "4Gi",
+    )
+    assert cluster == Params().cluster  # the file states the defaults it documents
+
+
 def test_overrides_replace_single_values() -> None:
     params = load_params(REPO / "params.yaml", {"data.seed": 7, "data.per_stratum.train": 3})
 
@@ -38,6 +51,14 @@ def test_overrides_replace_single_values() -> None:
         ("scenarios: {x: {severity: {fog: 2.0}}}", "unknown noise"),
         ("[1, 2]", "mapping"),
         ("data: {seed: [", "not valid YAML"),
+        ("cluster: {steps: {memory: 2 GB}}", "not a Kubernetes quantity"),
+        ("cluster: {train: {gpus: -1}}", "cluster.train.gpus"),
+        (
+            "cluster: {train: {placement: {tolerations: [{key: g, operator: Equal}]}}}",
+            "needs a value",
+        ),
+        ("cluster: {placement: {tolerations: [{key: g, value: x}]}}", "takes none"),
+        ("cluster: {train: {accelerator: ''}}", "cluster.train.accelerator"),
     ],
 )
 def test_bad_params_name_the_problem(tmp_path: Path, yaml_text: str, message: str) -> None:

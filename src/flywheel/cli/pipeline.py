@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,15 +28,33 @@ commands = typer.Typer(
 PipelineArg = Annotated[str, typer.Argument(help="The pipeline: training | flywheel.")]
 ImageOpt = Annotated[
     str | None,
-    typer.Option(help="The steps' image (default: $FLYWHEEL_IMAGE, else the release image)."),
+    typer.Option(
+        help="The steps' image (default: $FLYWHEEL_IMAGE, else <image repo>/flywheel:<version>)."
+    ),
+]
+ImageRepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FLYWHEEL_IMAGE_REPO",
+        help="Registry of the images when --image is not given (make's IMAGE_REPO; default: "
+        "ghcr.io/flywheel-ml).",
+    ),
 ]
 TrainImageOpt = Annotated[
     str | None,
     typer.Option(help="The training step's image (default: the CUDA build, <image>-cuda)."),
 ]
+GpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="GPUs of the training step; 0 trains on CPU (default: cluster.train.gpus)."
+    ),
+]
 AcceleratorOpt = Annotated[
     str | None,
-    typer.Option(help="The training step's accelerator resource (default: nvidia.com/gpu)."),
+    typer.Option(
+        help="The GPU's resource name, e.g. nvidia.com/gpu (default: cluster.train.accelerator)."
+    ),
 ]
 ConfigMapOpt = Annotated[
     str | None,
@@ -87,37 +106,63 @@ def recorded_data_version(p: Params) -> str:
         return ""
 
 
-def _cluster_settings(
-    train_image: str | None,
-    accelerator: str | None,
-    config_map: str | None,
-    s3_secret: str | None,
-) -> Any:
-    """The default cluster placement, changed where an option says so."""
-    from pipelines.cluster import ClusterSettings
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The command-line choices that change where and in what the steps run."""
 
-    defaults = ClusterSettings()
-    return ClusterSettings(
-        train_image=train_image or defaults.train_image,
-        accelerator=accelerator or defaults.accelerator,
-        config_map=config_map or defaults.config_map,
-        s3_secret=s3_secret or defaults.s3_secret,
-    )
+    image: str | None = None
+    image_repo: str | None = None
+    train_image: str | None = None
+    gpus: int | None = None
+    accelerator: str | None = None
+    config_map: str | None = None
+    s3_secret: str | None = None
+
+    def steps_image(self) -> str:
+        """The steps' image: --image, else from $FLYWHEEL_IMAGE or the image repository."""
+        from flywheel.env import component_image
+
+        return self.image or component_image(self.image_repo)
+
+    def settings(self, p: Params) -> Any:
+        """params.yaml `cluster`, changed where an option says so, as `ClusterSettings`."""
+        from pipelines.cluster import ClusterSettings
+
+        train = p.cluster.train
+        if self.gpus is not None:
+            train = train.model_copy(update={"gpus": self.gpus})
+        if self.accelerator:
+            train = train.model_copy(update={"accelerator": self.accelerator})
+        defaults = ClusterSettings()
+        return ClusterSettings(
+            placement=p.cluster.model_copy(update={"train": train}),
+            train_image=self.train_image,
+            config_map=self.config_map or defaults.config_map,
+            s3_secret=self.s3_secret or defaults.s3_secret,
+        )
 
 
 def _compile_for_cluster(
-    entry: Any, p: Params, version: str, image: str | None, settings: Any, package: Path
+    entry: Any,
+    p: Params,
+    version: str,
+    options: ClusterOptions,
+    package: Path,
+    placed: Params | None = None,
 ) -> tuple[Any, Path]:
-    """Build a catalog pipeline for a cluster and compile it to `package`; both come back."""
-    from flywheel.env import component_image
+    """Build a catalog pipeline for a cluster and compile it to `package`; both come back.
+
+    `p` gives the parameters' defaults; `placed` (default `p`) the `cluster`
+    section, which may carry this run's `--set cluster.*` pairs.
+    """
     from pipelines.cluster import compile_pipeline
 
     pipeline = entry.build(
         p,
         data_version=version,
         target="cluster",
-        image=image or component_image(),
-        cluster=settings,
+        image=options.steps_image(),
+        cluster=options.settings(placed or p),
     )
     return pipeline, compile_pipeline(pipeline, package)
 
@@ -277,40 +322,57 @@ def pipeline_compile(
     ] = None,
     out: PackageDirOpt = Path("dist/pipelines"),
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     image: ImageOpt = None,
+    image_repo: ImageRepoOpt = None,
     train_image: TrainImageOpt = None,
+    gpus: GpusOpt = None,
     accelerator: AcceleratorOpt = None,
     config_map: ConfigMapOpt = None,
     s3_secret: S3SecretOpt = None,
 ) -> None:
     """Compile pipelines for a cluster to Kubeflow Pipelines IR YAML: <out>/<name>.yaml.
 
-    Parameters default to params.yaml and the data version of data.dvc; the
-    training step asks for a GPU on GPU nodes (CUDA image); every step reads the
-    tracking settings from the ConfigMap and the S3 keys from the Secret, which
-    must exist in the namespace the pipeline runs in. Upload the file in the KFP
-    UI or use `submit`.
+    Parameters default to params.yaml (with --set applied) and the data version of
+    data.dvc. Every step asks for the CPU and memory of params.yaml `cluster`; the
+    training step gets its GPUs (CUDA image) on the nodes `cluster.train.placement`
+    names, or trains on CPU with --gpus 0. Every step reads the tracking settings
+    from the ConfigMap and the S3 keys from the Secret, which must exist in the
+    namespace the pipeline runs in. The spec needs a KFP backend >= 2.15. Upload
+    the file in the KFP UI or use `submit`.
     """
     require("pipelines")
-    from flywheel.env import component_image
     from pipelines.catalog import PIPELINES
 
-    p = read_params(params)
+    p = read_params(params, set_)
     chosen = names or [n for n, e in PIPELINES.items() if e.ready]
-    settings = _cluster_settings(train_image, accelerator, config_map, s3_secret)
+    options = ClusterOptions(
+        image, image_repo, train_image, gpus, accelerator, config_map, s3_secret
+    )
     version = recorded_data_version(p)
     for name in chosen:
         entry = pipeline_entry(name, runnable=False)
-        _, package = _compile_for_cluster(entry, p, version, image, settings, out / f"{name}.yaml")
+        _, package = _compile_for_cluster(entry, p, version, options, out / f"{name}.yaml")
         note = (
             "" if entry.ready else f" [yellow](cannot run yet: {escape(entry.not_ready)})[/yellow]"
         )
         console.print(f"compiled [bold]{name}[/bold] → {package}{note}")
-    steps_image = image or component_image()
+    print_placement(options, p)
+
+
+def print_placement(options: ClusterOptions, p: Params) -> None:
+    """Images, training placement, the objects the steps need, the KFP backend needed."""
+    from pipelines.cluster import MIN_KFP_BACKEND
+
+    settings = options.settings(p)
+    steps_image = options.steps_image()
+    train = settings.placement.train
+    gpus = f"{train.gpus} × {train.accelerator}" if train.gpus else "CPU only"
     console.print(
-        f"image: {steps_image} (training: {settings.training_image(steps_image)}); "
+        f"image: {steps_image} (training: {settings.training_image(steps_image)}, {gpus}); "
         f"ConfigMap {settings.config_map}, Secrets {settings.s3_secret} and "
-        f"{settings.mlflow_secret} (optional)"
+        f"{settings.mlflow_secret} (optional); needs a KFP backend >= {MIN_KFP_BACKEND}",
+        soft_wrap=True,
     )
 
 
@@ -339,12 +401,43 @@ def pipeline_submit(
         typer.Option(help="Schedule of --recurring: 5 fields ('0 * * * *') or 6 (seconds first)."),
     ] = None,
     namespace: Annotated[
-        str | None, typer.Option(help="Kubeflow profile namespace (multi-user installs).")
+        str | None,
+        typer.Option(
+            envvar="FLYWHEEL_KFP_NAMESPACE",
+            help="Kubeflow profile namespace (multi-user installs; in a pod: the pod's own).",
+        ),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLYWHEEL_KFP_TOKEN",
+            show_default=False,
+            help="Bearer token for the KFP API (e.g. `kubectl create token ... --audience "
+            "pipelines.kubeflow.org`).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="KF_PIPELINES_SA_TOKEN_PATH",
+            help="File holding the bearer token, read before each request (a projected "
+            "service-account token).",
+        ),
+    ] = None,
+    in_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--in-cluster",
+            help="In a pod: the service-account token Kubeflow projects to "
+            "/var/run/secrets/kubeflow/pipelines/token.",
+        ),
+    ] = False,
     out: PackageDirOpt = Path("dist/pipelines"),
     params: ParamsOpt = Path("params.yaml"),
     image: ImageOpt = None,
+    image_repo: ImageRepoOpt = None,
     train_image: TrainImageOpt = None,
+    gpus: GpusOpt = None,
     accelerator: AcceleratorOpt = None,
     config_map: ConfigMapOpt = None,
     s3_secret: S3SecretOpt = None,
@@ -352,13 +445,16 @@ def pipeline_submit(
     """Compile a pipeline and submit it to a Kubeflow Pipelines endpoint: a run, or a schedule.
 
     Arguments: params.yaml with --set applied, the data version data.dvc records,
-    repo '.' (the image's working directory). Prints the run's id and URL. Exits 2
-    when the endpoint cannot be reached or refuses.
+    repo '.' (the image's working directory). On multi-user Kubeflow give the
+    profile namespace and a token (or a token file; --in-cluster in a pod).
+    Prints the run's id and URL. Exits 2 when the endpoint cannot be reached or
+    refuses.
     """
     from datetime import UTC, datetime
 
     entry = pipeline_entry(name, runnable=True)
-    from pipelines.cluster import kfp_cron
+    from pipelines.cluster import ClusterError, kfp_cron
+    from pipelines.submission import IN_CLUSTER_TOKEN, Credentials, submit
 
     if recurring != (cron is not None):
         raise typer.BadParameter("--recurring and --cron go together", param_hint="--cron")
@@ -366,13 +462,18 @@ def pipeline_submit(
         schedule = kfp_cron(cron) if cron is not None else None
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--cron") from None
-    from pipelines.cluster import ClusterError, submit
-
+    if in_cluster and token_file is None:
+        token_file = IN_CLUSTER_TOKEN
+    with exit_on(ClusterError):
+        credentials = Credentials(token=token, token_file=token_file)
     p = read_base_params(params, set_)
     version = recorded_data_version(p)
-    settings = _cluster_settings(train_image, accelerator, config_map, s3_secret)
+    options = ClusterOptions(
+        image, image_repo, train_image, gpus, accelerator, config_map, s3_secret
+    )
+    placed = read_params(params, set_)  # `cluster.*` pairs place the steps of this run
     pipeline, package = _compile_for_cluster(
-        entry, p, version, image, settings, out / f"{name}.yaml"
+        entry, p, version, options, out / f"{name}.yaml", placed
     )
     run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo=".")
@@ -385,7 +486,11 @@ def pipeline_submit(
             arguments=arguments,
             namespace=namespace,
             cron=schedule,
+            credentials=credentials,
         )
     when = f" on '{schedule}'" if schedule else ""
-    console.print(f"submitted {submission.kind} [bold]{run_name}[/bold]{when}: {submission.id}")
+    where = f" in namespace {submission.namespace}" if submission.namespace else ""
+    console.print(
+        f"submitted {submission.kind} [bold]{run_name}[/bold]{when}{where}: {submission.id}"
+    )
     console.print(f"  {submission.url}")

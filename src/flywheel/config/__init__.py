@@ -12,6 +12,7 @@ and reads the file; `base` what every section shares.
 """
 
 from flywheel.config.base import ConfigError
+from flywheel.config.cluster import ClusterConfig, Placement, Resources, Toleration, TrainPlacement
 from flywheel.config.data import (
     HOLDOUT_SPLIT,
     MANIFEST_SPLITS,
@@ -61,6 +62,7 @@ __all__ = [
     "SPLITS",
     "AugmentConfig",
     "CategoricalDimension",
+    "ClusterConfig",
     "CommitteeConfig",
     "ConfigError",
     "CurateConfig",
@@ -78,8 +80,10 @@ __all__ = [
     "MonitorConfig",
     "NoiseStrength",
     "Params",
+    "Placement",
     "PredictionLogConfig",
     "PrunerConfig",
+    "Resources",
     "Scenario",
     "SearchDimension",
     "ServeConfig",
@@ -87,7 +91,9 @@ __all__ = [
     "SourcePool",
     "Split",
     "Strata",
+    "Toleration",
     "TrainConfig",
+    "TrainPlacement",
     "TuneConfig",
     "UIConfig",
     "ValidationConfig",

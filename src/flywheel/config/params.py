@@ -11,6 +11,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from flywheel.config.base import ConfigError, FrozenConfig
+from flywheel.config.cluster import ClusterConfig
 from flywheel.config.data import DataPlan, Scenario, ValidationConfig
 from flywheel.config.evaluation import EvaluateConfig
 from flywheel.config.loop import (
@@ -43,6 +44,7 @@ class Params(FrozenConfig):
     simulate: SimulateConfig = SimulateConfig()
     monitor: MonitorConfig = MonitorConfig()
     ui: UIConfig = UIConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:

@@ -2,7 +2,8 @@
 
 Nothing under tests/integration/infra/ needs a cluster or a Docker engine:
 
-* test_manifests.py: both kustomize overlays rendered with `kubectl kustomize`,
+* test_manifests.py: both kustomize overlays (the services) and both jobs variants
+  (Katib, PyTorchJob) rendered with `kubectl kustomize`,
   built-in objects validated against the Kubernetes API schemas, and what the
   platform promises (GPUs where training runs, zero-downtime serving, non-root
   pods, Secrets, the one image constant, Services, references, every `flywheel
@@ -23,12 +24,12 @@ import shutil
 
 import pytest
 
-from tests.support.k8s import OVERLAYS, Doc, render_overlay
+from tests.support.k8s import RENDERINGS, Doc, render_overlay
 
 
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[Doc]]:
-    """Every overlay, rendered once for the session (tests mutate deep copies only)."""
+    """Every overlay and jobs variant, rendered once for the session (tests mutate deep copies)."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the kustomize overlays cannot be rendered")
-    return {name: render_overlay(name) for name in OVERLAYS}
+    return {name: render_overlay(name) for name in RENDERINGS}

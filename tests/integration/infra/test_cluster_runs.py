@@ -166,7 +166,7 @@ def test_katib_trial_trains_and_reports_its_objective(
     the metrics file), and the metrics file is parsed the way Katib's collector
     parses it. Data: a tiny dataset in ./data; params.yaml: a tiny plan.
     """
-    docs = rendered["gpu"]
+    docs = rendered["jobs-gpu"] + rendered["gpu"]  # the trial reads the services' ConfigMap
     experiment = find(docs, "Experiment", "flywheel-tune")
     values = sample_assignment(experiment)
     trial = substitute_trial_parameters(experiment, values)

@@ -27,7 +27,7 @@ from tests.support.training_operator import pytorchjob_admission_errors
 def test_custom_resources_validate_against_their_crd_schemas(
     rendered: dict[str, list[Doc]],
 ) -> None:
-    docs = [d for d in rendered["gpu"] if (d["apiVersion"], d["kind"]) in CUSTOM_SCHEMAS]
+    docs = [d for d in rendered["jobs-gpu"] if (d["apiVersion"], d["kind"]) in CUSTOM_SCHEMAS]
     assert sorted(map(ident, docs)) == ["Experiment/flywheel-tune", "PyTorchJob/flywheel-train-ddp"]
     for doc in docs:
         assert validate_custom(doc) == []
@@ -76,14 +76,14 @@ def test_crd_validation_rejects_broken_custom_resources(
     mutate: Callable[[Doc], None],
     expected: str,
 ) -> None:
-    doc = copy.deepcopy(find(rendered["gpu"], kind, name))
+    doc = copy.deepcopy(find(rendered["jobs-gpu"], kind, name))
     mutate(doc)
     errors = validate_custom(doc)
     assert any(expected in e for e in errors), errors
 
 
 def test_katib_experiment_passes_katibs_admission_rules(rendered: dict[str, list[Doc]]) -> None:
-    assert katib_admission_errors(find(rendered["gpu"], "Experiment", "flywheel-tune")) == []
+    assert katib_admission_errors(find(rendered["jobs-gpu"], "Experiment", "flywheel-tune")) == []
 
 
 def _drop_trial_parameter(doc: Doc) -> None:
@@ -124,7 +124,7 @@ def _wrong_primary(doc: Doc) -> None:
 def test_katib_admission_rules_reject_broken_experiments(
     rendered: dict[str, list[Doc]], mutate: Callable[[Doc], None], expected: str
 ) -> None:
-    doc = copy.deepcopy(find(rendered["gpu"], "Experiment", "flywheel-tune"))
+    doc = copy.deepcopy(find(rendered["jobs-gpu"], "Experiment", "flywheel-tune"))
     mutate(doc)
     errors = katib_admission_errors(doc)
     assert any(expected in e for e in errors), errors
@@ -133,7 +133,7 @@ def test_katib_admission_rules_reject_broken_experiments(
 def test_pytorchjob_passes_the_training_operators_admission_rules(
     rendered: dict[str, list[Doc]],
 ) -> None:
-    job = find(rendered["gpu"], "PyTorchJob", "flywheel-train-ddp")
+    job = find(rendered["jobs-gpu"], "PyTorchJob", "flywheel-train-ddp")
     assert pytorchjob_admission_errors(job) == []
     broken = copy.deepcopy(job)
     broken["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
@@ -160,7 +160,7 @@ def test_pytorchjob_command_is_what_torchrun_runs_with_the_operators_env(
     """
     from torch.distributed.run import get_args_parser
 
-    job = find(rendered["gpu"], "PyTorchJob", "flywheel-train-ddp")
+    job = find(rendered["jobs-gpu"], "PyTorchJob", "flywheel-train-ddp")
     replicas = job["spec"]["pytorchReplicaSpecs"]
     nodes = sum(r["replicas"] for r in replicas.values())
     for role, replica in replicas.items():
@@ -186,7 +186,7 @@ def test_pytorchjob_command_is_what_torchrun_runs_with_the_operators_env(
 
 def test_katib_experiment_is_the_twin_of_flywheel_tune(rendered: dict[str, list[Doc]]) -> None:
     params = load_params(REPO / "params.yaml")
-    experiment = find(rendered["gpu"], "Experiment", "flywheel-tune")
+    experiment = find(rendered["jobs-gpu"], "Experiment", "flywheel-tune")
     spec = experiment["spec"]
     trial_pod = next(pod for _, pod in pod_specs(experiment))
     primary = next(

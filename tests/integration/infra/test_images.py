@@ -42,12 +42,13 @@ def test_make_images_and_deploy_fail_clearly_without_engine_or_cluster(tmp_path:
     assert "make images:" in images.stdout + images.stderr
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("")
-    deploy = make("deploy", "OVERLAY=local", env={"KUBECONFIG": str(kubeconfig)})
-    assert deploy.returncode != 0
     reason = "no cluster answers" if shutil.which("kubectl") else "'kubectl' not found"
-    assert f"make deploy: {reason}" in deploy.stdout + deploy.stderr
-    unknown = make("deploy", "OVERLAY=nowhere")
-    assert "make deploy: no overlay 'nowhere'" in unknown.stdout + unknown.stderr
+    for target in ("deploy", "tune", "train-distributed"):  # the jobs too, on purpose only
+        done = make(target, "OVERLAY=local", env={"KUBECONFIG": str(kubeconfig)})
+        assert done.returncode != 0
+        assert f"make {target}: {reason}" in done.stdout + done.stderr
+        unknown = make(target, "OVERLAY=nowhere")
+        assert f"make {target}: no overlay 'nowhere'" in unknown.stdout + unknown.stderr
 
 
 # ================================================================== Dockerfile

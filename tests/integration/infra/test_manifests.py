@@ -30,8 +30,10 @@ from tests.support.k8s import (
     IMAGE_REPO,
     IMAGES,
     INFRA,
+    JOBS,
     K8S,
     OVERLAYS,
+    RENDERINGS,
     Doc,
     all_containers,
     argv,
@@ -68,8 +70,10 @@ def test_overlays_render_what_each_environment_runs(rendered: dict[str, list[Doc
     }  # fmt: skip
     assert platform <= kinds["local"]
     assert platform <= kinds["gpu"]
-    assert {"Experiment", "PyTorchJob"} <= kinds["gpu"]
-    assert not {"Experiment", "PyTorchJob"} & kinds["local"], "no Kubeflow on a local cluster"
+    for overlay in OVERLAYS:  # `make deploy` starts no GPU job: tuning and training are on purpose
+        assert not {"Experiment", "PyTorchJob"} & kinds[overlay], overlay
+    for jobs in JOBS:  # `make tune`, `make train-distributed`
+        assert kinds[jobs] == {"Experiment", "PyTorchJob"}, jobs
     assert "Secret" in kinds["local"]
     assert "Secret" not in kinds["gpu"], "real credentials are created out of band"
     for docs in rendered.values():
@@ -77,7 +81,13 @@ def test_overlays_render_what_each_environment_runs(rendered: dict[str, list[Doc
         assert {d["metadata"].get("namespace") for d in namespaced} == {"flywheel"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+def services_for(name: str, rendered: dict[str, list[Doc]]) -> list[Doc]:
+    """What runs beside a rendering: a jobs variant with the services it reads (ConfigMap)."""
+    paired = {"jobs-cpu": "local", "jobs-gpu": "gpu"}
+    return rendered[name] + (rendered[paired[name]] if name in paired else [])
+
+
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_builtin_objects_validate_against_the_kubernetes_api(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
@@ -105,8 +115,8 @@ def test_the_kubernetes_validator_rejects_broken_objects(rendered: dict[str, lis
 # ================================================================== semantics
 
 
-def test_gpu_overlay_runs_training_on_gpu_nodes(rendered: dict[str, list[Doc]]) -> None:
-    docs = rendered["gpu"]
+def test_gpu_jobs_run_training_on_gpu_nodes(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["jobs-gpu"]
     job = find(docs, "PyTorchJob", "flywheel-train-ddp")
     experiment = find(docs, "Experiment", "flywheel-tune")
     trainers = [*pod_specs(job), *pod_specs(experiment)]
@@ -127,7 +137,9 @@ def test_gpu_overlay_runs_training_on_gpu_nodes(rendered: dict[str, list[Doc]]) 
         assert job["spec"]["nprocPerNode"] == pod["containers"][0]["resources"]["limits"][GPU]
     # Nothing else asks for GPUs: serving, MLflow and the rest stay on CPU nodes.
     gpu_users = {
-        w for w, _, c in all_containers(docs) if GPU in c.get("resources", {}).get("limits", {})
+        w
+        for w, _, c in all_containers(services_for("jobs-gpu", rendered))
+        if GPU in c.get("resources", {}).get("limits", {})
     }
     assert gpu_users == {
         "PyTorchJob/flywheel-train-ddp/Master/pytorch",
@@ -136,8 +148,18 @@ def test_gpu_overlay_runs_training_on_gpu_nodes(rendered: dict[str, list[Doc]]) 
     }
 
 
-def test_local_overlay_asks_for_no_gpu(rendered: dict[str, list[Doc]]) -> None:
-    assert GPU not in json.dumps(rendered["local"])
+@pytest.mark.parametrize("name", ["local", "gpu", "jobs-cpu"])
+def test_only_the_gpu_jobs_ask_for_gpus(rendered: dict[str, list[Doc]], name: str) -> None:
+    assert GPU not in json.dumps(rendered[name])
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_container_asks_for_cpu_and_memory(rendered: dict[str, list[Doc]], name: str) -> None:
+    # Quota'd namespaces refuse pods without requests; a memory limit keeps a leak local.
+    for where, _, c in all_containers(rendered[name]):
+        resources = c.get("resources", {})
+        assert {"cpu", "memory"} <= resources.get("requests", {}).keys(), where
+        assert "memory" in resources.get("limits", {}), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -174,7 +196,7 @@ def test_serving_rolls_out_without_downtime(rendered: dict[str, list[Doc]], over
     assert "MLFLOW_TRACKING_URI" in find(docs, "ConfigMap", next(iter(env_from)))["data"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_no_container_runs_as_root(rendered: dict[str, list[Doc]], overlay: str) -> None:
     problems = []
     for doc in rendered[overlay]:
@@ -216,7 +238,7 @@ def test_secret_references_are_defined_or_documented(rendered: dict[str, list[Do
         assert all(v.startswith("dev-only") for v in secrets), name
 
     documented = documented_secrets(INFRA / "README.md")
-    for name, key in secret_references(rendered["gpu"]):
+    for name, key in secret_references(services_for("jobs-gpu", rendered)):
         assert name in documented, (
             f"Secret {name} is neither created by the gpu overlay nor documented"
         )
@@ -240,17 +262,15 @@ def test_no_credential_is_written_in_a_manifest(
     assert "$(POSTGRES_PASSWORD)" in uri["value"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_every_image_is_the_one_constant_or_pinned(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
     version = project_version()
-    component_tag = f"{version}-cuda" if overlay == "gpu" else version
-    expected = {
-        IMAGES["component"]: component_tag,
-        IMAGES["tracking"]: version,
-        IMAGES["serving"]: version,
-    }
+    component_tag = f"{version}-cuda" if overlay == "jobs-gpu" else version
+    expected = {IMAGES["component"]: component_tag}
+    if overlay in OVERLAYS:
+        expected |= {IMAGES["tracking"]: version, IMAGES["serving"]: version}
     seen = set()
     for where, _, c in all_containers(rendered[overlay]):
         image = c["image"]
@@ -271,13 +291,17 @@ def test_every_image_is_the_one_constant_or_pinned(
 
 
 def test_kustomize_images_carry_the_project_version() -> None:
-    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    constant = yaml.safe_load((K8S / "images" / "kustomization.yaml").read_text())
     version = project_version()
-    assert {(i["name"], i["newName"], i["newTag"]) for i in base["images"]} == {
+    assert {(i["name"], i["newName"], i["newTag"]) for i in constant["images"]} == {
         ("flywheel-component", IMAGES["component"], version),
         ("flywheel-tracking", IMAGES["tracking"], version),
         ("flywheel-serving", IMAGES["serving"], version),
     }
+    for user in ("base", "jobs/base"):  # the services and the jobs share it
+        kustomization = yaml.safe_load((K8S / user / "kustomization.yaml").read_text())
+        assert "images" not in kustomization, user
+        assert [(K8S / user / c).resolve() for c in kustomization["components"]] == [K8S / "images"]
     # The library's default for pipeline steps (FLYWHEEL_IMAGE unset) is the same image.
     assert f"{IMAGES['component']}:{version}" == DEFAULT_IMAGE
 
@@ -309,9 +333,9 @@ def test_local_node_ports_are_published_by_the_kind_cluster(rendered: dict[str, 
         assert mappings[node_port]["hostPort"] == port, f"{service}: host port = service port"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_references_between_objects_resolve(rendered: dict[str, list[Doc]], overlay: str) -> None:
-    docs = rendered[overlay]
+    docs = services_for(overlay, rendered)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for doc in docs:
         claim_templates = {
@@ -426,7 +450,7 @@ def implemented(command: str) -> bool:
 
 
 def test_every_flywheel_command_parses_with_the_real_cli(rendered: dict[str, list[Doc]]) -> None:
-    invocations = dict(flywheel_invocations(rendered["gpu"]))
+    invocations = dict(flywheel_invocations(services_for("jobs-gpu", rendered)))
     assert {tuple(resolve_cli(w)) for w in invocations.values() if w[0] != "monitor"} == {
         ("data", "ensure"),
         ("train",),
@@ -460,7 +484,41 @@ def test_monitor_cronjob_runs_a_cli_command(rendered: dict[str, list[Doc]]) -> N
 def test_make_render_writes_every_overlay(rendered: dict[str, list[Doc]], tmp_path: Path) -> None:
     done = make("render", f"RENDER_DIR={tmp_path}")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{o}.yaml" for o in OVERLAYS)
-    for overlay in OVERLAYS:
-        written = [d for d in yaml.safe_load_all((tmp_path / f"{overlay}.yaml").read_text()) if d]
-        assert written == rendered[overlay]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{o}.yaml" for o in RENDERINGS)
+    for name in RENDERINGS:
+        written = [d for d in yaml.safe_load_all((tmp_path / f"{name}.yaml").read_text()) if d]
+        assert written == rendered[name]
+        for _, _, c in all_containers(written):
+            assert not c["image"].startswith("registry.example"), name
+    claims = [d for d in rendered["gpu"] if d["kind"] == "PersistentVolumeClaim"]
+    assert claims
+    assert all("storageClassName" not in d["spec"] for d in claims)  # the cluster's default
+
+
+def test_make_render_carries_the_image_repository_and_storage_class(tmp_path: Path) -> None:
+    done = make(
+        "render",
+        f"RENDER_DIR={tmp_path}",
+        "IMAGE_REPO=registry.example:5000/team",
+        "STORAGE_CLASS=standard-rwo",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    version = project_version()
+    for name in RENDERINGS:
+        docs = [d for d in yaml.safe_load_all((tmp_path / f"{name}.yaml").read_text()) if d]
+        ours = {c["image"] for _, _, c in all_containers(docs) if "flywheel" in c["image"]}
+        assert ours, name
+        for image in ours:
+            repo, _, rest = image.rpartition("/")
+            assert repo == "registry.example:5000/team", f"{name}: {image}"
+            assert rest.split(":", 1)[1] in (version, f"{version}-cuda"), image
+        claims = [d["spec"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+        claims += [
+            t["spec"]
+            for d in of_kind(docs, "StatefulSet")
+            for t in d["spec"]["volumeClaimTemplates"]
+        ]
+        assert all(c["storageClassName"] == "standard-rwo" for c in claims), name
+        if name in OVERLAYS:
+            assert len(claims) == 3, name  # the state volume, PostgreSQL's, MinIO's
