@@ -96,7 +96,8 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser, params: Path) -> None
 def open_sandbox(args: argparse.Namespace, prefix: str, say: Say = print) -> Iterator[Sandbox]:
     """A temporary folder with the model to serve (`add_sandbox_arguments`' options).
 
-    Telemetry is turned off and OpenMP set to share the CPU first (`configure_process`); the folder is removed at the end unless `--keep`.
+    Telemetry is turned off and OpenMP set to share the CPU first
+    (`configure_process`); the folder is removed at the end unless `--keep`.
 
     Raises:
         SandboxError: see `prepare_model`.
