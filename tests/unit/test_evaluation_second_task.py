@@ -46,7 +46,7 @@ from flywheel.tasks import (
     Task,
 )
 from flywheel.tasks.base import Direction, ImageLike
-from flywheel.workflows.judging import evaluation_scalars
+from flywheel.workflows.judging import evaluation_scalars, slice_rows
 
 SIZE = 8
 URI = "models:/counter/1"
@@ -290,6 +290,13 @@ def test_the_html_report_and_the_scalars_render_the_tasks_metrics() -> None:
     assert scalars["mae"] == candidate.overall["mae"]
     assert scalars["mae[style=printed]"] == candidate.slices["style=printed"]["mae"]
     assert scalars["champion_mae"] == champion.overall["mae"]
+    rows = slice_rows(scalars)  # the CLI's per-slice table, read back from the KFP scalars
+    assert {r.metric for r in rows} == {"mae"}
+    assert (rows[0].name, rows[0].value, rows[0].champion_value) == (
+        "all",
+        candidate.overall["mae"],
+        champion.overall["mae"],
+    )
 
 
 def test_the_evaluation_is_logged_under_the_tasks_names(monkeypatch: pytest.MonkeyPatch) -> None:

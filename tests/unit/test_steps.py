@@ -246,14 +246,14 @@ def test_slice_rows_read_the_scalars_back_in_a_stable_order() -> None:
     assert len(rows) == 1 + len(outcome.report.slices)
     by_name = {r.name: r for r in rows}
     for name, m in outcome.report.slices.items():
-        assert (by_name[name].images, by_name[name].accuracy) == (m.n, m["accuracy"])
-        assert by_name[name].champion_accuracy == champion.slices[name]["accuracy"]
+        assert (by_name[name].images, by_name[name].value) == (m.n, m["accuracy"])
+        assert by_name[name].champion_value == champion.slices[name]["accuracy"]
 
 
 def test_slice_rows_without_a_champion_leave_its_column_empty() -> None:
     rows = slice_rows(evaluation_scalars(_outcome(with_champion=False)))
 
-    assert all(r.champion_accuracy is None for r in rows)
+    assert all(r.champion_value is None for r in rows)
 
 
 @pytest.mark.parametrize("with_champion", [True, False])

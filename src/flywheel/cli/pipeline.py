@@ -241,15 +241,16 @@ def print_outputs(run: Any) -> None:
 
 
 def print_training_summary(run: Any) -> None:
-    """The promoted version, its aliases, test accuracy per slice, the reports, the MLflow UI."""
+    """The promoted version, its aliases, the test metric per slice, the reports, the MLflow UI."""
     from flywheel.cli.summaries import mlflow_ui_command, summarize_training_run
     from flywheel.tracking import local_store_dir, resolve_tracking
 
     s = summarize_training_run(
         run.outputs["model"].metadata, run.outputs["metrics"].metadata, bool(run.outputs["blessed"])
     )
-    table = Table(title=f"test accuracy of {s.model_name} version {s.version}")
-    for column in ("slice", "images", "accuracy"):
+    metric = s.slices[0].metric  # the task's primary metric (classification: accuracy)
+    table = Table(title=f"test {metric} of {s.model_name} version {s.version}")
+    for column in ("slice", "images", metric):
         table.add_column(column, justify="left" if column == "slice" else "right")
     if s.champion_version is not None:
         table.add_column(f"champion v{s.champion_version}", justify="right")
@@ -257,9 +258,9 @@ def print_training_summary(run: Any) -> None:
         extra = (
             []
             if s.champion_version is None
-            else ["-" if row.champion_accuracy is None else f"{row.champion_accuracy:.3f}"]
+            else ["-" if row.champion_value is None else f"{row.champion_value:.3f}"]
         )
-        table.add_row(escape(row.name), str(row.images), f"{row.accuracy:.3f}", *extra)
+        table.add_row(escape(row.name), str(row.images), f"{row.value:.3f}", *extra)
     console.print(table)
     version = f"{s.model_name} version {s.version}"
     if s.promoted:

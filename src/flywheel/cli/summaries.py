@@ -2,7 +2,7 @@
 
 `flywheel pipeline run training` and `flywheel demo` show what a finished
 training-pipeline run did (the version it registered, the gates' verdict, where
-production stands now, test accuracy per slice) from the run's outputs and the
+production stands now, the test metric per slice) from the run's outputs and the
 registry; the printing itself stays in the commands.
 """
 
@@ -32,7 +32,7 @@ class TrainingRunSummary:
         champion_version: the production version it was judged against (None: first model).
         production: the version in production after the run.
         aliases: the aliases the candidate version holds after the run.
-        slices: test accuracy overall and per slice (with the champion's).
+        slices: the task's primary test metric overall and per slice (with the champion's).
     """
 
     model_name: str

@@ -22,12 +22,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SliceRow:
-    """One line of the per-slice table: the whole split (`all`) or one slice."""
+    """One line of the per-slice table: the whole split (`all`) or one slice.
+
+    `value` is the task's primary metric, named `metric` (classification: accuracy).
+    """
 
     name: str
     images: int
-    accuracy: float
-    champion_accuracy: float | None = None
+    metric: str
+    value: float
+    champion_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,28 +129,61 @@ def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
 _SLICED = re.compile(r"^(?P<metric>\w+)\[(?P<slice>.+)\]$")
 
 
+def primary_metric(scalars: Mapping[str, float]) -> str:
+    """The task's primary metric among `evaluation_scalars`' names: the one sliced or championed.
+
+    >>> primary_metric({"mae": 0.5, "within_one": 0.9, "images": 4.0, "mae[style=a]": 0.4})
+    'mae'
+    >>> primary_metric({"accuracy": 0.9, "images": 4.0, "champion_accuracy": 0.8})
+    'accuracy'
+
+    Raises:
+        ValueError: the scalars name no primary metric (no slice, no champion, no accuracy).
+    """
+    sliced = {m["metric"] for key in scalars if (m := _SLICED.match(key))}
+    sliced -= {"images", *(name for name in sliced if name.startswith("champion_"))}
+    if len(sliced) == 1:
+        return sliced.pop()
+    championed = [k.removeprefix("champion_") for k in scalars if _CHAMPION.match(k)]
+    if len(championed) == 1:
+        return championed[0]
+    if "accuracy" in scalars:
+        return "accuracy"
+    raise ValueError(f"no primary metric among the evaluation's scalars {sorted(scalars)}")
+
+
+_CHAMPION = re.compile(r"^champion_\w+$")
+
+
 def slice_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
-    """The per-slice table back from `evaluation_scalars`' names.
+    """The per-slice table of the primary metric back from `evaluation_scalars`' names.
 
     `all` first, then single-column slices, then combinations, each by name.
 
     >>> rows = slice_rows({"accuracy": 0.9, "images": 10.0,
     ...                    "accuracy[style=a,noise=b]": 0.7, "images[style=a,noise=b]": 2.0,
     ...                    "accuracy[style=a]": 0.8, "images[style=a]": 5.0})
-    >>> [(r.name, r.images, r.accuracy, r.champion_accuracy) for r in rows]
-    [('all', 10, 0.9, None), ('style=a', 5, 0.8, None), ('style=a,noise=b', 2, 0.7, None)]
+    >>> [(r.name, r.images, r.metric, r.value, r.champion_value) for r in rows]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('all', 10, 'accuracy', 0.9, None), ('style=a', 5, 'accuracy', 0.8, None),
+     ('style=a,noise=b', 2, 'accuracy', 0.7, None)]
+
+    Raises:
+        ValueError: see `primary_metric`.
     """
+    metric = primary_metric(scalars)
     slices: list[SliceRow] = []
     for key, value in scalars.items():
         match = _SLICED.match(key)
-        if match and match["metric"] == "accuracy":
+        if match and match["metric"] == metric:
             name = match["slice"]
             slices.append(
                 SliceRow(
                     name,
                     int(scalars.get(f"images[{name}]", 0)),
+                    metric,
                     float(value),
-                    scalars.get(f"champion_accuracy[{name}]"),
+                    scalars.get(f"champion_{metric}[{name}]"),
                 )
             )
     # KFP does not keep the order of metadata keys: single columns first, then combinations.
@@ -154,7 +191,8 @@ def slice_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
     overall = SliceRow(
         "all",
         int(scalars.get("images", 0)),
-        float(scalars["accuracy"]),
-        scalars.get("champion_accuracy"),
+        metric,
+        float(scalars[metric]),
+        scalars.get(f"champion_{metric}"),
     )
     return [overall, *slices]
