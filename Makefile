@@ -20,7 +20,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot
+.PHONY: help setup system-deps demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,7 +49,12 @@ screenshot: setup ## PNG of the Evidently dashboard in headless Chromium (instal
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 	$(BIN)/python benchmarks/screenshot_dashboard.py
 
-test: setup ## Run every test, slow ones included (what CI runs)
+system-deps: ## Debian packages the tests run for real: PostgreSQL (MLflow's backend store as deployed)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql (the tests start their own server on 127.0.0.1)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+
+test: setup system-deps ## Run every test, slow ones included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## Run the tests not marked slow
