@@ -145,7 +145,7 @@ def _load(file: Path, preprocessing: Preprocessing) -> tuple[Image.Image, _Loade
         converted = preprocessing.convert(opened)
     extrema = converted.getextrema()  # (min, max), or one pair per band
     pairs = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    top = max(int(high) for _, high in pairs)  # type: ignore[misc]
+    top = max(int(high) for _, high in pairs)
     facts = _Loaded(converted.size, top, bit_depth_white(converted.mode))
     return preprocessing.resize(converted), facts
 

@@ -299,6 +299,18 @@ class Task(ABC):
     ) -> tuple[Any, Any]:
         """Training-time augmentation of a batch already on its device."""
 
+    def check_augment(self, cfg: AugmentConfig, dataset: Dataset[Any]) -> None:
+        """Refuse augmentation that would wipe out this data (before any epoch runs).
+
+        `dataset` is the training split as the loader reads it. The default
+        checks nothing; a task whose augmentation has absolute amounts checks
+        them against the data's range of values.
+
+        Raises:
+            flywheel.config.ConfigError: the augmentation would destroy the images.
+        """
+        del cfg, dataset  # nothing to check by default
+
     @abstractmethod
     def loss(self, outputs: Any, targets: Any) -> Tensor:
         """Scalar training loss of a batch."""

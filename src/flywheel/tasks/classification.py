@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError
-from flywheel.tasks.augment import augment_batch
+from flywheel.tasks.augment import augment_batch, check_augment_range
 from flywheel.tasks.base import (
     DatasetError,
     DecodedBatch,
@@ -38,6 +39,8 @@ from flywheel.tasks.networks import build_model
 
 _REQUIRED_COLUMNS = ("image_id", "path", "label", "split")
 _ROWS_SHOWN = 5
+AUGMENT_SAMPLE = 64
+"""Training images whose range of values the augmentation is checked against."""
 
 
 def image_to_tensor(image: ImageLike, preprocessing: Preprocessing) -> Tensor:
@@ -246,6 +249,19 @@ class ClassificationTask(Task):
     ) -> tuple[Tensor, Tensor]:
         """Photometric and affine augmentation; labels are unchanged by them."""
         return augment_batch(inputs, cfg, generator), targets
+
+    def check_augment(self, cfg: AugmentConfig, dataset: Dataset[Any]) -> None:
+        """Brightness and noise against the span of up to `AUGMENT_SAMPLE` training images.
+
+        Raises:
+            flywheel.config.ConfigError: see `flywheel.tasks.augment.check_augment_range`.
+        """
+        if not cfg.enabled:
+            return
+        count = len(dataset)  # type: ignore[arg-type]
+        picks = np.linspace(0, count - 1, num=min(count, AUGMENT_SAMPLE)).round().astype(int)
+        images = torch.stack([dataset[int(i)][0] for i in np.unique(picks)])  # (B, C, H, W)
+        check_augment_range(cfg, images)
 
     def loss(self, outputs: Any, targets: Tensor) -> Tensor:
         """Cross-entropy of the logits (`outputs[0]`), with the configured label smoothing."""
