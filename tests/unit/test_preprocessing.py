@@ -74,7 +74,7 @@ def test_sixteen_bit_images_use_their_full_range() -> None:
     np.testing.assert_allclose(unit[0], levels / 65535.0, rtol=1e-6)
     png = Image.fromarray(levels)
     assert png.mode == "I;16"
-    with pytest.raises(PreprocessingError, match="16-bit grey image .* data.channels: 1"):
+    with pytest.raises(PreprocessingError, match=r"16-bit grey image .* data\.channels: 1"):
         Preprocessing(8, 3).to_unit(png)
 
 
