@@ -31,6 +31,8 @@ from flywheel.data.importer import import_imagefolder
 from flywheel.demo.server import start_server
 from flywheel.evaluation.prediction import predict_split
 from flywheel.modeling.training import train
+from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.monitoring.reference import compute_reference, embedding_columns
 from tests.support.own_images import PHOTO_SIDE, PHOTOS, digits_tree, photos_tree
 from tests.support.serving import register_blessed, server_environment, write_params
 from tests.support.tracking import tracking_env
@@ -214,3 +216,13 @@ def test_serving_a_users_original_file_answers_as_the_imported_one(
     expected = evaluated.probs[: len(rows)]  # (N, K): evaluation on the imported dataset
     np.testing.assert_allclose(from_imported, expected, atol=1e-5)
     np.testing.assert_allclose(from_originals, expected, atol=1e-5)
+
+
+def test_the_reference_profile_of_an_rgb_model(photos: Trained) -> None:
+    """Monitoring's reference reads the RGB inputs as serving does: features and embedding."""
+    profile = compute_reference(photos.model_uri, photos.dataset)
+    manifest = photos.manifest()
+    assert len(profile) == int(manifest["split"].isin(["train", "val"]).sum())
+    assert np.isfinite(profile[list(FEATURE_COLUMNS)].to_numpy()).all()
+    assert len(embedding_columns(profile)) == 16
+    assert profile["correct"].mean() > 0.8  # the RGB model, as trained
