@@ -69,7 +69,7 @@ def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None)
 
 
 def arrays_to_unit(
-    images: np.ndarray, image_size: int, scale: Scale, channels: int = 1
+    images: np.ndarray, image_size: int, scale: Scale, channels: int = 1, white: int = 255
 ) -> np.ndarray:
     """A JSON array of images → `(N, C, S, S)` float32 in [0, 1].
 
@@ -77,8 +77,10 @@ def arrays_to_unit(
         images: grey (`channels` 1): `(N, S, S)` or `(N, 1, S, S)`; RGB
             (`channels` 3): `(N, 3, S, S)` or `(N, S, S, 3)`; numeric.
         image_size: `S`, the model's input side.
-        scale: `byte` (0–255), `unit` (0–1) or `auto` (`byte` if any value > 1).
+        scale: `byte` (0–`white`), `unit` (0–1) or `auto` (`byte` if any value > 1).
         channels: the model's input channels.
+        white: the level that is white for `byte`: 255, or the model's
+            `white_level` (the values its image files hold, e.g. 16).
 
     Raises:
         RequestError: wrong shape, non-numeric or non-finite values, values outside the scale.
@@ -97,7 +99,7 @@ def arrays_to_unit(
     low, high = float(pixels.min()), float(pixels.max())
     if scale == "auto":
         scale = "byte" if high > 1.0 else "unit"
-    top = 255.0 if scale == "byte" else 1.0
+    top = float(white) if scale == "byte" else 1.0
     if low < 0.0 or high > top:
         raise RequestError(
             f"images with scale {scale!r} must lie in [0, {top:g}], "

@@ -23,7 +23,8 @@ APIs (POST, JSON responses, one item per image, in input order):
 * `/predict_arrays` — JSON `{"images": [...], "scale": "auto"}`: shape
   `(N, H, W)` or `(N, 1, H, W)` for a grey model, `(N, 3, H, W)` or
   `(N, H, W, 3)` for an RGB one, with `H = W =` the model's image size; `scale`
-  says what the values mean: `byte` = 0–255, `unit` = 0–1, `auto` (default) =
+  says what the values mean: `byte` = 0–255 (0 to the model's `white_level`
+  when it has one, e.g. 0–16), `unit` = 0–1, `auto` (default) =
   `byte` when any value exceeds 1, else `unit`.
 * `/admin/reload` — check the alias now and swap in a new version, in every
   worker of the server (`serving.reload`: the token, the other workers).
@@ -233,7 +234,10 @@ class Flywheel:
 
         def prepare(model: LoadedModel) -> np.ndarray:
             task = model.task
-            batch = arrays_to_unit(images, task.image_size, scale, task.channels)  # (N, C, S, S)
+            white = task.preprocessing.white_level or 255  # `byte`: the levels of its files
+            batch = arrays_to_unit(
+                images, task.image_size, scale, task.channels, white
+            )  # (N, C, S, S)
             self._check_count(len(batch))
             return batch
 

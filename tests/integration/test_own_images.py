@@ -182,8 +182,21 @@ def _served_probabilities(url: str, files: list[Path], classes: tuple[str, ...])
     """`/predict_images` of `files` → `(N, K)` probabilities in class order."""
     upload = [("images", (f.name, f.read_bytes(), "image/png")) for f in files]
     answer = httpx.post(f"{url}/predict_images", files=upload, timeout=60)
+    return _probabilities(answer, len(files), classes)
+
+
+def _served_arrays(url: str, files: list[Path], classes: tuple[str, ...]) -> np.ndarray:
+    """`/predict_arrays` of the files' pixels as they are (`byte`) → `(N, K)` probabilities."""
+    arrays = np.stack([np.asarray(Image.open(f)) for f in files])  # (N, S, S) or (N, S, S, 3)
+    body = {"images": arrays.tolist(), "scale": "byte"}
+    answer = httpx.post(f"{url}/predict_arrays", json=body, timeout=60)
+    return _probabilities(answer, len(files), classes)
+
+
+def _probabilities(answer: httpx.Response, n: int, classes: tuple[str, ...]) -> np.ndarray:
+    """The answer's `top_k` (all classes) → `(n, K)` probabilities in class order."""
     assert answer.status_code == 200, answer.text
-    probabilities = np.zeros((len(files), len(classes)))
+    probabilities = np.zeros((n, len(classes)))
     for item in answer.json():
         for entry in item["top_k"]:
             probabilities[item["index"], classes.index(entry["label"])] = entry["probability"]
@@ -212,10 +225,12 @@ def test_serving_a_users_original_file_answers_as_the_imported_one(
     with start_server(params, env=env, cwd=tmp_path, log_path=tmp_path / "server.log") as url:
         from_originals = _served_probabilities(url, originals, classes)
         from_imported = _served_probabilities(url, imported, classes)
+        from_arrays = _served_arrays(url, imported, classes)  # RGB (N, S, S, 3); digits 0-16
 
     expected = evaluated.probs[: len(rows)]  # (N, K): evaluation on the imported dataset
     np.testing.assert_allclose(from_imported, expected, atol=1e-5)
     np.testing.assert_allclose(from_originals, expected, atol=1e-5)
+    np.testing.assert_allclose(from_arrays, expected, atol=1e-5)
 
 
 def test_the_reference_profile_of_an_rgb_model(photos: Trained) -> None:

@@ -183,3 +183,10 @@ def test_arrays_of_an_rgb_model_are_channels_first_or_last() -> None:
     np.testing.assert_array_equal(last, first)
     with pytest.raises(RequestError, match=r"\(N, 3, 8, 8\) or \(N, 8, 8, 3\)"):
         arrays_to_unit(batch[..., 0], 8, "byte", channels=3)
+
+
+def test_byte_arrays_of_a_model_with_a_white_level_are_its_files_levels() -> None:
+    unit = arrays_to_unit(DIGIT[None], 8, "auto", white=16)  # (1, 1, 8, 8)
+    np.testing.assert_allclose(unit[0, 0], DIGIT / 16.0, rtol=1e-6)
+    with pytest.raises(RequestError, match=r"\[0, 16\]"):
+        arrays_to_unit(np.full((1, 8, 8), 200), 8, "byte", white=16)
