@@ -190,3 +190,17 @@ def test_byte_arrays_of_a_model_with_a_white_level_are_its_files_levels() -> Non
     np.testing.assert_allclose(unit[0, 0], DIGIT / 16.0, rtol=1e-6)
     with pytest.raises(RequestError, match=r"\[0, 16\]"):
         arrays_to_unit(np.full((1, 8, 8), 200), 8, "byte", white=16)
+
+
+def test_exif_orientation_is_applied_everywhere(tmp_path: Path) -> None:
+    """A phone photo stored sideways reads upright, at import and when served."""
+    wide = np.zeros((8, 16), np.uint8)  # stored 16 wide, 8 high
+    wide[:, :4] = 255  # a bright band on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(wide).save(path, exif=exif, quality=100)
+    with Image.open(path) as opened:
+        upright = Preprocessing(16).convert(opened)
+    assert upright.size == (8, 16)  # viewed: 8 wide, 16 high
+    assert np.asarray(upright)[:4].mean() > 200  # the band is now on top
