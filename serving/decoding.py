@@ -68,13 +68,19 @@ def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None)
     return image
 
 
-def arrays_to_unit(images: np.ndarray, image_size: int, scale: Scale) -> np.ndarray:
-    """A JSON array of images → `(N, 1, S, S)` float32 in [0, 1].
+def arrays_to_unit(
+    images: np.ndarray, image_size: int, scale: Scale, channels: int = 1, white: int = 255
+) -> np.ndarray:
+    """A JSON array of images → `(N, C, S, S)` float32 in [0, 1].
 
     Args:
-        images: `(N, S, S)` or `(N, 1, S, S)`, numeric.
+        images: grey (`channels` 1): `(N, S, S)` or `(N, 1, S, S)`; RGB
+            (`channels` 3): `(N, 3, S, S)` or `(N, S, S, 3)`; numeric.
         image_size: `S`, the model's input side.
-        scale: `byte` (0–255), `unit` (0–1) or `auto` (`byte` if any value > 1).
+        scale: `byte` (0–`white`), `unit` (0–1) or `auto` (`byte` if any value > 1).
+        channels: the model's input channels.
+        white: the level that is white for `byte`: 255, or the model's
+            `white_level` (the values its image files hold, e.g. 16).
 
     Raises:
         RequestError: wrong shape, non-numeric or non-finite values, values outside the scale.
@@ -86,24 +92,37 @@ def arrays_to_unit(images: np.ndarray, image_size: int, scale: Scale) -> np.ndar
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
         raise RequestError(f"images must be numbers, got dtype {array.dtype}")
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]  # (N, S, S)
-    expected = f"(N, {image_size}, {image_size}) or (N, 1, {image_size}, {image_size})"
-    if array.ndim != 3 or array.shape[1:] != (image_size, image_size):
-        raise RequestError(f"images must have shape {expected}, got {tuple(array.shape)}")
+    array = _channels_first(array, image_size, channels)  # (N, C, S, S)
     pixels = array.astype(np.float64)
     if not np.isfinite(pixels).all():
         raise RequestError("images contain NaN or infinite values")
     low, high = float(pixels.min()), float(pixels.max())
     if scale == "auto":
         scale = "byte" if high > 1.0 else "unit"
-    top = 255.0 if scale == "byte" else 1.0
+    top = float(white) if scale == "byte" else 1.0
     if low < 0.0 or high > top:
         raise RequestError(
             f"images with scale {scale!r} must lie in [0, {top:g}], "
             f"got values in [{low:g}, {high:g}]"
         )
-    return (pixels / top).astype(np.float32)[:, None]  # (N, 1, S, S)
+    return (pixels / top).astype(np.float32)  # (N, C, S, S)
+
+
+def _channels_first(array: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """`array` as `(N, C, S, S)`, or a `RequestError` naming the shapes the model takes."""
+    if channels == 1:
+        if array.ndim == 3 and array.shape[1:] == (size, size):
+            return array[:, None]
+        if array.ndim == 4 and array.shape[1:] == (1, size, size):
+            return array
+        expected = f"(N, {size}, {size}) or (N, 1, {size}, {size})"
+    else:
+        if array.ndim == 4 and array.shape[1:] == (channels, size, size):
+            return array
+        if array.ndim == 4 and array.shape[1:] == (size, size, channels):
+            return array.transpose(0, 3, 1, 2)
+        expected = f"(N, {channels}, {size}, {size}) or (N, {size}, {size}, {channels})"
+    raise RequestError(f"images must have shape {expected}, got {tuple(array.shape)}")
 
 
 def request_id_from(headers: MutableMapping[str, str] | Any) -> str:

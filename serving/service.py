@@ -16,11 +16,15 @@ APIs (POST, JSON responses, one item per image, in input order):
   into the BentoML app (`bentoml.asgi_app`), so it shares BentoML's
   middlewares and its OpenAPI spec (`/docs.json`).
 * `/predict_images` — multipart upload, field `images`, one or more PNG or
-  JPEG files (any size and colour; converted to grayscale and resized to the
-  model's input as in training, as for `/predict_image`).
+  JPEG files (any size, colour and bit depth; brought to the model's input by
+  the pre-processing stored in its metadata, `flywheel.data.preprocessing`:
+  the channels, resize filter and white level training saw, as for
+  `/predict_image`).
 * `/predict_arrays` — JSON `{"images": [...], "scale": "auto"}`: shape
-  `(N, H, W)` or `(N, 1, H, W)` with `H = W =` the model's image size; `scale`
-  says what the values mean: `byte` = 0–255, `unit` = 0–1, `auto` (default) =
+  `(N, H, W)` or `(N, 1, H, W)` for a grey model, `(N, 3, H, W)` or
+  `(N, H, W, 3)` for an RGB one, with `H = W =` the model's image size; `scale`
+  says what the values mean: `byte` = 0–255 (0 to the model's `white_level`
+  when it has one, e.g. 0–16), `unit` = 0–1, `auto` (default) =
   `byte` when any value exceeds 1, else `unit`.
 * `/admin/reload` — check the alias now and swap in a new version, in every
   worker of the server (`serving.reload`: the token, the other workers).
@@ -207,7 +211,7 @@ class Flywheel:
             if not body:
                 raise RequestError("no image: the request body is empty")
             image = decode_image(body, self.config.max_image_pixels)
-            return model.task.preprocess([image]).numpy()  # (1, 1, S, S)
+            return model.task.preprocess([image]).numpy()  # (1, C, S, S)
 
         return await self._serve(request.headers, prepare, inline=len(body) < INLINE_BYTES)
 
@@ -218,7 +222,7 @@ class Flywheel:
         def prepare(model: LoadedModel) -> np.ndarray:
             self._check_count(len(images))
             decoded = [decode_image(Path(p), self.config.max_image_pixels) for p in images]
-            return model.task.preprocess(decoded).numpy()  # (N, 1, S, S)
+            return model.task.preprocess(decoded).numpy()  # (N, C, S, S)
 
         size = sum(Path(p).stat().st_size for p in images[: self.config.max_images_per_request])
         answer = await self._serve(ctx.request.headers, prepare, inline=size < INLINE_BYTES)
@@ -231,7 +235,11 @@ class Flywheel:
         """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc)."""
 
         def prepare(model: LoadedModel) -> np.ndarray:
-            batch = arrays_to_unit(images, model.task.image_size, scale)  # (N, 1, S, S)
+            task = model.task
+            white = task.preprocessing.white_level or 255  # `byte`: the levels of its files
+            batch = arrays_to_unit(
+                images, task.image_size, scale, task.channels, white
+            )  # (N, C, S, S)
             self._check_count(len(batch))
             return batch
 
@@ -297,7 +305,7 @@ class Flywheel:
 
         Args:
             headers: the request's headers (`X-Request-ID`).
-            prepare: the request's images → `(N, 1, S, S)` float32; raises `RequestError`.
+            prepare: the request's images → `(N, C, S, S)` float32; raises `RequestError`.
             inline: pre-process on the event loop (small inputs) rather than in a thread.
 
         Returns:

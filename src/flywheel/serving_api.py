@@ -81,7 +81,8 @@ ADMIN_TOKEN_ENV = "FLYWHEEL_ADMIN_TOKEN"
 disables the endpoint (403)."""
 
 Scale = Literal["auto", "unit", "byte"]
-"""What the values of a JSON array mean: `byte` = 0–255, `unit` = 0–1, `auto` (the default) =
+"""What the values of a JSON array mean: `byte` = 0–255 (0 to the model's white level when it
+was trained with `data.white_level`, e.g. 0–16), `unit` = 0–1, `auto` (the default) =
 `byte` when any value exceeds 1, else `unit`."""
 
 

@@ -188,7 +188,7 @@ def test_cli_import_reports_problems_without_a_traceback(tmp_path: Path) -> None
 
 
 def test_cli_import_writes_the_dataset(tmp_path: Path) -> None:
-    image = Image.new("L", (40, 40), 30)
+    image = Image.new("L", (40, 40), 230)  # bright: no data.white_level needed
     src = _tree(tmp_path / "src", {"train/0/a.png": image, "val/1/b.jpg": image.convert("RGB")})
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  root: {tmp_path / 'data'}\n")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.data.manifest import save_manifest
+from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks import DatasetError, get_task
 from flywheel.tasks.augment import augment_batch, random_affine_matrices
 from flywheel.tasks.classification import (
@@ -244,7 +245,7 @@ def test_preprocess_accepts_pil_and_arrays_and_matches_training() -> None:
 )
 def test_preprocess_rejects_other_arrays(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="expected a uint8 array"):
-        image_to_tensor(bad, 8)
+        image_to_tensor(bad, Preprocessing(8))
 
 
 def test_postprocess_cuts_the_exported_output() -> None:

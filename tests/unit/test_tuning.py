@@ -257,6 +257,8 @@ def test_signature_tracks_what_makes_trials_comparable(tmp_path: Path) -> None:
     other = [
         apply_overrides(params, {"train.patience": 2}),
         apply_overrides(params, {"tune.epochs_per_trial": 2}),
+        apply_overrides(params, {"data.channels": 3}),  # another input: not comparable
+        apply_overrides(params, {"data.white_level": 16}),
         Params(tune=TuneConfig(space={"train.lr": FLOAT_LOG})),
     ]
 

@@ -91,6 +91,7 @@ def train(
     images through the exported model) as a run artifact and is registered as
     the new 'candidate' version, as the pipeline's train step does.
     """
+    from flywheel.config import ConfigError
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
     from flywheel.registry import RegistryError
@@ -100,7 +101,7 @@ def train(
     p = read_params(params, set_)
     data_dir = dataset or p.data.dataset_dir
     version = _describe_data_version(p.data, dataset)
-    with exit_on(DatasetError, TrainingError, RegistryError):
+    with exit_on(DatasetError, TrainingError, RegistryError, ConfigError):
         trained = train_and_register(
             p,
             data_dir,
@@ -181,6 +182,7 @@ def tune(
     <out>/best_params.yaml (dotted keys, ready for --set). Re-running the same
     set-up resumes the study. Exits 1 when no trial completed.
     """
+    from flywheel.config import ConfigError
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
     from flywheel.modeling.tuning import TuneError, print_report, validate_space
@@ -188,7 +190,7 @@ def tune(
     from flywheel.tasks import DatasetError
 
     p = read_params(params, set_)
-    with exit_on(TuneError, DatasetError, TrainingError):
+    with exit_on(TuneError, DatasetError, TrainingError, ConfigError):
         validate_space(p)  # before anything is opened or trained
         data_dir = dataset or p.data.dataset_dir
         version = _describe_data_version(p.data, dataset)

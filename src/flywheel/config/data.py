@@ -73,11 +73,14 @@ class DataPlan(FrozenConfig):
     name: str = "digits"
     seed: int = 0
     image_size: int = Field(32, ge=8, le=512)
+    channels: Literal[1, 3] = 1  # 1 = grey, 3 = RGB; from the data by default (flywheel init)
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
     strata: Strata = Strata()
     per_stratum: dict[Split, int] = Field(default_factory=lambda: _default_counts())
     source_shares: dict[SourcePool, float] = Field(default_factory=lambda: _default_shares())
     noise: NoiseStrength = NoiseStrength()
+    # the pixel value that is white (16 for scikit-learn's digits); None = the file's bit depth
+    white_level: int | None = Field(None, ge=1, le=65535)
     generator: str | None = None  # package.module:function(plan, root) that regenerates data/
 
     @field_validator("per_stratum")

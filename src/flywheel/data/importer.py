@@ -1,11 +1,21 @@
 """Import your own images: an ImageFolder tree into the manifest format.
 
 The input is the layout torchvision's `ImageFolder` reads, one tree per split:
-`SRC/<split>/<label>/<image>.png|jpg|jpeg`. Every image is made grayscale
-(transparent parts on white paper, EXIF rotation applied) and resized to the
-plan's `image_size` square, then written as `data/<name>/images/<split>/<label>/
-<image_id>.png` with a manifest, exactly like a collected dataset. A dataset
-folder's own `images/` is such a tree, so exporting is a copy of that folder.
+`SRC/<split>/<label>/<image>.png|jpg|jpeg`. Every image goes through the
+plan's pre-processing (`flywheel.data.preprocessing`: EXIF rotation applied,
+transparent parts on white paper, grey or RGB as `data.channels` says, resized
+to the `data.image_size` square with the filter training and serving use),
+keeping its own levels and bit depth, then is written as `data/<name>/images/
+<split>/<label>/<image_id>.png` with a manifest, exactly like a collected
+dataset. An image of another size is resized and a warning says how many were
+(an 8 × 8 tree imported with `image_size: 8` stays 8 × 8). A dataset folder's
+own `images/` is such a tree, so exporting is a copy of that folder.
+
+The levels are checked against the plan's white level: a tree whose
+brightest pixel is far below white (scikit-learn's digits use 0–16 of 0–255)
+is refused until `data.white_level` says what white is, and with
+`data.white_level` set a pixel above it is a problem of its file; either would
+otherwise train on images that are nearly black or clipped.
 
 The whole tree is checked before anything is written, and every problem is
 reported at once (unknown split folders, labels outside the plan, unsupported
@@ -17,16 +27,18 @@ files at the top of the tree (a README) are skipped.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from flywheel.config import SPLITS, DataPlan
 from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
 from flywheel.data.manifest import manifest_frame, save_manifest
+from flywheel.data.preprocessing import Preprocessing, PreprocessingError, bit_depth_white
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
 
@@ -35,6 +47,11 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
 
 MAX_LISTED = 50
 """Problems listed in one error message; the exception keeps all of them."""
+
+LOW_RANGE_FRACTION = 0.25
+"""A tree whose brightest pixel is below this fraction of white needs `data.white_level`."""
+
+log = logging.getLogger(__name__)
 
 
 class DatasetImportError(ValueError):
@@ -112,17 +129,66 @@ def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]
     return entries, problems
 
 
-def _load_gray(file: Path, size: int) -> Image.Image:
-    """Decode an image as grayscale "L" of size × size: EXIF orientation applied, alpha on white."""
+@dataclass(frozen=True)
+class _Loaded:
+    """One decoded image's facts: its size before resizing, its brightest level, its white."""
+
+    original_size: tuple[int, int]
+    top_level: int
+    full_white: int
+
+
+def _load(file: Path, preprocessing: Preprocessing) -> tuple[Image.Image, _Loaded]:
+    """Decode `file` and bring it to the plan's channels and size, at its own levels."""
     with Image.open(file) as opened:
         opened.load()
-        image = ImageOps.exif_transpose(opened)
-    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, rgba)
-    gray = image.convert("L")
-    return gray.resize((size, size), Image.Resampling.LANCZOS)  # a copy when already that size
+        converted = preprocessing.convert(opened)
+    extrema = converted.getextrema()  # (min, max), or one pair per band
+    pairs = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    top = max(int(high) for _, high in pairs)
+    facts = _Loaded(converted.size, top, bit_depth_white(converted.mode))
+    return preprocessing.resize(converted), facts
+
+
+def _level_problems(loaded: dict[Path, _Loaded], plan: DataPlan) -> list[str]:
+    """The files whose levels the plan's white level would darken or clip."""
+    if plan.white_level is not None:
+        return [
+            f"{file}: a pixel of level {item.top_level} is above data.white_level "
+            f"{plan.white_level} (it would be clipped); raise data.white_level"
+            for file, item in loaded.items()
+            if item.top_level > plan.white_level
+        ]
+    if not loaded:
+        return []
+    brightest = max(loaded.values(), key=lambda item: item.top_level / item.full_white)
+    top, full = brightest.top_level, brightest.full_white
+    if top >= LOW_RANGE_FRACTION * full:
+        return []
+    return [
+        f"the images use levels 0-{top} of 0-{full}: as they are they would train nearly "
+        f"black (and brightness augmentation would wipe them out); set data.white_level: {top} "
+        f"(--set data.white_level={top}) so that {top} is white, or data.white_level: {full} "
+        "to keep them as dark as they are"
+    ]
+
+
+def _report_resized(loaded: dict[Path, _Loaded], size: int, resample: str) -> None:
+    resized = [(f, item) for f, item in loaded.items() if item.original_size != (size, size)]
+    if resized:
+        file, item = resized[0]
+        width, height = item.original_size
+        log.warning(
+            "resized %d of %d images to %d x %d (data.image_size) with %s, e.g. %s (%d x %d)",
+            len(resized),
+            len(loaded),
+            size,
+            size,
+            resample,
+            file,
+            width,
+            height,
+        )
 
 
 def import_imagefolder(
@@ -143,7 +209,7 @@ def import_imagefolder(
 
     Args:
         src: the tree, `src/<split>/<label>/*.png|jpg|jpeg`, split in train/val/test.
-        plan: the data plan (classes, image size, default root).
+        plan: the data plan (classes, image size, channels, white level, default root).
         name: dataset folder name.
         style: the `style` stratum of every image.
         noise: the `noise` stratum of every image.
@@ -155,8 +221,9 @@ def import_imagefolder(
 
     Raises:
         DatasetImportError: the tree is missing or malformed, has labels outside
-            the plan, or holds files that cannot be decoded (all listed), or the
-            target folder holds files flywheel did not write.
+            the plan, holds files that cannot be decoded or whose levels do not
+            fit the plan's white level (all listed), or the target folder holds
+            files flywheel did not write.
     """
     src = Path(src)
     if not src.is_dir():
@@ -177,8 +244,10 @@ def import_imagefolder(
         )
 
     target = Path(root if root is not None else plan.root) / name
+    preprocessing = Preprocessing.from_plan(plan)
     rows: list[dict[str, object]] = []
     bad_files: list[str] = []
+    loaded: dict[Path, _Loaded] = {}
     try:
         with staged_dir(target) as stage:
             for folder in sorted({(e.split, e.label) for e in entries}):
@@ -186,7 +255,10 @@ def import_imagefolder(
             counters = dict.fromkeys(SPLITS, 0)
             for entry in tqdm(entries, desc=f"import {src.name}", unit="img", disable=not progress):
                 try:
-                    image = _load_gray(entry.file, plan.image_size)
+                    image, loaded[entry.file] = _load(entry.file, preprocessing)
+                except PreprocessingError as err:
+                    bad_files.append(f"{entry.file}: {err}")
+                    continue
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                     reason = "not an image" if isinstance(err, UnidentifiedImageError) else err
                     bad_files.append(f"{entry.file}: cannot decode ({reason})")
@@ -213,8 +285,10 @@ def import_imagefolder(
                         "height": image.height,
                     }
                 )
+            bad_files += _level_problems(loaded, plan)
             if bad_files:
                 raise DatasetImportError(src, bad_files)
+            _report_resized(loaded, plan.image_size, preprocessing.resample)
             manifest = manifest_frame(rows)
             save_manifest(manifest, stage)
     except DatasetWriteError as err:  # the target folder is not ours to replace

@@ -64,12 +64,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def training_signature(params: Params) -> str:
-    """What must not change between a checkpoint and its resume: the train section and classes."""
+    """What must not change between a checkpoint and its resume: the train section and the input."""
     return hash_params(
         {
             "train": params.train.model_dump(mode="json"),
             "classes": list(params.data.classes),
             "image_size": params.data.image_size,
+            "channels": params.data.channels,
+            "white_level": params.data.white_level,
         }
     )
 

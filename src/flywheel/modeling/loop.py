@@ -55,9 +55,11 @@ def build_loop(
 
     Raises:
         flywheel.tasks.DatasetError: the dataset cannot be read.
+        flywheel.config.ConfigError: the augmentation would wipe out the images.
     """
     cfg = params.train
     train_set, val_set = training_datasets(task, cfg, dataset_dir)
+    task.check_augment(cfg.augment, train_set)  # before any epoch: not after one of blanks
 
     seed_everything(cfg.seed)  # same initial weights on every rank
     model = task.build_model(cfg.model).to(device)

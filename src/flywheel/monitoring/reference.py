@@ -6,7 +6,7 @@ validation images are passed through exactly what serving runs:
 
 * the same pre-processing (`Task.build_dataset` reads images with the
   transform `Task.preprocess` applies to an upload; for classification
-  `(B, 1, S, S)` float32 in [0, 1]);
+  `(B, C, S, S)` float32 in [0, 1], grey or RGB);
 * the same summary features (`flywheel.monitoring.features.summary_features` on
   `Task.pixels` of those inputs, as `serving/predictions.py` computes them on
   every request);

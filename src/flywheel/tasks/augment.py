@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flywheel.config import AugmentConfig
+from flywheel.config import AugmentConfig, ConfigError
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
@@ -79,3 +79,40 @@ def augment_batch(images: Tensor, cfg: AugmentConfig, generator: torch.Generator
         noise = torch.randn(out.shape, generator=generator, dtype=torch.float32)
         out = out + cfg.noise_std * noise.to(device)
     return out.clamp(0.0, 1.0)
+
+
+def check_augment_range(cfg: AugmentConfig, images: Tensor) -> None:
+    """Refuse augmentation that could wipe out images of this data's range of values.
+
+    The additive parts (brightness, noise) are absolute amounts in [0, 1]: on
+    images whose values span little of it (scikit-learn's digits read with
+    white at 255 span 0.06), a shift of 0.15 pushes whole images to black and
+    training learns from blank inputs. The span is the median over `images`
+    of each image's max - min; brightness may move an image by at most half of
+    it, the noise's standard deviation be at most a quarter.
+
+    Args:
+        cfg: the augmentation.
+        images: a sample of training inputs `(B, C, H, W)` in [0, 1].
+
+    Raises:
+        ConfigError: a parameter would wipe out the images, naming it, the
+            data's span and what to do.
+    """
+    if not cfg.enabled or images.shape[0] == 0:
+        return
+    flat = images.detach().float().flatten(1)  # (B, C*H*W)
+    span = float((flat.amax(dim=1) - flat.amin(dim=1)).median())
+    limits = {"brightness": span / 2, "noise_std": span / 4}
+    problems = [
+        f"train.augment.{name}={getattr(cfg, name):g} exceeds {limit:.3g}"
+        for name, limit in limits.items()
+        if getattr(cfg, name) > limit
+    ]
+    if problems:
+        raise ConfigError(
+            f"{'; '.join(problems)}: the training images' values span only {span:.3g} of "
+            f"[0, 1] (median max - min over {images.shape[0]} images), so the augmentation "
+            "would wipe them out. Set data.white_level to the data's white (e.g. 16 for "
+            "images of levels 0-16) so they use the full range, or lower the parameters."
+        )

@@ -48,10 +48,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
+from flywheel.data.preprocessing import Preprocessing, PreprocessingError
 
 Direction = Literal["max", "min"]
 ImageLike = Image.Image | np.ndarray
-"""A single image for serving: a PIL image or an `(H, W)` / `(H, W, C)` uint8 array."""
+"""One image for serving: a PIL image, a uint8 `(H, W)` / `(H, W, C)` or uint16 `(H, W)` array."""
 
 
 T_co = TypeVar("T_co", covariant=True)
@@ -262,6 +263,9 @@ class Task(ABC):
     Args:
         classes: class names, in logit order.
         image_size: side of the square input images.
+        channels: 1 (grey) or 3 (RGB).
+        preprocessing: how an image file becomes the model's input; default:
+            `image_size` and `channels`, LANCZOS, white at the file's bit depth.
     """
 
     name: ClassVar[str]
@@ -276,22 +280,52 @@ class Task(ABC):
     metric_labels: ClassVar[Mapping[str, str]] = {}
     """Evaluation metric name → how reports and tables title it (default: the name)."""
 
-    def __init__(self, classes: Sequence[str], image_size: int) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str],
+        image_size: int,
+        channels: Literal[1, 3] = 1,
+        *,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
         if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError(f"needs at least 2 distinct classes, got {list(classes)}")
         self.classes: tuple[str, ...] = tuple(classes)
+        self.preprocessing = preprocessing or Preprocessing(image_size, channels)
+        if (self.preprocessing.size, self.preprocessing.channels) != (image_size, channels):
+            raise ValueError(
+                f"preprocessing {self.preprocessing} does not match image_size={image_size}, "
+                f"channels={channels}"
+            )
         self.image_size = image_size
+        self.channels: Literal[1, 3] = channels
 
     # ----------------------------------------------------------------- set-up
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
         """The task as `params.yaml` configures it (training)."""
-        return cls(params.data.classes, params.data.image_size)
+        plan = params.data
+        return cls(
+            plan.classes,
+            plan.image_size,
+            plan.channels,
+            preprocessing=Preprocessing.from_plan(plan),
+        )
 
     def export_metadata(self) -> dict[str, Any]:
-        """JSON-able description stored with the logged model; serving rebuilds the task from it."""
-        return {"task": self.name, "classes": list(self.classes), "image_size": self.image_size}
+        """JSON-able description stored with the logged model; serving rebuilds the task from it.
+
+        `preprocessing` is the whole input transform (`flywheel.data.preprocessing`),
+        so serving applies exactly what training saw.
+        """
+        return {
+            "task": self.name,
+            "classes": list(self.classes),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "preprocessing": self.preprocessing.to_metadata(),
+        }
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Self:
@@ -305,9 +339,18 @@ class Task(ABC):
                 f"model metadata is for task {metadata.get('task')!r}, not {cls.name!r}"
             )
         try:
-            return cls(metadata["classes"], int(metadata["image_size"]))
+            size = int(metadata["image_size"])
+            preprocessing = Preprocessing.from_metadata(metadata.get("preprocessing"), size)
+            return cls(
+                metadata["classes"],
+                size,
+                preprocessing.channels,
+                preprocessing=preprocessing,
+            )
         except KeyError as err:
             raise ValueError(f"model metadata misses {err.args[0]!r}: {dict(metadata)}") from None
+        except PreprocessingError as err:
+            raise ValueError(str(err)) from None
 
     def direction(self, metric: str) -> Direction:
         """Whether `metric` (with or without a `train_`/`val_` prefix) is maximised or minimised.
@@ -382,6 +425,18 @@ class Task(ABC):
         self, inputs: Any, targets: Any, cfg: AugmentConfig, generator: torch.Generator
     ) -> tuple[Any, Any]:
         """Training-time augmentation of a batch already on its device."""
+
+    def check_augment(self, cfg: AugmentConfig, dataset: Dataset[Any]) -> None:
+        """Refuse augmentation that would wipe out this data (before any epoch runs).
+
+        `dataset` is the training split as the loader reads it. The default
+        checks nothing; a task whose augmentation has absolute amounts checks
+        them against the data's range of values.
+
+        Raises:
+            flywheel.config.ConfigError: the augmentation would destroy the images.
+        """
+        del cfg, dataset  # nothing to check by default
 
     @abstractmethod
     def loss(self, outputs: Any, targets: Any) -> Tensor:

@@ -1,6 +1,7 @@
 """Image classification: one label per image, the manifest's `label` column.
 
-Inputs are grayscale images scaled to [0, 1], shape `(B, 1, H, W)`; the model
+Inputs are grey or RGB images scaled to [0, 1], shape `(B, C, H, W)`, read
+through the task's `Preprocessing` (`flywheel.data.preprocessing`); the model
 (`flywheel.tasks.networks`) returns `(logits, embedding)`. The exported module returns
 one tensor `(B, K + D)`: the K class probabilities followed by the D-dimensional
 embedding, so serving gets the prediction and the monitoring features from one
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -19,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
-from flywheel.tasks.augment import augment_batch
+from flywheel.data.preprocessing import Preprocessing, PreprocessingError
+from flywheel.tasks.augment import augment_batch, check_augment_range
 from flywheel.tasks.base import (
     DatasetError,
     DecodedBatch,
@@ -38,32 +41,26 @@ from flywheel.tasks.networks import build_model
 
 _REQUIRED_COLUMNS = ("image_id", "path", "label", "split")
 _ROWS_SHOWN = 5
+AUGMENT_SAMPLE = 64
+"""Training images whose range of values the augmentation is checked against."""
 
 
-def image_to_tensor(image: ImageLike, image_size: int) -> Tensor:
-    """One image → `(1, image_size, image_size)` float32 in [0, 1], grayscale.
+def image_to_tensor(image: ImageLike, preprocessing: Preprocessing) -> Tensor:
+    """One image → `(C, S, S)` float32 in [0, 1], as `preprocessing` defines it.
 
-    Colour images are converted to luminance and other sizes resized
-    (bilinear), so served inputs go through exactly what training saw.
+    The same definition reads the training images and the served ones (it
+    travels in the model's metadata), so served inputs go through exactly what
+    training saw.
 
     Raises:
-        ValueError: an array that is not uint8 `(H, W)` or `(H, W, 3|4)`.
+        ValueError: an array of another dtype or shape, or an image the
+            definition cannot read (`PreprocessingError`).
     """
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(
-                f"expected a uint8 array (H, W) or (H, W, C), got {image.dtype} {image.shape}"
-            )
-        image = Image.fromarray(image)
-    gray = image.convert("L")
-    if gray.size != (image_size, image_size):
-        gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(gray, dtype=np.uint8)  # (H, W)
-    return torch.from_numpy(pixels.copy()).to(torch.float32).div_(255.0).unsqueeze(0)  # (1, H, W)
+    return torch.from_numpy(preprocessing.to_unit(image))  # (C, S, S)
 
 
 class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
-    """The rows of one split of a manifest dataset: `(image (1, H, W), class index)`.
+    """The rows of one split of a manifest dataset: `(image (C, H, W), class index)`.
 
     Images are decoded lazily (DataLoader workers can share the work); the
     manifest is checked up front, so a bad label or a missing file fails
@@ -73,7 +70,7 @@ class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
         dataset_dir: folder holding `manifest.csv`; image paths are relative to it.
         split: `train`, `val` or `test`.
         classes: class names in logit order; every label must be one of them.
-        image_size: side the images are resized to if they differ.
+        preprocessing: how an image file becomes the model's input (size, channels, scale).
 
     Raises:
         DatasetError: no manifest, missing columns, no rows in the split, an
@@ -81,11 +78,18 @@ class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
     """
 
     def __init__(
-        self, dataset_dir: Path, split: str, classes: Sequence[str], image_size: int
+        self,
+        dataset_dir: Path,
+        split: str,
+        classes: Sequence[str],
+        preprocessing: Preprocessing | int,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.split = split
-        self.image_size = image_size
+        if isinstance(preprocessing, int):  # a side alone: grey, the file's bit depth
+            preprocessing = Preprocessing(preprocessing)
+        self.preprocessing = preprocessing
+        self.image_size = preprocessing.size
         where = manifest_path(self.dataset_dir)
         try:
             manifest = load_manifest(self.dataset_dir)
@@ -123,8 +127,8 @@ class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
         path = self.paths[i]
         try:
             with Image.open(path) as image:
-                pixels = image_to_tensor(image, self.image_size)  # (1, H, W)
-        except (UnidentifiedImageError, OSError) as err:
+                pixels = image_to_tensor(image, self.preprocessing)  # (C, H, W)
+        except (UnidentifiedImageError, OSError, PreprocessingError) as err:
             image_id = self.frame.at[i, "image_id"]
             raise DatasetError(f"{path} (image_id={image_id}): cannot read image: {err}") from None
         return pixels, self.targets[i]
@@ -205,18 +209,31 @@ class ClassificationTask(Task):
     metric_labels: ClassVar[dict[str, str]] = {"macro_f1": "macro-F1", "ece": "ECE"}
 
     def __init__(
-        self, classes: Sequence[str], image_size: int, label_smoothing: float = 0.0
+        self,
+        classes: Sequence[str],
+        image_size: int,
+        channels: Literal[1, 3] = 1,
+        *,
+        preprocessing: Preprocessing | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(classes, image_size)
+        super().__init__(classes, image_size, channels, preprocessing=preprocessing)
         self.label_smoothing = label_smoothing
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
-        """Classes and image size from the data plan, label smoothing from `train`."""
-        return cls(params.data.classes, params.data.image_size, params.train.label_smoothing)
+        """Classes, size, channels and scale from the data plan, label smoothing from `train`."""
+        plan = params.data
+        return cls(
+            plan.classes,
+            plan.image_size,
+            plan.channels,
+            preprocessing=Preprocessing.from_plan(plan),
+            label_smoothing=params.train.label_smoothing,
+        )
 
     def build_dataset(self, dataset_dir: Path, split: str) -> ClassificationDataset:
-        return ClassificationDataset(dataset_dir, split, self.classes, self.image_size)
+        return ClassificationDataset(dataset_dir, split, self.classes, self.preprocessing)
 
     def class_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
         """The class index of every item, `(N,)` int64.
@@ -242,13 +259,26 @@ class ClassificationTask(Task):
         )
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
-        return build_model(cfg, num_classes=len(self.classes), in_channels=1)
+        return build_model(cfg, num_classes=len(self.classes), in_channels=self.channels)
 
     def augment(
         self, inputs: Tensor, targets: Tensor, cfg: AugmentConfig, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Photometric and affine augmentation; labels are unchanged by them."""
         return augment_batch(inputs, cfg, generator), targets
+
+    def check_augment(self, cfg: AugmentConfig, dataset: Dataset[Any]) -> None:
+        """Brightness and noise against the span of up to `AUGMENT_SAMPLE` training images.
+
+        Raises:
+            flywheel.config.ConfigError: see `flywheel.tasks.augment.check_augment_range`.
+        """
+        if not cfg.enabled:
+            return
+        count = len(dataset)  # type: ignore[arg-type]
+        picks = np.linspace(0, count - 1, num=min(count, AUGMENT_SAMPLE)).round().astype(int)
+        images = torch.stack([dataset[int(i)][0] for i in np.unique(picks)])  # (B, C, H, W)
+        check_augment_range(cfg, images)
 
     def loss(self, outputs: Any, targets: Tensor) -> Tensor:
         """Cross-entropy of the logits (`outputs[0]`), with the configured label smoothing."""
@@ -262,14 +292,14 @@ class ClassificationTask(Task):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """`(1, S, S)`: one grayscale channel."""
-        return (1, self.image_size, self.image_size)
+        """`(C, S, S)`: one grey channel or three RGB ones."""
+        return (self.channels, self.image_size, self.image_size)
 
     def preprocess(self, images: Sequence[ImageLike]) -> Tensor:
-        """Images → `(B, 1, H, W)` float32 in [0, 1] (as `ClassificationDataset` reads them)."""
+        """Images → `(B, C, H, W)` float32 in [0, 1] (as `ClassificationDataset` reads them)."""
         if not images:
             raise ValueError("no images to preprocess")
-        return torch.stack([image_to_tensor(image, self.image_size) for image in images])
+        return torch.stack([image_to_tensor(image, self.preprocessing) for image in images])
 
     def export_module(self, model: nn.Module) -> nn.Module:
         return ProbabilitiesAndEmbedding(model).eval()
@@ -283,7 +313,7 @@ class ClassificationTask(Task):
                 "dtype": "float32",
                 "shape": [-1, *self.input_shape],
                 "range": [0.0, 1.0],
-                "color": "grayscale",
+                "color": self.preprocessing.color,
             },
             "output": {"probabilities": [0, k], "embedding": [k, None]},
         }

@@ -91,6 +91,8 @@ def study_signature(
             "train": {k: v for k, v in train.items() if k not in space},
             "classes": list(params.data.classes),
             "image_size": params.data.image_size,
+            "channels": params.data.channels,
+            "white_level": params.data.white_level,
             "manifest_sha256": sha256_file(manifest),
             "space": {k: v.model_dump(mode="json") for k, v in space.items()},
             "metric": metric,
