@@ -27,8 +27,14 @@ from flywheel.data.importer import import_imagefolder
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import data_version, track_dataset
 from flywheel.labeling import read_labels
-from tests.support.label_studio import CLASSES
+from tests.support.label_studio import (
+    CLASSES,
+    label_studio_executable,
+    start_label_studio,
+    write_exports,
+)
 from tests.support.labeling import write_prediction_log
+from tests.support.processes import stop
 from tests.support.project import make_git_dvc_repo
 
 pytestmark = pytest.mark.slow  # DVC and GX: a few seconds each
@@ -167,3 +173,35 @@ def test_a_declared_stratum_or_a_rule(project: Path, setting: str, said: str) ->
     manifest = load_manifest(project / "repo" / "data" / PLAN.name)
     merged = manifest[manifest["source"] == "production"]
     assert set(merged["style"]) == set(merged["noise"]) == {"unknown"}
+
+
+@pytest.mark.skipif(
+    label_studio_executable() is None,
+    reason="Label Studio is not installed (see tests/support/label_studio.py; "
+    "FLYWHEEL_LABEL_STUDIO names its executable)",
+)
+def test_exports_written_by_a_running_label_studio_are_imported(
+    project: Path, tmp_path: Path
+) -> None:
+    """Start Label Studio, annotate as three people, export JSON and JSON_MIN, import both."""
+    executable = label_studio_executable()
+    assert executable is not None
+    process, server = start_label_studio(executable, tmp_path / "ls-data", tmp_path / "ls.log")
+    try:
+        files = write_exports(server, tmp_path / "exports")
+    finally:
+        stop(process)
+    code, out = _cli(project, "label", "import", str(files["agree-json-min.json"]))
+    assert code == 0, out
+    assert "2 labelled tasks; 2 new or changed labels recorded" in out
+    code, out = _cli(project, "label", "import", str(files["agree-json.json"]))
+    assert code == 0, out
+    assert "0 new or changed labels recorded, 2 already known" in out  # the same labels
+    code, out = _cli(project, "label", "import", str(files["agree-csv.csv"]))
+    assert code == 2, out
+    assert "Export → JSON" in out
+
+    code, out = _merge(project)
+
+    assert code == 0, out
+    assert "2 labelled images: 2 merged" in out

@@ -13,7 +13,8 @@ machine). Annotators are users of the same organisation, added by
 through the HTTP API, as people's browsers do.
 
 `write_exports` is how the checked-in files under `tests/fixtures/label_studio/`
-were made (`python -m tests.support.label_studio OUT_DIR` against a running server).
+were made, against a running server: `python -m tests.support.label_studio URL
+LABEL_STUDIO_EXECUTABLE DATA_DIR OUT_DIR OWNER_EMAIL`.
 """
 
 from __future__ import annotations
@@ -111,18 +112,26 @@ def start_label_studio(
     return process, LabelStudio(url, tokens)
 
 
-def add_annotators(executable: Path, data_dir: Path, emails: Sequence[str]) -> dict[str, str]:
-    """Run `label_studio_admin.py` with Label Studio's Python: members and their tokens."""
+def add_annotators(
+    executable: Path, data_dir: Path, emails: Sequence[str], owner: str = OWNER
+) -> dict[str, str]:
+    """Run `label_studio_admin.py` with Label Studio's Python: members and their tokens.
+
+    The owner's token is returned under `OWNER`, whatever the owner's email.
+    """
     python = executable.parent / "python"
     done = subprocess.run(
-        [str(python), str(Path(__file__).with_name("label_studio_admin.py")), OWNER, *emails],
+        [str(python), "-I", str(Path(__file__).with_name("label_studio_admin.py")), owner, *emails],
         env=subprocess_env({"LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "DJANGO_DB": "sqlite"}),
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"label_studio_admin.py failed:\n{done.stderr[-3000:]}")
     tokens: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    tokens[OWNER] = tokens[owner]
     return tokens
 
 
@@ -241,17 +250,15 @@ def write_exports(server: LabelStudio, out: Path) -> dict[str, Path]:
     )
     files = {}
     for name, project in (("agree", agree), ("split", split)):
-        for export_type, suffix in (("JSON", "json"), ("JSON_MIN", "min.json"), ("CSV", "csv")):
-            files[f"{name}-{export_type}"] = export(
-                server,
-                project,
-                export_type,
-                out
-                / f"{name}-{export_type.lower()}.{suffix}".replace("json_min.min.json", "min.json"),
-            )
+        for export_type, file_name in (
+            ("JSON", f"{name}-json.json"),
+            ("JSON_MIN", f"{name}-json-min.json"),
+            ("CSV", f"{name}-csv.csv"),
+        ):
+            files[file_name] = export(server, project, export_type, out / file_name)
     return files
 
 
 if __name__ == "__main__":  # regenerate the checked-in exports against a running server
-    tokens = add_annotators(Path(sys.argv[2]), Path(sys.argv[3]), ANNOTATORS)
+    tokens = add_annotators(Path(sys.argv[2]), Path(sys.argv[3]), ANNOTATORS, sys.argv[5])
     print(write_exports(LabelStudio(sys.argv[1], tokens), Path(sys.argv[4])))
