@@ -101,6 +101,7 @@ def start_label_studio(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # `stop` ends its process group, workers included
         )
     url = f"http://127.0.0.1:{port}"
     try:
