@@ -123,8 +123,8 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
     added = update.merge.added_per_split()
     skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
     say(
-        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}"
-        f"{f' (skipped {skipped}; strata {update.merge.strata})' if skipped else ''}; "
+        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}, "
+        f"strata from {update.merge.strata or '-'}, skipped {skipped or '-'}; "
         f"data version {update.version}" + ("" if update.changed else " (unchanged)")
     )
     return update.version
