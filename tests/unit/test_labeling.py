@@ -280,7 +280,9 @@ def test_the_export_labeller_imports_the_exports_holding_queued_tasks(tmp_path: 
 def test_the_export_labeller_with_no_exports_labels_nothing(tmp_path: Path) -> None:
     (tmp_path / "queue").mkdir()
     (tmp_path / "queue" / "b1.json").write_text(json.dumps([_task(1, "r1", 0)]))
-    result = LabelStudioExportLabeler(source=tmp_path / "none").label(
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "project-1.csv").write_text("id,label\n1,0\n")
+    result = LabelStudioExportLabeler(source=tmp_path / "exports").label(
         Params(data=DataPlan(classes=CLASSES)),
         tmp_path / "queue",
         export_dir=tmp_path / "out",
@@ -289,6 +291,9 @@ def test_the_export_labeller_with_no_exports_labels_nothing(tmp_path: Path) -> N
     assert result.labels.empty
     assert list(result.labels.columns) == list(LABEL_COLUMNS)
     assert result.exports == ()
+    assert "ignored 1 CSV/TSV exports (project-1.csv): flywheel reads Label Studio's JSON" in (
+        result.summary
+    )
 
 
 def test_the_export_labeller_refuses_a_broken_export(tmp_path: Path) -> None:

@@ -439,6 +439,7 @@ class LabelStudioExportLabeler(Labeler):
             summary=(
                 f"{len(labels)} of {len(queued)} queued tasks labelled in {len(exports)} "
                 f"Label Studio exports from {source} ({written} new labels)"
+                + _text_exports_note(source)
             ),
             exports=tuple(export_dir / path.name for path in exports),
         )
@@ -449,4 +450,18 @@ def _holds_any(tasks: Any, keys: set[Key]) -> bool:
     return isinstance(tasks, list) and any(
         isinstance(task, Mapping) and (task_key(task) or task_key({"data": task})) in keys
         for task in tasks
+    )
+
+
+def _text_exports_note(source: Path) -> str:
+    """A warning for CSV/TSV exports in the exports folder, which are not read."""
+    ignored = sorted(
+        p.name
+        for p in (source.iterdir() if source.is_dir() else [])
+        if p.suffix.lower() in TEXT_EXPORT_SUFFIXES
+    )
+    if not ignored:
+        return ""
+    return (
+        f"; ignored {len(ignored)} CSV/TSV exports ({', '.join(ignored[:3])}): {JSON_EXPORT_HINT}"
     )
