@@ -43,7 +43,6 @@ from PIL import Image, UnidentifiedImageError
 from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params, nfc
 from flywheel.data.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
-from flywheel.labeling.queue import Key
 from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
 
 if TYPE_CHECKING:
@@ -168,12 +167,15 @@ def read_logged(
     if not keys:
         return {}
     log = read_predictions(log_root)
-    found: dict[Key, dict[str, Any]] = {}
-    for row in log.to_dict(orient="records"):
-        key = (str(row["request_id"]), int(row["index"]))
-        if key in keys:
-            found[key] = row
-    return found
+    logged_keys = pd.Series(
+        list(zip(log["request_id"].astype(str), log["index"].astype(int), strict=True)),
+        index=log.index,
+        dtype=object,
+    )
+    wanted = log[logged_keys.isin(keys).to_numpy()]  # rows to dicts: only those asked for
+    return {
+        (str(row["request_id"]), int(row["index"])): row for row in wanted.to_dict(orient="records")
+    }
 
 
 def _decode(data: bytes) -> tuple[int, int] | None:
