@@ -306,6 +306,27 @@ def test_each_defect_fails_its_own_expectation(
         assert named[key] == value
 
 
+def test_only_production_rows_may_hold_the_unknown_stratum(dataset: Path, tmp_path: Path) -> None:
+    """`production/production` is the stratum of labelled traffic nobody stratified."""
+    manifest = load_manifest(dataset)
+    row = manifest.image_id == "train-handwritten-clean-0"
+    manifest.loc[row, ["style", "noise"]] = ["production", "production"]
+    save_manifest(manifest, dataset)
+
+    collected = _validate(dataset, tmp_path)
+
+    assert {(IN_SET, "style"), (IN_SET, "noise")} <= _failed(collected)
+    named = {o.key: o.value for f in collected.failures for o in f.offenders}
+    assert named["train-handwritten-clean-0"] == "production"
+
+    manifest.loc[row, "source"] = "production"
+    save_manifest(manifest, dataset)
+
+    merged = _validate(dataset, tmp_path)
+
+    assert not {(IN_SET, "style"), (IN_SET, "noise")} & _failed(merged)
+
+
 def test_missing_stratum_is_named_per_split(dataset: Path, tmp_path: Path) -> None:
     save_manifest(_missing_stratum(dataset, load_manifest(dataset)), dataset)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,14 @@ def serve_collected_batch(
     )
     write_ground_truth(truth, gt_root)
     return truth
+
+
+def stratum_from_log(label: Mapping[str, Any], logged: Mapping[str, Any] | None) -> str | None:
+    """A `merge.strata` rule as a user would declare one: from the logged prediction.
+
+    Images the model was unsure of (confidence below 0.5) go to `unknown/unknown`;
+    the rest to the unknown stratum `production/production` (None).
+    """
+    if logged is None or label["request_id"] is None:
+        return None
+    return "unknown/unknown" if float(logged["confidence"]) < 0.5 else None

@@ -211,3 +211,28 @@ def test_cli_import_writes_the_dataset(tmp_path: Path) -> None:
     manifest = load_manifest(tmp_path / "data" / "own")
     assert sorted(manifest["split"]) == ["train", "val"]
     assert set(manifest["style"]) == {"printed"}
+
+
+def test_a_decomposed_folder_name_is_the_plans_class(tmp_path: Path) -> None:
+    """macOS writes folder names in NFD; the plan's class (NFC) is the same name."""
+    import unicodedata
+
+    composed = "grün blatt"  # a space and a non-ASCII letter
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    plan = DataPlan(name="leaves", classes=(composed, "Élan"), image_size=16)
+    src = _tree(
+        tmp_path / "src",
+        {
+            f"train/{decomposed}/a.png": Image.new("L", (16, 16), 10),
+            f"train/{unicodedata.normalize('NFD', 'Élan')}/b.png": Image.new("L", (16, 16), 200),
+        },
+    )
+
+    manifest = import_imagefolder(src, plan, name="leaves", root=tmp_path, progress=False)
+
+    assert sorted(manifest["label"]) == sorted([composed, "Élan"])
+    assert all(unicodedata.is_normalized("NFC", p) for p in manifest["path"])
+    assert (tmp_path / "leaves" / "images" / "train" / composed).is_dir()
+    # A plan written in NFD reads as NFC, so it compares equal to labels from anywhere.
+    assert DataPlan(classes=(decomposed, "x")).classes == (composed, "x")

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -32,9 +33,11 @@ from flywheel.labeling import (
     read_batch,
     read_labels,
 )
+from tests.support.labeling import random_images, write_prediction_log
 
 CLASSES = ("0", "1", "2")
 CFG = LabelConfig()
+SERVED = {("r1", 0), ("r2", 0)}
 
 
 def _task(
@@ -151,7 +154,7 @@ def test_a_wrong_label_writes_nothing(tmp_path: Path) -> None:
     )
 
     with pytest.raises(LabelImportError, match=r"task 2 .*'cat' is not one of"):
-        import_labels(export, CLASSES, CFG, gt_root=tmp_path / "gt")
+        import_labels(export, CLASSES, CFG, served=SERVED, gt_root=tmp_path / "gt")
 
     assert not (tmp_path / "gt").exists()  # nothing half-written: not even the good task
     assert read_labels(tmp_path / "gt").empty
@@ -165,7 +168,7 @@ def test_unreadable_exports(tmp_path: Path, content: str | None, message: str) -
     if content is not None:
         path.write_text(content)
     with pytest.raises(LabelImportError, match=message):
-        import_labels(path, CLASSES, CFG, gt_root=tmp_path / "gt")
+        import_labels(path, CLASSES, CFG, served=SERVED, gt_root=tmp_path / "gt")
 
 
 def test_import_is_idempotent_and_a_relabel_wins(tmp_path: Path) -> None:
@@ -175,10 +178,10 @@ def test_import_is_idempotent_and_a_relabel_wins(tmp_path: Path) -> None:
         json.dumps([_task(1, "r1", 0, _annotation("1")), _task(2, "r2", 0, _annotation("2"))])
     )
 
-    first = import_labels(export, CLASSES, CFG, gt_root=gt)
-    again = import_labels(export, CLASSES, CFG, gt_root=gt)
+    first = import_labels(export, CLASSES, CFG, served=SERVED, gt_root=gt)
+    again = import_labels(export, CLASSES, CFG, served=SERVED, gt_root=gt)
     export.write_text(json.dumps([_task(1, "r1", 0, _annotation("0", at="2026-11-24T00:00"))]))
-    relabel = import_labels(export, CLASSES, CFG, gt_root=gt)
+    relabel = import_labels(export, CLASSES, CFG, served=SERVED, gt_root=gt)
 
     assert (first.written, again.written, again.unchanged, relabel.written) == (2, 0, 2, 1)
     assert again.file is None
@@ -242,7 +245,11 @@ def test_the_export_labeller_imports_the_exports_holding_queued_tasks(tmp_path: 
         json.dumps([_task(1, "r1", 0, _annotation("1")), _task(9, "r9", 0, _annotation("0"))])
     )
     (exports / "other.json").write_text(json.dumps([_task(5, "r5", 0, _annotation("0"))]))
-    params = Params(data=DataPlan(classes=CLASSES))
+    # r9 was served (it is in the prediction log) but not queued.
+    write_prediction_log(
+        tmp_path / "log", random_images(1), np.array([[0.2, 0.3, 0.5]]), CLASSES, request_ids=["r9"]
+    )
+    params = Params(data=DataPlan(classes=CLASSES), serve={"log": {"dir": tmp_path / "log"}})  # type: ignore[arg-type]
     labeler = LabelStudioExportLabeler(source=exports)
 
     result = labeler.label(params, queue, export_dir=out, gt_root=gt)
@@ -261,11 +268,21 @@ def test_the_export_labeller_imports_the_exports_holding_queued_tasks(tmp_path: 
     assert again.summary.endswith("(0 new labels)")
     assert len(list(gt.glob("*.parquet"))) == 1  # one file per run; nothing new the second time
 
+    # An export labelling a request never served (neither queued nor logged) is refused whole.
+    (exports / "c.json").write_text(
+        json.dumps([_task(1, "r1", 0, _annotation("0")), _task(7, "r7", 0, _annotation("0"))])
+    )
+    with pytest.raises(LabelImportError, match=r"c\.json: 1 labels .*never served.*r7#0"):
+        labeler.label(params, queue, export_dir=out, gt_root=gt)
+    assert read_labels(gt).set_index("request_id")["label"].to_dict() == labels
+
 
 def test_the_export_labeller_with_no_exports_labels_nothing(tmp_path: Path) -> None:
     (tmp_path / "queue").mkdir()
     (tmp_path / "queue" / "b1.json").write_text(json.dumps([_task(1, "r1", 0)]))
-    result = LabelStudioExportLabeler(source=tmp_path / "none").label(
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "project-1.csv").write_text("id,label\n1,0\n")
+    result = LabelStudioExportLabeler(source=tmp_path / "exports").label(
         Params(data=DataPlan(classes=CLASSES)),
         tmp_path / "queue",
         export_dir=tmp_path / "out",
@@ -274,6 +291,9 @@ def test_the_export_labeller_with_no_exports_labels_nothing(tmp_path: Path) -> N
     assert result.labels.empty
     assert list(result.labels.columns) == list(LABEL_COLUMNS)
     assert result.exports == ()
+    assert "ignored 1 CSV/TSV exports (project-1.csv): flywheel reads Label Studio's JSON" in (
+        result.summary
+    )
 
 
 def test_the_export_labeller_refuses_a_broken_export(tmp_path: Path) -> None:

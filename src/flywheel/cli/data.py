@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, exit_on, refuse_on
+from flywheel.cli.console import abort, console, exit_on, print_error, refuse_on
 from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
@@ -137,13 +136,17 @@ def data_merge(
     stays frozen; merge.holdout_share of the new images form the evaluation-only
     `holdout` split. The merged dataset must pass the data gate (else the merge
     is undone, exit 1); `dvc add` records it. Merging the same labels again adds
-    nothing and keeps the version.
+    nothing and keeps the version. A label without a recorded stratum gets one
+    by merge.strata (default: the stratum production/production). Labels not
+    merged are counted with their reason; when none of the labels can be
+    merged, the command says why and exits 1.
     """
     from flywheel.data.versioning import DataVersionError
-    from flywheel.labeling.merge import SKIP_REASONS, MergeError, update_dataset
+    from flywheel.labeling.merge import STRATUM_SOURCES, MergeError, update_dataset
+    from flywheel.labeling.strata import StratumError
 
     p = read_params(params, set_)
-    with exit_on(DataVersionError), refuse_on(MergeError):
+    with exit_on(DataVersionError, StratumError), refuse_on(MergeError):
         update = update_dataset(p, repo, log_root=log_dir, push=push)
     merge = update.merge
     added = ", ".join(f"{n} to {split}" for split, n in merge.added_per_split().items())
@@ -151,8 +154,11 @@ def data_merge(
         f"{merge.labels} labelled images: [bold]{len(merge.added)}[/bold] merged"
         f"{f' ({added})' if added else ''}"
     )
-    for reason, keys in merge.skipped.items():
-        console.print(f"  skipped {len(keys)}: {SKIP_REASONS[reason]} (e.g. {escape(keys[0])})")
+    for where, n in merge.strata.items():
+        console.print(f"  stratum of {n}: {STRATUM_SOURCES[where]}")
+    print_skipped(merge.skipped)
+    if merge.nothing_merged is not None:
+        raise abort(merge.nothing_merged, code=1)
     if update.changed:
         console.print(
             f"data version [bold]{update.version}[/bold] (was {update.version_before}); "
@@ -160,3 +166,14 @@ def data_merge(
         )
     else:
         console.print(f"data version unchanged: {update.version}")
+
+
+def print_skipped(skipped: dict[str, list[str]]) -> None:
+    """Warn, on stderr, how many labels were not merged for each reason, with an example."""
+    from flywheel.labeling.merge import SKIP_REASONS
+
+    for reason, keys in skipped.items():
+        print_error(
+            f"skipped {len(keys)} labels: {SKIP_REASONS[reason]} (e.g. {keys[0]})",
+            label="warning",
+        )

@@ -299,23 +299,36 @@ def ui(
 
 @label_commands.command("import")
 def label_import(
-    path: Annotated[Path, typer.Argument(help="A Label Studio JSON export (a list of tasks).")],
+    path: Annotated[
+        Path, typer.Argument(help="A Label Studio export: JSON or JSON-MIN (a list of tasks).")
+    ],
     origin: Annotated[
         str, typer.Option(help="Recorded on the labels: label-studio (people) or oracle.")
     ] = "label-studio",
+    log_dir: LogDirOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Import a Label Studio export: check every task, then record the labels, all or nothing.
 
-    A label outside the plan's classes, a task without data.request_id/index,
-    or two tasks labelling one image differently is an error naming the task;
-    nothing is written then (exit 2). Re-importing an export records nothing new.
+    Reads Label Studio's JSON and JSON-MIN exports (and the pre-1.0
+    `completions`); the class is the choice of label.from_name, else of the
+    only Choices control (the stock template's `choice`). Several annotators on
+    a task: label.annotators (majority by default; a tie is an error). A label
+    outside the plan's classes, a request never served (in no queue batch and
+    not in the prediction log), a task without data.request_id/index, or two
+    tasks labelling one image differently is an error naming the task; so is
+    an export that yields no label, and a CSV export. Nothing is written then
+    (exit 2). Re-importing an export records nothing new.
     """
-    from flywheel.labeling import LabelImportError, import_labels
+    from flywheel.labeling import LabelImportError, import_labels, queue_dir, served_keys
+    from flywheel.monitoring.prediction_log import predictions_dir
 
     p = read_params(params)
     with exit_on(LabelImportError):
-        result = import_labels(path, p.data.classes, p.label, origin=origin)
+        served = served_keys(
+            queue_dir(p.label), log_dir if log_dir is not None else predictions_dir(p)
+        )
+        result = import_labels(path, p.data.classes, p.label, served=served, origin=origin)
     console.print(
         f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
         f"changed labels recorded, {result.unchanged} already known, "

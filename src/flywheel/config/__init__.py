@@ -11,12 +11,13 @@ data gate), `training` (network, augmentation, training, the search),
 and reads the file; `base` what every section shares.
 """
 
-from flywheel.config.base import ConfigError
+from flywheel.config.base import ConfigError, nfc
 from flywheel.config.cluster import ClusterConfig, Placement, Resources, Toleration, TrainPlacement
 from flywheel.config.data import (
     HOLDOUT_SPLIT,
     MANIFEST_SPLITS,
     PRODUCTION_SOURCE,
+    PRODUCTION_STRATUM,
     SOURCE_POOLS,
     SPLITS,
     DataPlan,
@@ -58,6 +59,7 @@ __all__ = [
     "HOLDOUT_SPLIT",
     "MANIFEST_SPLITS",
     "PRODUCTION_SOURCE",
+    "PRODUCTION_STRATUM",
     "SOURCE_POOLS",
     "SPLITS",
     "AugmentConfig",
@@ -98,5 +100,6 @@ __all__ = [
     "UIConfig",
     "ValidationConfig",
     "load_params",
+    "nfc",
     "parse_params",
 ]

@@ -26,6 +26,13 @@ MANIFEST_SPLITS: tuple[str, ...] = (*SPLITS, HOLDOUT_SPLIT)
 PRODUCTION_SOURCE = "production"
 """The manifest's `source` of labelled production traffic merged into a dataset."""
 
+PRODUCTION_STRATUM = "production"
+"""The `style` and `noise` of merged production images whose stratum nobody knows.
+
+Real traffic carries no stratum; `merge.strata: production` files such images
+under `production/production`, a stratum outside the plan that the data gate
+allows for `source = production` rows only and counts in no planned minimum."""
+
 Split = Literal["train", "val", "test"]
 SourcePool = Literal["train", "val", "test", "production"]
 
@@ -82,6 +89,11 @@ class DataPlan(FrozenConfig):
     # the pixel value that is white (16 for scikit-learn's digits); None = the file's bit depth
     white_level: int | None = Field(None, ge=1, le=65535)
     generator: str | None = None  # package.module:function(plan, root) that regenerates data/
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct_names(values)  # in NFC: how labels and folder names are compared
 
     @field_validator("per_stratum")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flywheel.config.base import FrozenConfig, distinct_names
+from flywheel.config.base import FrozenConfig, distinct_names, nfc
 from flywheel.config.data import Split
 
 CurationStrategy = Literal["least_confidence", "margin", "entropy", "committee", "random"]
@@ -42,6 +42,10 @@ class LabelConfig(FrozenConfig):
     from_name: str = Field("label", min_length=1)  # the Choices control holding the class
     to_name: str = Field("image", min_length=1)  # the Image object it labels
     labeler: str = Field("label-studio-export", min_length=1)  # short name or package.module:Class
+    # Several annotators on one task: majority (the most frequent label; a tie is an
+    # error naming the task), unanimous (any disagreement is an error), latest (the
+    # most recent annotation wins). Each annotator's latest annotation is their vote.
+    annotators: Literal["majority", "unanimous", "latest"] = "majority"
 
 
 class MergeConfig(FrozenConfig):
@@ -49,6 +53,22 @@ class MergeConfig(FrozenConfig):
 
     holdout_share: float = Field(0.3, ge=0, lt=1)  # to the evaluation-only holdout split
     val_share: float = Field(0.1, ge=0, lt=1)  # to val; the rest to train
+    # The stratum of a labelled image whose stratum no one recorded (real traffic):
+    # "production" (the explicit stratum production/production, outside the plan's
+    # minimums), "refuse" (an error naming the images), a planned stratum "style/noise"
+    # (all of them go there), or "package.module:function", a rule called with the
+    # label row and its logged prediction that returns "style/noise" (None: production).
+    strata: str = Field("production", min_length=1)
+
+    @field_validator("strata")
+    @classmethod
+    def _a_known_rule(cls, value: str) -> str:
+        if value in {"production", "refuse"} or ":" in value or value.count("/") == 1:
+            return nfc(value)
+        raise ValueError(
+            f"must be production, refuse, a stratum 'style/noise' or "
+            f"'package.module:function', got {value!r}"
+        )
 
     @model_validator(mode="after")
     def _leaves_some_for_training(self) -> MergeConfig:

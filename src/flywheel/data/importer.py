@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from flywheel.config import SPLITS, DataPlan
+from flywheel.config import SPLITS, DataPlan, nfc
 from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
 from flywheel.data.manifest import manifest_frame, save_manifest
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError, bit_depth_white
@@ -101,8 +101,9 @@ def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]
                     f"{label_dir}: a file directly in a split folder; put it in a label folder"
                 )
                 continue
-            if label_dir.name not in classes:
-                unknown_labels.setdefault(label_dir.name, []).append(split_dir.name)
+            label = nfc(label_dir.name)  # macOS writes NFD names; the plan's are NFC
+            if label not in classes:
+                unknown_labels.setdefault(label, []).append(split_dir.name)
             for file in sorted(label_dir.iterdir()):
                 if file.name.startswith("."):
                     continue
@@ -117,9 +118,7 @@ def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]
                     )
                 else:
                     entries.append(
-                        _Entry(
-                            file, file.relative_to(src).as_posix(), split_dir.name, label_dir.name
-                        )
+                        _Entry(file, file.relative_to(src).as_posix(), split_dir.name, label)
                     )
     for label, splits in sorted(unknown_labels.items()):
         problems.append(

@@ -161,7 +161,13 @@ def label_with_oracle(
     folder = export_dir if export_dir is not None else exports_dir(cfg)
     export = write_json_atomic(folder / f"{name}-oracle-{now:%Y%m%dT%H%M%S%fZ}.json", export_tasks)
     imported = import_labels(
-        export, params.data.classes, cfg, origin=ORIGIN_ORACLE, gt_root=gt_root
+        export,
+        params.data.classes,
+        cfg,
+        served=pending_keys,
+        origin=ORIGIN_ORACLE,
+        gt_root=gt_root,
+        allow_empty=True,  # tasks the simulator did not send stay unlabelled
     )
     return OracleResult(
         batches=tuple(batches),

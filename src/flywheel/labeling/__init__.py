@@ -8,9 +8,11 @@ rides along as a *prediction* (a pre-annotation a labeller confirms or fixes).
 `label_config_xml` is the matching labelling interface: one single-choice
 control over the plan's classes.
 
-Labels come back as a Label Studio JSON export (`import_labels`), checked
-whole before anything is appended to the ground-truth store
-(`flywheel.data.ground_truth`).
+Labels come back as a Label Studio export as Label Studio writes it (JSON,
+JSON_MIN or the pre-1.0 `completions`; any Choices control; several
+annotators resolved by `label.annotators`: `exports`), checked whole before
+anything is appended to the ground-truth store (`flywheel.data.ground_truth`)
+by `import_labels`; a label for a request never served is refused.
 
 Who labels is configuration: a `Labeler` (`labeler_for(params.label)`) labels
 the queued batches for the pipeline's label step. The product's is
@@ -19,10 +21,12 @@ oracle (`flywheel.demo.oracle`), which answers from the traffic simulator's
 truth through a Label Studio export.
 
 Labelled production images then join the dataset as a new data version
-(`merge`: GX-gated, `dvc add`).
+(`merge`: GX-gated, `dvc add`); where nobody recorded an image's stratum,
+`merge.strata` declares one (`strata`).
 
 Modules: `base` (the `Labeler` interface), `queue` (folders and batches),
-`label_studio` (formats, the import, the export labeller), `merge`.
+`exports` (Label Studio's export formats, annotator votes), `label_studio`
+(the labelling config, the import, the export labeller), `strata`, `merge`.
 """
 
 from flywheel.labeling.base import (
@@ -60,6 +64,7 @@ from flywheel.labeling.queue import (
     queue_dir,
     queued_keys,
     read_batch,
+    served_keys,
     task_key,
     write_json_atomic,
 )
@@ -95,6 +100,7 @@ __all__ = [
     "read_export",
     "read_labels",
     "record_labels",
+    "served_keys",
     "task_key",
     "write_json_atomic",
 ]

@@ -17,7 +17,7 @@ step imports the exports that hold queued tasks.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from flywheel.config import LabelConfig, Params
+from flywheel.config import LabelConfig, Params, nfc
 from flywheel.data.ground_truth import (
     KEY,
     LABELLER_ORIGINS,
@@ -35,11 +35,25 @@ from flywheel.data.ground_truth import (
     write_ground_truth,
 )
 from flywheel.labeling.base import LABEL_COLUMNS, Labeler, LabelingResult, no_labels
-from flywheel.labeling.queue import Key, exports_dir, queued_keys, read_json, task_key
-
-
-class LabelImportError(ValueError):
-    """A Label Studio export that cannot be imported; the message names the file and the task."""
+from flywheel.labeling.exports import (
+    JSON_EXPORT_HINT,
+    TEXT_EXPORT_SUFFIXES,
+    LabelImportError,
+    Vote,
+    choose_control,
+    chosen_label,
+    export_votes,
+    is_text_export,
+    resolve_votes,
+)
+from flywheel.labeling.queue import (
+    Key,
+    exports_dir,
+    logged_keys,
+    queued_keys,
+    read_json,
+    task_key,
+)
 
 
 def label_config_xml(classes: Sequence[str], from_name: str, to_name: str) -> str:
@@ -89,143 +103,153 @@ class ParsedExport:
         labels: one row per labelled task (`LABEL_COLUMNS`).
         unlabelled: ids of tasks with no usable annotation (none, all cancelled,
             or none choosing a class), left for later.
+        control: the Choices control the labels were read from (None: none found).
+        format: `JSON` (also pre-1.0 `completions`) or `JSON_MIN`.
     """
 
     labels: pd.DataFrame
     unlabelled: tuple[str, ...] = ()
+    control: str | None = None
+    format: str = "JSON"
 
-
-def _task_name(task: Mapping[str, Any], position: int) -> str:
-    """How a task is named in errors: its id when it has one, else its position."""
-    task_id = task.get("id")
-    return f"task {task_id}" if task_id is not None else f"task #{position} (no id)"
-
-
-def _latest_annotation(task: Mapping[str, Any], where: str) -> Mapping[str, Any] | None:
-    annotations = task.get("annotations") or []
-    if not isinstance(annotations, list):
-        raise LabelImportError(f"{where}: `annotations` is not a list")
-    usable = [
-        a
-        for a in annotations
-        if isinstance(a, Mapping) and not a.get("was_cancelled", False) and a.get("result")
-    ]
-    if not usable:
-        return None
-    # ISO 8601 times sort as text; annotations without times keep their order.
-    return max(
-        enumerate(usable),
-        key=lambda item: (
-            str(item[1].get("updated_at") or item[1].get("created_at") or ""),
-            item[0],
-        ),
-    )[1]
-
-
-def _chosen_label(annotation: Mapping[str, Any], from_name: str, where: str) -> str | None:
-    results = annotation.get("result")
-    if not isinstance(results, list):
-        raise LabelImportError(f"{where}: the annotation's `result` is not a list")
-    chosen = [r for r in results if isinstance(r, Mapping) and r.get("from_name") == from_name]
-    if not chosen:
-        return None
-    if len(chosen) > 1:
-        raise LabelImportError(f"{where}: {len(chosen)} results for control {from_name!r}")
-    value = chosen[0].get("value")
-    choices = value.get("choices") if isinstance(value, Mapping) else None
-    if not isinstance(choices, list) or len(choices) != 1:
-        raise LabelImportError(
-            f"{where}: control {from_name!r} must hold exactly one choice, got {choices!r}"
+    def no_label_reason(self, classes: Sequence[str], from_name: str) -> str:
+        """Why the export yields no label: empty, nothing annotated, or no choice of a class."""
+        if not self.unlabelled:
+            return "it holds no task"
+        if self.control is None:
+            return (
+                f"none of its {len(self.unlabelled)} tasks has an annotation choosing a class "
+                f"with the control {from_name!r} (label.from_name) or any Choices control; "
+                "were they labelled (and submitted, not skipped) in Label Studio?"
+            )
+        return (
+            f"none of its {len(self.unlabelled)} tasks has an annotation choosing one of "
+            f"{list(classes)} with the control {self.control!r}"
         )
-    return str(choices[0])
 
 
 def parse_export(
-    tasks: Any, classes: Sequence[str], *, from_name: str, source: str = "export"
+    tasks: Any,
+    classes: Sequence[str],
+    *,
+    from_name: str,
+    source: str = "export",
+    annotators: str = "majority",
+    served: Collection[Key] | None = None,
 ) -> ParsedExport:
-    """Read the labels out of a Label Studio JSON export, checking every task.
+    """Read the labels out of a Label Studio JSON or JSON_MIN export, checking every task.
 
-    Per task, the latest annotation that was not cancelled counts (a relabel
-    wins); its result for the `from_name` control must choose exactly one of
-    `classes`. Tasks without such an annotation are reported as unlabelled.
+    The class is the choice of the `from_name` control, else of the export's
+    only Choices control (Label Studio's stock template names it `choice`).
+    Cancelled annotations do not count; several annotators on one task are
+    resolved by `annotators` (`flywheel.labeling.exports.resolve_votes`).
+    Labels are compared with the classes in Unicode NFC. Tasks without a
+    usable annotation are reported as unlabelled.
 
     Args:
-        tasks: the parsed JSON (Label Studio's "JSON" export: a list of tasks).
+        tasks: the parsed JSON (a list of tasks, or of JSON_MIN records).
         classes: the plan's classes.
-        from_name: the Choices control that holds the class.
+        from_name: the Choices control that holds the class (`label.from_name`).
         source: the file name, for messages.
+        annotators: `label.annotators`: majority, unanimous or latest.
+        served: the keys that were served (queued or logged); a label for any
+            other is refused. None: not checked.
 
     Raises:
         LabelImportError: not a list of tasks; a task without `data.request_id`
             and `data.index`; a choice that is not exactly one of the classes;
-            two tasks giving one image different labels. The message names the task.
+            annotators the rule refuses; a request never served; two tasks
+            giving one image different labels. The message names the task.
     """
-    if not isinstance(tasks, list):
-        raise LabelImportError(
-            f"{source}: expected Label Studio's JSON export (a list of tasks), "
-            f"got {type(tasks).__name__}"
-        )
+    votes, unlabelled, fmt = export_votes(tasks, source)
+    control = choose_control(votes, from_name, source, fmt)
+    by_task: dict[str, list[tuple[Vote, str]]] = {}
+    order: list[str] = []
+    for vote in votes:
+        label = chosen_label(vote, control) if control is not None else None
+        if vote.task not in by_task:
+            by_task[vote.task] = []
+            order.append(vote.task)
+        if label is not None:
+            by_task[vote.task].append((vote, nfc(label)))
     known = set(classes)
     rows: list[dict[str, Any]] = []
-    unlabelled: list[str] = []
     seen: dict[Key, tuple[str, str]] = {}
-    for position, task in enumerate(tasks):
-        if not isinstance(task, Mapping):
-            raise LabelImportError(f"{source}: task #{position} is not an object")
-        name = _task_name(task, position)
-        where = f"{source}: {name}"
-        key = task_key(task)
-        if key is None:
-            raise LabelImportError(
-                f"{where}: data.request_id and data.index are required (they key the label "
-                "to its logged prediction); was the task created by `flywheel curate`?"
-            )
-        where = f"{where} (request {key[0]} index {key[1]})"
-        annotation = _latest_annotation(task, where)
-        label = None if annotation is None else _chosen_label(annotation, from_name, where)
-        if label is None:
-            unlabelled.append(str(task.get("id", f"#{position}")))
+    unserved: list[str] = []
+    for task in order:
+        if not by_task[task]:
+            first = next(v for v in votes if v.task == task)
+            unlabelled.append(first.task_id or task)
             continue
+        vote, label = resolve_votes(by_task[task], annotators)
         if label not in known:
             raise LabelImportError(
-                f"{where}: label {label!r} is not one of the classes {list(classes)}"
+                f"{task}: label {label!r} is not one of the classes {list(classes)}"
             )
-        if key in seen and seen[key][0] != label:
+        if served is not None and vote.key not in served:
+            unserved.append(f"{vote.key[0]}#{vote.key[1]}")
+        if vote.key in seen and seen[vote.key][0] != label:
             raise LabelImportError(
-                f"{where}: labels it {label!r}, but {seen[key][1]} labels the same image "
-                f"{seen[key][0]!r}"
+                f"{task}: labels it {label!r}, but {seen[vote.key][1]} labels the same image "
+                f"{seen[vote.key][0]!r}"
             )
-        if key in seen:
+        if vote.key in seen:
             continue
-        seen[key] = (label, name)
-        data = task["data"]
-        assert annotation is not None  # a label came from it
-        rows.append(
-            {
-                "request_id": key[0],
-                "index": key[1],
-                "label": label,
-                "task_id": str(task.get("id", "")),
-                "batch_id": str(data.get("batch_id", "")),
-                "image_path": data.get("image_path") or None,
-                "annotated_at": str(
-                    annotation.get("updated_at") or annotation.get("created_at") or ""
-                ),
-            }
+        seen[vote.key] = (label, task.removeprefix(f"{source}: ").split(" (request")[0])
+        rows.append(_label_row(vote, label))
+    if unserved:
+        raise LabelImportError(
+            f"{source}: {len(unserved)} labels are for requests that were never served "
+            f"(in no labelling-queue batch and not in the prediction log), e.g. "
+            f"{', '.join(unserved[:5])}; was the export made from another project or machine?"
         )
     labels = pd.DataFrame(rows, columns=list(LABEL_COLUMNS)).astype(
         {"request_id": "str", "index": "int64", "label": "str"}
     )
-    return ParsedExport(labels=labels, unlabelled=tuple(unlabelled))
+    return ParsedExport(
+        labels=labels, unlabelled=tuple(dict.fromkeys(unlabelled)), control=control, format=fmt
+    )
+
+
+def _label_row(vote: Vote, label: str) -> dict[str, Any]:
+    """A labels-table row (`LABEL_COLUMNS`) of the vote that decided a task."""
+    return {
+        "request_id": vote.key[0],
+        "index": vote.key[1],
+        "label": label,
+        "task_id": vote.task_id,
+        "batch_id": str(vote.data.get("batch_id", "")),
+        "image_path": vote.data.get("image_path") or None,
+        "annotated_at": vote.at,
+    }
 
 
 def read_export(path: Path) -> Any:
-    """The parsed JSON of an export file (checked by `parse_export`).
+    """The parsed JSON of an export file (checked by `parse_export`): the one read of an export.
 
     Raises:
-        LabelImportError: the file is missing or not JSON.
+        LabelImportError: the file is missing or not JSON; a CSV or TSV export is
+            refused with a message naming the JSON export.
     """
-    return read_json(path, LabelImportError)
+    path = Path(path)
+    if path.suffix.lower() in TEXT_EXPORT_SUFFIXES:
+        raise LabelImportError(
+            f"{path}: a {path.suffix.lstrip('.').upper()} export cannot be imported; "
+            f"{JSON_EXPORT_HINT}"
+        )
+    try:
+        return read_json(path, LabelImportError)
+    except LabelImportError:
+        if path.is_file() and is_text_export(_first_line(path)):
+            raise LabelImportError(
+                f"{path}: looks like a CSV or TSV export, not JSON; {JSON_EXPORT_HINT}"
+            ) from None
+        raise
+
+
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace") as file:
+        return file.readline()
 
 
 @dataclass(frozen=True)
@@ -256,31 +280,48 @@ def import_labels(
     classes: Sequence[str],
     cfg: LabelConfig,
     *,
+    served: Collection[Key] | None,
     origin: str = ORIGIN_LABEL_STUDIO,
     gt_root: Path | None = None,
+    allow_empty: bool = False,
 ) -> LabelImport:
-    """Import a Label Studio JSON export into the ground-truth store, all or nothing.
+    """Import a Label Studio JSON or JSON_MIN export into the ground-truth store, all or nothing.
 
     The whole file is parsed and checked first (`parse_export`); then the
     labels that are new, or differ from the latest label of their image, are
     appended as one file. Re-importing an export writes nothing.
 
     Args:
-        path: the export (JSON).
+        path: the export (JSON or JSON_MIN).
         classes: the plan's classes.
-        cfg: `label` of params.yaml (`from_name`).
+        cfg: `label` of params.yaml (`from_name`, `annotators`).
+        served: the keys that were served (`flywheel.labeling.served_keys`): a
+            label for any other request is refused. None: not checked.
         origin: `label-studio` for people's labels, `oracle` for the demo oracle's.
         gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        allow_empty: accept an export that yields no label (else an error saying why).
 
     Raises:
-        LabelImportError: the file is missing or not JSON, or a task is wrong
-            (see `parse_export`); nothing is written then.
+        LabelImportError: the file is missing, not JSON (a CSV export is named as
+            such), yields no label, or a task is wrong (see `parse_export`);
+            nothing is written then.
     """
     path = Path(path)
     if origin not in LABELLER_ORIGINS:
         raise LabelImportError(f"origin must be one of {list(LABELLER_ORIGINS)}, got {origin!r}")
-    parsed = parse_export(read_export(path), classes, from_name=cfg.from_name, source=str(path))
+    parsed = parse_export(
+        read_export(path),
+        classes,
+        from_name=cfg.from_name,
+        source=str(path),
+        annotators=cfg.annotators,
+        served=served,
+    )
     labels = parsed.labels
+    if labels.empty and not allow_empty:
+        raise LabelImportError(
+            f"{path}: no label to import: {parsed.no_label_reason(classes, cfg.from_name)}"
+        )
     new, file = record_labels(labels, origin=origin, gt_root=gt_root)
     return LabelImport(
         path=path,
@@ -328,8 +369,8 @@ def read_labels(gt_root: Path | None = None) -> pd.DataFrame:
 class LabelStudioExportLabeler(Labeler):
     """The product labeller: the Label Studio exports that hold queued tasks, imported.
 
-    People label the queued batches in Label Studio and save its "JSON" export
-    into the exports folder (`<label dir>/exports/`). The exports there that
+    People label the queued batches in Label Studio and save its JSON (or
+    JSON_MIN) export into the exports folder (`<label dir>/exports/`). The exports there that
     hold a task of a batch in the queue are checked whole (`parse_export`: one
     wrong task and nothing is written), their labels recorded as `import_labels`
     records a file's (`origin="label-studio"`; where two exports label an image,
@@ -359,8 +400,11 @@ class LabelStudioExportLabeler(Labeler):
                 queued tasks has a wrong task (see `parse_export`); nothing is written.
             flywheel.labeling.QueueError: a queue batch is unreadable.
         """
+        from flywheel.monitoring.prediction_log import predictions_dir
+
         source = Path(self.source) if self.source is not None else exports_dir(params.label)
         queued = queued_keys(queue_dir)
+        served = queued | logged_keys(predictions_dir(params))
         exports: list[Path] = []
         parsed: list[pd.DataFrame] = []
         for path in sorted(source.glob("*.json")) if source.is_dir() else []:
@@ -373,6 +417,8 @@ class LabelStudioExportLabeler(Labeler):
                         params.data.classes,
                         from_name=params.label.from_name,
                         source=str(path),
+                        annotators=params.label.annotators,
+                        served=served,
                     ).labels
                 )
         labels = no_labels()
@@ -393,6 +439,7 @@ class LabelStudioExportLabeler(Labeler):
             summary=(
                 f"{len(labels)} of {len(queued)} queued tasks labelled in {len(exports)} "
                 f"Label Studio exports from {source} ({written} new labels)"
+                + _text_exports_note(source)
             ),
             exports=tuple(export_dir / path.name for path in exports),
         )
@@ -401,5 +448,20 @@ class LabelStudioExportLabeler(Labeler):
 def _holds_any(tasks: Any, keys: set[Key]) -> bool:
     """Whether an export's tasks include one of `keys`."""
     return isinstance(tasks, list) and any(
-        isinstance(task, Mapping) and task_key(task) in keys for task in tasks
+        isinstance(task, Mapping) and (task_key(task) or task_key({"data": task})) in keys
+        for task in tasks
+    )
+
+
+def _text_exports_note(source: Path) -> str:
+    """A warning for CSV/TSV exports in the exports folder, which are not read."""
+    ignored = sorted(
+        p.name
+        for p in (source.iterdir() if source.is_dir() else [])
+        if p.suffix.lower() in TEXT_EXPORT_SUFFIXES
+    )
+    if not ignored:
+        return ""
+    return (
+        f"; ignored {len(ignored)} CSV/TSV exports ({', '.join(ignored[:3])}): {JSON_EXPORT_HINT}"
     )

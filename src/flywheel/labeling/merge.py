@@ -4,11 +4,12 @@
 manifest rows of the dataset `data/<name>`:
 
 * `source = production`, the stratum (`style`, `noise`) from the traffic
-  simulator's truth when it has the image (else from the label itself, else
-  the image is skipped: the data contract needs a stratum), the label a
-  labeller gave, `group` = the source glyph the simulator drew (else the image
-  itself), the image copied from the prediction log to
-  `images/production/<label>/<image_id>.png`;
+  simulator's truth when it has the image, else from the label itself, else
+  by the rule `merge.strata` declares (`flywheel.labeling.strata`: by default
+  the explicit stratum `production/production`; never skipped), the label a
+  labeller gave (in Unicode NFC, as the plan's classes), `group` = the source
+  glyph the simulator drew (else the image itself), the image copied from the
+  prediction log to `images/production/<label>/<image_id>.png`;
 * the split by a hash of the group (`assign_splits`): `merge.holdout_share` to
   the evaluation-only split `holdout`, `merge.val_share` to `val`, the rest to
   `train`. A group always lands in the same split, so no source glyph is in
@@ -21,6 +22,9 @@ the merge is undone (manifest restored, copied images removed) and
 `MergeError` names the failures. `update_dataset` wraps it: bring `data/` to
 the version `data.dvc` records, merge, `dvc add` (and push) the new version.
 Merging the same labels again adds nothing, so the data version stays.
+Every label not merged is counted under its reason (`MergeResult.skipped`);
+`MergeResult.nothing_merged` says why when labels were given but none could
+be merged, which the command and the pipeline step treat as a failure.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params
+from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params, nfc
 from flywheel.data.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
+from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -50,12 +55,21 @@ SKIP_REASONS: dict[str, str] = {
     "in_dataset": "already in the dataset",
     "relabelled": "already in the dataset with another label (the merged label is kept)",
     "no_image": "no stored image (the prediction log did not sample it, or it was removed)",
-    "no_stratum": "no stratum (style/noise) known for it, or one outside the plan",
+    "no_stratum": "the stratum (style/noise) recorded for it is not one of the plan's",
     "unknown_label": "label not among the plan's classes",
     "bad_image": "image unreadable, or not the plan's image size",
     "duplicate": "same image bytes as a row already in the dataset",
 }
 """Why a labelled image was not merged, by key."""
+
+
+STRATUM_SOURCES: dict[str, str] = {
+    "recorded": "recorded by the simulator or the labeller",
+    "rule": "inferred by the merge.strata rule",
+    "declared": "the stratum merge.strata declares",
+    "production": f"unknown: the stratum {PRODUCTION}",
+}
+"""Where a merged row's stratum came from (`MergeResult.strata`)."""
 
 
 class MergeError(RuntimeError):
@@ -110,6 +124,7 @@ class MergeResult:
         skipped: reason (a `SKIP_REASONS` key) → the `request_id#index` keys skipped for it.
         labels: labelled images considered.
         report: the data gate's report on the merged dataset (None when nothing was added).
+        strata: where the added rows' strata came from (a `STRATUM_SOURCES` key) → rows.
     """
 
     dataset_dir: Path
@@ -117,27 +132,50 @@ class MergeResult:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     labels: int = 0
     report: ValidationReport | None = None
+    strata: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def nothing_merged(self) -> str | None:
+        """Why labels were given but none was merged; None when some were, or all were in already.
+
+        Labels that are all in the dataset already (a re-merge) are not a failure.
+        """
+        if not self.added.empty or self.labels == 0 or set(self.skipped) <= {"in_dataset"}:
+            return None
+        reasons = "; ".join(
+            f"{len(keys)} {SKIP_REASONS[reason]} (e.g. {keys[0]})"
+            for reason, keys in self.skipped.items()
+        )
+        return f"{self.dataset_dir}: none of {self.labels} labelled images was merged: {reasons}"
 
     def added_per_split(self) -> dict[str, int]:
         """Rows added per split."""
         return {str(k): int(v) for k, v in self.added["split"].value_counts().sort_index().items()}
 
 
-def _image_lookup(log_root: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    """Stored image paths of logged predictions, for the keys asked for."""
+def read_logged(
+    log_root: Path, keys: set[tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The logged predictions of the keys asked for (the merge's one read of the prediction log).
+
+    Returns:
+        `(request_id, index)` → the log's row (`image_path` absolute or None,
+        the predicted `label`, `confidence`, the summary features, ...).
+    """
     from flywheel.monitoring.prediction_log import read_predictions
 
     if not keys:
         return {}
     log = read_predictions(log_root)
-    found: dict[tuple[str, int], str] = {}
-    for request_id, index, path in zip(
-        log["request_id"], log["index"], log["image_path"], strict=True
-    ):
-        key = (str(request_id), int(index))
-        if key in keys and isinstance(path, str):
-            found[key] = path
-    return found
+    logged_keys = pd.Series(
+        list(zip(log["request_id"].astype(str), log["index"].astype(int), strict=True)),
+        index=log.index,
+        dtype=object,
+    )
+    wanted = log[logged_keys.isin(keys).to_numpy()]  # rows to dicts: only those asked for
+    return {
+        (str(row["request_id"]), int(row["index"])): row for row in wanted.to_dict(orient="records")
+    }
 
 
 def _decode(data: bytes) -> tuple[int, int] | None:
@@ -149,14 +187,56 @@ def _decode(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+@dataclass(frozen=True)
+class PlannedRows:
+    """What `plan_rows` decided.
+
+    Attributes:
+        added: the new manifest rows (schema columns).
+        skipped: reason (a `SKIP_REASONS` key) → the `request_id#index` keys skipped for it.
+        payloads: each new row's image bytes, by `image_id`.
+        strata: where the new rows' strata came from (a `STRATUM_SOURCES` key) → rows.
+    """
+
+    added: pd.DataFrame
+    skipped: dict[str, list[str]]
+    payloads: dict[str, bytes]
+    strata: dict[str, int]
+
+
+def _stratum(
+    record: Mapping[str, Any],
+    known: Mapping[str, Any],
+    logged: Mapping[str, Any] | None,
+    rule: StratumRule,
+) -> tuple[str, str, str] | None:
+    """`(style, noise, where from)` of one labelled image; None: refused by `merge.strata`.
+
+    The simulator's truth first, then the labeller's own; where neither
+    recorded both, the declared rule decides.
+    """
+    style = _text(known.get("style")) or _text(record.get("style"))
+    noise = _text(known.get("noise")) or _text(record.get("noise"))
+    if style is not None and noise is not None:
+        return nfc(style), nfc(noise), "recorded"
+    found = rule.stratum_of(record, logged)
+    if found is None:
+        return None
+    where = "rule" if rule.function is not None else "declared"
+    if f"{found[0]}/{found[1]}" == PRODUCTION:
+        where = "production"
+    return found[0], found[1], where
+
+
 def plan_rows(
     labels: pd.DataFrame,
     truth: pd.DataFrame,
     manifest: pd.DataFrame,
     plan: DataPlan,
     cfg: MergeConfig,
-    images: Mapping[tuple[str, int], str],
-) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, bytes]]:
+    logged: Mapping[tuple[str, int], Mapping[str, Any]],
+    rule: StratumRule | None = None,
+) -> PlannedRows:
     """Decide the manifest row of every labelled image, or why it is skipped. Reads images only.
 
     Args:
@@ -165,12 +245,15 @@ def plan_rows(
         truth: the simulator's truth (`request_id`, `index`, `style`, `noise`, `group`).
         manifest: the current manifest.
         plan: classes, strata and image size the rows must meet.
-        cfg: the split shares.
-        images: `(request_id, index)` → the stored image file.
+        cfg: the split shares and `strata` (the rule for images without a stratum).
+        logged: `(request_id, index)` → its logged prediction (`image_path`: the stored image).
+        rule: `cfg.strata` resolved (default: resolved here).
 
-    Returns:
-        The new manifest rows, the skipped keys by reason, and each new row's image bytes.
+    Raises:
+        StratumError: `merge.strata: refuse` and images without a stratum (all named),
+            or a rule that returns no planned stratum.
     """
+    rule = rule if rule is not None else stratum_rule(cfg.strata, plan)
     truth_by_key = {
         (str(r["request_id"]), int(r["index"])): r for r in truth.to_dict(orient="records")
     }
@@ -180,6 +263,8 @@ def plan_rows(
     skipped: dict[str, list[str]] = {}
     rows: list[dict[str, Any]] = []
     payloads: dict[str, bytes] = {}
+    sources: dict[str, int] = {}
+    refused: list[str] = []
 
     def skip(reason: str, key: tuple[str, int]) -> None:
         skipped.setdefault(reason, []).append(f"{key[0]}#{key[1]}")
@@ -187,7 +272,7 @@ def plan_rows(
     for record in labels.to_dict(orient="records"):
         key = (str(record["request_id"]), int(record["index"]))
         image_id = production_image_id(*key)
-        label = str(record["label"])
+        label = nfc(str(record["label"]))
         if image_id in existing:
             skip("in_dataset" if existing[image_id] == label else "relabelled", key)
             continue
@@ -195,14 +280,19 @@ def plan_rows(
             skip("unknown_label", key)
             continue
         known = truth_by_key.get(key, {})
-        style = _text(known.get("style")) or _text(record.get("style"))
-        noise = _text(known.get("noise")) or _text(record.get("noise"))
-        if style not in styles or noise not in noises:
+        found = _stratum(record, known, logged.get(key), rule)
+        if found is None:
+            refused.append(f"{key[0]}#{key[1]}")
+            continue
+        style, noise, where = found
+        if where == "recorded" and (style not in styles or noise not in noises):
             skip("no_stratum", key)
             continue
         path = _text(record.get("image_path"))
-        source = path if path and Path(path).is_file() else images.get(key)
-        if source is None or not Path(source).is_file():
+        source = (
+            path if path and Path(path).is_file() else (logged.get(key) or {}).get("image_path")
+        )
+        if not isinstance(source, str) or not Path(source).is_file():
             skip("no_image", key)
             continue
         data = Path(source).read_bytes()
@@ -216,6 +306,7 @@ def plan_rows(
             continue
         hashes.add(digest)
         payloads[image_id] = data
+        sources[where] = sources.get(where, 0) + 1
         rows.append(
             {
                 "image_id": image_id,
@@ -231,10 +322,16 @@ def plan_rows(
                 "height": size[1],
             }
         )
+    if refused:
+        raise StratumError(
+            f"{len(refused)} labelled images have no recorded stratum and merge.strata is "
+            f"refuse (e.g. {', '.join(refused[:5])}); set merge.strata to production, a "
+            "planned stratum 'style/noise' or a rule 'package.module:function'"
+        )
     added = pd.DataFrame(rows, columns=list(COLUMNS))
     if not added.empty:
         added["split"] = assign_splits(added["group"], cfg.holdout_share, cfg.val_share)
-    return added.astype(COLUMNS), skipped, payloads
+    return PlannedRows(added.astype(COLUMNS), skipped, payloads, sources)
 
 
 def _text(value: Any) -> str | None:
@@ -270,6 +367,8 @@ def merge_labels(
     Raises:
         flywheel.data.manifest.ManifestError: the dataset has no manifest.
         MergeError: the merged dataset fails the gate (the merge is undone).
+        flywheel.labeling.strata.StratumError: `merge.strata` is unusable, or refuses
+            images without a stratum (nothing is written).
     """
     from flywheel.validation import validate_dataset
 
@@ -277,6 +376,7 @@ def merge_labels(
     manifest = load_manifest(dataset_dir)
     labels = latest_per_key(labels) if not labels.empty else labels
     truth = latest_per_key(read_ground_truth(gt_root, origins=[ORIGIN_SIMULATOR]))
+    rule = stratum_rule(params.merge.strata, params.data)
     want = {
         (str(r), int(i))
         for r, i, p in zip(
@@ -285,12 +385,14 @@ def merge_labels(
             labels["image_path"] if "image_path" in labels else [None] * len(labels),
             strict=True,
         )
-        if not (isinstance(p, str) and Path(p).is_file())
+        if rule.needs_log or not (isinstance(p, str) and Path(p).is_file())
     }
-    images = _image_lookup(Path(log_root), want)
-    added, skipped, payloads = plan_rows(labels, truth, manifest, params.data, params.merge, images)
+    planned = plan_rows(
+        labels, truth, manifest, params.data, params.merge, read_logged(Path(log_root), want), rule
+    )
+    added, payloads = planned.added, planned.payloads
     if added.empty:
-        return MergeResult(dataset_dir, added, skipped, len(labels))
+        return MergeResult(dataset_dir, added, planned.skipped, len(labels))
 
     before = manifest_path(dataset_dir).read_bytes()
     written: list[Path] = []
@@ -320,7 +422,7 @@ def merge_labels(
             f"{report.n_expectations} expectations, so the merge was undone: {failed}. "
             f"Data Docs: {report.data_docs}"
         )
-    return MergeResult(dataset_dir, added, skipped, len(labels), report)
+    return MergeResult(dataset_dir, added, planned.skipped, len(labels), report, planned.strata)
 
 
 def _undo(dataset_dir: Path, manifest_bytes: bytes, written: list[Path]) -> None:
@@ -409,12 +511,15 @@ __all__ = [
     "PRODUCTION_IMAGES",
     "PRODUCTION_SOURCE",
     "SKIP_REASONS",
+    "STRATUM_SOURCES",
     "DatasetUpdate",
     "MergeError",
     "MergeResult",
+    "PlannedRows",
     "assign_splits",
     "merge_labels",
     "plan_rows",
     "production_image_id",
+    "read_logged",
     "update_dataset",
 ]

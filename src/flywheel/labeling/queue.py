@@ -127,3 +127,30 @@ def labelled_keys(gt_root: Path | None = None) -> set[Key]:
     """Every `(request_id, index)` a labeller (person or oracle) has labelled."""
     labels = read_ground_truth(gt_root, origins=LABELLER_ORIGINS)
     return {(str(r), int(i)) for r, i in zip(labels["request_id"], labels["index"], strict=True)}
+
+
+def logged_keys(log_root: Path) -> set[Key]:
+    """Every `(request_id, index)` in the prediction log (its key columns only are read)."""
+    from flywheel.monitoring.prediction_log import read_table
+
+    table = read_table(log_root, columns=["request_id", "index"])
+    return set(
+        zip(
+            map(str, table["request_id"].to_pylist()),
+            map(int, table["index"].to_pylist()),
+            strict=True,
+        )
+    )
+
+
+def served_keys(queue: Path, log_root: Path) -> set[Key]:
+    """The keys a label may name: those of the queue's batches and of the prediction log.
+
+    A label for any other request is for an image this service never served
+    (another project's export, a typo): `flywheel label import` refuses it.
+
+    Args:
+        queue: the labelling-queue folder (`queue_dir(params.label)`).
+        log_root: the prediction log (`flywheel.monitoring.prediction_log.predictions_dir`).
+    """
+    return queued_keys(queue) | logged_keys(log_root)

@@ -8,7 +8,14 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from flywheel.config import MANIFEST_SPLITS, PRODUCTION_SOURCE, SPLITS, DataPlan, ValidationConfig
+from flywheel.config import (
+    MANIFEST_SPLITS,
+    PRODUCTION_SOURCE,
+    PRODUCTION_STRATUM,
+    SPLITS,
+    DataPlan,
+    ValidationConfig,
+)
 from flywheel.data.manifest import COLUMNS
 from flywheel.validation.columns import DERIVED_COLUMNS
 from flywheel.validation.expectations import (
@@ -53,7 +60,9 @@ def build_suite(
     also be the evaluation-only `holdout`, which no planned count covers, and
     rows with `source = production` count towards the per-stratum minimums but
     not towards class balance — that rule is the plan's promise about the data
-    it generates, while labelled traffic is as balanced as the traffic was.
+    it generates, while labelled traffic is as balanced as the traffic was. A
+    production row may also hold the stratum `production/production`
+    (`PRODUCTION_STRATUM`: nobody recorded its stratum), which no minimum covers.
 
     Each expectation's `meta["rule"]` states its clause in words.
 
@@ -101,9 +110,32 @@ def build_suite(
         ("noise", plan.strata.noise, "noise is one of the plan's noises"),
     ]
     for column, values, sentence in memberships:
+        planned_only = column in {"style", "noise"}
         add(
             gxe.ExpectColumnValuesToBeInSet(
-                column=column, value_set=list(values), meta=_rule(sentence)
+                column=column,
+                value_set=list(values),
+                # Production rows may instead hold the unknown stratum (next expectation).
+                row_condition=(Column("source") != PRODUCTION_SOURCE) if planned_only else None,
+                meta=_rule(
+                    f"{sentence} (source {PRODUCTION_SOURCE}: or {PRODUCTION_STRATUM})"
+                    if planned_only
+                    else sentence
+                ),
+            )
+        )
+    for column in ("style", "noise"):
+        values = getattr(plan.strata, column)
+        sentence = (
+            f"{column} of a {PRODUCTION_SOURCE} row is one of the plan's or {PRODUCTION_STRATUM} "
+            "(labelled traffic whose stratum nobody recorded)"
+        )
+        add(
+            gxe.ExpectColumnValuesToBeInSet(
+                column=column,
+                value_set=[*values, PRODUCTION_STRATUM],
+                row_condition=Column("source") == PRODUCTION_SOURCE,
+                meta=_rule(sentence),
             )
         )
     for column in ("width", "height"):

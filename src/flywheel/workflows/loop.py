@@ -103,10 +103,12 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
 
     Reads `labels.parquet` of the labelling step from `labels_dir` and calls
     `flywheel.labeling.merge.update_dataset`; the merged dataset passes the data
-    gate or nothing is recorded. No new labels: the version stays.
+    gate or nothing is recorded. No new labels: the version stays; labels of
+    which none can be merged raise `MergeError` saying why.
     """
     import pandas as pd
 
+    from flywheel.labeling.merge import MergeError
     from flywheel.labeling.merge import update_dataset as merge_and_track
 
     path = labels_dir / LABELS_FILE
@@ -116,9 +118,13 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
         else pd.DataFrame(columns=["request_id", "index", "label"])
     )
     update = merge_and_track(params, repo, labels)
+    if update.merge.nothing_merged is not None:
+        raise MergeError(update.merge.nothing_merged)
     added = update.merge.added_per_split()
+    skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
     say(
-        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}; "
+        f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}, "
+        f"strata from {update.merge.strata or '-'}, skipped {skipped or '-'}; "
         f"data version {update.version}" + ("" if update.changed else " (unchanged)")
     )
     return update.version
