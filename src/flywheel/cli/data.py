@@ -58,11 +58,12 @@ def data_import(
         str, typer.Option(help="Stratum value for 'noise' of every image.")
     ] = "unknown",
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Import your own ImageFolder tree into the manifest format (resized to the plan's size)."""
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(DatasetImportError):
         manifest = import_imagefolder(
             path, p.data, name=name or p.data.name, style=style, noise=noise
@@ -74,23 +75,27 @@ def data_import(
 @commands.command("version")
 def data_version_cmd(
     repo: RepoOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
-    """Print the data version: the DVC hash of data/ recorded in data.dvc."""
+    """Print the data version: the DVC hash of the plan's data root recorded in <root>.dvc."""
     from flywheel.data.versioning import DataVersionError, data_version
 
+    plan = read_params(params, set_).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
-        console.print(data_version(repo))
+        console.print(data_version(repo, plan))
 
 
 @commands.command("ensure")
 def data_ensure(
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed."""
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo)
     console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
@@ -100,11 +105,14 @@ def data_ensure(
 def data_track(
     repo: RepoOpt = Path("."),
     push: PushOpt = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
-    """Record data/ as a new version (`dvc add data`) and push it; prints the new hash."""
+    """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
     from flywheel.data.versioning import track_dataset
 
-    version = track_dataset(repo, push=push)
+    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    version = track_dataset(repo, plan, push=push)
     console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
 
 

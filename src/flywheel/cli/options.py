@@ -53,6 +53,6 @@ def read_params(path: Path, pairs: list[str] | None = None) -> Params:
         return load_params(path, overrides)
 
 
-def registered_model(model: str | None, params: Path) -> str:
-    """The registered model: `--model`, else `evaluate.registered_model` of params.yaml."""
-    return model or read_params(params).evaluate.registered_model
+def registered_model(model: str | None, params: Path, pairs: list[str] | None = None) -> str:
+    """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs."""
+    return model or read_params(params, pairs).evaluate.registered_model

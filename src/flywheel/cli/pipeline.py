@@ -277,6 +277,7 @@ def pipeline_compile(
     ] = None,
     out: PackageDirOpt = Path("dist/pipelines"),
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     image: ImageOpt = None,
     train_image: TrainImageOpt = None,
     accelerator: AcceleratorOpt = None,
@@ -285,7 +286,7 @@ def pipeline_compile(
 ) -> None:
     """Compile pipelines for a cluster to Kubeflow Pipelines IR YAML: <out>/<name>.yaml.
 
-    Parameters default to params.yaml and the data version of data.dvc; the
+    Parameters default to params.yaml (with --set applied) and the data version of data.dvc; the
     training step asks for a GPU on GPU nodes (CUDA image); every step reads the
     tracking settings from the ConfigMap and the S3 keys from the Secret, which
     must exist in the namespace the pipeline runs in. Upload the file in the KFP
@@ -295,7 +296,7 @@ def pipeline_compile(
     from flywheel.env import component_image
     from pipelines.catalog import PIPELINES
 
-    p = read_params(params)
+    p = read_params(params, set_)
     chosen = names or [n for n, e in PIPELINES.items() if e.ready]
     settings = _cluster_settings(train_image, accelerator, config_map, s3_secret)
     version = recorded_data_version(p)
