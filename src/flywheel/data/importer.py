@@ -1,7 +1,9 @@
 """Import your own images: an ImageFolder tree into the manifest format.
 
-The input is the layout torchvision's `ImageFolder` reads, one tree per split:
-`SRC/<split>/<label>/<image>.png|jpg|jpeg`. Every image is made grayscale
+The input is the layout torchvision's `ImageFolder` reads: class folders,
+`SRC/<label>/<image>.png|jpg|jpeg`, optionally inside split folders
+`SRC/<split>/<label>/...` (the layouts `flywheel.data.inspect` accepts; a tree
+without split folders is split per class by a stable hash). Every image is made grayscale
 (transparent parts on white paper, EXIF rotation applied) and resized to the
 plan's `image_size` square, then written as `data/<name>/images/<split>/<label>/
 <image_id>.png` with a manifest, exactly like a collected dataset. A dataset
@@ -26,12 +28,10 @@ from tqdm import tqdm
 
 from flywheel.config import SPLITS, DataPlan
 from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
+from flywheel.data.inspect import IMAGE_SUFFIXES, assign_splits, nfc, scan_tree
 from flywheel.data.manifest import manifest_frame, save_manifest
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
-
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
-"""File types read (case-insensitive)."""
 
 MAX_LISTED = 50
 """Problems listed in one error message; the exception keeps all of them."""
@@ -63,51 +63,27 @@ class _Entry:
 
 
 def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]:
-    """List the tree's images and everything wrong with its layout (without decoding)."""
+    """List the tree's images and everything wrong with its layout (without decoding).
+
+    Labels are compared in NFC and recorded as the plan spells them; a tree
+    without split folders is split by `assign_splits` (stable per file).
+    """
+    layout = scan_tree(src)
+    problems = list(layout.problems)
+    spelling = {nfc(c): c for c in classes}
+    unknown_labels: dict[str, set[str]] = {}
     entries: list[_Entry] = []
-    problems: list[str] = []
-    unknown_labels: dict[str, list[str]] = {}
-    for split_dir in sorted(src.iterdir()):
-        if split_dir.name.startswith(".") or not split_dir.is_dir():
+    for image in assign_splits(layout.images):
+        split = str(image.split)
+        if image.label not in spelling:
+            unknown_labels.setdefault(image.label, set()).add(split)
             continue
-        if split_dir.name not in SPLITS:
-            problems.append(
-                f"{split_dir}: unknown split folder {split_dir.name!r} "
-                f"(expected {', '.join(SPLITS)})"
-            )
-            continue
-        for label_dir in sorted(split_dir.iterdir()):
-            if label_dir.name.startswith("."):
-                continue
-            if not label_dir.is_dir():
-                problems.append(
-                    f"{label_dir}: a file directly in a split folder; put it in a label folder"
-                )
-                continue
-            if label_dir.name not in classes:
-                unknown_labels.setdefault(label_dir.name, []).append(split_dir.name)
-            for file in sorted(label_dir.iterdir()):
-                if file.name.startswith("."):
-                    continue
-                if file.is_dir():
-                    problems.append(
-                        f"{file}: a folder inside a label folder (the tree is split/label/image)"
-                    )
-                elif file.suffix.lower() not in IMAGE_SUFFIXES:
-                    problems.append(
-                        f"{file}: unsupported file type {file.suffix or '(none)'!r}; "
-                        f"convert it to PNG or JPEG or remove it"
-                    )
-                else:
-                    entries.append(
-                        _Entry(
-                            file, file.relative_to(src).as_posix(), split_dir.name, label_dir.name
-                        )
-                    )
+        entries.append(_Entry(image.file, image.relpath, split, spelling[image.label]))
     for label, splits in sorted(unknown_labels.items()):
         problems.append(
-            f"label folder {label!r} (in {', '.join(splits)}) is not a class of the plan "
-            f"{list(classes)}; rename it or add the class to params.yaml data.classes"
+            f"label folder {label!r} (in {', '.join(s for s in SPLITS if s in splits)}) is not "
+            f"a class of the plan {list(classes)}; rename it or add the class to params.yaml "
+            "data.classes"
         )
     return entries, problems
 
@@ -142,7 +118,7 @@ def import_imagefolder(
     covers the plan's strata and counts is the validation gate's question.
 
     Args:
-        src: the tree, `src/<split>/<label>/*.png|jpg|jpeg`, split in train/val/test.
+        src: the tree, `src/[<split>/]<label>/*.png|jpg|jpeg` (`flywheel.data.inspect`).
         plan: the data plan (classes, image size, default root).
         name: dataset folder name.
         style: the `style` stratum of every image.
@@ -173,7 +149,7 @@ def import_imagefolder(
         raise DatasetImportError(src, problems)
     if not entries:
         raise DatasetImportError(
-            src, [f"{src}: no images found (expected {'|'.join(SPLITS)}/<label>/*.png|jpg|jpeg)"]
+            src, [f"{src}: no images found (expected [<split>/]<label>/*.png|jpg|jpeg)"]
         )
 
     target = Path(root if root is not None else plan.root) / name
