@@ -163,8 +163,8 @@ def scan_tree(src: Path) -> TreeLayout:
     else:
         groups = [(c, None) for c in children if c.is_dir()]
     empty: set[str] = set()
-    for folder, split in groups:
-        n = _scan_class(folder, src, split, images, problems)
+    for folder, group_split in groups:
+        n = _scan_class(folder, src, group_split, images, problems)
         label = nfc(folder.name)
         counts[label] = counts.get(label, 0) + n
         if n == 0:
