@@ -47,26 +47,39 @@ def data_collect(
 
 @commands.command("import")
 def data_import(
-    path: Annotated[Path, typer.Argument(help="ImageFolder tree: PATH/<split>/<label>/*.png|jpg")],
+    path: Annotated[
+        Path, typer.Argument(help="ImageFolder tree: PATH/[<split>/]<class>/*.png|jpg")
+    ],
     name: Annotated[
         str | None, typer.Option(help="Dataset name (default: params data.name).")
     ] = None,
     style: Annotated[
-        str, typer.Option(help="Stratum value for 'style' of every image.")
-    ] = "unknown",
+        str | None,
+        typer.Option(help="'style' of every image (default: the plan's, if it has one style)."),
+    ] = None,
     noise: Annotated[
-        str, typer.Option(help="Stratum value for 'noise' of every image.")
-    ] = "unknown",
+        str | None,
+        typer.Option(help="'noise' of every image (default: the plan's, if it has one noise)."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Import your own ImageFolder tree into the manifest format (resized to the plan's size)."""
+    """Import your own ImageFolder tree into data/<name>/ with a manifest (`flywheel init` first).
+
+    Layouts: PATH/<class>/* (split per class, stable per file) or
+    PATH/<split>/<class>/* (train, val or validation, test).
+    """
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
     p = read_params(params, set_)
+    strata = p.data.strata
     with exit_on(DatasetImportError):
         manifest = import_imagefolder(
-            path, p.data, name=name or p.data.name, style=style, noise=noise
+            path,
+            p.data,
+            name=name or p.data.name,
+            style=style or _only(strata.style),
+            noise=noise or _only(strata.noise),
         )
     console.print(f"imported [bold]{len(manifest)}[/bold] images from {path}")
     _print_counts(manifest)
@@ -114,6 +127,11 @@ def data_track(
     plan = read_params(params, set_).data if params.is_file() or set_ else None
     version = track_dataset(repo, plan, push=push)
     console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
+
+
+def _only(values: tuple[str, ...]) -> str:
+    """The plan's one value of a stratum axis, else `unknown` (the stratum of unsorted images)."""
+    return values[0] if len(values) == 1 else "unknown"
 
 
 def _print_counts(manifest: pd.DataFrame) -> None:

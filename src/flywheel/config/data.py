@@ -73,6 +73,7 @@ class DataPlan(FrozenConfig):
     name: str = "digits"
     seed: int = 0
     image_size: int = Field(32, ge=8, le=512)
+    channels: Literal[1, 3] = 1  # 1 = grey, 3 = RGB; from the data by default (flywheel init)
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
     strata: Strata = Strata()
     per_stratum: dict[Split, int] = Field(default_factory=lambda: _default_counts())
