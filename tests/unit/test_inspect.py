@@ -79,3 +79,17 @@ def test_names_are_compared_in_nfc() -> None:
 def test_a_missing_tree_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere: not a folder"):
         scan_tree(tmp_path / "nowhere")
+
+
+def test_stratum_folders_give_the_style(tmp_path: Path) -> None:
+    for style in ("scanned", "phone photo"):
+        for label in ("a", "b"):
+            for i in range(10):
+                _save(tmp_path, f"{style}/{label}/{i}.png", Image.new("L", (8, 8)))
+
+    seen = inspect_imagefolder(tmp_path)
+
+    assert seen.layout.styles == ["phone photo", "scanned"]
+    assert seen.classes == ["a", "b"]
+    assert seen.style_counts()["test"] == {"phone photo": 4, "scanned": 4}  # 2 per class each
+    assert {i.style for i in seen.images if i.label == "a"} == {"phone photo", "scanned"}

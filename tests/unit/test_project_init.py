@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import Params, load_params
+from flywheel.data.manifest import load_manifest
 from flywheel.workflows.project import ProjectInitError, init_project, project_name
 
 
@@ -155,3 +156,42 @@ def test_the_repository_plan_still_names_the_demo_model() -> None:
 def test_project_names_are_plain() -> None:
     assert project_name(Path("/x/Caf\u00e9 Photos (2024)")) == "cafe-photos-2024"
     assert project_name(Path("/x/\u5199\u771f")) == "dataset"
+
+
+def test_stratum_folders_become_the_plans_styles_and_the_import_uses_them(
+    tmp_path: Path,
+) -> None:
+    grey = Image.new("L", (8, 8))
+    files = {
+        f"{split}/{style}/{label}/{i}.png": grey
+        for split, n in (("train", 6), ("val", 2), ("test", 2))
+        for style in ("print", "hand")
+        for label in ("x", "y")
+        for i in range(n + (style == "hand"))
+    }
+    src = _tree(tmp_path / "t", files)
+    params = tmp_path / "params.yaml"
+    code, out = _init(str(src), "--params", str(params), "--noise", "clean")
+    assert code == 0, out
+    p = load_params(params)
+    assert p.data.strata.names() == ["hand/clean", "print/clean"]
+    assert p.data.per_stratum == {"train": 12, "val": 4, "test": 4}  # the smaller stratum's
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "import",
+            str(src),
+            "--params",
+            str(params),
+            "--set",
+            f"data.root={tmp_path / 'd'}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "d" / p.data.name)
+    assert manifest.groupby(["style", "noise"]).size().to_dict() == {
+        ("hand", "clean"): 26,
+        ("print", "clean"): 20,
+    }

@@ -60,6 +60,7 @@ class _Entry:
     relpath: str  # of the file, relative to the tree root, POSIX
     split: str
     label: str
+    style: str | None  # from a stratum folder; None: the `style` given
 
 
 def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]:
@@ -78,7 +79,7 @@ def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]
         if image.label not in spelling:
             unknown_labels.setdefault(image.label, set()).add(split)
             continue
-        entries.append(_Entry(image.file, image.relpath, split, spelling[image.label]))
+        entries.append(_Entry(image.file, image.relpath, split, spelling[image.label], image.style))
     for label, splits in sorted(unknown_labels.items()):
         problems.append(
             f"label folder {label!r} (in {', '.join(s for s in SPLITS if s in splits)}) is not "
@@ -121,7 +122,7 @@ def import_imagefolder(
         src: the tree, `src/[<split>/]<label>/*.png|jpg|jpeg` (`flywheel.data.inspect`).
         plan: the data plan (classes, image size, default root).
         name: dataset folder name.
-        style: the `style` stratum of every image.
+        style: the `style` stratum of every image not in a stratum folder.
         noise: the `noise` stratum of every image.
         root: folder that holds the dataset folder; default `plan.root`.
         progress: show a progress bar.
@@ -169,7 +170,8 @@ def import_imagefolder(
                     continue
                 if bad_files:  # keep checking the rest, but stop writing
                     continue
-                image_id = f"{entry.split}-{style}-{noise}-{counters[entry.split]:05d}"
+                entry_style = entry.style or style
+                image_id = f"{entry.split}-{entry_style}-{noise}-{counters[entry.split]:05d}"
                 counters[entry.split] += 1
                 relpath = f"{IMAGES_DIR}/{entry.split}/{entry.label}/{image_id}.png"
                 data = encode_png(image)
@@ -180,7 +182,7 @@ def import_imagefolder(
                         "path": relpath,
                         "label": entry.label,
                         "split": entry.split,
-                        "style": style,
+                        "style": entry_style,
                         "noise": noise,
                         "source": "import",
                         "group": f"import:{entry.relpath}",

@@ -7,6 +7,9 @@ which files are images of which class and split. Two layouts are accepted:
 - `TREE/<class>/<image>`: class folders only; `assign_splits` puts each image
   in train, val or test by a stable hash of its path, class by class
   (`DEFAULT_SPLIT_SHARES`), so a re-import gives the same split.
+- `TREE/[<split>/]<stratum>/<class>/<image>`: either layout with a folder
+  level for strata between split and class (when every folder at that level
+  holds folders only); its name is the images' `style` stratum.
 - `TREE/<split>/<class>/<image>`: a folder per split, `train`, `val` and `test`
   (`validation` and `valid` are read as `val`, `training`/`testing` as
   `train`/`test`); a split without a folder is empty (the data gate then says
@@ -81,6 +84,7 @@ class TreeImage:
     relpath: str  # relative to the tree root, POSIX
     label: str  # NFC
     split: str | None
+    style: str | None = None  # from a stratum folder (NFC); None: the declared one
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class TreeLayout:
     images: list[TreeImage]
     has_splits: bool
     classes: list[str]  # NFC, sorted, including empty ones
+    styles: list[str]  # stratum folders found (NFC, sorted); empty: no stratum level
     empty_classes: list[str]  # class folders without an image (in some split)
     problems: list[str]  # one line per misplaced or unsupported file, naming it
 
@@ -105,10 +110,17 @@ def _split_layout(children: list[Path]) -> bool:
 
 
 def _scan_class(
-    folder: Path, src: Path, split: str | None, images: list[TreeImage], problems: list[str]
+    folder: Path,
+    src: Path,
+    split: str | None,
+    images: list[TreeImage],
+    problems: list[str],
+    *,
+    stratum: bool,
 ) -> int:
     """Add the images of one class folder; returns how many there were."""
     found = 0
+    style = nfc(folder.parent.name) if stratum else None
     for file in _visible(folder):
         if file.is_dir():
             problems.append(f"{file}: a folder inside a class folder (expected images only)")
@@ -119,9 +131,16 @@ def _scan_class(
             )
         else:
             label = nfc(folder.name)
-            images.append(TreeImage(file, file.relative_to(src).as_posix(), label, split))
+            relpath = file.relative_to(src).as_posix()
+            images.append(TreeImage(file, relpath, label, split, style))
             found += 1
     return found
+
+
+def _stratum_level(folders: list[Path]) -> bool:
+    """True when the would-be class folders all hold folders only: they are stratum folders."""
+    contents = [_visible(f) for f in folders]
+    return bool(folders) and all(c and all(p.is_dir() for p in c) for c in contents)
 
 
 def scan_tree(src: Path) -> TreeLayout:
@@ -162,9 +181,12 @@ def scan_tree(src: Path) -> TreeLayout:
                     )
     else:
         groups = [(c, None) for c in children if c.is_dir()]
+    stratum = _stratum_level([folder for folder, _ in groups])
+    if stratum:
+        groups = [(c, s) for folder, s in groups for c in _visible(folder)]
     empty: set[str] = set()
     for folder, group_split in groups:
-        n = _scan_class(folder, src, group_split, images, problems)
+        n = _scan_class(folder, src, group_split, images, problems, stratum=stratum)
         label = nfc(folder.name)
         counts[label] = counts.get(label, 0) + n
         if n == 0:
@@ -174,6 +196,7 @@ def scan_tree(src: Path) -> TreeLayout:
         images=images,
         has_splits=has_splits,
         classes=sorted(counts),
+        styles=sorted({nfc(folder.parent.name) for folder, _ in groups}) if stratum else [],
         empty_classes=sorted(empty),
         problems=problems,
     )
@@ -186,17 +209,17 @@ def _rank_key(relpath: str) -> str:
 def assign_splits(
     images: list[TreeImage], shares: dict[str, float] | None = None
 ) -> list[TreeImage]:
-    """Give every image without a split one: per class, by a stable hash of its path.
+    """Give every image without a split one: per stratum and class, by a stable hash of its path.
 
     Each class is cut in the shares' proportions (rounded, train taking the
     rest), so every split gets every class that has enough images; the same
     files always land in the same split, whatever else the tree holds.
     """
     shares = shares or DEFAULT_SPLIT_SHARES
-    by_class: dict[str, list[TreeImage]] = {}
+    by_class: dict[tuple[str | None, str], list[TreeImage]] = {}
     for image in images:
         if image.split is None:
-            by_class.setdefault(image.label, []).append(image)
+            by_class.setdefault((image.style, image.label), []).append(image)
     assigned = {id(i): i for i in images}
     for members in by_class.values():
         ordered = sorted(members, key=lambda i: _rank_key(i.relpath))
@@ -278,6 +301,14 @@ class TreeInspection:
     def classes(self) -> list[str]:
         """Classes that have images (NFC, sorted)."""
         return sorted({i.label for i in self.images})
+
+    def style_counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and stratum folder: `{split: {style: n}}` (empty without strata)."""
+        table = {s: dict.fromkeys(self.layout.styles, 0) for s in SPLITS}
+        for image in self.images:
+            if image.style is not None:
+                table[str(image.split)][image.style] += 1
+        return table
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class: `{split: {class: n}}`, every split and class present."""

@@ -96,6 +96,13 @@ def _balance_tolerance(counts: dict[str, dict[str, int]]) -> float:
     return min(1.0, max(DEFAULT_BALANCE_TOLERANCE, needed))
 
 
+def _per_stratum(inspection: TreeInspection) -> dict[str, int]:
+    """Images per split that every stratum has: the data gate's counts, met by the data as is."""
+    if not inspection.layout.styles:
+        return {s: sum(n.values()) for s, n in inspection.counts().items()}
+    return {s: min(n.values()) for s, n in inspection.style_counts().items()}
+
+
 def _size_notes(inspection: TreeInspection, size: int) -> list[str]:
     stats = inspection.stats
     width, height = stats.common_size or (size, size)
@@ -135,6 +142,12 @@ def draft_params(
         for split in SPLITS
         if inspection.classes and not sum(counts[split].values())
     ]
+    problems += [
+        f"{inspection.layout.src}: stratum folder {style!r} has no {split} images"
+        for split, per_style in inspection.style_counts().items()
+        for style, n in per_style.items()
+        if n == 0 and sum(counts[split].values())
+    ]
     if problems:
         raise ProjectInitError(inspection.layout.src, problems)
     width, height = inspection.stats.common_size or (32, 32)
@@ -156,8 +169,8 @@ def draft_params(
             "image_size": size,
             "channels": inspection.stats.channels,
             "classes": inspection.classes,
-            "strata": {"style": [style], "noise": [noise]},
-            "per_stratum": {s: sum(counts[s].values()) for s in SPLITS},
+            "strata": {"style": inspection.layout.styles or [style], "noise": [noise]},
+            "per_stratum": _per_stratum(inspection),
         },
         "scenarios": {"in_distribution": {"mix": "plan"}},
         "validation": {"class_balance_tolerance": tolerance},
