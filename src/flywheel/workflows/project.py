@@ -146,7 +146,7 @@ def draft_params(
         f"{inspection.layout.src}: stratum folder {style!r} has no {split} images"
         for split, per_style in inspection.style_counts().items()
         for style, n in per_style.items()
-        if n == 0 and sum(counts[split].values())
+        if n == 0 and any(counts[split].values())
     ]
     if problems:
         raise ProjectInitError(inspection.layout.src, problems)
