@@ -11,6 +11,7 @@ variables the same way.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -28,6 +29,8 @@ from tests.support.processes import free_port, subprocess_env
 
 RECIPE_MARKER = "<!-- recipe: own-data"
 STEP_TIMES = "PS4='+ [$(date +%s.%N)] '\nset -x\n"  # bash traces each command with its start
+RECIPE_END = ": recipe-end"
+RECIPE_END = ": recipe-end"
 INIT_LINE = 'flywheel init "$IMAGES"'
 TINY_TRAINING = (
     " --set train.epochs=3 --set train.batch_size=64 --set train.patience=2"
@@ -61,15 +64,15 @@ def _digits_tree(root: Path, per_class: int) -> Path:
 
 
 def step_times(trace: str) -> str:
-    """Seconds from each `flywheel` command of the recipe to the next one, from the bash trace."""
-    marks = [
-        (float(m.group(1)), m.group(2).split(" --set")[0])
-        for m in re.finditer(r"^\+ \[(\d+\.\d+)\] (flywheel [a-z]+(?: [a-z]+)?)", trace, re.M)
-    ]
-    ends = [t for t, _ in marks[1:]] + [marks[-1][0]] if marks else []
+    """Seconds from each `flywheel` command of the recipe to the next (`serve`: with the traffic).
+
+    The trace is bash's `set -x` output with `STEP_TIMES`'s prompt; `RECIPE_END` closes the last.
+    """
+    pattern = rf"^\+ \[(\d+\.\d+)\] (flywheel [a-z]+(?: [a-z]+)?|{RECIPE_END})"
+    marks = [(float(m[1]), m[2]) for m in re.finditer(pattern, trace, re.MULTILINE)]
     return "\n".join(
         f"{command:24s} {end - start:7.1f} s"
-        for (start, command), end in zip(marks, ends, strict=True)
+        for (start, command), (end, _) in itertools.pairwise(marks)
     )
 
 
@@ -117,6 +120,7 @@ def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: 
         STEP_TIMES
         + f"export IMAGES={images} PORT={free_port()}\n"
         + rest.replace(INIT_LINE, INIT_LINE + TINY_TRAINING, 1)
+        + f"{RECIPE_END}\n"
     )
     env = subprocess_env({})
     for leaked in ("MLFLOW_TRACKING_URI", "FLYWHEEL_HOME", "FLYWHEEL_PARAMS", "BENTOML_HOME"):
