@@ -33,7 +33,8 @@ RECIPE_END = ": recipe-end"
 RECIPE_END = ": recipe-end"
 INIT_LINE = 'flywheel init "$IMAGES"'
 TINY_TRAINING = (
-    " --set train.epochs=3 --set train.batch_size=64 --set train.patience=2"
+    " --set train.epochs=6 --set train.batch_size=32 --set train.patience=3"
+    " --set train.augment.enabled=false"
     " --set serve.poll_interval_s=5"
 )
 

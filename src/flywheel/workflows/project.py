@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from flywheel.config import SPLITS, parse_params
+from flywheel.config import SPLITS, GatesConfig, parse_params
 from flywheel.config.params import apply_overrides, default_registered_model
 from flywheel.data.inspect import TreeInspection, inspect_imagefolder
 from flywheel.env import disable_telemetry, state_dir
@@ -159,6 +159,10 @@ def draft_params(
     notes.append(
         f"channels {inspection.stats.channels}: {inspection.stats.colour} colour and "
         f"{inspection.stats.grey} grey images"
+    )
+    notes.append(
+        f"evaluate.gates keep their defaults (min_accuracy {GatesConfig().min_accuracy}): "
+        "set them to what the service needs"
     )
     if tolerance > DEFAULT_BALANCE_TOLERANCE:
         notes.append(f"class shares differ: validation.class_balance_tolerance {tolerance:.2f}")
