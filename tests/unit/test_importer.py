@@ -209,6 +209,7 @@ def test_cli_import_writes_the_dataset(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "imported 2 images" in result.output
+    assert "--set data.name=own" in " ".join(result.output.split())  # the plan says digits
     manifest = load_manifest(tmp_path / "data" / "own")
     assert sorted(manifest["split"]) == ["train", "val"]
     assert set(manifest["style"]) == {"printed"}

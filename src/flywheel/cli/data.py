@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, exit_on, refuse_on
+from flywheel.cli.console import console, err_console, exit_on, refuse_on
 from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
@@ -83,6 +83,12 @@ def data_import(
         )
     console.print(f"imported [bold]{len(manifest)}[/bold] images from {path}")
     _print_counts(manifest)
+    if name and name != p.data.name:
+        err_console.print(
+            f"[yellow]note[/yellow]: the plan's dataset is {p.data.name!r}, not {name!r}: the "
+            f"other commands read {p.data.dataset_dir}/ unless given --set data.name={name} "
+            "(or write a plan for this tree with `flywheel init`)"
+        )
 
 
 @commands.command("version")
