@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,20 @@ def test_stratum_folders_become_the_plans_styles_and_the_import_uses_them(
         ("hand", "clean"): 26,
         ("print", "clean"): 20,
     }
+
+
+@pytest.mark.parametrize("git", [True, False])
+def test_the_folder_becomes_a_dvc_project_once(git: bool, tmp_path: Path) -> None:
+    if git:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    project = tmp_path / "sub"
+    src = _photos(tmp_path)
+
+    first = init_project(src, project / "params.yaml")
+    again = init_project(src, project / "params.yaml", force=True)
+
+    config = (project / ".dvc" / "config").read_text()
+    assert (first.dvc_initialised, again.dvc_initialised) == (True, False)
+    assert ("no_scm = True" in config) is not git
+    assert "url = ../.flywheel/dvc-remote" in config
+    assert "analytics = False" in config

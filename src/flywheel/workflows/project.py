@@ -185,20 +185,32 @@ def draft_params(
     return params, notes
 
 
+def _enclosing(root: Path, marker: str) -> Path | None:
+    """The folder, `root` or one above it, that holds `marker` (`.git`, `.dvc`), if any."""
+    return next((d for d in (root, *root.parents) if (d / marker).exists()), None)
+
+
 def _init_dvc(root: Path) -> bool:
-    """Make `root` a DVC project (git or not) with a local remote; False when it already is."""
+    """Make `root` a DVC project with a local remote; False when it is in one already.
+
+    Inside a git work tree DVC uses git (a sub-project when `root` is below the
+    work tree's top); elsewhere it runs without.
+    """
     from dvc.repo import Repo
 
-    if (root / ".dvc").is_dir():
+    root = root.resolve()
+    if _enclosing(root, ".dvc") is not None:
         return False
     disable_telemetry()
-    remote = os.path.relpath((root / state_dir() / "dvc-remote").resolve())
-    no_scm = not (root / ".git").exists()
+    remote = os.path.relpath(root / state_dir() / "dvc-remote")
+    git_root = _enclosing(root, ".git")
+    no_scm, subdir = git_root is None, git_root not in (None, root)
     dvc_log = logging.getLogger("dvc")  # its "Initialized" banner: the CLI says so itself
     level = dvc_log.level
     dvc_log.setLevel(logging.WARNING)
     try:
-        with Repo.init(str(root), no_scm=no_scm) as repo, repo.config.edit() as conf:
+        init = Repo.init(str(root), no_scm=no_scm, subdir=subdir)
+        with init as repo, repo.config.edit() as conf:
             conf["core"]["analytics"] = False
             conf["core"]["remote"] = "local"
             conf["remote"]["local"] = {"url": remote}
