@@ -93,3 +93,16 @@ def test_stratum_folders_give_the_style(tmp_path: Path) -> None:
     assert seen.classes == ["a", "b"]
     assert seen.style_counts()["test"] == {"phone photo": 4, "scanned": 4}  # 2 per class each
     assert {i.style for i in seen.images if i.label == "a"} == {"phone photo", "scanned"}
+
+
+def test_a_tree_without_a_val_folder_gets_val_from_train(tmp_path: Path) -> None:
+    for i in range(20):
+        _save(tmp_path, f"train/k/{i}.png", Image.new("L", (8, 8)))
+    for i in range(5):
+        _save(tmp_path, f"test/k/{i}.png", Image.new("L", (8, 8)))
+
+    seen = inspect_imagefolder(tmp_path)
+
+    assert seen.counts() == {"train": {"k": 17}, "val": {"k": 3}, "test": {"k": 5}}
+    moved = {i.relpath for i in seen.images if i.split == "val"}
+    assert all(path.startswith("train/") for path in moved)

@@ -12,8 +12,9 @@ which files are images of which class and split. Two layouts are accepted:
   holds folders only); its name is the images' `style` stratum.
 - `TREE/<split>/<class>/<image>`: a folder per split, `train`, `val` and `test`
   (`validation` and `valid` are read as `val`, `training`/`testing` as
-  `train`/`test`); a split without a folder is empty (the data gate then says
-  whether the plan's counts are met).
+  `train`/`test`); without a val folder, 15 % of each class's train images
+  (stable per file) are the val split; a missing `test` is an error of `init`
+  and an empty split for the data gate.
 
 Class names are Unicode-normalised to NFC (macOS writes folder names in NFD,
 which differ invisibly from the same name typed in a plan). Hidden files and
@@ -24,6 +25,7 @@ is not an image where an image belongs is reported, naming the file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -209,25 +211,30 @@ def _rank_key(relpath: str) -> str:
 def assign_splits(
     images: list[TreeImage], shares: dict[str, float] | None = None
 ) -> list[TreeImage]:
-    """Give every image without a split one: per stratum and class, by a stable hash of its path.
+    """Give every image a split: per stratum and class, by a stable hash of its path.
 
-    Each class is cut in the shares' proportions (rounded, train taking the
-    rest), so every split gets every class that has enough images; the same
-    files always land in the same split, whatever else the tree holds.
+    Images without a split (a tree of class folders) are cut in the shares'
+    proportions (rounded, train taking the rest); when split folders hold no
+    validation images at all (only `train/` and `test/`), the `val` share of
+    each class's train images becomes the val split. Every split gets every
+    class that has enough images, and the same files always land in the same
+    split, whatever else the tree holds.
     """
     shares = shares or DEFAULT_SPLIT_SHARES
-    by_class: dict[tuple[str | None, str], list[TreeImage]] = {}
+    carve_val = bool(images) and all(i.split not in (None, "val") for i in images)
+    groups: dict[tuple[str | None, str | None, str], list[TreeImage]] = {}
     for image in images:
-        if image.split is None:
-            by_class.setdefault((image.style, image.label), []).append(image)
+        if image.split is None or (carve_val and image.split == "train"):
+            groups.setdefault((image.split, image.style, image.label), []).append(image)
     assigned = {id(i): i for i in images}
-    for members in by_class.values():
+    for (split, _, _), members in groups.items():
         ordered = sorted(members, key=lambda i: _rank_key(i.relpath))
-        n_test = round(len(ordered) * shares["test"])
-        n_val = round(len(ordered) * shares["val"])
+        cuts = ("test", "val") if split is None else ("val",)
+        bounds = itertools.accumulate(round(len(ordered) * shares[c]) for c in cuts)
+        edges = list(zip(cuts, bounds, strict=True))
         for rank, image in enumerate(ordered):
-            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            assigned[id(image)] = replace(image, split=split)
+            chosen = next((c for c, edge in edges if rank < edge), "train")
+            assigned[id(image)] = replace(image, split=chosen)
     return [assigned[id(i)] for i in images]
 
 

@@ -156,6 +156,8 @@ def draft_params(
     n_test = sum(counts["test"].values())
     model = default_registered_model(name)
     notes = _size_notes(inspection, size)
+    if inspection.layout.has_splits and not any(i.split == "val" for i in inspection.layout.images):
+        notes.append("no val folder: 15 % of each class's train images are the val split")
     notes.append(
         f"channels {inspection.stats.channels}: {inspection.stats.colour} colour and "
         f"{inspection.stats.grey} grey images"
