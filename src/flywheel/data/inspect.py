@@ -2,19 +2,19 @@
 
 `flywheel init` writes a plan from what this finds, and `flywheel data import`
 reads the tree through the same `scan_tree`, so the two never disagree about
-which files are images of which class and split. Two layouts are accepted:
+which files are images of which class and split. The layouts accepted:
 
 - `TREE/<class>/<image>`: class folders only; `assign_splits` puts each image
   in train, val or test by a stable hash of its path, class by class
   (`DEFAULT_SPLIT_SHARES`), so a re-import gives the same split.
-- `TREE/[<split>/]<stratum>/<class>/<image>`: either layout with a folder
-  level for strata between split and class (when every folder at that level
-  holds folders only); its name is the images' `style` stratum.
 - `TREE/<split>/<class>/<image>`: a folder per split, `train`, `val` and `test`
   (`validation` and `valid` are read as `val`, `training`/`testing` as
   `train`/`test`); without a val folder, 15 % of each class's train images
   (stable per file) are the val split; a missing `test` is an error of `init`
   and an empty split for the data gate.
+- `TREE/[<split>/]<stratum>/<class>/<image>`: either layout with a level of
+  stratum folders above the classes (when every folder at that level holds
+  folders only); a stratum folder's name is its images' `style` stratum.
 
 Class names are Unicode-normalised to NFC (macOS writes folder names in NFD,
 which differ invisibly from the same name typed in a plan). Hidden files and
