@@ -17,7 +17,7 @@ commands = typer.Typer()
 @commands.command()
 def init(
     path: Annotated[
-        Path, typer.Argument(help="ImageFolder tree: PATH/<class>/* or PATH/<split>/<class>/*")
+        Path, typer.Argument(help="ImageFolder tree: PATH/[<split>/][<stratum>/]<class>/*")
     ],
     params: Annotated[
         Path, typer.Option("--params", "-p", help="The plan to write.", show_default=True)
@@ -27,7 +27,9 @@ def init(
         str | None,
         typer.Option(help="Dataset name; the model is flywheel-<name> (default: PATH's name)."),
     ] = None,
-    style: Annotated[str, typer.Option(help="The 'style' stratum of every image.")] = "unknown",
+    style: Annotated[
+        str, typer.Option(help="The 'style' stratum of images outside stratum folders.")
+    ] = "unknown",
     noise: Annotated[str, typer.Option(help="The 'noise' stratum of every image.")] = "unknown",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing plan.")] = False,
 ) -> None:
@@ -37,8 +39,10 @@ def init(
     from the tree; the dataset and the registered model get names of their own
     (flywheel-<name>); the folder becomes a DVC project if it is not one. A tree
     without split folders is split per class (70/15/15, stable per file) on
-    import. Files the import would refuse (not images, undecodable, misplaced)
-    are listed and nothing is written (exit 2). --set values go into the plan.
+    import, one without val/ gives 15 % of train to val; stratum folders above
+    the class folders name each image's style. Files the import would refuse
+    (not images, undecodable, misplaced) are listed and nothing is written
+    (exit 2). --set values go into the plan.
     Then: flywheel data import PATH, validate, data track, train, evaluate,
     promote, serve, monitor.
     """
