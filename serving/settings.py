@@ -13,23 +13,27 @@ import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-from flywheel.config import Params, load_params
-from flywheel.serving_api import PARAMS_ENV
+from flywheel.config import Params, load_params, parse_params
+from flywheel.config.overrides import parse_overrides
+from flywheel.serving_api import PARAMS_ENV, SET_ENV
 
 
 def read_service_params(environ: MutableMapping[str, str] | None = None) -> Params:
     """The configuration the service runs with: `$FLYWHEEL_PARAMS`, `./params.yaml`, or defaults.
 
+    The `--set` pairs of `flywheel serve` (`$FLYWHEEL_SET`, one per line) apply on top.
+
     Raises:
-        ConfigError: `FLYWHEEL_PARAMS` names a missing file, or the file is invalid.
+        ConfigError: `FLYWHEEL_PARAMS` names a missing file, or the file or a pair is invalid.
     """
     env = os.environ if environ is None else environ
+    overrides = parse_overrides(line for line in env.get(SET_ENV, "").splitlines() if line)
     explicit = env.get(PARAMS_ENV)
     if explicit:
-        return load_params(explicit)
+        return load_params(explicit, overrides)
     if Path("params.yaml").is_file():
-        return load_params("params.yaml")
-    return Params()
+        return load_params("params.yaml", overrides)
+    return parse_params({}, overrides)
 
 
 @functools.cache
@@ -52,4 +56,4 @@ def params_base(environ: Mapping[str, str] | None = None) -> Path | None:
     return Path(path).resolve().parent if path else None
 
 
-__all__ = ["PARAMS_ENV", "params_base", "read_service_params", "service_params"]
+__all__ = ["PARAMS_ENV", "SET_ENV", "params_base", "read_service_params", "service_params"]

@@ -76,6 +76,9 @@ BODY_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
 
 PARAMS_ENV = "FLYWHEEL_PARAMS"
 """Path of the params.yaml the server reads (set by `flywheel serve`)."""
+SET_ENV = "FLYWHEEL_SET"
+"""`--set` pairs of `flywheel serve`, one `dotted.key=value` per line, applied over the params file
+by the server (`flywheel.config.overrides`, the one parser)."""
 ADMIN_TOKEN_ENV = "FLYWHEEL_ADMIN_TOKEN"
 """The token `ADMIN_RELOAD_PATH` requires, from the server's environment; unset or empty
 disables the endpoint (403)."""
@@ -180,6 +183,7 @@ __all__ = [
     "READY_PATH",
     "REQUEST_ID_HEADER",
     "RETRY_AFTER_HEADER",
+    "SET_ENV",
     "WWW_AUTHENTICATE_HEADER",
     "ClassProbability",
     "ErrorBody",

@@ -130,7 +130,7 @@ def test_layout_problems_are_all_reported_before_decoding(tmp_path: Path) -> Non
     src = _tree(
         tmp_path / "src",
         {
-            "training/0/a.png": image,
+            "extra/0/a.png": image,
             "train/0/a.png": image,
             "train/cat/b.png": image,
             "val/cat/c.png": image,
@@ -142,11 +142,11 @@ def test_layout_problems_are_all_reported_before_decoding(tmp_path: Path) -> Non
     with pytest.raises(DatasetImportError) as err:
         import_imagefolder(src, PLAN, name="mine", root=tmp_path, progress=False)
     message = str(err.value)
-    assert "unknown split folder 'training' (expected train, val, test)" in message
+    assert "unknown split folder 'extra' beside split folders" in message
     assert "label folder 'cat' (in train, val) is not a class of the plan" in message
-    assert "notes.txt: unsupported file type '.txt'" in message
+    assert "notes.txt: not an image file (.txt)" in message
     assert "loose.png: a file directly in a split folder" in message
-    assert "deeper: a folder inside a label folder" in message
+    assert "deeper: a folder inside a class folder" in message
     assert len(_problems(err)) == 5
     assert not (tmp_path / "mine").exists()
 
@@ -178,7 +178,8 @@ def test_an_unrelated_target_folder_is_not_replaced(tmp_path: Path) -> None:
 
 
 def test_cli_import_reports_problems_without_a_traceback(tmp_path: Path) -> None:
-    src = _tree(tmp_path / "src", {"holdout/0/a.png": Image.new("L", (8, 8), 0)})
+    src = _tree(tmp_path / "src", {"train/0/a.png": Image.new("L", (8, 8), 0)})
+    (src / "holdout" / "0").mkdir(parents=True)
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  root: {tmp_path / 'data'}\n")
     result = CliRunner().invoke(app, ["data", "import", str(src), "--params", str(params)])
@@ -208,6 +209,7 @@ def test_cli_import_writes_the_dataset(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "imported 2 images" in result.output
+    assert "--set data.name=own" in " ".join(result.output.split())  # the plan says digits
     manifest = load_manifest(tmp_path / "data" / "own")
     assert sorted(manifest["split"]) == ["train", "val"]
     assert set(manifest["style"]) == {"printed"}
@@ -236,3 +238,25 @@ def test_a_decomposed_folder_name_is_the_plans_class(tmp_path: Path) -> None:
     assert (tmp_path / "leaves" / "images" / "train" / composed).is_dir()
     # A plan written in NFD reads as NFC, so it compares equal to labels from anywhere.
     assert DataPlan(classes=(decomposed, "x")).classes == (composed, "x")
+
+
+def test_a_tree_of_class_folders_is_split_per_class_the_same_way_each_time(
+    tmp_path: Path,
+) -> None:
+    image = Image.new("L", (8, 8), 200)
+    src = _tree(
+        tmp_path / "src",
+        {f"{label}/{i:02d}.png": image for label in ("1", "caf\u0065\u0301") for i in range(20)},
+    )
+    plan = PLAN.model_copy(update={"classes": ("1", "caf\u00e9")})  # NFC in the plan, NFD on disk
+
+    first = import_imagefolder(src, plan, name="a", root=tmp_path, progress=False)
+    second = import_imagefolder(src, plan, name="b", root=tmp_path, progress=False)
+
+    counts = first.groupby(["label", "split"]).size().to_dict()
+    assert counts == {
+        (label, split): n
+        for label in ("1", "caf\u00e9")
+        for split, n in (("test", 3), ("train", 14), ("val", 3))
+    }
+    assert first[["group", "split"]].equals(second[["group", "split"]])

@@ -4,6 +4,7 @@ Each command loads `params.yaml`, calls one library function and prints what a
 person needs to see. Heavy libraries are imported inside the commands so that
 `flywheel --help` stays fast. One module per command group:
 
+- `project`: `flywheel init` (a plan from your own ImageFolder tree)
 - `data`: `flywheel data collect|import|version|ensure|track|merge`
 - `training`: validate, train, tune, evaluate
 - `registry`: promote, rollback, models

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from flywheel.cli.console import abort, console, exit_on, print_error, refuse_on
+from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
 from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
 
 if TYPE_CHECKING:
@@ -46,50 +46,74 @@ def data_collect(
 
 @commands.command("import")
 def data_import(
-    path: Annotated[Path, typer.Argument(help="ImageFolder tree: PATH/<split>/<label>/*.png|jpg")],
+    path: Annotated[
+        Path, typer.Argument(help="ImageFolder tree: PATH/[<split>/]<class>/*.png|jpg")
+    ],
     name: Annotated[
         str | None, typer.Option(help="Dataset name (default: params data.name).")
     ] = None,
     style: Annotated[
-        str, typer.Option(help="Stratum value for 'style' of every image.")
-    ] = "unknown",
+        str | None,
+        typer.Option(help="'style' of every image (default: the plan's, if it has one style)."),
+    ] = None,
     noise: Annotated[
-        str, typer.Option(help="Stratum value for 'noise' of every image.")
-    ] = "unknown",
+        str | None,
+        typer.Option(help="'noise' of every image (default: the plan's, if it has one noise)."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
-    """Import your own ImageFolder tree into the manifest format (resized to the plan's size)."""
+    """Import your own ImageFolder tree into data/<name>/ with a manifest (`flywheel init` first).
+
+    Layouts: PATH/<class>/* (split per class, stable per file) or
+    PATH/<split>/<class>/* (train, val or validation, test).
+    """
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
-    p = read_params(params)
+    p = read_params(params, set_)
+    strata = p.data.strata
     with exit_on(DatasetImportError):
         manifest = import_imagefolder(
-            path, p.data, name=name or p.data.name, style=style, noise=noise
+            path,
+            p.data,
+            name=name or p.data.name,
+            style=style or _only(strata.style),
+            noise=noise or _only(strata.noise),
         )
     console.print(f"imported [bold]{len(manifest)}[/bold] images from {path}")
     _print_counts(manifest)
+    if name and name != p.data.name:
+        err_console.print(
+            f"[yellow]note[/yellow]: the plan's dataset is {p.data.name!r}, not {name!r}: the "
+            f"other commands read {p.data.dataset_dir}/ unless given --set data.name={name} "
+            "(or write a plan for this tree with `flywheel init`)"
+        )
 
 
 @commands.command("version")
 def data_version_cmd(
     repo: RepoOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
-    """Print the data version: the DVC hash of data/ recorded in data.dvc."""
+    """Print the data version: the DVC hash of the plan's data root recorded in <root>.dvc."""
     from flywheel.data.versioning import DataVersionError, data_version
 
+    plan = read_params(params, set_).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
-        console.print(data_version(repo))
+        console.print(data_version(repo, plan))
 
 
 @commands.command("ensure")
 def data_ensure(
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed."""
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo)
     console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
@@ -99,12 +123,20 @@ def data_ensure(
 def data_track(
     repo: RepoOpt = Path("."),
     push: PushOpt = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
-    """Record data/ as a new version (`dvc add data`) and push it; prints the new hash."""
+    """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
     from flywheel.data.versioning import track_dataset
 
-    version = track_dataset(repo, push=push)
+    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    version = track_dataset(repo, plan, push=push)
     console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
+
+
+def _only(values: tuple[str, ...]) -> str:
+    """The plan's one value of a stratum axis, else `unknown` (the stratum of unsorted images)."""
+    return values[0] if len(values) == 1 else "unknown"
 
 
 def _print_counts(manifest: pd.DataFrame) -> None:

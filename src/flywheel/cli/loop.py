@@ -189,6 +189,7 @@ def reference(
     model: ModelOpt = None,
     dataset: DatasetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Compute and store the reference profile of a registered version (monitoring's baseline).
 
@@ -201,7 +202,7 @@ def reference(
     from flywheel.tasks import DatasetError
     from flywheel.tracking import configure_tracking
 
-    p = read_params(params)
+    p = read_params(params, set_)
     configure_tracking()
     name = model or p.evaluate.registered_model
     with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
@@ -307,6 +308,7 @@ def label_import(
     ] = "label-studio",
     log_dir: LogDirOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Import a Label Studio export: check every task, then record the labels, all or nothing.
 
@@ -323,7 +325,7 @@ def label_import(
     from flywheel.labeling import LabelImportError, import_labels, queue_dir, served_keys
     from flywheel.monitoring.prediction_log import predictions_dir
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(LabelImportError):
         served = served_keys(
             queue_dir(p.label), log_dir if log_dir is not None else predictions_dir(p)
@@ -344,6 +346,7 @@ def label_oracle(
         str | None, typer.Option(help="Queue batch id to answer (default: every pending task).")
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """The demo labeller: answer the queue from the simulator's truth, as a Label Studio export.
 
@@ -353,7 +356,7 @@ def label_oracle(
     from flywheel.demo.oracle import label_with_oracle
     from flywheel.labeling import LabelImportError, QueueError
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(QueueError, LabelImportError):
         result = label_with_oracle(p, batch=batch)
     if result.export is None:

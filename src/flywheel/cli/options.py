@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,19 +40,25 @@ WhoOpt = Annotated[
 ]
 
 
-def read_params(path: Path, pairs: list[str] | None = None) -> Params:
-    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
-    from flywheel.config import ConfigError, load_params
+def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """The `--set` pairs as dotted keys and values; a bad pair is a usage error (exit 2)."""
     from flywheel.config.overrides import OverrideError, parse_overrides
 
     try:
-        overrides = parse_overrides(pairs or [])
+        return parse_overrides(pairs or [])
     except OverrideError as err:  # a usage error: Typer prints it with the usage line, exit 2
         raise typer.BadParameter(f"{err.pair!r}: {err.reason}", param_hint="--set") from None
+
+
+def read_params(path: Path, pairs: list[str] | None = None) -> Params:
+    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
+    from flywheel.config import ConfigError, load_params
+
+    overrides = parse_set_pairs(pairs)
     with exit_on(ConfigError):
         return load_params(path, overrides)
 
 
-def registered_model(model: str | None, params: Path) -> str:
-    """The registered model: `--model`, else `evaluate.registered_model` of params.yaml."""
-    return model or read_params(params).evaluate.registered_model
+def registered_model(model: str | None, params: Path, pairs: list[str] | None = None) -> str:
+    """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs."""
+    return model or read_params(params, pairs).evaluate.registered_model

@@ -10,7 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.console import console, exit_on, refuse_on
-from flywheel.cli.options import ModelOpt, ParamsOpt, ReasonOpt, WhoOpt, registered_model
+from flywheel.cli.options import (
+    ModelOpt,
+    ParamsOpt,
+    ReasonOpt,
+    SetOpt,
+    WhoOpt,
+    registered_model,
+)
 
 commands = typer.Typer()
 
@@ -22,6 +29,7 @@ def promote(
     model: ModelOpt = None,
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Point 'production' at a blessed version; the replaced one becomes 'previous'.
 
@@ -33,7 +41,7 @@ def promote(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    name = registered_model(model, params)
+    name = registered_model(model, params, set_)
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = promote_version(name, version, reason=reason, who=who)
     if not change.changed:
@@ -51,6 +59,7 @@ def rollback(
     model: ModelOpt = None,
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Swap 'production' and 'previous': serve the version production replaced.
 
@@ -61,7 +70,7 @@ def rollback(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    name = registered_model(model, params)
+    name = registered_model(model, params, set_)
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = rollback_model(name, reason=reason, who=who)
     console.print(
@@ -74,13 +83,14 @@ def rollback(
 def models(
     model: ModelOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """List the versions of the registered model: aliases, verdict, accuracy, lineage."""
     from flywheel.registry import RegistryError, list_versions
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    name = registered_model(model, params)
+    name = registered_model(model, params, set_)
     with exit_on(RegistryError):
         versions = list_versions(name)
     table = Table(title=f"registered model {name}")

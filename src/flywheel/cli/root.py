@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from flywheel.cli import data, demo, loop, pipeline, registry, serving, training
+from flywheel.cli import data, demo, loop, pipeline, project, registry, serving, training
 from flywheel.cli.console import err_console
 from flywheel.env import configure_process
 
@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(project.commands)  # init
 app.add_typer(training.commands)  # validate, train, tune, evaluate
 app.add_typer(registry.commands)  # promote, rollback, models
 app.add_typer(serving.commands)  # serve, simulate

@@ -24,6 +24,7 @@ SERVICE_TARGET = "serving.service:FlywheelService"
 @commands.command()
 def serve(
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default: serve.host, 127.0.0.1).")
     ] = None,
@@ -34,7 +35,8 @@ def serve(
     """Serve the registry's production model over HTTP (BentoML, adaptive batching).
 
     Runs `bentoml serve serving.service:FlywheelService` in this process with
-    FLYWHEEL_PARAMS pointing at --params, BENTOML_HOME under the state folder
+    FLYWHEEL_PARAMS pointing at --params (and FLYWHEEL_SET holding the --set
+    pairs, which the server applies the same way), BENTOML_HOME under the state folder
     and telemetry off. /readyz answers 200 once the model is loaded; /metrics
     has Prometheus metrics. The model comes from MLFLOW_TRACKING_URI (or the
     local store); a newly promoted version is swapped in without downtime
@@ -45,13 +47,14 @@ def serve(
     import os
 
     from flywheel.env import state_dir
-    from flywheel.serving_api import PARAMS_ENV
+    from flywheel.serving_api import PARAMS_ENV, SET_ENV
     from flywheel.tracking import resolve_tracking
 
-    p = read_params(params)  # fail here, with the bad key, rather than inside a worker
+    p = read_params(params, set_)  # fail here, with the bad key, rather than inside a worker
     params_path = params.resolve()
     env = dict(os.environ)
     env[PARAMS_ENV] = str(params_path)
+    env[SET_ENV] = "\n".join(set_ or [])
     env.setdefault("BENTOML_HOME", str((state_dir() / "bentoml").resolve()))
     env["BENTOML_DO_NOT_TRACK"] = "true"
     # BentoML changes into --working-dir: pin the state folder and the store absolutely.

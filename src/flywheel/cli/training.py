@@ -40,6 +40,7 @@ def _describe_data_version(plan: DataPlan, dataset: Path | None = None) -> str |
 @commands.command()
 def validate(
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     dataset: DatasetOpt = None,
     files: Annotated[
         bool, typer.Option("--files/--no-files", help="Open and decode every image file.")
@@ -57,7 +58,7 @@ def validate(
         validate_dataset,
     )
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(ManifestError, ValidationSetupError):
         report = validate_dataset(dataset or p.data.dataset_dir, p, check_files=files)
     report.data_version = _describe_data_version(p.data, dataset)

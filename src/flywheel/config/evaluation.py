@@ -39,7 +39,8 @@ class GatesConfig(FrozenConfig):
 class EvaluateConfig(FrozenConfig):
     """Evaluation of a candidate against the champion (`flywheel.evaluation`)."""
 
-    registered_model: str = Field("flywheel-digits", min_length=1)  # MLflow registered model
+    # MLflow registered model; in params.yaml it defaults to flywheel-<data.name> (`Params`)
+    registered_model: str = Field("flywheel-digits", min_length=1)
     split: Literal["train", "val", "test"] = "test"  # the frozen split the gates judge
     slice_columns: tuple[str, ...] = ("style", "noise")  # manifest columns that define slices
     batch_size: int = Field(256, ge=1)

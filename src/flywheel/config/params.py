@@ -26,6 +26,15 @@ from flywheel.config.serving import ServeConfig
 from flywheel.config.training import TrainConfig, TuneConfig
 
 
+def default_registered_model(dataset_name: str) -> str:
+    """The registered model a dataset's models go to unless the plan names one.
+
+    >>> default_registered_model("digits")
+    'flywheel-digits'
+    """
+    return f"flywheel-{dataset_name}"
+
+
 class Params(FrozenConfig):
     """Everything in `params.yaml`."""
 
@@ -45,6 +54,26 @@ class Params(FrozenConfig):
     monitor: MonitorConfig = MonitorConfig()
     ui: UIConfig = UIConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_named_after_the_data(cls, raw: Any) -> Any:
+        """`evaluate.registered_model` defaults to `flywheel-<data.name>`: a project of its own.
+
+        So a dataset named in the plan (or by `--set data.name=...`) never registers
+        its models as versions of another project's model.
+        """
+        if not isinstance(raw, dict):
+            return raw
+        evaluate = raw.get("evaluate")
+        if evaluate is None:
+            evaluate = {}
+        if not isinstance(evaluate, dict) or evaluate.get("registered_model") is not None:
+            return raw
+        data = raw.get("data")
+        name = data.get("name") if isinstance(data, dict) else getattr(data, "name", None)
+        derived = default_registered_model(name if isinstance(name, str) else DataPlan().name)
+        return {**raw, "evaluate": {**evaluate, "registered_model": derived}}
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:
@@ -114,13 +143,26 @@ def parse_params(
     Raises:
         ConfigError: the mapping, with the overrides applied, does not match the schema.
     """
-    tree = copy.deepcopy(dict(raw))
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, value)
+    tree = apply_overrides(raw, overrides or {})
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a params mapping with dotted keys set (`--set`), not yet validated.
+
+    >>> apply_overrides({"train": {"epochs": 1}}, {"train.epochs": 3, "data.name": "x"})
+    {'train': {'epochs': 3}, 'data': {'name': 'x'}}
+
+    Raises:
+        ConfigError: a dotted key runs through a value that is not a mapping.
+    """
+    tree = copy.deepcopy(dict(raw))
+    for dotted, value in overrides.items():
+        _set_dotted(tree, dotted, value)
+    return tree
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,15 +1,18 @@
 """Import your own images: an ImageFolder tree into the manifest format.
 
-The input is the layout torchvision's `ImageFolder` reads, one tree per split:
-`SRC/<split>/<label>/<image>.png|jpg|jpeg`. Every image goes through the
-plan's pre-processing (`flywheel.data.preprocessing`: EXIF rotation applied,
-transparent parts on white paper, grey or RGB as `data.channels` says, resized
-to the `data.image_size` square with the filter training and serving use),
-keeping its own levels and bit depth, then is written as `data/<name>/images/
-<split>/<label>/<image_id>.png` with a manifest, exactly like a collected
-dataset. An image of another size is resized and a warning says how many were
-(an 8 × 8 tree imported with `image_size: 8` stays 8 × 8). A dataset folder's
-own `images/` is such a tree, so exporting is a copy of that folder.
+The input is the layout torchvision's `ImageFolder` reads: class folders,
+`SRC/<label>/<image>.png|jpg|jpeg`, optionally inside split folders
+`SRC/<split>/<label>/...` (the layouts `flywheel.data.inspect` accepts; a tree
+without split folders is split per class by a stable hash). Every image goes
+through the plan's pre-processing (`flywheel.data.preprocessing`: EXIF rotation
+applied, transparent parts on white paper, grey or RGB as `data.channels` says,
+resized to the `data.image_size` square with the filter training and serving
+use), keeping its own levels and bit depth, then is written as
+`data/<name>/images/<split>/<label>/<image_id>.png` with a manifest, exactly
+like a collected dataset. An image of another size is resized and a warning
+says how many were (an 8 × 8 tree imported with `image_size: 8` stays 8 × 8). A
+dataset folder's own `images/` is such a tree, so exporting is a copy of that
+folder.
 
 The levels are checked against the plan's white level: a tree whose
 brightest pixel is far below white (scikit-learn's digits use 0–16 of 0–255)
@@ -37,13 +40,11 @@ from tqdm import tqdm
 
 from flywheel.config import SPLITS, DataPlan, nfc
 from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
+from flywheel.data.inspect import IMAGE_SUFFIXES, assign_splits, scan_tree
 from flywheel.data.manifest import manifest_frame, save_manifest
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError, bit_depth_white
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
-
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
-"""File types read (case-insensitive)."""
 
 MAX_LISTED = 50
 """Problems listed in one error message; the exception keeps all of them."""
@@ -77,53 +78,31 @@ class _Entry:
     relpath: str  # of the file, relative to the tree root, POSIX
     split: str
     label: str
+    style: str | None  # from a stratum folder; None: the `style` given
 
 
 def _scan(src: Path, classes: tuple[str, ...]) -> tuple[list[_Entry], list[str]]:
-    """List the tree's images and everything wrong with its layout (without decoding)."""
+    """List the tree's images and everything wrong with its layout (without decoding).
+
+    Labels are compared in NFC and recorded as the plan spells them; a tree
+    without split folders is split by `assign_splits` (stable per file).
+    """
+    layout = scan_tree(src)
+    problems = list(layout.problems)
+    spelling = {nfc(c): c for c in classes}
+    unknown_labels: dict[str, set[str]] = {}
     entries: list[_Entry] = []
-    problems: list[str] = []
-    unknown_labels: dict[str, list[str]] = {}
-    for split_dir in sorted(src.iterdir()):
-        if split_dir.name.startswith(".") or not split_dir.is_dir():
+    for image in assign_splits(layout.images):
+        split = str(image.split)
+        if image.label not in spelling:
+            unknown_labels.setdefault(image.label, set()).add(split)
             continue
-        if split_dir.name not in SPLITS:
-            problems.append(
-                f"{split_dir}: unknown split folder {split_dir.name!r} "
-                f"(expected {', '.join(SPLITS)})"
-            )
-            continue
-        for label_dir in sorted(split_dir.iterdir()):
-            if label_dir.name.startswith("."):
-                continue
-            if not label_dir.is_dir():
-                problems.append(
-                    f"{label_dir}: a file directly in a split folder; put it in a label folder"
-                )
-                continue
-            label = nfc(label_dir.name)  # macOS writes NFD names; the plan's are NFC
-            if label not in classes:
-                unknown_labels.setdefault(label, []).append(split_dir.name)
-            for file in sorted(label_dir.iterdir()):
-                if file.name.startswith("."):
-                    continue
-                if file.is_dir():
-                    problems.append(
-                        f"{file}: a folder inside a label folder (the tree is split/label/image)"
-                    )
-                elif file.suffix.lower() not in IMAGE_SUFFIXES:
-                    problems.append(
-                        f"{file}: unsupported file type {file.suffix or '(none)'!r}; "
-                        f"convert it to PNG or JPEG or remove it"
-                    )
-                else:
-                    entries.append(
-                        _Entry(file, file.relative_to(src).as_posix(), split_dir.name, label)
-                    )
+        entries.append(_Entry(image.file, image.relpath, split, spelling[image.label], image.style))
     for label, splits in sorted(unknown_labels.items()):
         problems.append(
-            f"label folder {label!r} (in {', '.join(splits)}) is not a class of the plan "
-            f"{list(classes)}; rename it or add the class to params.yaml data.classes"
+            f"label folder {label!r} (in {', '.join(s for s in SPLITS if s in splits)}) is not "
+            f"a class of the plan {list(classes)}; rename it or add the class to params.yaml "
+            "data.classes"
         )
     return entries, problems
 
@@ -164,6 +143,8 @@ def _level_problems(loaded: dict[Path, _Loaded], plan: DataPlan) -> list[str]:
     top, full = brightest.top_level, brightest.full_white
     if top >= LOW_RANGE_FRACTION * full:
         return []
+    if top == 0:
+        return ["every image is black (all pixels 0): there is nothing to learn from"]
     return [
         f"the images use levels 0-{top} of 0-{full}: as they are they would train nearly "
         f"black (and brightness augmentation would wipe them out); set data.white_level: {top} "
@@ -207,10 +188,10 @@ def import_imagefolder(
     covers the plan's strata and counts is the validation gate's question.
 
     Args:
-        src: the tree, `src/<split>/<label>/*.png|jpg|jpeg`, split in train/val/test.
+        src: the tree, `src/[<split>/]<label>/*.png|jpg|jpeg` (`flywheel.data.inspect`).
         plan: the data plan (classes, image size, channels, white level, default root).
         name: dataset folder name.
-        style: the `style` stratum of every image.
+        style: the `style` stratum of every image not in a stratum folder.
         noise: the `noise` stratum of every image.
         root: folder that holds the dataset folder; default `plan.root`.
         progress: show a progress bar.
@@ -239,7 +220,7 @@ def import_imagefolder(
         raise DatasetImportError(src, problems)
     if not entries:
         raise DatasetImportError(
-            src, [f"{src}: no images found (expected {'|'.join(SPLITS)}/<label>/*.png|jpg|jpeg)"]
+            src, [f"{src}: no images found (expected [<split>/]<label>/*.png|jpg|jpeg)"]
         )
 
     target = Path(root if root is not None else plan.root) / name
@@ -264,7 +245,8 @@ def import_imagefolder(
                     continue
                 if bad_files:  # keep checking the rest, but stop writing
                     continue
-                image_id = f"{entry.split}-{style}-{noise}-{counters[entry.split]:05d}"
+                entry_style = entry.style or style
+                image_id = f"{entry.split}-{entry_style}-{noise}-{counters[entry.split]:05d}"
                 counters[entry.split] += 1
                 relpath = f"{IMAGES_DIR}/{entry.split}/{entry.label}/{image_id}.png"
                 data = encode_png(image)
@@ -275,7 +257,7 @@ def import_imagefolder(
                         "path": relpath,
                         "label": entry.label,
                         "split": entry.split,
-                        "style": style,
+                        "style": entry_style,
                         "noise": noise,
                         "source": "import",
                         "group": f"import:{entry.relpath}",

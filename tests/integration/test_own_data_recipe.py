@@ -1,0 +1,145 @@
+"""The README's "Bring your own data" recipe, run as written, on scikit-learn's digits as PNGs.
+
+The block under the `recipe: own-data` marker in README.md is run by bash in an
+empty folder, with one change: the `flywheel init` line gets tiny training
+settings (`--set`), so that the whole path - init, import, validate, track,
+train, evaluate, promote, serve, traffic, monitor - stays short. The first line
+(`export IMAGES=... PORT=...`) is the one a reader edits; the test sets those
+variables the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tests.support import REPO
+from tests.support.processes import free_port, subprocess_env
+
+RECIPE_MARKER = "<!-- recipe: own-data"
+STEP_TIMES = "PS4='+ [$(date +%s.%N)] '\nset -x\n"  # bash traces each command with its start
+RECIPE_END = ": recipe-end"
+RECIPE_END = ": recipe-end"
+INIT_LINE = 'flywheel init "$IMAGES"'
+TINY_TRAINING = (
+    " --set train.epochs=6 --set train.batch_size=32 --set train.patience=3"
+    " --set train.augment.enabled=false"
+    " --set serve.poll_interval_s=5"
+)
+
+
+def readme_recipe(readme: Path = REPO / "README.md") -> str:
+    """The bash block that follows the recipe marker in the README."""
+    text = readme.read_text(encoding="utf-8")
+    after = text[text.index(RECIPE_MARKER) :]
+    block = after[after.index("```bash\n") + len("```bash\n") :]
+    return block[: block.index("```")]
+
+
+def _digits_tree(root: Path, per_class: int) -> Path:
+    """scikit-learn's 8x8 digits as `root/<digit>/<n>.png`, the first `per_class` of each digit.
+
+    The 16 grey levels are spread to 0..240 (low-range images are another issue's).
+    """
+    digits = load_digits()
+    taken: dict[int, int] = {}
+    for n, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        taken[target] = taken.get(target, 0) + 1
+        if taken[target] > per_class:
+            continue
+        path = root / str(target) / f"{n:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels * 15).astype(np.uint8)).save(path)
+    return root
+
+
+def step_times(trace: str) -> str:
+    """Seconds from each `flywheel` command of the recipe to the next (`serve`: with the traffic).
+
+    The trace is bash's `set -x` output with `STEP_TIMES`'s prompt; `RECIPE_END` closes the last.
+    """
+    pattern = rf"^\+ \[(\d+\.\d+)\] (flywheel [a-z]+(?: [a-z]+)?|{RECIPE_END})"
+    marks = [(float(m[1]), m[2]) for m in re.finditer(pattern, trace, re.MULTILINE)]
+    return "\n".join(
+        f"{command:24s} {end - start:7.1f} s"
+        for (start, command), (end, _) in itertools.pairwise(marks)
+    )
+
+
+def _run(script: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a bash script in its own session; whatever it left running is stopped after."""
+    process = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"the recipe ran past {timeout} s:\n{out[-4000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # a server the script did not stop
+    return process.returncode, out
+
+
+def test_the_readme_names_every_stage_of_the_recipe() -> None:
+    recipe = readme_recipe()
+    for command in ("init", "data import", "validate", "data track", "train", "evaluate"):
+        assert f"flywheel {command} " in recipe or f"flywheel {command}\n" in recipe
+    for command in ("promote", "serve", "monitor"):
+        assert f"flywheel {command}" in recipe
+    assert INIT_LINE in recipe
+
+
+@pytest.mark.slow
+def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: Path) -> None:
+    images = _digits_tree(tmp_path / "my-digits", per_class=80)
+    project = tmp_path / "project"
+    project.mkdir()
+    recipe = readme_recipe()
+    first, rest = recipe.split("\n", 1)
+    assert first.startswith("export IMAGES=")
+    script = (
+        STEP_TIMES
+        + f"export IMAGES={images} PORT={free_port()}\n"
+        + rest.replace(INIT_LINE, INIT_LINE + TINY_TRAINING, 1)
+        + f"{RECIPE_END}\n"
+    )
+    env = subprocess_env({})
+    for leaked in ("MLFLOW_TRACKING_URI", "FLYWHEEL_HOME", "FLYWHEEL_PARAMS", "BENTOML_HOME"):
+        env.pop(leaked, None)
+
+    code, out = _run(script, project, env, timeout=1200)
+    print(step_times(out))  # shown with -s: each step's time
+
+    assert code == 0, out[-6000:]
+    plan = yaml.safe_load((project / "params.yaml").read_text())
+    assert plan["data"]["name"] == "my-digits"
+    assert (plan["data"]["image_size"], plan["data"]["channels"]) == (8, 1)
+    assert plan["data"]["classes"] == [str(d) for d in range(10)]
+    assert plan["evaluate"]["registered_model"] == "flywheel-my-digits"
+    assert "generator" not in plan["data"]
+    assert "label" not in plan
+    assert "data contract PASSED" in out
+    assert "flywheel-my-digits: production → version 1" in out
+    assert "flywheel-digits" not in out
+    assert (project / "data.dvc").is_file()
+    assert [p for p in (project / ".flywheel" / "predictions").rglob("*") if p.is_file()]
