@@ -309,13 +309,40 @@ def test_paths_default_under_the_state_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
     params = Params()
 
-    assert predictions_dir(params) == tmp_path / "predictions"
+    assert predictions_dir(params) == tmp_path / "predictions" / "model=flywheel-digits"
     assert workspace_dir(params) == tmp_path / "evidently"
     assert reports_dir(params) == tmp_path / "monitoring" / "reports"
     moved = Params.model_validate({"serve": {"log": {"dir": "logs/p"}}})
     assert predictions_dir(moved, Path("/project")) == Path("/project/logs/p")
+
+
+def test_each_registered_model_has_its_own_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
+    digits = Params.model_validate({"evaluate": {"registered_model": "digits"}})
+    photos = Params.model_validate({"evaluate": {"registered_model": "photos/rgb v2"}})
+
+    assert predictions_dir(digits) != predictions_dir(photos)
+    assert predictions_dir(photos) == tmp_path / "predictions" / "model=photos%2Frgb%20v2"
+
+
+def test_state_url_from_params_then_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
+    params = Params.model_validate({"state": {"url": "s3://bucket/state/"}})
+
+    assert predictions_dir(params) == "s3://bucket/state/predictions/model=flywheel-digits"
+    assert workspace_dir(params) == "s3://bucket/state/evidently"
+    assert reports_dir(params) == "s3://bucket/state/monitoring/reports"
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", "s3://other/prefix")
+    assert workspace_dir(params) == "s3://other/prefix/evidently"
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", str(tmp_path / "shared"))
+    assert workspace_dir(params) == tmp_path / "shared" / "evidently"
 
 
 @pytest.mark.parametrize(

@@ -257,7 +257,8 @@ def ui(
     p = read_params(params, set_)
     tracking = configure_tracking()
     bind = host or p.ui.host
-    workspace = workspace_dir(p).resolve()
+    workspace = workspace_dir(p)
+    workspace = workspace.resolve() if isinstance(workspace, Path) else workspace
     with (
         exit_on(DashboardError),
         err_console.status("starting the Evidently UI and the MLflow UI"),

@@ -22,6 +22,7 @@ from flywheel.config.loop import (
     UIConfig,
 )
 from flywheel.config.serving import ServeConfig
+from flywheel.config.state import StateConfig
 from flywheel.config.training import TrainConfig, TuneConfig
 
 
@@ -43,6 +44,7 @@ class Params(FrozenConfig):
     simulate: SimulateConfig = SimulateConfig()
     monitor: MonitorConfig = MonitorConfig()
     ui: UIConfig = UIConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _scenarios_name_strata(self) -> Params:

@@ -42,6 +42,7 @@ from flywheel.serving_api import (
     READY_PATH,
     REQUEST_ID_HEADER,
 )
+from flywheel.storage import Location
 
 if TYPE_CHECKING:
     import httpx
@@ -110,7 +111,7 @@ class SimulationReport:
     versions: dict[str, int]
     latency_ms: dict[str, float]
     elapsed_s: float
-    truth_file: Path | None
+    truth_file: Location | None
     first_error: str | None = None
     outcomes: tuple[RequestOutcome, ...] = field(default=(), repr=False)
 

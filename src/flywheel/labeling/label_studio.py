@@ -16,7 +16,6 @@ step imports the exports that hold queued tasks.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,22 @@ from flywheel.data.ground_truth import (
     KEY,
     LABELLER_ORIGINS,
     ORIGIN_LABEL_STUDIO,
+    ground_truth_dir,
     latest_per_key,
     read_ground_truth,
     write_ground_truth,
 )
 from flywheel.labeling.base import LABEL_COLUMNS, Labeler, LabelingResult, no_labels
 from flywheel.labeling.queue import Key, exports_dir, queued_keys, read_json, task_key
+from flywheel.storage import (
+    Location,
+    as_location,
+    glob,
+    name,
+    read_bytes,
+    state_url,
+    write_bytes,
+)
 
 
 class LabelImportError(ValueError):
@@ -219,7 +228,7 @@ def parse_export(
     return ParsedExport(labels=labels, unlabelled=tuple(unlabelled))
 
 
-def read_export(path: Path) -> Any:
+def read_export(path: Location) -> Any:
     """The parsed JSON of an export file (checked by `parse_export`).
 
     Raises:
@@ -242,22 +251,22 @@ class LabelImport:
         file: the ground-truth file written (None when nothing was new).
     """
 
-    path: Path
+    path: Location
     origin: str
     labels: pd.DataFrame
     written: int
     unchanged: int
     unlabelled: tuple[str, ...]
-    file: Path | None
+    file: Location | None
 
 
 def import_labels(
-    path: Path,
+    path: Location,
     classes: Sequence[str],
     cfg: LabelConfig,
     *,
     origin: str = ORIGIN_LABEL_STUDIO,
-    gt_root: Path | None = None,
+    gt_root: Location | None = None,
 ) -> LabelImport:
     """Import a Label Studio JSON export into the ground-truth store, all or nothing.
 
@@ -276,7 +285,7 @@ def import_labels(
         LabelImportError: the file is missing or not JSON, or a task is wrong
             (see `parse_export`); nothing is written then.
     """
-    path = Path(path)
+    path = as_location(path)
     if origin not in LABELLER_ORIGINS:
         raise LabelImportError(f"origin must be one of {list(LABELLER_ORIGINS)}, got {origin!r}")
     parsed = parse_export(read_export(path), classes, from_name=cfg.from_name, source=str(path))
@@ -294,8 +303,8 @@ def import_labels(
 
 
 def record_labels(
-    labels: pd.DataFrame, *, origin: str, gt_root: Path | None = None
-) -> tuple[pd.DataFrame, Path | None]:
+    labels: pd.DataFrame, *, origin: str, gt_root: Location | None = None
+) -> tuple[pd.DataFrame, Location | None]:
     """Append the labels that are new, or differ from their image's latest label, in one file.
 
     Args:
@@ -317,7 +326,7 @@ def record_labels(
     return new, write_ground_truth(new.assign(origin=origin), gt_root)
 
 
-def read_labels(gt_root: Path | None = None) -> pd.DataFrame:
+def read_labels(gt_root: Location | None = None) -> pd.DataFrame:
     """The current label of every image a labeller labelled (the latest one per key)."""
     return latest_per_key(read_ground_truth(gt_root, origins=LABELLER_ORIGINS))
 
@@ -341,7 +350,7 @@ class LabelStudioExportLabeler(Labeler):
         source: the folder of exports (default: `exports_dir(params.label)`).
     """
 
-    def __init__(self, source: Path | None = None) -> None:
+    def __init__(self, source: Location | None = None) -> None:
         self.source = source
 
     def label(
@@ -350,7 +359,7 @@ class LabelStudioExportLabeler(Labeler):
         queue_dir: Path,
         *,
         export_dir: Path,
-        gt_root: Path | None = None,
+        gt_root: Location | None = None,
     ) -> LabelingResult:
         """Import the exports holding tasks of the batches in `queue_dir`.
 
@@ -359,11 +368,17 @@ class LabelStudioExportLabeler(Labeler):
                 queued tasks has a wrong task (see `parse_export`); nothing is written.
             flywheel.labeling.QueueError: a queue batch is unreadable.
         """
-        source = Path(self.source) if self.source is not None else exports_dir(params.label)
+        source = (
+            as_location(self.source)
+            if self.source is not None
+            else exports_dir(params.label, state_url(params.state.url))
+        )
+        if gt_root is None:
+            gt_root = ground_truth_dir(state_url(params.state.url))
         queued = queued_keys(queue_dir)
-        exports: list[Path] = []
+        exports: list[Location] = []
         parsed: list[pd.DataFrame] = []
-        for path in sorted(source.glob("*.json")) if source.is_dir() else []:
+        for path in glob(source, "*.json"):
             tasks = read_export(path)
             if _holds_any(tasks, queued):
                 exports.append(path)
@@ -386,15 +401,16 @@ class LabelStudioExportLabeler(Labeler):
             labels = every[keys.isin(queued).to_numpy()].reset_index(drop=True)
         export_dir.mkdir(parents=True, exist_ok=True)
         for path in exports:
-            if path.resolve() != (export_dir / path.name).resolve():
-                shutil.copy2(path, export_dir / path.name)
+            copy = export_dir / name(path)
+            if not isinstance(path, Path) or path.resolve() != copy.resolve():
+                write_bytes(copy, read_bytes(path))
         return LabelingResult(
             labels=labels,
             summary=(
                 f"{len(labels)} of {len(queued)} queued tasks labelled in {len(exports)} "
                 f"Label Studio exports from {source} ({written} new labels)"
             ),
-            exports=tuple(export_dir / path.name for path in exports),
+            exports=tuple(export_dir / name(path) for path in exports),
         )
 
 

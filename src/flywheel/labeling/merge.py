@@ -37,8 +37,14 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params
-from flywheel.data.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
+from flywheel.data.ground_truth import (
+    ORIGIN_SIMULATOR,
+    ground_truth_dir,
+    latest_per_key,
+    read_ground_truth,
+)
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
+from flywheel.storage import Location, as_location, is_file, read_bytes, state_url
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -123,7 +129,7 @@ class MergeResult:
         return {str(k): int(v) for k, v in self.added["split"].value_counts().sort_index().items()}
 
 
-def _image_lookup(log_root: Path, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+def _image_lookup(log_root: Location, keys: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
     """Stored image paths of logged predictions, for the keys asked for."""
     from flywheel.monitoring.prediction_log import read_predictions
 
@@ -201,11 +207,11 @@ def plan_rows(
             skip("no_stratum", key)
             continue
         path = _text(record.get("image_path"))
-        source = path if path and Path(path).is_file() else images.get(key)
-        if source is None or not Path(source).is_file():
+        source = path if path and is_file(as_location(path)) else images.get(key)
+        if source is None or not is_file(as_location(source)):
             skip("no_image", key)
             continue
-        data = Path(source).read_bytes()
+        data = read_bytes(as_location(source))
         size = _decode(data)
         if size != (plan.image_size, plan.image_size):
             skip("bad_image", key)
@@ -250,8 +256,8 @@ def merge_labels(
     labels: pd.DataFrame,
     dataset_dir: Path,
     *,
-    log_root: Path,
-    gt_root: Path | None = None,
+    log_root: Location,
+    gt_root: Location | None = None,
     validate: bool = True,
     context_dir: Path | None = None,
 ) -> MergeResult:
@@ -287,7 +293,7 @@ def merge_labels(
         )
         if not (isinstance(p, str) and Path(p).is_file())
     }
-    images = _image_lookup(Path(log_root), want)
+    images = _image_lookup(as_location(log_root), want)
     added, skipped, payloads = plan_rows(labels, truth, manifest, params.data, params.merge, images)
     if added.empty:
         return MergeResult(dataset_dir, added, skipped, len(labels))
@@ -363,8 +369,8 @@ def update_dataset(
     repo: str | Path = ".",
     labels: pd.DataFrame | None = None,
     *,
-    log_root: Path | None = None,
-    gt_root: Path | None = None,
+    log_root: Location | None = None,
+    gt_root: Location | None = None,
     push: bool = True,
     context_dir: Path | None = None,
 ) -> DatasetUpdate:
@@ -379,7 +385,7 @@ def update_dataset(
         repo: the repository root holding `data.dvc`.
         labels: the labels to merge (default: every label in the ground-truth store).
         log_root: the prediction log (default: `serve.log.dir` or `<state dir>/predictions`).
-        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        gt_root: the ground-truth folder (default `<state URL>/ground_truth`).
         push: push the new version to DVC's default remote.
         context_dir: the GX context folder (default `<state dir>/gx`).
 
@@ -392,6 +398,8 @@ def update_dataset(
     from flywheel.monitoring.prediction_log import predictions_dir
 
     repo = Path(repo)
+    if gt_root is None:
+        gt_root = ground_truth_dir(state_url(params.state.url))
     _, before = ensure_dataset(params.data, repo)
     result = merge_labels(
         params,
