@@ -52,6 +52,7 @@ def curate(
     """
     from flywheel.curation import STRATEGIES, CurationError, curate_batch, parse_since
     from flywheel.registry import RegistryError
+    from flywheel.storage import as_location
     from flywheel.tracking import configure_tracking
 
     p = read_params(params, set_)
@@ -68,7 +69,7 @@ def curate(
             budget=budget,
             since=start,
             until=end,
-            log_root=log_dir,
+            log_root=as_location(log_dir) if log_dir else None,
         )
     if result.queue_file is None:
         console.print(
