@@ -44,8 +44,23 @@ Location = Path | str
 """A local folder or file (`Path`), or an object-store URL (`str`, `s3://bucket/key`)."""
 
 
-class StorageError(RuntimeError):
-    """A state URL that names no usable filesystem."""
+class StorageError(OSError):
+    """A state location that cannot be used: no driver for its URL, or the store failed.
+
+    An `OSError`, as a local file's failure is, so that callers handle both
+    alike; the message names the location.
+    """
+
+
+@contextmanager
+def _reported(location: Location) -> Iterator[None]:
+    """Errors of an object store (botocore, aiohttp: not `OSError`s) as a `StorageError`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:  # any driver's failure; the location is what the user can act on
+        raise StorageError(f"{location}: {type(err).__name__}: {err}") from err
 
 
 def is_url(location: Location | str) -> bool:
@@ -138,27 +153,37 @@ def glob(folder: Location, pattern: str) -> list[Location]:
     """
     if isinstance(folder, Path):
         return sorted(folder.glob(pattern))
-    fs, path = filesystem(folder)
-    fs.invalidate_cache(path)
-    return sorted(_url(fs, p) for p in fs.glob(posixpath.join(path, pattern)))
+    with _reported(folder):
+        fs, path = filesystem(folder)
+        fs.invalidate_cache(path)
+        base = path.rstrip("/") + "/"
+        found = []
+        for match in fs.glob(base + pattern):
+            # Spelled like `folder` (fsspec may normalise the path), so names compare equal.
+            found.append(
+                join(folder, match[len(base) :]) if match.startswith(base) else _url(fs, match)
+            )
+        return sorted(found)
 
 
 def exists(location: Location) -> bool:
     """Whether a file or a folder (a prefix that holds objects) exists there."""
     if isinstance(location, Path):
         return location.exists()
-    fs, path = filesystem(location)
-    fs.invalidate_cache(path)
-    return bool(fs.exists(path))
+    with _reported(location):
+        fs, path = filesystem(location)
+        fs.invalidate_cache(path)
+        return bool(fs.exists(path))
 
 
 def is_file(location: Location) -> bool:
     """Whether a file (an object) exists there."""
     if isinstance(location, Path):
         return location.is_file()
-    fs, path = filesystem(location)
-    fs.invalidate_cache(path)
-    return bool(fs.isfile(path))
+    with _reported(location):
+        fs, path = filesystem(location)
+        fs.invalidate_cache(path)
+        return bool(fs.isfile(path))
 
 
 def files_exist(locations: Sequence[Location]) -> list[bool]:
@@ -190,8 +215,9 @@ def read_bytes(location: Location) -> bytes:
     """
     if isinstance(location, Path):
         return location.read_bytes()
-    fs, path = filesystem(location)
-    return bytes(fs.cat_file(path))
+    with _reported(location):
+        fs, path = filesystem(location)
+        return bytes(fs.cat_file(path))
 
 
 def write_bytes(location: Location, data: bytes) -> Location:
@@ -206,9 +232,10 @@ def write_bytes(location: Location, data: bytes) -> Location:
         tmp.write_bytes(data)
         os.replace(tmp, location)
         return location
-    fs, path = filesystem(location)
-    fs.pipe_file(path, data)
-    return location
+    with _reported(location):
+        fs, path = filesystem(location)
+        fs.pipe_file(path, data)
+        return location
 
 
 def remove(location: Location) -> None:
@@ -216,17 +243,19 @@ def remove(location: Location) -> None:
     if isinstance(location, Path):
         location.unlink(missing_ok=True)
         return
-    fs, path = filesystem(location)
-    with suppress(FileNotFoundError):
-        fs.rm_file(path)
+    with _reported(location):
+        fs, path = filesystem(location)
+        with suppress(FileNotFoundError):
+            fs.rm_file(path)
 
 
 def modified(location: Location) -> float:
     """When a file was last written, as a POSIX timestamp (seconds)."""
     if isinstance(location, Path):
         return location.stat().st_mtime
-    fs, path = filesystem(location)
-    return float(fs.modified(path).timestamp())
+    with _reported(location):
+        fs, path = filesystem(location)
+        return float(fs.modified(path).timestamp())
 
 
 @contextmanager

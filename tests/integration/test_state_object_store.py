@@ -9,6 +9,7 @@ boto3 (the bucket's own listing), what is read back through the library.
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -157,3 +158,21 @@ def test_a_missing_batch_in_the_bucket_is_named(store: ObjectStore) -> None:
 def test_a_url_without_a_driver_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="nosuch://bucket/state"):
         read_bytes("nosuch://bucket/state/x.json")
+
+
+def test_a_store_that_refuses_writes_costs_records_not_the_writer(store: ObjectStore) -> None:
+    """A bucket that does not exist: every put fails; the failures are counted and logged, the
+    writer thread lives on and closes, and the logger's memory stays bounded."""
+    logger = PredictionLogger(
+        "s3://no-such-bucket-flywheel/log", sample_images=0.0, flush_every=1, queue_size=4
+    )
+    with logger:
+        for i in range(10):
+            logger.log(_record(i))
+        deadline = time.monotonic() + 30
+        while logger.errors < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logger._thread is not None
+        assert logger._thread.is_alive()
+    assert logger.errors >= 5
+    assert logger.written + logger.dropped <= 10

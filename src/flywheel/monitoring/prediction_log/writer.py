@@ -184,7 +184,7 @@ class PredictionLogger:
     def _parts(self) -> _Parts:
         if isinstance(self.root, Path):
             return _AppendedParts(self._next_name, self.sample_images > 0, self._closed_part)
-        return _ObjectParts(self._next_name)
+        return _ObjectParts(self._next_name, self._queue.maxsize)
 
     def _next_name(self, suffix: str) -> str:
         self._opened += 1  # a new name per file: a compacted name never comes back
@@ -296,14 +296,17 @@ class _ObjectParts:
     under a new name, already compacted (`compact` has nothing to do there).
     """
 
-    def __init__(self, next_name: Callable[[str], str]) -> None:
-        self._next_name = next_name
+    def __init__(self, next_name: Callable[[str], str], max_pending: int) -> None:
+        self._next_name, self._max_pending = next_name, max_pending
         self._lines: dict[Location, list[str]] = {}
 
     def open(self, folder: Location) -> None:
         self._lines.setdefault(folder, [])
 
     def write(self, folder: Location, line: str) -> None:
+        waiting = sum(map(len, self._lines.values()))
+        if waiting >= self._max_pending:  # puts keep failing: memory stays bounded
+            raise OSError(f"the object store took no part for {waiting} records; dropping")
         self._lines[folder].append(line)
 
     def flush(self) -> None:
@@ -319,4 +322,7 @@ class _ObjectParts:
             del self._lines[folder]  # only once written: a failed put is retried next flush
 
     def close(self) -> None:
-        self.flush()
+        """Nothing is open; lines the last flush could not put are lost, and said so."""
+        waiting = sum(map(len, self._lines.values()))
+        if waiting:
+            logger.error("prediction log: %d records never reached the object store", waiting)
