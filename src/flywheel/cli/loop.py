@@ -313,11 +313,19 @@ def label_import(
     or two tasks labelling one image differently is an error naming the task;
     nothing is written then (exit 2). Re-importing an export records nothing new.
     """
+    from flywheel.data.ground_truth import ground_truth_dir
     from flywheel.labeling import LabelImportError, import_labels
+    from flywheel.storage import state_url
 
     p = read_params(params)
     with exit_on(LabelImportError):
-        result = import_labels(path, p.data.classes, p.label, origin=origin)
+        result = import_labels(
+            path,
+            p.data.classes,
+            p.label,
+            origin=origin,
+            gt_root=ground_truth_dir(state_url(p.state.url)),
+        )
     console.print(
         f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
         f"changed labels recorded, {result.unchanged} already known, "
