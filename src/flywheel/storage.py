@@ -53,7 +53,7 @@ class StorageError(OSError):
 
 
 @contextmanager
-def _reported(location: Location) -> Iterator[None]:
+def reported(location: Location) -> Iterator[None]:
     """Errors of an object store (botocore, aiohttp: not `OSError`s) as a `StorageError`."""
     try:
         yield
@@ -153,7 +153,7 @@ def glob(folder: Location, pattern: str) -> list[Location]:
     """
     if isinstance(folder, Path):
         return sorted(folder.glob(pattern))
-    with _reported(folder):
+    with reported(folder):
         fs, path = filesystem(folder)
         fs.invalidate_cache(path)
         base = path.rstrip("/") + "/"
@@ -170,7 +170,7 @@ def exists(location: Location) -> bool:
     """Whether a file or a folder (a prefix that holds objects) exists there."""
     if isinstance(location, Path):
         return location.exists()
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         fs.invalidate_cache(path)
         return bool(fs.exists(path))
@@ -180,7 +180,7 @@ def is_file(location: Location) -> bool:
     """Whether a file (an object) exists there."""
     if isinstance(location, Path):
         return location.is_file()
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         fs.invalidate_cache(path)
         return bool(fs.isfile(path))
@@ -215,7 +215,7 @@ def read_bytes(location: Location) -> bytes:
     """
     if isinstance(location, Path):
         return location.read_bytes()
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         return bytes(fs.cat_file(path))
 
@@ -232,7 +232,7 @@ def write_bytes(location: Location, data: bytes) -> Location:
         tmp.write_bytes(data)
         os.replace(tmp, location)
         return location
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         fs.pipe_file(path, data)
         return location
@@ -243,7 +243,7 @@ def remove(location: Location) -> None:
     if isinstance(location, Path):
         location.unlink(missing_ok=True)
         return
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         with suppress(FileNotFoundError):
             fs.rm_file(path)
@@ -253,7 +253,7 @@ def modified(location: Location) -> float:
     """When a file was last written, as a POSIX timestamp (seconds)."""
     if isinstance(location, Path):
         return location.stat().st_mtime
-    with _reported(location):
+    with reported(location):
         fs, path = filesystem(location)
         return float(fs.modified(path).timestamp())
 
@@ -265,8 +265,10 @@ def open_binary(location: Location) -> Iterator[IO[bytes]]:
         with location.open("rb") as handle:
             yield handle
         return
-    fs, path = filesystem(location)
-    with fs.open(path, "rb") as handle:
+    with reported(location):
+        fs, path = filesystem(location)
+        opened = fs.open(path, "rb")
+    with opened as handle:
         yield handle
 
 
@@ -289,6 +291,7 @@ __all__ = [
     "parent",
     "read_bytes",
     "remove",
+    "reported",
     "state_url",
     "write_bytes",
 ]

@@ -13,7 +13,13 @@ import pytest
 from pydantic import ValidationError
 
 from flywheel.config import MonitorConfig, Params, UIConfig
-from flywheel.monitoring import ColumnDrift, DriftCheck, MonitorResult, NotEnoughDataError
+from flywheel.monitoring import (
+    ColumnDrift,
+    DriftCheck,
+    MonitorResult,
+    NotEnoughDataError,
+    monitor,
+)
 from flywheel.monitoring.dashboards import DashboardError, evidently_ui_command, find_chromium
 from flywheel.monitoring.dashboards import screenshot as take_screenshot
 from flywheel.monitoring.drift import (
@@ -382,6 +388,15 @@ def test_the_evidently_ui_runs_from_this_environment(tmp_path: Path) -> None:
     assert argv[1:4] == ["-m", "evidently.cli", "ui"]
     assert argv[argv.index("--workspace") + 1] == str(tmp_path / "ws")
     assert argv[-2:] == ["--port", "8123"]
+    # A workspace in a bucket: the same app, reloading on a timer (inotify sees no bucket).
+    remote = evidently_ui_command("s3://b/state/evidently", "127.0.0.1", 8123)
+    assert remote[1:3] == ["-m", "flywheel.monitoring.evidently_ui"]
+    assert remote[remote.index("--workspace") + 1] == "s3://b/state/evidently"
+
+
+def test_a_prediction_log_that_cannot_be_read_is_a_monitoring_error_naming_it() -> None:
+    with pytest.raises(MonitoringError, match=r"nosuch://bucket/log"):
+        monitor(Params(), log_dir="nosuch://bucket/log")
 
 
 def test_without_chromium_a_screenshot_says_how_to_get_it(

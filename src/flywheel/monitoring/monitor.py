@@ -39,13 +39,17 @@ from flywheel.monitoring.drift import (
 )
 from flywheel.monitoring.prediction_log import predictions_dir
 from flywheel.monitoring.reference import MonitoringError, load_reference
-from flywheel.storage import Location, join, state_url, write_bytes
+from flywheel.storage import Location, join, reported, state_url, write_bytes
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
     from rich.table import Table
 
 logger = logging.getLogger(__name__)
+
+_COLUMNS = ["model_version", "label", "confidence", "features", "embedding"]
+"""What the check reads of the log, no more: per-row objects (probability dicts, embedding
+arrays) cost seconds at a million rows; the embedding is taken as one matrix."""
 
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 1
@@ -245,7 +249,11 @@ def monitor(
         since = config.since or now - timedelta(hours=config.window_hours)
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since  # naive: UTC
     root = log_dir if log_dir is not None else predictions_dir(params)
-    compacted = compact(root, now=now)  # closed JSON-lines parts → Parquet: large windows read fast
+    try:
+        compacted = compact(root, now=now)  # closed JSON-lines → Parquet: large windows read fast
+        table = read_table(root, since, until, limit=last, columns=_COLUMNS)
+    except OSError as err:
+        raise MonitoringError(f"cannot read the prediction log {root}: {err}") from err
     if compacted.parts:
         logger.info(
             "compacted %d prediction-log parts (%d rows) in %.1f s",
@@ -253,10 +261,6 @@ def monitor(
             compacted.rows,
             compacted.seconds,
         )
-    # What the check needs, no more: per-row objects (probability dicts, embedding
-    # arrays) cost seconds at a million rows; the embedding is taken as one matrix.
-    columns = ["model_version", "label", "confidence", "features", "embedding"]
-    table = read_table(root, since, until, limit=last, columns=columns)
     frame = to_frame(table, embedding=False)
     if frame.empty:
         raise NotEnoughDataError(
@@ -320,10 +324,15 @@ def monitor(
     from flywheel.monitoring.workspace import save_snapshot
 
     path = report_path or join(reports_dir(params), f"{name}-v{chosen}-{end:%Y%m%dT%H%M%SZ}.html")
-    write_bytes(path, snapshot.get_html_str(as_iframe=False).encode("utf-8"))
-    project_id, snapshot_id = save_snapshot(
-        workspace_dir(params), name, snapshot, components=list(check.embedding)
-    )
+    workspace = workspace_dir(params)
+    try:
+        write_bytes(path, snapshot.get_html_str(as_iframe=False).encode("utf-8"))
+        with reported(workspace):  # Evidently writes through fsspec: a bucket's errors too
+            project_id, snapshot_id = save_snapshot(
+                workspace, name, snapshot, components=list(check.embedding)
+            )
+    except OSError as err:
+        raise MonitoringError(f"cannot save the report or the snapshot: {err}") from err
     return MonitorResult(
         **{
             **result.__dict__,
