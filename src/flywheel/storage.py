@@ -32,6 +32,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from flywheel.config.state import check_location
 from flywheel.env import state_dir
 
 if TYPE_CHECKING:
@@ -95,7 +96,13 @@ def state_url(configured: str | None = None) -> Location:
         configured: `params.state.url`, where the caller has the params.
     """
     text = os.environ.get(STATE_URL_ENV) or configured
-    return as_location(text) if text else state_dir()
+    if not text:
+        return state_dir()
+    try:
+        return as_location(check_location(text))
+    except ValueError as err:
+        source = STATE_URL_ENV if os.environ.get(STATE_URL_ENV) else "state.url"
+        raise StorageError(f"{source}: {err}") from None
 
 
 def join(location: Location, *parts: str) -> Location:
@@ -277,6 +284,7 @@ __all__ = [
     "Location",
     "StorageError",
     "as_location",
+    "check_location",
     "exists",
     "files_exist",
     "filesystem",

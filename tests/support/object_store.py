@@ -9,6 +9,10 @@ DVC's S3 driver and MLflow all read. Tests that need a clean prefix take
 
 Reuse it from any suite: `from tests.support.object_store import object_store`
 in a conftest or test module (pytest finds the fixture by that name).
+
+One store per session on purpose: fsspec caches an s3fs instance per process by
+its arguments, not by the environment, so a second endpoint in the same test
+process would not be seen (a subprocess sees whatever its environment says).
 """
 
 from __future__ import annotations

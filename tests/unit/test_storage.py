@@ -79,3 +79,14 @@ def test_state_url_env_wins_over_params_over_the_state_folder(
 def test_a_blank_state_url_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"state\.url"):
         parse_params({"state": {"url": "  "}})
+
+
+@pytest.mark.parametrize("text", ["s3:/bucket/state", "s3:bucket", "gs:/b"])
+def test_a_url_missing_a_slash_is_refused_not_taken_for_a_folder(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="missing a slash"):
+        parse_params({"state": {"url": text}})
+    monkeypatch.setenv(storage.STATE_URL_ENV, text)
+    with pytest.raises(storage.StorageError, match=f"{storage.STATE_URL_ENV}: '{text}'"):
+        storage.state_url()

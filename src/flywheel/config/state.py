@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import field_validator
 
 from flywheel.config.base import FrozenConfig
+
+_MANGLED_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/?(?!/)")
+"""`s3:/bucket` or `s3:bucket`: a URL missing a slash, which would read as a local folder."""
+
+
+def check_location(text: str) -> str:
+    """`text` if it is a local path or a well-formed URL, else a ValueError saying why.
+
+    >>> check_location("s3:/bucket/state")
+    Traceback (most recent call last):
+    ...
+    ValueError: 's3:/bucket/state' looks like a URL missing a slash: write s3://bucket/...
+    """
+    if "://" not in text and _MANGLED_URL.match(text) and not text.startswith("file:"):
+        scheme = text.split(":", 1)[0]
+        raise ValueError(f"{text!r} looks like a URL missing a slash: write {scheme}://bucket/...")
+    return text
 
 
 class StateConfig(FrozenConfig):
@@ -20,6 +39,8 @@ class StateConfig(FrozenConfig):
     @field_validator("url")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
+        if value is None:
+            return value
+        if not value.strip():
             raise ValueError("state.url is blank: give a folder or a URL (s3://bucket/prefix)")
-        return value
+        return check_location(value)
