@@ -9,6 +9,7 @@ boto3 (the bucket's own listing), what is read back through the library.
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 from flywheel.config import CurateConfig, DataPlan, Params
 from flywheel.curation import curate_batch
 from flywheel.data.ground_truth import ground_truth_dir, read_ground_truth, write_ground_truth
-from flywheel.labeling import QueueError, queue_batches, read_batch
+from flywheel.labeling import QueueError, choice_result, queue_batches, read_batch
 from flywheel.monitoring.prediction_log import (
     PredictionLogger,
     PredictionRecord,
@@ -30,6 +31,7 @@ from flywheel.monitoring.prediction_log import (
     read_predictions,
 )
 from flywheel.storage import StorageError, read_bytes, write_bytes
+from flywheel.workflows.loop import curate_samples, label_samples
 from tests.support.labeling import random_images, write_prediction_log
 from tests.support.object_store import ObjectStore, object_store
 
@@ -176,3 +178,41 @@ def test_a_store_that_refuses_writes_costs_records_not_the_writer(store: ObjectS
         assert logger._thread.is_alive()
     assert logger.errors >= 5
     assert logger.written + logger.dropped <= 10
+
+
+def test_the_loop_steps_curate_and_label_through_the_bucket(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the flywheel pipeline's curate and label steps do, with only the state URL: the
+    queue goes to the bucket (and the step's output), people's export is read from the
+    bucket, and the labels land in the bucket's ground truth."""
+    state = store.prefix("loop")
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", state)
+    params = Params(
+        data=DataPlan(classes=CLASSES),
+        curate=CurateConfig(budget=4, strategy="margin", diversity="none"),
+    )
+    write_prediction_log(predictions_dir(params), random_images(12), _probs(12), CLASSES, start=T0)
+
+    assert curate_samples(params, queue_out=tmp_path / "queue") == 4
+
+    [batch] = (tmp_path / "queue").glob("*-margin-*.json")
+    assert any(k.endswith(f"/labeling/queue/{batch.name}") for k in store.keys(state))
+    tasks = json.loads(batch.read_text())
+    export = [
+        {
+            **task,
+            "id": i,
+            "annotations": [{"id": i, "result": [choice_result("1", "label", "image")]}],
+        }
+        for i, task in enumerate(tasks)
+    ]
+    write_bytes(f"{state}/labeling/exports/people.json", json.dumps(export).encode())
+
+    assert label_samples(params, tmp_path / "queue", labels_out=tmp_path / "labels") == 4
+
+    truth = read_ground_truth(f"{state}/ground_truth")
+    assert len(truth) == 4
+    assert set(truth["origin"]) == {"label-studio"}
+    assert set(truth["label"]) == {"1"}
+    assert (tmp_path / "labels" / "people.json").is_file()  # the step's output keeps the export
