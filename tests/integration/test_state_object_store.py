@@ -8,6 +8,7 @@ boto3 (the bucket's own listing), what is read back through the library.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -19,10 +20,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flywheel.config import CurateConfig, DataPlan, Params
+from flywheel.config import CurateConfig, DataPlan, Params, Strata
 from flywheel.curation import curate_batch
 from flywheel.data.ground_truth import ground_truth_dir, read_ground_truth, write_ground_truth
+from flywheel.data.manifest import load_manifest, sha256_file
+from flywheel.data.versioning import ensure_dataset
 from flywheel.labeling import QueueError, choice_result, queue_batches, read_batch
+from flywheel.labeling.merge import production_image_id, update_dataset
 from flywheel.monitoring.prediction_log import (
     PredictionLogger,
     PredictionRecord,
@@ -32,8 +36,9 @@ from flywheel.monitoring.prediction_log import (
 )
 from flywheel.storage import StorageError, read_bytes, write_bytes
 from flywheel.workflows.loop import curate_samples, label_samples
-from tests.support.labeling import random_images, write_prediction_log
+from tests.support.labeling import random_images, serve_collected_batch, write_prediction_log
 from tests.support.object_store import ObjectStore, object_store
+from tests.support.project import make_git_dvc_repo
 
 __all__ = ["object_store"]  # the fixture, found by pytest under its name
 
@@ -216,3 +221,49 @@ def test_the_loop_steps_curate_and_label_through_the_bucket(
     assert set(truth["origin"]) == {"label-studio"}
     assert set(truth["label"]) == {"1"}
     assert (tmp_path / "labels" / "people.json").is_file()  # the step's output keeps the export
+
+
+@pytest.mark.slow  # DVC and GX: a few seconds each
+def test_labelled_traffic_in_the_bucket_becomes_a_new_data_version(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`update_dataset` (`flywheel data merge`, the pipeline's update step) with the log and the
+    labels in the bucket: the images are read from there into a new DVC version."""
+    plan = DataPlan(
+        seed=11,
+        classes=("0", "1", "2", "3"),
+        image_size=16,
+        strata=Strata(style=("handwritten", "printed"), noise=("clean", "shadow")),
+        per_stratum={"train": 8, "val": 4, "test": 4},
+        generator="flywheel.demo.collect:collect_dataset",
+    )
+    state = store.prefix("merge")
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", state)
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "home"))
+    repo = make_git_dvc_repo(tmp_path / "repo", remote=tmp_path / "remote")
+    ensure_dataset(plan, repo)
+    params = Params(data=plan)
+    truth = serve_collected_batch(
+        plan, 12, predictions_dir(params), ground_truth_dir(state), seed=3, work_dir=tmp_path
+    )
+    labels = truth[["request_id", "index", "label"]].iloc[:8].assign(origin="oracle")
+    write_ground_truth(labels, ground_truth_dir(state))
+
+    update = update_dataset(params, repo, push=False)
+
+    assert update.changed
+    added = update.merge.added
+    assert len(added) == 8
+    log = read_predictions(predictions_dir(params))
+    stored = {
+        production_image_id(r, i): path
+        for r, i, path in zip(log["request_id"], log["index"], log["image_path"], strict=True)
+    }
+    dataset = repo / "data" / plan.name
+    merged = load_manifest(dataset).query("source == 'production'")
+    assert len(merged) == 8
+    for row in merged.itertuples():  # the bytes served and stored in the bucket, versioned
+        assert stored[row.image_id].startswith(f"{state}/predictions/model=")
+        assert hashlib.sha256(read_bytes(stored[row.image_id])).hexdigest() == row.sha256
+        assert sha256_file(dataset / row.path) == row.sha256
+    assert not (tmp_path / "home" / "ground_truth").exists()  # nothing local
