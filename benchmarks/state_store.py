@@ -49,9 +49,11 @@ def records(n: int) -> list[PredictionRecord]:
 def measure(root: str, batch: list[PredictionRecord]) -> tuple[float, float]:
     """Seconds to write `batch` (until the logger is closed) and to read it back."""
     started = time.perf_counter()
-    with PredictionLogger(root, flush_every=1000, compact_closed=False) as logger:
-        for record in batch:
-            logger.log(record)
+    logger = PredictionLogger(root, flush_every=1000, queue_size=len(batch), compact_closed=False)
+    logger.start()
+    for record in batch:
+        logger.log(record)
+    logger.close(timeout=600)  # everything queued is written before it returns
     written = time.perf_counter() - started
     assert logger.written == len(batch), logger.written
     assert not logger.errors, logger.errors
