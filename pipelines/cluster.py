@@ -56,7 +56,15 @@ class ClusterError(RuntimeError):
 
 
 def _default_config_keys() -> tuple[str, ...]:
-    return ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "FLYWHEEL_USER")
+    # FLYWHEEL_STATE_URL and AWS_ENDPOINT_URL: the shared state (prediction log, queue,
+    # ground truth, Evidently workspace) the monitor, curate and label steps read and write.
+    return (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "FLYWHEEL_USER",
+        "FLYWHEEL_STATE_URL",
+        "AWS_ENDPOINT_URL",
+    )
 
 
 def _default_s3_keys() -> dict[str, str]:

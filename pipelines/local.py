@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from flywheel.env import TELEMETRY_OFF, state_dir
+from flywheel.storage import STATE_URL_ENV, is_url
 from flywheel.tracking import PIPELINE_RUN_ID_ENV, resolve_tracking
 from flywheel.workflows import LOG_PREFIX
 
@@ -263,6 +264,9 @@ def local_run_environment(*, run_id: str, tmp_dir: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    shared = os.environ.get(STATE_URL_ENV)
+    if shared and not is_url(shared):  # a local shared-state folder: the same for every step
+        env[STATE_URL_ENV] = str(Path(shared).resolve())
     return env
 
 

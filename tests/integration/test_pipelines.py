@@ -172,6 +172,8 @@ def test_every_step_reads_settings_credentials_and_the_run_id(cluster_training: 
             "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
             "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
             "FLYWHEEL_USER": "FLYWHEEL_USER",
+            "FLYWHEEL_STATE_URL": "FLYWHEEL_STATE_URL",
+            "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
         }
         secrets = {secret["secretName"]: secret for secret in k8s["secretAsEnv"]}
         assert set(secrets) == {"test-s3", "flywheel-mlflow"}, name

@@ -16,7 +16,7 @@ from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecor
 
 
 def write_prediction_log(
-    root: Path,
+    root: Path | str,
     images: np.ndarray,
     probs: np.ndarray,
     classes: Sequence[str],
@@ -31,7 +31,7 @@ def write_prediction_log(
     """Log one prediction per image with the real `PredictionLogger`; return the log as read back.
 
     Args:
-        root: the log's root folder.
+        root: the log's root folder, or a URL (`s3://...`).
         images: `(N, S, S)` uint8 model-input images (stored as PNG when `store_images`).
         probs: `(N, K)` the probabilities "served".
         classes: the K class names.

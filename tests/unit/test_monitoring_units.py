@@ -13,7 +13,13 @@ import pytest
 from pydantic import ValidationError
 
 from flywheel.config import MonitorConfig, Params, UIConfig
-from flywheel.monitoring import ColumnDrift, DriftCheck, MonitorResult, NotEnoughDataError
+from flywheel.monitoring import (
+    ColumnDrift,
+    DriftCheck,
+    MonitorResult,
+    NotEnoughDataError,
+    monitor,
+)
 from flywheel.monitoring.dashboards import DashboardError, evidently_ui_command, find_chromium
 from flywheel.monitoring.dashboards import screenshot as take_screenshot
 from flywheel.monitoring.drift import (
@@ -309,13 +315,40 @@ def test_paths_default_under_the_state_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
     params = Params()
 
-    assert predictions_dir(params) == tmp_path / "predictions"
+    assert predictions_dir(params) == tmp_path / "predictions" / "model=flywheel-digits"
     assert workspace_dir(params) == tmp_path / "evidently"
     assert reports_dir(params) == tmp_path / "monitoring" / "reports"
     moved = Params.model_validate({"serve": {"log": {"dir": "logs/p"}}})
     assert predictions_dir(moved, Path("/project")) == Path("/project/logs/p")
+
+
+def test_each_registered_model_has_its_own_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
+    digits = Params.model_validate({"evaluate": {"registered_model": "digits"}})
+    photos = Params.model_validate({"evaluate": {"registered_model": "photos/rgb v2"}})
+
+    assert predictions_dir(digits) != predictions_dir(photos)
+    assert predictions_dir(photos) == tmp_path / "predictions" / "model=photos%2Frgb%20v2"
+
+
+def test_state_url_from_params_then_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.delenv("FLYWHEEL_STATE_URL", raising=False)
+    params = Params.model_validate({"state": {"url": "s3://bucket/state/"}})
+
+    assert predictions_dir(params) == "s3://bucket/state/predictions/model=flywheel-digits"
+    assert workspace_dir(params) == "s3://bucket/state/evidently"
+    assert reports_dir(params) == "s3://bucket/state/monitoring/reports"
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", "s3://other/prefix")
+    assert workspace_dir(params) == "s3://other/prefix/evidently"
+    monkeypatch.setenv("FLYWHEEL_STATE_URL", str(tmp_path / "shared"))
+    assert workspace_dir(params) == tmp_path / "shared" / "evidently"
 
 
 @pytest.mark.parametrize(
@@ -355,6 +388,15 @@ def test_the_evidently_ui_runs_from_this_environment(tmp_path: Path) -> None:
     assert argv[1:4] == ["-m", "evidently.cli", "ui"]
     assert argv[argv.index("--workspace") + 1] == str(tmp_path / "ws")
     assert argv[-2:] == ["--port", "8123"]
+    # A workspace in a bucket: the same app, reloading on a timer (inotify sees no bucket).
+    remote = evidently_ui_command("s3://b/state/evidently", "127.0.0.1", 8123)
+    assert remote[1:3] == ["-m", "flywheel.monitoring.evidently_ui"]
+    assert remote[remote.index("--workspace") + 1] == "s3://b/state/evidently"
+
+
+def test_a_prediction_log_that_cannot_be_read_is_a_monitoring_error_naming_it() -> None:
+    with pytest.raises(MonitoringError, match=r"nosuch://bucket/log"):
+        monitor(Params(), log_dir="nosuch://bucket/log")
 
 
 def test_without_chromium_a_screenshot_says_how_to_get_it(

@@ -176,10 +176,12 @@ def data_merge(
     from flywheel.data.versioning import DataVersionError
     from flywheel.labeling.merge import STRATUM_SOURCES, MergeError, update_dataset
     from flywheel.labeling.strata import StratumError
+    from flywheel.storage import as_location
 
     p = read_params(params, set_)
     with exit_on(DataVersionError, StratumError), refuse_on(MergeError):
-        update = update_dataset(p, repo, log_root=log_dir, push=push)
+        log_root = as_location(log_dir) if log_dir else None
+        update = update_dataset(p, repo, log_root=log_root, push=push)
     merge = update.merge
     added = ", ".join(f"{n} to {split}" for split, n in merge.added_per_split().items())
     console.print(

@@ -52,6 +52,7 @@ def curate(
     """
     from flywheel.curation import STRATEGIES, CurationError, curate_batch, parse_since
     from flywheel.registry import RegistryError
+    from flywheel.storage import as_location
     from flywheel.tracking import configure_tracking
 
     p = read_params(params, set_)
@@ -68,7 +69,7 @@ def curate(
             budget=budget,
             since=start,
             until=end,
-            log_root=log_dir,
+            log_root=as_location(log_dir) if log_dir else None,
         )
     if result.queue_file is None:
         console.print(
@@ -258,7 +259,8 @@ def ui(
     p = read_params(params, set_)
     tracking = configure_tracking()
     bind = host or p.ui.host
-    workspace = workspace_dir(p).resolve()
+    workspace = workspace_dir(p)
+    workspace = workspace.resolve() if isinstance(workspace, Path) else workspace
     with (
         exit_on(DashboardError),
         err_console.status("starting the Evidently UI and the MLflow UI"),
@@ -322,15 +324,25 @@ def label_import(
     an export that yields no label, and a CSV export. Nothing is written then
     (exit 2). Re-importing an export records nothing new.
     """
+    from flywheel.data.ground_truth import ground_truth_dir
     from flywheel.labeling import LabelImportError, import_labels, queue_dir, served_keys
     from flywheel.monitoring.prediction_log import predictions_dir
+    from flywheel.storage import state_url
 
     p = read_params(params, set_)
     with exit_on(LabelImportError):
+        state = state_url(p.state.url)
         served = served_keys(
-            queue_dir(p.label), log_dir if log_dir is not None else predictions_dir(p)
+            queue_dir(p.label, state), log_dir if log_dir is not None else predictions_dir(p)
         )
-        result = import_labels(path, p.data.classes, p.label, served=served, origin=origin)
+        result = import_labels(
+            path,
+            p.data.classes,
+            p.label,
+            served=served,
+            origin=origin,
+            gt_root=ground_truth_dir(state),
+        )
     console.print(
         f"{path}: {len(result.labels)} labelled tasks; [bold]{result.written}[/bold] new or "
         f"changed labels recorded, {result.unchanged} already known, "

@@ -26,8 +26,11 @@ DatasetOpt = Annotated[
     Path | None, typer.Option(help="Dataset folder (default: data/<name> from params).")
 ]
 LogDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="The prediction log (default: serve.log.dir, else <state>/predictions)."),
+    str | None,
+    typer.Option(
+        help="The prediction log, a folder or URL (default: serve.log.dir, else "
+        "<state URL>/predictions/model=<registered model>)."
+    ),
 ]
 ModelOpt = Annotated[
     str | None,

@@ -48,6 +48,7 @@ def serve(
 
     from flywheel.env import state_dir
     from flywheel.serving_api import PARAMS_ENV, SET_ENV
+    from flywheel.storage import STATE_URL_ENV, state_url
     from flywheel.tracking import resolve_tracking
 
     p = read_params(params, set_)  # fail here, with the bad key, rather than inside a worker
@@ -59,6 +60,9 @@ def serve(
     env["BENTOML_DO_NOT_TRACK"] = "true"
     # BentoML changes into --working-dir: pin the state folder and the store absolutely.
     env["FLYWHEEL_HOME"] = str(state_dir().resolve())
+    shared = state_url(p.state.url)
+    if isinstance(shared, Path):  # a local shared-state folder, pinned like FLYWHEEL_HOME
+        env[STATE_URL_ENV] = str(shared.resolve())
     env["MLFLOW_TRACKING_URI"] = resolve_tracking().uri
     Path(env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
     argv = [

@@ -43,6 +43,7 @@ from flywheel.config.loop import (
 )
 from flywheel.config.params import Params, load_params, parse_params
 from flywheel.config.serving import PredictionLogConfig, ServeConfig
+from flywheel.config.state import StateConfig
 from flywheel.config.training import (
     AugmentConfig,
     CategoricalDimension,
@@ -92,6 +93,7 @@ __all__ = [
     "SimulateConfig",
     "SourcePool",
     "Split",
+    "StateConfig",
     "Strata",
     "Toleration",
     "TrainConfig",

@@ -122,8 +122,8 @@ class MonitorConfig(FrozenConfig):
     triggers: tuple[DriftSignal, ...] = ("features", "embedding")  # signals that decide drift
     sample_rows: int | None = Field(20_000, ge=100)  # rows per side Evidently sees (None: all)
     seed: int = 0  # the sampling
-    workspace: Path | None = None  # Evidently workspace (None: <state dir>/evidently)
-    reports_dir: Path | None = None  # HTML reports (None: <state dir>/monitoring/reports)
+    workspace: Path | None = None  # Evidently workspace (None: <state URL>/evidently)
+    reports_dir: Path | None = None  # HTML reports (None: <state URL>/monitoring/reports)
 
     @field_validator("triggers", "reference_splits")
     @classmethod

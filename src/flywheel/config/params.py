@@ -23,6 +23,7 @@ from flywheel.config.loop import (
     UIConfig,
 )
 from flywheel.config.serving import ServeConfig
+from flywheel.config.state import StateConfig
 from flywheel.config.training import TrainConfig, TuneConfig
 
 
@@ -53,6 +54,7 @@ class Params(FrozenConfig):
     simulate: SimulateConfig = SimulateConfig()
     monitor: MonitorConfig = MonitorConfig()
     ui: UIConfig = UIConfig()
+    state: StateConfig = StateConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="before")

@@ -12,7 +12,7 @@ from flywheel.config.base import FrozenConfig
 class PredictionLogConfig(FrozenConfig):
     """The serving prediction log (`flywheel.monitoring.prediction_log`)."""
 
-    dir: Path | None = None  # root of the log (None: <state dir>/predictions)
+    dir: Path | None = None  # root of the log (None: <state URL>/predictions/model=<model>)
     sample_images: float = Field(1.0, ge=0, le=1)  # fraction of input images stored for curation
     flush_every: int = Field(100, ge=1)  # flush after this many records...
     flush_interval_s: float = Field(1.0, gt=0)  # ...or this many seconds

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from flywheel.curation.strategies import EPS, CurationError, check_probabilities
 from flywheel.labeling import Key
 from flywheel.monitoring.features import FEATURE_COLUMNS
 from flywheel.monitoring.prediction_log import RECORD_FIELDS
+from flywheel.storage import Location, as_location, files_exist
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ FRAME_COLUMNS: tuple[str, ...] = tuple(
 
 
 def load_candidates(
-    log_root: Path,
+    log_root: Location,
     classes: Sequence[str],
     *,
     since: datetime | None = None,
@@ -69,8 +69,9 @@ def load_candidates(
 
     log = read_predictions(log_root, since, until)
     if not log.empty:
-        has_image = log["image_path"].map(lambda p: isinstance(p, str) and Path(p).is_file())
-        log = log[has_image.astype(bool)]
+        paths = [as_location(p) if isinstance(p, str) else None for p in log["image_path"]]
+        found = iter(files_exist([p for p in paths if p is not None]))
+        log = log[[p is not None and next(found) for p in paths]]
     if exclude and not log.empty:
         keys = pd.Series(list(zip(log["request_id"], log["index"].astype(int), strict=True)))
         log = log[~keys.isin(exclude).to_numpy()]

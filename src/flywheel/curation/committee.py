@@ -7,14 +7,15 @@ so a task without them is refused by name.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flywheel.curation.strategies import CurationError
+from flywheel.storage import Location, as_location, read_bytes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +69,7 @@ def load_committee(model_name: str, size: int) -> list[CommitteeMember]:
 
 def score_images(
     members: Sequence[CommitteeMember],
-    image_paths: Sequence[str | Path],
+    image_paths: Sequence[Location],
     *,
     batch_size: int = 256,
     progress: bool = True,
@@ -93,7 +94,7 @@ def score_images(
         ):
             images = []
             for path in image_paths[start : start + batch_size]:
-                with Image.open(path) as image:
+                with Image.open(io.BytesIO(read_bytes(as_location(path)))) as image:
                     images.append(image.copy())  # decoded; the task converts it
             for m, member in enumerate(members):
                 batch = member.task.preprocess(images)  # e.g. (B, 1, S, S)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from flywheel.curation.strategies import (
     score_committee,
     score_uncertainty,
 )
+from flywheel.data.ground_truth import ground_truth_dir
 from flywheel.labeling import (
     LABEL_CONFIG_NAME,
     label_config_xml,
@@ -29,6 +29,7 @@ from flywheel.labeling import (
     write_json_atomic,
 )
 from flywheel.monitoring.prediction_log import parse_time, predictions_dir
+from flywheel.storage import Location, as_location, join, state_url, write_bytes
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -63,7 +64,7 @@ class CurationResult:
     """
 
     batch_id: str
-    queue_file: Path | None
+    queue_file: Location | None
     selected: pd.DataFrame
     strategy: str
     candidates: int
@@ -79,9 +80,9 @@ def curate_batch(
     budget: int | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    log_root: Path | None = None,
-    queue: Path | None = None,
-    gt_root: Path | None = None,
+    log_root: Location | None = None,
+    queue: Location | None = None,
+    gt_root: Location | None = None,
     progress: bool = True,
 ) -> CurationResult:
     """Stage 9: choose up to `budget` logged images to label and write them as a queue batch.
@@ -101,7 +102,7 @@ def curate_batch(
         until: window end (None: now).
         log_root: the prediction log (default `predictions_dir(params)`).
         queue: the queue folder (default `flywheel.labeling.queue_dir(params.label)`).
-        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        gt_root: the ground-truth folder (default `<state URL>/ground_truth`).
         progress: show progress bars.
 
     Raises:
@@ -115,8 +116,10 @@ def curate_batch(
     budget = cfg.budget if budget is None else budget
     if budget < 1:
         raise CurationError(f"the budget must be at least 1 image, got {budget}")
-    log_root = Path(log_root) if log_root is not None else predictions_dir(params)
-    queue = Path(queue) if queue is not None else queue_dir(params.label)
+    state = state_url(params.state.url)
+    log_root = as_location(log_root) if log_root is not None else predictions_dir(params)
+    queue = as_location(queue) if queue is not None else queue_dir(params.label, state)
+    gt_root = gt_root if gt_root is not None else ground_truth_dir(state)
     exclude = queued_keys(queue) | labelled_keys(gt_root)
     candidates = load_candidates(
         log_root, params.data.classes, since=since, until=until, exclude=exclude
@@ -168,10 +171,9 @@ def curate_batch(
         image_root=cfg.image_root if cfg.image_root is not None else log_root,
         url_prefix=cfg.image_url_prefix,
     )
-    queue_file = write_json_atomic(queue / f"{batch_id}.json", tasks)
-    (queue / LABEL_CONFIG_NAME).write_text(
-        label_config_xml(params.data.classes, params.label.from_name, params.label.to_name) + "\n"
-    )
+    queue_file = write_json_atomic(join(queue, f"{batch_id}.json"), tasks)
+    config = label_config_xml(params.data.classes, params.label.from_name, params.label.to_name)
+    write_bytes(join(queue, LABEL_CONFIG_NAME), (config + "\n").encode("utf-8"))
     return CurationResult(
         batch_id=batch_id,
         queue_file=queue_file,

@@ -13,22 +13,36 @@ import numpy as np
 import pandas as pd
 
 from flywheel.labeling import choice_result
+from flywheel.storage import Location, as_location
 
 
-def image_url(image_path: str | Path, image_root: Path, prefix: str) -> str:
+def image_url(image_path: Location, image_root: Location, prefix: str) -> str:
     """A Label Studio URL of a stored image: `prefix` + its path relative to `image_root`.
 
-    Outside `image_root` the absolute path is used (a document root of `/`).
+    Outside `image_root` the absolute path is used (a document root of `/`). An
+    image in object storage keeps its URL (`s3://...`): Label Studio serves it
+    through a cloud storage connected to the bucket, not through local files.
 
     >>> image_url("/log/date=2026-11-23/images/r-0.png", Path("/log"), "/data/local-files/?d=")
     '/data/local-files/?d=date%3D2026-11-23/images/r-0.png'
+    >>> image_url("s3://b/log/images/r-0.png", "s3://b/log", "/data/local-files/?d=")
+    's3://b/log/images/r-0.png'
     """
-    path = Path(image_path).resolve()
+    location = as_location(image_path)
+    if not isinstance(location, Path):
+        return location
+    path = location.resolve()
     try:
         relative = path.relative_to(Path(image_root).resolve()).as_posix()
     except ValueError:
         relative = path.as_posix().lstrip("/")
     return prefix + quote(relative, safe="/")
+
+
+def _stored_at(image_path: str) -> str:
+    """The image's absolute path, or its URL."""
+    location = as_location(image_path)
+    return str(location.resolve()) if isinstance(location, Path) else location
 
 
 def build_tasks(
@@ -40,7 +54,7 @@ def build_tasks(
     strategy: str,
     from_name: str,
     to_name: str,
-    image_root: Path,
+    image_root: Location,
     url_prefix: str,
 ) -> list[dict[str, Any]]:
     """The selected rows as Label Studio tasks, the logged prediction as a pre-annotation.
@@ -65,7 +79,7 @@ def build_tasks(
                     "image": image_url(row.image_path, image_root, url_prefix),
                     "request_id": str(row.request_id),
                     "index": int(row.index),
-                    "image_path": str(Path(row.image_path).resolve()),
+                    "image_path": _stored_at(row.image_path),
                     "model_name": str(row.model_name),
                     "model_version": str(row.model_version),
                     "served_at": pd.Timestamp(row.time).isoformat(),

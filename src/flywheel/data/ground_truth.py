@@ -10,7 +10,7 @@ keyed like the prediction log by `(request_id, index)`:
 * the demo oracle (`origin="oracle"`): its answers, imported through the same
   path as a person's.
 
-Layout: one Parquet file per writer call under `<state dir>/ground_truth/`,
+Layout: one Parquet file per writer call under `<state URL>/ground_truth/`,
 named `<UTC time>-<origin>-<token>.parquet` so that name order is write order;
 a file is written whole (temporary name, then renamed) and never rewritten.
 The service never reads this folder; monitoring joins it with the prediction
@@ -19,16 +19,15 @@ log to report accuracy on labelled traffic.
 
 from __future__ import annotations
 
-import os
+import io
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final
 
 import pandas as pd
 
-from flywheel.env import state_dir
+from flywheel.storage import Location, as_location, glob, join, read_bytes, state_url, write_bytes
 
 COLUMNS: Final[dict[str, str]] = {
     "request_id": "str",
@@ -54,9 +53,13 @@ class GroundTruthError(ValueError):
     """Ground-truth rows that break the contract, or a file that cannot be read."""
 
 
-def ground_truth_dir(state: Path | None = None) -> Path:
-    """`<state dir>/ground_truth`: where every writer puts its files."""
-    return (state if state is not None else state_dir()) / "ground_truth"
+def ground_truth_dir(state: Location | None = None) -> Location:
+    """`<state>/ground_truth`: where every writer puts its files.
+
+    Args:
+        state: the state folder or URL (default `flywheel.storage.state_url()`).
+    """
+    return join(state if state is not None else state_url(), "ground_truth")
 
 
 def _check(rows: pd.DataFrame) -> None:
@@ -78,7 +81,7 @@ def _check(rows: pd.DataFrame) -> None:
         )
 
 
-def write_ground_truth(rows: pd.DataFrame, root: Path | None = None) -> Path | None:
+def write_ground_truth(rows: pd.DataFrame, root: Location | None = None) -> Location | None:
     """Append one file of ground-truth rows (the contract's columns plus any others).
 
     Args:
@@ -95,8 +98,7 @@ def write_ground_truth(rows: pd.DataFrame, root: Path | None = None) -> Path | N
     if rows.empty:
         return None
     _check(rows)
-    root = Path(root) if root is not None else ground_truth_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = as_location(root) if root is not None else ground_truth_dir()
     now = datetime.now(UTC)
     frame = rows.copy()
     for column, dtype in COLUMNS.items():
@@ -104,14 +106,12 @@ def write_ground_truth(rows: pd.DataFrame, root: Path | None = None) -> Path | N
     frame[RECORDED_AT] = pd.Timestamp(now)
     origin = "-".join(sorted(set(frame["origin"])))
     name = f"{now:%Y%m%dT%H%M%S%fZ}-{origin}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = root / f".{name}.tmp"
-    frame.reset_index(drop=True).to_parquet(tmp, index=False)
-    os.replace(tmp, root / name)
-    return root / name
+    data = frame.reset_index(drop=True).to_parquet(index=False)
+    return write_bytes(join(root, name), data)
 
 
 def read_ground_truth(
-    root: Path | None = None, origins: Iterable[str] | None = None
+    root: Location | None = None, origins: Iterable[str] | None = None
 ) -> pd.DataFrame:
     """Every ground-truth row, oldest file first (a missing folder reads as empty).
 
@@ -126,11 +126,11 @@ def read_ground_truth(
     Raises:
         GroundTruthError: a file is not readable Parquet (names it).
     """
-    root = Path(root) if root is not None else ground_truth_dir()
+    root = as_location(root) if root is not None else ground_truth_dir()
     frames = []
-    for path in sorted(root.glob("*.parquet")) if root.is_dir() else []:
+    for path in glob(root, "*.parquet"):
         try:
-            frames.append(pd.read_parquet(path))
+            frames.append(pd.read_parquet(io.BytesIO(read_bytes(path))))
         except (OSError, ValueError) as err:
             raise GroundTruthError(f"{path}: not a readable ground-truth file: {err}") from None
     if not frames:

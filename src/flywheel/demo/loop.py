@@ -32,6 +32,7 @@ from rich.table import Table
 
 from flywheel.config import Params
 from flywheel.serving_api import ADMIN_TOKEN_ENV  # the loop makes a fresh token per run
+from flywheel.storage import Location
 
 LOG_SETTLE_S = 0.5
 """Extra wait after the prediction log's flush interval before reading it back."""
@@ -75,7 +76,7 @@ class PhaseResult:
     mean_confidence: float | None
     monitored_accuracy: float | None
     data_version: str
-    report: Path | None
+    report: Location | None
     seconds: float
 
 

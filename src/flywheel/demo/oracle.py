@@ -20,6 +20,7 @@ from flywheel.config import Params
 from flywheel.data.ground_truth import (
     ORIGIN_ORACLE,
     ORIGIN_SIMULATOR,
+    ground_truth_dir,
     latest_per_key,
     read_ground_truth,
 )
@@ -39,6 +40,7 @@ from flywheel.labeling import (
     task_key,
     write_json_atomic,
 )
+from flywheel.storage import Location, join, state_url
 
 ORACLE_USER = 0
 """`completed_by` of the oracle's annotations (Label Studio user ids start at 1)."""
@@ -96,8 +98,8 @@ class OracleResult:
         imported: the import of its export (None without an export).
     """
 
-    batches: tuple[Path, ...]
-    export: Path | None
+    batches: tuple[Location, ...]
+    export: Location | None
     tasks: int
     answered: int
     imported: LabelImport | None = None
@@ -108,9 +110,9 @@ def label_with_oracle(
     params: Params,
     *,
     batch: str | None = None,
-    queue: Path | None = None,
-    export_dir: Path | None = None,
-    gt_root: Path | None = None,
+    queue: Location | None = None,
+    export_dir: Location | None = None,
+    gt_root: Location | None = None,
 ) -> OracleResult:
     """The demo labeller: answer the queue from the simulator's truth, then import the answers.
 
@@ -130,7 +132,9 @@ def label_with_oracle(
         QueueError: `batch` does not exist or a batch is unreadable.
     """
     cfg = params.label
-    batches = queue_batches(queue if queue is not None else queue_dir(cfg), batch)
+    state = state_url(params.state.url)
+    gt_root = gt_root if gt_root is not None else ground_truth_dir(state)
+    batches = queue_batches(queue if queue is not None else queue_dir(cfg, state), batch)
     done = labelled_keys(gt_root)
     pending: list[dict[str, Any]] = []
     pending_keys: set[Key] = set()
@@ -158,8 +162,10 @@ def label_with_oracle(
         answered_at=now.isoformat(timespec="microseconds"),
     )
     name = batch.removesuffix(".json") if batch else "queue"
-    folder = export_dir if export_dir is not None else exports_dir(cfg)
-    export = write_json_atomic(folder / f"{name}-oracle-{now:%Y%m%dT%H%M%S%fZ}.json", export_tasks)
+    folder = export_dir if export_dir is not None else exports_dir(cfg, state)
+    export = write_json_atomic(
+        join(folder, f"{name}-oracle-{now:%Y%m%dT%H%M%S%fZ}.json"), export_tasks
+    )
     imported = import_labels(
         export,
         params.data.classes,
@@ -192,7 +198,7 @@ class OracleLabeler(Labeler):
         queue_dir: Path,
         *,
         export_dir: Path,
-        gt_root: Path | None = None,
+        gt_root: Location | None = None,
     ) -> LabelingResult:
         """Answer the pending tasks of the batches in `queue_dir` (see `label_with_oracle`)."""
         result = label_with_oracle(params, queue=queue_dir, export_dir=export_dir, gt_root=gt_root)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import Params
-from flywheel.data.ground_truth import ORIGIN_SIMULATOR, write_ground_truth
+from flywheel.data.ground_truth import ORIGIN_SIMULATOR, ground_truth_dir, write_ground_truth
 from flywheel.serving_api import (
     IMAGES_FIELD,
     PNG_MEDIA_TYPE,
@@ -42,6 +42,7 @@ from flywheel.serving_api import (
     READY_PATH,
     REQUEST_ID_HEADER,
 )
+from flywheel.storage import Location, state_url
 
 if TYPE_CHECKING:
     import httpx
@@ -110,7 +111,7 @@ class SimulationReport:
     versions: dict[str, int]
     latency_ms: dict[str, float]
     elapsed_s: float
-    truth_file: Path | None
+    truth_file: Location | None
     first_error: str | None = None
     outcomes: tuple[RequestOutcome, ...] = field(default=(), repr=False)
 
@@ -240,7 +241,7 @@ def simulate_traffic(
     images_per_request: int | None = None,
     timeout_s: float | None = None,
     max_seconds: float | None = None,
-    gt_root: Path | None = None,
+    gt_root: Location | None = None,
     progress: bool = True,
 ) -> SimulationReport:
     """Send a scenario's traffic to the service and record the truth of every answered image.
@@ -255,7 +256,7 @@ def simulate_traffic(
         images_per_request: overrides `simulate.images_per_request`.
         timeout_s: overrides `simulate.timeout_s` (per request).
         max_seconds: overrides `simulate.max_seconds` (no request starts later).
-        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        gt_root: the ground-truth folder (default `<state URL>/ground_truth`).
         progress: show a progress bar.
 
     Raises:
@@ -356,6 +357,8 @@ def simulate_traffic(
                 }
             )
     truth = pd.DataFrame(truth_rows)
+    if gt_root is None:
+        gt_root = ground_truth_dir(state_url(params.state.url))
     truth_file = (
         write_ground_truth(truth.drop(columns=["predicted", "model_version", "stratum"]), gt_root)
         if not truth.empty

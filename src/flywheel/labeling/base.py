@@ -25,6 +25,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from flywheel.config import LabelConfig, Params
+    from flywheel.storage import Location
 
 LABEL_COLUMNS: tuple[str, ...] = (
     "request_id",
@@ -60,7 +61,7 @@ class LabelingResult:
 
     labels: pd.DataFrame
     summary: str
-    exports: tuple[Path, ...] = field(default=())
+    exports: tuple[Location, ...] = field(default=())
 
 
 class Labeler(ABC):
@@ -73,7 +74,7 @@ class Labeler(ABC):
         queue_dir: Path,
         *,
         export_dir: Path,
-        gt_root: Path | None = None,
+        gt_root: Location | None = None,
     ) -> LabelingResult:
         """Label the batches in `queue_dir`.
 

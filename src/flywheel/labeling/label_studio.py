@@ -16,10 +16,9 @@ step imports the exports that hold queued tasks.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -30,6 +29,7 @@ from flywheel.data.ground_truth import (
     KEY,
     LABELLER_ORIGINS,
     ORIGIN_LABEL_STUDIO,
+    ground_truth_dir,
     latest_per_key,
     read_ground_truth,
     write_ground_truth,
@@ -53,6 +53,16 @@ from flywheel.labeling.queue import (
     queued_keys,
     read_json,
     task_key,
+)
+from flywheel.storage import (
+    Location,
+    as_location,
+    glob,
+    is_file,
+    name,
+    read_bytes,
+    state_url,
+    write_bytes,
 )
 
 
@@ -224,32 +234,30 @@ def _label_row(vote: Vote, label: str) -> dict[str, Any]:
     }
 
 
-def read_export(path: Path) -> Any:
+def read_export(path: Location) -> Any:
     """The parsed JSON of an export file (checked by `parse_export`): the one read of an export.
 
     Raises:
         LabelImportError: the file is missing or not JSON; a CSV or TSV export is
             refused with a message naming the JSON export.
     """
-    path = Path(path)
-    if path.suffix.lower() in TEXT_EXPORT_SUFFIXES:
+    suffix = PurePosixPath(name(path)).suffix.lower()
+    if suffix in TEXT_EXPORT_SUFFIXES:
         raise LabelImportError(
-            f"{path}: a {path.suffix.lstrip('.').upper()} export cannot be imported; "
-            f"{JSON_EXPORT_HINT}"
+            f"{path}: a {suffix.lstrip('.').upper()} export cannot be imported; {JSON_EXPORT_HINT}"
         )
     try:
         return read_json(path, LabelImportError)
     except LabelImportError:
-        if path.is_file() and is_text_export(_first_line(path)):
+        if is_file(as_location(path)) and is_text_export(_first_line(path)):
             raise LabelImportError(
                 f"{path}: looks like a CSV or TSV export, not JSON; {JSON_EXPORT_HINT}"
             ) from None
         raise
 
 
-def _first_line(path: Path) -> str:
-    with path.open(encoding="utf-8", errors="replace") as file:
-        return file.readline()
+def _first_line(path: Location) -> str:
+    return read_bytes(as_location(path))[:4096].decode("utf-8", errors="replace").split("\n")[0]
 
 
 @dataclass(frozen=True)
@@ -266,23 +274,23 @@ class LabelImport:
         file: the ground-truth file written (None when nothing was new).
     """
 
-    path: Path
+    path: Location
     origin: str
     labels: pd.DataFrame
     written: int
     unchanged: int
     unlabelled: tuple[str, ...]
-    file: Path | None
+    file: Location | None
 
 
 def import_labels(
-    path: Path,
+    path: Location,
     classes: Sequence[str],
     cfg: LabelConfig,
     *,
     served: Collection[Key] | None,
     origin: str = ORIGIN_LABEL_STUDIO,
-    gt_root: Path | None = None,
+    gt_root: Location | None = None,
     allow_empty: bool = False,
 ) -> LabelImport:
     """Import a Label Studio JSON or JSON_MIN export into the ground-truth store, all or nothing.
@@ -306,7 +314,7 @@ def import_labels(
             such), yields no label, or a task is wrong (see `parse_export`);
             nothing is written then.
     """
-    path = Path(path)
+    path = as_location(path)
     if origin not in LABELLER_ORIGINS:
         raise LabelImportError(f"origin must be one of {list(LABELLER_ORIGINS)}, got {origin!r}")
     parsed = parse_export(
@@ -335,8 +343,8 @@ def import_labels(
 
 
 def record_labels(
-    labels: pd.DataFrame, *, origin: str, gt_root: Path | None = None
-) -> tuple[pd.DataFrame, Path | None]:
+    labels: pd.DataFrame, *, origin: str, gt_root: Location | None = None
+) -> tuple[pd.DataFrame, Location | None]:
     """Append the labels that are new, or differ from their image's latest label, in one file.
 
     Args:
@@ -358,7 +366,7 @@ def record_labels(
     return new, write_ground_truth(new.assign(origin=origin), gt_root)
 
 
-def read_labels(gt_root: Path | None = None) -> pd.DataFrame:
+def read_labels(gt_root: Location | None = None) -> pd.DataFrame:
     """The current label of every image a labeller labelled (the latest one per key)."""
     return latest_per_key(read_ground_truth(gt_root, origins=LABELLER_ORIGINS))
 
@@ -382,7 +390,7 @@ class LabelStudioExportLabeler(Labeler):
         source: the folder of exports (default: `exports_dir(params.label)`).
     """
 
-    def __init__(self, source: Path | None = None) -> None:
+    def __init__(self, source: Location | None = None) -> None:
         self.source = source
 
     def label(
@@ -391,7 +399,7 @@ class LabelStudioExportLabeler(Labeler):
         queue_dir: Path,
         *,
         export_dir: Path,
-        gt_root: Path | None = None,
+        gt_root: Location | None = None,
     ) -> LabelingResult:
         """Import the exports holding tasks of the batches in `queue_dir`.
 
@@ -402,12 +410,18 @@ class LabelStudioExportLabeler(Labeler):
         """
         from flywheel.monitoring.prediction_log import predictions_dir
 
-        source = Path(self.source) if self.source is not None else exports_dir(params.label)
+        source = (
+            as_location(self.source)
+            if self.source is not None
+            else exports_dir(params.label, state_url(params.state.url))
+        )
+        if gt_root is None:
+            gt_root = ground_truth_dir(state_url(params.state.url))
         queued = queued_keys(queue_dir)
         served = queued | logged_keys(predictions_dir(params))
-        exports: list[Path] = []
+        exports: list[Location] = []
         parsed: list[pd.DataFrame] = []
-        for path in sorted(source.glob("*.json")) if source.is_dir() else []:
+        for path in glob(source, "*.json"):
             tasks = read_export(path)
             if _holds_any(tasks, queued):
                 exports.append(path)
@@ -432,8 +446,9 @@ class LabelStudioExportLabeler(Labeler):
             labels = every[keys.isin(queued).to_numpy()].reset_index(drop=True)
         export_dir.mkdir(parents=True, exist_ok=True)
         for path in exports:
-            if path.resolve() != (export_dir / path.name).resolve():
-                shutil.copy2(path, export_dir / path.name)
+            copy = export_dir / name(path)
+            if not isinstance(path, Path) or path.resolve() != copy.resolve():
+                write_bytes(copy, read_bytes(path))
         return LabelingResult(
             labels=labels,
             summary=(
@@ -441,7 +456,7 @@ class LabelStudioExportLabeler(Labeler):
                 f"Label Studio exports from {source} ({written} new labels)"
                 + _text_exports_note(source)
             ),
-            exports=tuple(export_dir / path.name for path in exports),
+            exports=tuple(export_dir / name(path) for path in exports),
         )
 
 
@@ -453,13 +468,9 @@ def _holds_any(tasks: Any, keys: set[Key]) -> bool:
     )
 
 
-def _text_exports_note(source: Path) -> str:
+def _text_exports_note(source: Location) -> str:
     """A warning for CSV/TSV exports in the exports folder, which are not read."""
-    ignored = sorted(
-        p.name
-        for p in (source.iterdir() if source.is_dir() else [])
-        if p.suffix.lower() in TEXT_EXPORT_SUFFIXES
-    )
+    ignored = sorted(name(p) for suffix in TEXT_EXPORT_SUFFIXES for p in glob(source, f"*{suffix}"))
     if not ignored:
         return ""
     return (

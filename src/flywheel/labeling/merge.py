@@ -41,9 +41,15 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from flywheel.config import HOLDOUT_SPLIT, PRODUCTION_SOURCE, DataPlan, MergeConfig, Params, nfc
-from flywheel.data.ground_truth import ORIGIN_SIMULATOR, latest_per_key, read_ground_truth
+from flywheel.data.ground_truth import (
+    ORIGIN_SIMULATOR,
+    ground_truth_dir,
+    latest_per_key,
+    read_ground_truth,
+)
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
 from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
+from flywheel.storage import Location, as_location, is_file, read_bytes, state_url
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -154,7 +160,7 @@ class MergeResult:
 
 
 def read_logged(
-    log_root: Path, keys: set[tuple[str, int]]
+    log_root: Location, keys: set[tuple[str, int]]
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """The logged predictions of the keys asked for (the merge's one read of the prediction log).
 
@@ -290,12 +296,14 @@ def plan_rows(
             continue
         path = _text(record.get("image_path"))
         source = (
-            path if path and Path(path).is_file() else (logged.get(key) or {}).get("image_path")
+            path
+            if path and is_file(as_location(path))
+            else (logged.get(key) or {}).get("image_path")
         )
-        if not isinstance(source, str) or not Path(source).is_file():
+        if not isinstance(source, str) or not is_file(as_location(source)):
             skip("no_image", key)
             continue
-        data = Path(source).read_bytes()
+        data = read_bytes(as_location(source))
         size = _decode(data)
         if size != (plan.image_size, plan.image_size):
             skip("bad_image", key)
@@ -347,8 +355,8 @@ def merge_labels(
     labels: pd.DataFrame,
     dataset_dir: Path,
     *,
-    log_root: Path,
-    gt_root: Path | None = None,
+    log_root: Location,
+    gt_root: Location | None = None,
     validate: bool = True,
     context_dir: Path | None = None,
 ) -> MergeResult:
@@ -385,10 +393,16 @@ def merge_labels(
             labels["image_path"] if "image_path" in labels else [None] * len(labels),
             strict=True,
         )
-        if rule.needs_log or not (isinstance(p, str) and Path(p).is_file())
+        if rule.needs_log or not (isinstance(p, str) and is_file(as_location(p)))
     }
     planned = plan_rows(
-        labels, truth, manifest, params.data, params.merge, read_logged(Path(log_root), want), rule
+        labels,
+        truth,
+        manifest,
+        params.data,
+        params.merge,
+        read_logged(as_location(log_root), want),
+        rule,
     )
     added, payloads = planned.added, planned.payloads
     if added.empty:
@@ -465,8 +479,8 @@ def update_dataset(
     repo: str | Path = ".",
     labels: pd.DataFrame | None = None,
     *,
-    log_root: Path | None = None,
-    gt_root: Path | None = None,
+    log_root: Location | None = None,
+    gt_root: Location | None = None,
     push: bool = True,
     context_dir: Path | None = None,
 ) -> DatasetUpdate:
@@ -481,7 +495,7 @@ def update_dataset(
         repo: the repository root holding `data.dvc`.
         labels: the labels to merge (default: every label in the ground-truth store).
         log_root: the prediction log (default: `serve.log.dir` or `<state dir>/predictions`).
-        gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        gt_root: the ground-truth folder (default `<state URL>/ground_truth`).
         push: push the new version to DVC's default remote.
         context_dir: the GX context folder (default `<state dir>/gx`).
 
@@ -494,6 +508,8 @@ def update_dataset(
     from flywheel.monitoring.prediction_log import predictions_dir
 
     repo = Path(repo)
+    if gt_root is None:
+        gt_root = ground_truth_dir(state_url(params.state.url))
     _, before = ensure_dataset(params.data, repo)
     result = merge_labels(
         params,

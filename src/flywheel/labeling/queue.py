@@ -1,21 +1,29 @@
 """The labelling queue: its folders, and the batches of Label Studio tasks curation writes there.
 
-A batch is `<label dir>/queue/<batch-id>.json`, a list of Label Studio tasks
-whose `data.request_id` and `data.index` key each one to its logged prediction.
+A batch is `<label dir>/queue/<batch-id>.json` (a file, or an object under the
+state URL), a list of Label Studio tasks whose `data.request_id` and
+`data.index` key each one to its logged prediction.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flywheel.config import LabelConfig
 from flywheel.data.ground_truth import LABELLER_ORIGINS, read_ground_truth
-from flywheel.env import state_dir
+from flywheel.storage import (
+    Location,
+    as_location,
+    glob,
+    is_file,
+    join,
+    name,
+    read_bytes,
+    state_url,
+    write_bytes,
+)
 
 QUEUE_DIR = "queue"
 EXPORTS_DIR = "exports"
@@ -28,31 +36,36 @@ class QueueError(ValueError):
     """A labelling-queue batch that is missing or unreadable."""
 
 
-def labeling_dir(cfg: LabelConfig) -> Path:
-    """`label.dir`, or `<state dir>/labeling`: holds `queue/`, `exports/`, `label_config.xml`."""
-    return cfg.dir if cfg.dir is not None else state_dir() / "labeling"
+def labeling_dir(cfg: LabelConfig, state: Location | None = None) -> Location:
+    """`label.dir`, or `<state>/labeling`: holds `queue/`, `exports/`, `label_config.xml`.
+
+    Args:
+        cfg: the `label` section.
+        state: the state folder or URL (default `flywheel.storage.state_url()`;
+            pass `state_url(params.state.url)` where the params are at hand).
+    """
+    if cfg.dir is not None:
+        return cfg.dir
+    return join(state if state is not None else state_url(), "labeling")
 
 
-def queue_dir(cfg: LabelConfig) -> Path:
+def queue_dir(cfg: LabelConfig, state: Location | None = None) -> Location:
     """Where curation writes the batches Label Studio imports."""
-    return labeling_dir(cfg) / QUEUE_DIR
+    return join(labeling_dir(cfg, state), QUEUE_DIR)
 
 
-def exports_dir(cfg: LabelConfig) -> Path:
+def exports_dir(cfg: LabelConfig, state: Location | None = None) -> Location:
     """Where Label Studio exports are saved: people's, and the demo oracle's."""
-    return labeling_dir(cfg) / EXPORTS_DIR
+    return join(labeling_dir(cfg, state), EXPORTS_DIR)
 
 
-def write_json_atomic(path: Path, value: Any) -> Path:
-    """Write JSON to `path` whole or not at all (a temporary sibling, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def write_json_atomic(path: Location, value: Any) -> Location:
+    """Write JSON to a file or object whole or not at all (`flywheel.storage.write_bytes`)."""
+    text = json.dumps(value, indent=1, allow_nan=False) + "\n"
+    return write_bytes(as_location(path), text.encode("utf-8"))
 
 
-def read_json(path: Path, error: type[ValueError], *, missing: str = "no such file") -> Any:
+def read_json(path: Location, error: type[ValueError], *, missing: str = "no such file") -> Any:
     """The parsed JSON of a file; a missing or unreadable file raises `error` naming it.
 
     Args:
@@ -61,7 +74,7 @@ def read_json(path: Path, error: type[ValueError], *, missing: str = "no such fi
         missing: what a missing file is called in the message.
     """
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_bytes(as_location(path)).decode("utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -84,7 +97,7 @@ def task_key(task: Mapping[str, Any]) -> Key | None:
         return None
 
 
-def read_batch(path: Path) -> list[dict[str, Any]]:
+def read_batch(path: Location) -> list[dict[str, Any]]:
     """The tasks of one queue batch.
 
     Raises:
@@ -99,23 +112,23 @@ def read_batch(path: Path) -> list[dict[str, Any]]:
     return tasks
 
 
-def queue_batches(folder: Path, batch: str | None = None) -> list[Path]:
-    """The batch files of a queue folder, oldest first; with `batch`, only that one.
+def queue_batches(folder: Location, batch: str | None = None) -> list[Location]:
+    """The batch files of a queue folder (or URL), oldest first; with `batch`, only that one.
 
     Raises:
         QueueError: `batch` names no file in the folder.
     """
-    folder = Path(folder)
+    folder = as_location(folder)
     if batch is not None:
-        path = folder / (batch if batch.endswith(".json") else f"{batch}.json")
-        if not path.is_file():
-            known = [p.stem for p in sorted(folder.glob("*.json"))]
+        path = join(folder, batch if batch.endswith(".json") else f"{batch}.json")
+        if not is_file(path):
+            known = [name(p).removesuffix(".json") for p in glob(folder, "*.json")]
             raise QueueError(f"no queue batch {batch!r} in {folder}; batches: {known or 'none'}")
         return [path]
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return glob(folder, "*.json")
 
 
-def queued_keys(folder: Path) -> set[Key]:
+def queued_keys(folder: Location) -> set[Key]:
     """Every `(request_id, index)` already in a queue batch of `folder`."""
     keys: set[Key] = set()
     for path in queue_batches(folder):
@@ -123,13 +136,13 @@ def queued_keys(folder: Path) -> set[Key]:
     return keys
 
 
-def labelled_keys(gt_root: Path | None = None) -> set[Key]:
+def labelled_keys(gt_root: Location | None = None) -> set[Key]:
     """Every `(request_id, index)` a labeller (person or oracle) has labelled."""
     labels = read_ground_truth(gt_root, origins=LABELLER_ORIGINS)
     return {(str(r), int(i)) for r, i in zip(labels["request_id"], labels["index"], strict=True)}
 
 
-def logged_keys(log_root: Path) -> set[Key]:
+def logged_keys(log_root: Location) -> set[Key]:
     """Every `(request_id, index)` in the prediction log (its key columns only are read)."""
     from flywheel.monitoring.prediction_log import read_table
 
@@ -143,14 +156,14 @@ def logged_keys(log_root: Path) -> set[Key]:
     )
 
 
-def served_keys(queue: Path, log_root: Path) -> set[Key]:
+def served_keys(queue: Location, log_root: Location) -> set[Key]:
     """The keys a label may name: those of the queue's batches and of the prediction log.
 
     A label for any other request is for an image this service never served
     (another project's export, a typo): `flywheel label import` refuses it.
 
     Args:
-        queue: the labelling-queue folder (`queue_dir(params.label)`).
+        queue: the labelling-queue folder (`queue_dir(params.label, state)`).
         log_root: the prediction log (`flywheel.monitoring.prediction_log.predictions_dir`).
     """
     return queued_keys(queue) | logged_keys(log_root)

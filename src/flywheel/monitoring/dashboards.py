@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.monitoring.reference import MonitoringError
+from flywheel.storage import Location, is_url, make_dirs
 
 CHROMIUM_NAMES: tuple[str, ...] = ("chromium", "chromium-browser", "google-chrome", "chrome")
 """Executables tried, in order, when no Chromium is named."""
@@ -36,13 +37,19 @@ class DashboardError(MonitoringError):
     """A dashboard server did not start, or a screenshot could not be taken."""
 
 
-def evidently_ui_command(workspace: Path, host: str, port: int) -> list[str]:
-    """The Evidently UI over a local workspace (this environment's Evidently)."""
+def evidently_ui_command(workspace: Location, host: str, port: int) -> list[str]:
+    """The Evidently UI over a workspace (this environment's Evidently).
+
+    A local folder gets the stock `evidently ui`, which sees new snapshots
+    through inotify; a URL (`s3://...`) gets `flywheel.monitoring.evidently_ui`,
+    the same app reloading the workspace on a timer (inotify sees no bucket).
+    """
+    local = ["evidently.cli", "ui"]
+    module = ["flywheel.monitoring.evidently_ui"] if is_url(workspace) else local
     return [
         sys.executable,
         "-m",
-        "evidently.cli",
-        "ui",
+        *module,
         "--workspace",
         str(workspace),
         "--host",
@@ -168,7 +175,7 @@ class Dashboards:
 
 
 def start_dashboards(
-    workspace: Path,
+    workspace: Location,
     tracking_uri: str,
     *,
     host: str,
@@ -191,7 +198,7 @@ def start_dashboards(
     Raises:
         DashboardError: a server exited or did not answer; both are stopped.
     """
-    workspace.mkdir(parents=True, exist_ok=True)
+    make_dirs(workspace)
     telemetry = {"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     # A viewer needs no MLflow job runner (it starts eight worker processes on its own).
     mlflow_env = {**telemetry, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

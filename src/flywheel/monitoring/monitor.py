@@ -24,7 +24,6 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +31,6 @@ import pandas as pd
 import pyarrow as pa
 
 from flywheel.config import Params
-from flywheel.env import state_dir
 from flywheel.monitoring.drift import (
     DriftCheck,
     run_drift_report,
@@ -41,12 +39,17 @@ from flywheel.monitoring.drift import (
 )
 from flywheel.monitoring.prediction_log import predictions_dir
 from flywheel.monitoring.reference import MonitoringError, load_reference
+from flywheel.storage import Location, join, reported, state_url, write_bytes
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
     from rich.table import Table
 
 logger = logging.getLogger(__name__)
+
+_COLUMNS = ["model_version", "label", "confidence", "features", "embedding"]
+"""What the check reads of the log, no more: per-row objects (probability dicts, embedding
+arrays) cost seconds at a million rows; the embedding is taken as one matrix."""
 
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 1
@@ -57,14 +60,21 @@ class NotEnoughDataError(MonitoringError):
     """The window holds fewer predictions than `monitor.min_window_size`: no decision."""
 
 
-def workspace_dir(params: Params) -> Path:
-    """The Evidently workspace: `monitor.workspace`, else `<state dir>/evidently`."""
-    return params.monitor.workspace or state_dir() / "evidently"
+def workspace_dir(params: Params) -> Location:
+    """The Evidently workspace: `monitor.workspace`, else `<state URL>/evidently`."""
+    return params.monitor.workspace or join(state_url(params.state.url), "evidently")
 
 
-def reports_dir(params: Params) -> Path:
-    """Where HTML reports go: `monitor.reports_dir`, else `<state dir>/monitoring/reports`."""
-    return params.monitor.reports_dir or state_dir() / "monitoring" / "reports"
+def reports_dir(params: Params) -> Location:
+    """Where HTML reports go: `monitor.reports_dir`, else `<state URL>/monitoring/reports`."""
+    return params.monitor.reports_dir or join(state_url(params.state.url), "monitoring", "reports")
+
+
+def ground_truth_root(params: Params) -> Location:
+    """The ground truth monitoring joins: `<state URL>/ground_truth`."""
+    from flywheel.data.ground_truth import ground_truth_dir
+
+    return ground_truth_dir(state_url(params.state.url))
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class MonitorResult:
     other_versions: int
     labelled: int
     check: DriftCheck
-    report_path: Path | None = None
+    report_path: Location | None = None
     project_id: str | None = None
     snapshot_id: str | None = None
 
@@ -202,10 +212,10 @@ def monitor(
     until: datetime | None = None,
     last: int | None = None,
     version: str | None = None,
-    log_dir: Path | None = None,
-    ground_truth_dir: Path | None = None,
+    log_dir: Location | None = None,
+    ground_truth_dir: Location | None = None,
     save: bool = True,
-    report_path: Path | None = None,
+    report_path: Location | None = None,
     now: datetime | None = None,
 ) -> MonitorResult:
     """Check a window of production traffic for drift against its version's reference.
@@ -218,7 +228,7 @@ def monitor(
         last: only the most recent `last` predictions of the window.
         version: the model version to check (default: the latest prediction's).
         log_dir: the prediction log (default `predictions_dir(params)`).
-        ground_truth_dir: the ground truth (default `<state dir>/ground_truth`).
+        ground_truth_dir: the ground truth (default `ground_truth_root(params)`).
         save: write the HTML report and add the snapshot to the Evidently workspace.
         report_path: where the HTML report goes (default under `reports_dir(params)`).
         now: the current time (tests).
@@ -239,7 +249,11 @@ def monitor(
         since = config.since or now - timedelta(hours=config.window_hours)
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since  # naive: UTC
     root = log_dir if log_dir is not None else predictions_dir(params)
-    compacted = compact(root, now=now)  # closed JSON-lines parts → Parquet: large windows read fast
+    try:
+        compacted = compact(root, now=now)  # closed JSON-lines → Parquet: large windows read fast
+        table = read_table(root, since, until, limit=last, columns=_COLUMNS)
+    except OSError as err:
+        raise MonitoringError(f"cannot read the prediction log {root}: {err}") from err
     if compacted.parts:
         logger.info(
             "compacted %d prediction-log parts (%d rows) in %.1f s",
@@ -247,10 +261,6 @@ def monitor(
             compacted.rows,
             compacted.seconds,
         )
-    # What the check needs, no more: per-row objects (probability dicts, embedding
-    # arrays) cost seconds at a million rows; the embedding is taken as one matrix.
-    columns = ["model_version", "label", "confidence", "features", "embedding"]
-    table = read_table(root, since, until, limit=last, columns=columns)
     frame = to_frame(table, embedding=False)
     if frame.empty:
         raise NotEnoughDataError(
@@ -269,7 +279,11 @@ def monitor(
             "widen --since/--last"
         )
     try:
-        truth = latest_per_key(read_ground_truth(ground_truth_dir))
+        truth = latest_per_key(
+            read_ground_truth(
+                ground_truth_dir if ground_truth_dir is not None else ground_truth_root(params)
+            )
+        )
     except GroundTruthError as err:
         raise MonitoringError(str(err)) from None
     frame = join_ground_truth(frame, truth)
@@ -309,12 +323,16 @@ def monitor(
         return result
     from flywheel.monitoring.workspace import save_snapshot
 
-    path = report_path or reports_dir(params) / f"{name}-v{chosen}-{end:%Y%m%dT%H%M%SZ}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    project_id, snapshot_id = save_snapshot(
-        workspace_dir(params), name, snapshot, components=list(check.embedding)
-    )
+    path = report_path or join(reports_dir(params), f"{name}-v{chosen}-{end:%Y%m%dT%H%M%SZ}.html")
+    workspace = workspace_dir(params)
+    try:
+        write_bytes(path, snapshot.get_html_str(as_iframe=False).encode("utf-8"))
+        with reported(workspace):  # Evidently writes through fsspec: a bucket's errors too
+            project_id, snapshot_id = save_snapshot(
+                workspace, name, snapshot, components=list(check.embedding)
+            )
+    except OSError as err:
+        raise MonitoringError(f"cannot save the report or the snapshot: {err}") from err
     return MonitorResult(
         **{
             **result.__dict__,

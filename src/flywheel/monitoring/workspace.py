@@ -17,11 +17,11 @@ Panels, over time:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flywheel.monitoring.drift import CONFIDENCE, CORRECT, MODEL_VERSION, PREDICTION
 from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.storage import Location, make_dirs
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -29,11 +29,15 @@ if TYPE_CHECKING:
     from evidently.ui.workspace import Project, Workspace
 
 
-def open_workspace(path: Path) -> Workspace:
-    """The local Evidently workspace at `path` (created if missing)."""
+def open_workspace(path: Location) -> Workspace:
+    """The Evidently workspace at a folder or URL (created if missing).
+
+    Evidently keeps its workspace through fsspec, so `s3://bucket/prefix/evidently`
+    works as a folder does (endpoint and keys from the `AWS_*` environment).
+    """
     from evidently.ui.workspace import Workspace
 
-    path.mkdir(parents=True, exist_ok=True)
+    make_dirs(path)
     return Workspace.create(str(path))
 
 
@@ -135,7 +139,7 @@ def dashboard_model(model_name: str, components: Sequence[str]) -> DashboardMode
 
 
 def save_snapshot(
-    workspace_dir: Path,
+    workspace_dir: Location,
     model_name: str,
     snapshot: Snapshot,
     *,

@@ -9,12 +9,12 @@ and `update_dataset` (merge, data gate, `dvc add`).
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flywheel.config import Params
+from flywheel.storage import join, name, parent, read_bytes, write_bytes
 from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
@@ -72,8 +72,9 @@ def curate_samples(params: Params, *, queue_out: Path) -> int:
     if result.queue_file is None:
         say(f"nothing to curate: every logged image is queued or labelled ({result.excluded})")
         return 0
-    shutil.copy2(result.queue_file, queue_out / result.queue_file.name)
-    shutil.copy2(result.queue_file.parent / LABEL_CONFIG_NAME, queue_out / LABEL_CONFIG_NAME)
+    # The queue may be in object storage: copied by content into the step's output folder.
+    for source in (result.queue_file, join(parent(result.queue_file), LABEL_CONFIG_NAME)):
+        write_bytes(queue_out / name(source), read_bytes(source))
     say(
         f"queued {len(result.selected)} of {result.candidates} candidates "
         f"({result.strategy}, spread over {result.space}): batch {result.batch_id}"

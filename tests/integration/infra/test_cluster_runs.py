@@ -26,6 +26,7 @@ from tests.support.katib import (
     sample_assignment,
     substitute_trial_parameters,
 )
+from tests.support.object_store import ObjectStore, object_store
 from tests.support.plans import tiny_plan
 from tests.support.postgres import postgres_server
 from tests.support.processes import (
@@ -37,6 +38,8 @@ from tests.support.processes import (
     subprocess_env,
     wait_until_up,
 )
+
+__all__ = ["object_store"]  # the fixture, found by pytest under its name
 
 
 @pytest.mark.slow
@@ -117,22 +120,31 @@ def _serve_and_probe(container: Doc, docs: list[Doc], env: dict[str, str], tmp_p
 
 
 @pytest.mark.slow
-def test_evidently_ui_as_deployed_answers_its_probe(
-    rendered: dict[str, list[Doc]], tmp_path: Path
+def test_evidently_ui_as_deployed_serves_the_workspace_in_the_object_store(
+    rendered: dict[str, list[Doc]], object_store: ObjectStore, tmp_path: Path
 ) -> None:
+    """The Deployment's command, arguments and environment (the local overlay's Secret), with
+    only the in-cluster endpoint and the state URL pointed at the S3 server the test runs."""
     docs = rendered["local"]
     (container,) = find(docs, "Deployment", "flywheel-evidently")["spec"]["template"]["spec"][
         "containers"
     ]
+    state = object_store.prefix("evidently-deployed")
+    env = resolve_env(
+        container,
+        docs,
+        {"FLYWHEEL_STATE_URL": state, "AWS_ENDPOINT_URL": object_store.endpoint},
+    )
     port = free_port()
-    args = replace_flag(container["args"], "--workspace", str(tmp_path / "workspace"))
+    args = [expand(a, env) for a in container["args"]]
+    assert f"--workspace={state}/evidently" in args
     args = replace_flag(replace_flag(args, "--port", str(port)), "--host", "127.0.0.1")
     log = tmp_path / "ui.log"
     with log.open("wb") as out:
         ui = subprocess.Popen(
             [str(BIN / container["command"][0]), *container["command"][1:], *args],
             cwd=tmp_path,
-            env=subprocess_env(resolve_env(container, docs, {})),
+            env=subprocess_env(env),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -141,8 +153,10 @@ def test_evidently_ui_as_deployed_answers_its_probe(
         for probe in ("readinessProbe", "livenessProbe"):
             path = container[probe]["httpGet"]["path"]
             wait_until_up(ui, f"http://127.0.0.1:{port}{path}", log, timeout=90)
+        assert http_get(f"http://127.0.0.1:{port}/api/projects")[0] == 200
     finally:
         stop(ui)
+    assert object_store.keys(f"{state}/evidently") == [], "an empty workspace stays empty"
 
 
 TINY_PLAN = tiny_plan(10, 4, 1)

@@ -65,7 +65,7 @@ GPU = "nvidia.com/gpu"
 def test_overlays_render_what_each_environment_runs(rendered: dict[str, list[Doc]]) -> None:
     kinds = {name: {d["kind"] for d in docs} for name, docs in rendered.items()}
     platform = {
-        "Namespace", "ConfigMap", "PersistentVolumeClaim", "Service", "StatefulSet",
+        "Namespace", "ConfigMap", "Service", "StatefulSet",
         "Deployment", "Job", "CronJob", "HorizontalPodAutoscaler", "PodDisruptionBudget",
     }  # fmt: skip
     assert platform <= kinds["local"]
@@ -382,29 +382,47 @@ def test_shared_settings_point_at_the_in_cluster_services(
         assert url.port in {p["port"] for p in service["spec"]["ports"]}, key
     bucket = urlsplit(config["MLFLOW_ARTIFACTS_DESTINATION"]).hostname
     assert bucket in config["FLYWHEEL_BUCKETS"].split()
-    state = config["FLYWHEEL_HOME"]
+    endpoint = urlsplit(config["AWS_ENDPOINT_URL"])
+    store = find(docs, "Service", str(endpoint.hostname))
+    assert endpoint.port in {p["port"] for p in store["spec"]["ports"]}
+    state = urlsplit(config["FLYWHEEL_STATE_URL"])
+    assert state.scheme == "s3"
+    assert state.hostname in config["FLYWHEEL_BUCKETS"].split()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_loop_shares_state_through_the_object_store_not_a_volume(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """Serving, the monitor and the Evidently UI reach FLYWHEEL_STATE_URL with the S3 Secret's
+    keys; no pod mounts a shared claim (any node, any uid)."""
+    docs = rendered[overlay]
+    assert not of_kind(docs, "PersistentVolumeClaim")
     for kind, name in (
         ("Deployment", "flywheel-serving"),
         ("Deployment", "flywheel-evidently"),
         ("CronJob", "flywheel-monitor"),
     ):
         ((_, pod),) = pod_specs(find(docs, kind, name))
-        claims = {
-            v["name"]
-            for v in pod["volumes"]
-            if v.get("persistentVolumeClaim", {}).get("claimName") == "flywheel-state"
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], name
+        main = pod["containers"][-1] if kind == "CronJob" else pod["containers"][0]
+        assert {"configMapRef": {"name": "flywheel-config"}} in main["envFrom"], name
+        secrets = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in main.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
         }
-        main = pod["containers"][0]
-        assert {m["mountPath"] for m in main["volumeMounts"] if m["name"] in claims} == {state}, (
-            name
-        )
+        for variable, key in (
+            ("AWS_ACCESS_KEY_ID", "access-key"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-key"),
+        ):
+            assert secrets[variable]["name"] == "flywheel-s3", name
+            assert secrets[variable]["key"] == key, name
     evidently = find(docs, "Deployment", "flywheel-evidently")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    workspace = next(a.split("=", 1)[1] for a in evidently["args"] if a.startswith("--workspace="))
-    assert Path(workspace).parent == Path(state)
-    state_claim = find(docs, "PersistentVolumeClaim", "flywheel-state")["spec"]["accessModes"]
-    assert state_claim == (["ReadWriteOnce"] if overlay == "local" else ["ReadWriteMany"])
+    assert evidently["command"] == ["python", "-m", "flywheel.monitoring.evidently_ui"]
+    assert "--workspace=$(FLYWHEEL_STATE_URL)/evidently" in evidently["args"]
 
 
 def flywheel_invocations(docs: list[Doc]) -> Iterator[tuple[str, list[str]]]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from flywheel.monitoring.prediction_log.reader import read_jsonl
 from flywheel.monitoring.prediction_log.schema import as_utc, partitions
+from flywheel.storage import Location, as_location, exists, glob, modified, remove, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Compaction:
 
 
 def compact(
-    root: str | Path,
+    root: Location,
     *,
     grace: timedelta = timedelta(minutes=10),
     now: datetime | None = None,
@@ -46,7 +47,7 @@ def compact(
     current hour, so it never touches such a part again.
 
     Args:
-        root: the log's root folder.
+        root: the log's root folder or URL.
         grace: how long after its hour and its last write a part is left alone.
         now: the current time for the hour test (tests); the modification test
             always uses the real clock.
@@ -55,10 +56,10 @@ def compact(
     now = as_utc(now or datetime.now(UTC))
     cutoff = time.time() - grace.total_seconds()  # file times are the real clock's
     parts = rows = 0
-    for folder in partitions(Path(root), None, now - grace - timedelta(hours=1)):
-        for part in sorted(folder.glob("part-*.jsonl")):
+    for folder in partitions(as_location(root), None, now - grace - timedelta(hours=1)):
+        for part in glob(folder, "part-*.jsonl"):
             try:
-                if part.stat().st_mtime > cutoff:
+                if modified(part) > cutoff:
                     continue
                 written = compact_part(part)
             except (OSError, pa.ArrowException) as err:
@@ -69,25 +70,35 @@ def compact(
     return Compaction(parts, rows, time.perf_counter() - started)
 
 
-def compact_part(part: Path) -> int | None:
+def compact_part(part: Location) -> int | None:
     """Rewrite one closed JSON-lines part as Parquet beside it, then delete it.
+
+    Locally the Parquet is written under a temporary name and renamed; in
+    object storage it is put whole (one PUT). Either way the `.jsonl` goes
+    only once the Parquet is complete.
 
     Returns:
         The rows written, or None when there was nothing to do (the part is gone).
     """
-    if not part.exists():
+    if not exists(part):
         return None
     table = read_jsonl(part)
-    target = part.with_suffix(".parquet")
-    temporary = target.with_name(target.name + ".tmp")
-    write_parquet(table, temporary)
-    os.replace(temporary, target)
-    part.unlink()
+    if isinstance(part, Path):
+        target = part.with_suffix(".parquet")
+        temporary = target.with_name(target.name + ".tmp")
+        write_parquet(table, temporary)
+        os.replace(temporary, target)
+        part.unlink()
+    else:
+        buffer = pa.BufferOutputStream()
+        write_parquet(table, buffer)
+        write_bytes(part.rsplit(".", 1)[0] + ".parquet", buffer.getvalue().to_pybytes())
+        remove(part)
     return table.num_rows
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write rows of the log as a Parquet part, as compaction does."""
+def write_parquet(table: pa.Table, path: Path | pa.NativeFile) -> None:
+    """Write rows of the log as a Parquet part (a file or a buffer), as compaction does."""
     pq.write_table(
         table,
         path,

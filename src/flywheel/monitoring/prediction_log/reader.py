@@ -7,6 +7,7 @@ a part exists in both formats (a crash mid-compaction) the JSON lines count.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -30,6 +31,15 @@ from flywheel.monitoring.prediction_log.schema import (
     PredictionLogError,
     as_utc,
     partitions,
+)
+from flywheel.storage import (
+    Location,
+    as_location,
+    exists,
+    glob,
+    name,
+    open_binary,
+    read_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,7 +86,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 def read_table(
-    root: str | Path,
+    root: Location,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = None,
@@ -88,10 +98,10 @@ def read_table(
     The fast way in for large windows (`read_predictions` builds a DataFrame
     from it): columns `TABLE_SCHEMA` plus the structs `probabilities` (one
     field per class) and `features` (one per summary feature); `image_path`
-    is absolute.
+    is absolute (a URL where the log is in object storage).
 
     Args:
-        root: the log's root folder (a missing folder reads as an empty log).
+        root: the log's root folder or URL (a missing one reads as an empty log).
         since: inclusive lower bound (naive times are UTC); None: from the start.
         until: exclusive upper bound; None: up to now.
         limit: keep only the most recent `limit` rows of the window.
@@ -107,14 +117,14 @@ def read_table(
     if unknown:
         raise ValueError(f"no such columns in the log: {sorted(unknown)}")
     tables = []
-    for folder in partitions(Path(root), start, end):
+    for folder in partitions(as_location(root), start, end):
         for part in _readable_parts(folder):
             try:
                 table = _read_part(part, wanted)
             except FileNotFoundError:
                 # Compacted since the folder was listed: its rows are in the Parquet part now.
-                compacted = part.with_suffix(".parquet")
-                if part.suffix != ".jsonl" or not compacted.exists():
+                compacted = _with_suffix(part, ".parquet")
+                if not name(part).endswith(".jsonl") or not exists(compacted):
                     raise
                 table = _read_part(compacted, wanted)
             if table.num_rows:
@@ -138,7 +148,7 @@ def read_table(
 
 
 def read_predictions(
-    root: str | Path,
+    root: Location,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = None,
@@ -146,7 +156,7 @@ def read_predictions(
     """The logged predictions with `since <= time < until`, oldest first.
 
     Args:
-        root: the log's root folder (a missing folder reads as an empty log).
+        root: the log's root folder or URL (a missing one reads as an empty log).
         since: inclusive lower bound (naive times are UTC); None: from the start.
         until: exclusive upper bound; None: up to now.
         limit: keep only the most recent `limit` rows of the window.
@@ -230,31 +240,52 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     return values.reshape(len(column), int(lengths[0]))
 
 
-def _readable_parts(folder: Path) -> list[Path]:
+def _readable_parts(folder: Location) -> list[Location]:
     """The parts of a partition to read: every `.jsonl`, and each `.parquet` without one."""
-    jsonl = sorted(folder.glob("part-*.jsonl"))
-    stems = {p.stem for p in jsonl}
-    parquet = [p for p in sorted(folder.glob("part-*.parquet")) if p.stem not in stems]
+    jsonl = glob(folder, "part-*.jsonl")
+    stems = {name(p).removesuffix(".jsonl") for p in jsonl}
+    parquet = [
+        p for p in glob(folder, "part-*.parquet") if name(p).removesuffix(".parquet") not in stems
+    ]
     return jsonl + parquet
 
 
-def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
-    if part.suffix == ".parquet":
-        file = pq.ParquetFile(part)
-        present = set(file.schema_arrow.names)
-        stored = None if columns is None else [c for c in columns if c in present]
-        table = _normalized(file.read(columns=stored), columns)
+def _with_suffix(part: Location, suffix: str) -> Location:
+    """The same part with another suffix (`.jsonl` -> `.parquet`)."""
+    if isinstance(part, Path):
+        return part.with_suffix(suffix)
+    return part.rsplit(".", 1)[0] + suffix
+
+
+def _read_part(part: Location, columns: list[str] | None = None) -> pa.Table:
+    if name(part).endswith(".parquet"):
+        with contextlib.ExitStack() as stack:
+            # A local file is read natively; an object through fsspec (random access).
+            source = part if isinstance(part, Path) else stack.enter_context(open_binary(part))
+            file = pq.ParquetFile(source)
+            present = set(file.schema_arrow.names)
+            stored = None if columns is None else [c for c in columns if c in present]
+            table = _normalized(file.read(columns=stored), columns)
     else:
         table = read_jsonl(part)
     return table if columns is None else table.select(columns)
 
 
-def read_jsonl(part: Path) -> pa.Table:
+def read_jsonl(part: Location) -> pa.Table:
     """One JSON-lines part; a torn last line (the writer was killed mid-write) is left out."""
-    data = part.read_bytes()
+    return parse_jsonl(read_bytes(part), part)
+
+
+def parse_jsonl(data: bytes, source: Location) -> pa.Table:
+    """JSON lines of the log as a typed table; a torn last line is left out.
+
+    Args:
+        data: the lines.
+        source: where they come from (named in warnings).
+    """
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        logger.warning("prediction log: skipping the torn last line of %s", part)
+        logger.warning("prediction log: skipping the torn last line of %s", source)
         data = data[:end]
     if not data.strip():
         return _EMPTY_TABLE
@@ -262,12 +293,12 @@ def read_jsonl(part: Path) -> pa.Table:
         table = pa_json.read_json(io.BytesIO(data), parse_options=_JSON_OPTIONS)
     except pa.ArrowInvalid:  # a damaged line: keep every readable one
         table = pa_json.read_json(
-            io.BytesIO(b"".join(_readable_lines(part, data))), parse_options=_JSON_OPTIONS
+            io.BytesIO(b"".join(_readable_lines(source, data))), parse_options=_JSON_OPTIONS
         )
     return _normalized(table)
 
 
-def _readable_lines(part: Path, data: bytes) -> Iterator[bytes]:
+def _readable_lines(part: Location, data: bytes) -> Iterator[bytes]:
     for number, line in enumerate(data.splitlines(keepends=True), start=1):
         try:
             json.loads(line)
@@ -294,13 +325,13 @@ def _normalized(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Tab
             out[field_.name] = pa.nulls(table.num_rows, field_.type)
     if "embedding" in out and (fixed := _fixed_size(out["embedding"])) is not None:
         out["embedding"] = fixed
-    for name in _STRUCTS:
-        if wanted is not None and name not in wanted:
+    for struct in _STRUCTS:
+        if wanted is not None and struct not in wanted:
             continue
-        column = table[name] if name in table.column_names else None
+        column = table[struct] if struct in table.column_names else None
         if column is None or not pa.types.is_struct(column.type):
             column = pa.array([{}] * table.num_rows, pa.struct([]))
-        out[name] = column
+        out[struct] = column
     return pa.table(out)
 
 
@@ -328,8 +359,9 @@ def _with_embedding(table: pa.Table, column: pa.Array | pa.ChunkedArray) -> pa.T
     return table.set_column(index, pa.field("embedding", column.type), column)
 
 
-def _absolute_image_paths(table: pa.Table, folder: Path) -> pa.Table:
+def _absolute_image_paths(table: pa.Table, folder: Location) -> pa.Table:
     if "image_path" not in table.column_names:
         return table
-    paths = pc.binary_join_element_wise(f"{folder}{os.sep}", table["image_path"], "")
+    prefix = f"{folder}{os.sep}" if isinstance(folder, Path) else f"{folder}/"
+    paths = pc.binary_join_element_wise(prefix, table["image_path"], "")
     return table.set_column(table.schema.get_field_index("image_path"), "image_path", paths)

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+
+from flywheel.storage import Location, glob, join, name, parent, state_url
 
 if TYPE_CHECKING:
     from flywheel.config import Params
@@ -71,36 +74,43 @@ class PredictionRecord:
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
-def predictions_dir(params: Params, base: Path | None = None) -> Path:
-    """The prediction log the service writes: `serve.log.dir`, else `<state dir>/predictions`.
+def predictions_dir(params: Params, base: Path | None = None) -> Location:
+    """The prediction log of the configured registered model, where the service writes it.
 
-    A relative `serve.log.dir` is taken relative to `base` (the folder of the
-    params file in use: the project root), else to the working directory.
-    Every reader and the service itself resolve it here.
+    `serve.log.dir` when set (a relative one is taken relative to `base`, the
+    folder of the params file in use, else to the working directory); else
+    `<state URL>/predictions/model=<evaluate.registered_model>`: each model
+    has its own log, so two models served from one machine or one bucket never
+    share one. Every reader and the service itself resolve it here.
 
     >>> from flywheel.config import Params
     >>> moved = Params.model_validate({"serve": {"log": {"dir": "logs/p"}}})
     >>> predictions_dir(moved, Path("/project")).as_posix()
     '/project/logs/p'
+    >>> import os; os.environ["FLYWHEEL_STATE_URL"] = "s3://bucket/state"
+    >>> predictions_dir(Params.model_validate({"evaluate": {"registered_model": "cats v2"}}))
+    's3://bucket/state/predictions/model=cats%20v2'
+    >>> del os.environ["FLYWHEEL_STATE_URL"]
     """
-    from flywheel.env import state_dir
-
     configured = params.serve.log.dir
     if configured is None:
-        return state_dir() / "predictions"
+        model = quote(params.evaluate.registered_model, safe="")
+        return join(state_url(params.state.url), "predictions", f"model={model}")
     if configured.is_absolute():
         return configured
     return (base if base is not None else Path.cwd()) / configured
 
 
-def partition_dir(root: Path, when: datetime) -> Path:
+def partition_dir(root: Location, when: datetime) -> Location:
     """The partition folder of a time (UTC).
 
     >>> partition_dir(Path("log"), datetime(2026, 11, 23, 7, 5, tzinfo=UTC)).as_posix()
     'log/date=2026-11-23/hour=07'
+    >>> partition_dir("s3://b/log", datetime(2026, 11, 23, 7, 5, tzinfo=UTC))
+    's3://b/log/date=2026-11-23/hour=07'
     """
     utc = as_utc(when)
-    return root / f"date={utc:%Y-%m-%d}" / f"hour={utc:%H}"
+    return join(root, f"date={utc:%Y-%m-%d}", f"hour={utc:%H}")
 
 
 def as_utc(when: datetime) -> datetime:
@@ -130,12 +140,12 @@ faster than a list, and taking rows from it is 30× faster.
 """
 
 
-def partitions(root: Path, start: datetime | None, end: datetime | None) -> Iterator[Path]:
+def partitions(root: Location, start: datetime | None, end: datetime | None) -> Iterator[Location]:
     """Partition folders that can hold times in [start, end), in time order."""
-    for folder in sorted(root.glob(PARTITION_GLOB)):
+    for folder in glob(root, PARTITION_GLOB):
         try:
             hour = datetime.strptime(
-                f"{folder.parent.name}/{folder.name}", "date=%Y-%m-%d/hour=%H"
+                f"{name(parent(folder))}/{name(folder)}", "date=%Y-%m-%d/hour=%H"
             ).replace(tzinfo=UTC)
         except ValueError:
             logger.warning("prediction log: ignoring folder %s (not a date/hour partition)", folder)

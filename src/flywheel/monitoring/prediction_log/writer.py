@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -11,21 +12,23 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from flywheel.monitoring.prediction_log.compaction import compact_part
+from flywheel.monitoring.prediction_log.compaction import compact_part, write_parquet
+from flywheel.monitoring.prediction_log.reader import parse_jsonl
 from flywheel.monitoring.prediction_log.schema import (
     IMAGES_DIR,
     PredictionRecord,
     as_utc,
     partition_dir,
 )
+from flywheel.storage import Location, as_location, join, make_dirs, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ class PredictionLogger:
     """Appends `PredictionRecord`s to the log from a background thread.
 
     Args:
-        root: the log's root folder (created on `start`).
+        root: the log's root folder (created on `start`) or URL (`s3://bucket/prefix`:
+            each flush then puts one whole Parquet object, see `_ObjectParts`).
         sample_images: fraction of records whose image is stored, in [0, 1]
             (1: all; 0: none). The rest keep `image_path` null.
         flush_every: flush after this many records...
@@ -49,7 +53,7 @@ class PredictionLogger:
 
     def __init__(
         self,
-        root: Path,
+        root: Location,
         *,
         sample_images: float = 1.0,
         flush_every: int = 100,
@@ -62,7 +66,7 @@ class PredictionLogger:
             raise ValueError(f"sample_images must be in [0, 1], got {sample_images}")
         if flush_every < 1 or flush_interval_s <= 0 or queue_size < 1:
             raise ValueError("flush_every and queue_size must be >= 1, flush_interval_s > 0")
-        self.root = Path(root)
+        self.root = as_location(root)
         self.sample_images = sample_images
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
@@ -97,7 +101,7 @@ class PredictionLogger:
         with self._lock:
             if self._thread is not None:
                 return
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)
             self._thread = threading.Thread(
                 target=self._run, name="prediction-log-writer", daemon=True
             )
@@ -149,7 +153,7 @@ class PredictionLogger:
     # ------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        files: dict[Path, IO[str]] = {}
+        parts = self._parts()
         pending = 0
         last_flush = time.monotonic()
         try:
@@ -163,7 +167,7 @@ class PredictionLogger:
                     break
                 if record is not _TICK:
                     try:
-                        self._write(record, files)
+                        self._write(record, parts)
                         pending += 1
                     except (OSError, ValueError, TypeError) as err:
                         self.errors += 1
@@ -171,34 +175,45 @@ class PredictionLogger:
                 if pending >= self.flush_every or (
                     time.monotonic() - last_flush >= self.flush_interval_s
                 ):
-                    _flush(files)
+                    self._flush(parts)
                     pending, last_flush = 0, time.monotonic()
         finally:
-            _flush(files)
-            for handle in files.values():
-                handle.close()
+            self._flush(parts)
+            parts.close()
 
-    def _write(self, record: PredictionRecord, files: dict[Path, IO[str]]) -> None:
+    def _parts(self) -> _Parts:
+        if isinstance(self.root, Path):
+            return _AppendedParts(self._next_name, self.sample_images > 0, self._closed_part)
+        return _ObjectParts(self._next_name, self._queue.maxsize)
+
+    def _next_name(self, suffix: str) -> str:
+        self._opened += 1  # a new name per file: a compacted name never comes back
+        return f"part-{self._token}-{self._opened}{suffix}"
+
+    def _closed_part(self, part: Path) -> None:
+        if self.compact_closed:
+            self._to_compact.put(part)
+
+    def _flush(self, parts: _Parts) -> None:
+        try:
+            parts.flush()
+        except (OSError, ValueError, pa.ArrowException) as err:
+            self.errors += 1
+            logger.error("prediction log: cannot flush to %s: %s", self.root, err)
+
+    def _write(self, record: PredictionRecord, parts: _Parts) -> None:
         folder = partition_dir(self.root, record.time)
-        handle = files.get(folder)
-        if handle is None:
-            for old in [p for p in files if p != folder]:  # a new hour: close the old one's file
-                closed = files.pop(old)
-                closed.close()
-                if self.compact_closed:
-                    self._to_compact.put(Path(closed.name))
-            # Made once per part (per image, the checks cost the writer a tenth of its time).
-            (folder / IMAGES_DIR if self.sample_images > 0 else folder).mkdir(
-                parents=True, exist_ok=True
-            )
-            self._opened += 1  # a new name per file: a compacted name never comes back
-            handle = files[folder] = (folder / f"part-{self._token}-{self._opened}.jsonl").open(
-                "a", encoding="utf-8"
-            )
+        parts.open(folder)
         image_path = None
         if record.image is not None and self._random.random() < self.sample_images:
             image_path = f"{IMAGES_DIR}/{record.request_id}-{record.index}.png"
-            Image.fromarray(np.asarray(record.image, dtype=np.uint8)).save(folder / image_path)
+            image = Image.fromarray(np.asarray(record.image, dtype=np.uint8))
+            if isinstance(folder, Path):
+                image.save(folder / image_path)
+            else:  # one whole object per image
+                encoded = io.BytesIO()
+                image.save(encoded, format="PNG")
+                write_bytes(join(folder, image_path), encoded.getvalue())
         line = {
             "request_id": record.request_id,
             "index": record.index,
@@ -212,7 +227,7 @@ class PredictionLogger:
             "image_path": image_path,
             "features": {str(k): float(v) for k, v in record.features.items()},
         }
-        handle.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+        parts.write(folder, json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
         self.written += 1
 
     def _compact_loop(self) -> None:
@@ -228,6 +243,86 @@ _TICK: Any = object()
 """Stands for "no record arrived before the flush deadline" in the writer loop."""
 
 
-def _flush(files: Mapping[Path, IO[str]]) -> None:
-    for handle in files.values():
-        handle.flush()
+class _Parts(Protocol):
+    """Where the writer thread puts lines: appended local files, or whole objects."""
+
+    def open(self, folder: Location) -> None: ...
+    def write(self, folder: Location, line: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _AppendedParts:
+    """A local log: one JSON-lines file per partition, appended to and flushed.
+
+    A new hour closes the previous hour's file, which `closed` hands to compaction.
+    """
+
+    def __init__(
+        self, next_name: Callable[[str], str], images: bool, closed: Callable[[Path], None]
+    ) -> None:
+        self._next_name, self._images, self._closed = next_name, images, closed
+        self._files: dict[Path, IO[str]] = {}
+
+    def open(self, folder: Location) -> None:
+        assert isinstance(folder, Path)
+        if folder in self._files:
+            return
+        for old in [p for p in self._files if p != folder]:  # a new hour: close the old one's file
+            handle = self._files.pop(old)
+            handle.close()
+            self._closed(Path(handle.name))
+        # Made once per part (per image, the checks cost the writer a tenth of its time).
+        (folder / IMAGES_DIR if self._images else folder).mkdir(parents=True, exist_ok=True)
+        self._files[folder] = (folder / self._next_name(".jsonl")).open("a", encoding="utf-8")
+
+    def write(self, folder: Location, line: str) -> None:
+        assert isinstance(folder, Path)
+        self._files[folder].write(line)
+
+    def flush(self) -> None:
+        for handle in self._files.values():
+            handle.flush()
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+
+class _ObjectParts:
+    """A log in object storage: each flush puts the lines since the last one as one Parquet object.
+
+    Objects cannot be appended to, so nothing is: every part is written whole,
+    under a new name, already compacted (`compact` has nothing to do there).
+    """
+
+    def __init__(self, next_name: Callable[[str], str], max_pending: int) -> None:
+        self._next_name, self._max_pending = next_name, max_pending
+        self._lines: dict[Location, list[str]] = {}
+
+    def open(self, folder: Location) -> None:
+        self._lines.setdefault(folder, [])
+
+    def write(self, folder: Location, line: str) -> None:
+        waiting = sum(map(len, self._lines.values()))
+        if waiting >= self._max_pending:  # puts keep failing: memory stays bounded
+            raise OSError(f"the object store took no part for {waiting} records; dropping")
+        self._lines[folder].append(line)
+
+    def flush(self) -> None:
+        for folder, lines in list(self._lines.items()):
+            if not lines:
+                del self._lines[folder]
+                continue
+            target = join(folder, self._next_name(".parquet"))
+            table = parse_jsonl("".join(lines).encode("utf-8"), target)
+            buffer = pa.BufferOutputStream()
+            write_parquet(table, buffer)
+            write_bytes(target, buffer.getvalue().to_pybytes())
+            del self._lines[folder]  # only once written: a failed put is retried next flush
+
+    def close(self) -> None:
+        """Nothing is open; lines the last flush could not put are lost, and said so."""
+        waiting = sum(map(len, self._lines.values()))
+        if waiting:
+            logger.error("prediction log: %d records never reached the object store", waiting)
