@@ -351,9 +351,11 @@ def pipeline_submit(
 ) -> None:
     """Compile a pipeline and submit it to a Kubeflow Pipelines endpoint: a run, or a schedule.
 
-    Arguments: params.yaml with --set applied, the data version data.dvc records,
-    repo '.' (the image's working directory). Prints the run's id and URL. Exits 2
-    when the endpoint cannot be reached or refuses.
+    Arguments: params.yaml with --set applied, the data version data.dvc records
+    (for `flywheel`, whose runs each make a new one: '', the latest recorded next
+    to the DVC remote), and no repository: the steps materialise the version from
+    `FLYWHEEL_DVC_REMOTE` by hash. Prints the run's id and URL. Exits 2 when the
+    endpoint cannot be reached or refuses.
     """
     from datetime import UTC, datetime
 
@@ -369,13 +371,13 @@ def pipeline_submit(
     from pipelines.cluster import ClusterError, submit
 
     p = read_base_params(params, set_)
-    version = recorded_data_version(p)
+    version = "" if name == "flywheel" else recorded_data_version(p)
     settings = _cluster_settings(train_image, accelerator, config_map, s3_secret)
     pipeline, package = _compile_for_cluster(
         entry, p, version, image, settings, out / f"{name}.yaml"
     )
     run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo=".")
+    arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo="")
     with exit_on(ClusterError):
         submission = submit(
             package,

@@ -105,7 +105,7 @@ def models(
             "-" if v.eval_accuracy is None else f"{v.eval_accuracy:.3f}",
             v.created_at.removesuffix("+00:00"),
             (v.git_commit or "-")[:12],
-            (v.data_version or "-").removesuffix(".dir")[:12],
+            (v.data_version or "-").removesuffix(".dir"),  # whole: it is what `data checkout` takes
             escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
             if last
             else "-",
