@@ -83,7 +83,7 @@ def test_torchrun_materialises_once_and_registers(
     assert not list(pod.glob(".git*"))
     client = MlflowClient(store)
     registered = client.get_model_version_by_alias(NAME, "candidate")
-    assert registered.version == "1"
+    assert str(registered.version) == "1"
     assert registered.tags[TAG_DATA_VERSION] == version
     run = client.get_run(registered.run_id)
     assert run.data.tags[TAG_DATA_VERSION] == version
