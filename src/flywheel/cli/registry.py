@@ -94,7 +94,11 @@ def models(
         "data version",
         "last transition",
     ):
-        table.add_column(column, justify="right" if column in ("version", "accuracy") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("version", "accuracy") else "left",
+            min_width=32 if column == "data version" else None,  # a whole DVC hash, never cut
+        )
     for v in versions:
         blessed = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[v.blessed]
         last = v.last_transition
