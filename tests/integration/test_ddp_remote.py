@@ -46,12 +46,12 @@ def test_torchrun_materialises_once_and_registers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with s3_server() as s3:
-        for key, value in s3.env().items():
+        for key, value in s3.env(prefix=tmp_path.name).items():
             monkeypatch.setenv(key, value)
         version = publish_dataset(
             collect_plan(PLAN, tmp_path / "laptop-data" / "data").parent,
             PLAN,
-            s3.remote(),
+            s3.remote(prefix=tmp_path.name),
             tmp_path / "laptop",
         )
         pod = tmp_path / "pod"
@@ -97,7 +97,7 @@ def test_a_waiting_rank_raises_what_rank_0_could_not_do(tmp_path: Path) -> None:
 
     missing = "0123456789abcdef0123456789abcdef"
     with s3_server() as s3, pytest.MonkeyPatch.context() as patch:
-        for key, value in s3.env().items():
+        for key, value in s3.env(prefix=tmp_path.name).items():
             patch.setenv(key, value)
         with pytest.raises(DataVersionError, match=r"cannot be read|does not hold"):
             materialise_once(PARAMS, missing, tmp_path / "ws", local_rank=0)

@@ -64,7 +64,11 @@ class S3Server:
 
 @contextmanager
 def s3_server(bucket: str = "flywheel-dvc") -> Iterator[S3Server]:
-    """moto's S3 server on 127.0.0.1 (a free port) with `bucket` created; stopped on exit."""
+    """moto's S3 server on 127.0.0.1 (a free port) with `bucket` created; stopped on exit.
+
+    moto keeps its objects in memory per process, across servers: tests that
+    must not see each other's objects use a prefix of their own.
+    """
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
