@@ -114,3 +114,29 @@ def test_a_waiting_rank_times_out_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataVersionError, match=rf"did not appear in {tmp_path / 'ws'} within 1 s"):
         materialise_once(PARAMS, version, tmp_path / "ws", local_rank=1, timeout_s=1)
     assert DataRemote("s3://b").config() == {"url": "s3://b"}
+
+
+def test_rank_0_takes_the_environments_remote_over_the_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/app in the image holds a .dvc/config whose local remote does not exist in a pod."""
+    from tests.support.project import dvc
+
+    app = tmp_path / "app"
+    app.mkdir()
+    dvc(app, "init", "--no-scm", "-q")
+    dvc(app, "remote", "add", "-d", "local", "../.flywheel/dvc-remote")
+    with s3_server() as s3:
+        for key, value in s3.env(prefix=tmp_path.name).items():
+            monkeypatch.setenv(key, value)
+        version = publish_dataset(
+            collect_plan(PLAN, tmp_path / "laptop-data" / "data").parent,
+            PLAN,
+            s3.remote(prefix=tmp_path.name),
+            tmp_path / "laptop",
+        )
+        monkeypatch.chdir(app)
+
+        dataset = materialise_once(PARAMS, version, tmp_path / "ws", local_rank=0)
+
+    assert (dataset / "manifest.csv").is_file()

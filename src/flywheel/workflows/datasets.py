@@ -120,7 +120,8 @@ def materialise_once(
 ) -> Path:
     """Data version `version` in `workspace`, materialised by local rank 0 only; the dataset folder.
 
-    Rank 0 materialises (from the remote, into the empty `workspace`) and then
+    Rank 0 materialises (from `FLYWHEEL_DVC_REMOTE`, else the default remote of
+    the working directory's DVC project, into the empty `workspace`) and then
     writes `READY_FILE`; on failure it writes `FAILED_FILE` with the reason and
     raises. Every other rank waits for one of the two (polling twice a second)
     and raises the reason, or a timeout naming the folder, after `timeout_s`
@@ -131,7 +132,7 @@ def materialise_once(
         flywheel.data.versioning.DataVersionError: the data could not be
             materialised (on every rank), or it did not appear in time.
     """
-    from flywheel.data.remote import bare, find_remote, materialise
+    from flywheel.data.remote import REMOTE_ENV, bare, find_remote, materialise
     from flywheel.data.versioning import DataVersionError
 
     version = bare(version)
@@ -141,7 +142,9 @@ def materialise_once(
         return dataset_dir
     if local_rank == 0:
         try:
-            materialise(version, workspace, params.data, find_remote())
+            # A pod's image holds a .dvc/config of its own: the environment's remote wins.
+            remote = find_remote(None if os.environ.get(REMOTE_ENV) else Path.cwd())
+            materialise(version, workspace, params.data, remote)
         except Exception as err:
             workspace.mkdir(parents=True, exist_ok=True)
             failed.write_text(str(err))
