@@ -15,13 +15,14 @@ def validate_data(
     dataset: Output[Dataset],
     data_docs: Output[HTML],
 ):
-    """Bring the data to its recorded DVC version and gate it; a failed expectation fails the run.
+    """Bring the data to the DVC version asked for and gate it; a failed expectation fails the run.
 
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
-        data_version: the DVC data version to train on ('' accepts what data.dvc records).
-        repo: the repository root holding data.dvc.
+        data_version: the DVC data version to train on, materialised from the DVC remote by
+            hash ('' takes what data.dvc records; with no repo, the latest recorded).
+        repo: the repository root holding data.dvc ('' on a cluster: no repository).
         dataset: the validated dataset (manifest.csv and images); metadata: data_version, counts.
         data_docs: the Great Expectations Data Docs page of this validation.
     """

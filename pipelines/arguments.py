@@ -49,7 +49,9 @@ def pipeline_arguments(
             so the run shows what was changed).
         overrides: `dotted.key=value` pairs (`--set`).
         data_version: the DVC data version the run must train on.
-        repo: the repository root holding `data.dvc`, as the steps will see it.
+        repo: the repository root holding `data.dvc`, as the steps will see it; ''
+            for none (a cluster: the steps materialise `data_version` from the DVC
+            remote by hash).
     """
     first_class, rest = split_overrides(overrides)
     return {

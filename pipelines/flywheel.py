@@ -5,6 +5,11 @@ monitor-drift ──► [drifted] curate-samples ──► label-samples ──�
  (Evidently)               (active learning)     (oracle / LS)     (dvc add, push)    (nested)
 ```
 
+Data versions travel by hash: `update-dataset` merges into `data_version` (''
+for the latest recorded next to the DVC remote), pushes the new version and
+outputs its hash, which the nested training materialises from the remote. With
+`repo` '' (a cluster) no step needs a repository or git.
+
 Each step calls one library function of `flywheel.workflows` (`detect_drift`,
 `curate_samples`, `label_samples`, `update_dataset`). The retraining itself is
 the `training` pipeline, nested unchanged, fed the new data version. `flywheel
@@ -43,13 +48,13 @@ def build_flywheel_pipeline(
 
     Args:
         config: params.yaml as loaded.
-        data_version: unused (each run makes its own new data version); accepted so
-            that every pipeline builder takes the same arguments.
+        data_version: default of the `data_version` parameter: the version the new
+            labels are merged into ('' takes what the repository's data.dvc records,
+            or without a repository the latest recorded next to the DVC remote).
         target: `local` or `cluster`.
         image: the steps' image (default `flywheel.env.component_image()`).
         cluster: placement and credentials for `cluster`.
     """
-    del data_version  # the nested training gets the version update-dataset records
     image = image or component_image()
     settings = cluster or ClusterSettings(placement=config.cluster)
     training = build_training_pipeline(config, target=target, image=image, cluster=settings)
@@ -69,7 +74,8 @@ def build_flywheel_pipeline(
         epochs: int = config.train.epochs,
         learning_rate: float = config.train.lr,
         min_accuracy: float = config.evaluate.gates.min_accuracy,
-        repo: str = ".",
+        data_version: str = data_version,
+        repo: str = "",
     ) -> None:
         monitor = step(monitor_drift(params=params, overrides=overrides))
         with dsl.If(monitor.outputs["Output"] == True, name="drifted"):  # noqa: E712
@@ -83,7 +89,11 @@ def build_flywheel_pipeline(
             )
             update = step(
                 update_dataset(
-                    params=params, overrides=overrides, repo=repo, labels=label.outputs["labels"]
+                    params=params,
+                    overrides=overrides,
+                    repo=repo,
+                    data_version=data_version,
+                    labels=label.outputs["labels"],
                 )
             )
             training(

@@ -73,7 +73,10 @@ def build_training_pipeline(
     Args:
         config: params.yaml as loaded (without run overrides: those are arguments).
         data_version: default of the `data_version` parameter (the DVC version to
-            train on; '' accepts whatever the repository's data.dvc records).
+            train on, materialised from the DVC remote by hash; '' takes what the
+            repository's data.dvc records, or with `repo` '' the latest recorded
+            next to the remote). `repo` (a run argument) is the repository root
+            holding data.dvc on a laptop, '' on a cluster (no repository, no git).
         target: `local` (KFP local runner) or `cluster` (adds resources, GPUs,
             placement, credentials; see `pipelines.cluster`).
         image: the steps' image (default `flywheel.env.component_image()`).
@@ -105,7 +108,7 @@ def build_training_pipeline(
         learning_rate: float = config.train.lr,
         min_accuracy: float = config.evaluate.gates.min_accuracy,
         data_version: str = data_version,
-        repo: str = ".",
+        repo: str = "",
     ) -> TrainingOutputs:
         validate = step(
             validate_data(params=params, overrides=overrides, data_version=data_version, repo=repo)

@@ -129,9 +129,28 @@ def test_without_a_generator_missing_data_is_a_clear_error(repo: Path, plan: Dat
         shutil.rmtree(repo / gone)
     shutil.rmtree(repo.parent / "remote")
 
-    with pytest.raises(DataVersionError, match=rf"did not restore .*{version}.*data\.generator"):
+    with pytest.raises(DataVersionError, match=rf"did not restore .*{version}.*remote"):
         ensure_dataset(plan.model_copy(update={"generator": None}), repo)
     assert not (repo / "data").exists()
+
+
+def test_the_generators_version_is_recorded_and_regenerated_only_on_request(
+    repo: Path, plan: DataPlan
+) -> None:
+    _, version = ensure_dataset(plan, repo)
+    meta = (repo / "data.dvc").read_text()
+    assert f"version: {version}" in meta
+    assert plan.generator in meta
+    (repo / "data" / plan.name / "notes.txt").write_text("real data, not the generator's\n")
+    second = track_dataset(repo, plan, push=False)
+    for gone in ("data", ".dvc/cache"):
+        shutil.rmtree(repo / gone)
+
+    with pytest.raises(DataVersionError, match=rf"did not restore .*{second}.*--regenerate"):
+        ensure_dataset(plan, repo)
+    assert not (repo / "data").exists()
+    with pytest.raises(DataVersionError, match="does not match"):  # asked: it tries, and says so
+        ensure_dataset(plan, repo, regenerate=True)
 
 
 def test_without_a_generator_or_a_pointer_file_nothing_is_made(repo: Path, plan: DataPlan) -> None:

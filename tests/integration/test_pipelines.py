@@ -21,10 +21,9 @@ from typer.testing import CliRunner
 
 from flywheel.cli import app
 from flywheel.config import ClusterConfig, Params, TrainPlacement, load_params
-from flywheel.data.versioning import track_dataset
+from flywheel.data.versioning import DataVersionError, track_dataset
 from flywheel.workflows import (
     DataGateError,
-    DataVersionMismatchError,
     resolve_params,
     validate_data,
 )
@@ -35,7 +34,7 @@ from pipelines.local import TaskEvent, exception_message, parse_runner_line
 from pipelines.training import OUTPUT_TASKS, build_training_pipeline
 from tests.support.plans import tiny_plan
 from tests.support.processes import free_port
-from tests.support.project import make_project
+from tests.support.project import dvc, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -244,7 +243,7 @@ def test_parameters_default_to_params_yaml_and_the_data_version(cluster_training
     assert inputs["learning_rate"]["defaultValue"] == PARAMS.train.lr
     assert inputs["min_accuracy"]["defaultValue"] == PARAMS.evaluate.gates.min_accuracy
     assert inputs["data_version"]["defaultValue"] == "0123abcd"
-    assert inputs["repo"]["defaultValue"] == "."
+    assert inputs["repo"].get("defaultValue", "") == ""  # no repository: by hash from the remote
 
 
 def test_the_compiled_package_loads_back_as_a_component(cluster_training: Path) -> None:
@@ -574,12 +573,17 @@ def test_validate_data_exports_the_recorded_version(repo: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_validate_data_refuses_another_data_version(repo: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataVersionMismatchError, match="asked for 0123"):
+def test_validate_data_names_a_version_the_remote_lacks(repo: Path, tmp_path: Path) -> None:
+    """A version data.dvc does not record comes from the remote by hash; a missing one is named."""
+    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    (tmp_path / "remote").mkdir()
+    missing = "0123456789abcdef0123456789abcdef"
+
+    with pytest.raises(DataVersionError, match=rf"does not hold data version {missing}"):
         validate_data(
             TINY,
             repo,
-            expected_version="0123",
+            expected_version=missing,
             dataset_out=tmp_path / "dataset",
             docs_out=tmp_path / "docs",
         )

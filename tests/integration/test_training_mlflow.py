@@ -261,6 +261,7 @@ def test_cli_trains_and_reports(store: str, dataset: Path, tmp_path: Path) -> No
         "--set",
         "train.epochs=1",
         "--no-log-model",
+        "--allow-untracked",  # a dataset outside data/: no data version describes it
     ]
 
     done = CliRunner().invoke(app, args)
@@ -268,9 +269,13 @@ def test_cli_trains_and_reports(store: str, dataset: Path, tmp_path: Path) -> No
     assert done.exit_code == 0, done.output
     assert "best val_accuracy" in done.output
     assert (tmp_path / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
-    broken = CliRunner().invoke(app, [*args[:3], "--dataset", str(tmp_path / "nowhere")])
+    nowhere = ["--dataset", str(tmp_path / "nowhere")]
+    broken = CliRunner().invoke(app, [*args[:3], *nowhere, "--allow-untracked"])
     assert broken.exit_code == 2
     assert "no manifest" in broken.output
+    untold = CliRunner().invoke(app, [*args[:3], "--dataset", str(dataset)])
+    assert untold.exit_code == 2
+    assert "no data version (data.dvc) describes it" in " ".join(untold.output.split())
 
 
 _HANG_AFTER_FIRST_EPOCH = textwrap.dedent(
@@ -362,7 +367,7 @@ def test_cli_train_registers_the_candidate_with_its_reference_profile(
     )
     args = ["train", "-p", str(params_yaml), "--dataset", str(dataset), "--out", str(tmp_path)]
 
-    done = CliRunner().invoke(app, [*args, "--set", "train.epochs=1"])
+    done = CliRunner().invoke(app, [*args, "--set", "train.epochs=1", "--allow-untracked"])
 
     assert done.exit_code == 0, done.output
     assert "best val_accuracy" in done.output

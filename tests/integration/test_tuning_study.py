@@ -245,6 +245,7 @@ def test_cli_tunes_prints_the_trials_and_the_best(
     params_yaml.write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
     out = tmp_path / "tune"
     args = ["tune", "--params", str(params_yaml), "--dataset", str(dataset), "--out", str(out)]
+    args.append("--allow-untracked")  # a dataset outside data/: no data version describes it
 
     done = CliRunner().invoke(app, [*args, "--n-trials", "1", "--study-name", "cli-study"])
 

@@ -109,14 +109,63 @@ def data_ensure(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     repo: RepoOpt = Path("."),
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate",
+            help="When the pull fails, make the data again with data.generator even if "
+            "data.dvc does not record the version as the generator's.",
+        ),
+    ] = False,
 ) -> None:
-    """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed."""
+    """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed.
+
+    Regenerates only a version data.dvc records as the generator's (the demo's),
+    or with --regenerate; any other version that cannot be pulled is an error
+    naming the version and the remote.
+    """
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
     p = read_params(params, set_)
     with exit_on(DataVersionError):
-        how, version = ensure_dataset(p.data, repo)
+        how, version = ensure_dataset(p.data, repo, regenerate=regenerate)
     console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
+
+
+@commands.command("checkout")
+def data_checkout(
+    version: Annotated[
+        str, typer.Argument(help="The data version (DVC hash in data.dvc), or 'latest'.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Bring any data version from the DVC remote into data/ and record it in data.dvc.
+
+    'latest' is the version recorded next to the remote (flywheel/latest.json),
+    e.g. the one a cluster run made. Refuses when data/ holds unrecorded changes.
+    """
+    from flywheel.data.remote import checkout_version
+    from flywheel.data.versioning import DataVersionError
+
+    p = read_params(params)
+    with exit_on(DataVersionError):
+        checked_out = checkout_version(repo, p.data, version)
+    console.print(f"data/ is at version [bold]{checked_out}[/bold]; commit data.dvc to share it")
+
+
+@commands.command("latest")
+def data_latest(repo: RepoOpt = Path(".")) -> None:
+    """Print the latest data version recorded next to the DVC remote: version, time, who."""
+    from flywheel.data.remote import find_remote, latest_version
+    from flywheel.data.versioning import DataVersionError
+
+    with exit_on(DataVersionError):
+        remote = find_remote(repo)
+        latest = latest_version(remote, repo)
+        if latest is None:
+            raise DataVersionError(f"DVC remote {remote} records no latest data version")
+    console.print(f"{latest.version} (recorded {latest.time} by {latest.who})")
 
 
 @commands.command("track")

@@ -445,11 +445,12 @@ def pipeline_submit(
 ) -> None:
     """Compile a pipeline and submit it to a Kubeflow Pipelines endpoint: a run, or a schedule.
 
-    Arguments: params.yaml with --set applied, the data version data.dvc records,
-    repo '.' (the image's working directory). On multi-user Kubeflow give the
-    profile namespace and a token (or a token file; --in-cluster in a pod).
-    Prints the run's id and URL. Exits 2 when the endpoint cannot be reached or
-    refuses.
+    Arguments: params.yaml with --set applied, the data version data.dvc records
+    (for `flywheel`, whose runs each make a new one: '', the latest recorded next
+    to the DVC remote), and no repository: the steps materialise the version from
+    `FLYWHEEL_DVC_REMOTE` by hash. On multi-user Kubeflow give the profile
+    namespace and a token (or a token file; --in-cluster in a pod). Prints the
+    run's id and URL. Exits 2 when the endpoint cannot be reached or refuses.
     """
     from datetime import UTC, datetime
 
@@ -468,7 +469,7 @@ def pipeline_submit(
     with exit_on(ClusterError):
         credentials = Credentials(token=token, token_file=token_file)
     p = read_base_params(params, set_)
-    version = recorded_data_version(p)
+    version = "" if name == "flywheel" else recorded_data_version(p)
     options = ClusterOptions(
         image, image_repo, train_image, gpus, accelerator, config_map, s3_secret
     )
@@ -477,7 +478,7 @@ def pipeline_submit(
         entry, p, version, options, out / f"{name}.yaml", placed
     )
     run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo=".")
+    arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo="")
     with exit_on(ClusterError):
         submission = submit(
             package,

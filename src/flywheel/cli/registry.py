@@ -104,7 +104,11 @@ def models(
         "data version",
         "last transition",
     ):
-        table.add_column(column, justify="right" if column in ("version", "accuracy") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("version", "accuracy") else "left",
+            min_width=32 if column == "data version" else None,  # a whole DVC hash, never cut
+        )
     for v in versions:
         blessed = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[v.blessed]
         last = v.last_transition
@@ -115,7 +119,7 @@ def models(
             "-" if v.eval_accuracy is None else f"{v.eval_accuracy:.3f}",
             v.created_at.removesuffix("+00:00"),
             (v.git_commit or "-")[:12],
-            (v.data_version or "-").removesuffix(".dir")[:12],
+            (v.data_version or "-").removesuffix(".dir"),  # whole: it is what `data checkout` takes
             escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
             if last
             else "-",

@@ -13,16 +13,46 @@ from flywheel.cli.console import console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, WhoOpt, read_params
 
 if TYPE_CHECKING:
-    from flywheel.config import DataPlan
+    from flywheel.config import DataPlan, Params
     from flywheel.evaluation import EvaluationOutcome
 
 commands = typer.Typer()
 
 
+UNTRACKED = "untracked"
+"""The data version recorded for data no DVC version describes (`--allow-untracked`)."""
+
+AllowUntrackedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untracked",
+        help="Train on data data.dvc does not record (changed, or a --dataset elsewhere); "
+        f"the run and model record the data version '{UNTRACKED}'.",
+    ),
+]
+TrackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--track",
+        help="Record changed data/ as a new data version first (dvc add + push), and train on it.",
+    ),
+]
+DataVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-version",
+        help="Train on this data version (DVC hash), materialised from the DVC remote "
+        "(FLYWHEEL_DVC_REMOTE, else .dvc/config) into <state dir>/data/<version>; under "
+        "torchrun only local rank 0 fetches it.",
+    ),
+]
+
+
 def _describe_data_version(plan: DataPlan, dataset: Path | None = None) -> str | None:
     """The DVC data version of the plan's data folder, flagged when the folder has moved on.
 
-    None when there is none, or when `dataset` (a `--dataset` given) lies outside that folder.
+    For display only (lineage uses `_lineage_version`). None when there is none, or
+    when `dataset` (a `--dataset` given) lies outside that folder.
     """
     from flywheel.data.versioning import DataVersionError, data_version, is_clean
 
@@ -35,6 +65,59 @@ def _describe_data_version(plan: DataPlan, dataset: Path | None = None) -> str |
     if not is_clean(".", plan):
         return f"{version} + unrecorded changes (run `flywheel data track`)"
     return version
+
+
+def _lineage_version(
+    plan: DataPlan, dataset: Path | None, *, allow_untracked: bool, track: bool
+) -> str:
+    """The data version a run records: the true DVC hash of what it trains on, never a guess.
+
+    Data that data.dvc records as it is: its version. Changed data/: recorded
+    first with `track` (a new version), else refused unless `allow_untracked`
+    (then `UNTRACKED`). A `--dataset` outside data/: `UNTRACKED` when allowed.
+
+    Raises:
+        DataVersionError: the data does not match data.dvc and neither flag says what to do.
+    """
+    from flywheel.data.versioning import DataVersionError, data_version, is_clean, track_dataset
+
+    outside = dataset is not None and not dataset.resolve().is_relative_to(plan.root.resolve())
+    if outside:
+        if allow_untracked:
+            return UNTRACKED
+        raise DataVersionError(
+            f"{dataset}: not under {plan.root}/, so no data version (data.dvc) describes it; "
+            "import it into the plan's data folder and `flywheel data track` it, or train with "
+            "--allow-untracked (the model then records the data version 'untracked')"
+        )
+    if is_clean(".", plan):
+        return data_version(".", plan)
+    if track:
+        return track_dataset(".", plan, push=True)
+    if allow_untracked:
+        return UNTRACKED
+    try:
+        recorded = f"records {data_version('.', plan)}"
+    except DataVersionError:
+        recorded = "does not exist"
+    raise DataVersionError(
+        f"{plan.root}/ does not match data.dvc (which {recorded}): training on it would record "
+        "a data version it is not. Record it first (--track, or `flywheel data track`), or "
+        "train with --allow-untracked (the model then records the data version 'untracked')"
+    )
+
+
+def _materialised_dataset(p: Params, version: str) -> Path:
+    """`version` from the DVC remote in `<state dir>/data/<version>` (one fetch per machine)."""
+    import os
+
+    from flywheel.data.remote import bare
+    from flywheel.env import state_dir
+    from flywheel.workflows.datasets import materialise_once
+
+    workspace = state_dir() / "data" / bare(version)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return materialise_once(p, version, workspace, local_rank=local_rank)
 
 
 @commands.command()
@@ -82,6 +165,9 @@ def train(
     log_model: Annotated[
         bool, typer.Option("--log-model/--no-log-model", help="Log the best model to MLflow.")
     ] = True,
+    data_version: DataVersionOpt = None,
+    allow_untracked: AllowUntrackedOpt = False,
+    track: TrackOpt = False,
 ) -> None:
     """Train the model params.yaml describes; log the run, curves and pt2 model to MLflow.
 
@@ -91,8 +177,15 @@ def train(
     A logged model gets its reference profile for monitoring (train and val
     images through the exported model) as a run artifact and is registered as
     the new 'candidate' version, as the pipeline's train step does.
+
+    The run records the data version it really trained on: data.dvc's when
+    data/ matches it, the one given by --data-version (fetched from the DVC
+    remote by hash: a pod needs no repository), a new one with --track;
+    otherwise it refuses, unless --allow-untracked.
     """
     from flywheel.config import ConfigError
+    from flywheel.data.remote import bare
+    from flywheel.data.versioning import DataVersionError
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
     from flywheel.registry import RegistryError
@@ -100,15 +193,24 @@ def train(
     from flywheel.workflows import train_and_register
 
     p = read_params(params, set_)
-    data_dir = dataset or p.data.dataset_dir
-    version = _describe_data_version(p.data, dataset)
+    with exit_on(DataVersionError):
+        if data_version:
+            if dataset is not None:
+                raise DataVersionError("--data-version and --dataset: give one of them")
+            data_dir = _materialised_dataset(p, data_version)
+            version = bare(data_version)
+        else:
+            data_dir = dataset or p.data.dataset_dir
+            version = _lineage_version(
+                p.data, dataset, allow_untracked=allow_untracked, track=track
+            )
     with exit_on(DatasetError, TrainingError, RegistryError, ConfigError):
         trained = train_and_register(
             p,
             data_dir,
             out_dir=out or state_dir() / "train",
             resume=resume,
-            data_version=version or "",
+            data_version=version,
             log_model=log_model,
             progress=True,
             reason="trained by flywheel train",
@@ -175,6 +277,8 @@ def tune(
         str | None,
         typer.Option(help="Optuna storage URL (default: SQLite in --out)."),
     ] = None,
+    allow_untracked: AllowUntrackedOpt = False,
+    track: TrackOpt = False,
 ) -> None:
     """Search tune.space of params.yaml with Optuna (TPE, median pruning); trials nest in MLflow.
 
@@ -184,6 +288,7 @@ def tune(
     set-up resumes the study. Exits 1 when no trial completed.
     """
     from flywheel.config import ConfigError
+    from flywheel.data.versioning import DataVersionError
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
     from flywheel.modeling.tuning import TuneError, print_report, validate_space
@@ -191,10 +296,10 @@ def tune(
     from flywheel.tasks import DatasetError
 
     p = read_params(params, set_)
-    with exit_on(TuneError, DatasetError, TrainingError, ConfigError):
+    with exit_on(TuneError, DatasetError, TrainingError, DataVersionError, ConfigError):
         validate_space(p)  # before anything is opened or trained
         data_dir = dataset or p.data.dataset_dir
-        version = _describe_data_version(p.data, dataset)
+        version = _lineage_version(p.data, dataset, allow_untracked=allow_untracked, track=track)
         result = tune_study(
             p,
             data_dir,

@@ -15,6 +15,9 @@ arguments and the local runner live in `pipelines/`.
   Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
 * `flywheel.workflows.loop` — the retraining (`flywheel`) pipeline's steps in front
   of training: `detect_drift` → `curate_samples` → `label_samples` → `update_dataset`;
+* `flywheel.workflows.datasets` — the data at the version a step is given: the
+  repository's folder, or materialised from the DVC remote by hash (no git);
+  under `torchrun` only local rank 0 fetches (`materialise_once`);
 * `flywheel.workflows.params` — the configuration a step runs with, from the
   pipeline's parameters (`resolve_params`, `params_document`);
 * `flywheel.workflows.output` / `.errors` — what every step shares: its progress
@@ -25,7 +28,7 @@ re-exported here so that the components import nothing but this package.
 """
 
 from flywheel.env import DEFAULT_IMAGE
-from flywheel.workflows.errors import DataGateError, DataVersionMismatchError, StepError
+from flywheel.workflows.errors import DataGateError, StepError
 from flywheel.workflows.judging import (
     Judgement,
     SliceRow,
@@ -64,7 +67,6 @@ __all__ = [
     "LABELS_FILE",
     "LOG_PREFIX",
     "DataGateError",
-    "DataVersionMismatchError",
     "Judgement",
     "RegisteredCandidate",
     "SliceRow",

@@ -7,7 +7,3 @@ class StepError(RuntimeError):
 
 class DataGateError(StepError):
     """The dataset failed validation: the pipeline stops before training."""
-
-
-class DataVersionMismatchError(StepError):
-    """The repository records another data version than the pipeline run asked for."""

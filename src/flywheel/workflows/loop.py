@@ -99,18 +99,41 @@ def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
     return len(result.labels)
 
 
-def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
+def update_dataset(
+    params: Params, repo: str | Path, labels_dir: Path, *, data_version: str = ""
+) -> str:
     """Merge the labels into a new dataset version (`dvc add` + push); return the version.
 
     Reads `labels.parquet` of the labelling step from `labels_dir` and calls
-    `flywheel.labeling.merge.update_dataset`; the merged dataset passes the data
-    gate or nothing is recorded. No new labels: the version stays; labels of
-    which none can be merged raise `MergeError` saying why.
+    `flywheel.labeling.merge.update_dataset` on the data at `data_version`: the
+    repository's folder when its `data.dvc` records that version (`data.dvc`
+    then records the new one), else a workspace materialised from the DVC
+    remote by hash (a pod: no repository, no git). The merged dataset passes
+    the data gate or nothing is recorded; the new version is pushed and
+    recorded as the latest next to the remote (`flywheel/latest.json`). No new
+    labels: the version stays; labels of which none can be merged raise
+    `MergeError` saying why.
+
+    Args:
+        params: the configuration.
+        repo: the repository root holding `data.dvc`; '' for none.
+        labels_dir: the labelling step's folder.
+        data_version: the version to merge into; '' for what the repository
+            records (without one: the latest recorded next to the remote).
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: the version cannot be
+            materialised, or the new one did not reach the remote.
+        flywheel.labeling.merge.MergeError: the merged dataset fails the data gate.
     """
+    import tempfile
+
     import pandas as pd
 
+    from flywheel.data.remote import check_version, find_remote
     from flywheel.labeling.merge import MergeError
     from flywheel.labeling.merge import update_dataset as merge_and_track
+    from flywheel.workflows.datasets import data_at_version
 
     path = labels_dir / LABELS_FILE
     labels = (
@@ -118,9 +141,13 @@ def update_dataset(params: Params, repo: str | Path, labels_dir: Path) -> str:
         if path.is_file()
         else pd.DataFrame(columns=["request_id", "index", "label"])
     )
-    update = merge_and_track(params, repo, labels)
-    if update.merge.nothing_merged is not None:
-        raise MergeError(update.merge.nothing_merged)
+    with tempfile.TemporaryDirectory(prefix="flywheel-merge-") as scratch:
+        data = data_at_version(params, data_version, repo, Path(scratch) / "workspace")
+        update = merge_and_track(params, data.repo, labels)
+        if update.merge.nothing_merged is not None:
+            raise MergeError(update.merge.nothing_merged)
+        if data.provenance == "materialised" and update.changed:
+            check_version(data.repo, update.version, find_remote(data.repo))  # else it is lost
     added = update.merge.added_per_split()
     skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
     say(

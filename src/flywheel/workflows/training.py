@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flywheel.config import Params
 from flywheel.tracking import PIPELINE_RUN_ID_ENV
-from flywheel.workflows.errors import DataGateError, DataVersionMismatchError, StepError
+from flywheel.workflows.errors import DataGateError, StepError
 from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
@@ -81,38 +81,58 @@ def validate_data(
     dataset_out: Path,
     docs_out: Path,
 ) -> ValidatedDataset:
-    """Bring the data to its recorded version, gate it, and export it for the next steps.
+    """Bring the data to the version asked for, gate it, and export it for the next steps.
+
+    The version comes from the repository when its `data.dvc` records it (kept,
+    pulled or regenerated), else from the DVC remote by hash, in an empty
+    scratch folder (`flywheel.workflows.datasets.data_at_version`): a pod needs
+    no repository and no git.
 
     Args:
         params: the configuration (`data` plan, `validation` thresholds).
-        repo: the repository root holding `data.dvc` (locally the project; on a
-            cluster the image's working directory).
-        expected_version: the data version the run asked for; empty accepts
-            whatever `data.dvc` records.
+        repo: the repository root holding `data.dvc` (locally the project); ''
+            for none (a pod: the version comes from `FLYWHEEL_DVC_REMOTE`).
+        expected_version: the data version the run asked for; empty takes what
+            `data.dvc` records (without a repository: the latest recorded next
+            to the remote).
         dataset_out: folder to copy the validated dataset into (the step's output).
         docs_out: file to copy the Data Docs page into (written even on failure).
 
     Raises:
         flywheel.data.versioning.DataVersionError: the data cannot be brought to
-            the recorded version (e.g. unrecorded changes in the folder).
-        DataVersionMismatchError: `data.dvc` records another version than asked for.
+            the version (no remote, the version missing from it, unrecorded
+            changes in the repository's folder).
         DataGateError: an expectation failed; names them and the Data Docs page.
     """
+    from flywheel.workflows.datasets import data_at_version
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-data-") as scratch:
+        data = data_at_version(params, expected_version, repo, Path(scratch) / "workspace")
+        say(f"data version {data.version} ({data.provenance})")
+        return _gate_and_export(
+            params,
+            data.version,
+            data.provenance,
+            data.dataset_dir,
+            dataset_out=dataset_out,
+            docs_out=docs_out,
+        )
+
+
+def _gate_and_export(
+    params: Params,
+    version: str,
+    provenance: str,
+    source: Path,
+    *,
+    dataset_out: Path,
+    docs_out: Path,
+) -> ValidatedDataset:
+    """The Great Expectations gate on `source`, its Data Docs, and the copy for the next steps."""
     from rich.console import Console
 
-    from flywheel.data.versioning import ensure_dataset
     from flywheel.validation import print_report, validate_dataset
 
-    repo = Path(repo)
-    provenance, version = ensure_dataset(params.data, repo)
-    say(f"data version {version} ({provenance})")
-    if expected_version and version != expected_version:
-        raise DataVersionMismatchError(
-            f"{repo / 'data.dvc'} records data version {version}, but the run asked for "
-            f"{expected_version}: build the image from the commit that recorded it, or "
-            "run with the version the repository holds"
-        )
-    source = repo / params.data.dataset_dir
     report = validate_dataset(source, params, progress=False)
     report.data_version = version
     print_report(report, Console(file=sys.stdout, width=120, color_system=None))

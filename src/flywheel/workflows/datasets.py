@@ -1,0 +1,183 @@
+"""The data a step works on: the version it is given, brought from the DVC remote by hash.
+
+A pipeline step on a cluster has no repository: it gets a data version (the
+DVC directory hash) as a parameter and materialises exactly that version from
+the remote in an empty folder (`flywheel.data.remote.materialise`). On a
+laptop, a step given the repository whose `data.dvc` records the version uses
+that folder as it always did (kept, pulled or regenerated).
+
+Under `torchrun` (or a PyTorchJob) the processes of one machine share a
+filesystem: only local rank 0 materialises, the others wait for its
+`READY_FILE` (or its `FAILED_FILE`, whose reason they raise) with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flywheel.config import Params
+from flywheel.workflows.output import say
+
+if TYPE_CHECKING:
+    from flywheel.data.remote import DataRemote
+
+READY_FILE = ".flywheel-ready"
+"""Written by the materialising rank into the workspace when the data is in place."""
+
+FAILED_FILE = ".flywheel-failed"
+"""Written by the materialising rank when it could not; holds the reason."""
+
+WAIT_TIMEOUT_ENV = "FLYWHEEL_DATA_WAIT_S"
+DEFAULT_WAIT_S = 1800.0
+"""How long the other ranks wait for the data (a large version from a slow remote)."""
+
+
+@dataclass(frozen=True)
+class DataAtVersion:
+    """A data version on disk.
+
+    Attributes:
+        version: the DVC data version.
+        provenance: present, pulled, regenerated, collected (a repository's
+            folder) or materialised (from the remote, by hash).
+        repo: the DVC project holding it (the repository, or a workspace).
+        dataset_dir: the plan's dataset folder inside it.
+    """
+
+    version: str
+    provenance: str
+    repo: Path
+    dataset_dir: Path
+
+
+def data_at_version(params: Params, version: str, repo: str | Path, scratch: Path) -> DataAtVersion:
+    """The data at `version`: the repository's, when it records that version, else from the remote.
+
+    Args:
+        params: the configuration (`data`).
+        version: the data version asked for; '' means what the repository's
+            `data.dvc` records, or without a repository the latest recorded
+            next to the remote.
+        repo: the repository root holding `data.dvc`; '' for none (a pod).
+        scratch: an empty (or missing) folder to materialise into.
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: no remote, the version
+            missing from it, unrecorded changes in the repository's folder.
+    """
+    from flywheel.data.remote import bare, find_remote, materialise
+    from flywheel.data.versioning import data_version, dvc_file, ensure_dataset
+
+    plan = params.data
+    if repo and dvc_file(repo, plan).is_file():
+        recorded = data_version(repo, plan)
+        if not version or bare(version) == recorded:
+            provenance, recorded = ensure_dataset(plan, repo)
+            return DataAtVersion(recorded, provenance, Path(repo), Path(repo) / plan.dataset_dir)
+    remote = find_remote(repo or None)
+    version = version or latest_or_fail(params, remote, scratch)
+    materialise(version, scratch, plan, remote)
+    return DataAtVersion(bare(version), "materialised", scratch, scratch / plan.dataset_dir)
+
+
+def latest_or_fail(params: Params, remote: DataRemote, scratch: Path) -> str:
+    """The latest version recorded next to `remote` (read through a throw-away workspace).
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: none recorded.
+    """
+    import shutil
+
+    from flywheel.data.remote import init_workspace, latest_version
+    from flywheel.data.versioning import DataVersionError
+
+    probe = scratch.with_name(scratch.name + "-latest")
+    try:
+        latest = latest_version(remote, init_workspace(probe, remote))
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    if latest is None:
+        raise DataVersionError(
+            f"no data version given, and the DVC remote {remote} records no latest one "
+            "(flywheel/latest.json): pass the version, or push one with `flywheel data track`"
+        )
+    say(f"latest data version {latest.version} (recorded {latest.time} by {latest.who})")
+    return latest.version
+
+
+def materialise_once(
+    params: Params,
+    version: str,
+    workspace: Path,
+    *,
+    local_rank: int,
+    timeout_s: float | None = None,
+) -> Path:
+    """Data version `version` in `workspace`, materialised by local rank 0 only; the dataset folder.
+
+    Rank 0 materialises (from `FLYWHEEL_DVC_REMOTE`, else the default remote of
+    the working directory's DVC project, into the empty `workspace`) and then
+    writes `READY_FILE`; on failure it writes `FAILED_FILE` with the reason and
+    raises. Every other rank waits for one of the two (polling twice a second)
+    and raises the reason, or a timeout naming the folder, after `timeout_s`
+    (default `FLYWHEEL_DATA_WAIT_S`, else 30 minutes). A workspace already
+    READY at this version is used as it is (a restarted job).
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: the data could not be
+            materialised (on every rank), or it did not appear in time.
+    """
+    from flywheel.data.remote import REMOTE_ENV, bare, find_remote, materialise
+    from flywheel.data.versioning import DataVersionError
+
+    version = bare(version)
+    ready, failed = workspace / READY_FILE, workspace / FAILED_FILE
+    dataset_dir = workspace / params.data.dataset_dir
+    if _ready_at(ready, version):
+        return dataset_dir
+    if local_rank == 0:
+        try:
+            # A pod's image holds a .dvc/config of its own: the environment's remote wins.
+            remote = find_remote(None if os.environ.get(REMOTE_ENV) else Path.cwd())
+            materialise(version, workspace, params.data, remote)
+        except Exception as err:
+            workspace.mkdir(parents=True, exist_ok=True)
+            failed.write_text(str(err))
+            raise
+        partial = ready.with_suffix(".partial")
+        partial.write_text(json.dumps({"version": version}))
+        partial.replace(ready)  # atomic: a waiting rank never reads half of it
+        say(f"data version {version} materialised in {workspace}")
+        return dataset_dir
+    limit = timeout_s if timeout_s is not None else _wait_limit()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if failed.is_file():
+            raise DataVersionError(f"local rank 0 could not materialise: {failed.read_text()}")
+        if _ready_at(ready, version):
+            return dataset_dir
+        time.sleep(0.5)
+    raise DataVersionError(
+        f"data version {version} did not appear in {workspace} within {limit:.0f} s "
+        f"(local rank 0 materialises it; raise {WAIT_TIMEOUT_ENV} for a slow remote)"
+    )
+
+
+def _ready_at(ready: Path, version: str) -> bool:
+    try:
+        return bool(json.loads(ready.read_text()).get("version") == version)
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _wait_limit() -> float:
+    raw = os.environ.get(WAIT_TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_WAIT_S
+    except ValueError:
+        return DEFAULT_WAIT_S
