@@ -508,9 +508,15 @@ def test_make_render_writes_every_overlay(rendered: dict[str, list[Doc]], tmp_pa
         assert written == rendered[name]
         for _, _, c in all_containers(written):
             assert not c["image"].startswith("registry.example"), name
-    claims = [d for d in rendered["gpu"] if d["kind"] == "PersistentVolumeClaim"]
+    # The databases' volumes (shared state lives in the object store: no PVC of its own).
+    claims = [
+        t
+        for d in rendered["gpu"]
+        if d["kind"] == "StatefulSet"
+        for t in d["spec"]["volumeClaimTemplates"]
+    ]
     assert claims
-    assert all("storageClassName" not in d["spec"] for d in claims)  # the cluster's default
+    assert all("storageClassName" not in t["spec"] for t in claims)  # the cluster's default
 
 
 def test_make_render_carries_the_image_repository_and_storage_class(tmp_path: Path) -> None:
@@ -539,4 +545,4 @@ def test_make_render_carries_the_image_repository_and_storage_class(tmp_path: Pa
         ]
         assert all(c["storageClassName"] == "standard-rwo" for c in claims), name
         if name in OVERLAYS:
-            assert len(claims) == 3, name  # the state volume, PostgreSQL's, MinIO's
+            assert len(claims) == 2, name  # PostgreSQL's and MinIO's (state is in the bucket)
