@@ -40,6 +40,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from flywheel.registry.errors import ModelNotFoundError, RegistryError, RegistryLockTimeout
+from flywheel.registry.faults import fault_point
 from flywheel.registry.history import resolve_user, utc_now
 from flywheel.registry.journal import (
     Intent,
@@ -230,6 +231,7 @@ def registry_lock(
     """
     client = _client()
     with _held(client, name, strategy, timeout, ttl):
+        fault_point("locked")
         try:
             finished = finish_pending(client, name, _finisher())
         except ModelNotFoundError:
@@ -448,6 +450,8 @@ def unlock(
     back (a hung process, a host that went away with a lease still running).
     Breaking the lock of a live holder lets another transition run beside it:
     the waiting message names the holder so that a person can check first.
+    `auto` breaks both kinds a model can have (the store's file lock, the lock
+    model); then the lock is taken as `registry_lock` would take it.
 
     Raises:
         RegistryError: no reason given, or no such model.
@@ -456,25 +460,27 @@ def unlock(
         raise RegistryError("breaking the registry lock needs a reason (it is recorded)")
     by = resolve_user(who)
     client = _client()
-    strategy, store = _resolve_strategy(strategy)
-    holder: LockHolder | None
-    if strategy == "file":
-        assert store is not None
+    store = local_store_dir(_registry_uri())
+    holders: list[LockHolder] = []
+    if store is not None and strategy in ("auto", "file"):
         path = store / LOCK_FILE_NAME
         info = path.with_name(path.name + HOLDER_SUFFIX)
-        holder = _read_holder_file(info) if info.exists() else None
+        if info.exists():
+            holders.append(_read_holder_file(info))
         # A new lock file is a new lock: a holder still running keeps only the old inode.
         path.unlink(missing_ok=True)
         info.unlink(missing_ok=True)
-    else:
+    if strategy in ("auto", "registry"):
         lock_name = f"{name}{LOCK_SUFFIX}"
-        holder = _holder(client, lock_name)
-        if holder is not None:
+        held = _holder(client, lock_name)
+        if held is not None:
+            holders.append(held)
             try:
                 client.delete_registered_model(lock_name)
             except MlflowException as err:
                 if _error_code(err) != _NOT_FOUND:
                     raise
+    holder = holders[0] if holders else None
     with registry_lock(name, strategy=strategy, timeout=30.0) as finished:
         note = f"broke the lock of {holder.describe()}" if holder else "no lock was held"
         append_log(client, name, LogEntry(new_txid(), "unlock", utc_now(), by, reason, note=note))
