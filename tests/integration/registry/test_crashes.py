@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel import registry
+from flywheel.cli import app
 from flywheel.registry.faults import FAULT_ENV
 from tests.support.processes import subprocess_env
 from tests.support.registry_store import Store, mlflow_server, server_versions, use_registry
@@ -74,7 +75,9 @@ def _killed_at(step: str, uri: str, cwd: Path, *args: str) -> None:
     """Run `flywheel ARGS` as a process that SIGKILLs itself at `step`; it must die there."""
     done = subprocess.run(
         [sys.executable, "-m", "flywheel.cli", *args],
-        env=subprocess_env({"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_USER": "killed", FAULT_ENV: step}),
+        env=subprocess_env(
+            {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_USER": "killed", FAULT_ENV: step}
+        ),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -85,15 +88,9 @@ def _killed_at(step: str, uri: str, cwd: Path, *args: str) -> None:
 
 
 def _cli(*args: str) -> str:
-    result = CliRunner().invoke(registry_app(), list(args), env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def registry_app():  # noqa: ANN201 - the Typer app, imported late (the CLI is the composition root)
-    from flywheel.cli import app
-
-    return app
 
 
 def _check_converged(
