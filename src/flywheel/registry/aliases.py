@@ -20,7 +20,6 @@ from flywheel.registry.blessing import Blessing, _blessing_from_tags
 from flywheel.registry.errors import (
     AliasNotFoundError,
     PromotionRefusedError,
-    RegistryError,
     StaleBlessingError,
     TransitionOvertakenError,
 )
@@ -28,6 +27,7 @@ from flywheel.registry.history import Transition, resolve_user, utc_now
 from flywheel.registry.journal import (
     Intent,
     LogEntry,
+    check_reason,
     last_transition,
     new_txid,
     run_transition,
@@ -103,8 +103,7 @@ def promote(
         RegistryLockTimeout: another transition held the lock too long.
         ConcurrentModificationError: the aliases changed under us without the lock.
     """
-    if not reason.strip():
-        raise RegistryError("a promotion needs a reason (it is recorded on the version)")
+    check_reason(reason, "a promotion")
     by = resolve_user(who)
     version = str(version)
     client = _client()
@@ -272,8 +271,7 @@ def rollback(
         TransitionOvertakenError: another transition moved production while this one waited.
         RegistryLockTimeout, ConcurrentModificationError: as for `promote`.
     """
-    if not reason.strip():
-        raise RegistryError("a rollback needs a reason (it is recorded on the versions)")
+    check_reason(reason, "a rollback")
     by = resolve_user(who)
     client = _client()
     seen = last_transition(_get_model(client, name).tags)

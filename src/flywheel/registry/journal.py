@@ -44,6 +44,15 @@ TAG_LOG = "flywheel.transitions"
 """The registered model's log of finished transitions and unlocks (JSON list, oldest first)."""
 
 
+MODEL_TAG_CHARS = 5000
+"""The longest registered-model tag value every MLflow backend keeps: the column is
+VARCHAR(5000) (SQLite ignores the bound, PostgreSQL and MySQL refuse longer values)."""
+
+
+REASON_CHARS = 500
+"""The longest reason a transition accepts (it is written in the intent several times)."""
+
+
 TRANSITIONS = ("promote", "rollback")
 """The actions that move `production` (an `unlock` is logged but moves nothing)."""
 
@@ -212,21 +221,53 @@ def pending_intent(name: str, tags: Mapping[str, str]) -> Intent | None:
         ) from None
 
 
+def check_reason(reason: str, what: str) -> None:
+    """A transition's reason must be given, and short enough for the intent.
+
+    Raises:
+        RegistryError: empty, or longer than `REASON_CHARS`.
+    """
+    if not reason.strip():
+        raise RegistryError(f"{what} needs a reason (it is recorded)")
+    if len(reason) > REASON_CHARS:
+        raise RegistryError(
+            f"the reason of {what} has {len(reason)} characters, at most {REASON_CHARS} fit "
+            "in the registry: give a short reason and a link to the long story"
+        )
+
+
 def append_log(client: MlflowClient, name: str, entry: LogEntry) -> None:
-    """Append `entry` to the model's log, once (an entry whose id is there is not added again)."""
+    """Append `entry` to the model's log, once (an entry whose id is there is not added again).
+
+    The log keeps the newest entries that fit in one registered-model tag
+    (`MODEL_TAG_CHARS`); every version's own history keeps its transitions in full.
+    """
     entries = read_log(_get_model(client, name).tags)
     if any(e.txid == entry.txid for e in entries):
         return
     kept = [e.__dict__ for e in [*entries, entry]][-HISTORY_LIMIT:]
-    client.set_registered_model_tag(name, TAG_LOG, json.dumps(kept, separators=(",", ":")))
+    text = json.dumps(kept, separators=(",", ":"))
+    while len(text) > MODEL_TAG_CHARS and len(kept) > 1:
+        kept = kept[1:]
+        text = json.dumps(kept, separators=(",", ":"))
+    client.set_registered_model_tag(name, TAG_LOG, text)
 
 
 def run_transition(client: MlflowClient, name: str, intent: Intent) -> None:
     """Write the intent, then its plan, then clear it: the transition, crash-safe.
 
     Must run under the registry lock, after the transition's checks.
+
+    Raises:
+        RegistryError: the plan does not fit in a registered-model tag.
     """
-    client.set_registered_model_tag(name, TAG_PENDING, intent.to_json())
+    plan = intent.to_json()
+    if len(plan) > MODEL_TAG_CHARS:
+        raise RegistryError(
+            f"model {name!r}: the {intent.action} plan needs {len(plan)} characters, more than "
+            f"a registry tag holds ({MODEL_TAG_CHARS}); shorten the reason"
+        )
+    client.set_registered_model_tag(name, TAG_PENDING, plan)
     fault_point("intent")
     _complete(client, name, intent, note="")
 

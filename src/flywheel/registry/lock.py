@@ -46,6 +46,7 @@ from flywheel.registry.journal import (
     Intent,
     LogEntry,
     append_log,
+    check_reason,
     finish_pending,
     new_txid,
     pending_intent,
@@ -456,8 +457,7 @@ def unlock(
     Raises:
         RegistryError: no reason given, or no such model.
     """
-    if not reason.strip():
-        raise RegistryError("breaking the registry lock needs a reason (it is recorded)")
+    check_reason(reason, "breaking the registry lock")
     by = resolve_user(who)
     client = _client()
     store = local_store_dir(_registry_uri())
