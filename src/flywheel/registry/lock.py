@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -141,7 +141,7 @@ class LockHolder:
 
     def renewed(self, ttl: float) -> LockHolder:
         """The same holding with a fresh lease."""
-        return LockHolder(**{**asdict(self), "expires": time.time() + ttl})
+        return replace(self, expires=time.time() + ttl)
 
     def is_dead(self) -> bool:
         """True when the holder ran on this host and its process is gone (or is another now)."""
@@ -336,7 +336,8 @@ class _RegistryMutex:
         delay = 0.02
         told: str | None = None
         while True:
-            self.holder = self.holder.renewed(self.ttl)
+            now = time.time()
+            self.holder = replace(self.holder, since=now, expires=now + self.ttl)
             try:
                 self.client.create_registered_model(
                     self.lock_name,
