@@ -144,7 +144,7 @@ def test_a_holder_on_this_host_is_dead_once_its_process_is_gone() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         now = time.time()
-        from flywheel.registry.lock import _process_start
+        from flywheel.registry.holder import _process_start
 
         holder = LockHolder(
             "o", "ann", socket.gethostname(), child.pid, _process_start(child.pid), now, now + 60

@@ -57,7 +57,8 @@ or `MLFLOW_TRACKING_URI`).
 The parts: `versions` (register, look up, list), `blessing` (the gates'
 verdict on a version), `aliases` (promote, rollback), `history` (the recorded
 transitions), `journal` (crash-safe transitions: intent, replay, the model's
-log), `lock` (the registry lock, `unlock`, `recover`), `faults` (the crash
+log), `lock` (the registry lock, `unlock`, `recover`), `holder` (who holds
+it, alive or not), `faults` (the crash
 tests' kill points), `store` (MLflow reads with clear errors), `errors`.
 """
 
