@@ -58,8 +58,8 @@ The parts: `versions` (register, look up, list), `blessing` (the gates'
 verdict on a version), `aliases` (promote, rollback), `history` (the recorded
 transitions), `journal` (crash-safe transitions: intent, replay, the model's
 log), `lock` (the registry lock, `unlock`, `recover`), `holder` (who holds
-it, alive or not), `faults` (the crash
-tests' kill points), `store` (MLflow reads with clear errors), `errors`.
+it, alive or not), `faults` (the crash tests' kill points), `store` (MLflow
+reads with clear errors), `errors`.
 """
 
 from __future__ import annotations
