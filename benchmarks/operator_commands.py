@@ -80,7 +80,12 @@ def _timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 def _import_seconds(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(all imports, MLflow's) in seconds, from `-X importtime` (top-level entries only)."""
+    """(all imports, MLflow's) in seconds, from one `-X importtime` run.
+
+    MLflow's share is every module imported under an `mlflow` module (its own
+    and what it pulls in: pandas, SQLAlchemy, FastAPI, …), wherever it was
+    first imported from.
+    """
     done = subprocess.run(
         [args[0], "-X", "importtime", *args[1:]],
         env=env,
@@ -90,14 +95,20 @@ def _import_seconds(args: list[str], env: dict[str, str], cwd: Path) -> tuple[fl
         text=True,
         timeout=300,
     )
-    total = mlflow = 0
+    entries = []
     for line in done.stderr.splitlines():
-        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
-        if match is None or match.group(2).startswith(" "):
-            continue  # the header, or a nested import (counted in its parent)
-        total += int(match.group(1))
-        if match.group(2).strip().split(".")[0] == "mlflow":
-            mlflow += int(match.group(1))
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \| ( *)(\S+)$", line)
+        if match is not None:
+            entries.append((int(match.group(1)), len(match.group(2)), match.group(3)))
+    total = mlflow = 0
+    stack: list[tuple[int, bool]] = []  # (depth, inside mlflow), parents first
+    for own, depth, module in reversed(entries):  # reversed post-order: parents first
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        inside = (stack[-1][1] if stack else False) or module.split(".")[0] == "mlflow"
+        stack.append((depth, inside))
+        total += own
+        mlflow += own if inside else 0
     return total / 1e6, mlflow / 1e6
 
 
