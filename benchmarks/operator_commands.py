@@ -9,7 +9,7 @@ over `--repeat` runs, the ratio of the median to the baseline's median, and,
 from one `python -X importtime` run of each command, the seconds spent
 importing (all of it, and MLflow's share).
 
-    .venv/bin/python benchmarks/operator_commands.py             # ~1 min on 2 idle cores
+    .venv/bin/python benchmarks/operator_commands.py --repeat 3  # 4 min at load 8 on 2 cores
     .venv/bin/python benchmarks/operator_commands.py --repeat 9
 """
 
