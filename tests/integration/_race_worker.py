@@ -25,7 +25,9 @@ def promote_each_round(
 ) -> None:
     """Promote `plan[round][index]` as soon as the barrier opens; report each outcome.
 
-    Outcomes: `ok`, `stale` (the other worker won the round), or `error: ...`.
+    Outcomes: `ok`, `stale` (the other worker won the round: its promote either
+    finished before this one read the registry, so the blessing is stale, or
+    while this one waited for the lock, so it was overtaken), or `error: ...`.
     """
     os.environ["MLFLOW_TRACKING_URI"] = uri
     for round_, pair in enumerate(plan):
@@ -42,7 +44,7 @@ def promote_each_round(
                 lock=strategy,
             )
             outcome = "ok"
-        except registry.StaleBlessingError:
+        except (registry.StaleBlessingError, registry.TransitionOvertakenError):
             outcome = "stale"
         except Exception as err:  # reported to the parent, which fails the test
             outcome = f"error: {err!r}"

@@ -5,19 +5,25 @@ that read a tiny hand-made dataset exactly, each broken on chosen strata, so
 every accuracy (overall and per slice) is known in advance. Here: the shape of
 that dataset, the evaluation config with its gates, the store's handle, and
 the registry-only helpers (several versions of one model, hand-made blessings,
-the aliases as a plain mapping).
+the aliases as a plain mapping), and a real `mlflow server` for the tests that
+need a tracking server (its registry lock is a lease, not an OS lock).
 """
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from flywheel import registry
 from flywheel.config import EvaluateConfig, GatesConfig
 from flywheel.registry import Blessing, GateResult
+from tests.support.processes import BIN, free_port, stop, subprocess_env, wait_until_up
 
 CLASSES = ("0", "1", "2")
 LEVELS = (40, 128, 215)  # pixel value of each class
@@ -74,3 +80,66 @@ def register_versions(store: Store, name: str, n: int) -> list[str]:
 def aliases(name: str) -> dict[str, str]:
     """The registered model's aliases, alias → version."""
     return {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend under `root`), stopped after the block.
+
+    Yields:
+        Its URL, for `MLFLOW_TRACKING_URI`.
+    """
+    port = free_port()
+    log = root / "mlflow-server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root}/server.db",
+                "--default-artifact-root",
+                (root / "server-artifacts").as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=root,
+            env=subprocess_env({}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(process, f"{url}/health", log, timeout=180)
+        yield url
+    finally:
+        stop(process)
+
+
+def server_versions(name: str, n: int) -> list[str]:
+    """`n` versions of a new model on a tracking server, without runs (the registry needs none).
+
+    The first becomes `candidate` as `registry.register` would do; the others have no alias.
+    """
+    client = MlflowClient()
+    client.create_registered_model(name)
+    versions = [
+        str(client.create_model_version(name, f"s3://flywheel-tests/{name}/{i}").version)
+        for i in range(n)
+    ]
+    client.set_registered_model_alias(name, "candidate", versions[-1])
+    return versions
+
+
+def use_registry(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
+    """Point this process's MLflow at `uri` for one test (undone by the monkeypatch)."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FLYWHEEL_USER", "tester")
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)

@@ -1,15 +1,19 @@
-"""The registry: promote a blessed version, roll back, list the versions."""
+"""The registry: promote a blessed version, roll back, list the versions, break a lock.
+
+Operator commands, run during incidents: each imports only what it uses
+(`flywheel.registry` and MLflow's client inside the command; `rich.table` only
+for `models`), measured by `benchmarks/operator_commands.py`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from flywheel.cli.console import console, exit_on, refuse_on
+from flywheel.cli.console import console, err_console, exit_on, refuse_on
 from flywheel.cli.options import (
     ModelOpt,
     ParamsOpt,
@@ -19,7 +23,29 @@ from flywheel.cli.options import (
     registered_model,
 )
 
+if TYPE_CHECKING:
+    from flywheel.registry import Intent
+
 commands = typer.Typer()
+lock_commands = typer.Typer(help="The registry's lock: break one left by a process that is gone.")
+
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Go on even if another transition moved production while this one waited "
+        "for the registry lock (that transition is undone).",
+    ),
+]
+
+
+def _say_finished(intent: Intent | None) -> None:
+    """Tell the operator that a transition killed half-way was finished first."""
+    if intent is not None:
+        err_console.print(
+            f"finished an interrupted {escape(intent.action)} first (its process, "
+            f"{escape(intent.process)}, died half-way): {escape(intent.describe())}"
+        )
 
 
 @commands.command()
@@ -30,11 +56,14 @@ def promote(
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Point 'production' at a blessed version; the replaced one becomes 'previous'.
 
     Refuses (exit 1) a version the gates did not bless, naming the failed gates,
-    or one blessed against a champion that is no longer in production.
+    one blessed against a champion that is no longer in production, or (unless
+    --force) a promote that another transition overtook while it waited.
+    A promote killed half-way is finished by the next registry command.
     """
     from flywheel.registry import PromotionRefusedError, RegistryError
     from flywheel.registry import promote as promote_version
@@ -43,8 +72,15 @@ def promote(
     configure_tracking()
     name = registered_model(model, params, set_)
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
-        change = promote_version(name, version, reason=reason, who=who)
+        change = promote_version(name, version, reason=reason, who=who, force=force)
+    _say_finished(change.finished)
     if not change.changed:
+        if change.finished is not None and change.finished.production == version:
+            console.print(
+                f"{name}: production → version [bold]{version}[/bold]"
+                f" (previous: {change.previous or 'none'}); the interrupted promote is finished"
+            )
+            return
         console.print(f"{name} version {version} already is production; nothing changed")
         return
     console.print(
@@ -60,10 +96,13 @@ def rollback(
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Swap 'production' and 'previous': serve the version production replaced.
 
-    A second rollback undoes the first.
+    A second rollback undoes the first. A rollback killed half-way is finished
+    by the next one, which then stops (it does not roll back twice). Refuses
+    (exit 1, unless --force) to undo a transition made while it waited.
     """
     from flywheel.registry import PromotionRefusedError, RegistryError
     from flywheel.registry import rollback as rollback_model
@@ -72,7 +111,15 @@ def rollback(
     configure_tracking()
     name = registered_model(model, params, set_)
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
-        change = rollback_model(name, reason=reason, who=who)
+        change = rollback_model(name, reason=reason, who=who, force=force)
+    _say_finished(change.finished)
+    if not change.changed:
+        console.print(
+            f"{name}: production → version [bold]{change.production}[/bold]"
+            f" (previous: {change.previous}); the interrupted rollback is finished, "
+            "nothing else changed"
+        )
+        return
     console.print(
         f"{name}: production → version [bold]{change.production}[/bold]"
         f" (previous: {change.previous})"
@@ -85,13 +132,19 @@ def models(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """List the versions of the registered model: aliases, verdict, accuracy, lineage."""
-    from flywheel.registry import RegistryError, list_versions
+    """List the versions of the registered model: aliases, verdict, accuracy, lineage.
+
+    A transition killed half-way is finished first (and said so).
+    """
+    from rich.table import Table
+
+    from flywheel.registry import RegistryError, list_versions, recover
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
     name = registered_model(model, params, set_)
     with exit_on(RegistryError):
+        _say_finished(recover(name))
         versions = list_versions(name)
     table = Table(title=f"registered model {name}")
     for column in (
@@ -125,3 +178,31 @@ def models(
             else "-",
         )
     console.print(table)
+
+
+@lock_commands.command()
+def unlock(
+    reason: ReasonOpt,
+    model: ModelOpt = None,
+    who: WhoOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Break the registry lock of the model (recorded, with the reason, in the model's log).
+
+    For a lock whose holder is gone for good; the waiting message names the
+    holder: check it is not running first. A transition it left half-done is
+    then finished.
+    """
+    from flywheel.registry import RegistryError
+    from flywheel.registry import unlock as break_lock
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    name = registered_model(model, params)
+    with exit_on(RegistryError):
+        done = break_lock(name, reason=reason, who=who)
+    if done.holder is None:
+        console.print(f"{name}: the registry lock was not held; recorded anyway")
+    else:
+        console.print(f"{name}: broke the registry lock of {escape(done.holder.describe())}")
+    _say_finished(done.finished)

@@ -31,6 +31,7 @@ app.add_typer(demo.commands)  # demo
 app.add_typer(data.commands, name="data")
 app.add_typer(loop.label_commands, name="label")
 app.add_typer(pipeline.commands, name="pipeline")
+app.add_typer(registry.lock_commands, name="registry")  # registry unlock
 
 
 @app.callback()

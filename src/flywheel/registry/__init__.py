@@ -33,20 +33,33 @@ read-modify-write of the aliases runs under `registry_lock`:
   database (`filelock`; released by the OS if the process dies);
 * a tracking server uses a registered model named `<name>.promotion-lock` as a
   mutex: creating a registered model is atomic in MLflow's database (a name is
-  unique), so exactly one process succeeds; the others wait. The lock records its
-  owner and an expiry; a waiter breaks an expired lock (a crashed holder) by
-  renaming it away — also atomic, so only one waiter breaks a given lock.
+  unique), so exactly one process succeeds; the others wait. The lock records
+  its holder (user, host, PID, since) and a lease of seconds that a background
+  thread renews while the holder runs; a waiter breaks it at once when the
+  holder ran on its host and its PID is gone, otherwise when the lease has
+  expired — by renaming it away, atomic too, so only one waiter breaks a given
+  lock. `flywheel registry unlock --reason` breaks any lock, recorded.
   After writing, every transition reads the aliases back and raises
   `ConcurrentModificationError` if they are not what it wrote (someone changed
   them without the lock, e.g. by hand in the MLflow UI).
+
+Crashes: a promote or rollback writes its whole plan (who, why, from, to, the
+aliases and records) on the registered model before its first write
+(`journal`); whoever takes the lock next finishes a plan whose writer died, so
+`kill -9` at any point leaves a registry that the next command puts right, with
+every transition in the history. A transition that waited for the lock while
+another one moved `production` refuses to undo it (`TransitionOvertakenError`)
+unless forced.
 
 The registry is MLflow's configured one (`flywheel.tracking.configure_tracking`
 or `MLFLOW_TRACKING_URI`).
 
 The parts: `versions` (register, look up, list), `blessing` (the gates'
 verdict on a version), `aliases` (promote, rollback), `history` (the recorded
-transitions), `lock` (the registry lock), `store` (MLflow reads with clear
-errors), `errors`.
+transitions), `journal` (crash-safe transitions: intent, replay, the model's
+log), `lock` (the registry lock, `unlock`, `recover`), `holder` (who holds
+it, alive or not), `faults` (the crash tests' kill points), `store` (MLflow
+reads with clear errors), `errors`.
 """
 
 from __future__ import annotations
@@ -69,6 +82,7 @@ from flywheel.registry.errors import (
     RegistryError,
     RegistryLockTimeout,
     StaleBlessingError,
+    TransitionOvertakenError,
     VersionNotFoundError,
 )
 from flywheel.registry.history import (
@@ -81,12 +95,25 @@ from flywheel.registry.history import (
     resolve_user,
     utc_now,
 )
+from flywheel.registry.journal import (
+    TAG_LOG,
+    TAG_PENDING,
+    Intent,
+    LogEntry,
+    pending_intent,
+    read_log,
+)
 from flywheel.registry.lock import (
+    LEASE_S,
     LOCK_FILE_NAME,
     LOCK_SUFFIX,
+    LockHolder,
     LockStrategy,
+    Unlocked,
     lock_path_for,
+    recover,
     registry_lock,
+    unlock,
 )
 from flywheel.registry.store import (
     ALIAS_CANDIDATE,
@@ -113,6 +140,7 @@ __all__ = [
     "ALIAS_PRODUCTION",
     "ALIAS_STAGING",
     "HISTORY_LIMIT",
+    "LEASE_S",
     "LOCK_FILE_NAME",
     "LOCK_SUFFIX",
     "NO_ROLE",
@@ -121,6 +149,8 @@ __all__ = [
     "TAG_BLESSING",
     "TAG_EVAL_ACCURACY",
     "TAG_HISTORY",
+    "TAG_LOG",
+    "TAG_PENDING",
     "TAG_TRANSITION",
     "USER_ENV",
     "AliasChange",
@@ -128,29 +158,38 @@ __all__ = [
     "Blessing",
     "ConcurrentModificationError",
     "GateResult",
+    "Intent",
+    "LockHolder",
     "LockStrategy",
+    "LogEntry",
     "ModelNotFoundError",
     "PromotionRefusedError",
     "RegistryError",
     "RegistryLockTimeout",
     "StaleBlessingError",
     "Transition",
+    "TransitionOvertakenError",
+    "Unlocked",
     "VersionNotFoundError",
     "VersionSummary",
     "get_version",
     "list_versions",
     "lock_path_for",
     "model_uri",
+    "pending_intent",
     "promote",
     "read_blessing",
     "read_history",
+    "read_log",
     "record_blessing",
+    "recover",
     "register",
     "registry_lock",
     "resolve_user",
     "role_of",
     "rollback",
     "run_lineage",
+    "unlock",
     "utc_now",
     "version_for_alias",
 ]

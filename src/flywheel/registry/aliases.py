@@ -3,6 +3,12 @@
 `promote` refuses a version that is not blessed, or blessed against a champion
 that is no longer `production`; `rollback` swaps `production` and `previous`, so
 a second rollback undoes the first (see `flywheel.registry`).
+
+Both are crash-safe transitions (`flywheel.registry.journal`): the plan is
+written before the first alias write and finished by the next command if the
+process dies. Both refuse to undo a transition that another process made while
+they waited for the lock (`TransitionOvertakenError`), unless forced: the
+operator decided on a registry that is no longer there.
 """
 
 from __future__ import annotations
@@ -10,31 +16,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mlflow import MlflowClient
-
 from flywheel.registry.blessing import Blessing, _blessing_from_tags
 from flywheel.registry.errors import (
     AliasNotFoundError,
     PromotionRefusedError,
-    RegistryError,
     StaleBlessingError,
+    TransitionOvertakenError,
 )
-from flywheel.registry.history import (
-    Transition,
-    _record,
-    _record_alias_lost,
-    resolve_user,
-    utc_now,
+from flywheel.registry.history import Transition, resolve_user, utc_now
+from flywheel.registry.journal import (
+    Intent,
+    LogEntry,
+    check_reason,
+    last_transition,
+    new_txid,
+    run_transition,
+    this_process,
 )
 from flywheel.registry.lock import LockStrategy, registry_lock
 from flywheel.registry.store import (
     ALIAS_PREVIOUS,
     ALIAS_PRODUCTION,
+    _aliases_in,
     _aliases_of,
     _client,
-    _get_aliases,
+    _get_model,
     _get_version,
-    _verify_aliases,
     role_of,
 )
 
@@ -47,8 +54,11 @@ class AliasChange:
         model_name: the registered model.
         production: the version in production afterwards.
         previous: the version kept as `previous` afterwards (None if none).
-        changed: False when nothing had to change (the version already was production).
+        changed: False when this call changed nothing itself (the version already
+            was production, or it only finished the same transition left half-done).
         transition: the record written on the version now in production.
+        finished: a transition a killed process left half-done, finished by this
+            call before anything else (None if there was none).
     """
 
     model_name: str
@@ -56,6 +66,7 @@ class AliasChange:
     previous: str | None
     changed: bool
     transition: Transition | None = None
+    finished: Intent | None = None
 
 
 def promote(
@@ -66,10 +77,12 @@ def promote(
     who: str | None = None,
     lock: LockStrategy = "auto",
     lock_timeout: float = 60.0,
+    force: bool = False,
 ) -> AliasChange:
     """Move `production` to a blessed version; the replaced version becomes `previous`.
 
-    Idempotent: promoting the version already in production changes nothing.
+    Idempotent: promoting the version already in production changes nothing; a
+    promote of the same version that was killed half-way is finished (`finished`).
 
     Args:
         name: the registered model.
@@ -78,65 +91,129 @@ def promote(
         who: who (recorded; default `resolve_user()`).
         lock: the `registry_lock` strategy.
         lock_timeout: seconds to wait for a concurrent transition.
+        force: promote even if another transition moved `production` while this
+            one waited for the lock (the blessing must still be against the new
+            production).
 
     Raises:
         ModelNotFoundError, VersionNotFoundError: no such model or version.
         PromotionRefusedError: never evaluated, or not blessed (`failed_gates` names the gates).
         StaleBlessingError: blessed against a champion that is no longer production.
+        TransitionOvertakenError: another transition moved production while this one waited.
         RegistryLockTimeout: another transition held the lock too long.
         ConcurrentModificationError: the aliases changed under us without the lock.
     """
-    if not reason.strip():
-        raise RegistryError("a promotion needs a reason (it is recorded on the version)")
+    check_reason(reason, "a promotion")
     by = resolve_user(who)
     version = str(version)
     client = _client()
-    with registry_lock(name, strategy=lock, timeout=lock_timeout):
+    seen = last_transition(_get_model(client, name).tags)
+    with registry_lock(name, strategy=lock, timeout=lock_timeout) as finished:
         candidate = _get_version(client, name, version)
-        aliases = _get_aliases(client, name)
+        model = _get_model(client, name)
+        aliases = _aliases_in(model)
         current = aliases.get(ALIAS_PRODUCTION)
         if current == version:
-            return AliasChange(name, version, aliases.get(ALIAS_PREVIOUS), changed=False)
+            return AliasChange(
+                name, version, aliases.get(ALIAS_PREVIOUS), changed=False, finished=finished
+            )
+        _refuse_if_overtaken(name, "promote", seen, model.tags, force)
         blessing = _promotable_blessing(name, version, candidate.tags, current)
         old_previous = aliases.get(ALIAS_PREVIOUS)
-        _set_production(client, name, version, current)
-
-        at = utc_now()
-        before = _aliases_of(aliases, version)
+        txid, at = new_txid(), utc_now()
         transition = Transition(
             at,
             "promote",
-            role_of(before),
+            role_of(_aliases_of(aliases, version)),
             ALIAS_PRODUCTION,
             by,
             f"{reason} (replaces {current or 'nothing'})",
             blessing.summary(),
+            txid,
         )
-        _record(client, name, version, transition)
+        records = [(version, transition)]
         if current is not None:
-            _record(
-                client,
-                name,
-                current,
-                Transition(
-                    at,
-                    "demote",
-                    ALIAS_PRODUCTION,
-                    ALIAS_PREVIOUS,
-                    by,
-                    f"{reason} (replaced by {version})",
-                ),
+            records.append(
+                (
+                    current,
+                    Transition(
+                        at,
+                        "demote",
+                        ALIAS_PRODUCTION,
+                        ALIAS_PREVIOUS,
+                        by,
+                        f"{reason} (replaced by {version})",
+                        txid=txid,
+                    ),
+                )
             )
         if old_previous is not None and old_previous not in (version, current):
-            _record_alias_lost(
-                client,
-                name,
-                old_previous,
-                aliases,
-                ALIAS_PREVIOUS,
-                Transition(at, "retire", "", "", by, f"{current} is the new previous version"),
+            before = _aliases_of(aliases, old_previous)
+            after = [a for a in before if a != ALIAS_PREVIOUS]
+            records.append(
+                (
+                    old_previous,
+                    Transition(
+                        at,
+                        "retire",
+                        role_of(before),
+                        role_of(after),
+                        by,
+                        f"{current} is the new previous version",
+                        txid=txid,
+                    ),
+                )
             )
-    return AliasChange(name, version, current, changed=True, transition=transition)
+        run_transition(
+            client,
+            name,
+            Intent(
+                txid,
+                "promote",
+                version,
+                current,
+                by,
+                reason,
+                at,
+                this_process(by),
+                _new_aliases(version, current),
+                tuple(records),
+            ),
+        )
+    return AliasChange(
+        name, version, current, changed=True, transition=transition, finished=finished
+    )
+
+
+def _new_aliases(production: str, previous: str | None) -> dict[str, str]:
+    """The aliases a transition writes, `previous` first.
+
+    `previous` first: a crash in between leaves both aliases on the old
+    production version, never a version that fell out of both (and the intent
+    finishes the transition anyway).
+    """
+    if previous is None:
+        return {ALIAS_PRODUCTION: production}
+    return {ALIAS_PREVIOUS: previous, ALIAS_PRODUCTION: production}
+
+
+def _refuse_if_overtaken(
+    name: str, action: str, seen: LogEntry | None, tags: Mapping[str, str], force: bool
+) -> None:
+    """Refuse when a transition finished between this command's first read and the lock.
+
+    Such a transition was made (or finished after a crash) while this command
+    waited: going on would undo it, which the operator did not see or decide.
+    """
+    latest = last_transition(tags)
+    if force or latest is None or latest == seen:
+        return
+    raise TransitionOvertakenError(
+        f"model {name!r}: while this {action} waited for the registry lock, another transition "
+        f"was made: {latest.describe()}; production is now version {latest.production}. "
+        f"Look at `flywheel models`, then run the {action} again, or add --force to go on anyway",
+        overtaken_by=latest.txid,
+    )
 
 
 def _promotable_blessing(
@@ -175,24 +252,36 @@ def rollback(
     who: str | None = None,
     lock: LockStrategy = "auto",
     lock_timeout: float = 60.0,
+    force: bool = False,
 ) -> AliasChange:
     """Swap `production` and `previous`: serve the version production replaced.
 
     The rolled-back version becomes `previous`, so a second rollback undoes the
-    first (see the module docstring).
+    first (see the module docstring). A rollback killed half-way is finished by
+    the next one, which then stops (`finished`): it does not roll back twice.
+
+    Args:
+        force: roll back even if another transition moved production while
+            this one waited for the lock (that transition is what gets undone).
 
     Raises:
         ModelNotFoundError: no such model.
         AliasNotFoundError: no `production` or no `previous` version.
         PromotionRefusedError: `previous` is not blessed (set by hand?).
+        TransitionOvertakenError: another transition moved production while this one waited.
         RegistryLockTimeout, ConcurrentModificationError: as for `promote`.
     """
-    if not reason.strip():
-        raise RegistryError("a rollback needs a reason (it is recorded on the versions)")
+    check_reason(reason, "a rollback")
     by = resolve_user(who)
     client = _client()
-    with registry_lock(name, strategy=lock, timeout=lock_timeout):
-        aliases = _get_aliases(client, name)
+    seen = last_transition(_get_model(client, name).tags)
+    with registry_lock(name, strategy=lock, timeout=lock_timeout) as finished:
+        if finished is not None and finished.action == "rollback":
+            return AliasChange(
+                name, finished.production, finished.replaces, changed=False, finished=finished
+            )
+        model = _get_model(client, name)
+        aliases = _aliases_in(model)
         current = aliases.get(ALIAS_PRODUCTION)
         if current is None:
             raise AliasNotFoundError(
@@ -204,6 +293,12 @@ def rollback(
                 f"model {name!r} has no 'previous' version to roll back to (production is "
                 f"version {current}); promote a blessed version instead"
             )
+        if target == current:
+            raise AliasNotFoundError(
+                f"model {name!r}: 'previous' and 'production' are both version {current} "
+                "(set by hand?); promote a blessed version instead"
+            )
+        _refuse_if_overtaken(name, "rollback", seen, model.tags, force)
         blessing = _blessing_from_tags(_get_version(client, name, target).tags)
         if blessing is None or not blessing.blessed:
             raise PromotionRefusedError(
@@ -211,8 +306,7 @@ def rollback(
                 f"({blessing.summary() if blessing else 'never evaluated'}); refusing to serve it",
                 failed_gates=blessing.failed_gates if blessing else (),
             )
-        _set_production(client, name, target, current)
-        at = utc_now()
+        txid, at = new_txid(), utc_now()
         transition = Transition(
             at,
             "rollback",
@@ -221,36 +315,33 @@ def rollback(
             by,
             f"{reason} (rolled back from {current})",
             blessing.summary(),
+            txid,
         )
-        _record(client, name, target, transition)
-        _record(
+        demoted = Transition(
+            at,
+            "rollback",
+            ALIAS_PRODUCTION,
+            ALIAS_PREVIOUS,
+            by,
+            f"{reason} (production back to {target})",
+            txid=txid,
+        )
+        run_transition(
             client,
             name,
-            current,
-            Transition(
-                at,
+            Intent(
+                txid,
                 "rollback",
-                ALIAS_PRODUCTION,
-                ALIAS_PREVIOUS,
+                target,
+                current,
                 by,
-                f"{reason} (production back to {target})",
+                reason,
+                at,
+                this_process(by),
+                _new_aliases(target, current),
+                ((target, transition), (current, demoted)),
             ),
         )
-    return AliasChange(name, target, current, changed=True, transition=transition)
-
-
-def _set_production(client: MlflowClient, name: str, version: str, current: str | None) -> None:
-    """Point `production` at `version` and `previous` at `current` (unless None), then check.
-
-    `previous` first: a crash in between leaves both aliases on the old
-    production version, never a version that fell out of both.
-
-    Raises:
-        ConcurrentModificationError: the aliases do not read back as written.
-    """
-    expected = {ALIAS_PRODUCTION: version}
-    if current is not None:
-        client.set_registered_model_alias(name, ALIAS_PREVIOUS, current)
-        expected[ALIAS_PREVIOUS] = current
-    client.set_registered_model_alias(name, ALIAS_PRODUCTION, version)
-    _verify_aliases(client, name, expected)
+    return AliasChange(
+        name, target, current, changed=True, transition=transition, finished=finished
+    )

@@ -43,3 +43,18 @@ class RegistryLockTimeout(RegistryError):
 
 class ConcurrentModificationError(RegistryError):
     """The aliases changed under a transition (someone bypassed the registry lock)."""
+
+
+class TransitionOvertakenError(PromotionRefusedError):
+    """Another transition moved `production` while this one waited for the registry lock.
+
+    Going on would undo it; the operator decided on a registry that is no longer
+    there. Forcing (`--force`) goes on anyway.
+
+    Attributes:
+        overtaken_by: the id of the transition that came first (the model's log has it).
+    """
+
+    def __init__(self, message: str, overtaken_by: str) -> None:
+        super().__init__(message)
+        self.overtaken_by = overtaken_by

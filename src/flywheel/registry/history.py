@@ -52,6 +52,8 @@ class Transition:
         by: who asked for it.
         reason: why.
         gates: blessing summary at the time (empty if not applicable).
+        txid: the registry transition (`flywheel.registry.journal`) that wrote it, so a
+            transition finished after a crash records each entry once (empty for others).
     """
 
     at: str
@@ -61,10 +63,11 @@ class Transition:
     by: str
     reason: str
     gates: str = ""
+    txid: str = ""
 
     def compact(self) -> dict[str, str]:
         """Short keys for the history tag."""
-        return {
+        out = {
             "at": self.at,
             "action": self.action,
             "from": self.from_role,
@@ -73,6 +76,9 @@ class Transition:
             "reason": self.reason,
             "gates": self.gates,
         }
+        if self.txid:
+            out["id"] = self.txid
+        return out
 
     @classmethod
     def from_compact(cls, raw: Mapping[str, str]) -> Transition:
@@ -85,6 +91,7 @@ class Transition:
             by=raw.get("by", ""),
             reason=raw.get("reason", ""),
             gates=raw.get("gates", ""),
+            txid=raw.get("id", ""),
         )
 
 
@@ -117,9 +124,22 @@ def _read_history(tags: Mapping[str, str]) -> list[Transition]:
 
 
 def _record(client: MlflowClient, name: str, version: str, transition: Transition) -> None:
-    """Write `transition` as the version's latest-transition tags and append it to its history."""
+    """Write `transition` as the version's latest-transition tags and append it to its history.
+
+    A transition with a `txid` already in the history is not appended again (a
+    transition finished after a crash replays its records); the history tag is
+    written last, so a record killed half-way is written in full by the replay.
+    """
+    from flywheel.registry.faults import fault_point
+
     current = _get_version(client, name, version)
-    history = [t.compact() for t in _read_history(current.tags)]
+    recorded = _read_history(current.tags)
+    if transition.txid and any(
+        (t.txid, t.action, t.to_role) == (transition.txid, transition.action, transition.to_role)
+        for t in recorded
+    ):
+        return
+    history = [t.compact() for t in recorded]
     history = [*history, transition.compact()][-HISTORY_LIMIT:]
     tags = {
         f"{TAG_TRANSITION}.at": transition.at,
@@ -131,8 +151,10 @@ def _record(client: MlflowClient, name: str, version: str, transition: Transitio
         f"{TAG_TRANSITION}.gates": transition.gates,
         TAG_HISTORY: json.dumps(history, separators=(",", ":")),
     }
-    for key, value in tags.items():
+    for i, (key, value) in enumerate(tags.items()):
         client.set_model_version_tag(name, version, key, value)
+        if i == 0 and transition.txid:
+            fault_point(f"record:{transition.action}:{transition.to_role}:partial")
 
 
 def _record_alias_lost(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from flywheel.registry.errors import (
@@ -66,8 +66,17 @@ def _error_code(err: MlflowException) -> str:
 
 def _get_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """alias → version of a registered model."""
+    return _aliases_in(_get_model(client, name))
+
+
+def _aliases_in(model: RegisteredModel) -> dict[str, str]:
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def _get_model(client: MlflowClient, name: str) -> RegisteredModel:
+    """The registered model (aliases, tags), or `ModelNotFoundError` saying what to do."""
     try:
-        model = client.get_registered_model(name)
+        return client.get_registered_model(name)
     except MlflowException as err:
         if _error_code(err) == _NOT_FOUND:
             raise ModelNotFoundError(
@@ -75,7 +84,6 @@ def _get_aliases(client: MlflowClient, name: str) -> dict[str, str]:
                 "register a trained model first (`flywheel evaluate --run-id RUN`)"
             ) from None
         raise
-    return {alias: str(version) for alias, version in model.aliases.items()}
 
 
 def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
