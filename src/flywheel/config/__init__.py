@@ -40,6 +40,7 @@ from flywheel.config.loop import (
     SimulateConfig,
     UIConfig,
 )
+from flywheel.config.pages import DEFAULT_VOCABULARY, PageNoise, PagePlan, PageStrata
 from flywheel.config.params import Params, load_params, parse_params
 from flywheel.config.serving import PredictionLogConfig, ServeConfig
 from flywheel.config.training import (
@@ -67,6 +68,7 @@ __all__ = [
     "ConfigError",
     "CurateConfig",
     "CurationStrategy",
+    "DEFAULT_VOCABULARY",
     "DataPlan",
     "DriftSignal",
     "DriftTest",
@@ -79,6 +81,9 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "NoiseStrength",
+    "PageNoise",
+    "PagePlan",
+    "PageStrata",
     "Params",
     "Placement",
     "PredictionLogConfig",
