@@ -68,7 +68,7 @@ def _default_shares() -> dict[SourcePool, float]:
 
 
 DIGIT_ONLY_KEYS: tuple[str, ...] = ("classes", "strata", "noise")
-"""Keys of a digits plan that mean nothing to a page plan (`pages:` set): refused beside it."""
+"""Keys of a digits plan that mean nothing to a page plan (`pages:` set): set beside it, refused."""
 
 
 class DataPlan(FrozenConfig):
@@ -114,7 +114,13 @@ class DataPlan(FrozenConfig):
     @model_validator(mode="after")
     def _one_kind(self) -> DataPlan:
         if self.pages is not None:
-            mixed = sorted(set(DIGIT_ONLY_KEYS) & self.model_fields_set)
+            # Defaults pass: a dumped page plan (model_dump, as pipelines pass params) holds them.
+            fields = type(self).model_fields
+            mixed = [
+                key
+                for key in DIGIT_ONLY_KEYS
+                if getattr(self, key) != fields[key].get_default(call_default_factory=True)
+            ]
             if mixed:
                 raise ValueError(
                     f"a page plan (data.pages) takes no digits keys {mixed}: its strata, "
