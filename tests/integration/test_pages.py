@@ -65,7 +65,7 @@ def test_plan_is_met_and_every_label_format_agrees(collected: Path) -> None:
         lines = (collected / LABELS_DIR / f"{row.image_id}.txt").read_text().splitlines()
         assert len(lines) == row.n_boxes
         for line, region in zip(lines, boxes[row.image_id], strict=True):
-            _, cx, cy, w, h = (float(v) for v in line.split())
+            _, cx, _, _, h = (float(v) for v in line.split())
             assert cx * row.width == pytest.approx(region.x + region.w / 2, abs=1e-3)
             assert h * row.height == pytest.approx(region.h, abs=1e-3)
         assert sha256_file(collected / row.path) == row.sha256
@@ -91,7 +91,8 @@ def test_no_source_glyph_reaches_two_splits(collected: Path) -> None:
     for glyphs, split in zip(manifest["glyphs"], manifest["split"], strict=True):
         for glyph in glyphs.split():
             owners.setdefault(glyph, set()).add(split)
-    assert owners and all(len(splits) == 1 for splits in owners.values())
+    assert owners
+    assert all(len(splits) == 1 for splits in owners.values())
     assert any(g.startswith("sklearn_digits:") for g in owners)
     assert any(g.startswith("writer:") for g in owners)
     assert any(g.startswith("mathtext:") for g in owners)
@@ -106,7 +107,8 @@ def test_same_seed_same_bytes(collected: Path, tmp_path: Path) -> None:
 def test_the_gate_passes_the_collected_pages(collected: Path, tmp_path: Path) -> None:
     report = _validate(collected, tmp_path)
     assert report.success, report.failures
-    assert report.data_docs is not None and report.data_docs.is_file()
+    assert report.data_docs is not None
+    assert report.data_docs.is_file()
 
 
 def _edit_annotation(dataset: Path, **changes: object) -> str:
@@ -193,7 +195,8 @@ def test_the_gate_catches_yolo_labels_that_disagree(dataset: Path, tmp_path: Pat
     report = _validate(dataset, tmp_path)
 
     failed = report.failure("expect_column_values_to_be_in_set", "labels_status")
-    assert failed is not None and [o.key for o in failed.offenders] == [label.stem]
+    assert failed is not None
+    assert [o.key for o in failed.offenders] == [label.stem]
 
 
 def test_ensure_tracks_pages_in_their_own_pointer(tmp_path: Path) -> None:

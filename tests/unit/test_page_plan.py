@@ -30,11 +30,13 @@ def test_page_plan_file_loads_and_digits_plan_is_untouched() -> None:
     pages = load_params(ROOT / "plans" / "pages.yaml")
     digits = load_params(ROOT / "params.yaml")
 
-    assert pages.data.pages is not None and pages.data.is_pages
+    assert pages.data.pages is not None
+    assert pages.data.is_pages
     assert pages.data.pages.strata.level == ("elementary", "middle", "high")
     assert pages.data.generator == "flywheel.demo.pages:collect_pages"
     assert str(pages.data.root) == "data-pages"
-    assert digits.data.pages is None and not digits.data.is_pages
+    assert digits.data.pages is None
+    assert not digits.data.is_pages
 
 
 def test_page_plan_round_trips_through_its_dump() -> None:

@@ -56,6 +56,7 @@ from flywheel.config.training import (
 )
 
 __all__ = [
+    "DEFAULT_VOCABULARY",
     "HOLDOUT_SPLIT",
     "MANIFEST_SPLITS",
     "PRODUCTION_SOURCE",
@@ -68,7 +69,6 @@ __all__ = [
     "ConfigError",
     "CurateConfig",
     "CurationStrategy",
-    "DEFAULT_VOCABULARY",
     "DataPlan",
     "DriftSignal",
     "DriftTest",

@@ -222,7 +222,7 @@ def coco_document(manifest: pd.DataFrame, regions: Iterable[Region]) -> dict[str
         }
         for row in manifest.itertuples(index=False)
     ]
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for r in sorted(regions, key=lambda r: (ids.get(r.image_id, 0), r.region)):
         if r.image_id not in ids:
             raise PageDataError(f"region {r.crop_id}: page {r.image_id!r} is not in the manifest")
@@ -420,7 +420,7 @@ def load_boxes(dataset_dir: str | Path) -> dict[str, list[Region]]:
         boxes[str(image["name"])] = []
     for ann in doc["annotations"]:
         try:
-            x, y, w, h = (int(round(float(v))) for v in ann["bbox"])
+            x, y, w, h = (round(float(v)) for v in ann["bbox"])
             region = Region(
                 image_id=names[int(ann["image_id"])],
                 region=int(ann["region"]),
@@ -439,4 +439,3 @@ def load_boxes(dataset_dir: str | Path) -> dict[str, list[Region]]:
     for regions in boxes.values():
         regions.sort(key=lambda r: r.region)
     return boxes
-

@@ -81,8 +81,10 @@ def page_strata(frame: pd.DataFrame) -> pd.Series:
     if not set(STRATA_COLUMNS) <= set(frame.columns):
         return pd.Series(None, index=frame.index, dtype=object)
     parts = [frame[c].astype("string") for c in STRATA_COLUMNS]
-    return (parts[0] + "/" + parts[1] + "/" + parts[2]).astype(object).where(
-        pd.concat(parts, axis=1).notna().all(axis=1)
+    return (
+        (parts[0] + "/" + parts[1] + "/" + parts[2])
+        .astype(object)
+        .where(pd.concat(parts, axis=1).notna().all(axis=1))
     )
 
 
@@ -165,12 +167,7 @@ def box_frame(manifest: pd.DataFrame, coco: dict[str, Any], vocabulary: set[str]
     for k, ann in enumerate(coco["annotations"]):
         image = images.get(ann.get("image_id"), {})
         name = str(image.get("name", f"image {ann.get('image_id')!r}"))
-        bbox = ann.get("bbox")
-        x, y, w, h = (
-            (float(v) for v in bbox)
-            if isinstance(bbox, list) and len(bbox) == 4
-            else (np.nan,) * 4
-        )
+        x, y, w, h = _bbox(ann.get("bbox"))
         width, height = image.get("width", np.nan), image.get("height", np.nan)
         latex = ann.get("latex")
         tokens = tokenize(latex) if isinstance(latex, str) else []
@@ -199,6 +196,17 @@ def box_frame(manifest: pd.DataFrame, coco: dict[str, Any], vocabulary: set[str]
             iou = pairwise_iou(group[["x", "y", "w", "h"]].fillna(0).to_numpy())
             frame.loc[group.index, "max_iou"] = iou.max(axis=1).round(6)
     return frame[list(BOX_COLUMNS)]
+
+
+def _bbox(value: object) -> tuple[float, float, float, float]:
+    """A COCO `bbox` as four floats; NaNs when it is not a list of four numbers (area fails)."""
+    try:
+        if isinstance(value, list) and len(value) == 4:
+            x, y, w, h = (float(v) for v in value)
+            return x, y, w, h
+    except (TypeError, ValueError):
+        pass
+    return (np.nan,) * 4
 
 
 def _min_counts(plan: DataPlan, need_per_page: int) -> list[tuple[str, int]]:

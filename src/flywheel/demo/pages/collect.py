@@ -21,6 +21,7 @@ It follows the digits collector's order of work (`flywheel.demo.collect`):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ def cut(items: Sequence[object], shares: dict[str, float], rng: np.random.Genera
     order = rng.permutation(n)
     cumulative = np.cumsum([shares[pool] for pool in SOURCE_POOLS])
     bounds = [0, *(math.floor(c * n + 0.5) for c in cumulative[:-1]), n]
-    return [[items[i] for i in sorted(order[lo:hi].tolist())] for lo, hi in zip(bounds, bounds[1:])]
+    return [
+        [items[i] for i in sorted(order[lo:hi].tolist())] for lo, hi in itertools.pairwise(bounds)
+    ]
 
 
 def assign_pools(plan: DataPlan, pages: PagePlan, targets: np.ndarray) -> dict[str, Pools]:

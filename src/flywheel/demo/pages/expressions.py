@@ -116,7 +116,9 @@ def expression(level: str, rng: np.random.Generator) -> str:
     try:
         return GENERATORS[level](rng)
     except KeyError:
-        raise CollectError(f"unknown content level {level!r}; the collector writes {LEVELS}") from None
+        raise CollectError(
+            f"unknown content level {level!r}; the collector writes {LEVELS}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- structure

@@ -64,7 +64,11 @@ def _layout(
             return None
         if x + w > right and line_height:
             top += line_height + round(gap_y * size * rng.uniform(0.8, 1.3))
-            x, line_height, line = margin + int(rng.integers(0, round(0.12 * size) + 1)), 0, line + 1
+            x, line_height, line = (
+                margin + int(rng.integers(0, round(0.12 * size) + 1)),
+                0,
+                line + 1,
+            )
         y = top + int(rng.integers(0, round(0.25 * h) + 1))
         placed.append((x, y, line))
         line_height = max(line_height, y - top + h)

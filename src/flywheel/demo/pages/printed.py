@@ -10,9 +10,9 @@ any source glyph, so a split's printed pages use font sets no other split uses.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 from matplotlib.font_manager import FontProperties
 from matplotlib.mathtext import MathTextParser
+from PIL import Image
 
 from flywheel.demo.render import CollectError
 
