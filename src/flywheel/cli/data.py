@@ -19,6 +19,14 @@ commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_
 
 RepoOpt = Annotated[Path, typer.Option(help="Repository root holding data.dvc.")]
 PushOpt = Annotated[bool, typer.Option(help="Push the new version to the default remote.")]
+PlanOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        "-p",
+        help="The params.yaml whose data plan names the data root (default: data/).",
+    ),
+]
 
 
 @commands.command("collect")
@@ -30,16 +38,22 @@ def data_collect(
 
     Handwritten glyphs come from scikit-learn's bundled digits, printed ones are
     rendered with bundled fonts; noise is applied as each stratum says. Writes
-    data/<name>/images/ and data/<name>/manifest.csv.
+    data/<name>/images/ and data/<name>/manifest.csv. A page plan (data.pages,
+    e.g. plans/pages.yaml) gets formula pages with COCO, YOLO and crop labels
+    (layout: flywheel.data.pages).
     """
     from flywheel.data.files import DatasetWriteError
-    from flywheel.demo.collect import collect_dataset
 
     p = read_params(params, set_)
+    if p.data.pages is not None:
+        from flywheel.demo.pages import collect_pages as collect
+    else:
+        from flywheel.demo.collect import collect_dataset as collect
     with exit_on(DatasetWriteError):  # CollectError is one
-        manifest = collect_dataset(p.data)
+        manifest = collect(p.data)
+    what = "pages" if p.data.pages is not None else "images"
     console.print(
-        f"collected [bold]{len(manifest)}[/bold] images into {p.data.dataset_dir}/ "
+        f"collected [bold]{len(manifest)}[/bold] {what} into {p.data.dataset_dir}/ "
         f"(seed {p.data.seed})"
     )
     _print_counts(manifest)
@@ -74,12 +88,14 @@ def data_import(
 @commands.command("version")
 def data_version_cmd(
     repo: RepoOpt = Path("."),
+    params: PlanOpt = None,
 ) -> None:
-    """Print the data version: the DVC hash of data/ recorded in data.dvc."""
+    """Print the data version: the DVC hash of the data root recorded in its .dvc file."""
     from flywheel.data.versioning import DataVersionError, data_version
 
+    plan = read_params(params).data if params is not None else None
     with exit_on(DataVersionError):
-        console.print(data_version(repo))
+        console.print(data_version(repo, plan))
 
 
 @commands.command("ensure")
@@ -93,25 +109,37 @@ def data_ensure(
     p = read_params(params)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo)
-    console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
+    console.print(
+        f"{p.data.root.as_posix()}/ is at version [bold]{version}[/bold] ({how}); "
+        "`dvc status` is clean"
+    )
 
 
 @commands.command("track")
 def data_track(
     repo: RepoOpt = Path("."),
     push: PushOpt = True,
+    params: PlanOpt = None,
 ) -> None:
-    """Record data/ as a new version (`dvc add data`) and push it; prints the new hash."""
-    from flywheel.data.versioning import track_dataset
+    """Record the data root (data/) as a new version (`dvc add`) and push it; prints the hash."""
+    from flywheel.data.versioning import dvc_file, track_dataset
 
-    version = track_dataset(repo, push=push)
-    console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
+    plan = read_params(params).data if params is not None else None
+    version = track_dataset(repo, plan, push=push)
+    console.print(
+        f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
+    )
 
 
 def _print_counts(manifest: pd.DataFrame) -> None:
     from flywheel.data.manifest import stratum
+    from flywheel.data.pages import STRATA_COLUMNS
 
-    counts = manifest.assign(stratum=stratum(manifest)).pivot_table(
+    if set(STRATA_COLUMNS) <= set(manifest.columns):  # a page manifest
+        strata = manifest[list(STRATA_COLUMNS)].astype(str).agg("/".join, axis=1)
+    else:
+        strata = stratum(manifest)
+    counts = manifest.assign(stratum=strata).pivot_table(
         index="stratum", columns="split", values="image_id", aggfunc="count", fill_value=0
     )
     table = Table(title="images per stratum and split")
