@@ -29,16 +29,22 @@ def data_collect(
 
     Handwritten glyphs come from scikit-learn's bundled digits, printed ones are
     rendered with bundled fonts; noise is applied as each stratum says. Writes
-    data/<name>/images/ and data/<name>/manifest.csv.
+    data/<name>/images/ and data/<name>/manifest.csv. A page plan (data.pages,
+    e.g. plans/pages.yaml) gets formula pages with COCO, YOLO and crop labels
+    (layout: flywheel.data.pages).
     """
     from flywheel.data.files import DatasetWriteError
-    from flywheel.demo.collect import collect_dataset
 
     p = read_params(params, set_)
+    if p.data.pages is not None:
+        from flywheel.demo.pages import collect_pages as collect
+    else:
+        from flywheel.demo.collect import collect_dataset as collect
     with exit_on(DatasetWriteError):  # CollectError is one
-        manifest = collect_dataset(p.data)
+        manifest = collect(p.data)
+    what = "pages" if p.data.pages is not None else "images"
     console.print(
-        f"collected [bold]{len(manifest)}[/bold] images into {p.data.dataset_dir}/ "
+        f"collected [bold]{len(manifest)}[/bold] {what} into {p.data.dataset_dir}/ "
         f"(seed {p.data.seed})"
     )
     _print_counts(manifest)
@@ -96,7 +102,7 @@ def data_version_cmd(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Print the data version: the DVC hash of the plan's data root recorded in <root>.dvc."""
+    """Print the data version: the DVC hash of the plan's data root recorded in its .dvc file."""
     from flywheel.data.versioning import DataVersionError, data_version
 
     plan = read_params(params, set_).data if params.is_file() or set_ else None
@@ -129,7 +135,10 @@ def data_ensure(
     p = read_params(params, set_)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo, regenerate=regenerate)
-    console.print(f"data/ is at version [bold]{version}[/bold] ({how}); `dvc status` is clean")
+    console.print(
+        f"{p.data.root.as_posix()}/ is at version [bold]{version}[/bold] ({how}); "
+        "`dvc status` is clean"
+    )
 
 
 @commands.command("checkout")
@@ -176,11 +185,13 @@ def data_track(
     set_: SetOpt = None,
 ) -> None:
     """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
-    from flywheel.data.versioning import track_dataset
+    from flywheel.data.versioning import dvc_file, track_dataset
 
     plan = read_params(params, set_).data if params.is_file() or set_ else None
     version = track_dataset(repo, plan, push=push)
-    console.print(f"data version [bold]{version}[/bold]; commit data.dvc to share it")
+    console.print(
+        f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
+    )
 
 
 def _only(values: tuple[str, ...]) -> str:
@@ -190,8 +201,13 @@ def _only(values: tuple[str, ...]) -> str:
 
 def _print_counts(manifest: pd.DataFrame) -> None:
     from flywheel.data.manifest import stratum
+    from flywheel.data.pages import STRATA_COLUMNS
 
-    counts = manifest.assign(stratum=stratum(manifest)).pivot_table(
+    if set(STRATA_COLUMNS) <= set(manifest.columns):  # a page manifest
+        strata = manifest[list(STRATA_COLUMNS)].astype(str).agg("/".join, axis=1)
+    else:
+        strata = stratum(manifest)
+    counts = manifest.assign(stratum=strata).pivot_table(
         index="stratum", columns="split", values="image_id", aggfunc="count", fill_value=0
     )
     table = Table(title="images per stratum and split")

@@ -41,6 +41,7 @@ from flywheel.config.loop import (
     SimulateConfig,
     UIConfig,
 )
+from flywheel.config.pages import DEFAULT_VOCABULARY, PageNoise, PagePlan, PageStrata
 from flywheel.config.params import Params, load_params, parse_params
 from flywheel.config.serving import PredictionLogConfig, ServeConfig
 from flywheel.config.state import StateConfig
@@ -57,6 +58,7 @@ from flywheel.config.training import (
 )
 
 __all__ = [
+    "DEFAULT_VOCABULARY",
     "HOLDOUT_SPLIT",
     "MANIFEST_SPLITS",
     "PRODUCTION_SOURCE",
@@ -82,6 +84,9 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "NoiseStrength",
+    "PageNoise",
+    "PagePlan",
+    "PageStrata",
     "Params",
     "Placement",
     "PredictionLogConfig",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from flywheel.config.base import FrozenConfig, distinct_names
+from flywheel.config.pages import PagePlan
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Dataset splits, in order. `production` is a source pool, never a dataset split."""
@@ -73,8 +74,18 @@ def _default_shares() -> dict[SourcePool, float]:
     return {"train": 0.6, "val": 0.15, "test": 0.15, "production": 0.1}
 
 
+DIGIT_ONLY_KEYS: tuple[str, ...] = ("classes", "strata", "noise")
+"""Keys of a digits plan that mean nothing to a page plan (`pages:` set): set beside it, refused."""
+
+
 class DataPlan(FrozenConfig):
-    """The dataset specification derived from the service requirements."""
+    """The dataset specification derived from the service requirements.
+
+    Two kinds of plan share this model: the digits plan (classes, style × noise
+    strata), and the page plan, whose `pages` section describes formula pages
+    (`flywheel.config.pages`); `per_stratum` then counts pages and `image_size`
+    is the page side. Code that handles one kind only checks `pages`.
+    """
 
     root: Path = Path("data")
     name: str = "digits"
@@ -89,6 +100,7 @@ class DataPlan(FrozenConfig):
     # the pixel value that is white (16 for scikit-learn's digits); None = the file's bit depth
     white_level: int | None = Field(None, ge=1, le=65535)
     generator: str | None = None  # package.module:function(plan, root) that regenerates data/
+    pages: PagePlan | None = None  # set: a formula-page plan (flywheel.config.pages)
 
     @field_validator("classes")
     @classmethod
@@ -113,6 +125,28 @@ class DataPlan(FrozenConfig):
         if any(v <= 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
             raise ValueError("shares must be positive and sum to 1")
         return shares
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DataPlan:
+        if self.pages is not None:
+            # Defaults pass: a dumped page plan (model_dump, as pipelines pass params) holds them.
+            fields = type(self).model_fields
+            mixed = [
+                key
+                for key in DIGIT_ONLY_KEYS
+                if getattr(self, key) != fields[key].get_default(call_default_factory=True)
+            ]
+            if mixed:
+                raise ValueError(
+                    f"a page plan (data.pages) takes no digits keys {mixed}: its strata, "
+                    "vocabulary and noise live under data.pages"
+                )
+        return self
+
+    @property
+    def is_pages(self) -> bool:
+        """True for a formula-page plan (`data.pages` is set)."""
+        return self.pages is not None
 
     @property
     def dataset_dir(self) -> Path:

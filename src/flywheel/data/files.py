@@ -37,19 +37,26 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 @contextlib.contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
+def staged_dir(
+    target: Path, entries: frozenset[str] = frozenset({MANIFEST_NAME, IMAGES_DIR})
+) -> Iterator[Path]:
     """An empty hidden sibling of `target` to fill; on success it replaces `target` whole.
 
     On an exception (or a kill) `target` is left as it was; leftovers of a
     killed run (`.<name>.partial-*`, `.<name>.old-*`) are removed by the next
     run. Two runs writing the same target at once are not supported.
 
+    Args:
+        target: the dataset folder to replace.
+        entries: the names a folder of this kind holds (a page dataset has more
+            than `manifest.csv` and `images/`); anything else makes it not ours.
+
     Raises:
         DatasetWriteError: `target` exists and is not a folder of only
-            `manifest.csv` and `images/` (it is never deleted then).
+            `entries`, with a `manifest.csv` (it is never deleted then).
     """
     target = Path(target)
-    _check_replaceable(target)
+    _check_replaceable(target, entries)
     target.parent.mkdir(parents=True, exist_ok=True)
     for leftover in [
         *target.parent.glob(f".{target.name}.partial-*"),
@@ -70,7 +77,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
 
 
-def _check_replaceable(target: Path) -> None:
+def _check_replaceable(target: Path, allowed: frozenset[str]) -> None:
     """Refuse to replace anything but an empty folder or one written by flywheel."""
     if not target.exists():
         return
@@ -79,7 +86,7 @@ def _check_replaceable(target: Path) -> None:
     entries = sorted(p.name for p in target.iterdir())
     if not entries:
         return
-    unexpected = [e for e in entries if e not in {MANIFEST_NAME, IMAGES_DIR}]
+    unexpected = [e for e in entries if e not in allowed]
     if unexpected or MANIFEST_NAME not in entries:
         what = f"holds {unexpected[:10]}" if unexpected else f"has no {MANIFEST_NAME}"
         raise DatasetWriteError(

@@ -30,6 +30,8 @@ def validate_dataset(
 ) -> ValidationReport:
     """Validate a dataset folder against the contract derived from `params`.
 
+    A page plan (`data.pages`) is validated by `flywheel.validation.pages`.
+
     Reads `manifest.csv`, checks the image files (optional), adds the derived
     columns, runs the suite from `build_suite` through a Checkpoint in a
     file-backed GX context and writes Data Docs.
@@ -49,6 +51,17 @@ def validate_dataset(
         ManifestError: there is no readable `manifest.csv` in `dataset_dir`.
         ValidationSetupError: the GX context folder cannot be used.
     """
+    if params.data.pages is not None:  # a page plan: its own tables and suites
+        from flywheel.validation.pages import validate_pages
+
+        return validate_pages(
+            dataset_dir,
+            params,
+            check_files=check_files,
+            context_dir=context_dir,
+            workers=workers,
+            progress=progress,
+        )
     started = time.perf_counter()
     dataset_dir = Path(dataset_dir)
     plan, cfg = params.data, params.validation

@@ -130,13 +130,20 @@ def _error_message(exception_info: Any) -> str | None:
     return "; ".join(sorted(messages)) or None
 
 
-def failure_of(er: ExpectationValidationResult, max_rows: int, columns: Iterable[str]) -> Failure:
+def failure_of(
+    er: ExpectationValidationResult,
+    max_rows: int,
+    columns: Iterable[str],
+    *,
+    index_column: str = INDEX_COLUMN,
+) -> Failure:
     """Summarise one failed GX result: the rule, what was observed, the first offenders.
 
     Args:
         er: the failed result.
         max_rows: offending rows to keep.
         columns: the validated frame's columns (to explain errors on a missing one).
+        index_column: the column that names a row (a page table's `box_id`, say).
     """
     config = er.expectation_config
     assert config is not None  # a result from a suite run always carries its configuration
@@ -153,7 +160,7 @@ def failure_of(er: ExpectationValidationResult, max_rows: int, columns: Iterable
     if "unexpected_count" in result:  # a row-level (column map) rule
         rows = result.get("partial_unexpected_index_list") or []
         offenders = tuple(
-            Offender(key=str(row.get(INDEX_COLUMN)), value=_plain(row.get(column)))
+            Offender(key=str(row.get(index_column)), value=_plain(row.get(column)))
             for row in rows[:max_rows]
             if isinstance(row, dict)
         )
@@ -169,6 +176,7 @@ def failure_of(er: ExpectationValidationResult, max_rows: int, columns: Iterable
             rule=rule,
             observed=f"{count} of {result.get('element_count')} rows",
             unexpected_count=count,
+            key_name=index_column,
             offenders=offenders,
             error=error,
         )
