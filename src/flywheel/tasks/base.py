@@ -260,8 +260,9 @@ class Task(ABC):
     """One kind of vision problem: data, model, loss, metrics, and the serving transforms.
 
     Args:
-        classes: class names, in logit order.
-        image_size: side of the square input images.
+        classes: class names, in logit order (a detector's categories, a
+            recogniser's token vocabulary); at least one, all distinct.
+        image_size: side of the square input images (a recogniser's crop height).
     """
 
     name: ClassVar[str]
@@ -277,8 +278,8 @@ class Task(ABC):
     """Evaluation metric name → how reports and tables title it (default: the name)."""
 
     def __init__(self, classes: Sequence[str], image_size: int) -> None:
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ValueError(f"needs at least 2 distinct classes, got {list(classes)}")
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"needs distinct classes, got {list(classes)}")
         self.classes: tuple[str, ...] = tuple(classes)
         self.image_size = image_size
 

@@ -207,6 +207,8 @@ class ClassificationTask(Task):
     def __init__(
         self, classes: Sequence[str], image_size: int, label_smoothing: float = 0.0
     ) -> None:
+        if len(classes) < 2:
+            raise ValueError(f"needs at least 2 distinct classes, got {list(classes)}")
         super().__init__(classes, image_size)
         self.label_smoothing = label_smoothing
 
