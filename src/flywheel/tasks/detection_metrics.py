@@ -74,7 +74,9 @@ def detection_metrics(predictions: np.ndarray, targets: np.ndarray) -> SplitMetr
         raise MetricsError(f"{len(predictions)} predictions for {len(targets)} targets")
     if len(targets) == 0:
         raise MetricsError("nothing to evaluate: no images")
-    images, truths, detections = [], [], []
+    images: list[dict[str, Any]] = []
+    truths: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     for i, (predicted, true) in enumerate(zip(predictions, targets, strict=True)):
         image_id = i + 1
         images.append({"id": image_id, "width": COCO_SCALE, "height": COCO_SCALE})

@@ -60,12 +60,11 @@ class GridDetector(nn.Module):
             layers += [_conv(c_in, c_out, 2), _conv(c_out, c_out, 1)]
             c_in = c_out
         self.backbone = nn.Sequential(*layers)
-        self.head = nn.Sequential(_conv(c_in, c_in, 1), nn.Conv2d(c_in, len(CELL_FIELDS), 1))
-        self.embed = nn.Linear(c_in, embedding_dim)
+        out = nn.Conv2d(c_in, len(CELL_FIELDS), 1)
         with torch.no_grad():  # start from "almost no cell holds an object" (YOLOv5's prior)
-            bias = self.head[-1].bias
-            assert bias is not None
-            bias[0] = -4.0
+            nn.init.constant_(out.bias[:1], -4.0)  # type: ignore[index]
+        self.head = nn.Sequential(_conv(c_in, c_in, 1), out)
+        self.embed = nn.Linear(c_in, embedding_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.standardize:
