@@ -55,10 +55,13 @@ def _write_dataset(folder: Path, labels: list[str], split: str = "train", size: 
 # --------------------------------------------------------------------------- registry
 
 
-def test_get_task_knows_classification_and_names_the_known_ones() -> None:
+def test_get_task_knows_the_tasks_and_names_the_known_ones() -> None:
     assert get_task("classification") is ClassificationTask
-    with pytest.raises(ValueError, match=r"unknown task 'detection'; known: \['classification'\]"):
-        get_task("detection")
+    with pytest.raises(
+        ValueError,
+        match=r"unknown task 'seg'; known: \['classification', 'detection', 'recognition'\]",
+    ):
+        get_task("seg")
 
 
 def test_from_params_and_metadata_round_trip() -> None:

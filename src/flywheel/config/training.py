@@ -31,6 +31,7 @@ class AugmentConfig(FrozenConfig):
     translate: float = Field(0.08, ge=0, le=0.5)  # shift in [-t, t] of the side (random crop)
     scale: float = Field(0.08, ge=0, lt=1)  # zoom in [1 - s, 1 + s]
     noise_std: float = Field(0.02, ge=0, le=1)  # Gaussian pixel noise
+    hflip: float = Field(0.0, ge=0, le=1)  # probability of a left-right mirror (off for digits)
 
 
 class TrainConfig(FrozenConfig):

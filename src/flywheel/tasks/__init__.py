@@ -19,9 +19,13 @@ from flywheel.tasks.base import (
     Task,
 )
 from flywheel.tasks.classification import ClassificationTask
+from flywheel.tasks.detection import DetectionTask
+from flywheel.tasks.recognition import RecognitionTask
 
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.name: ClassificationTask,
+    DetectionTask.name: DetectionTask,
+    RecognitionTask.name: RecognitionTask,
 }
 """Task name (`train.task` in params.yaml, `task` in a logged model's metadata) → class."""
 

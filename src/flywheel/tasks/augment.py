@@ -30,10 +30,11 @@ def random_affine_matrices(
 
     Each matrix maps output coordinates to input coordinates (normalised to
     [-1, 1]): a rotation by up to `rotate_degrees`, a zoom in `1 ± scale` and a
-    shift of up to `translate` of the side (a random crop-and-pad). A detection
-    task applies the inverse to its boxes.
+    shift of up to `translate` of the side (a random crop-and-pad), mirrored
+    left-right with probability `hflip`. A detection task applies the inverse
+    to its boxes (`flywheel.tasks.boxes.warp_boxes`).
     """
-    if cfg.rotate_degrees == 0 and cfg.translate == 0 and cfg.scale == 0:
+    if cfg.rotate_degrees == 0 and cfg.translate == 0 and cfg.scale == 0 and cfg.hflip == 0:
         return None
     angle = _uniform(batch, -cfg.rotate_degrees, cfg.rotate_degrees, generator) * (math.pi / 180)
     zoom = _uniform(batch, 1 - cfg.scale, 1 + cfg.scale, generator)
@@ -46,6 +47,10 @@ def random_affine_matrices(
         ],
         dim=1,
     )  # (B, 2, 3)
+    if cfg.hflip > 0:  # drawn only when asked, so other settings keep their random stream
+        mirror = torch.rand(batch, generator=generator) < cfg.hflip  # (B,)
+        sign = torch.where(mirror, -1.0, 1.0)  # output x → -x before the rest of the map
+        theta = torch.cat([theta[:, :, :1] * sign.view(batch, 1, 1), theta[:, :, 1:]], dim=2)
     return theta
 
 

@@ -261,8 +261,9 @@ class Task(ABC):
     """One kind of vision problem: data, model, loss, metrics, and the serving transforms.
 
     Args:
-        classes: class names, in logit order.
-        image_size: side of the square input images.
+        classes: class names, in logit order (a detector's categories, a
+            recogniser's token vocabulary); at least one, all distinct.
+        image_size: side of the square input images (a recogniser's crop height).
         channels: 1 (grey) or 3 (RGB).
         preprocessing: how an image file becomes the model's input; default:
             `image_size` and `channels`, LANCZOS, white at the file's bit depth.
@@ -288,8 +289,8 @@ class Task(ABC):
         *,
         preprocessing: Preprocessing | None = None,
     ) -> None:
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ValueError(f"needs at least 2 distinct classes, got {list(classes)}")
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"needs distinct classes, got {list(classes)}")
         self.classes: tuple[str, ...] = tuple(classes)
         self.preprocessing = preprocessing or Preprocessing(image_size, channels)
         if (self.preprocessing.size, self.preprocessing.channels) != (image_size, channels):

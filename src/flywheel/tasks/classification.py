@@ -217,6 +217,8 @@ class ClassificationTask(Task):
         preprocessing: Preprocessing | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
+        if len(classes) < 2:
+            raise ValueError(f"needs at least 2 distinct classes, got {list(classes)}")
         super().__init__(classes, image_size, channels, preprocessing=preprocessing)
         self.label_smoothing = label_smoothing
 

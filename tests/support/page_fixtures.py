@@ -1,0 +1,162 @@
+"""A hand-drawn page dataset in the formula-page layout (flywheel.data.pages), for the task tests.
+
+`write_pages` writes a page dataset folder: `manifest.csv` (one row per page:
+image_id, path, split, sha256, level, writing, noise, width, height, n_boxes),
+`annotations.json` (COCO, one category `formula`, a `latex` per box) and YOLO
+label files `labels/<image_id>.txt`. Each page holds a few formulas, each the
+LaTeX source drawn as text with Pillow's built-in font, at random places
+that do not overlap. `write_crops` cuts the true boxes into a crops folder
+(`manifest.csv`: crop_id, page_id, path, split, latex, the strata). Both are
+deterministic from a seed. The real collector is the page plan's; this is
+only enough data for tests to learn from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+EXPRESSIONS: tuple[str, ...] = (
+    "12+7=19",
+    "8\\times3",
+    "x^{2}+3x",
+    "(a+b)^{2}",
+    "\\frac{1}{2}",
+    "\\sqrt{x}",
+)
+LEVELS = ("elementary", "middle", "high")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One drawn page: its manifest row and its boxes `[x, y, w, h]` with their LaTeX."""
+
+    row: dict[str, object]
+    boxes: list[tuple[list[int], str]]
+
+
+def _draw_page(
+    rng: np.random.Generator, size: int, boxes_per_page: int, font: ImageFont.ImageFont
+) -> tuple[Image.Image, list[tuple[list[int], str]]]:
+    image = Image.new("L", (size, size), color=int(rng.integers(215, 250)))
+    draw = ImageDraw.Draw(image)
+    placed: list[tuple[list[int], str]] = []
+    for _ in range(50 * boxes_per_page):
+        if len(placed) == boxes_per_page:
+            break
+        latex = EXPRESSIONS[int(rng.integers(len(EXPRESSIONS)))]
+        left, top, right, bottom = draw.textbbox((0, 0), latex, font=font)
+        w, h = right - left + 6, bottom - top + 6
+        x, y = int(rng.integers(2, size - w - 2)), int(rng.integers(2, size - h - 2))
+        if any(
+            x < bx + bw + 4 and bx < x + w + 4 and y < by + bh + 4 and by < y + h + 4
+            for (bx, by, bw, bh), _ in placed
+        ):
+            continue
+        draw.text((x + 3 - left, y + 3 - top), latex, fill=int(rng.integers(0, 60)), font=font)
+        placed.append(([x, y, w, h], latex))
+    return image, placed
+
+
+def write_pages(
+    root: Path,
+    splits: dict[str, int],
+    *,
+    size: int = 128,
+    boxes_per_page: int = 2,
+    font_size: int = 12,
+    seed: int = 0,
+) -> list[Page]:
+    """Draw pages into `root` in the page dataset layout; the pages, in order.
+
+    Args:
+        root: the dataset folder (created).
+        splits: pages per split, e.g. `{"train": 16, "val": 4, "test": 4}`.
+        size: page side in pixels.
+        boxes_per_page: formulas per page.
+        font_size: of Pillow's built-in font.
+        seed: everything is drawn from it.
+    """
+    rng = np.random.default_rng(seed)
+    font = ImageFont.load_default(size=font_size)
+    (root / "pages").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+    pages: list[Page] = []
+    coco: dict[str, list[dict[str, object]]] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "formula"}],
+    }
+    for split, count in splits.items():
+        for _ in range(count):
+            index = len(pages)
+            image_id = f"page-{index:04d}"
+            image, boxes = _draw_page(rng, size, boxes_per_page, font)
+            rel = f"pages/{image_id}.png"
+            image.save(root / rel)
+            yolo = [
+                f"0 {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}"
+                for (x, y, w, h), _ in boxes
+            ]
+            (root / "labels" / f"{image_id}.txt").write_text("\n".join(yolo) + "\n")
+            coco["images"].append(
+                {"id": index + 1, "file_name": rel, "width": size, "height": size}
+            )
+            for box, latex in boxes:
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": index + 1,
+                        "bbox": box,
+                        "area": box[2] * box[3],
+                        "category_id": 1,
+                        "iscrowd": 0,
+                        "latex": latex,
+                    }
+                )
+            row = {
+                "image_id": image_id,
+                "path": rel,
+                "split": split,
+                "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest(),
+                "level": LEVELS[index % len(LEVELS)],
+                "writing": "printed",
+                "noise": "clean" if index % 2 == 0 else "shadow",
+                "width": size,
+                "height": size,
+                "n_boxes": len(boxes),
+            }
+            pages.append(Page(row, boxes))
+    pd.DataFrame([p.row for p in pages]).to_csv(root / "manifest.csv", index=False)
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return pages
+
+
+def write_crops(pages_root: Path, pages: list[Page], root: Path) -> Path:
+    """Cut every true box of `pages` (drawn into `pages_root`) into a crops folder at `root`."""
+    (root / "crops").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for page in pages:
+        with Image.open(pages_root / str(page.row["path"])) as image:
+            for k, ((x, y, w, h), latex) in enumerate(page.boxes):
+                crop_id = f"{page.row['image_id']}-{k}"
+                rel = f"crops/{crop_id}.png"
+                image.crop((x, y, x + w, y + h)).save(root / rel)
+                rows.append(
+                    {
+                        "crop_id": crop_id,
+                        "page_id": page.row["image_id"],
+                        "path": rel,
+                        "split": page.row["split"],
+                        "latex": latex,
+                        **{k: page.row[k] for k in ("level", "writing", "noise")},
+                    }
+                )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
