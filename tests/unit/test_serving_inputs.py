@@ -190,7 +190,7 @@ def test_multipart_parts_are_read_from_the_headers() -> None:
             ("note", "a text field"),
         ]
     )
-    assert multipart_parts(body, content_type) == [
+    assert multipart_parts(body, content_type, 100) == [
         MultipartPart("images", "a.png"),
         MultipartPart("images", "b.jpg"),
         MultipartPart("note", None),
@@ -212,6 +212,6 @@ def test_multipart_parts_are_read_from_the_headers() -> None:
 )
 def test_malformed_multipart_is_a_400(body: bytes, content_type: str, message: str) -> None:
     with pytest.raises(RequestError) as caught:
-        multipart_parts(body, content_type)
+        multipart_parts(body, content_type, 100)
     assert caught.value.status == HTTPStatus.BAD_REQUEST
     assert message in str(caught.value)
