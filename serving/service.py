@@ -105,6 +105,7 @@ from serving.decoding import (
     pixel_count,
     request_id_from,
 )
+from serving.edge import install as install_edge
 from serving.errors import RequestError
 from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
@@ -391,12 +392,15 @@ def build_service() -> Any:
     """The BentoML service of `Flywheel`, built once per process from `service_params()`.
 
     Its decorator carries the worker count, which BentoML reads in every process
-    that loads the service; the request guard takes the body size limit.
+    that loads the service; the request guard takes the body size limit; the
+    header limits go to uvicorn's HTTP protocol (`serving.edge`), before any
+    worker starts its server.
 
     Raises:
         ConfigError: the params file is missing or invalid.
     """
     config = service_params().serve
+    install_edge(config.max_header_bytes, config.max_headers, config.header_timeout_s)
     service = bentoml.service(name="flywheel", workers=config.workers, traffic={"timeout": 60})(
         bentoml.asgi_app(RAW_ROUTES, path="/")(Flywheel)
     )
