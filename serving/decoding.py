@@ -53,15 +53,15 @@ def open_image(source: Path | bytes, max_pixels: int, name: str | None = None) -
     Args:
         source: the file, or its content.
         max_pixels: the largest width x height accepted.
-        name: what error messages call it (default: the upload's file name, as
-            the client sent it, or "the body"; never the server's folder).
+        name: what error messages call it (default: "image 0" for an upload,
+            "the body" for a body; never the server's temporary file name).
 
     Raises:
         RequestError: 415 when it is not PNG/JPEG, 413 when larger than
             `max_pixels`, 400 when the header cannot be read.
     """
     if name is None:
-        name = source.name if isinstance(source, Path) else "the body"
+        name = _name(source, 0, 1)
     try:
         image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     except Image.DecompressionBombError:  # PIL's own limit, far above max_pixels
@@ -184,10 +184,11 @@ def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None)
 
 
 def _name(source: Path | bytes, index: int, count: int) -> str:
-    """What messages call an image: its upload's file name, or its place in the request."""
-    if isinstance(source, Path):
-        return source.name
-    return f"image {index}" if count > 1 else "the body"
+    """What messages call an image: its place in the request (an upload's file is a temporary
+    copy named by the server, so its name means nothing to the client)."""
+    if isinstance(source, Path) or count > 1:
+        return f"image {index}"
+    return "the body"
 
 
 def _clean(err: Exception) -> str:

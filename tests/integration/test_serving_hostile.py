@@ -132,7 +132,8 @@ def _multipart(boundary: str, parts: int, payload: bytes = b"x") -> bytes:
 def _healthy(server: Server) -> None:
     assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
     assert "Traceback" not in server.output(), server.output()[-3000:]
-    assert '" 500' not in server.output() and " 500 " not in server.output()
+    assert '" 500' not in server.output()
+    assert " 500 " not in server.output()
 
 
 # ------------------------------------------------------------------- tests
@@ -157,7 +158,8 @@ def test_a_decompression_bomb_is_refused_from_its_header(server: Server) -> None
             timeout=30,
         )
         assert answer.status_code == 413, answer.text
-        assert "4096 x 4096" in answer.text and "serve.max_image_pixels" in answer.text
+        assert "4096 x 4096" in answer.text
+        assert "serve.max_image_pixels" in answer.text
     rss_after, peak_after = _server_memory(folder)
     assert rss_after - rss_before < 24 * MIB, (rss_before, rss_after)
     assert peak_after - peak_before < 24 * MIB, (peak_before, peak_after)
@@ -268,5 +270,5 @@ def test_media_types_are_case_insensitive_and_errors_name_no_server_file(
     files = [("images", ("broken.png", png[: len(png) // 2], "image/png"))]
     answer = httpx.post(f"{server.url}/predict_images", files=files, timeout=30)
     assert answer.status_code == 400, answer.text
-    assert "broken.png" in answer.text
-    assert "/tmp" not in answer.text and "tmp" not in answer.text.replace("broken", "")
+    assert "image 0" in answer.text
+    assert "tmp" not in answer.text  # BentoML's temporary copy is tmpXXXX.png
