@@ -69,8 +69,8 @@ def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[Mult
             raise RequestError("malformed multipart body: a part has no field name")
         if len(parts) >= max_parts:
             raise RequestError(
-                f"more than {max_parts} parts in one request (serve.max_images_per_request): "
-                "split the request"
+                f"more than {max_parts} parts in one request exceeds the limit "
+                "(serve.max_images_per_request): split the request"
             )
         filename = params.get(b"filename")
         parts.append(
