@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import re
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -23,49 +24,176 @@ from serving.errors import RequestError
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 """Caller-supplied request ids are used in file names: only a safe alphabet is kept."""
 IMAGE_FORMATS = frozenset({"PNG", "JPEG"})
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[/\\][^\s'\":/\\]+){2,}")
+"""An absolute path in a message: removed from what clients are told."""
 
 
-def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image:
-    """An uploaded file (a path, or the bytes of a request body) as a fully decoded PIL image.
+@dataclass(frozen=True)
+class PixelLimits:
+    """How many decoded pixels (width x height, from the header) a request may cost.
+
+    Counted in pixels, not bytes: a 65 kB PNG can declare 4096 x 4096 RGBA (64 MB
+    decoded). Both limits are checked from the headers, before any image is decoded.
+
+    Attributes:
+        per_image: the largest width x height of one image (`serve.max_image_pixels`).
+        per_request: the largest sum over a request's images (`serve.max_request_pixels`).
+    """
+
+    per_image: int
+    per_request: int
+
+
+def open_image(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image:
+    """An uploaded file (a path, or the bytes of a body) opened lazily: its header read, checked.
+
+    PIL reads only the header here (format, size, mode); no pixel is decoded, so
+    a decompression bomb is refused before it costs memory.
 
     Args:
         source: the file, or its content.
         max_pixels: the largest width x height accepted.
-        name: what error messages call it (default: the file's name, or "the body").
+        name: what error messages call it (default: "image 0" for an upload,
+            "the body" for a body; never the server's temporary file name).
 
     Raises:
         RequestError: 415 when it is not PNG/JPEG, 413 when larger than
-            `max_pixels`, 400 when it cannot be decoded (truncated, corrupt, empty).
+            `max_pixels`, 400 when the header cannot be read.
     """
     if name is None:
-        name = source.name if isinstance(source, Path) else "the body"
+        name = _name(source, 0, 1)
     try:
         image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
-    except Image.DecompressionBombError as err:  # PIL's own limit, far above max_pixels
-        raise RequestError(f"{name}: {err}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from None
+    except Image.DecompressionBombError:  # PIL's own limit, far above max_pixels
+        raise RequestError(
+            f"{name}: image exceeds the limit of {max_pixels} pixels (serve.max_image_pixels)",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        ) from None
     except (Image.UnidentifiedImageError, OSError):  # PIL's message names the server's temp path
         raise RequestError(
             f"{name}: not a PNG or JPEG image (the content is not recognised)"
         ) from None
     except Exception as err:  # a damaged header: PIL's parsers raise ValueError,
         # SyntaxError, struct.error, EOFError, ... on hostile bytes (found by fuzzing)
-        raise RequestError(f"{name}: not a readable PNG or JPEG image ({err})") from None
+        raise RequestError(f"{name}: not a readable PNG or JPEG image ({_clean(err)})") from None
     if image.format not in IMAGE_FORMATS:
+        image.close()
         raise RequestError(
             f"{name}: unsupported image format {image.format}; send PNG or JPEG",
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
         )
     width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise RequestError(
-            f"{name}: image of {width} x {height} pixels exceeds the limit of {max_pixels}",
+            f"{name}: image of {width} x {height} pixels exceeds the limit of {max_pixels} "
+            "pixels per image (serve.max_image_pixels)",
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         )
+    return image
+
+
+def open_images(sources: Sequence[Path | bytes], limits: PixelLimits) -> list[Image.Image]:
+    """A request's images opened lazily (headers only), within the per-image and per-request limits.
+
+    Raises:
+        RequestError: as `open_image`, or 413 when the images together exceed
+            `limits.per_request` pixels. Images already opened are closed.
+    """
+    opened: list[Image.Image] = []
+    try:
+        total = 0
+        for i, source in enumerate(sources):
+            image = open_image(source, limits.per_image, _name(source, i, len(sources)))
+            opened.append(image)
+            total += image.size[0] * image.size[1]
+            if total > limits.per_request:
+                raise RequestError(
+                    f"the request's images hold more than {limits.per_request} pixels in all "
+                    "(serve.max_request_pixels): send fewer or smaller images",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                )
+    except RequestError:
+        for image in opened:
+            image.close()
+        raise
+    return opened
+
+
+def pixel_count(images: Sequence[Image.Image]) -> int:
+    """Width x height summed over `images` (from their headers)."""
+    return sum(image.size[0] * image.size[1] for image in images)
+
+
+def load_image(image: Image.Image, name: str = "the image") -> Image.Image:
+    """`image` (opened by `open_image`) with its pixels decoded.
+
+    Raises:
+        RequestError: 400 when it cannot be decoded (truncated, corrupt).
+    """
     try:
         image.load()  # the header parsed; now the pixels (a truncated file fails here)
-    except Exception as err:  # OSError, ValueError, SyntaxError, ... as above
-        raise RequestError(f"{name}: cannot decode the image ({err})") from None
+    except Exception as err:  # OSError, ValueError, SyntaxError, ... as in `open_image`
+        raise RequestError(f"{name}: cannot decode the image ({_clean(err)})") from None
     return image
+
+
+def decode_each(
+    images: Sequence[Image.Image], preprocess: Callable[[Image.Image], np.ndarray]
+) -> np.ndarray:
+    """Decode the images one at a time, each pre-processed (resized) before the next is decoded.
+
+    At most one full-size image is held in memory at a time: the decoded pixels
+    of each are released as soon as it is brought to the model's input.
+
+    Args:
+        images: opened by `open_images` (closed here, whatever happens).
+        preprocess: one decoded image → `(C, S, S)` float32.
+
+    Returns:
+        `(N, C, S, S)` float32.
+
+    Raises:
+        RequestError: an image cannot be decoded, or `preprocess` refuses it.
+    """
+    out: list[np.ndarray] = []
+    try:
+        for i, image in enumerate(images):
+            source = (
+                Path(image.filename) if isinstance(image.filename, str) and image.filename else b""
+            )
+            out.append(preprocess(load_image(image, _name(source, i, len(images)))))
+            image.close()
+    finally:
+        for image in images:
+            image.close()
+    return np.stack(out)
+
+
+def decode_image(source: Path | bytes, max_pixels: int, name: str | None = None) -> Image.Image:
+    """An uploaded file (a path, or the bytes of a request body) as a fully decoded PIL image.
+
+    `open_image` then `load_image`: the size is checked from the header first.
+
+    Raises:
+        RequestError: 415 when it is not PNG/JPEG, 413 when larger than
+            `max_pixels`, 400 when it cannot be decoded (truncated, corrupt, empty).
+    """
+    image = open_image(source, max_pixels, name)
+    return load_image(image, name or _name(source, 0, 1))
+
+
+def _name(source: Path | bytes, index: int, count: int) -> str:
+    """What messages call an image: its place in the request (an upload's file is a temporary
+    copy named by the server, so its name means nothing to the client)."""
+    if isinstance(source, Path) or count > 1:
+        return f"image {index}"
+    return "the body"
+
+
+def _clean(err: Exception) -> str:
+    """An exception's message without file paths (PIL quotes the server's temporary file)."""
+    return _PATH.sub("<file>", str(err))
 
 
 def arrays_to_unit(
@@ -135,7 +263,13 @@ def request_id_from(headers: MutableMapping[str, str] | Any) -> str:
 
 __all__ = [
     "IMAGE_FORMATS",
+    "PixelLimits",
     "arrays_to_unit",
+    "decode_each",
     "decode_image",
+    "load_image",
+    "open_image",
+    "open_images",
+    "pixel_count",
     "request_id_from",
 ]

@@ -25,13 +25,21 @@ class RequestGuard:
       an empty body needs none);
     * 400 when a multipart body has fields other than the route's
       (`multipart_fields`): BentoML would try to parse an unknown binary part as
-      JSON and answer 500.
+      JSON and answer 500; when it has more than `max_parts` parts (Starlette's
+      own limit of 1,000 becomes a 500 through BentoML), or a boundary longer
+      than RFC 2046 allows;
+    * 400 when the body ends before its `Content-Length` (the client closed the
+      connection): the guard reads the whole body of a guarded route (at most
+      `max_bytes`), so BentoML never parses a truncated stream.
+
+    Media types are matched case-insensitively (`image/PNG` is `image/png`).
 
     Args:
         app: the ASGI app.
         max_bytes: largest request body accepted.
         media_types: route → the media types its body may have.
         multipart_fields: multipart route → the field names it accepts.
+        max_parts: the most parts a multipart body may have (`serve.max_images_per_request`).
     """
 
     def __init__(
@@ -40,11 +48,13 @@ class RequestGuard:
         max_bytes: int,
         media_types: Mapping[str, tuple[str, ...]],
         multipart_fields: Mapping[str, frozenset[str]],
+        max_parts: int = 1000,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.media_types = dict(media_types)
         self.multipart_fields = dict(multipart_fields)
+        self.max_parts = max_parts
 
     async def __call__(
         self,
@@ -58,15 +68,23 @@ class RequestGuard:
         headers = dict(scope.get("headers") or [])
         path = str(scope.get("path", ""))
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        media_type = content_type.split(";")[0].strip()
+        media_type = content_type.split(";")[0].strip().lower()
         try:
             length = headers.get(b"content-length")
             if length is None and b"transfer-encoding" not in headers:
                 length = b"0"  # no framing header: the body is empty (RFC 9112, 6.3)
             self._check_headers(path, length, media_type)
-            if path in self.multipart_fields:
-                body = await _read_body(receive)
-                self._check_fields(content_type, body, self.multipart_fields[path])
+            if path in self.media_types or path in self.multipart_fields:
+                body = await _read_body(receive, self.max_bytes)
+                if length is not None and len(body) != int(length):
+                    raise RequestError(
+                        f"the body has {len(body)} bytes, not the {int(length)} of its "
+                        "Content-Length"
+                    )
+                if path in self.multipart_fields:
+                    self._check_fields(
+                        content_type, body, self.multipart_fields[path], self.max_parts
+                    )
                 receive = _replay(body)
         except RequestError as err:
             response = JSONResponse({"error": str(err)}, status_code=int(err.status))
@@ -96,8 +114,10 @@ class RequestGuard:
             )
 
     @staticmethod
-    def _check_fields(content_type: str, body: bytes, allowed: frozenset[str]) -> None:
-        parts = multipart_parts(body, content_type)
+    def _check_fields(
+        content_type: str, body: bytes, allowed: frozenset[str], max_parts: int
+    ) -> None:
+        parts = multipart_parts(body, content_type, max_parts)
         unknown = {part.name for part in parts} - allowed
         if unknown or not parts:
             raise RequestError(
@@ -117,11 +137,25 @@ class RequestGuard:
                 )
 
 
-async def _read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
+async def _read_body(receive: Callable[[], Awaitable[Any]], max_bytes: int) -> bytes:
+    """The whole body; a 400 when the client disconnects first, a 413 past `max_bytes`.
+
+    (A chunked body has no Content-Length to check beforehand.)
+    """
     chunks = []
+    size = 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        if message.get("type") == "http.disconnect":
+            raise RequestError("the connection closed before the whole body was sent")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(
+                f"request body exceeds the limit of {max_bytes} bytes (serve.max_request_bytes)",
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            )
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

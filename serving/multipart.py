@@ -19,15 +19,22 @@ class MultipartPart:
     filename: str | None
 
 
-def multipart_parts(body: bytes, content_type: str) -> list[MultipartPart]:
+MAX_BOUNDARY_CHARS = 70
+"""The longest multipart boundary RFC 2046 (5.1.1) allows; a longer one is a 400."""
+
+
+def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[MultipartPart]:
     """The parts of a `multipart/form-data` body, from their headers only (no data copied).
 
     Uses python-multipart's streaming parser (what Starlette and BentoML parse
     with) with header callbacks only, so checking a request before BentoML
-    parses it costs a fraction of a full parse.
+    parses it costs a fraction of a full parse. Parsing stops at the first part
+    beyond `max_parts`: a body of 60,000 empty parts costs no more than one of
+    `max_parts + 1`.
 
     Raises:
-        RequestError: no boundary, or a malformed body or part header.
+        RequestError: no boundary or one longer than `MAX_BOUNDARY_CHARS`, more
+            than `max_parts` parts, or a malformed body or part header.
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -36,6 +43,11 @@ def multipart_parts(body: bytes, content_type: str) -> list[MultipartPart]:
     boundary = options.get(b"boundary")
     if not boundary:
         raise RequestError("malformed multipart body: no boundary in the Content-Type")
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        raise RequestError(
+            f"malformed multipart body: a boundary of {len(boundary)} characters "
+            f"(at most {MAX_BOUNDARY_CHARS}, RFC 2046)"
+        )
     parts: list[MultipartPart] = []
     header = {"field": b"", "value": b"", "disposition": b""}
 
@@ -55,6 +67,11 @@ def multipart_parts(body: bytes, content_type: str) -> list[MultipartPart]:
         header["disposition"] = b""
         if b"name" not in params:
             raise RequestError("malformed multipart body: a part has no field name")
+        if len(parts) >= max_parts:
+            raise RequestError(
+                f"more than {max_parts} parts in one request exceeds the limit "
+                "(serve.max_images_per_request): split the request"
+            )
         filename = params.get(b"filename")
         parts.append(
             MultipartPart(
@@ -63,21 +80,21 @@ def multipart_parts(body: bytes, content_type: str) -> list[MultipartPart]:
             )
         )
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-        },
-    )
     try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+            },
+        )
         parser.write(body)
         parser.finalize()
-    except FormParserError as err:
+    except (FormParserError, ValueError) as err:  # the constructor raises ValueError
         raise RequestError(f"malformed multipart body: {err}") from None
     return parts
 
 
-__all__ = ["MultipartPart", "multipart_parts"]
+__all__ = ["MAX_BOUNDARY_CHARS", "MultipartPart", "multipart_parts"]

@@ -97,7 +97,15 @@ from flywheel.serving_api import (
     Scale,
 )
 from serving.batching import OverloadedError
-from serving.decoding import arrays_to_unit, decode_image, request_id_from
+from serving.decoding import (
+    PixelLimits,
+    arrays_to_unit,
+    decode_each,
+    open_images,
+    pixel_count,
+    request_id_from,
+)
+from serving.edge import install as install_edge
 from serving.errors import RequestError
 from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
@@ -118,8 +126,12 @@ logger = logging.getLogger("flywheel.serving")
 RETRY_AFTER_S = 1
 """Sent with a 503: when a shed or not-yet-ready request is worth retrying."""
 INLINE_BYTES = 256 * 1024
-"""Images of a request smaller than this in all are pre-processed on the event loop: on a
-loaded CPU, handing work to a thread (and the GIL back) costs more than decoding small images."""
+"""JSON arrays smaller than this are checked on the event loop: on a loaded CPU, handing
+work to a thread (and the GIL back) costs more than checking small arrays."""
+INLINE_PIXELS = 128 * 128
+"""Images of a request with fewer decoded pixels than this in all (from their headers) are
+decoded on the event loop; more are decoded in a thread, so a small file that decodes to
+many pixels never stalls the loop."""
 
 
 class Flywheel:
@@ -205,27 +217,12 @@ class Flywheel:
 
     async def predict_image(self, request: Request) -> Response:
         """Classify one PNG or JPEG file sent as the request body (`/predict_image`)."""
-        body = await request.body()
-
-        def prepare(model: LoadedModel) -> np.ndarray:
-            if not body:
-                raise RequestError("no image: the request body is empty")
-            image = decode_image(body, self.config.max_image_pixels)
-            return model.task.preprocess([image]).numpy()  # (1, C, S, S)
-
-        return await self._serve(request.headers, prepare, inline=len(body) < INLINE_BYTES)
+        return await self._serve_images(request.headers, [await request.body()])
 
     @bentoml.api(route=PREDICT_IMAGES_PATH)
     async def predict_images(self, images: list[Path], ctx: bentoml.Context) -> list[Prediction]:
         """Classify uploaded PNG/JPEG files (multipart field `images`, one or more)."""
-
-        def prepare(model: LoadedModel) -> np.ndarray:
-            self._check_count(len(images))
-            decoded = [decode_image(Path(p), self.config.max_image_pixels) for p in images]
-            return model.task.preprocess(decoded).numpy()  # (N, C, S, S)
-
-        size = sum(Path(p).stat().st_size for p in images[: self.config.max_images_per_request])
-        answer = await self._serve(ctx.request.headers, prepare, inline=size < INLINE_BYTES)
+        answer = await self._serve_images(ctx.request.headers, [Path(p) for p in images])
         return _answer(ctx, answer)
 
     @bentoml.api(route=PREDICT_ARRAYS_PATH)
@@ -283,6 +280,37 @@ class Flywheel:
         return result
 
     # ------------------------------------------------------------ helpers
+
+    async def _serve_images(
+        self, headers: Mapping[str, str], sources: list[Path] | list[bytes]
+    ) -> Response:
+        """Check the images' declared sizes, then decode and pre-process each in turn.
+
+        The headers are read on the event loop (no pixel is decoded) and checked
+        against `serve.max_image_pixels` and `serve.max_request_pixels` (413);
+        the pixels are decoded off the event loop unless there are few of them,
+        each image brought to the model's input before the next is decoded.
+        """
+        limits = PixelLimits(self.config.max_image_pixels, self.config.max_request_pixels)
+        try:
+            if sources == [b""]:
+                raise RequestError("no image: the request body is empty")
+            self._check_count(len(sources))
+            opened = open_images(sources, limits)
+        except RequestError as err:
+            request_id = request_id_from(headers)
+            response = self._refuse(err, request_id)
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+
+        def prepare(model: LoadedModel) -> np.ndarray:
+            return decode_each(opened, lambda image: model.task.preprocess([image]).numpy()[0])
+
+        try:
+            return await self._serve(headers, prepare, inline=pixel_count(opened) <= INLINE_PIXELS)
+        finally:
+            for image in opened:  # when the request was refused before decoding
+                image.close()
 
     def _check_count(self, count: int) -> None:
         if count == 0:
@@ -364,12 +392,15 @@ def build_service() -> Any:
     """The BentoML service of `Flywheel`, built once per process from `service_params()`.
 
     Its decorator carries the worker count, which BentoML reads in every process
-    that loads the service; the request guard takes the body size limit.
+    that loads the service; the request guard takes the body size limit; the
+    header limits go to uvicorn's HTTP protocol (`serving.edge`), before any
+    worker starts its server.
 
     Raises:
         ConfigError: the params file is missing or invalid.
     """
     config = service_params().serve
+    install_edge(config.max_header_bytes, config.max_headers, config.header_timeout_s)
     service = bentoml.service(name="flywheel", workers=config.workers, traffic={"timeout": 60})(
         bentoml.asgi_app(RAW_ROUTES, path="/")(Flywheel)
     )
@@ -378,6 +409,7 @@ def build_service() -> Any:
         max_bytes=config.max_request_bytes,
         media_types=BODY_MEDIA_TYPES,
         multipart_fields={PREDICT_IMAGES_PATH: frozenset({IMAGES_FIELD})},
+        max_parts=config.max_images_per_request,
     )
     return service
 

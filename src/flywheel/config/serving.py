@@ -29,7 +29,14 @@ class ServeConfig(FrozenConfig):
     max_latency_ms: int = Field(1000, ge=1)  # a request that waited this long for the model: 503
     max_images_per_request: int = Field(64, ge=1)  # more in one request is a 400
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # larger bodies are a 413
-    max_image_pixels: int = Field(4096 * 4096, ge=1)  # larger decoded images are a 413
+    # decoded pixels (width x height, read from the header before decoding): more is a 413
+    max_image_pixels: int = Field(2048 * 2048, ge=1)  # of one image
+    max_request_pixels: int = Field(4096 * 4096, ge=1)  # of all the images of one request
+    # the server's edge (`serving.edge`): more header bytes or headers is a 431, headers
+    # not complete this long after a connection or request starts is a 408
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    header_timeout_s: float = Field(10.0, gt=0)
     top_k: int = Field(3, ge=1)  # probabilities returned per image
     load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
     poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
