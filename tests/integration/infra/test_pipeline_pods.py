@@ -62,9 +62,9 @@ PARAMS = Params(
 STEPS = ["validate-data", "train-model", "evaluate-model", "condition-1/promote-model"]
 
 
-def _start_mlflow(docs: list[Doc], backend: str, s3_endpoint: str, folder: Path) -> tuple[
-    subprocess.Popen[bytes], str
-]:
+def _start_mlflow(
+    docs: list[Doc], backend: str, s3_endpoint: str, folder: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     """`mlflow server` as the Deployment starts it; only the database's and S3's hosts swapped."""
     (container,) = find(docs, "Deployment", "flywheel-mlflow")["spec"]["template"]["spec"][
         "containers"
@@ -143,9 +143,9 @@ def cluster(
     docs = rendered["local"]
     folder = tmp_path_factory.mktemp("services")
     config = find(docs, "ConfigMap", "flywheel-config")["data"]
-    (mlflow_container,) = find(docs, "Deployment", "flywheel-mlflow")["spec"]["template"][
-        "spec"
-    ]["containers"]
+    (mlflow_container,) = find(docs, "Deployment", "flywheel-mlflow")["spec"]["template"]["spec"][
+        "containers"
+    ]
     as_deployed = urlsplit(resolve_env(mlflow_container, docs, {})["MLFLOW_BACKEND_STORE_URI"])
     with s3_server(bucket="flywheel-pods") as s3, postgres_server() as postgres:
         probe = Cluster(docs, s3.endpoint, "", "")
@@ -163,9 +163,7 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
-def data_version(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def data_version(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A tiny dataset pushed to the ConfigMap's DVC remote, as a laptop pushes it."""
     folder = tmp_path_factory.mktemp("laptop")
     source = collect_plan(PLAN, folder / "collected")
@@ -175,7 +173,7 @@ def data_version(
     patch.setenv("AWS_DEFAULT_REGION", cluster.config["AWS_DEFAULT_REGION"])
     try:
         remote = DataRemote(cluster.config["FLYWHEEL_DVC_REMOTE"], cluster.s3)
-        yield publish_dataset(source, PLAN, remote, folder / "workspace")
+        yield publish_dataset(source.parent, PLAN, remote, folder / "workspace")
     finally:
         patch.undo()
 
@@ -226,7 +224,7 @@ def test_model_is_registered_in_postgres_with_the_data_version(
     registry = MlflowClient(tracking_uri=cluster.database, registry_uri=cluster.database)
     version = registry.get_model_version(MODEL, "1")
     assert version.tags[TAG_DATA_VERSION] == data_version
-    assert registry.get_model_version_by_alias(MODEL, "production").version == "1"
+    assert str(registry.get_model_version_by_alias(MODEL, "production").version) == "1"
     run = registry.get_run(version.run_id)
     assert run.data.tags[TAG_DATA_VERSION] == data_version
     assert run.data.tags["flywheel.pipeline_run_id"] == "pod-run-1"
