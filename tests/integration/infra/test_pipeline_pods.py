@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from flywheel.config import EvaluateConfig, GatesConfig, Params, TrainConfig
 from flywheel.data.remote import DataRemote
 from flywheel.tracking import TAG_DATA_VERSION
+from tests.support import REPO
 from tests.support.dvc_remote import publish_dataset, s3_server
 from tests.support.k8s import Doc, expand, find, resolve_env, secret_data
 from tests.support.plans import TINY_MODEL, collect_plan, tiny_plan
@@ -186,7 +187,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(
         [str(BIN / "flywheel"), "pipeline", "compile", "training", "--out", "dist", "--gpus", "0"],
         cwd=folder,
-        env=subprocess_env({}),
+        env=subprocess_env({"PYTHONPATH": str(REPO / "src")}),  # this checkout's library
         capture_output=True,
         text=True,
         timeout=300,
