@@ -8,7 +8,8 @@ each. `cluster` gets them, from `ClusterSettings`, named after the objects
 * every step asks for CPU and memory (requests and limits, params.yaml
   `cluster.steps`), runs on the nodes `cluster.placement` names, takes the
   shared settings from the ConfigMap `flywheel-config` (`MLFLOW_TRACKING_URI`,
-  `MLFLOW_S3_ENDPOINT_URL`, `FLYWHEEL_USER`), the S3 credentials from the Secret
+  `MLFLOW_S3_ENDPOINT_URL`, `FLYWHEEL_USER`, the state URL, the S3 endpoint and
+  region, the DVC remote `FLYWHEEL_DVC_REMOTE`), the S3 credentials from the Secret
   `flywheel-s3` (DVC remote, MLflow artifacts) and, when the tracking server
   wants them, MLflow credentials from the optional Secret `flywheel-mlflow`, all
   as environment variables; and the KFP run id (the pod's `pipeline/runid`
@@ -58,12 +59,17 @@ class ClusterError(RuntimeError):
 def _default_config_keys() -> tuple[str, ...]:
     # FLYWHEEL_STATE_URL and AWS_ENDPOINT_URL: the shared state (prediction log, queue,
     # ground truth, Evidently workspace) the monitor, curate and label steps read and write.
+    # FLYWHEEL_DVC_REMOTE: where validation materialises the data version by hash and the
+    # update step pushes a new one (a pod has no repository whose .dvc/config names it).
+    # AWS_DEFAULT_REGION: the S3 clients' signing region (MinIO, any S3-compatible store).
     return (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_S3_ENDPOINT_URL",
         "FLYWHEEL_USER",
         "FLYWHEEL_STATE_URL",
         "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "FLYWHEEL_DVC_REMOTE",
     )
 
 
