@@ -46,7 +46,10 @@ def curate(
 ) -> None:
     """Choose the logged production images worth labelling; queue them as Label Studio tasks.
 
-    Candidates have a stored image and are neither queued nor labelled. Writes
+    Candidates have a stored image and are neither queued nor labelled. The
+    batch is at most curate.budget images and costs at most curate.cost.per_cycle
+    (an image's annotations at curate.cost.prices); its spend is printed and
+    recorded under <state>/labeling/spend/. Writes
     <label dir>/queue/<batch-id>.json (import it into Label Studio with the
     label_config.xml beside it) and prints the batch.
     """
@@ -71,6 +74,12 @@ def curate(
             until=end,
             log_root=as_location(log_dir) if log_dir else None,
         )
+    if result.queue_file is None and result.image_budget == 0:
+        console.print(
+            f"nothing to curate: the cycle's budget of {result.spend_limit:g} {result.currency} "
+            f"buys no image at {result.unit_cost:g} {result.currency} each (curate.cost)"
+        )
+        return
     if result.queue_file is None:
         console.print(
             f"nothing to curate: no logged image with a stored file that is not already "
@@ -96,6 +105,12 @@ def curate(
             f"{rows['confidence'].mean():.3f}",
         )
     console.print(table)
+    cap = "" if result.spend_limit is None else f" of {result.spend_limit:.2f} allowed"
+    console.print(
+        f"labelling cost: [bold]{result.spend:.2f} {result.currency}[/bold]{cap} "
+        f"({len(selected)} images x {result.unit_cost:g}; the cycle buys up to "
+        f"{result.image_budget})"
+    )
     console.print(f"queue: {result.queue_file}", soft_wrap=True)
 
 
