@@ -22,7 +22,7 @@ class CommitteeConfig(FrozenConfig):
     batch_size: int = Field(256, ge=1)  # images per forward pass
 
 
-AnnotationKind = Literal["choice", "box", "transcription"]
+ANNOTATION_KINDS = ("choice", "box", "transcription")
 """What an annotator does once: pick a class, draw a box, type a transcription."""
 
 
@@ -36,20 +36,23 @@ class CostConfig(FrozenConfig):
     """
 
     currency: str = Field("USD", min_length=1)  # the unit prices and budgets are in
-    prices: dict[AnnotationKind, float] = Field(
+    prices: dict[str, float] = Field(
         default_factory=lambda: {"choice": 0.04, "box": 0.30, "transcription": 0.60}
     )  # price of one annotation of each kind
     # Annotations one image needs, by kind (None: what the task asks, `cost.TASK_ANNOTATIONS`).
-    per_image: dict[AnnotationKind, float] | None = None
+    per_image: dict[str, float] | None = None
     per_cycle: float | None = Field(None, gt=0)  # spend one curation may commit (None: no cap)
 
-    @field_validator("prices")
+    @field_validator("prices", "per_image")
     @classmethod
-    def _non_negative(cls, prices: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in prices.items() if v < 0}
-        if bad:
-            raise ValueError(f"prices must be >= 0, got {bad}")
-        return prices
+    def _known_kinds_non_negative(cls, values: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = sorted(set(values or {}) - set(ANNOTATION_KINDS))
+        if unknown:
+            raise ValueError(f"unknown annotation kinds {unknown}; known: {list(ANNOTATION_KINDS)}")
+        negative = {k: v for k, v in (values or {}).items() if v < 0}
+        if negative:
+            raise ValueError(f"must be >= 0, got {negative}")
+        return values
 
 
 class CurateConfig(FrozenConfig):

@@ -69,7 +69,7 @@ def image_cost(params: Params) -> float:
     missing = sorted(set(mix) - set(prices))
     if missing:
         raise CurationError(f"curate.cost.prices has no price for {', '.join(missing)}")
-    return round(sum(count * prices[kind] for kind, count in mix.items()), 9)  # type: ignore[index]
+    return round(sum(count * prices[kind] for kind, count in mix.items()), 9)
 
 
 def affordable(images: int, unit_cost: float, money: float | None) -> int:
