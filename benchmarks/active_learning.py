@@ -23,7 +23,11 @@ The set-up, on the demo's own data generator and model:
 
 Reported per strategy, mean ± std over `--seeds` seeds: accuracy on the
 drifted test set, and the recovered share of the lost accuracy,
-`(after - base on drift) / (base in-distribution - base on drift)`.
+`(after - base on drift) / (base in-distribution - base on drift)`; and what
+the labels bought: accuracy points recovered per 100 labels and per unit of
+labelling cost (`params.yaml: curate.cost`, an image's annotations at the unit
+prices: for classification one class choice; `--spend` sets the budget in money
+instead of labels, as a curation cycle's `curate.cost.per_cycle` does).
 A table (stdout, CSV, Markdown) and a PNG plot go to `--out`.
 
     .venv/bin/python benchmarks/active_learning.py                  # ~3 min on 2 CPU cores (167 s)
@@ -155,7 +159,16 @@ def choose(
 
 
 def run(args: argparse.Namespace, console: Console) -> pd.DataFrame:
+    from flywheel.curation.cost import affordable, image_cost
+
     params = load_params(args.params)
+    unit_cost = image_cost(params)
+    if args.spend is not None:
+        args.budget = affordable(args.pool, unit_cost, args.spend)
+        console.print(
+            f"labelling budget {args.spend:g} {params.curate.cost.currency} at {unit_cost:g} an "
+            f"image: {args.budget} labels"
+        )
     torch.set_num_threads(args.threads)
     plan = params.data.model_copy(
         update={"per_stratum": {"train": args.per_stratum, "val": 0, "test": args.per_stratum // 2}}
@@ -232,13 +245,23 @@ def run(args: argparse.Namespace, console: Console) -> pd.DataFrame:
                     "drift_accuracy": after,
                     "in_distribution_accuracy": accuracy(tuned, in_dist),
                     "recovered": (after - base_drift) / lost if lost > 0 else float("nan"),
+                    "gain_per_100_labels": 100 * (after - base_drift) / len(picked),
+                    "spend": len(picked) * unit_cost,
+                    "gain_per_cost": (after - base_drift) / (len(picked) * unit_cost)
+                    if unit_cost > 0
+                    else float("nan"),
                     "picked_accuracy_before": float(
                         (probs[picked].argmax(axis=1) == pool.y.numpy()[picked]).mean()
                     ),
                 }
             )
     frame = pd.DataFrame(rows)
-    frame.attrs.update(base_in=base_in, base_drift=base_drift)
+    frame.attrs.update(
+        base_in=base_in,
+        base_drift=base_drift,
+        unit_cost=unit_cost,
+        currency=params.curate.cost.currency,
+    )
     return frame
 
 
@@ -252,6 +275,9 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         recovered_mean=("recovered", "mean"),
         recovered_std=("recovered", "std"),
         in_dist_mean=("in_distribution_accuracy", "mean"),
+        spend=("spend", "first"),
+        gain_per_100_labels=("gain_per_100_labels", "mean"),
+        gain_per_cost=("gain_per_cost", "mean"),
         base_wrong_share=("picked_accuracy_before", lambda s: 1 - s.mean()),
     )
     return stats.loc[order]
@@ -289,6 +315,12 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--scenario", default="handwritten_shadow_rotated")
     parser.add_argument("--budget", type=int, default=100, help="labels per strategy")
+    parser.add_argument(
+        "--spend",
+        type=float,
+        default=None,
+        help="labelling budget in money instead (curate.cost): the labels it buys",
+    )
     parser.add_argument("--pool", type=int, default=800, help="unlabelled drifted images per seed")
     parser.add_argument("--test", type=int, default=600, help="drifted test images")
     parser.add_argument(
@@ -306,6 +338,7 @@ def main() -> None:
     frame = run(args, console)
     stats = summarise(frame)
     base_in, base_drift = frame.attrs["base_in"], frame.attrs["base_drift"]
+    currency = frame.attrs["currency"]
 
     table = Table(
         title=f"active learning on {args.scenario}: budget {args.budget} of {args.pool} drifted "
@@ -318,12 +351,15 @@ def main() -> None:
         "recovered share of lost",
         "in-distribution",
         "picked: base wrong",
+        f"spend ({currency})",
+        "points / 100 labels",
+        f"points / {currency}",
     ):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     lines = [
         "| strategy | labels | drifted accuracy | recovered share | in-distribution "
-        "| picked: base wrong |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| picked: base wrong | spend ({currency}) | points / 100 labels | points / {currency} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in stats.iterrows():
         cells = [
@@ -332,13 +368,18 @@ def main() -> None:
             f"{row['recovered_mean']:.2f} ± {row['recovered_std']:.2f}",
             f"{row['in_dist_mean']:.3f}",
             f"{row['base_wrong_share']:.2f}",
+            f"{row['spend']:.2f}",
+            f"{100 * row['gain_per_100_labels']:.2f}",
+            f"{100 * row['gain_per_cost']:.2f}",
         ]
         table.add_row(str(name), *cells)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     console.print(table)
     console.print(
         f"base model: in-distribution {base_in:.3f}, drifted {base_drift:.3f} "
-        f"(lost {base_in - base_drift:.3f}); {time.perf_counter() - started:.0f} s in all"
+        f"(lost {base_in - base_drift:.3f}); a label costs {frame.attrs['unit_cost']:g} "
+        f"{currency}; points = accuracy percentage points recovered on the drifted test set; "
+        f"{time.perf_counter() - started:.0f} s in all"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "runs.csv", index=False)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
 
 commands = typer.Typer()
 label_commands = typer.Typer(
@@ -46,7 +47,10 @@ def curate(
 ) -> None:
     """Choose the logged production images worth labelling; queue them as Label Studio tasks.
 
-    Candidates have a stored image and are neither queued nor labelled. Writes
+    Candidates have a stored image and are neither queued nor labelled. The
+    batch is at most curate.budget images and costs at most curate.cost.per_cycle
+    (an image's annotations at curate.cost.prices); its spend is printed and
+    recorded under <state>/labeling/spend/. Writes
     <label dir>/queue/<batch-id>.json (import it into Label Studio with the
     label_config.xml beside it) and prints the batch.
     """
@@ -71,6 +75,12 @@ def curate(
             until=end,
             log_root=as_location(log_dir) if log_dir else None,
         )
+    if result.queue_file is None and result.image_budget == 0:
+        console.print(
+            f"nothing to curate: the cycle's budget of {result.spend_limit:g} {result.currency} "
+            f"buys no image at {result.unit_cost:g} {result.currency} each (curate.cost)"
+        )
+        return
     if result.queue_file is None:
         console.print(
             f"nothing to curate: no logged image with a stored file that is not already "
@@ -96,6 +106,12 @@ def curate(
             f"{rows['confidence'].mean():.3f}",
         )
     console.print(table)
+    cap = "" if result.spend_limit is None else f" of {result.spend_limit:.2f} allowed"
+    console.print(
+        f"labelling cost: [bold]{result.spend:.2f} {result.currency}[/bold]{cap} "
+        f"({len(selected)} images x {result.unit_cost:g}; the cycle buys up to "
+        f"{result.image_budget})"
+    )
     console.print(f"queue: {result.queue_file}", soft_wrap=True)
 
 
@@ -131,6 +147,21 @@ def monitor(
             help="The HTML report (default: monitor.reports_dir/<model>-v<N>-<time>.html)."
         ),
     ] = None,
+    trigger: Annotated[
+        bool,
+        typer.Option(
+            "--trigger",
+            help="On drift, submit the flywheel pipeline through the KFP API if the guard "
+            "(monitor.trigger) allows; record the decision; exit 0 on a verdict.",
+        ),
+    ] = False,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    out: Annotated[
+        Path, typer.Option(help="--trigger: where the submitted pipeline is compiled.")
+    ] = Path("dist/pipelines"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -143,9 +174,20 @@ def monitor(
 
     Exit status: 0 no drift, 1 drift, 2 error (bad configuration, no reference
     profile, fewer predictions than monitor.min_window_size, ...).
+
+    With --trigger (the monitor CronJob): on drift the guard of monitor.trigger
+    (cooldown, runs per day, minimum window, labelling budget left) decides
+    whether to submit the flywheel pipeline to the KFP endpoint (--host, or
+    KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
+    submit` takes them); the decision (fired, held back and why, none) is
+    recorded under <state>/monitoring/triggers/ and printed. Exit status 0
+    for any verdict, 2 on an error (the endpoint refused included).
     """
     import json
+    from dataclasses import asdict
 
+    from flywheel.cli.trigger import target
+    from flywheel.cli.trigger import trigger as run_trigger
     from flywheel.config import ConfigError
     from flywheel.monitoring import MonitoringError, parse_time, result_table
     from flywheel.monitoring import monitor as run_monitor
@@ -153,6 +195,7 @@ def monitor(
     from flywheel.registry import RegistryError
     from flywheel.tracking import configure_tracking
 
+    where = target(host, namespace, token, token_file, out) if trigger else None
     p = read_params(params, set_)
     configure_tracking()
     with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
@@ -169,8 +212,17 @@ def monitor(
                 save=save,
                 report_path=report,
             )
+    if where is not None:
+        from flywheel.curation import CurationError
+        from flywheel.workflows.trigger import TriggerError
+
+        with exit_on(TriggerError, CurationError, OSError, code=EXIT_ERROR):
+            decision = run_trigger(p, params, list(set_ or []), result, where, json_out=json_out)
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        document = result.to_dict()
+        if where is not None:
+            document["trigger"] = asdict(decision)
+        print(json.dumps(document, indent=2, allow_nan=False))
     else:
         console.print(result_table(result))
         for note in result.check.notes:
@@ -179,7 +231,7 @@ def monitor(
             console.print(f"report: {result.report_path}", soft_wrap=True)
         if result.project_id:
             console.print(f"dashboard: `flywheel ui`, project {result.project_id}")
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(0 if where is not None else result.exit_code)
 
 
 @commands.command()

@@ -377,6 +377,50 @@ def print_placement(options: ClusterOptions, p: Params) -> None:
     )
 
 
+def submit_catalog_pipeline(
+    entry: Any,
+    params: Path,
+    pairs: list[str],
+    *,
+    host: str,
+    experiment: str,
+    run_name: str,
+    namespace: str | None,
+    credentials: Any,
+    out: Path,
+    options: ClusterOptions,
+    cron: str | None = None,
+) -> Any:
+    """Compile a catalog pipeline for the cluster and submit it: `pipeline submit`, the trigger.
+
+    Arguments: params.yaml with `pairs` applied, the data version data.dvc
+    records (for `flywheel`, '': the latest recorded next to the DVC remote), no
+    repository. Returns the `pipelines.submission.Submission`.
+
+    Raises:
+        pipelines.cluster.ClusterError: the endpoint cannot be reached or refused.
+    """
+    from pipelines.submission import submit
+
+    p = read_base_params(params, pairs)
+    version = "" if entry.name == "flywheel" else recorded_data_version(p)
+    placed = read_params(params, pairs)  # `cluster.*` pairs place the steps of this run
+    pipeline, package = _compile_for_cluster(
+        entry, p, version, options, out / f"{entry.name}.yaml", placed
+    )
+    arguments = _arguments(pipeline, p, pairs, data_version=version, repo="")
+    return submit(
+        package,
+        host=host,
+        experiment=experiment,
+        run_name=run_name,
+        arguments=arguments,
+        namespace=namespace,
+        cron=cron,
+        credentials=credentials,
+    )
+
+
 @commands.command("submit")
 def pipeline_submit(
     name: PipelineArg = "training",
@@ -456,7 +500,7 @@ def pipeline_submit(
 
     entry = pipeline_entry(name, runnable=True)
     from pipelines.cluster import ClusterError, kfp_cron
-    from pipelines.submission import IN_CLUSTER_TOKEN, Credentials, submit
+    from pipelines.submission import IN_CLUSTER_TOKEN, Credentials
 
     if recurring != (cron is not None):
         raise typer.BadParameter("--recurring and --cron go together", param_hint="--cron")
@@ -468,27 +512,23 @@ def pipeline_submit(
         token_file = IN_CLUSTER_TOKEN
     with exit_on(ClusterError):
         credentials = Credentials(token=token, token_file=token_file)
-    p = read_base_params(params, set_)
-    version = "" if name == "flywheel" else recorded_data_version(p)
+    run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     options = ClusterOptions(
         image, image_repo, train_image, gpus, accelerator, config_map, s3_secret
     )
-    placed = read_params(params, set_)  # `cluster.*` pairs place the steps of this run
-    pipeline, package = _compile_for_cluster(
-        entry, p, version, options, out / f"{name}.yaml", placed
-    )
-    run_name = run_name or f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    arguments = _arguments(pipeline, p, list(set_ or []), data_version=version, repo="")
     with exit_on(ClusterError):
-        submission = submit(
-            package,
+        submission = submit_catalog_pipeline(
+            entry,
+            params,
+            list(set_ or []),
             host=host,
             experiment=experiment,
             run_name=run_name,
-            arguments=arguments,
             namespace=namespace,
-            cron=schedule,
             credentials=credentials,
+            out=out,
+            options=options,
+            cron=schedule,
         )
     when = f" on '{schedule}'" if schedule else ""
     where = f" in namespace {submission.namespace}" if submission.namespace else ""

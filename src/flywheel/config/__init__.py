@@ -31,6 +31,7 @@ from flywheel.config.data import (
 from flywheel.config.evaluation import EvaluateConfig, GatesConfig
 from flywheel.config.loop import (
     CommitteeConfig,
+    CostConfig,
     CurateConfig,
     CurationStrategy,
     DriftSignal,
@@ -39,6 +40,7 @@ from flywheel.config.loop import (
     MergeConfig,
     MonitorConfig,
     SimulateConfig,
+    TriggerConfig,
     UIConfig,
 )
 from flywheel.config.pages import DEFAULT_VOCABULARY, PageNoise, PagePlan, PageStrata
@@ -70,6 +72,7 @@ __all__ = [
     "ClusterConfig",
     "CommitteeConfig",
     "ConfigError",
+    "CostConfig",
     "CurateConfig",
     "CurationStrategy",
     "DataPlan",
@@ -103,6 +106,7 @@ __all__ = [
     "Toleration",
     "TrainConfig",
     "TrainPlacement",
+    "TriggerConfig",
     "TuneConfig",
     "UIConfig",
     "ValidationConfig",

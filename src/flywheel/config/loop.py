@@ -22,10 +22,44 @@ class CommitteeConfig(FrozenConfig):
     batch_size: int = Field(256, ge=1)  # images per forward pass
 
 
+ANNOTATION_KINDS = ("choice", "box", "transcription")
+"""What an annotator does once: pick a class, draw a box, type a transcription."""
+
+
+class CostConfig(FrozenConfig):
+    """What labelling costs: a unit price per kind of annotation, a budget per curation cycle.
+
+    Annotators are paid per annotation, and the kinds differ by an order of
+    magnitude (a click for a class, a drag for a box, typing for a
+    transcription), so the images one cycle can buy follow from the budget, the
+    prices and the annotations each image needs (`flywheel.curation.cost`).
+    """
+
+    currency: str = Field("USD", min_length=1)  # the unit prices and budgets are in
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {"choice": 0.04, "box": 0.30, "transcription": 0.60}
+    )  # price of one annotation of each kind
+    # Annotations one image needs, by kind (None: what the task asks, `cost.TASK_ANNOTATIONS`).
+    per_image: dict[str, float] | None = None
+    per_cycle: float | None = Field(None, gt=0)  # spend one curation may commit (None: no cap)
+
+    @field_validator("prices", "per_image")
+    @classmethod
+    def _known_kinds_non_negative(cls, values: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = sorted(set(values or {}) - set(ANNOTATION_KINDS))
+        if unknown:
+            raise ValueError(f"unknown annotation kinds {unknown}; known: {list(ANNOTATION_KINDS)}")
+        negative = {k: v for k, v in (values or {}).items() if v < 0}
+        if negative:
+            raise ValueError(f"must be >= 0, got {negative}")
+        return values
+
+
 class CurateConfig(FrozenConfig):
     """Active-learning curation of logged production samples (`flywheel.curation`)."""
 
-    budget: int = Field(100, ge=1)  # images per labelling batch
+    budget: int = Field(100, ge=1)  # images per labelling batch (at most; cost.per_cycle may cap)
+    cost: CostConfig = CostConfig()  # unit prices, the spend per cycle
     strategy: CurationStrategy = "margin"
     diversity: Literal["kmeans", "none"] = "kmeans"  # spread the batch over embedding clusters
     prefilter: int = Field(10, ge=1)  # kmeans: cluster the budget x prefilter most uncertain
@@ -101,6 +135,21 @@ class DriftTest(FrozenConfig):
     threshold: float = Field(0.1, gt=0)
 
 
+class TriggerConfig(FrozenConfig):
+    """The guard between a drift verdict and a retraining run (`flywheel monitor --trigger`).
+
+    A drift submits the flywheel pipeline only when every rule allows it; each
+    decision (fired, held back and why, none) is recorded in the state store.
+    """
+
+    cooldown_hours: float = Field(12.0, ge=0)  # since the last fired trigger
+    max_runs_per_day: int = Field(2, ge=0)  # fired triggers in any 24 hours (0: never fire)
+    min_window_size: int = Field(500, ge=1)  # predictions in the window behind a trigger
+    budget: float | None = Field(None, ge=0)  # labelling spend allowed per budget_days (None: any)
+    budget_days: float = Field(30.0, gt=0)  # the period `budget` covers (rolling)
+    experiment: str = Field("flywheel", min_length=1)  # the KFP experiment of triggered runs
+
+
 DriftSignal = Literal["features", "embedding", "prediction", "confidence"]
 
 
@@ -124,6 +173,7 @@ class MonitorConfig(FrozenConfig):
     seed: int = 0  # the sampling
     workspace: Path | None = None  # Evidently workspace (None: <state URL>/evidently)
     reports_dir: Path | None = None  # HTML reports (None: <state URL>/monitoring/reports)
+    trigger: TriggerConfig = TriggerConfig()  # the guard of `flywheel monitor --trigger`
 
     @field_validator("triggers", "reference_splits")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ import pandas as pd
 from flywheel.config import CurateConfig, CurationStrategy, Params
 from flywheel.curation.candidates import diversity_space, load_candidates
 from flywheel.curation.committee import load_committee, score_images
+from flywheel.curation.cost import Spend, affordable, annotation_mix, image_cost, record_spend
 from flywheel.curation.queue import build_tasks, new_batch_id
 from flywheel.curation.selection import select_diverse, select_random, select_top
 from flywheel.curation.strategies import (
@@ -61,6 +62,12 @@ class CurationResult:
         excluded: keys skipped because they were already queued or labelled.
         space: where the batch was spread: `embedding`, `summary` or `none`.
         committee: the versions that re-scored the images (committee only).
+        unit_cost: what labelling one image costs (`flywheel.curation.cost`).
+        spend: what labelling the batch costs: `len(selected) × unit_cost`.
+        spend_limit: the cycle's cap on spend (None: none).
+        currency: of the amounts.
+        image_budget: the images the cycle could buy: `curate.budget`, capped by the spend limit.
+        spend_file: where the batch's spend was recorded (None: no batch).
     """
 
     batch_id: str
@@ -71,6 +78,24 @@ class CurationResult:
     excluded: int
     space: str
     committee: tuple[str, ...] = field(default=())
+    unit_cost: float = 0.0
+    spend: float = 0.0
+    spend_limit: float | None = None
+    currency: str = "USD"
+    image_budget: int = 0
+    spend_file: Location | None = None
+
+    def cost_scalars(self) -> dict[str, float]:
+        """The spend as numbers for the curation step's metrics (no cap: left out)."""
+        values = {
+            "images": float(len(self.selected)),
+            "unit_cost": self.unit_cost,
+            "spend": self.spend,
+            "image_budget": float(self.image_budget),
+        }
+        if self.spend_limit is not None:
+            values["spend_limit"] = self.spend_limit
+        return values
 
 
 def curate_batch(
@@ -78,6 +103,7 @@ def curate_batch(
     *,
     strategy: CurationStrategy | None = None,
     budget: int | None = None,
+    spend_limit: float | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     log_root: Location | None = None,
@@ -85,7 +111,12 @@ def curate_batch(
     gt_root: Location | None = None,
     progress: bool = True,
 ) -> CurationResult:
-    """Stage 9: choose up to `budget` logged images to label and write them as a queue batch.
+    """Stage 9: choose the logged images a cycle's labelling budget buys; write a queue batch.
+
+    The batch holds at most `budget` images and costs at most `spend_limit`:
+    an image costs its task's annotations at `curate.cost.prices`
+    (`flywheel.curation.cost`). The batch's spend is recorded in the state
+    store, where the trigger's guard sums it.
 
     Candidates are the logged predictions of the window with a stored image
     that are neither in a queue batch nor labelled. They are scored by the
@@ -97,7 +128,8 @@ def curate_batch(
         params: `curate`, `label`, `data.classes`, `evaluate.registered_model`
             (the committee's model) and `serve.log.dir` are used.
         strategy: overrides `curate.strategy`.
-        budget: overrides `curate.budget`.
+        budget: overrides `curate.budget` (images).
+        spend_limit: overrides `curate.cost.per_cycle` (money).
         since: window start (None: the start of the log).
         until: window end (None: now).
         log_root: the prediction log (default `predictions_dir(params)`).
@@ -116,6 +148,15 @@ def curate_batch(
     budget = cfg.budget if budget is None else budget
     if budget < 1:
         raise CurationError(f"the budget must be at least 1 image, got {budget}")
+    unit_cost = image_cost(params)
+    limit = cfg.cost.per_cycle if spend_limit is None else spend_limit
+    budget = affordable(budget, unit_cost, limit)
+    costs = {
+        "unit_cost": unit_cost,
+        "spend_limit": limit,
+        "currency": cfg.cost.currency,
+        "image_budget": budget,
+    }
     state = state_url(params.state.url)
     log_root = as_location(log_root) if log_root is not None else predictions_dir(params)
     queue = as_location(queue) if queue is not None else queue_dir(params.label, state)
@@ -126,9 +167,16 @@ def curate_batch(
     )
     batch_id = new_batch_id(strategy_name)
     empty = candidates.frame.assign(score=pd.Series(dtype=float), rank=pd.Series(dtype=int))
-    if len(candidates) == 0:
+    if len(candidates) == 0 or budget == 0:
         return CurationResult(
-            batch_id, None, empty.iloc[:0], strategy_name, 0, len(exclude), "none"
+            batch_id,
+            None,
+            empty.iloc[:0],
+            strategy_name,
+            len(candidates),
+            len(exclude),
+            "none",
+            **costs,  # type: ignore[arg-type]
         )
 
     committee: tuple[str, ...] = ()
@@ -174,6 +222,17 @@ def curate_batch(
     queue_file = write_json_atomic(join(queue, f"{batch_id}.json"), tasks)
     config = label_config_xml(params.data.classes, params.label.from_name, params.label.to_name)
     write_bytes(join(queue, LABEL_CONFIG_NAME), (config + "\n").encode("utf-8"))
+    spend = Spend(
+        batch_id=batch_id,
+        time=datetime.now(UTC).isoformat(),
+        images=len(chosen),
+        unit_cost=unit_cost,
+        spend=round(len(chosen) * unit_cost, 9),
+        limit=limit,
+        currency=cfg.cost.currency,
+        annotations=annotation_mix(params),
+    )
+    spend_file = record_spend(state, spend)
     return CurationResult(
         batch_id=batch_id,
         queue_file=queue_file,
@@ -183,4 +242,7 @@ def curate_batch(
         excluded=len(exclude),
         space=space,
         committee=committee,
+        spend=spend.spend,
+        spend_file=spend_file,
+        **costs,  # type: ignore[arg-type]
     )

@@ -56,20 +56,30 @@ LABELS_FILE = "labels.parquet"
 """The labels one labelling step hands to the next (in its `labels` output folder)."""
 
 
-def curate_samples(params: Params, *, queue_out: Path) -> int:
+def curate_samples(params: Params, *, queue_out: Path, metrics_out: Path | None = None) -> int:
     """Choose the logged samples worth labelling; write the labelling queue; return its size.
 
     `flywheel.curation.curate_batch` with params.yaml's `curate` settings over
-    the whole prediction log (what is already queued or labelled is skipped).
-    The batch goes to the labelling queue and is copied, with the labelling
-    config, into `queue_out` (a folder) for the next step.
+    the whole prediction log (what is already queued or labelled is skipped),
+    within the cycle's labelling budget (`curate.cost`). The batch goes to the
+    labelling queue and is copied, with the labelling config, into `queue_out`
+    (a folder) for the next step; `metrics_out` receives its spend as JSON
+    (`CurationResult.cost_scalars`: images, unit cost, spend, cap).
     """
     from flywheel.curation import curate_batch
     from flywheel.labeling import LABEL_CONFIG_NAME
 
     result = curate_batch(params, progress=False)
     queue_out.mkdir(parents=True, exist_ok=True)
+    if metrics_out is not None:
+        write_json(metrics_out, result.cost_scalars())
     if result.queue_file is None:
+        if result.image_budget == 0:
+            say(
+                f"nothing to curate: the cycle's {result.spend_limit:g} {result.currency} "
+                f"buys no image at {result.unit_cost:g} {result.currency} each"
+            )
+            return 0
         say(f"nothing to curate: every logged image is queued or labelled ({result.excluded})")
         return 0
     # The queue may be in object storage: copied by content into the step's output folder.
@@ -77,9 +87,20 @@ def curate_samples(params: Params, *, queue_out: Path) -> int:
         write_bytes(queue_out / name(source), read_bytes(source))
     say(
         f"queued {len(result.selected)} of {result.candidates} candidates "
-        f"({result.strategy}, spread over {result.space}): batch {result.batch_id}"
+        f"({result.strategy}, spread over {result.space}): batch {result.batch_id}; "
+        f"labelling cost {result.spend:.2f} {result.currency} "
+        f"({result.unit_cost:g} per image{_cap(result.spend_limit, result.currency)})"
     )
     return len(result.selected)
+
+
+def _cap(limit: float | None, currency: str) -> str:
+    """The cycle's spend cap for a message.
+
+    >>> _cap(None, "USD"), _cap(8.0, "USD")
+    ('', ', cap 8.00 USD')
+    """
+    return "" if limit is None else f", cap {limit:.2f} {currency}"
 
 
 def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:

@@ -25,6 +25,7 @@ import yaml
 from flywheel.cli import app
 from flywheel.config import load_params
 from flywheel.env import DEFAULT_IMAGE
+from pipelines.submission import IN_CLUSTER_TOKEN
 from tests.support import REPO
 from tests.support.k8s import (
     IMAGE_REPO,
@@ -486,14 +487,53 @@ def test_every_flywheel_command_parses_with_the_real_cli(rendered: dict[str, lis
         assert load_params(REPO / "params.yaml", overrides), where
 
 
-def test_monitor_cronjob_runs_a_cli_command(rendered: dict[str, list[Doc]]) -> None:
-    invocations = [w for _, w in flywheel_invocations(rendered["gpu"]) if w[0] == "monitor"]
-    assert invocations == [["monitor"]]
-    if not implemented("monitor"):
-        pytest.skip(
-            "`flywheel monitor` is not in the CLI yet: the CronJob's command cannot be parsed"
-        )
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitor_cronjob_runs_the_guarded_trigger(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The CronJob runs `flywheel monitor --trigger` (parsed by the real CLI), with the KFP
+    endpoint, its own namespace and a projected token the KFP API accepts, read from where
+    it is mounted; the Job is not retried (a drift exits 0, an error fails)."""
+    docs = rendered[overlay]
+    invocations = [w for _, w in flywheel_invocations(docs) if w[0] == "monitor"]
+    assert invocations == [
+        [
+            "monitor",
+            "--trigger",
+            f"--token-file={IN_CLUSTER_TOKEN}",
+            "--out=/var/lib/flywheel/pipelines",
+        ]
+    ]
     assert resolve_cli(invocations[0]) == ["monitor"]
+
+    cronjob = find(docs, "CronJob", "flywheel-monitor")
+    assert validate_builtin(cronjob) == []
+    assert cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    ((_, pod),) = pod_specs(cronjob)
+    main = pod["containers"][-1]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["KF_PIPELINES_ENDPOINT"]["value"] == (
+        "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    )
+    assert env["FLYWHEEL_KFP_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    token_path = IN_CLUSTER_TOKEN  # where Kubeflow projects it, and the command reads it
+    mount = next(m for m in main["volumeMounts"] if m["mountPath"] == str(token_path.parent))
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["path"] == token_path.name
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    # The compiled pipeline goes to the pod's scratch volume, not the read-only image.
+    scratch = {m["mountPath"] for m in main["volumeMounts"] if m["name"] == "state"}
+    assert scratch == {"/var/lib/flywheel"}
+    # The variables are the ones the command reads (its options' envvar).
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    monitor = command.commands["monitor"]
+    envvars = {o.envvar for o in monitor.params if getattr(o, "envvar", None)}
+    assert {"KF_PIPELINES_ENDPOINT", "FLYWHEEL_KFP_NAMESPACE"} <= envvars
 
 
 # ================================================================== make render
