@@ -67,7 +67,8 @@ def test_a_run_reaches_the_users_namespace_with_the_token_parameters_and_spec(
     parameters = run.body["runtime_config"]["parameters"]
     assert parameters["epochs"] == 2
     assert parameters["overrides"] == ["train.batch_size=64"]
-    assert parameters["repo"] == "."
+    assert parameters["repo"] == ""  # no repository in a pod: the data comes by hash
+    assert len(parameters["data_version"]) == 32  # what data.dvc records
     documents = list(yaml.safe_load_all((tmp_path / "training.yaml").read_text()))
     assert run.body["pipeline_spec"]["pipeline_spec"] == documents[0]
     assert run.body["pipeline_spec"]["platform_spec"] == documents[1]
