@@ -30,7 +30,6 @@ from tests.support.processes import free_port, subprocess_env
 RECIPE_MARKER = "<!-- recipe: own-data"
 STEP_TIMES = "PS4='+ [$(date +%s.%N)] '\nset -x\n"  # bash traces each command with its start
 RECIPE_END = ": recipe-end"
-RECIPE_END = ": recipe-end"
 INIT_LINE = 'flywheel init "$IMAGES"'
 TINY_TRAINING = (
     " --set train.epochs=6 --set train.batch_size=32 --set train.patience=3"
@@ -50,7 +49,7 @@ def readme_recipe(readme: Path = REPO / "README.md") -> str:
 def _digits_tree(root: Path, per_class: int) -> Path:
     """scikit-learn's 8x8 digits as `root/<digit>/<n>.png`, the first `per_class` of each digit.
 
-    The 16 grey levels are spread to 0..240 (low-range images are another issue's).
+    At their native levels, 0..16 of 0..255: `flywheel init` must find that 16 is white.
     """
     digits = load_digits()
     taken: dict[int, int] = {}
@@ -60,7 +59,7 @@ def _digits_tree(root: Path, per_class: int) -> Path:
             continue
         path = root / str(target) / f"{n:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((pixels * 15).astype(np.uint8)).save(path)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
     return root
 
 
@@ -134,6 +133,7 @@ def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: 
     plan = yaml.safe_load((project / "params.yaml").read_text())
     assert plan["data"]["name"] == "my-digits"
     assert (plan["data"]["image_size"], plan["data"]["channels"]) == (8, 1)
+    assert plan["data"]["white_level"] == 16
     assert plan["data"]["classes"] == [str(d) for d in range(10)]
     assert plan["evaluate"]["registered_model"] == "flywheel-my-digits"
     assert "generator" not in plan["data"]

@@ -114,9 +114,12 @@ def _size_notes(inspection: TreeInspection, size: int) -> list[str]:
         notes.append(f"images are resized to {size}x{size} on import")
     if max(width, height) != size:
         notes.append(f"{max(width, height)} px is outside the plan's 8..512; using {size}")
-    if stats.high is not None and stats.high <= 16:
-        notes.append(f"pixel values span only {stats.low:g}..{stats.high:g} (low-range images)")
-    elif stats.high is not None and stats.high > 255:
+    if stats.white_level is not None:
+        notes.append(
+            f"pixel values span only {stats.low:g}..{stats.high:g} of 0..{stats.full_white} "
+            f"(low-range images): data.white_level {stats.white_level} is white"
+        )
+    if stats.high is not None and stats.high > 255:
         notes.append(f"pixel values reach {stats.high:g} (more than 8 bits per channel)")
     return notes
 
@@ -174,6 +177,11 @@ def draft_params(
             "name": name,
             "image_size": size,
             "channels": inspection.stats.channels,
+            **(
+                {"white_level": inspection.stats.white_level}
+                if inspection.stats.white_level is not None
+                else {}
+            ),
             "classes": inspection.classes,
             "strata": {"style": inspection.layout.styles or [style], "noise": [noise]},
             "per_stratum": _per_stratum(inspection),
