@@ -250,10 +250,22 @@ def test_low_range_data_gets_its_white_level_and_imports_without_edits(tmp_path:
 def test_the_white_level_is_written_only_for_low_range_data(
     levels: int, mode: str, white: int | None, tmp_path: Path
 ) -> None:
-    """8-bit data reaching 200 and 16-bit reaching 40000 use their bit depth; 12-bit in 16 does not."""
+    """8-bit reaching 200 and 16-bit reaching 40000 use their bit depth; 12-bit in 16 does not."""
     from flywheel.data.inspect import measure_images
 
     path = tmp_path / "a.png"
     Image.new(mode, (8, 8), levels).save(path)
 
     assert measure_images([path]).white_level == white
+
+
+def test_sixteen_bit_data_is_planned_as_such(tmp_path: Path) -> None:
+    files: dict[str, Image.Image | bytes] = {
+        f"{split}/{label}/{i}.png": Image.new("I;16", (8, 8), 30000 + 1000 * i)
+        for split in ("train", "val", "test")
+        for label in ("a", "b")
+        for i in range(2)
+    }
+    plan = init_project(_tree(tmp_path / "scans", files), tmp_path / "p" / "params.yaml")
+
+    assert plan.params["data"]["white_level"] == 65535

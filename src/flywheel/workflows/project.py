@@ -156,6 +156,9 @@ def draft_params(
     width, height = inspection.stats.common_size or (32, 32)
     size = min(512, max(8, width, height))
     tolerance = _balance_tolerance(counts)
+    stats = inspection.stats
+    # low-range data: its brightest level; 16-bit data: the plan says so (validate checks depth)
+    white = stats.white_level or (stats.full_white if stats.full_white > 255 else None)
     n_test = sum(counts["test"].values())
     model = default_registered_model(name)
     notes = _size_notes(inspection, size)
@@ -177,11 +180,7 @@ def draft_params(
             "name": name,
             "image_size": size,
             "channels": inspection.stats.channels,
-            **(
-                {"white_level": inspection.stats.white_level}
-                if inspection.stats.white_level is not None
-                else {}
-            ),
+            **({"white_level": white} if white is not None else {}),
             "classes": inspection.classes,
             "strata": {"style": inspection.layout.styles or [style], "noise": [noise]},
             "per_stratum": _per_stratum(inspection),
