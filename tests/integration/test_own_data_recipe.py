@@ -146,6 +146,7 @@ def _served_and_monitored(project: Path, out: str, name: str) -> tuple[dict[str,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the whole recipe, training included, on a loaded machine
 def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: Path) -> None:
     images = _digits_tree(tmp_path / "my-digits", per_class=80)
     project = tmp_path / "project"
@@ -164,6 +165,7 @@ def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the whole recipe, training included, on a loaded machine
 def test_the_own_data_recipe_takes_rgb_photos_to_a_served_monitored_model(tmp_path: Path) -> None:
     images = photos_tree(tmp_path / "my-photos", per_class=60)
     project = tmp_path / "project"
