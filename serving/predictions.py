@@ -74,7 +74,7 @@ def respond(
     features = output[:, -len(FEATURE_COLUMNS) :]  # (N, F)
     decoded = model.task.decode(output[:, : -len(FEATURE_COLUMNS)])
     probabilities, embeddings = decoded.class_probabilities(), decoded.embedding  # (N, K), (N, D)
-    images = np.rint(model.task.pixels(batch) * 255.0).astype(np.uint8)  # (N, S, S)
+    images = model.task.stored_images(batch)  # (N, S, S) or (N, S, S, 3), as served
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     classes = model.task.classes
     out = []

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,11 +26,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tests.support import REPO
+from tests.support.own_images import PHOTO_SIDE, PHOTOS, photos_tree
 from tests.support.processes import free_port, subprocess_env
 
 RECIPE_MARKER = "<!-- recipe: own-data"
 STEP_TIMES = "PS4='+ [$(date +%s.%N)] '\nset -x\n"  # bash traces each command with its start
-RECIPE_END = ": recipe-end"
 RECIPE_END = ": recipe-end"
 INIT_LINE = 'flywheel init "$IMAGES"'
 TINY_TRAINING = (
@@ -50,7 +51,7 @@ def readme_recipe(readme: Path = REPO / "README.md") -> str:
 def _digits_tree(root: Path, per_class: int) -> Path:
     """scikit-learn's 8x8 digits as `root/<digit>/<n>.png`, the first `per_class` of each digit.
 
-    The 16 grey levels are spread to 0..240 (low-range images are another issue's).
+    At their native levels, 0..16 of 0..255: `flywheel init` must find that 16 is white.
     """
     digits = load_digits()
     taken: dict[int, int] = {}
@@ -60,7 +61,7 @@ def _digits_tree(root: Path, per_class: int) -> Path:
             continue
         path = root / str(target) / f"{n:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((pixels * 15).astype(np.uint8)).save(path)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
     return root
 
 
@@ -109,37 +110,74 @@ def test_the_readme_names_every_stage_of_the_recipe() -> None:
     assert INIT_LINE in recipe
 
 
+def _recipe_script(images: Path, port: int) -> str:
+    """The README block with the reader's first line set, tiny training, and step marks."""
+    first, rest = readme_recipe().split("\n", 1)
+    assert first.startswith("export IMAGES=")
+    return (
+        STEP_TIMES
+        + f"export IMAGES={images} PORT={port}\n"
+        + rest.replace(INIT_LINE, INIT_LINE + TINY_TRAINING, 1)
+        + f"{RECIPE_END}\n"
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    env = subprocess_env({})
+    for leaked in ("MLFLOW_TRACKING_URI", "FLYWHEEL_HOME", "FLYWHEEL_PARAMS", "BENTOML_HOME"):
+        env.pop(leaked, None)
+    return env
+
+
+def _served_and_monitored(project: Path, out: str, name: str) -> tuple[dict[str, Any], list[Path]]:
+    """The checks every data set's run must pass; returns the plan's data section."""
+    plan = yaml.safe_load((project / "params.yaml").read_text())
+    assert plan["data"]["name"] == name
+    assert plan["evaluate"]["registered_model"] == f"flywheel-{name}"
+    assert "generator" not in plan["data"]
+    assert "label" not in plan
+    assert "data contract PASSED" in out
+    assert f"flywheel-{name}: production → version 1" in out
+    assert "flywheel-digits" not in out
+    assert (project / "data.dvc").is_file()
+    stored = [p for p in (project / ".flywheel" / "predictions").rglob("*.png") if p.is_file()]
+    assert stored, "no served image was logged"
+    return dict(plan["data"]), stored
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the whole recipe, training included, on a loaded machine
 def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: Path) -> None:
     images = _digits_tree(tmp_path / "my-digits", per_class=80)
     project = tmp_path / "project"
     project.mkdir()
-    recipe = readme_recipe()
-    first, rest = recipe.split("\n", 1)
-    assert first.startswith("export IMAGES=")
-    script = (
-        STEP_TIMES
-        + f"export IMAGES={images} PORT={free_port()}\n"
-        + rest.replace(INIT_LINE, INIT_LINE + TINY_TRAINING, 1)
-        + f"{RECIPE_END}\n"
-    )
-    env = subprocess_env({})
-    for leaked in ("MLFLOW_TRACKING_URI", "FLYWHEEL_HOME", "FLYWHEEL_PARAMS", "BENTOML_HOME"):
-        env.pop(leaked, None)
 
-    code, out = _run(script, project, env, timeout=1200)
-    print(step_times(out))  # shown with -s: each step's time
+    code, out = _run(_recipe_script(images, free_port()), project, _clean_env(), timeout=1200)
+    print("digits (8x8, levels 0-16):\n" + step_times(out))  # shown with -s
 
     assert code == 0, out[-6000:]
-    plan = yaml.safe_load((project / "params.yaml").read_text())
-    assert plan["data"]["name"] == "my-digits"
-    assert (plan["data"]["image_size"], plan["data"]["channels"]) == (8, 1)
-    assert plan["data"]["classes"] == [str(d) for d in range(10)]
-    assert plan["evaluate"]["registered_model"] == "flywheel-my-digits"
-    assert "generator" not in plan["data"]
-    assert "label" not in plan
-    assert "data contract PASSED" in out
-    assert "flywheel-my-digits: production → version 1" in out
-    assert "flywheel-digits" not in out
-    assert (project / "data.dvc").is_file()
-    assert [p for p in (project / ".flywheel" / "predictions").rglob("*") if p.is_file()]
+    data, stored = _served_and_monitored(project, out, "my-digits")
+    assert (data["image_size"], data["channels"], data["white_level"]) == (8, 1, 16)
+    assert data["classes"] == [str(d) for d in range(10)]
+    with Image.open(stored[0]) as image:  # logged at the data's own levels, as imported
+        assert image.mode == "L"
+        assert image.getextrema()[1] <= 16
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # the whole recipe, training included, on a loaded machine
+def test_the_own_data_recipe_takes_rgb_photos_to_a_served_monitored_model(tmp_path: Path) -> None:
+    images = photos_tree(tmp_path / "my-photos", per_class=60)
+    project = tmp_path / "project"
+    project.mkdir()
+
+    code, out = _run(_recipe_script(images, free_port()), project, _clean_env(), timeout=1200)
+    print("photos (40x40 RGB, 3 classes):\n" + step_times(out))  # shown with -s
+
+    assert code == 0, out[-6000:]
+    data, stored = _served_and_monitored(project, out, "my-photos")
+    assert (data["image_size"], data["channels"]) == (PHOTO_SIDE, 3)
+    assert "white_level" not in data
+    assert data["classes"] == sorted(PHOTOS)
+    with Image.open(stored[0]) as image:  # the prediction log keeps the colour it served
+        assert image.mode == "RGB"

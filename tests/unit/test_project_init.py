@@ -213,3 +213,59 @@ def test_the_folder_becomes_a_dvc_project_once(git: bool, tmp_path: Path) -> Non
     assert ("no_scm = True" in config) is not git
     assert "url = ../.flywheel/dvc-remote" in config
     assert "analytics = False" in config
+
+
+def test_low_range_data_gets_its_white_level_and_imports_without_edits(tmp_path: Path) -> None:
+    """Digits-like images of levels 0..16 of 0..255: init writes `data.white_level: 16`."""
+    import numpy as np
+
+    from flywheel.data.importer import import_imagefolder
+
+    rng = np.random.default_rng(0)
+    files: dict[str, Image.Image | bytes] = {}
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for label in ("0", "1"):
+            for i in range(n):
+                levels = rng.integers(0, 17, (8, 8), dtype=np.uint8)
+                files[f"{split}/{label}/{i}.png"] = Image.fromarray(levels, mode="L")
+    src = _tree(tmp_path / "digits", files)
+    params = tmp_path / "proj" / "params.yaml"
+
+    plan = init_project(src, params)
+
+    assert plan.params["data"]["white_level"] == 16
+    assert any("data.white_level 16 is white" in note for note in plan.notes)
+    loaded = load_params(params)
+    assert loaded.data.white_level == 16
+    manifest = import_imagefolder(
+        src, loaded.data, name="digits", root=tmp_path / "proj" / "data", progress=False
+    )
+    assert len(manifest) == 20
+
+
+@pytest.mark.parametrize(
+    ("levels", "mode", "white"),
+    [(200, "L", None), (4095, "I;16", 4095), (40000, "I;16", None), (0, "L", None)],
+)
+def test_the_white_level_is_written_only_for_low_range_data(
+    levels: int, mode: str, white: int | None, tmp_path: Path
+) -> None:
+    """8-bit reaching 200 and 16-bit reaching 40000 use their bit depth; 12-bit in 16 does not."""
+    from flywheel.data.inspect import measure_images
+
+    path = tmp_path / "a.png"
+    Image.new(mode, (8, 8), levels).save(path)
+
+    assert measure_images([path]).white_level == white
+
+
+def test_sixteen_bit_data_is_planned_as_such(tmp_path: Path) -> None:
+    files: dict[str, Image.Image | bytes] = {
+        f"{split}/{label}/{i}.png": Image.new("I;16", (8, 8), 30000 + 1000 * i)
+        for split in ("train", "val", "test")
+        for label in ("a", "b")
+        for i in range(2)
+    }
+    plan = init_project(_tree(tmp_path / "scans", files), tmp_path / "p" / "params.yaml")
+
+    assert plan.params["data"]["white_level"] == 65535

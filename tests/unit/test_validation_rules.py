@@ -17,6 +17,7 @@ from flywheel.data.manifest import COLUMNS
 from flywheel.validation import (
     FILE_OK,
     Failure,
+    FilePlan,
     Offender,
     ValidationReport,
     add_derived_columns,
@@ -127,6 +128,52 @@ def test_check_file(
     status = check_file(path, sha256=sha256, width=size[0], height=size[1])
 
     assert status.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("mode", "level", "plan", "expected"),
+    [
+        ("L", 200, FilePlan(1), FILE_OK),
+        ("RGB", 200, FilePlan(3), FILE_OK),
+        ("I;16", 4000, FilePlan(1, 4095), FILE_OK),
+        ("L", 16, FilePlan(1, 16), FILE_OK),
+        ("RGB", 200, FilePlan(1), "channels: RGB image where the plan has grey"),
+        ("L", 200, FilePlan(3), "channels: grey (L) image where the plan has RGB"),
+        ("I;16", 4000, FilePlan(1), "bit depth: 16-bit image (I;16) where the plan has 8-bit"),
+        ("I;16", 4000, FilePlan(3), "channels: 16-bit grey image where the plan has RGB"),
+        ("L", 200, FilePlan(1, 4095), "bit depth: 8-bit image where the plan has 16-bit"),
+        ("L", 17, FilePlan(1, 16), "levels: a pixel of level 17 is above data.white_level 16"),
+    ],
+)
+def test_files_are_checked_against_the_plans_channels_and_levels(
+    tmp_path: Path, mode: str, level: int, plan: FilePlan, expected: str
+) -> None:
+    path = tmp_path / "image.png"
+    Image.new(mode, (8, 8), level if mode != "RGB" else (level, 0, 0)).save(path)
+
+    status = check_file(path, sha256=None, width=8, height=8, plan=plan)
+
+    assert status.startswith(expected), status
+
+
+def test_a_failed_file_names_the_users_file_it_was_imported_from(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), (9, 0, 0)).save(tmp_path / "a.png")
+    manifest = pd.DataFrame(
+        {
+            "path": ["a.png"],
+            "sha256": [None],
+            "width": [8],
+            "height": [8],
+            "group": ["import:train/Grün Äpfel/IMG 1.png"],
+        }
+    )
+
+    status = check_image_files(tmp_path, manifest, workers=1, progress=False, plan=FilePlan(1))
+
+    assert status[0] == (
+        "channels: RGB image where the plan has grey (data.channels: 1) "
+        "(imported from train/Grün Äpfel/IMG 1.png)"
+    )
 
 
 def _manifest_with_files(dataset_dir: Path, n: int) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from flywheel.config import SPLITS, DataPlan, nfc
 from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, staged_dir
-from flywheel.data.inspect import IMAGE_SUFFIXES, assign_splits, scan_tree
+from flywheel.data.inspect import IMAGE_SUFFIXES, LOW_RANGE_FRACTION, assign_splits, scan_tree
 from flywheel.data.manifest import manifest_frame, save_manifest
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError, bit_depth_white
 
@@ -48,9 +48,6 @@ __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
 
 MAX_LISTED = 50
 """Problems listed in one error message; the exception keeps all of them."""
-
-LOW_RANGE_FRACTION = 0.25
-"""A tree whose brightest pixel is below this fraction of white needs `data.white_level`."""
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from flywheel.config import SPLITS, nfc
 __all__ = [
     "DEFAULT_SPLIT_SHARES",
     "IMAGE_SUFFIXES",
+    "LOW_RANGE_FRACTION",
     "SPLIT_ALIASES",
     "ImageStats",
     "TreeImage",
@@ -63,6 +64,9 @@ SPLIT_ALIASES: dict[str, str] = {
     "testing": "test",
 }
 """Split folder names accepted, and the split each one is."""
+
+LOW_RANGE_FRACTION = 0.25
+"""A tree whose brightest pixel is below this fraction of white is low-range (`white_level`)."""
 
 DEFAULT_SPLIT_SHARES: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 """Shares of each class's images per split when the tree has no split folders."""
@@ -237,6 +241,7 @@ class ImageStats:
     grey: int = 0
     low: float | None = None  # smallest pixel value seen, in the file's own units
     high: float | None = None  # largest
+    full_white: int = 255  # the largest bit depth's white: 65535 once a 16-bit image is seen
     undecodable: list[str] = field(default_factory=list)  # "file: reason"
 
     @property
@@ -245,6 +250,19 @@ class ImageStats:
         if not self.sizes:
             return None
         return max(self.sizes, key=lambda s: (self.sizes[s], s[0] * s[1]))
+
+    @property
+    def white_level(self) -> int | None:
+        """The level that is white, when the data is low-range (None: the bit depth's full range).
+
+        A tree whose brightest pixel is below `LOW_RANGE_FRACTION` of its bit
+        depth's white (scikit-learn's digits: 16 of 255) is low-range: its
+        brightest level is taken as white, so that it trains at full contrast
+        and the brightness augmentation is checked against its real range.
+        """
+        if self.high is None or self.high <= 0:
+            return None  # no image, or all black: the import refuses that as such
+        return int(self.high) if self.high < LOW_RANGE_FRACTION * self.full_white else None
 
     @property
     def channels(self) -> int:
@@ -280,6 +298,8 @@ def measure_images(files: list[Path]) -> ImageStats:
         is_colour = pixels.ndim == 3 and bool((pixels != pixels[..., :1]).any())
         stats.colour += is_colour
         stats.grey += not is_colour
+        if pixels.dtype.itemsize > 1:  # 16-bit grey (`I;16` reads as uint16, `I` as int32)
+            stats.full_white = 65535
         low, high = float(pixels.min()), float(pixels.max())
         stats.low = low if stats.low is None else min(stats.low, low)
         stats.high = high if stats.high is None else max(stats.high, high)

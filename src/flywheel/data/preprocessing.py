@@ -188,6 +188,21 @@ class Preprocessing:
         scaled = chw / np.float32(self.white_of(canonical))
         return np.clip(scaled, 0.0, 1.0, out=scaled)
 
+    def stored(self, batch: np.ndarray) -> np.ndarray:
+        """Model inputs `(B, C, S, S)` in [0, 1] → the images as served, at the data's levels.
+
+        The inverse of `to_unit` after `canonical`: what the prediction log keeps
+        and `flywheel data merge` writes into the dataset, so a labelled
+        production image is a row like an imported one: grey `(B, S, S)` or RGB
+        `(B, S, S, 3)`, uint8 up to a white level of 255 (255 when unset),
+        uint16 above (16-bit grey).
+        """
+        array = np.asarray(batch, dtype=np.float32)
+        white = self.white_level or 255
+        levels = np.rint(np.clip(array, 0.0, 1.0) * np.float32(white))
+        images = levels[:, 0] if array.shape[1] == 1 else levels.transpose(0, 2, 3, 1)
+        return images.astype(np.uint16 if white > 255 else np.uint8)
+
 
 def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, Image.Image):

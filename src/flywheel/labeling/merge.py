@@ -50,6 +50,7 @@ from flywheel.data.ground_truth import (
 from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
 from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
 from flywheel.storage import Location, as_location, is_file, read_bytes, state_url
+from flywheel.validation import FilePlan
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -63,7 +64,7 @@ SKIP_REASONS: dict[str, str] = {
     "no_image": "no stored image (the prediction log did not sample it, or it was removed)",
     "no_stratum": "the stratum (style/noise) recorded for it is not one of the plan's",
     "unknown_label": "label not among the plan's classes",
-    "bad_image": "image unreadable, or not the plan's image size",
+    "bad_image": "unreadable, or not as the plan's preprocessing makes it (size, colour, levels)",
     "duplicate": "same image bytes as a row already in the dataset",
 }
 """Why a labelled image was not merged, by key."""
@@ -184,10 +185,21 @@ def read_logged(
     }
 
 
-def _decode(data: bytes) -> tuple[int, int] | None:
+def _decode(data: bytes, plan: DataPlan) -> tuple[int, int] | None:
+    """The size of a stored production image when it is what the plan's preprocessing produces.
+
+    That is: `image_size` square, and the channels, bit depth and levels the
+    data gate checks (`FilePlan`: grey or RGB as `data.channels` says, 16-bit
+    only above a white level of 255, no pixel above white). None: undecodable
+    or not such an image (the row would fail the gate after the merge).
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+            if image.size != (plan.image_size, plan.image_size):
+                return None
+            if FilePlan(plan.channels, plan.white_level).problem(image) is not None:
+                return None
             return image.size
     except (UnidentifiedImageError, OSError, ValueError):
         return None
@@ -304,8 +316,8 @@ def plan_rows(
             skip("no_image", key)
             continue
         data = read_bytes(as_location(source))
-        size = _decode(data)
-        if size != (plan.image_size, plan.image_size):
+        size = _decode(data, plan)
+        if size is None:
             skip("bad_image", key)
             continue
         digest = hashlib.sha256(data).hexdigest()

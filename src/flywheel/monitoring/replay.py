@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from flywheel.monitoring.features import summary_features
 from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord
 
@@ -70,7 +68,7 @@ def replay_images(
         features = summary_features(pixels).to_dict(orient="records")
         with torch.inference_mode():
             decoded = task.decode(module(batch))
-        stored = np.rint(pixels * 255.0).astype(np.uint8)  # (B, S, S), as the service stores
+        stored = task.stored_images(batch)  # as the service stores: colour and levels kept
         for j in range(len(batch)):
             i = first + j
             request_id = f"{request_prefix}-{i}"

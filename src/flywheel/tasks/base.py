@@ -476,11 +476,23 @@ class Task(ABC):
     def pixels(self, batch: Tensor | np.ndarray) -> np.ndarray:
         """A batch of model inputs `(B, C, H, W)` in [0, 1] → grey levels `(B, H, W)` in [0, 1].
 
-        What monitoring's summary features are computed on and the prediction
-        log stores; the channel itself for one channel, else the channel mean.
+        What monitoring's summary features are computed on (the stored image
+        keeps its colour: `stored_images`); the channel itself for one
+        channel, else the channel mean.
         """
         array = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
         return array[:, 0] if array.shape[1] == 1 else array.mean(axis=1)
+
+    def stored_images(self, batch: Tensor | np.ndarray) -> np.ndarray:
+        """A batch of model inputs `(B, C, H, W)` → the images the prediction log keeps.
+
+        As served, in colour where the model takes RGB and at the data's own
+        levels (`Preprocessing.stored`), so that a labelled production image
+        merged into the dataset is what an imported one is; `pixels` (grey)
+        is only for the summary features.
+        """
+        array = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
+        return self.preprocessing.stored(array)
 
     @abstractmethod
     def export_module(self, model: nn.Module) -> nn.Module:

@@ -33,7 +33,7 @@ from flywheel.validation.columns import (
     splits_sharing,
 )
 from flywheel.validation.context import ValidationSetupError
-from flywheel.validation.files import FILE_OK, check_file, check_image_files
+from flywheel.validation.files import FILE_OK, FilePlan, check_file, check_image_files
 from flywheel.validation.gate import validate_dataset
 from flywheel.validation.report import Failure, Offender, ValidationReport, print_report
 from flywheel.validation.suite import build_suite, class_share_bounds
@@ -42,6 +42,7 @@ __all__ = [
     "DERIVED_COLUMNS",
     "FILE_OK",
     "Failure",
+    "FilePlan",
     "ManifestError",
     "Offender",
     "ValidationReport",

@@ -1,4 +1,12 @@
-"""Image-file checks: does each manifest row's file exist, decode, and match its size and hash."""
+"""Image-file checks: does each manifest row's file exist, decode, and match the manifest and plan.
+
+Against the manifest: its size and hash. Against the plan (`FilePlan`): its
+channels (grey `L` or `RGB`, as `data.channels` says), its bit depth (16-bit
+grey only where `data.white_level` is above 255) and its levels (no pixel
+above `data.white_level`), so that an RGB file copied into a grey dataset, or
+a 16-bit scan into an 8-bit one, is a named failure rather than a silent
+conversion at training time.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -17,21 +26,78 @@ from tqdm import tqdm
 FILE_OK = "ok"
 """`file_status` of a file that exists, decodes, and matches the manifest's size and hash."""
 
+IMPORT_GROUP = "import:"
+"""How `flywheel data import` starts a row's `group`: the file's path in the user's tree follows."""
+
 PARALLEL_MIN_FILES = 5_000
 """Below this many files a process pool costs more to start than it saves."""
 
 
-def check_file(path: Path, *, sha256: str | None, width: int | None, height: int | None) -> str:
-    """Open one image file and say whether it is what the manifest row claims.
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+"""PIL modes of 16-bit grey files (PNG opens them as `I;16`)."""
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What the plan says every image file is: its channels and its white level.
+
+    Attributes:
+        channels: 1 = grey (`L`, or 16-bit grey where `white_level` > 255), 3 = `RGB`.
+        white_level: the level that is white; None = 255 (8-bit files).
+    """
+
+    channels: int = 1
+    white_level: int | None = None
+
+    @property
+    def sixteen_bit(self) -> bool:
+        """Whether the plan has 16-bit grey files (a white level above 255)."""
+        return self.white_level is not None and self.white_level > 255
+
+    def problem(self, image: Image.Image) -> str | None:
+        """Why a decoded file is not what the plan says (channels, depth, levels); None: it is."""
+        deep = image.mode in HIGH_DEPTH_MODES
+        if self.channels == 3 and image.mode != "RGB":
+            what = "16-bit grey" if deep else f"grey ({image.mode})" if image.mode == "L" else None
+            return f"channels: {what or image.mode} image where the plan has RGB (data.channels: 3)"
+        if self.channels == 1 and not deep and image.mode != "L":
+            return f"channels: {image.mode} image where the plan has grey (data.channels: 1)"
+        if deep and not self.sixteen_bit:
+            return (
+                f"bit depth: 16-bit image ({image.mode}) where the plan has 8-bit "
+                f"(data.white_level {self.white_level or 'unset'}; set it to the 16-bit white)"
+            )
+        if not deep and self.sixteen_bit:
+            return f"bit depth: 8-bit image where the plan has 16-bit (white {self.white_level})"
+        white = self.white_level or 255
+        extrema = image.getextrema()
+        pairs = extrema if isinstance(extrema[0], tuple) else (extrema,)
+        top = max(int(high) for _, high in pairs)
+        if top > white:
+            return f"levels: a pixel of level {top} is above data.white_level {white}"
+        return None
+
+
+def check_file(
+    path: Path,
+    *,
+    sha256: str | None,
+    width: int | None,
+    height: int | None,
+    plan: FilePlan | None = None,
+) -> str:
+    """Open one image file and say whether it is what the manifest row and the plan claim.
 
     Checks, in order: the file can be read, it decodes completely (a truncated
     PNG fails here), its size is the manifest's `width`×`height`, its bytes hash
-    to the manifest's `sha256`. Manifest values that are missing are not compared
-    (the not-null rules flag those rows).
+    to the manifest's `sha256`, and (with `plan`) its channels, bit depth and
+    levels are the plan's (`FilePlan.problem`). Manifest values that are
+    missing are not compared (the not-null rules flag those rows).
 
     Returns:
         `"ok"`, `"missing"`, `"undecodable: <reason>"`,
-        `"size WxH != manifest WxH"` or `"sha256 mismatch"`.
+        `"size WxH != manifest WxH"`, `"sha256 mismatch"`, or
+        `"channels: ..."`, `"bit depth: ..."`, `"levels: ..."` (`FilePlan.problem`).
     """
     try:
         data = path.read_bytes()
@@ -41,6 +107,7 @@ def check_file(path: Path, *, sha256: str | None, width: int | None, height: int
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             size = image.size
+            problem = plan.problem(image) if plan is not None else None
     except UnidentifiedImageError:
         return "undecodable: not an image file"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -49,13 +116,15 @@ def check_file(path: Path, *, sha256: str | None, width: int | None, height: int
         return f"size {size[0]}x{size[1]} != manifest {width}x{height}"
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         return "sha256 mismatch"
-    return FILE_OK
+    return problem or FILE_OK
 
 
 _FileRow = tuple[str | None, str | None, int | None, int | None]  # path, sha256, width, height
 
 
-def _check_rows(dataset_dir: Path, rows: Sequence[_FileRow]) -> list[str]:
+def _check_rows(
+    dataset_dir: Path, rows: Sequence[_FileRow], plan: FilePlan | None = None
+) -> list[str]:
     """`check_file` for a chunk of manifest rows; the unit of work of the process pool."""
     out: list[str] = []
     for rel, sha, width, height in rows:
@@ -66,7 +135,9 @@ def _check_rows(dataset_dir: Path, rows: Sequence[_FileRow]) -> list[str]:
         if parts.is_absolute() or ".." in parts.parts:
             out.append("path outside the dataset folder")
             continue
-        out.append(check_file(dataset_dir / parts, sha256=sha, width=width, height=height))
+        out.append(
+            check_file(dataset_dir / parts, sha256=sha, width=width, height=height, plan=plan)
+        )
     return out
 
 
@@ -95,6 +166,7 @@ def check_image_files(
     chunk_size: int = 1_000,
     min_parallel: int = PARALLEL_MIN_FILES,
     progress: bool = True,
+    plan: FilePlan | None = None,
 ) -> pd.Series:
     """Check every row's image file (`check_file`), in parallel for large datasets.
 
@@ -109,9 +181,12 @@ def check_image_files(
         chunk_size: rows per task handed to a worker.
         min_parallel: fewest files worth starting a process pool for.
         progress: show a progress bar (on stderr, when it is a terminal).
+        plan: channels and white level every file must have (None: not checked).
 
     Returns:
-        `file_status` per row, aligned with `manifest.index`.
+        `file_status` per row, aligned with `manifest.index`: `ok`, or why
+        not (`check_file`), followed by `(imported from <file>)` where the
+        row's `group` names the user's file it was imported from.
     """
     dataset_dir = Path(dataset_dir)
     widths, heights = _column_or_none(manifest, "width"), _column_or_none(manifest, "height")
@@ -133,20 +208,28 @@ def check_image_files(
     with bar:
         if workers <= 1 or len(rows) < min_parallel:
             for i, chunk in enumerate(chunks):
-                results[i] = _check_rows(dataset_dir, chunk)
+                results[i] = _check_rows(dataset_dir, chunk, plan)
                 bar.update(len(chunk))
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
                 futures = {
-                    pool.submit(_check_rows, dataset_dir, chunk): i
+                    pool.submit(_check_rows, dataset_dir, chunk, plan): i
                     for i, chunk in enumerate(chunks)
                 }
                 for future in as_completed(futures):
                     i = futures[future]
                     results[i] = future.result()
                     bar.update(len(chunks[i]))
+    origins = [
+        g[len(IMPORT_GROUP) :] if isinstance(g, str) and g.startswith(IMPORT_GROUP) else None
+        for g in _column_or_none(manifest, "group")
+    ]
+    statuses = [status for chunk in results for status in chunk]
     return pd.Series(
-        [status for chunk in results for status in chunk],
+        [
+            status if status == FILE_OK or origin is None else f"{status} (imported from {origin})"
+            for status, origin in zip(statuses, origins, strict=True)
+        ],
         index=manifest.index,
         name="file_status",
         dtype=object,

@@ -14,7 +14,7 @@ from flywheel.data.manifest import load_manifest
 from flywheel.env import state_dir
 from flywheel.validation.columns import add_derived_columns, count_by_stratum
 from flywheel.validation.context import docs_page, open_context, register_checkpoint
-from flywheel.validation.files import check_image_files
+from flywheel.validation.files import FilePlan, check_image_files
 from flywheel.validation.report import INDEX_COLUMN, ValidationReport, failure_of
 from flywheel.validation.suite import build_suite
 
@@ -74,7 +74,13 @@ def validate_dataset(
     status = None
     if check_files:
         tick = time.perf_counter()
-        status = check_image_files(dataset_dir, manifest, workers=workers, progress=progress)
+        status = check_image_files(
+            dataset_dir,
+            manifest,
+            workers=workers,
+            progress=progress,
+            plan=FilePlan(plan.channels, plan.white_level),
+        )
         timings["files"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -114,9 +114,12 @@ def _size_notes(inspection: TreeInspection, size: int) -> list[str]:
         notes.append(f"images are resized to {size}x{size} on import")
     if max(width, height) != size:
         notes.append(f"{max(width, height)} px is outside the plan's 8..512; using {size}")
-    if stats.high is not None and stats.high <= 16:
-        notes.append(f"pixel values span only {stats.low:g}..{stats.high:g} (low-range images)")
-    elif stats.high is not None and stats.high > 255:
+    if stats.white_level is not None:
+        notes.append(
+            f"pixel values span only {stats.low:g}..{stats.high:g} of 0..{stats.full_white} "
+            f"(low-range images): data.white_level {stats.white_level} is white"
+        )
+    if stats.high is not None and stats.high > 255:
         notes.append(f"pixel values reach {stats.high:g} (more than 8 bits per channel)")
     return notes
 
@@ -153,6 +156,9 @@ def draft_params(
     width, height = inspection.stats.common_size or (32, 32)
     size = min(512, max(8, width, height))
     tolerance = _balance_tolerance(counts)
+    stats = inspection.stats
+    # low-range data: its brightest level; 16-bit data: the plan says so (validate checks depth)
+    white = stats.white_level or (stats.full_white if stats.full_white > 255 else None)
     n_test = sum(counts["test"].values())
     model = default_registered_model(name)
     notes = _size_notes(inspection, size)
@@ -174,6 +180,7 @@ def draft_params(
             "name": name,
             "image_size": size,
             "channels": inspection.stats.channels,
+            **({"white_level": white} if white is not None else {}),
             "classes": inspection.classes,
             "strata": {"style": inspection.layout.styles or [style], "noise": [noise]},
             "per_stratum": _per_stratum(inspection),

@@ -57,8 +57,11 @@ class PredictionRecord:
         probabilities: every class's probability.
         features: summary features of the input (`flywheel.monitoring.features`).
         embedding: the model's embedding of the input.
-        image: the model-input image, `(H, W)` uint8, kept for curation; the
-            logger stores it (or a sampled fraction) as a PNG.
+        image: the model-input image as served (`Task.stored_images`): grey
+            `(H, W)` or RGB `(H, W, 3)` uint8, or 16-bit grey `(H, W)` uint16,
+            at the data's levels; kept for curation and merged into the
+            dataset once labelled. The logger stores it (or a sampled
+            fraction) as a PNG.
     """
 
     request_id: str

@@ -207,7 +207,7 @@ class PredictionLogger:
         image_path = None
         if record.image is not None and self._random.random() < self.sample_images:
             image_path = f"{IMAGES_DIR}/{record.request_id}-{record.index}.png"
-            image = Image.fromarray(np.asarray(record.image, dtype=np.uint8))
+            image = Image.fromarray(_storable(record.image))
             if isinstance(folder, Path):
                 image.save(folder / image_path)
             else:  # one whole object per image
@@ -326,3 +326,11 @@ class _ObjectParts:
         waiting = sum(map(len, self._lines.values()))
         if waiting:
             logger.error("prediction log: %d records never reached the object store", waiting)
+
+
+def _storable(image: np.ndarray) -> np.ndarray:
+    """An image as PNG stores it: uint16 grey kept 16-bit, anything else as uint8 (grey or RGB)."""
+    array = np.asarray(image)
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return array
+    return array.astype(np.uint8)
