@@ -172,7 +172,9 @@ def test_every_step_reads_settings_credentials_and_the_run_id(cluster_training: 
             "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
             "FLYWHEEL_USER": "FLYWHEEL_USER",
             "FLYWHEEL_STATE_URL": "FLYWHEEL_STATE_URL",
+            "FLYWHEEL_DVC_REMOTE": "FLYWHEEL_DVC_REMOTE",
             "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
         }
         secrets = {secret["secretName"]: secret for secret in k8s["secretAsEnv"]}
         assert set(secrets) == {"test-s3", "flywheel-mlflow"}, name

@@ -147,6 +147,7 @@ def data_checkout(
         str, typer.Argument(help="The data version (DVC hash in data.dvc), or 'latest'.")
     ],
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
     repo: RepoOpt = Path("."),
 ) -> None:
     """Bring any data version from the DVC remote into data/ and record it in data.dvc.
@@ -157,7 +158,7 @@ def data_checkout(
     from flywheel.data.remote import checkout_version
     from flywheel.data.versioning import DataVersionError
 
-    p = read_params(params)
+    p = read_params(params, set_)
     with exit_on(DataVersionError):
         checked_out = checkout_version(repo, p.data, version)
     console.print(f"data/ is at version [bold]{checked_out}[/bold]; commit data.dvc to share it")

@@ -186,6 +186,7 @@ def unlock(
     model: ModelOpt = None,
     who: WhoOpt = None,
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Break the registry lock of the model (recorded, with the reason, in the model's log).
 
@@ -198,7 +199,7 @@ def unlock(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    name = registered_model(model, params)
+    name = registered_model(model, params, set_)
     with exit_on(RegistryError):
         done = break_lock(name, reason=reason, who=who)
     if done.holder is None:

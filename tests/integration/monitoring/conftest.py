@@ -31,7 +31,7 @@ from flywheel.data.ground_truth import write_ground_truth
 from flywheel.demo.collect import collect_batch
 from flywheel.monitoring import monitor
 from flywheel.monitoring.dashboards import free_port
-from flywheel.monitoring.prediction_log import PredictionLogger
+from flywheel.monitoring.prediction_log import PredictionLogger, predictions_dir
 from flywheel.monitoring.replay import replay_images
 from tests.support.monitoring_stack import (
     HOURS,
@@ -82,7 +82,7 @@ def traffic(version: str, state: Path, tmp_path_factory: pytest.TempPathFactory)
     """Two in-distribution and two drifted windows from the real collector, replayed through
     the model as the service serves it, into the real prediction log; the simulator's truth
     for 2 in 3 images."""
-    log_dir = state / "predictions"
+    log_dir = Path(predictions_dir(PARAMS))  # where the CLI reads it: the model's own log
     truths = []
     with PredictionLogger(log_dir, sample_images=0.0) as logger:
         for scenario, hours in HOURS.items():
