@@ -1,4 +1,11 @@
-"""The demo's labeller: an oracle that answers the labelling queue from the simulator's truth.
+"""The demo's labellers: an oracle that answers the labelling queue from the simulator's truth.
+
+`LabelStudioOracle` (params.yaml's `label.labeler`) is the product's
+`LabelStudioLabeler` with one difference: between publishing the tasks to the
+running Label Studio and reading the annotations back, the oracle annotates
+them through Label Studio's API as a member of the organisation
+(`ORACLE_EMAIL`, with its own access token), as a person in the browser would.
+So the demo exercises the production path, server included.
 
 `label_with_oracle` answers the queue from the traffic simulator's hidden
 truth (`origin="simulator"` in the ground-truth store) and writes a Label
@@ -39,6 +46,8 @@ from flywheel.labeling import (
     task_key,
     write_json_atomic,
 )
+from flywheel.labeling.server import Connection, member_token
+from flywheel.labeling.studio import LabelStudioLabeler, read_tasks, sdk_client
 
 ORACLE_USER = 0
 """`completed_by` of the oracle's annotations (Label Studio user ids start at 1)."""
@@ -82,6 +91,17 @@ def answer_tasks(
             ]
         export.append(out)
     return export, answered
+
+
+def simulator_truth(gt_root: Path | None = None) -> dict[Key, str]:
+    """The simulator's recorded truth per `(request_id, index)` (its latest label of each)."""
+    simulated = latest_per_key(read_ground_truth(gt_root, origins=[ORIGIN_SIMULATOR]))
+    return {
+        (str(r), int(i)): str(label)
+        for r, i, label in zip(
+            simulated["request_id"], simulated["index"], simulated["label"], strict=True
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -142,13 +162,7 @@ def label_with_oracle(
                 pending.append(task)
     if not pending:
         return OracleResult(batches=tuple(batches), export=None, tasks=0, answered=0)
-    simulated = latest_per_key(read_ground_truth(gt_root, origins=[ORIGIN_SIMULATOR]))
-    truth = {
-        (str(r), int(i)): str(label)
-        for r, i, label in zip(
-            simulated["request_id"], simulated["index"], simulated["label"], strict=True
-        )
-    }
+    truth = simulator_truth(gt_root)
     now = datetime.now(UTC)
     export_tasks, answered = answer_tasks(
         pending,
@@ -204,3 +218,59 @@ class OracleLabeler(Labeler):
             ),
             exports=() if result.export is None else (result.export,),
         )
+
+
+ORACLE_EMAIL = "oracle@flywheel.local"
+"""The oracle's Label Studio account (a member of the owner's organisation)."""
+
+
+def annotate_as_oracle(
+    connection: Connection,
+    project: int,
+    params: Params,
+    gt_root: Path | None = None,
+    *,
+    email: str = ORACLE_EMAIL,
+) -> tuple[int, int]:
+    """Submit the simulator's truth for the project's tasks the oracle has not annotated.
+
+    Acts through the API as the member `email` (the tasks it lists are those an
+    annotator sees, with only its own annotations). Tasks the simulator did not
+    send are skipped, as a person skips an image they cannot tell.
+
+    Returns:
+        Annotations submitted, and tasks skipped.
+    """
+    client = sdk_client(connection, member_token(connection, email))
+    truth = simulator_truth(gt_root)
+    cfg = params.label
+    submitted = skipped = 0
+    for task in read_tasks(client, project):
+        if task.get("annotations"):
+            continue
+        key = task_key(task)
+        label = truth.get(key) if key is not None else None
+        client.annotations.create(
+            id=int(task["id"]),
+            result=[] if label is None else [choice_result(label, cfg.from_name, cfg.to_name)],
+            was_cancelled=label is None,
+            lead_time=0.0,
+        )
+        submitted += label is not None
+        skipped += label is None
+    return submitted, skipped
+
+
+class LabelStudioOracle(LabelStudioLabeler):
+    """The demo's labeller: the product's Label Studio labeller, the oracle its annotator.
+
+    Labels are recorded with `origin="oracle"` (they are the simulator's truth).
+    """
+
+    origin = ORIGIN_ORACLE
+
+    def annotate(
+        self, connection: Connection, project: int, params: Params, gt_root: Path | None
+    ) -> None:
+        """The oracle annotates the published tasks through the API (`annotate_as_oracle`)."""
+        annotate_as_oracle(connection, project, params, gt_root)

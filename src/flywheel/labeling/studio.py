@@ -125,7 +125,7 @@ def find_or_create_project(client: LabelStudio, params: Params) -> int:
 def read_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:
     """Every task of the project with its annotations and predictions, as JSON (owner's view)."""
     pager = client.tasks.list(project=project, fields="all", page_size=PAGE_SIZE)
-    return [task.model_dump(mode="json") for task in pager]
+    return [task.model_dump(mode="json", warnings=False) for task in pager]
 
 
 def local_image_url(image_path: str, document_root: Path) -> tuple[str, Path]:
