@@ -6,7 +6,8 @@ serves production and drives the flywheel with real components:
 ```
 serve ─► in-distribution traffic ─► monitor (no drift)
       ─► drifted traffic          ─► monitor (drift, accuracy drops)
-      ─► `flywheel` pipeline: monitor → curate → label (oracle) → new data version → train
+      ─► `flywheel` pipeline: monitor → curate → label (the oracle, an annotator in a real
+         Label Studio) → new data version → train
          → evaluate → promote ─► the service swaps in the new version (admin reload)
       ─► drifted traffic again    ─► monitor (accuracy recovered)
 ```
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,6 +237,31 @@ def ensure_reference(params: Params, say: Callable[[str], object]) -> None:
         )
 
 
+@contextmanager
+def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[None]:
+    """Label Studio for the loop's label step, when `label.labeler` works through it.
+
+    A server `flywheel label server` left running is reused; else one is
+    started (from the migrated template: seconds, not minutes) and stopped at
+    the end. The oracle's account is added to its organisation.
+    """
+    from flywheel.demo.oracle import ORACLE_EMAIL
+    from flywheel.labeling import labeler_for
+    from flywheel.labeling.server import running_label_studio
+    from flywheel.labeling.studio import LabelStudioLabeler
+
+    if not isinstance(labeler_for(params.label), LabelStudioLabeler):
+        yield
+        return
+    started = time.perf_counter()
+    with running_label_studio(params.label.studio, members=[ORACLE_EMAIL]) as connection:
+        say(
+            f"Label Studio at {connection.url} ({time.perf_counter() - started:.0f} s to be "
+            f"ready; sign in as {connection.admin}, password in the connection file)"
+        )
+        yield
+
+
 def run_closed_loop(
     params_path: Path,
     params: Params,
@@ -277,7 +304,10 @@ def run_closed_loop(
     ensure_reference(params, say)
     token = secrets.token_urlsafe(24)
     phases: list[PhaseResult] = []
-    with start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url:
+    with (
+        label_studio_for(params, say),
+        start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url,
+    ):
         before = data_version(".", params.data)
         say(f"serving models:/{name}@{params.serve.alias} at {url}")
         phase_started = datetime.now(UTC)
