@@ -223,6 +223,9 @@ class OracleLabeler(Labeler):
 ORACLE_EMAIL = "oracle@flywheel.local"
 """The oracle's Label Studio account (a member of the owner's organisation)."""
 
+ORACLE_CONCURRENCY = 4
+"""Submissions in flight at once."""
+
 
 def annotate_as_oracle(
     connection: Connection,
@@ -241,23 +244,32 @@ def annotate_as_oracle(
     Returns:
         Annotations submitted, and tasks skipped.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     client = sdk_client(connection, member_token(connection, email))
     truth = simulator_truth(gt_root)
     cfg = params.label
-    submitted = skipped = 0
+    answers: list[tuple[int, str | None]] = []
     for task in read_tasks(client, project):
-        if task.get("annotations"):
-            continue
-        key = task_key(task)
-        label = truth.get(key) if key is not None else None
+        if not task.get("annotations"):
+            key = task_key(task)
+            answers.append((int(task["id"]), truth.get(key) if key is not None else None))
+
+    def submit(answer: tuple[int, str | None]) -> None:
+        task_id, label = answer
         client.annotations.create(
-            id=int(task["id"]),
+            id=task_id,
             result=[] if label is None else [choice_result(label, cfg.from_name, cfg.to_name)],
             was_cancelled=label is None,
             lead_time=0.0,
         )
-        submitted += label is not None
-        skipped += label is None
+
+    # Label Studio answers each submission in ~0.2-0.7 s of its own CPU; a few in
+    # flight at once halve the wall time, as several people labelling would.
+    with ThreadPoolExecutor(max_workers=ORACLE_CONCURRENCY) as pool:
+        list(pool.map(submit, answers))
+    skipped = sum(label is None for _, label in answers)
+    submitted = len(answers) - skipped
     return submitted, skipped
 
 
