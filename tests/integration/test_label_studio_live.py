@@ -164,7 +164,7 @@ def test_a_project_from_the_plan_with_pre_annotated_tasks_it_serves(
         assert f'<Choice value="{name}"/>' in (project.label_config or "")
     assert "<h1>Labelling guide</h1>" in (project.expert_instruction or "")
     assert project.show_instruction
-    tasks = read_tasks(client, int(project.id or 0))
+    tasks = read_tasks(client, int(project.id or 0), include="id,data,predictions")
     assert len(tasks) == 6
     batch = pd.read_json(next((tmp_path / "queue").glob("*-margin-*.json")))
     assert sorted(t["data"]["request_id"] for t in tasks) == sorted(

@@ -122,9 +122,16 @@ def find_or_create_project(client: LabelStudio, params: Params) -> int:
     return int(created.id)
 
 
-def read_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:
-    """Every task of the project with its annotations and predictions, as JSON (owner's view)."""
-    pager = client.tasks.list(project=project, fields="all", page_size=PAGE_SIZE)
+def read_tasks(
+    client: LabelStudio, project: int, include: str = "id,data,annotations"
+) -> list[dict[str, Any]]:
+    """Every task of the project as JSON: with its annotations, or the fields in `include`.
+
+    Naming the fields matters: Label Studio computes a dozen aggregates per task
+    otherwise (200 tasks: ~11 s instead of ~3 s on a busy machine). An
+    annotator's client sees only their own annotations.
+    """
+    pager = client.tasks.list(project=project, fields="all", include=include, page_size=PAGE_SIZE)
     return [task.model_dump(mode="json", warnings=False) for task in pager]
 
 
@@ -247,7 +254,8 @@ class LabelStudioLabeler(Labeler):
         queued = {k for k in map(task_key, queued_tasks) if k is not None}
         try:
             project = find_or_create_project(client, params)
-            present = {k for k in map(task_key, read_tasks(client, project)) if k is not None}
+            listed = read_tasks(client, project, include="id,data")
+            present = {k for k in map(task_key, listed) if k is not None}
             sent = publish_tasks(client, project, queued_tasks, present, connection)
             self.annotate(connection, project, params, gt_root)
             tasks = read_tasks(client, project)
