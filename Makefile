@@ -20,7 +20,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps label-studio demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot
+.PHONY: help setup system-deps label-studio demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,12 @@ screenshot: setup ## PNG of the Evidently dashboard in headless Chromium (instal
 	  echo "installing Debian's chromium (headless screenshots)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 	$(BIN)/python benchmarks/screenshot_dashboard.py
+
+screenshot-label-studio: setup label-studio ## PNG of a Label Studio task page (image + pre-annotation) in headless Chromium → /tmp
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium (headless screenshots)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
 
 system-deps: ## Debian packages the tests run for real: PostgreSQL (MLflow's backend store as deployed)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
