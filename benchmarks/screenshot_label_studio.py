@@ -11,7 +11,8 @@ Chromium is driven over its DevTools protocol (`websocket-client`): the CLI's
 
     .venv/bin/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
 
-Without Chromium it prints why and exits 0; `make screenshot-label-studio`
+Without Chromium or Label Studio it prints why and exits 0 (`make bench`);
+`make screenshot-label-studio`
 installs Debian's `chromium` first.
 """
 
@@ -34,7 +35,7 @@ from PIL import Image, ImageDraw
 from flywheel.config import DataPlan, Params, Strata
 from flywheel.env import disable_telemetry
 from flywheel.labeling.queue import task_key
-from flywheel.labeling.server import start_label_studio
+from flywheel.labeling.server import LabelStudioError, find_executable, start_label_studio
 from flywheel.labeling.studio import (
     find_or_create_project,
     publish_tasks,
@@ -162,6 +163,11 @@ def main() -> int:
     chromium = find_chromium()
     if chromium is None:
         print("no Chromium: `make screenshot-label-studio` installs Debian's chromium")
+        return 0
+    try:
+        find_executable()
+    except LabelStudioError as err:
+        print(err)
         return 0
     with tempfile.TemporaryDirectory(prefix="flywheel-ls-shot-") as tmp:
         root = Path(tmp)
