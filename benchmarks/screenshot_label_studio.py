@@ -12,8 +12,7 @@ Chromium is driven over its DevTools protocol (`websocket-client`): the CLI's
     .venv/bin/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
 
 Without Chromium or Label Studio it prints why and exits 0 (`make bench`);
-`make screenshot-label-studio`
-installs Debian's `chromium` first.
+`make screenshot-label-studio` installs Debian's `chromium` first.
 """
 
 from __future__ import annotations
