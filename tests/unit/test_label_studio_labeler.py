@@ -74,7 +74,10 @@ def test_a_missing_executable_says_how_to_install(
     assert find_executable(tmp_path) == installed
 
 
-def test_a_new_data_folder_is_seeded_from_the_template(tmp_path: Path) -> None:
+def test_a_new_data_folder_is_seeded_from_the_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLYWHEEL_LABEL_STUDIO_TEMPLATE", raising=False)
     executable = tmp_path / ".label-studio" / "venv" / "bin" / "label-studio"
     executable.parent.mkdir(parents=True)
     assert not seed_database(tmp_path / "data", executable)  # no template: migrations run

@@ -250,7 +250,7 @@ def annotate_as_oracle(
     truth = simulator_truth(gt_root)
     cfg = params.label
     answers: list[tuple[int, str | None]] = []
-    for task in read_tasks(client, project):
+    for task in read_tasks(client, project, include="id,data,annotations"):  # ids: enough
         if not task.get("annotations"):
             key = task_key(task)
             answers.append((int(task["id"]), truth.get(key) if key is not None else None))
