@@ -286,10 +286,8 @@ def start_label_studio(
         "--port",
         str(port or cfg.port),
         "--no-browser",
-        "--username",
-        cfg.admin,
-        "--password",
-        password,
+        f"--username={cfg.admin}",
+        f"--password={password}",  # one form: a random password may start with "-"
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
