@@ -275,3 +275,30 @@ def test_the_demo_oracle_annotates_through_the_api(
     for task in read_tasks(client, int(project.id or 0)):
         (annotation,) = task["annotations"]
         assert annotation["completed_by"] != 1  # the oracle's account, not the owner's
+
+
+def test_the_demo_reuses_a_running_server_and_adds_the_oracle(
+    server: LabelStudioServer, setup: tuple[Params, Path, Path]
+) -> None:
+    """`make demo` after `flywheel label server`: no second server; the oracle is a member."""
+    from flywheel.demo.loop import label_studio_for
+    from flywheel.demo.oracle import ORACLE_EMAIL
+    from flywheel.labeling.server import healthy, read_connection
+
+    params, _, _ = setup
+    params = params.model_copy(
+        update={
+            "label": params.label.model_copy(
+                update={"labeler": "flywheel.demo.oracle:LabelStudioOracle"}
+            )
+        }
+    )
+    said: list[str] = []
+    with label_studio_for(params, said.append) as ready:
+        ready()
+    assert len(said) == 1
+    assert server.connection.url in said[0]
+    assert healthy(server.connection.url)  # reused, so not stopped
+    connection = read_connection()
+    assert connection is not None
+    assert ORACLE_EMAIL in connection.members

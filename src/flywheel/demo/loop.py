@@ -25,7 +25,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -238,28 +238,42 @@ def ensure_reference(params: Params, say: Callable[[str], object]) -> None:
 
 
 @contextmanager
-def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[None]:
-    """Label Studio for the loop's label step, when `label.labeler` works through it.
+def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+    """Label Studio for the loop's label step, started in the background; yields `ready`.
 
-    A server `flywheel label server` left running is reused; else one is
-    started (from the migrated template: seconds, not minutes) and stopped at
-    the end. The oracle's account is added to its organisation.
+    When `label.labeler` works through Label Studio, a server `flywheel label
+    server` left running is reused, else one is started (from the migrated
+    template: seconds, not minutes) and stopped at the end. Its start overlaps
+    the traffic phases; `ready()` waits for it (and re-raises its failure).
+    The oracle's account is added to its organisation.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from flywheel.demo.oracle import ORACLE_EMAIL
     from flywheel.labeling import labeler_for
     from flywheel.labeling.server import running_label_studio
     from flywheel.labeling.studio import LabelStudioLabeler
 
     if not isinstance(labeler_for(params.label), LabelStudioLabeler):
-        yield
+        yield lambda: None
         return
     started = time.perf_counter()
-    with running_label_studio(params.label.studio, members=[ORACLE_EMAIL]) as connection:
-        say(
-            f"Label Studio at {connection.url} ({time.perf_counter() - started:.0f} s to be "
-            f"ready; sign in as {connection.admin}, password in the connection file)"
-        )
-        yield
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
+        server = running_label_studio(params.label.studio, members=[ORACLE_EMAIL])
+        starting = pool.submit(stack.enter_context, server)
+
+        def ready() -> None:
+            connection = starting.result()
+            say(
+                f"Label Studio at {connection.url} (ready {time.perf_counter() - started:.0f} s "
+                f"after its start; sign in as {connection.admin}: the password is in the "
+                "connection file)"
+            )
+
+        try:
+            yield ready
+        finally:
+            starting.exception()  # let the start finish, so the stack stops what it started
 
 
 def run_closed_loop(
@@ -305,7 +319,7 @@ def run_closed_loop(
     token = secrets.token_urlsafe(24)
     phases: list[PhaseResult] = []
     with (
-        label_studio_for(params, say),
+        label_studio_for(params, say) as label_studio_ready,
         start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url,
     ):
         before = data_version(".", params.data)
@@ -329,6 +343,7 @@ def run_closed_loop(
             "— the flywheel pipeline: monitor → curate → label → new data version → "
             "train → evaluate → promote"
         )
+        label_studio_ready()
         retrain([f"monitor.since={window_start.isoformat()}"])
         configure_tracking()
         after = data_version(".", params.data)
