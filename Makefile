@@ -20,7 +20,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot
+.PHONY: help setup system-deps label-studio demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,10 +49,37 @@ screenshot: setup ## PNG of the Evidently dashboard in headless Chromium (instal
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 	$(BIN)/python benchmarks/screenshot_dashboard.py
 
+screenshot-label-studio: setup label-studio ## PNG of a Label Studio task page (image + pre-annotation) in headless Chromium → /tmp
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium (headless screenshots)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
+
 system-deps: ## Debian packages the tests run for real: PostgreSQL (MLflow's backend store as deployed)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing Debian's postgresql (the tests start their own server on 127.0.0.1)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+
+# Label Studio conflicts with the lock (pandas 3, Django 5.2): its own venv, exact pins.
+# The template is an empty, migrated database: a new server copies it instead of
+# running ~1-5 minutes of migrations (the tests and the demo's first start).
+LS_DIR     := .label-studio
+LS_LOCK    := requirements/label-studio.txt
+LS_STAMP   := $(LS_DIR)/venv/.installed
+LS_OFFLINE := LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false SENTRY_DSN= FRONTEND_SENTRY_DSN=
+
+label-studio: $(LS_STAMP) ## Install the Label Studio server (label-studio==1.23.2, own venv in .label-studio/)
+
+$(LS_STAMP): $(LS_LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(LS_DIR)/venv/bin/python || $(PYTHON) -m venv $(LS_DIR)/venv
+	$(LS_DIR)/venv/bin/python -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
+	$(LS_DIR)/venv/bin/python -m pip install --quiet --no-deps -r $(LS_LOCK)
+	$(LS_DIR)/venv/bin/python -m pip check
+	rm -rf $(LS_DIR)/template && mkdir -p $(LS_DIR)/template
+	$(LS_OFFLINE) DJANGO_DB=sqlite LABEL_STUDIO_BASE_DATA_DIR=$(LS_DIR)/template \
+	  $(LS_DIR)/venv/bin/label-studio version >/dev/null
+	@touch $@
 
 test: setup system-deps ## Run every test, slow ones included (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -91,8 +118,8 @@ clean: ## Remove local state and caches (.flywheel/, dist/, caches); keeps data/
 	rm -rf .flywheel dist .kfp .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-distclean: clean ## clean, and remove .venv too
-	rm -rf $(VENV)
+distclean: clean ## clean, and remove .venv and .label-studio too
+	rm -rf $(VENV) $(LS_DIR)
 
 # ---------------------------------------------------------------- cluster (infra/)
 # The image constant: one name per image, tagged with the project version. The

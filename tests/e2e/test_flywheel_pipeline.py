@@ -6,7 +6,8 @@ the `training` pipeline promoting version 1, the BentoML service serving it on
 service never looks), then the `flywheel` pipeline as `flywheel pipeline run
 flywheel` runs it: monitor (Evidently, against version 1's reference profile)
 → drifted → curate (active learning over the logged traffic) → label (the
-oracle, through a Label Studio export) → update dataset (merge, GX, `dvc add`)
+oracle, an annotator of a real Label Studio, as in `make demo`; through an
+export file where Label Studio is not installed) → update dataset (merge, GX, `dvc add`)
 → the nested training pipeline on the new data version → evaluate against
 production on the frozen test split and the production holdout.
 """
@@ -25,6 +26,7 @@ from flywheel.config import (
     EvaluateConfig,
     GatesConfig,
     LabelConfig,
+    LabelStudioConfig,
     MonitorConfig,
     Params,
     Scenario,
@@ -34,18 +36,27 @@ from flywheel.config import (
 from flywheel.data.ground_truth import read_ground_truth
 from flywheel.data.manifest import load_manifest
 from flywheel.data.versioning import data_version
+from flywheel.demo.loop import label_studio_for
 from flywheel.demo.server import start_server
 from flywheel.demo.simulate import simulate_traffic
+from flywheel.monitoring.dashboards import free_port
 from flywheel.registry import get_version, read_blessing, version_for_alias
 from flywheel.tracking import configure_tracking
 from pipelines.arguments import pipeline_arguments
 from pipelines.catalog import get_pipeline
 from pipelines.local import LocalRun, run_locally
+from tests.support import REPO
+from tests.support.label_studio import label_studio_executable
 from tests.support.plans import TINY_MODEL, tiny_plan
 from tests.support.project import in_project, make_project
 
 pytestmark = pytest.mark.slow
 
+LABELER = (
+    "flywheel.demo.oracle:LabelStudioOracle"  # through a real Label Studio, as `make demo`
+    if label_studio_executable() is not None  # `make test` installs it (make label-studio)
+    else "flywheel.demo.oracle:OracleLabeler"  # else through a Label Studio export file
+)
 MODEL = "e2e-loop"
 DRIFT = "handwritten_shadow_rotated"
 PARAMS = Params(
@@ -70,7 +81,10 @@ PARAMS = Params(
     ),
     monitor=MonitorConfig(min_window_size=40),
     curate=CurateConfig(budget=24, strategy="margin"),
-    label=LabelConfig(labeler="flywheel.demo.oracle:OracleLabeler"),  # the demo's labeller
+    label=LabelConfig(
+        labeler=LABELER,  # the demo's labeller
+        studio=LabelStudioConfig(port=free_port(), guide=REPO / "docs" / "labeling-guide.md"),
+    ),
     simulate=SimulateConfig(concurrency=4),
 )
 DRIFTED_REQUESTS = 80
@@ -102,7 +116,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
                 PARAMS, DRIFT, requests=DRIFTED_REQUESTS, url=url, seed=1, progress=False
             )
         # the server flushed its prediction log on shutdown
-        flywheel = _run("flywheel", first_version)
+        with label_studio_for(PARAMS, print) as label_studio_ready:
+            label_studio_ready()
+            flywheel = _run("flywheel", first_version)
         configure_tracking()
         yield {
             "root": root,

@@ -3,12 +3,13 @@
 Label Studio (`label-studio==1.23.2`) conflicts with the project's lock
 (pandas 3, Django 5.2), so it lives in a venv of its own:
 
-    python3.11 -m venv /opt/label-studio && /opt/label-studio/bin/pip install label-studio==1.23.2
+    make label-studio    # .label-studio/venv, pinned by requirements/label-studio.txt
 
-`FLYWHEEL_LABEL_STUDIO` names its `label-studio` executable (else the one on
-PATH). The server keeps its SQLite database in a folder of the test's; the
-first start runs the migrations (about a minute idle, several on a busy
-machine). Annotators are users of the same organisation, added by
+`FLYWHEEL_LABEL_STUDIO` names another `label-studio` executable (else
+`.label-studio/venv`'s, else the one on PATH). The server keeps its SQLite
+database in a folder of the test's; the first start runs the migrations
+(about a minute idle, several on a busy machine) unless `make label-studio`'s
+migrated template is there to copy. Annotators are users of the same organisation, added by
 `label_studio_admin.py` run with Label Studio's Python; everything else goes
 through the HTTP API, as people's browsers do.
 
@@ -20,8 +21,6 @@ LABEL_STUDIO_EXECUTABLE DATA_DIR OUT_DIR OWNER_EMAIL`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flywheel.labeling.server import seed_database
 from flywheel.monitoring.dashboards import free_port
 from tests.support.processes import stop, subprocess_env, wait_until_up
 
@@ -43,9 +43,13 @@ STOCK_CONFIG = "stock"
 
 
 def label_studio_executable() -> Path | None:
-    """`FLYWHEEL_LABEL_STUDIO`, else `label-studio` on PATH; None when neither exists."""
-    named = os.environ.get("FLYWHEEL_LABEL_STUDIO") or shutil.which("label-studio")
-    return Path(named) if named and Path(named).is_file() else None
+    """`FLYWHEEL_LABEL_STUDIO`, else `make label-studio`'s, else PATH's; None when none exists."""
+    from flywheel.labeling.server import LabelStudioError, find_executable
+
+    try:
+        return find_executable(Path(__file__).parents[2])
+    except LabelStudioError:
+        return None
 
 
 @dataclass
@@ -83,6 +87,8 @@ def start_label_studio(
         {"LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "DJANGO_DB": "sqlite", "DO_NOT_TRACK": "1"}
     )
     log.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    seed_database(data_dir, executable)  # the migrated template, when `make label-studio` made one
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

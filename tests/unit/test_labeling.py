@@ -224,7 +224,7 @@ def test_the_default_labeller_is_the_label_studio_import() -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("oracle", "expected one of \\['label-studio-export'\\] or a class path"),
+        ("oracle", "expected one of \\['label-studio', 'label-studio-export'\\] or a class path"),
         ("flywheel.nowhere:Labeler", "cannot import flywheel.nowhere:Labeler"),
         ("flywheel.labeling:read_labels", "not a concrete subclass"),
         ("flywheel.labeling:Labeler", "not a concrete subclass"),

@@ -18,7 +18,8 @@ from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
 
 commands = typer.Typer()
 label_commands = typer.Typer(
-    help="Labels in and out of Label Studio (JSON); the demo oracle.", no_args_is_help=True
+    help="Label Studio: the local server; labels in and out (JSON); the demo oracle.",
+    no_args_is_help=True,
 )
 
 
@@ -432,3 +433,55 @@ def label_oracle(
         f"({len(result.unanswered)} without truth); {written} labels recorded"
     )
     console.print(f"export: {result.export}", soft_wrap=True)
+
+
+@label_commands.command("server")
+def label_server(
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port (default: label.studio.port)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run Label Studio on 127.0.0.1 until Ctrl-C, for the `label-studio` labeller and people.
+
+    Installed by `make label-studio` (its own venv). The data (SQLite) lives in
+    <state dir>/label-studio/data; the first start creates the owner
+    (label.studio.admin) with a random password and an access token, written to
+    <state dir>/label-studio/connection.json (mode 0600), where the labeller
+    finds the server. Nothing is sent outside (version check, analytics, Sentry off).
+    """
+    import signal
+    import threading
+
+    from flywheel.labeling.server import (
+        LabelStudioError,
+        connection_path,
+        healthy,
+        read_connection,
+        start_label_studio,
+    )
+
+    p = read_params(params, set_)
+    with exit_on(LabelStudioError):
+        running = read_connection()
+        if running is not None and healthy(running.url):
+            console.print(f"Label Studio already runs at {running.url} ({connection_path()})")
+            return
+        with err_console.status("starting Label Studio (the first start migrates: minutes)"):
+            server = start_label_studio(p.label.studio, port=port)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    connection = server.connection
+    console.print(f"Label Studio: {connection.url}  (sign in as {connection.admin})")
+    console.print(f"connection, password and token: {connection_path()}", soft_wrap=True)
+    console.print("Ctrl-C stops it.")
+    try:
+        while not stop.wait(1.0) and server.alive():
+            pass
+    finally:
+        server.stop()
+    if not stop.is_set():
+        raise abort(f"Label Studio exited (status {server.process.returncode}); log: {server.log}")

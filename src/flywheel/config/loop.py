@@ -69,6 +69,18 @@ class CurateConfig(FrozenConfig):
     image_root: Path | None = None  # the folder image URLs are relative to (None: the log root)
 
 
+class LabelStudioConfig(FrozenConfig):
+    """The Label Studio server and project the `label-studio` labeller works in."""
+
+    host: str = "127.0.0.1"  # `flywheel label server` binds here (no TLS: keep it local)
+    port: int = Field(8080, ge=1, le=65535)
+    project: str = Field("flywheel", min_length=1)  # the project's title (found, else created)
+    guide: Path = Path("docs/labeling-guide.md")  # the annotators' instructions (Markdown)
+    admin: str = Field("admin@flywheel.local", min_length=3)  # the owner created on first start
+    start_timeout_s: float = Field(900.0, gt=0)  # the first start migrates (minutes when busy)
+    document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT (None: the state folder)
+
+
 class LabelConfig(FrozenConfig):
     """The labelling queue and Label Studio's labelling interface (`flywheel.labeling`)."""
 
@@ -80,6 +92,7 @@ class LabelConfig(FrozenConfig):
     # error naming the task), unanimous (any disagreement is an error), latest (the
     # most recent annotation wins). Each annotator's latest annotation is their vote.
     annotators: Literal["majority", "unanimous", "latest"] = "majority"
+    studio: LabelStudioConfig = LabelStudioConfig()  # the `label-studio` labeller's server
 
 
 class MergeConfig(FrozenConfig):

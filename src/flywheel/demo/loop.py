@@ -6,7 +6,8 @@ serves production and drives the flywheel with real components:
 ```
 serve ─► in-distribution traffic ─► monitor (no drift)
       ─► drifted traffic          ─► monitor (drift, accuracy drops)
-      ─► `flywheel` pipeline: monitor → curate → label (oracle) → new data version → train
+      ─► `flywheel` pipeline: monitor → curate → label (the oracle, an annotator in a real
+         Label Studio) → new data version → train
          → evaluate → promote ─► the service swaps in the new version (admin reload)
       ─► drifted traffic again    ─► monitor (accuracy recovered)
 ```
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,6 +238,45 @@ def ensure_reference(params: Params, say: Callable[[str], object]) -> None:
         )
 
 
+@contextmanager
+def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+    """Label Studio for the loop's label step, started in the background; yields `ready`.
+
+    When `label.labeler` works through Label Studio, a server `flywheel label
+    server` left running is reused, else one is started (from the migrated
+    template: seconds, not minutes) and stopped at the end. Its start overlaps
+    the traffic phases; `ready()` waits for it (and re-raises its failure).
+    The oracle's account is added to its organisation.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flywheel.demo.oracle import ORACLE_EMAIL
+    from flywheel.labeling import labeler_for
+    from flywheel.labeling.server import running_label_studio
+    from flywheel.labeling.studio import LabelStudioLabeler
+
+    if not isinstance(labeler_for(params.label), LabelStudioLabeler):
+        yield lambda: None
+        return
+    started = time.perf_counter()
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
+        server = running_label_studio(params.label.studio, members=[ORACLE_EMAIL])
+        starting = pool.submit(stack.enter_context, server)
+
+        def ready() -> None:
+            connection = starting.result()
+            say(
+                f"Label Studio at {connection.url} (ready {time.perf_counter() - started:.0f} s "
+                f"after its start; sign in as {connection.admin}: the password is in the "
+                "connection file)"
+            )
+
+        try:
+            yield ready
+        finally:
+            starting.exception()  # let the start finish, so the stack stops what it started
+
+
 def run_closed_loop(
     params_path: Path,
     params: Params,
@@ -278,7 +319,10 @@ def run_closed_loop(
     ensure_reference(params, say)
     token = secrets.token_urlsafe(24)
     phases: list[PhaseResult] = []
-    with start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url:
+    with (
+        label_studio_for(params, say) as label_studio_ready,
+        start_server(params_path, env={ADMIN_TOKEN_ENV: token}) as url,
+    ):
         before = data_version(".", params.data)
         say(f"serving models:/{name}@{params.serve.alias} at {url}")
         phase_started = datetime.now(UTC)
@@ -300,6 +344,7 @@ def run_closed_loop(
             "— the flywheel pipeline: monitor → curate → label → new data version → "
             "train → evaluate → promote"
         )
+        label_studio_ready()
         retrain([f"monitor.since={window_start.isoformat()}"])
         configure_tracking()
         after = data_version(".", params.data)

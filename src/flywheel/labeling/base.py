@@ -4,8 +4,10 @@ Labelling is the step a person does. The pipeline's label step asks the
 configured labeller for the labels of the batches curation queued;
 `labeler_for` resolves `label.labeler` to one:
 
-* a built-in short name (`BUILTIN_LABELERS`): `label-studio-export`, the
-  Label Studio export import (`flywheel.labeling.label_studio`);
+* a built-in short name (`BUILTIN_LABELERS`): `label-studio`, a running Label
+  Studio server through its API (`flywheel.labeling.studio`), or
+  `label-studio-export`, the Label Studio export import
+  (`flywheel.labeling.label_studio`);
 * a dotted path `package.module:Class` to a `Labeler` subclass, imported with
   the standard library (`pkgutil.resolve_name`): the demo configures its
   oracle this way (`flywheel.demo.oracle:OracleLabeler`), so product code
@@ -40,6 +42,7 @@ LABEL_COLUMNS: tuple[str, ...] = (
 
 BUILTIN_LABELERS: dict[str, str] = {
     "label-studio-export": "flywheel.labeling.label_studio:LabelStudioExportLabeler",
+    "label-studio": "flywheel.labeling.studio:LabelStudioLabeler",
 }
 """`label.labeler` short names of the product's labellers, and the classes they name."""
 
