@@ -237,7 +237,7 @@ def annotate_as_oracle(
     connection: Connection,
     project: int,
     params: Params,
-    gt_root: Path | None = None,
+    gt_root: Location | None = None,
     *,
     email: str = ORACLE_EMAIL,
 ) -> tuple[int, int]:
@@ -288,7 +288,7 @@ class LabelStudioOracle(LabelStudioLabeler):
     origin = ORIGIN_ORACLE
 
     def annotate(
-        self, connection: Connection, project: int, params: Params, gt_root: Path | None
+        self, connection: Connection, project: int, params: Params, gt_root: Location | None
     ) -> None:
         """The oracle annotates the published tasks through the API (`annotate_as_oracle`)."""
         annotate_as_oracle(connection, project, params, gt_root)
