@@ -19,6 +19,8 @@ is what the SDK sends.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +171,23 @@ def submit(
     client = connect(host, credentials, namespace)
     where = client.get_user_namespace() or ""
     base = host.rstrip("/")
+    # kfp prints "Experiment/Run details" links to stdout: keep stdout for the
+    # command's own output (e.g. `flywheel monitor --trigger --json`).
+    with contextlib.redirect_stdout(sys.stderr):
+        return _create(client, package, base, where, experiment, run_name, arguments, cron, host)
+
+
+def _create(
+    client: Any,
+    package: Path,
+    base: str,
+    where: str,
+    experiment: str,
+    run_name: str,
+    arguments: dict[str, Any],
+    cron: str | None,
+    host: str,
+) -> Submission:
     try:
         if cron is None:
             run = client.create_run_from_pipeline_package(
