@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 from tests.support import REPO
 from tests.support.kfp_api import KfpStandIn, kfp_stand_in
+from tests.support.processes import free_port
 
 PARAMS_FILE = REPO / "params.yaml"
 
@@ -161,3 +162,67 @@ def test_bad_credentials_are_named_before_anything_is_sent(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not api.requests
+
+
+def test_cli_submit_names_an_unreachable_endpoint(tmp_path: Path) -> None:
+    with socket_closed_port() as port:
+        result = CliRunner().invoke(
+            app,
+            [
+                "pipeline",
+                "submit",
+                "training",
+                "--host",
+                f"http://127.0.0.1:{port}",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "train.epochs=2",
+                "--params",
+                str(PARAMS_FILE),
+            ],
+        )
+
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the KFP endpoint http://127.0.0.1:{port}" in result.output
+    assert (tmp_path / "training.yaml").is_file()  # compiled before submitting
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--recurring"], "--recurring and --cron go together"),
+        (["--cron", "0 * * * *"], "--recurring and --cron go together"),
+        (["--recurring", "--cron", "* * *"], "fields"),
+        (["--set", "train.epochs=zero"], "train.epochs"),
+    ],
+)
+def test_cli_submit_checks_its_options_before_contacting_anything(
+    extra: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "pipeline",
+            "submit",
+            "training",
+            "--host",
+            "http://127.0.0.1:9",
+            "--params",
+            str(PARAMS_FILE),
+            *extra,
+        ],
+    )
+
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+class socket_closed_port:
+    """A localhost port nothing listens on (bound, then released)."""
+
+    def __enter__(self) -> int:
+        return free_port()
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -33,7 +33,6 @@ from pipelines.flywheel import build_flywheel_pipeline
 from pipelines.local import TaskEvent, exception_message, parse_runner_line
 from pipelines.training import OUTPUT_TASKS, build_training_pipeline
 from tests.support.plans import tiny_plan
-from tests.support.processes import free_port
 from tests.support.project import dvc, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -404,70 +403,6 @@ def test_cli_refuses_to_run_a_pipeline_whose_steps_are_not_built(
 
     assert result.exit_code == 2
     assert "cannot run yet: its curate step is not built yet" in result.output
-
-
-def test_cli_submit_names_an_unreachable_endpoint(tmp_path: Path) -> None:
-    with socket_closed_port() as port:
-        result = CliRunner().invoke(
-            app,
-            [
-                "pipeline",
-                "submit",
-                "training",
-                "--host",
-                f"http://127.0.0.1:{port}",
-                "--out",
-                str(tmp_path),
-                "--set",
-                "train.epochs=2",
-                "--params",
-                str(PARAMS_FILE),
-            ],
-        )
-
-    assert result.exit_code == 2, result.output
-    assert f"cannot reach the KFP endpoint http://127.0.0.1:{port}" in result.output
-    assert (tmp_path / "training.yaml").is_file()  # compiled before submitting
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--recurring"], "--recurring and --cron go together"),
-        (["--cron", "0 * * * *"], "--recurring and --cron go together"),
-        (["--recurring", "--cron", "* * *"], "fields"),
-        (["--set", "train.epochs=zero"], "train.epochs"),
-    ],
-)
-def test_cli_submit_checks_its_options_before_contacting_anything(
-    extra: list[str], message: str
-) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "pipeline",
-            "submit",
-            "training",
-            "--host",
-            "http://127.0.0.1:9",
-            "--params",
-            str(PARAMS_FILE),
-            *extra,
-        ],
-    )
-
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-
-
-class socket_closed_port:
-    """A localhost port nothing listens on (bound, then released)."""
-
-    def __enter__(self) -> int:
-        return free_port()
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ----------------------------------------------------------- runner output
