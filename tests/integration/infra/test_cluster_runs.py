@@ -14,11 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from flywheel.config import ModelConfig, Params, TrainConfig
-from flywheel.demo.collect import collect_dataset
 from tests.support.k8s import Doc, expand, find, pod_specs, resolve_env
 from tests.support.katib import (
     katib_parse_metrics,
@@ -38,6 +36,7 @@ from tests.support.processes import (
     subprocess_env,
     wait_until_up,
 )
+from tests.support.project import make_project
 
 __all__ = ["object_store"]  # the fixture, found by pytest under its name
 
@@ -178,7 +177,8 @@ def test_katib_trial_trains_and_reports_its_objective(
     The trial parameters are substituted, the primary container's command is
     wrapped the way Katib's pod webhook wraps it (one `sh -c` line, output to
     the metrics file), and the metrics file is parsed the way Katib's collector
-    parses it. Data: a tiny dataset in ./data; params.yaml: a tiny plan.
+    parses it. Data: a tiny dataset in ./data, recorded in data.dvc as the
+    image's is; params.yaml: a tiny plan.
     """
     docs = rendered["jobs-gpu"] + rendered["gpu"]  # the trial reads the services' ConfigMap
     experiment = find(docs, "Experiment", "flywheel-tune")
@@ -190,9 +190,8 @@ def test_katib_trial_trains_and_reports_its_objective(
         for c in pod["containers"]
         if c["name"] == trial["spec"]["trialTemplate"]["primaryContainerName"]
     )
-    app_dir = tmp_path / "app"
-    collect_dataset(TINY_PLAN, app_dir / "data", progress=False)
-    (app_dir / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS.model_dump(mode="json")))
+    # The image's /app: params.yaml, and the data version data.dvc records (no git).
+    app_dir, _ = make_project(tmp_path / "app", TINY_PARAMS)
     store = f"sqlite:///{tmp_path}/mlflow.db"
     env = resolve_env(
         primary, docs, {"MLFLOW_TRACKING_URI": store, "FLYWHEEL_HOME": str(tmp_path / "state")}
