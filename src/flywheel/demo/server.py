@@ -289,7 +289,11 @@ def predict_files(
         answer = http.post(
             f"{url}{PREDICT_IMAGES_PATH}", files=files, headers=headers, timeout=timeout_s
         )
-    items: list[dict[str, Any]] = _checked(answer).json()
+    try:
+        items: list[dict[str, Any]] = _checked(answer).json()
+    except PredictionError as err:  # the service names images by position: name the files
+        names = ", ".join(f"image {i} = {Path(p).name}" for i, p in enumerate(paths))
+        raise PredictionError(f"{err} ({names})", err.status, err.body) from None
     return items
 
 
