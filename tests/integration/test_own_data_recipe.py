@@ -79,26 +79,32 @@ def step_times(trace: str) -> str:
 
 
 def _run(script: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run a bash script in its own session; whatever it left running is stopped after."""
-    process = subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, _ = process.communicate()
-        pytest.fail(f"the recipe ran past {timeout} s:\n{out[-4000:]}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)  # a server the script did not stop
-    return process.returncode, out
+    """Run a bash script in its own session; whatever it left running is stopped after.
+
+    The output goes to a file, not a pipe: a server the script leaves behind (its
+    `kill` never ran because a step failed) keeps the script's stdout open, and
+    reading a pipe to its end would wait for that server.
+    """
+    log = cwd / "recipe.log"
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"the recipe ran past {timeout} s:\n{log.read_text()[-4000:]}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)  # a server the script did not stop
+    return process.returncode, log.read_text(encoding="utf-8")
 
 
 def test_the_readme_names_every_stage_of_the_recipe() -> None:

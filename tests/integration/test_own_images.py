@@ -85,7 +85,8 @@ def _import_and_train(src: Path, params: Params, out: Path) -> Trained:
 
 def _test_accuracy(trained: Trained) -> float:
     predicted = predict_split(trained.model_uri, trained.dataset, "test", progress=False)
-    return float((predicted.probs.argmax(axis=1) == predicted.labels).mean())
+    probabilities = predicted.decoded.class_probabilities()
+    return float((probabilities.argmax(axis=1) == predicted.targets).mean())
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_digits_keep_their_size_and_are_normalised_to_the_full_range(digits: Tra
         "white_level": 16,
     }
     sample = predict_split(digits.model_uri, digits.dataset, "val", progress=False)
-    assert sample.probs.shape[1] == len(DIGIT_CLASSES)
+    assert sample.decoded.class_probabilities().shape[1] == len(DIGIT_CLASSES)
     assert _test_accuracy(digits) > 0.45  # chance is 0.2: it learnt from the full range
 
 
@@ -227,7 +228,8 @@ def test_serving_a_users_original_file_answers_as_the_imported_one(
         from_imported = _served_probabilities(url, imported, classes)
         from_arrays = _served_arrays(url, imported, classes)  # RGB (N, S, S, 3); digits 0-16
 
-    expected = evaluated.probs[: len(rows)]  # (N, K): evaluation on the imported dataset
+    # (N, K): evaluation on the imported dataset
+    expected = evaluated.decoded.class_probabilities()[: len(rows)]
     np.testing.assert_allclose(from_imported, expected, atol=1e-5)
     np.testing.assert_allclose(from_originals, expected, atol=1e-5)
     np.testing.assert_allclose(from_arrays, expected, atol=1e-5)

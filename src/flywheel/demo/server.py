@@ -13,6 +13,7 @@ does that over HTTP only: it never imports BentoML or the service.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -246,17 +247,36 @@ def wait_until_ready(
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the process's group, SIGKILL it after `timeout_s`; returns the exit status."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:  # it ended between poll() and killpg()
-            process.wait()
-    return int(process.returncode)
+    """SIGTERM the process's group, SIGKILL what is left of it after `timeout_s`.
+
+    The whole group is waited for, not only its leader: a server's leader can end
+    while a process it started (BentoML's arbiter, a worker) is still shutting
+    down, and that one would outlive the caller, holding a port and open pipes.
+
+    Returns:
+        The leader's exit status.
+    """
+    group = process.pid  # started with start_new_session: the group is the leader's pid
+    _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(group) and time.monotonic() < deadline:
+        process.poll()  # reap the leader, or it stays in the group as a zombie
+        time.sleep(0.1)
+    _signal_group(group, signal.SIGKILL)
+    return int(process.wait())
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has ended
+        os.killpg(group, signum)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def predict_files(
