@@ -9,6 +9,8 @@ BIN          := $(VENV)/bin
 LOCK         := requirements/constraints.txt
 STAMP        := $(VENV)/.installed
 PYTEST_ARGS  ?=
+# Test processes (pytest-xdist; a file's tests stay in one process, its fixtures with it).
+PYTEST_WORKERS ?= 2
 PIP_VERSION  := 26.3
 
 # Telemetry off for every library, in every target and its children.
@@ -82,7 +84,7 @@ $(LS_STAMP): $(LS_LOCK)
 	@touch $@
 
 test: setup system-deps ## Run every test, slow ones included (what CI runs)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -16,6 +16,7 @@ torch; the servers and steps the tests start inherit it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from tests.support.plans import collect_plan
 from tests.support.tracking import tracking_env
 
 configure_process()
+# pytest-xdist's workers are started with COLUMNS=80 and LINES=24 in their environment;
+# Rich would fix the CLI's console at that width when it is imported, and a test that
+# widens it for one command (CliRunner's env={"COLUMNS": ...}) could not.
+for _fixed in ("COLUMNS", "LINES"):
+    os.environ.pop(_fixed, None)
 
 
 @pytest.fixture(scope="module")

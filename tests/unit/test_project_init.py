@@ -38,7 +38,7 @@ def _photos(root: Path) -> Path:
 
 
 def _init(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["init", *args])
+    result = CliRunner().invoke(app, ["init", *args], env={"COLUMNS": "400"})  # paths unwrapped
     return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
 
 

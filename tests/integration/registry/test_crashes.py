@@ -1,8 +1,9 @@
 """`kill -9` at every step of a promote and a rollback, then the next command puts it right.
 
-Each case runs `flywheel promote|rollback` as a real process that SIGKILLs
-itself at one step (`flywheel.registry.faults`: between two writes), then lets
-the next command finish it (a rerun of the same command, or `flywheel models`)
+Each case runs `flywheel promote|rollback` as a real process (forked from a
+warm one: `tests/support/forked_cli.py`) that SIGKILLs itself at one step
+(`flywheel.registry.faults`: between two writes), then lets the next command
+finish it (a rerun of the same command, or `flywheel models`)
 and checks the invariants: `production` set to the transition's target,
 `previous` the version it replaced (never the same), nothing pending, the
 transition once in the model's log and once in the history of every version it
@@ -14,8 +15,6 @@ behind by the killed holder and broken at once because its PID is gone).
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +25,14 @@ from typer.testing import CliRunner
 from flywheel import registry
 from flywheel.cli import app
 from flywheel.registry.faults import FAULT_ENV
+from tests.support.forked_cli import run_forked
 from tests.support.processes import subprocess_env
 from tests.support.registry_store import Store, mlflow_server, server_versions, use_registry
 from tests.support.registry_store import aliases as _aliases
 from tests.support.registry_store import bless as _bless
 from tests.support.registry_store import register_versions as _register
 
-pytestmark = pytest.mark.slow  # a real process per case (MLflow's import: seconds)
+pytestmark = pytest.mark.slow  # a real process per case
 
 PROMOTE_STEPS = (
     "locked",  # the lock is held, nothing written
@@ -73,18 +73,10 @@ def _three_versions(name: str, versions: list[str]) -> tuple[str, str, str]:
 
 def _killed_at(step: str, uri: str, cwd: Path, *args: str) -> None:
     """Run `flywheel ARGS` as a process that SIGKILLs itself at `step`; it must die there."""
-    done = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", *args],
-        env=subprocess_env(
-            {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_USER": "killed", FAULT_ENV: step}
-        ),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == -signal.SIGKILL, (step, done.returncode, done.stdout, done.stderr)
+    log = cwd / f"killed-at-{step.replace(':', '-')}.log"
+    env = subprocess_env({"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_USER": "killed", FAULT_ENV: step})
+    code = run_forked(list(args), env, cwd, log)
+    assert code == -signal.SIGKILL, (step, code, log.read_text())
 
 
 def _cli(*args: str) -> str:
