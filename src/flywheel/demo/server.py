@@ -13,9 +13,7 @@ does that over HTTP only: it never imports BentoML or the service.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +28,7 @@ from typing import IO, Any
 
 import httpx
 
-from flywheel.monitoring.dashboards import free_port  # one OS-picked port helper
+from flywheel.processes import free_port, stop_process_group
 from flywheel.serving_api import (
     ADMIN_RELOAD_PATH,
     IMAGES_FIELD,
@@ -150,7 +148,7 @@ def start_server(
             try:
                 wait_until_ready(url, ready_timeout_s, process=process, output=output)
             except ServerStartError as err:
-                stop_process_group(process)
+                stop_process_group(process, STOP_TIMEOUT_S)
                 if _PORT_TAKEN not in str(err):
                     raise
                 if port is not None and not port_is_free(host, port):
@@ -166,7 +164,7 @@ def start_server(
             try:
                 yield url
             finally:
-                stop_process_group(process)
+                stop_process_group(process, STOP_TIMEOUT_S)
             return
 
 
@@ -244,39 +242,6 @@ def wait_until_ready(
                     f"(last {path}: {last}){_quote(output)}"
                 )
             time.sleep(0.25)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the process's group, SIGKILL what is left of it after `timeout_s`.
-
-    The whole group is waited for, not only its leader: a server's leader can end
-    while a process it started (BentoML's arbiter, a worker) is still shutting
-    down, and that one would outlive the caller, holding a port and open pipes.
-
-    Returns:
-        The leader's exit status.
-    """
-    group = process.pid  # started with start_new_session: the group is the leader's pid
-    _signal_group(group, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _group_alive(group) and time.monotonic() < deadline:
-        process.poll()  # reap the leader, or it stays in the group as a zombie
-        time.sleep(0.1)
-    _signal_group(group, signal.SIGKILL)
-    return int(process.wait())
-
-
-def _signal_group(group: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group has ended
-        os.killpg(group, signum)
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def predict_files(

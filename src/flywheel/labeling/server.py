@@ -39,6 +39,7 @@ from pathlib import Path
 
 from flywheel.config import LabelStudioConfig
 from flywheel.env import state_dir
+from flywheel.processes import stop_process_group
 
 LABEL_STUDIO_VERSION = "1.23.2"
 """The pinned server version (`requirements/label-studio.txt`)."""
@@ -220,18 +221,7 @@ class LabelStudioServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM its process group (the server and its workers), SIGKILL after `timeout`."""
-        import signal
-
-        if not self.alive():
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, timeout)
 
 
 def start_label_studio(

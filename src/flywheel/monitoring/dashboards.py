@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.monitoring.reference import MonitoringError
+from flywheel.processes import free_port as free_port  # where the callers look for it
+from flywheel.processes import stop_process_group
 from flywheel.storage import Location, is_url, make_dirs
 
 CHROMIUM_NAMES: tuple[str, ...] = ("chromium", "chromium-browser", "google-chrome", "chrome")
@@ -77,13 +77,6 @@ def mlflow_ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
     ]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     """A started server process and the URL it answers on."""
@@ -99,16 +92,7 @@ class Server:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM its process group, then SIGKILL what is left after `timeout` seconds."""
-        if not self.alive():
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, timeout)
 
 
 def start_server(

@@ -1,0 +1,56 @@
+"""Processes the product starts and stops: a free port to bind, a process group to stop.
+
+Every server flywheel starts (`flywheel serve` under the demo, the dashboards,
+Label Studio) runs in its own session, so that its workers share one process
+group; `stop_process_group` ends all of them, not only the leader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+    """SIGTERM the group `process` leads, SIGKILL what is left of it after `timeout_s`.
+
+    The whole group is waited for, not only its leader: a server's leader can end
+    while a process it started (BentoML's arbiter, a worker) is still shutting
+    down, and that one would outlive the caller, holding a port and open pipes.
+    The process must have been started with `start_new_session=True`.
+
+    Returns:
+        The leader's exit status.
+    """
+    group = process.pid  # a session's leader: the group is its pid
+    _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(group) and time.monotonic() < deadline:
+        process.poll()  # reap the leader, or it stays in the group as a zombie
+        time.sleep(0.1)
+    _signal_group(group, signal.SIGKILL)
+    return int(process.wait())
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has ended
+        os.killpg(group, signum)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

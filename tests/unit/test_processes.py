@@ -1,0 +1,65 @@
+"""Stopping a server's process group: every process in it ends, not only the leader."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from flywheel.processes import free_port, stop_process_group
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _group(child: str, pidfile: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A bash leader that waits for one child running `child`; returns the leader and its pid."""
+    announce = f"echo $BASHPID > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}"
+    script = f"({child}; {announce}; exec sleep 300) & wait"
+    process = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    return process, int(pidfile.read_text())
+
+
+def test_a_child_that_ignores_sigterm_and_outlives_its_leader_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    # The leader ends on SIGTERM; its child ignores SIGTERM (as a server busy shutting down).
+    process, child = _group("trap '' TERM", pidfile)
+
+    started = time.monotonic()
+    status = stop_process_group(process, timeout_s=1.0)
+
+    assert status != 0  # the leader ended by its signal
+    assert _gone(child), "the child outlived stop_process_group"
+    assert time.monotonic() - started < 15
+
+
+def test_a_group_that_ends_on_sigterm_is_not_waited_for(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    process, child = _group("true", pidfile)
+
+    started = time.monotonic()
+    stop_process_group(process, timeout_s=60.0)
+
+    assert time.monotonic() - started < 10  # the timeout is a ceiling, not a wait
+    assert _gone(child)
+
+
+def test_free_port_can_be_bound() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
