@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
+from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError
 
 Direction = Literal["max", "min"]
@@ -60,6 +61,28 @@ T_co = TypeVar("T_co", covariant=True)
 
 class DatasetError(ValueError):
     """A dataset cannot be used: missing split, unknown label, unreadable image (names the row)."""
+
+
+def split_rows(dataset_dir: Path, split: str, required: Sequence[str]) -> pd.DataFrame:
+    """The manifest rows of one split, index reset, once the manifest has `required` columns.
+
+    Raises:
+        DatasetError: no manifest or an unreadable one, a required column
+            missing, or no rows in the split (the splits present are named).
+    """
+    where = manifest_path(dataset_dir)
+    try:
+        manifest = load_manifest(dataset_dir)
+    except ManifestError as err:
+        raise DatasetError(str(err)) from None
+    missing = [c for c in required if c not in manifest.columns]
+    if missing:
+        raise DatasetError(f"{where}: missing columns {missing}")
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        found = sorted(manifest["split"].dropna().unique())
+        raise DatasetError(f"{where}: no rows with split={split!r} (splits present: {found})")
+    return rows
 
 
 class ManifestDataset(Dataset[T_co]):

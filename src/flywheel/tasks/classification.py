@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
-from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
+from flywheel.data.manifest import manifest_path
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError
 from flywheel.tasks.augment import augment_batch, check_augment_range
 from flywheel.tasks.base import (
@@ -35,6 +35,7 @@ from flywheel.tasks.base import (
     MetricAccumulator,
     SplitMetrics,
     Task,
+    split_rows,
 )
 from flywheel.tasks.classification_metrics import classification_metrics
 from flywheel.tasks.networks import build_model
@@ -91,17 +92,7 @@ class ClassificationDataset(ManifestDataset[tuple[Tensor, Tensor]]):
         self.preprocessing = preprocessing
         self.image_size = preprocessing.size
         where = manifest_path(self.dataset_dir)
-        try:
-            manifest = load_manifest(self.dataset_dir)
-        except ManifestError as err:
-            raise DatasetError(str(err)) from None
-        missing = [c for c in _REQUIRED_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise DatasetError(f"{where}: missing columns {missing}")
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
-        if rows.empty:
-            found = sorted(manifest["split"].dropna().unique())
-            raise DatasetError(f"{where}: no rows with split={split!r} (splits present: {found})")
+        rows = split_rows(self.dataset_dir, split, _REQUIRED_COLUMNS)
         index = {name: i for i, name in enumerate(classes)}
         unknown = rows[~rows["label"].isin(list(index))]
         if not unknown.empty:

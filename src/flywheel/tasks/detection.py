@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
-from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
+from flywheel.data.manifest import manifest_path
 from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks.augment import augment_batch, random_affine_matrices
 from flywheel.tasks.base import (
@@ -43,6 +43,7 @@ from flywheel.tasks.base import (
     MetricAccumulator,
     SplitMetrics,
     Task,
+    split_rows,
 )
 from flywheel.tasks.boxes import box_iou, non_max_suppression, warp_boxes
 from flywheel.tasks.classification import image_to_tensor
@@ -114,17 +115,7 @@ class PageDataset(ManifestDataset[PageSample]):
         self.preprocessing = preprocessing
         self.image_size = preprocessing.size
         where = manifest_path(self.dataset_dir)
-        try:
-            manifest = load_manifest(self.dataset_dir)
-        except ManifestError as err:
-            raise DatasetError(str(err)) from None
-        missing = [c for c in _REQUIRED_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise DatasetError(f"{where}: missing columns {missing}")
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
-        if rows.empty:
-            found = sorted(manifest["split"].dropna().unique())
-            raise DatasetError(f"{where}: no rows with split={split!r} (splits present: {found})")
+        rows = split_rows(self.dataset_dir, split, _REQUIRED_COLUMNS)
         coco_path = self.dataset_dir / ANNOTATIONS_NAME
         try:
             boxes = _page_boxes(json.loads(coco_path.read_text()), coco_path)

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
-from flywheel.data.manifest import ManifestError, load_manifest, manifest_path
+from flywheel.data.manifest import manifest_path
 from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.base import (
@@ -44,6 +44,7 @@ from flywheel.tasks.base import (
     MetricAccumulator,
     SplitMetrics,
     Task,
+    split_rows,
 )
 from flywheel.tasks.detection_metrics import object_array
 from flywheel.tasks.latex_tokens import LATEX_VOCABULARY, canonical, detokenize, tokenize
@@ -108,17 +109,7 @@ class CropDataset(ManifestDataset[CropSample]):
         self.dataset_dir = Path(dataset_dir)
         self.height, self.width = height, width
         where = manifest_path(self.dataset_dir)
-        try:
-            manifest = load_manifest(self.dataset_dir)
-        except ManifestError as err:
-            raise DatasetError(str(err)) from None
-        missing = [c for c in _REQUIRED_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise DatasetError(f"{where}: missing columns {missing}")
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
-        if rows.empty:
-            found = sorted(manifest["split"].dropna().unique())
-            raise DatasetError(f"{where}: no rows with split={split!r} (splits present: {found})")
+        rows = split_rows(self.dataset_dir, split, _REQUIRED_COLUMNS)
         symbol = {token: i + 1 for i, token in enumerate(vocabulary)}
         self.tokens: list[Tensor] = []
         for i, latex in enumerate(rows["latex"].fillna("")):
