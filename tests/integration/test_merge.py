@@ -17,6 +17,7 @@ from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
 from flywheel.data.versioning import data_version, ensure_dataset, is_clean
 from flywheel.labeling.merge import MergeError, production_image_id, update_dataset
+from flywheel.monitoring.prediction_log import read_predictions
 from tests.support.labeling import serve_collected_batch, write_prediction_log
 from tests.support.project import make_git_dvc_repo
 
@@ -138,11 +139,10 @@ def test_a_merge_that_fails_the_gate_is_undone(setup: tuple[Params, Path, Path])
     # The simulator claims these images show a glyph of the frozen test split: leakage.
     write_ground_truth(leaked.assign(group=test_group), tmp_path / "state" / "ground_truth")
     _label(leaked, tmp_path)
+    logged = read_predictions(tmp_path / "log").query("index == 0").set_index("request_id")
     images = np.stack(
         [
-            np.asarray(
-                Image.open(next((tmp_path / "log").rglob(f"{r.removeprefix('leak-')}-0.png")))
-            )
+            np.asarray(Image.open(logged.loc[r.removeprefix("leak-"), "image_path"]))
             for r in leaked["request_id"]
         ]
     )  # (3, S, S): the same pictures, one pixel changed, logged under the new keys

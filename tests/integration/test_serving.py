@@ -319,6 +319,30 @@ def test_every_prediction_is_logged_with_features_embedding_and_image(server: Se
     assert all("/date=" in p and "/hour=" in p for p in rows["image_path"])
 
 
+def test_a_reused_request_id_keeps_both_requests_images(server: Server) -> None:
+    """The client picks X-Request-ID; a second request under it must not overwrite the first's."""
+    first, second = digit_images(1, seed=11), digit_images(1, seed=12)
+    for images in (first, second):
+        answer = httpx.post(
+            f"{server.url}/predict_arrays",
+            json={"images": images.tolist()},
+            headers={"X-Request-ID": "reused-1"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = read_predictions(server.predictions).query("request_id == 'reused-1'")
+        if len(rows) == 2:
+            break
+        time.sleep(0.2)
+    assert len(rows) == 2, server.output()
+    logged = sorted(rows["image_path"])
+    assert len(set(logged)) == 2
+    kept = {np.asarray(Image.open(path)).tobytes() for path in logged}
+    assert kept == {first[0].tobytes(), second[0].tobytes()}
+
+
 def test_metrics_count_predictions_and_show_the_version(server: Server) -> None:
     httpx.post(
         f"{server.url}/predict_arrays", json={"images": digit_images(2).tolist()}, timeout=30

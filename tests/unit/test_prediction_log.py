@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -168,6 +169,22 @@ def test_image_sampling_extremes(tmp_path: Path, fraction: float, stored: int) -
     assert len(list(tmp_path.rglob("*.png"))) == stored
 
 
+def test_a_reused_request_id_never_overwrites_a_logged_image(tmp_path: Path) -> None:
+    """Clients choose X-Request-ID: two requests with the same id keep two images."""
+    first, second = _record(0), _record(2)
+    second = dataclasses.replace(second, request_id=first.request_id, index=first.index)
+    with PredictionLogger(tmp_path, sample_images=1.0, seed=0) as log:
+        log.log(first)
+        log.log(second)
+    frame = read_predictions(tmp_path)
+    assert list(frame["request_id"]) == [first.request_id] * 2
+    paths = list(frame["image_path"])
+    assert len(set(paths)) == 2
+    for path, record in zip(paths, (first, second), strict=True):
+        with Image.open(path) as image:
+            np.testing.assert_array_equal(np.asarray(image), record.image)
+
+
 def test_image_sampling_keeps_about_the_fraction(tmp_path: Path) -> None:
     with PredictionLogger(tmp_path, sample_images=0.25, seed=0) as log:
         for i in range(400):
@@ -247,7 +264,10 @@ def test_the_writer_compacts_the_hour_it_closed(tmp_path: Path) -> None:
     assert [p.suffix for p in closed.glob("part-*")] == [".parquet"]
     open_hour = tmp_path / "date=2026-11-23" / "hour=10"
     assert [p.suffix for p in open_hour.glob("part-*")] == [".jsonl"]  # still being written
-    _frames_equal(read_predictions(tmp_path), expected)  # images still found from Parquet
+    compacted = read_predictions(tmp_path)
+    # the second writer named its images itself; each is still found from Parquet
+    assert all(Path(p).is_file() for p in compacted["image_path"])
+    _frames_equal(compacted.drop(columns="image_path"), expected.drop(columns="image_path"))
 
 
 def test_compact_takes_closed_parts_only(tmp_path: Path) -> None:

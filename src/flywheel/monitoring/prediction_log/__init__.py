@@ -7,12 +7,14 @@ DuckDB or pyarrow can read it as a table as well):
 
     <root>/date=YYYY-MM-DD/hour=HH/part-<host>-<pid>-<token>-<n>.jsonl    (being written)
     <root>/date=YYYY-MM-DD/hour=HH/part-<host>-<pid>-<token>-<n>.parquet  (compacted)
-    <root>/date=YYYY-MM-DD/hour=HH/images/<request_id>-<index>.png
+    <root>/date=YYYY-MM-DD/hour=HH/images/<host>-<pid>-<token>-<n>.png
 
 One JSON object per line (`RECORD_FIELDS`, plus one key per summary feature
-under `features`). Every writer (one per server worker process) appends to
-its own part files, so several processes never interleave lines, and each file
-it opens gets a new name (`<n>` counts them), so a name is never reused.
+under `features`); a sampled image is named by the writer, and its record's
+`image_path` points at it (the request's id is a field, never a file name).
+Every writer (one per server worker process) appends to its own part files,
+so several processes never interleave lines, and each file it opens gets a
+new name (`<n>` counts them), so a name is never reused.
 
 Compaction. JSON lines are cheap to append and survive a crash, but slow to
 read: about 100 µs a row, so a million rows take a minute and a half. A closed

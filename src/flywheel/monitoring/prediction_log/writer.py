@@ -74,6 +74,7 @@ class PredictionLogger:
         self._random = random.Random(seed)
         self._token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._opened = 0
+        self._images_saved = 0
         self.compact_closed = compact_closed
         self._compactor: threading.Thread | None = None
         self._to_compact: queue.Queue[Path | None] = queue.Queue()
@@ -206,7 +207,10 @@ class PredictionLogger:
         parts.open(folder)
         image_path = None
         if record.image is not None and self._random.random() < self.sample_images:
-            image_path = f"{IMAGES_DIR}/{record.request_id}-{record.index}.png"
+            # Named by this writer, never by the request: a client's X-Request-ID used
+            # twice must not overwrite the first request's image.
+            self._images_saved += 1
+            image_path = f"{IMAGES_DIR}/{self._token}-{self._images_saved}.png"
             image = Image.fromarray(_storable(record.image))
             if isinstance(folder, Path):
                 image.save(folder / image_path)
