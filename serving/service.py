@@ -143,8 +143,10 @@ class Flywheel:
 
     def __init__(self) -> None:
         from flywheel.env import configure_process
+        from flywheel.processes import die_with_parent
 
         configure_process()  # before torch loads OpenMP
+        die_with_parent()  # `kill -9` of the server ends this worker too: the port is freed
 
         import torch
 

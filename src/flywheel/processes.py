@@ -1,4 +1,4 @@
-"""Processes the product starts and stops: a free port to bind, a process group to stop.
+"""Processes the product starts and stops: a free port, a process group to stop, a worker's tie.
 
 Every server flywheel starts (`flywheel serve` under the demo, the dashboards,
 Label Studio) runs in its own session, so that its workers share one process
@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 
@@ -53,4 +54,31 @@ def _group_alive(group: int) -> bool:
         os.killpg(group, 0)
     except ProcessLookupError:
         return False
+    return True
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2)'s option: the signal the calling process gets when its parent dies (Linux)."""
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send this process `signum` when its parent process dies.
+
+    A server's worker calls it, so that `kill -9` of the server (its parent)
+    takes the worker with it instead of leaving it serving and holding the port.
+    If the parent is already gone, the signal is sent at once.
+
+    Returns:
+        Whether the kernel took the request (False off Linux, where nothing is done).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signum)
     return True

@@ -246,6 +246,46 @@ def test_start_server_names_a_port_another_process_holds(
     assert time.monotonic() - started < 45  # one attempt, not START_ATTEMPTS
 
 
+def test_kill_9_of_the_server_takes_its_workers_and_a_restart_gets_the_port(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`kill -9 <pid of flywheel serve>`: no worker is left serving or holding the port."""
+    import psutil
+
+    params = write_params(tmp_path, MODEL)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
+    log_path = tmp_path / "killed.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, **server_environment(env)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_ready(url, 120, process=process, output=log_path.read_text)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert workers, "the server has no worker processes"
+        process.kill()  # SIGKILL: no shutdown hook runs in the server process
+        process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers outlived the killed server: {alive}"
+    finally:
+        stop_process_group(process)
+
+    with start_server(
+        params, port=port, env=server_environment(env), cwd=tmp_path, ready_timeout_s=120
+    ) as again:
+        answer = httpx.post(
+            f"{again}/predict_arrays", json={"images": digit_images(1).tolist()}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+
+
 def test_the_service_loads_the_model_without_training_code(env: dict[str, str]) -> None:
     """Serving depends on the exported model only (STYLE.md): no training or evaluation modules."""
     script = (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,3 +65,28 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_worker_tied_to_its_parent_ends_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """The worker calls die_with_parent; `kill -9` of its parent ends it too."""
+    pidfile = tmp_path / "worker.pid"
+    worker = (
+        "import os, time, sys; from flywheel.processes import die_with_parent; "
+        f"assert die_with_parent(); open({str(pidfile)!r} + '.tmp', 'w').write(str(os.getpid())); "
+        f"os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r}); time.sleep(300)"
+    )
+    spawn = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}])"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", spawn + "; time.sleep(300)"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert _gone(child), "the worker outlived its killed parent"
+    finally:
+        stop_process_group(parent, timeout_s=1.0)
