@@ -82,3 +82,57 @@ def die_with_parent(signum: int = signal.SIGTERM) -> bool:
     if os.getppid() != parent:  # the parent died before the request was made
         os.kill(os.getpid(), signum)
     return True
+
+
+PORT_IN_USE = "is in use"
+"""In every message that says a port is taken (`port_holder`), for callers that retry."""
+
+WORKER_MARK = "serving.service:FlywheelService"
+"""In the command line of every process of a flywheel server (BentoML's and its workers)."""
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who holds `host:port`, in words, or None when a server could bind it now.
+
+    A flywheel server's worker whose server is gone (its parent is init) is
+    named as an orphan, with the command that stops it.
+    """
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            sock.bind((host, port))
+        except OSError:
+            pass
+        else:
+            return None
+    try:
+        pids = sorted(
+            {
+                c.pid
+                for c in psutil.net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+            }
+        )
+    except psutil.AccessDenied:  # another user's sockets (macOS without root)
+        pids = []
+    if not pids:
+        return f"port {port} on {host} {PORT_IN_USE} by another process"
+    described = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            command = " ".join(process.cmdline())
+            orphan = process.ppid() == 1
+        except psutil.Error:
+            continue
+        if WORKER_MARK in command and orphan:
+            described.append(
+                f"pid {pid}, a flywheel server's worker left behind by a server that was "
+                f"killed: stop it with `kill {pid}`"
+            )
+        else:
+            described.append(f"pid {pid} ({command[:120]})")
+    holders = "; ".join(described or ["another process"])
+    return f"port {port} on {host} {PORT_IN_USE}: held by {holders}"

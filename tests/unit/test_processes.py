@@ -90,3 +90,48 @@ def test_a_worker_tied_to_its_parent_ends_when_the_parent_is_killed(tmp_path: Pa
         assert _gone(child), "the worker outlived its killed parent"
     finally:
         stop_process_group(parent, timeout_s=1.0)
+
+
+def test_flywheel_serve_names_an_orphaned_worker_that_holds_its_port(tmp_path: Path) -> None:
+    """A worker whose server is gone (its parent is init) holds the port: serve says which."""
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+    from flywheel.processes import WORKER_MARK, port_holder
+
+    port = free_port()
+    pidfile = tmp_path / "orphan.pid"
+    holder = (
+        "import os, socket, time; s = socket.socket(); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); "
+        f"open({str(pidfile)!r} + '.tmp', 'w').write(str(os.getpid())); "
+        f"os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r}); time.sleep(300)"
+    )
+    # bash starts it in the background and exits: the holder is reparented to init
+    subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -c "$0" {WORKER_MARK} >/dev/null 2>&1 &', holder],
+        check=True,
+    )
+    deadline = time.monotonic() + 30
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, "the holder never started"
+        time.sleep(0.05)
+    orphan = int(pidfile.read_text())
+    try:
+        said = port_holder("127.0.0.1", port)
+        assert said is not None
+        assert f"pid {orphan}, a flywheel server's worker left behind" in said
+        assert f"`kill {orphan}`" in said
+
+        params = tmp_path / "params.yaml"
+        params.write_text("{}\n")
+        result = CliRunner().invoke(
+            app, ["serve", "--params", str(params), "--port", str(port)], env={"COLUMNS": "400"}
+        )
+        assert result.exit_code == 2, result.output
+        assert f"`kill {orphan}`" in result.output
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    assert _gone(orphan)
+    assert port_holder("127.0.0.1", port) is None

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.composition import serving_root
-from flywheel.cli.console import console, err_console, exit_on
+from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 
 commands = typer.Typer()
@@ -47,11 +47,15 @@ def serve(
     import os
 
     from flywheel.env import state_dir
+    from flywheel.processes import port_holder
     from flywheel.serving_api import PARAMS_ENV, SET_ENV
     from flywheel.storage import STATE_URL_ENV, state_url
     from flywheel.tracking import resolve_tracking
 
     p = read_params(params, set_)  # fail here, with the bad key, rather than inside a worker
+    held = port_holder(host or p.serve.host, port or p.serve.port)
+    if held is not None:  # say who holds it, rather than BentoML's "Address already in use"
+        raise abort(f"{held}; choose another port (--port)")
     params_path = params.resolve()
     env = dict(os.environ)
     env[PARAMS_ENV] = str(params_path)

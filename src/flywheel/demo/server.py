@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import httpx
 
-from flywheel.processes import free_port, stop_process_group
+from flywheel.processes import PORT_IN_USE, free_port, stop_process_group
 from flywheel.serving_api import (
     ADMIN_RELOAD_PATH,
     IMAGES_FIELD,
@@ -47,7 +47,8 @@ LOG_TAIL_LINES = 40
 """Lines of the server's output quoted when it fails to start."""
 START_ATTEMPTS = 3
 """Starts tried when the server dies because a port it picked was taken meanwhile."""
-_PORT_TAKEN = "Address already in use"
+_PORT_TAKEN = ("Address already in use", PORT_IN_USE)
+"""In a server's output when a port was taken: BentoML's words, or `flywheel serve`'s own."""
 
 
 class ServerStartError(RuntimeError):
@@ -149,7 +150,7 @@ def start_server(
                 wait_until_ready(url, ready_timeout_s, process=process, output=output)
             except ServerStartError as err:
                 stop_process_group(process, STOP_TIMEOUT_S)
-                if _PORT_TAKEN not in str(err):
+                if not any(words in str(err) for words in _PORT_TAKEN):
                     raise
                 if port is not None and not port_is_free(host, port):
                     raise ServerStartError(
