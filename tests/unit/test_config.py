@@ -59,6 +59,12 @@ def test_overrides_replace_single_values() -> None:
         ),
         ("cluster: {placement: {tolerations: [{key: g, value: x}]}}", "takes none"),
         ("cluster: {train: {accelerator: ''}}", "cluster.train.accelerator"),
+        ("trian: {epochs: 3}", "unknown key 'trian': did you mean 'train'"),
+        ("train: {epoks: 3}", "unknown key 'train.epoks': did you mean 'train.epochs'"),
+        ("scenarios: {x: {mixx: plan}}", "did you mean 'scenarios.x.mix'"),
+        ("", "empty"),
+        ("# only a comment\n", "empty"),
+        ("{}", "empty"),
     ],
 )
 def test_bad_params_name_the_problem(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -67,6 +73,12 @@ def test_bad_params_name_the_problem(tmp_path: Path, yaml_text: str, message: st
 
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_a_misspelt_set_is_an_error_with_the_nearest_name() -> None:
+    """`--set trian.epochs=3` must not start a full default training."""
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        load_params(REPO / "params.yaml", {"trian.epochs": 3})
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_flywheel_serve_names_an_orphaned_worker_that_holds_its_port(tmp_path: P
         assert f"`kill {orphan}`" in said
 
         params = tmp_path / "params.yaml"
-        params.write_text("{}\n")
+        params.write_text("data: {name: held}\n")
         result = CliRunner().invoke(
             app, ["serve", "--params", str(params), "--port", str(port)], env={"COLUMNS": "400"}
         )

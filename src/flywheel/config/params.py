@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flywheel.config.base import ConfigError, FrozenConfig
 from flywheel.config.cluster import ClusterConfig
@@ -39,7 +42,7 @@ def default_registered_model(dataset_name: str) -> str:
 class Params(FrozenConfig):
     """Everything in `params.yaml`."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # later stages add sections
+    model_config = ConfigDict(extra="forbid", frozen=True)  # a misspelt section is an error
 
     data: DataPlan = DataPlan()
     scenarios: dict[str, Scenario] = Field(default_factory=lambda: {"in_distribution": Scenario()})
@@ -117,13 +120,18 @@ def load_params(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: not found (run from the project root or pass --params)"
         ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None or raw == {}:
+        raise ConfigError(
+            f"{path}: empty; a project's params.yaml names at least its data "
+            "(`flywheel init IMAGES` writes one from an image folder)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw, overrides, source=str(path))
@@ -149,7 +157,52 @@ def parse_params(
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}{_suggestions(err)}") from None
+
+
+def _suggestions(err: ValidationError) -> str:
+    """For each unknown key of `err`, the nearest valid name at its place, as extra lines.
+
+    >>> try:
+    ...     Params.model_validate({"trian": {"epochs": 3}, "serve": {"prot": 1}})
+    ... except ValidationError as err:
+    ...     print(_suggestions(err).strip())
+    unknown key 'serve.prot': did you mean 'serve.port'?
+    unknown key 'trian': did you mean 'train'?
+    """
+    lines = []
+    for error in err.errors():
+        if error["type"] != "extra_forbidden":
+            continue
+        *parents, key = (str(part) for part in error["loc"])
+        near = difflib.get_close_matches(key, _fields_at(parents), n=1)
+        if near:
+            lines.append(
+                f"unknown key {'.'.join([*parents, key])!r}: "
+                f"did you mean {'.'.join([*parents, near[0]])!r}?"
+            )
+    return "".join(f"\n{line}" for line in lines)
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    """The field names of the config section at a dotted path (`[]` where none is known)."""
+    node: Any = Params
+    parts = iter(path)
+    for part in parts:
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return []
+        field = node.model_fields.get(part)
+        if field is None:
+            return []
+        node = field.annotation
+        if typing.get_origin(node) is dict:  # a mapping of sections (scenarios): skip its key
+            node = typing.get_args(node)[1]
+            next(parts, None)
+        elif typing.get_origin(node) in (typing.Union, types.UnionType):
+            node = next((a for a in typing.get_args(node) if isinstance(a, type)), None)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
