@@ -2,6 +2,8 @@
 
 Every prediction is counted (`serving.metrics`) and goes to the prediction log
 (`flywheel.monitoring.prediction_log`), which writes it from a background thread.
+An image with no content worth a label (`flywheel.monitoring.features.low_information`)
+is flagged `low_information`, in the answer and in the log.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def respond(
     output: np.ndarray,
     *,
     top_k: int,
+    min_dynamic_range: float,
     metrics: ServiceMetrics,
     prediction_log: PredictionLogger,
 ) -> Response:
@@ -64,14 +67,17 @@ def respond(
         batch: the request's images, `(N, 1, S, S)` float32 in [0, 1].
         output: `forward_with_features` of `batch`, `(N, K + D + F)`.
         top_k: how many of the most probable classes each item lists.
+        min_dynamic_range: an image whose `dynamic_range` feature is below this
+            is flagged `low_information` (`serve.min_dynamic_range`).
         metrics: where the predictions are counted.
         prediction_log: where they are logged.
     """
-    from flywheel.monitoring.features import FEATURE_COLUMNS
+    from flywheel.monitoring.features import FEATURE_COLUMNS, low_information
     from flywheel.monitoring.prediction_log import PredictionRecord
 
     now = datetime.now(UTC)
     features = output[:, -len(FEATURE_COLUMNS) :]  # (N, F)
+    flagged = low_information(features, min_dynamic_range)  # (N,)
     decoded = model.task.decode(output[:, : -len(FEATURE_COLUMNS)])
     probabilities, embeddings = decoded.class_probabilities(), decoded.embedding  # (N, K), (N, D)
     images = model.task.stored_images(batch)  # (N, S, S) or (N, S, S, 3), as served
@@ -93,6 +99,7 @@ def respond(
                 ],
                 model_name=model.name,
                 model_version=model.version,
+                low_information=bool(flagged[i]),
             )
         )
         metrics.count_prediction(label, confidence)
@@ -109,6 +116,7 @@ def respond(
                 features=dict(zip(FEATURE_COLUMNS, features[i].tolist(), strict=True)),
                 embedding=embeddings[i].astype(float).tolist(),
                 image=images[i],
+                low_information=bool(flagged[i]),
             )
         )
     return Response(_PREDICTIONS.dump_json(out), media_type=JSON_MEDIA_TYPE)

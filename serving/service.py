@@ -32,7 +32,11 @@ APIs (POST, JSON responses, one item per image, in input order):
 Each item: `request_id` (the `X-Request-ID` header when it is a safe token,
 else a fresh one; echoed as a response header), `index`, `label`,
 `confidence`, `top_k` (the `serve.top_k` most probable classes), `model_name`,
-`model_version` (also the `X-Model-Version` response header). Bad input is a
+`model_version` (also the `X-Model-Version` response header), `low_information`
+(true for an image with no content worth a label: blank, or so small that
+resizing made it one grey level; its dynamic range is below
+`serve.min_dynamic_range`; the log carries the flag too and monitoring leaves
+such predictions out of its drift window). Bad input is a
 4xx with `{"error": ...}` saying what was wrong: 400 (not an image,
 truncated, wrong shape/dtype/range, empty, too many images, unknown upload
 fields, text values or odd file names in an upload), 411 (a chunked body:
@@ -354,6 +358,7 @@ class Flywheel:
                     batch,
                     output,
                     top_k=self.config.top_k,
+                    min_dynamic_range=self.config.min_dynamic_range,
                     metrics=self.metrics,
                     prediction_log=self.prediction_log,
                 )

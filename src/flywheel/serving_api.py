@@ -97,7 +97,14 @@ class ClassProbability(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The service's answer for one image."""
+    """The service's answer for one image.
+
+    `low_information`: the image has no content worth a label (blank, or far
+    smaller than the model's input, so resized to one grey level: its dynamic
+    range is below `serve.min_dynamic_range`). `label` and `confidence` are
+    still the model's, but they answer nothing: treat the item as "no
+    content"; monitoring leaves such predictions out of its drift window.
+    """
 
     request_id: str
     index: int
@@ -106,6 +113,7 @@ class Prediction(BaseModel):
     top_k: list[ClassProbability]
     model_name: str
     model_version: str
+    low_information: bool = False
 
 
 class ErrorBody(BaseModel):

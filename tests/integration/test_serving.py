@@ -319,6 +319,49 @@ def test_every_prediction_is_logged_with_features_embedding_and_image(server: Se
     assert all("/date=" in p and "/hour=" in p for p in rows["image_path"])
 
 
+def test_images_without_content_are_flagged_in_the_answer_and_the_log(server: Server) -> None:
+    """A blank image and a 1 x 1 one (resized to one grey level) still get a label, but the
+    answer and the log flag them `low_information`; a digit is not flagged."""
+    digit = digit_images(1, seed=7)[0]
+    uploads = {
+        "blank.png": png_bytes(np.full((SIZE, SIZE), 255, np.uint8)),
+        "tiny.png": png_bytes(np.array([[90]], np.uint8)),
+        "digit.png": png_bytes(digit),
+    }
+    by_file = httpx.post(
+        f"{server.url}/predict_images",
+        files=[("images", (name, data, "image/png")) for name, data in uploads.items()],
+        headers={"X-Request-ID": "low-info-files"},
+        timeout=30,
+    )
+    assert by_file.status_code == 200, by_file.text
+    by_array = httpx.post(
+        f"{server.url}/predict_arrays",
+        json={"images": [np.zeros((SIZE, SIZE), np.uint8).tolist(), digit.tolist()]},
+        headers={"X-Request-ID": "low-info-arrays"},
+        timeout=30,
+    )
+    assert by_array.status_code == 200, by_array.text
+
+    expected = {"low-info-files": [True, True, False], "low-info-arrays": [True, False]}
+    served = {"low-info-files": by_file.json(), "low-info-arrays": by_array.json()}
+    for request_id, items in served.items():
+        assert [item["low_information"] for item in items] == expected[request_id]
+        assert all(item["label"] in CLASSES for item in items)  # still the model's answer
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = read_predictions(server.predictions)
+        rows = log[log["request_id"].isin(list(expected))]
+        if len(rows) == 5:
+            break
+        time.sleep(0.2)
+    assert len(rows) == 5, server.output()
+    for request_id, flags in expected.items():
+        logged = rows[rows["request_id"] == request_id].sort_values("index")
+        assert logged["low_information"].tolist() == flags
+        assert (logged["dynamic_range"] < 0.02).tolist() == flags
+
+
 def test_a_reused_request_id_keeps_both_requests_images(server: Server) -> None:
     """The client picks X-Request-ID; a second request under it must not overwrite the first's."""
     first, second = digit_images(1, seed=11), digit_images(1, seed=12)

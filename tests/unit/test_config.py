@@ -33,6 +33,11 @@ def test_repository_params_place_training_on_one_gpu_and_size_every_step() -> No
     assert cluster == Params().cluster  # the file states the defaults it documents
 
 
+def test_repository_params_state_the_served_low_information_threshold() -> None:
+    assert load_params(REPO / "params.yaml").serve.min_dynamic_range == 0.02
+    assert Params().serve.min_dynamic_range == 0.02  # the file states the default
+
+
 def test_overrides_replace_single_values() -> None:
     params = load_params(REPO / "params.yaml", {"data.seed": 7, "data.per_stratum.train": 3})
 
@@ -65,6 +70,8 @@ def test_overrides_replace_single_values() -> None:
         ("", "empty"),
         ("# only a comment\n", "empty"),
         ("{}", "empty"),
+        ("serve: {min_dynamic_range: 1.0}", "serve.min_dynamic_range"),
+        ("serve: {min_dynamic_range: -0.01}", "serve.min_dynamic_range"),
     ],
 )
 def test_bad_params_name_the_problem(tmp_path: Path, yaml_text: str, message: str) -> None:

@@ -1,4 +1,5 @@
-"""Summary features (`flywheel.monitoring.features`): values, invariances, input checks."""
+"""Summary features (`flywheel.monitoring.features`): values, invariances, input checks,
+and the low-information rule on blank, tiny and real digit images."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from flywheel.config import DataPlan, NoiseStrength, ServeConfig
+from flywheel.demo.render import NOISES, GlyphLibrary, render_image
 from flywheel.monitoring.features import (
     EDGE_THRESHOLD,
     FEATURE_COLUMNS,
     HISTOGRAM_BINS,
+    low_information,
     summary_features,
     to_unit_range,
 )
+from flywheel.tasks.classification import ClassificationTask
+from tests.support.serving import digit_images
 
 S = 16
 
@@ -153,3 +160,77 @@ def test_bad_input_is_refused(images: np.ndarray, message: str) -> None:
 def test_to_unit_range_keeps_floats_and_scales_bytes() -> None:
     assert to_unit_range(np.array([[[0.25]]])).tolist() == [[[0.25]]]
     assert to_unit_range(np.array([[[51]]], dtype=np.uint8)).tolist() == [[[0.2]]]
+
+
+# ------------------------------------------------------------ low information
+
+THRESHOLD = ServeConfig().min_dynamic_range  # the served default
+
+
+def _served_pixels(images: list[Image.Image], size: int = 32) -> np.ndarray:
+    """Images as the service measures them: the task's pre-processing, then grey levels."""
+    task = ClassificationTask(tuple(str(d) for d in range(10)), size)
+    return task.pixels(task.preprocess(images))  # (B, S, S) in [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("image", "flagged"),
+    [
+        (Image.fromarray(np.zeros((32, 32), np.uint8)), True),  # black
+        (Image.fromarray(np.full((32, 32), 255, np.uint8)), True),  # blank white page
+        (Image.fromarray(np.full((32, 32), 128, np.uint8)), True),  # one grey level
+        (Image.fromarray(np.array([[200]], np.uint8)), True),  # 1 x 1: resized to one level
+        (Image.new("RGB", (1, 1), (30, 160, 90)), True),  # 1 x 1 in colour
+        (Image.fromarray(np.full((600, 400), 240, np.uint8)), True),  # large, but empty
+        (Image.fromarray(digit_images(1)[0]), False),  # the serving tests' digit
+        # a faint digit: ink only 10 grey levels below the paper is still content
+        (Image.fromarray(np.where(np.eye(32, dtype=bool), 230, 240).astype(np.uint8)), False),
+    ],
+    ids=["black", "white", "grey", "1x1", "1x1-rgb", "large-empty", "digit", "faint-digit"],
+)
+def test_images_without_content_are_low_information(image: Image.Image, flagged: bool) -> None:
+    features = summary_features(_served_pixels([image]))
+    assert low_information(features, THRESHOLD).tolist() == [flagged]
+
+
+def test_rendered_digits_are_never_low_information_whatever_the_noise() -> None:
+    """The collector's digits under every noise, at twice the strongest shift the plans use:
+    the rule flags empty images, never the degraded ones drift monitoring must see."""
+    library = GlyphLibrary.load(DataPlan().classes)
+    rng = np.random.default_rng(0)
+    images = [
+        render_image(library, glyphs[i % len(glyphs)], noise, NoiseStrength(), 4.0, 32, rng)
+        for noise in NOISES
+        for style in ("handwritten", "printed")
+        for label in DataPlan().classes
+        for glyphs in [library.glyphs(style, label)]
+        for i in range(2)
+    ]
+    features = summary_features(_served_pixels(images))
+    assert not low_information(features, THRESHOLD).any()
+    assert features["dynamic_range"].min() > 5 * THRESHOLD  # far from the line
+
+
+def test_low_information_reads_a_frame_or_its_values_and_zero_flags_nothing() -> None:
+    features = summary_features(np.stack([np.zeros((S, S)), _half_and_half()]))
+    assert low_information(features, 0.02).tolist() == [True, False]
+    assert low_information(features.to_numpy(), 0.02).tolist() == [True, False]
+    assert low_information(features, 0.0).tolist() == [False, False]
+    assert low_information(features.iloc[:0], 0.02).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("features", "threshold", "message"),
+    [
+        (summary_features(np.zeros((1, S, S))), 1.0, "[0, 1)"),
+        (summary_features(np.zeros((1, S, S))), -0.01, "[0, 1)"),
+        (summary_features(np.zeros((1, S, S))).drop(columns="dynamic_range"), 0.02, "dynamic"),
+        (np.zeros((1, 3)), 0.02, f"(B, {len(FEATURE_COLUMNS)})"),
+    ],
+    ids=["one", "negative", "no-column", "wrong-width"],
+)
+def test_low_information_refuses_what_it_cannot_read(
+    features: pd.DataFrame | np.ndarray, threshold: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        low_information(features, threshold)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from flywheel.monitoring import (
     MonitorResult,
     NotEnoughDataError,
     monitor,
+    result_table,
 )
 from flywheel.monitoring.dashboards import DashboardError, evidently_ui_command, find_chromium
 from flywheel.monitoring.dashboards import screenshot as take_screenshot
@@ -38,7 +39,7 @@ from flywheel.monitoring.monitor import (
     version_mask,
     workspace_dir,
 )
-from flywheel.monitoring.prediction_log import parse_time
+from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord, parse_time
 from flywheel.monitoring.reference import EMBEDDING_PREFIX, MonitoringError
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -298,6 +299,72 @@ def test_a_result_maps_to_the_exit_status_and_to_json(drift: bool, code: int) ->
     assert scalars["model_version"] == 4.0
     assert "reference_mean_confidence" not in scalars  # NaN is left out
     assert scalars["drift_score[brightness]"] == 0.2
+
+
+def test_a_result_says_how_many_low_information_predictions_it_left_out() -> None:
+    from rich.console import Console
+
+    result = MonitorResult("m", "4", NOW, NOW, 300, 0, 10, _check(drift=False, accuracy=None), 3)
+    console = Console(width=200, record=True, color_system=None)
+    console.print(result_table(result))
+
+    caption = " ".join(console.export_text().split())  # rich wraps it to the table's width
+    assert "300 predictions, 3 low-information predictions left out of the window;" in caption
+    assert result.to_dict()["low_information"] == 3
+    assert result.scalars()["low_information"] == 3.0
+    quiet = Console(width=200, record=True, color_system=None)
+    quiet.print(result_table(MonitorResult("m", "4", NOW, NOW, 300, 0, 10, result.check)))
+    assert "low-information" not in quiet.export_text()
+
+
+def _served_log(root: Path, flags: list[bool], version: str = "3") -> None:
+    """A prediction log as serving writes it: one record per flag, a second apart from NOW."""
+    rng = np.random.default_rng(2)
+    with PredictionLogger(root, compact_closed=False) as log:
+        for i, flag in enumerate(flags):
+            log.log(
+                PredictionRecord(
+                    request_id=f"r{i}",
+                    index=0,
+                    time=NOW + timedelta(seconds=i),
+                    model_name="flywheel-digits",
+                    model_version=version,
+                    label="0",
+                    confidence=0.9,
+                    probabilities={"0": 0.9, "1": 0.1},
+                    features={c: 0.0 if flag else float(rng.random()) for c in FEATURE_COLUMNS},
+                    embedding=list(rng.random(4)),
+                    low_information=flag,
+                )
+            )
+
+
+@pytest.mark.parametrize(
+    ("flags", "min_window_size", "message"),
+    [
+        # 8 predictions, 3 of them blank: 5 are left, fewer than 6
+        (
+            [False, True, False, True, False, False, True, False],
+            6,
+            r"holds 5 predictions of flywheel-digits version 3 \(3 low-information "
+            r"predictions left out of the window\); monitor.min_window_size is 6",
+        ),
+        # nothing flagged: the message stays as it was
+        ([False] * 4, 5, r"holds 4 predictions of flywheel-digits version 3; monitor"),
+        # all blank: nothing to check
+        ([True] * 4, 1, r"holds 0 predictions .* \(4 low-information predictions left out"),
+    ],
+    ids=["some-flagged", "none-flagged", "all-flagged"],
+)
+def test_low_information_predictions_are_left_out_before_the_window_is_counted(
+    tmp_path: Path, flags: list[bool], min_window_size: int, message: str
+) -> None:
+    _served_log(tmp_path, flags)
+    params = Params.model_validate({"monitor": {"min_window_size": min_window_size}})
+    window = {"since": NOW, "until": NOW + timedelta(minutes=1), "now": NOW + timedelta(hours=2)}
+
+    with pytest.raises(NotEnoughDataError, match=message):
+        monitor(params, log_dir=tmp_path, save=False, **window)
 
 
 def test_no_accuracy_is_reported_without_labels() -> None:

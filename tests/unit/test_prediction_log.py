@@ -26,12 +26,16 @@ from flywheel.monitoring.prediction_log import (
     partition_dir,
     read_predictions,
     read_table,
+    write_parquet,
 )
+from flywheel.monitoring.prediction_log.reader import read_jsonl
 
 T0 = datetime(2026, 11, 23, 9, 59, 58, tzinfo=UTC)
 
 
-def _record(i: int, when: datetime = T0, image: bool = True) -> PredictionRecord:
+def _record(
+    i: int, when: datetime = T0, image: bool = True, low_information: bool = False
+) -> PredictionRecord:
     return PredictionRecord(
         request_id=f"req-{i // 2}",
         index=i % 2,
@@ -44,6 +48,7 @@ def _record(i: int, when: datetime = T0, image: bool = True) -> PredictionRecord
         features={name: float(i) for name in FEATURE_COLUMNS},
         embedding=[float(i), -1.0],
         image=np.full((4, 4), i % 256, dtype=np.uint8) if image else None,
+        low_information=low_information,
     )
 
 
@@ -352,3 +357,49 @@ def test_a_part_compacted_while_the_window_is_read_is_read_from_parquet(
     compact_part(listed[0])
     monkeypatch.setattr(prediction_log, "_readable_parts", lambda _: listed)
     assert read_table(tmp_path)["confidence"].to_pylist() == [0.5, 0.51, 0.52]
+
+
+# ------------------------------------------------------------ the low-information flag
+
+
+def _flagged_log(root: Path) -> list[bool]:
+    """Four records over two hours, the odd ones flagged; returns the flags in time order."""
+    flags = [i % 2 == 1 for i in range(4)]
+    with PredictionLogger(root, compact_closed=False) as log:
+        for i, flag in enumerate(flags):
+            log.log(_record(i, T0 + timedelta(seconds=i), image=False, low_information=flag))
+    return flags
+
+
+def test_the_low_information_flag_round_trips_through_lines_and_parquet(tmp_path: Path) -> None:
+    flags = _flagged_log(tmp_path)
+    assert [line["low_information"] for line in _lines(tmp_path)] == flags
+    assert read_predictions(tmp_path)["low_information"].tolist() == flags
+
+    done = compact(tmp_path, now=datetime(2026, 11, 23, 12, 0, tzinfo=UTC), grace=timedelta(0))
+    assert done.parts == 2
+    assert not list(tmp_path.rglob("*.jsonl"))
+    frame = read_predictions(tmp_path)
+    assert frame["low_information"].dtype == bool
+    assert frame["low_information"].tolist() == flags
+    assert read_table(tmp_path, columns=["low_information"])["low_information"].to_pylist() == flags
+
+
+def test_records_written_before_the_flag_read_as_not_flagged(tmp_path: Path) -> None:
+    """Lines and Parquet parts without `low_information` (older logs) read as False, not null."""
+    flags = _flagged_log(tmp_path)
+    old_hour, new_hour = sorted(tmp_path.rglob("*.jsonl"))  # hours 09 (i = 0, 1) and 10 (2, 3)
+    # Hour 09: one old-style line beside a current one in the same part.
+    lines = [json.loads(line) for line in old_hour.open()]
+    del lines[1]["low_information"]
+    old_hour.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # Hour 10: a Parquet part compacted before the column existed.
+    table = read_jsonl(new_hour)
+    write_parquet(table.drop_columns(["low_information"]), new_hour.with_suffix(".parquet"))
+    new_hour.unlink()
+
+    assert flags == [False, True, False, True]
+    assert read_predictions(tmp_path)["low_information"].tolist() == [False, False, False, False]
+    window = read_table(tmp_path, columns=["low_information"])
+    assert window["low_information"].null_count == 0
+    assert window["low_information"].to_pylist() == [False, False, False, False]

@@ -266,15 +266,17 @@ def test_reference_profile_reads_the_output_through_the_task(toy: Task, dataset:
 
 def test_replay_logs_what_the_task_decodes(toy: Task, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    images = [_image(bright, rng) for bright in (True, False, True)]
+    blank = np.full((SIZE, SIZE, 3), 210, np.uint8)  # no content: flagged as serving flags it
+    images = [*(_image(bright, rng) for bright in (True, False, True)), blank]
     with PredictionLogger(tmp_path / "log", compact_closed=False) as logger:
         start = datetime.now(UTC) - timedelta(hours=1)
         ids = replay_images("toy", "1", images, logger, start=start)
     log = read_predictions(tmp_path / "log").sort_values("request_id")
-    assert log["request_id"].tolist() == ids == ["replay-0", "replay-1", "replay-2"]
-    assert [len(e) for e in log["embedding"]] == [2, 2, 2]
+    assert log["request_id"].tolist() == ids == ["replay-0", "replay-1", "replay-2", "replay-3"]
+    assert [len(e) for e in log["embedding"]] == [2, 2, 2, 2]
+    assert log["low_information"].tolist() == [False, False, False, True]
     if _has_classes(toy):
-        assert log["label"].tolist() == ["bright", "dark", "bright"]
+        assert log["label"].tolist() == ["bright", "dark", "bright", "bright"]
         assert all(sorted(p) == ["bright", "dark"] for p in log["probabilities"])
     else:
         assert all(not p for p in log["probabilities"])

@@ -38,6 +38,11 @@ class ServeConfig(FrozenConfig):
     max_headers: int = Field(100, ge=8)
     header_timeout_s: float = Field(10.0, gt=0)
     top_k: int = Field(3, ge=1)  # probabilities returned per image
+    # an image whose p99 - p1 intensity (on [0, 1]) is below this has no content worth a
+    # label (blank, or far too small: resizing spreads it into one grey level); it is
+    # flagged `low_information` in the answer and the prediction log, and monitoring leaves
+    # it out of the drift window (`flywheel.monitoring.features.low_information`; 0: never)
+    min_dynamic_range: float = Field(0.02, ge=0, lt=1)
     load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
     poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
     workers: int = Field(1, ge=1)  # server processes, each with its own copy of the model

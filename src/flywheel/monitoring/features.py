@@ -21,6 +21,9 @@ every feature is computed on the [0, 1] scale. The columns (`FEATURE_COLUMNS`):
   uneven lighting (shadows) raises it.
 * `entropy` — Shannon entropy (bits) of a `HISTOGRAM_BINS`-bin intensity
   histogram, in [0, log2(bins)].
+
+`low_information` reads one of them as a rule: an image with (nearly) no
+dynamic range has no content worth a label.
 """
 
 from __future__ import annotations
@@ -106,6 +109,54 @@ def summary_features(images: np.ndarray) -> pd.DataFrame:
         "entropy": _entropy(flat),
     }
     return pd.DataFrame({name: columns[name] for name in FEATURE_COLUMNS}, dtype=np.float64)
+
+
+def low_information(features: pd.DataFrame | np.ndarray, min_dynamic_range: float) -> np.ndarray:
+    """Which images have no content worth a label: `dynamic_range` below `min_dynamic_range`.
+
+    A blank page, a lens cap, or an image far smaller than the model's input
+    (a 1 x 1 upload, which resizing spreads into one uniform square) is a
+    single grey level give or take a few. A model still gives it a label, often
+    a confident one; serving flags it instead (`low_information` in the answer
+    and the prediction log), and monitoring leaves it out of the drift window,
+    where a burst of empty requests would read as a shift of the data.
+
+    Args:
+        features: `summary_features` of the images, or its values
+            `(B, len(FEATURE_COLUMNS))` in that column order.
+        min_dynamic_range: the p99 - p1 intensity (on [0, 1]) an image needs;
+            in [0, 1), and 0 flags nothing (`serve.min_dynamic_range`).
+
+    Returns:
+        `(B,)` bool, True for a low-information image.
+
+    Raises:
+        ValueError: `min_dynamic_range` outside [0, 1), or `features` without
+            the `dynamic_range` column.
+
+    >>> blank, bars = np.full((4, 4), 0.5), np.tile([0.0, 1.0], (4, 2))
+    >>> low_information(summary_features(np.stack([blank, bars])), 0.02).tolist()
+    [True, False]
+    >>> low_information(summary_features(np.stack([blank])).to_numpy(), 0.0).tolist()
+    [False]
+    """
+    if not 0.0 <= min_dynamic_range < 1.0:
+        raise ValueError(f"min_dynamic_range must be in [0, 1), got {min_dynamic_range}")
+    if isinstance(features, pd.DataFrame):
+        if "dynamic_range" not in features.columns:
+            raise ValueError(
+                f"features have no dynamic_range column (columns: {list(features.columns)})"
+            )
+        dynamic_range = features["dynamic_range"].to_numpy(dtype=np.float64)  # (B,)
+    else:
+        values = np.asarray(features, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(FEATURE_COLUMNS):
+            raise ValueError(
+                f"expected features (B, {len(FEATURE_COLUMNS)}) in FEATURE_COLUMNS order, "
+                f"got shape {values.shape}"
+            )
+        dynamic_range = values[:, FEATURE_COLUMNS.index("dynamic_range")]  # (B,)
+    return dynamic_range < min_dynamic_range
 
 
 def _edge_density(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,11 @@ Steps of `monitor`:
    records; by default the last `monitor.window_hours`).
 2. Keep the predictions of one model version — by default the one that served
    the most recent prediction — because each version is compared with its own
-   reference profile (rows of other versions are counted and left out).
+   reference profile (rows of other versions are counted and left out). Leave
+   out the low-information ones too (blank or far too small images, flagged by
+   serving: `flywheel.monitoring.features.low_information`), counted: they say
+   what requests looked like, not what the data looks like, and a burst of
+   them would read as drift. `monitor.min_window_size` counts what is left.
 3. Join the ground truth known for those predictions (`flywheel.data.ground_truth`:
    the simulator's truth, Label Studio labels, the oracle's answers; the latest
    label of a key wins), for accuracy on labelled traffic.
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ["model_version", "label", "confidence", "features", "embedding"]
+_COLUMNS = ["model_version", "label", "confidence", "low_information", "features", "embedding"]
 """What the check reads of the log, no more: per-row objects (probability dicts, embedding
 arrays) cost seconds at a million rows; the embedding is taken as one matrix."""
 
@@ -86,10 +90,13 @@ class MonitorResult:
         model_version: the version whose traffic was checked (and whose reference was used).
         window_start: time of the window's first prediction of that version (UTC).
         window_end: time of its last prediction (UTC): the snapshot's timestamp.
-        window_size: predictions of that version in the window.
+        window_size: predictions of that version in the window, the low-information
+            ones left out: what was checked.
         other_versions: predictions of other versions in the window (left out).
         labelled: predictions of the window with known ground truth.
         check: the drift check (decision, shares, per-column scores, confidence, accuracy).
+        low_information: predictions of that version flagged `low_information`
+            (no content worth a label), left out of the window.
         report_path: the HTML report (None when not saved).
         project_id: the Evidently project (None when not saved).
         snapshot_id: the Evidently snapshot (None when not saved).
@@ -103,6 +110,7 @@ class MonitorResult:
     other_versions: int
     labelled: int
     check: DriftCheck
+    low_information: int = 0
     report_path: Location | None = None
     project_id: str | None = None
     snapshot_id: str | None = None
@@ -129,6 +137,7 @@ class MonitorResult:
             "mean_confidence": c.mean_confidence,
             "reference_mean_confidence": c.reference_mean_confidence,
             "window_size": float(self.window_size),
+            "low_information": float(self.low_information),
             "rows_analysed": float(c.rows),
             "labelled": float(self.labelled),
             "model_version": float(self.model_version),
@@ -151,6 +160,7 @@ class MonitorResult:
             "window_end": self.window_end.isoformat(),
             "window_size": self.window_size,
             "other_versions": self.other_versions,
+            "low_information": self.low_information,
             "labelled": self.labelled,
             "report_path": str(self.report_path) if self.report_path else None,
             "project_id": self.project_id,
@@ -166,6 +176,17 @@ def _when(moment: datetime | None, default: str) -> str:
     ('2026-01-05 08:00:01 UTC', 'now')
     """
     return default if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _left_out(count: int) -> str:
+    """How many low-information predictions were left out of a window, for people.
+
+    >>> _left_out(3)
+    '3 low-information predictions left out of the window'
+    >>> _left_out(1)
+    '1 low-information prediction left out of the window'
+    """
+    return f"{count} low-information prediction{'' if count == 1 else 's'} left out of the window"
 
 
 def version_mask(frame: pd.DataFrame, version: str | None) -> tuple[np.ndarray, str]:
@@ -234,7 +255,8 @@ def monitor(
         now: the current time (tests).
 
     Raises:
-        NotEnoughDataError: fewer than `monitor.min_window_size` predictions of the version.
+        NotEnoughDataError: fewer than `monitor.min_window_size` predictions of the
+            version once the low-information ones are left out.
         flywheel.monitoring.reference.ReferenceNotFoundError: the version has no profile.
         flywheel.registry.RegistryError: the version is not registered.
         ConfigError: a configured drift test is not an Evidently stattest.
@@ -270,13 +292,17 @@ def monitor(
         )
     mine, chosen = version_mask(frame, version)
     others = int((~mine).sum())
-    frame = frame[mine].reset_index(drop=True)
-    embeddings = embedding_matrix(table.filter(pa.array(mine)))  # (N, D)
+    informative = ~frame["low_information"].to_numpy(dtype=bool)
+    left_out = int((mine & ~informative).sum())
+    kept = mine & informative
+    frame = frame[kept].reset_index(drop=True)
+    embeddings = embedding_matrix(table.filter(pa.array(kept)))  # (N, D)
     if len(frame) < config.min_window_size:
         raise NotEnoughDataError(
-            f"the window holds {len(frame)} predictions of {name} version {chosen}; "
-            f"monitor.min_window_size is {config.min_window_size}: wait for more traffic or "
-            "widen --since/--last"
+            f"the window holds {len(frame)} predictions of {name} version {chosen}"
+            + (f" ({_left_out(left_out)})" if left_out else "")
+            + f"; monitor.min_window_size is {config.min_window_size}: wait for more traffic "
+            "or widen --since/--last"
         )
     try:
         truth = latest_per_key(
@@ -318,6 +344,7 @@ def monitor(
         other_versions=others,
         labelled=current.labelled,
         check=check,
+        low_information=left_out,
     )
     if not save:
         return result
@@ -370,6 +397,7 @@ def result_table(result: MonitorResult) -> Table:
         f"{result.window_end:%Y-%m-%d %H:%M:%S} UTC, {result.window_size} predictions"
         + (f" ({c.rows} analysed)" if c.rows != result.window_size else "")
         + (f", {result.other_versions} of other versions left out" if result.other_versions else "")
+        + (f", {_left_out(result.low_information)}" if result.low_information else "")
         + f"; reference {c.reference_rows} rows",
     )
     for name in ("signal", "value", "threshold", "drifted"):

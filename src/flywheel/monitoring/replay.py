@@ -5,7 +5,8 @@ running server, and for tests. Per image it computes what `serving/predictions.p
 logs: the task's pre-processing, the summary features of the pre-processed
 pixels (`Task.pixels`), and what `Task.decode` reads from the exported model's
 output (loaded with `mlflow.pytorch.load_model`, as the service loads it):
-label, confidence, class probabilities and embedding.
+label, confidence, class probabilities and embedding; and the `low_information`
+flag of an image with no content worth a label (`features.low_information`).
 Records are timed `start, start + interval, ...` so windows can be laid out
 in time.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from flywheel.monitoring.features import summary_features
+from flywheel.monitoring.features import low_information, summary_features
 from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def replay_images(
     interval: timedelta = timedelta(seconds=1),
     request_prefix: str = "replay",
     batch_size: int = 256,
+    min_dynamic_range: float | None = None,
 ) -> list[str]:
     """Serve `images` with `model_name` version `version` and append the predictions to `logger`.
 
@@ -45,6 +47,9 @@ def replay_images(
         interval: time between records.
         request_prefix: request ids are `<prefix>-<i>`, one image per request.
         batch_size: images per forward pass.
+        min_dynamic_range: images with less dynamic range are flagged
+            `low_information`, as the service flags them (None: the default of
+            `serve.min_dynamic_range`).
 
     Returns:
         The request ids, in image order (each image is index 0 of its request).
@@ -55,9 +60,12 @@ def replay_images(
     import mlflow.pytorch
     import torch
 
+    from flywheel.config import ServeConfig
     from flywheel.evaluation import load_task
     from flywheel.registry import model_uri
 
+    if min_dynamic_range is None:
+        min_dynamic_range = ServeConfig().min_dynamic_range
     uri = model_uri(model_name, version)
     task = load_task(uri)
     module = mlflow.pytorch.load_model(uri, map_location="cpu")
@@ -65,7 +73,9 @@ def replay_images(
     for first in range(0, len(images), batch_size):
         batch = task.preprocess(list(images[first : first + batch_size]))  # (B, C, S, S)
         pixels = task.pixels(batch)  # (B, S, S) in [0, 1]
-        features = summary_features(pixels).to_dict(orient="records")
+        frame = summary_features(pixels)  # (B, F)
+        flagged = low_information(frame, min_dynamic_range)  # (B,)
+        features = frame.to_dict(orient="records")
         with torch.inference_mode():
             decoded = task.decode(module(batch))
         stored = task.stored_images(batch)  # as the service stores: colour and levels kept
@@ -85,6 +95,7 @@ def replay_images(
                     features=features[j],
                     embedding=decoded.embedding[j].astype(float).tolist(),
                     image=stored[j],
+                    low_information=bool(flagged[j]),
                 )
             )
             ids.append(request_id)

@@ -5,7 +5,8 @@ labelling budget, people label for days, training takes a GPU. So a drift
 submits the flywheel pipeline only when every rule of `monitor.trigger` allows:
 
 * **minimum window**: the window holds at least `min_window_size` predictions
-  (a verdict on little traffic is too little evidence to pay for labels);
+  (a verdict on little traffic is too little evidence to pay for labels;
+  low-information ones, left out of the drift check, do not count);
 * **cooldown**: at least `cooldown_hours` since the last fired trigger (the run
   it started has not yet changed the model: the next hours drift too);
 * **daily cap**: fewer than `max_runs_per_day` fired in the 24 hours before;
@@ -75,7 +76,7 @@ class Decision:
         model_version: the version whose traffic was checked.
         window_start: the window's first prediction (ISO).
         window_end: its last (ISO).
-        window_size: predictions in the window.
+        window_size: predictions in the window (the low-information ones left out).
         budget_left: labelling budget left before this run (None: no budget set).
         spend_limit: what the triggered run may spend on labels (None: curate.cost.per_cycle).
         run_id: the submitted run (fired only).

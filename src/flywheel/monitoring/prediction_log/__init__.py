@@ -12,6 +12,8 @@ DuckDB or pyarrow can read it as a table as well):
 One JSON object per line (`RECORD_FIELDS`, plus one key per summary feature
 under `features`); a sampled image is named by the writer, and its record's
 `image_path` points at it (the request's id is a field, never a file name).
+A key added later (`low_information`) is absent from older lines and parts,
+which read as `COLUMN_DEFAULTS` says.
 Every writer (one per server worker process) appends to its own part files,
 so several processes never interleave lines, and each file it opens gets a
 new name (`<n>` counts them), so a name is never reused.
@@ -58,6 +60,7 @@ from flywheel.monitoring.prediction_log.reader import (
     to_frame,
 )
 from flywheel.monitoring.prediction_log.schema import (
+    COLUMN_DEFAULTS,
     IMAGES_DIR,
     RECORD_FIELDS,
     TABLE_SCHEMA,
@@ -70,6 +73,7 @@ from flywheel.monitoring.prediction_log.schema import (
 from flywheel.monitoring.prediction_log.writer import PredictionLogger
 
 __all__ = [
+    "COLUMN_DEFAULTS",
     "IMAGES_DIR",
     "RECORD_FIELDS",
     "TABLE_SCHEMA",

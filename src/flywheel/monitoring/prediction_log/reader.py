@@ -25,6 +25,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from flywheel.monitoring.prediction_log.schema import (
+    COLUMN_DEFAULTS,
     RECORD_FIELDS,
     TABLE_SCHEMA,
     TIME_TYPE,
@@ -309,7 +310,10 @@ def _readable_lines(part: Location, data: bytes) -> Iterator[bytes]:
 
 
 def _normalized(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
-    """`TABLE_SCHEMA`'s columns in order (null where a part lacks one), then the two structs.
+    """`TABLE_SCHEMA`'s columns in order, then the two structs.
+
+    Where a part (or some of its lines) lacks a column, older than the column,
+    it reads as `COLUMN_DEFAULTS` gives, else null.
 
     Only `columns` when given: filling a column nobody asked for costs time
     (an empty struct is built row by row, about 0.4 s per 250k rows).
@@ -320,9 +324,12 @@ def _normalized(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Tab
         if wanted is not None and field_.name not in wanted:
             continue
         if field_.name in table.column_names:
-            out[field_.name] = table[field_.name].cast(field_.type)
+            column = table[field_.name].cast(field_.type)
         else:
-            out[field_.name] = pa.nulls(table.num_rows, field_.type)
+            column = pa.nulls(table.num_rows, field_.type)
+        if field_.name in COLUMN_DEFAULTS:
+            column = column.fill_null(COLUMN_DEFAULTS[field_.name])
+        out[field_.name] = column
     if "embedding" in out and (fixed := _fixed_size(out["embedding"])) is not None:
         out["embedding"] = fixed
     for struct in _STRUCTS:

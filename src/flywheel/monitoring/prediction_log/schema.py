@@ -31,9 +31,13 @@ RECORD_FIELDS: tuple[str, ...] = (
     "probabilities",
     "embedding",
     "image_path",
+    "low_information",
     "features",
 )
 """Keys of each JSON line. `read_predictions` expands `features` into one column per feature."""
+COLUMN_DEFAULTS: dict[str, bool] = {"low_information": False}
+"""What a column reads as where a record lacks it (written before the column existed) rather
+than null: a log written before serving flagged anything reads as nothing flagged."""
 IMAGES_DIR = "images"
 PARTITION_GLOB = "date=*/hour=*"
 
@@ -62,6 +66,9 @@ class PredictionRecord:
             at the data's levels; kept for curation and merged into the
             dataset once labelled. The logger stores it (or a sampled
             fraction) as a PNG.
+        low_information: the input had no content worth a label
+            (`flywheel.monitoring.features.low_information`); monitoring
+            leaves it out of the drift window.
     """
 
     request_id: str
@@ -75,6 +82,7 @@ class PredictionRecord:
     features: Mapping[str, float]
     embedding: Sequence[float]
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    low_information: bool = False
 
 
 def predictions_dir(params: Params, base: Path | None = None) -> Location:
@@ -133,9 +141,13 @@ TABLE_SCHEMA = pa.schema(
         ("confidence", pa.float64()),
         ("embedding", pa.list_(pa.float32())),
         ("image_path", pa.string()),
+        ("low_information", pa.bool_()),
     ]
 )
 """The typed columns of the log; `probabilities` and `features` are structs of float64.
+
+A part written before a column existed reads with it filled in: `COLUMN_DEFAULTS`
+where one is given, else null.
 
 Tables read from the log hold `embedding` as `fixed_size_list<float32>[D]`
 where every row of a part has D values (the usual case): Parquet reads it 3×

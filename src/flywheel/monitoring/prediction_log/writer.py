@@ -229,6 +229,7 @@ class PredictionLogger:
             "probabilities": {str(k): float(v) for k, v in record.probabilities.items()},
             "embedding": [float(v) for v in record.embedding],
             "image_path": image_path,
+            "low_information": bool(record.low_information),
             "features": {str(k): float(v) for k, v in record.features.items()},
         }
         parts.write(folder, json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
