@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel.config import DataPlan, Scenario
-from flywheel.monitoring.features import summary_features
+from flywheel.config import DataPlan, Scenario, ServeConfig
+from flywheel.monitoring.features import low_information, summary_features
 from flywheel.monitoring.prediction_log import PredictionLogger, PredictionRecord, read_predictions
 
 
@@ -47,7 +47,9 @@ def write_prediction_log(
     embeddings = probs if embeddings is None else embeddings
     request_ids = list(request_ids) if request_ids is not None else [f"req-{i}" for i in range(n)]
     start = start or datetime.now(UTC)
-    features = summary_features(images).to_dict(orient="records")
+    summary = summary_features(images)
+    features = summary.to_dict(orient="records")
+    empty = low_information(summary, ServeConfig().min_dynamic_range)  # as serving flags them
     with PredictionLogger(root, flush_every=1, flush_interval_s=0.05) as logger:
         for i in range(n):
             best = int(np.argmax(probs[i]))
@@ -64,6 +66,7 @@ def write_prediction_log(
                     features=features[i],
                     embedding=[float(v) for v in embeddings[i]],
                     image=images[i] if store_images else None,
+                    low_information=bool(empty[i]),
                 )
             )
             assert logged, "the prediction logger dropped a record"

@@ -40,6 +40,7 @@ from flywheel.curation import (
     select_top,
 )
 from flywheel.labeling import queue_batches, read_batch
+from flywheel.monitoring.prediction_log import read_predictions
 from tests.support.labeling import random_images, write_prediction_log
 
 
@@ -351,6 +352,18 @@ def test_candidates_skip_rows_without_a_stored_image_and_excluded_keys(tmp_path:
     assert candidates.probs.shape == (5, 3)
     assert candidates.embeddings is not None
     assert candidates.embeddings.shape == (5, 3)
+
+
+def test_images_without_content_are_never_candidates(tmp_path: Path) -> None:
+    """Blank images (flagged low_information when served) would win uncertainty sampling."""
+    _log(tmp_path, n=4)
+    blank = np.full((2, 16, 16), 128, dtype=np.uint8)
+    write_prediction_log(
+        tmp_path / "log", blank, np.full((2, 3), 1 / 3), CLASSES, request_ids=["blank-0", "blank-1"]
+    )
+    assert read_predictions(tmp_path / "log")["low_information"].sum() == 2
+    candidates = load_candidates(tmp_path / "log", CLASSES)
+    assert sorted(candidates.frame["request_id"]) == ["req-0", "req-1", "req-2", "req-3"]
 
 
 def test_candidates_from_another_models_log_are_refused(tmp_path: Path) -> None:

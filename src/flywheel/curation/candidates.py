@@ -55,6 +55,10 @@ def load_candidates(
 ) -> Candidates:
     """The logged predictions of a window that have a stored image and are not excluded.
 
+    Images flagged `low_information` (blank, far too small: no content to label)
+    are left out: their low confidence would otherwise make uncertainty
+    sampling spend the labelling budget on them.
+
     Args:
         log_root: the prediction log's root.
         classes: the class names, in the order of the probability columns.
@@ -68,6 +72,8 @@ def load_candidates(
     from flywheel.monitoring.prediction_log import read_predictions
 
     log = read_predictions(log_root, since, until)
+    if "low_information" in log.columns and not log.empty:
+        log = log[~log["low_information"].astype(bool).to_numpy()]
     if not log.empty:
         paths = [as_location(p) if isinstance(p, str) else None for p in log["image_path"]]
         found = iter(files_exist([p for p in paths if p is not None]))
