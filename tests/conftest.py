@@ -34,6 +34,13 @@ configure_process()
 for _fixed in ("COLUMNS", "LINES"):
     os.environ.pop(_fixed, None)
 
+# `import dvc` sets up DVC's log handlers, bound to the sys.stdout and sys.stderr of that
+# moment (wrapped by colorama). Imported first inside a test, they would write to that
+# test's capture (CliRunner's, capsys's), closed when it ends: a later test's DVC message
+# then fails with "I/O operation on closed file". Imported here (66 ms), they write to the
+# session's capture, which lasts.
+import dvc  # noqa: E402, F401
+
 
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

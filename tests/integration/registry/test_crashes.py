@@ -163,14 +163,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-SERVER_CASES = [
+SERVER_CASES = [  # every step runs on the local store above; here, one of each kind
     ("promote", 0, "locked"),  # the killed holder's lock model stays behind
-    ("promote", 1, "intent"),
-    ("promote", 3, "alias:production"),
-    ("promote", 4, "record:promote:production:partial"),
-    ("rollback", 2, "alias:previous"),
-    ("rollback", 7, "record:rollback:previous"),
-    ("rollback", 8, "log"),
+    ("promote", 3, "alias:production"),  # between two alias writes
+    ("promote", 4, "record:promote:production:partial"),  # half of a version's history
+    ("rollback", 8, "log"),  # all written but the pending intent's removal
 ]
 
 
