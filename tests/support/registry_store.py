@@ -129,6 +129,7 @@ def server_versions(name: str, n: int) -> list[str]:
     client = MlflowClient()
     client.create_registered_model(name)
     versions = [
+        # a source nothing serves (`use_registry` points S3 at a closed port)
         str(client.create_model_version(name, f"s3://flywheel-tests/{name}/{i}").version)
         for i in range(n)
     ]
@@ -143,3 +144,12 @@ def use_registry(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FLYWHEEL_USER", "tester")
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    # `server_versions` sources are s3:// URLs nothing serves: reading one (`flywheel models`
+    # checks the files of aliased versions) must fail at once, not after AWS's retries.
+    for key, value in {
+        "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9",  # the discard port: refused
+        "AWS_ACCESS_KEY_ID": "none",
+        "AWS_SECRET_ACCESS_KEY": "none",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)

@@ -24,7 +24,7 @@ from flywheel.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from flywheel.registry import Intent
+    from flywheel.registry import Intent, VersionSummary
 
 commands = typer.Typer()
 lock_commands = typer.Typer(help="The registry's lock: break one left by a process that is gone.")
@@ -156,6 +156,7 @@ def models(
         "git commit",
         "data version",
         "last transition",
+        "model files",
     ):
         table.add_column(
             column,
@@ -176,8 +177,23 @@ def models(
             escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
             if last
             else "-",
+            _files_state(name, v),
         )
     console.print(table)
+
+
+def _files_state(name: str, version: VersionSummary) -> str:
+    """The model files of a version an alias points at (one that may be served): ok, or why not.
+
+    Versions without an alias are not checked (`-`): listing every version's
+    files of a long history costs a request each on a remote store.
+    """
+    from flywheel.registry import artifact_problem
+
+    if not version.aliases:
+        return "-"
+    problem = artifact_problem(name, version.version)
+    return "[green]ok[/green]" if problem is None else f"[red]{escape(problem)}[/red]"
 
 
 @lock_commands.command()

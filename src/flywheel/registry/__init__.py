@@ -126,6 +126,7 @@ from flywheel.registry.store import (
 )
 from flywheel.registry.versions import (
     VersionSummary,
+    artifact_problem,
     get_version,
     list_versions,
     model_uri,
@@ -172,6 +173,7 @@ __all__ = [
     "Unlocked",
     "VersionNotFoundError",
     "VersionSummary",
+    "artifact_problem",
     "get_version",
     "list_versions",
     "lock_path_for",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 
@@ -188,6 +190,70 @@ def model_uri(name: str, version: str) -> str:
     'models:/digits/3'
     """
     return f"models:/{name}/{version}"
+
+
+def artifact_problem(name: str, version: str) -> str | None:
+    """What stops a registered version's model files from loading, or None if they look whole.
+
+    Reads the version's MLmodel and lists the files of its model data (nothing
+    is downloaded from a remote store): an unreadable MLmodel, no model data,
+    or an empty file is named. On a local artifact store a zip archive (a pt2
+    program) is also read through its directory, which finds a truncated one; a
+    remote file whose bytes are corrupt is found only when it is loaded
+    (`flywheel serve` says so in `/readyz`).
+    """
+    from mlflow.artifacts import list_artifacts
+    from mlflow.models import get_model_info
+
+    uri = model_uri(name, version)
+    try:
+        info = get_model_info(uri)
+    except Exception as err:
+        return f"its MLmodel cannot be read: {(str(err).splitlines() or [repr(err)])[0]}"
+    flavor = info.flavors.get("pytorch") or {}
+    data = f"{info.artifact_path.rstrip('/')}/{flavor.get('model_data', 'data')}"
+    try:
+        files = _artifact_files(list_artifacts, data)
+    except Exception as err:
+        return f"its model data cannot be listed: {(str(err).splitlines() or [repr(err)])[0]}"
+    if not files:
+        return f"no model data under {data}"
+    empty = [path for path, size in files if not size]
+    if empty:
+        return f"empty model file {empty[0]}"
+    if data.startswith("file:"):
+        return _local_archive_problem(data, [path for path, _ in files])
+    return None
+
+
+def _artifact_files(list_artifacts: Any, root: str, prefix: str = "") -> list[tuple[str, int]]:
+    """Every file under an artifact URI, as (path relative to it, size)."""
+    out: list[tuple[str, int]] = []
+    for entry in list_artifacts(artifact_uri=f"{root}/{prefix}" if prefix else root):
+        name = entry.path.rsplit("/", 1)[-1]
+        relative = f"{prefix}/{name}" if prefix else name
+        if entry.is_dir:
+            out.extend(_artifact_files(list_artifacts, root, relative))
+        else:
+            out.append((relative, entry.file_size or 0))
+    return out
+
+
+def _local_archive_problem(data: str, files: list[str]) -> str | None:
+    """A zip archive (a pt2 program) under a local `data` URI whose directory cannot be read."""
+    import zipfile
+    from urllib.parse import unquote, urlparse
+
+    folder = Path(unquote(urlparse(data).path))
+    for relative in files:
+        path = folder / relative
+        if path.suffix in (".pt2", ".zip"):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    archive.namelist()
+            except (zipfile.BadZipFile, OSError) as err:
+                return f"model file {relative} is not a readable archive: {err}"
+    return None
 
 
 def get_version(name: str, version: str) -> ModelVersion:

@@ -5,9 +5,12 @@ and the registry lock."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.models import get_model_info
 from typer.testing import CliRunner
 
 from flywheel import registry
@@ -19,6 +22,7 @@ from flywheel.registry import (
     StaleBlessingError,
     VersionNotFoundError,
 )
+from tests.integration.registry.conftest import _broken, _log_model
 from tests.support.registry_store import Store
 from tests.support.registry_store import aliases as _aliases
 from tests.support.registry_store import bless as _bless
@@ -116,7 +120,7 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     assert summaries[1].last_transition is not None
     assert summaries[1].last_transition.action == "promote"
 
-    result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     lines = {
         line.split("│")[1].strip(): line
@@ -162,3 +166,47 @@ def test_an_abandoned_registry_lock_is_broken_and_a_live_one_waited_for(
     with pytest.raises(RegistryLockTimeout, match="busy-worker"):
         registry.rollback(name, reason="x", lock="registry", lock_timeout=0.5)
     client.delete_registered_model(lock_name)
+
+
+def test_flywheel_models_names_a_served_version_whose_model_files_are_broken(
+    uses_store: Store,
+) -> None:
+    """A production artifact gone or truncated is an outage waiting for the next start."""
+    from flywheel.cli import app
+
+    experiment = MlflowClient().get_experiment_by_name("registry-tests")
+    assert experiment is not None
+    name = "broken-files"
+    versions = [  # models of their own: the package's logged models are shared
+        registry.register(_log_model(_broken(), experiment.experiment_id, {}), name)
+        for _ in range(3)
+    ]
+    good, truncated, gone = versions
+    _bless(name, truncated, champion=None)
+    registry.promote(name, truncated, reason="to be truncated")
+    _bless(name, gone, champion=truncated)
+    registry.promote(name, gone, reason="to be deleted")  # truncated is now previous
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "staging", good)
+    assert registry.artifact_problem(name, good) is None
+
+    def model_file(version: str) -> Path:
+        source = get_model_info(registry.model_uri(name, version)).artifact_path
+        return Path(unquote(urlparse(source).path)) / "data" / "model.pt2"
+
+    data = model_file(truncated).read_bytes()
+    model_file(truncated).write_bytes(data[: len(data) // 2])
+    model_file(gone).unlink()
+
+    assert "not a readable archive" in (registry.artifact_problem(name, truncated) or "")
+    assert "no model data" in (registry.artifact_problem(name, gone) or "")
+    result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in result.output.splitlines()
+        if line.count("│") > 3 and line.split("│")[1].strip().isdigit()
+    }
+    assert rows[good].rstrip("│ ").endswith("ok")
+    assert "not a readable archive" in rows[truncated]
+    assert "no model data" in rows[gone]
