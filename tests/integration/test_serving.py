@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -286,6 +287,18 @@ def test_a_chunked_request_without_content_length_is_refused(server: Server) -> 
     assert answer.status_code == 411, answer.text
 
 
+def _logged(server: Server, request_ids: list[str], count: int) -> pd.DataFrame:
+    """The log's rows of these requests, once all `count` are written (flushed every second)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = read_predictions(server.predictions)
+        rows = log[log["request_id"].isin(request_ids)]
+        if len(rows) == count:
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"{len(rows)} of {count} rows logged:\n{server.output()}")
+
+
 def test_every_prediction_is_logged_with_features_embedding_and_image(server: Server) -> None:
     images = digit_images(3, seed=5)
     answer = httpx.post(
@@ -295,14 +308,7 @@ def test_every_prediction_is_logged_with_features_embedding_and_image(server: Se
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        log = read_predictions(server.predictions)
-        rows = log[log["request_id"] == "logged-1"]
-        if len(rows) == 3:
-            break
-        time.sleep(0.2)
-    assert len(rows) == 3, server.output()
+    rows = _logged(server, ["logged-1"], 3)
     served = answer.json()
     assert rows["index"].tolist() == [0, 1, 2]
     assert rows["label"].tolist() == [item["label"] for item in served]
@@ -348,14 +354,7 @@ def test_images_without_content_are_flagged_in_the_answer_and_the_log(server: Se
     for request_id, items in served.items():
         assert [item["low_information"] for item in items] == expected[request_id]
         assert all(item["label"] in CLASSES for item in items)  # still the model's answer
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        log = read_predictions(server.predictions)
-        rows = log[log["request_id"].isin(list(expected))]
-        if len(rows) == 5:
-            break
-        time.sleep(0.2)
-    assert len(rows) == 5, server.output()
+    rows = _logged(server, list(expected), 5)
     for request_id, flags in expected.items():
         logged = rows[rows["request_id"] == request_id].sort_values("index")
         assert logged["low_information"].tolist() == flags
@@ -373,13 +372,7 @@ def test_a_reused_request_id_keeps_both_requests_images(server: Server) -> None:
             timeout=30,
         )
         assert answer.status_code == 200, answer.text
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rows = read_predictions(server.predictions).query("request_id == 'reused-1'")
-        if len(rows) == 2:
-            break
-        time.sleep(0.2)
-    assert len(rows) == 2, server.output()
+    rows = _logged(server, ["reused-1"], 2)
     logged = sorted(rows["image_path"])
     assert len(set(logged)) == 2
     kept = {np.asarray(Image.open(path)).tobytes() for path in logged}

@@ -161,6 +161,22 @@ def test_admin_reload_needs_the_token_and_swaps_at_once(
 # ------------------------------------------------------------ other servers
 
 
+def _flywheel_serve(
+    params: Path, port: int, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """`flywheel serve` as a person starts it (its own session), its output to `log_path`."""
+    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
+    with log_path.open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=params.parent,
+            env={**os.environ, **server_environment(env)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def test_not_ready_without_a_production_alias_until_one_is_promoted(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -171,16 +187,7 @@ def test_not_ready_without_a_production_alias_until_one_is_promoted(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=tmp_path,
-            env={**os.environ, **server_environment(env)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = _flywheel_serve(params, port, env, log_path)
     waiting = Server(url, log_path, tmp_path / "predictions")
     try:
         wait_until_ready(url, 90, process=process, output=waiting.output, path="/livez")
@@ -256,17 +263,8 @@ def test_kill_9_of_the_server_takes_its_workers_and_a_restart_gets_the_port(
     params = write_params(tmp_path, MODEL)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
     log_path = tmp_path / "killed.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=tmp_path,
-            env={**os.environ, **server_environment(env)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = _flywheel_serve(params, port, env, log_path)
     try:
         wait_until_ready(url, 120, process=process, output=log_path.read_text)
         workers = psutil.Process(process.pid).children(recursive=True)
