@@ -1,9 +1,8 @@
-"""The README's "Bring your own data" recipe, run as written, on RGB photos.
+"""The README's "Bring your own data" recipe, run as written, on the data sets users bring.
 
-(Digits at their own levels, 0-16, go through the same commands in
-tests/unit/test_project_init.py (init finds white_level 16) and
-tests/integration/test_own_images.py (import, train, serve the user's files):
-a second full recipe run on them cost CI 90 s and checked nothing more.)
+scikit-learn's digits as PNGs at their own 8x8 size and 0-16 levels, and RGB
+photos cropped from scikit-image's bundled ones (an odd tree goes the same way
+in tests/integration/test_own_odd_tree.py).
 
 The block under the `recipe: own-data` marker in README.md is run by bash in an
 empty folder, with one change: the `flywheel init` line gets tiny training
@@ -19,14 +18,17 @@ import contextlib
 import itertools
 import os
 import re
+import shlex
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from tests.support import REPO
 from tests.support.own_images import PHOTO_SIDE, PHOTOS, photos_tree
@@ -49,6 +51,23 @@ def readme_recipe(readme: Path = REPO / "README.md") -> str:
     after = text[text.index(RECIPE_MARKER) :]
     block = after[after.index("```bash\n") + len("```bash\n") :]
     return block[: block.index("```")]
+
+
+def _digits_tree(root: Path, per_class: int) -> Path:
+    """scikit-learn's 8x8 digits as `root/<digit>/<n>.png`, the first `per_class` of each digit.
+
+    At their native levels, 0..16 of 0..255: `flywheel init` must find that 16 is white.
+    """
+    digits = load_digits()
+    taken: dict[int, int] = {}
+    for n, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        taken[target] = taken.get(target, 0) + 1
+        if taken[target] > per_class:
+            continue
+        path = root / str(target) / f"{n:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return root
 
 
 def step_times(trace: str) -> str:
@@ -102,14 +121,14 @@ def test_the_readme_names_every_stage_of_the_recipe() -> None:
     assert INIT_LINE in recipe
 
 
-def _recipe_script(images: Path, port: int) -> str:
+def _recipe_script(images: Path, port: int, training: str = TINY_TRAINING) -> str:
     """The README block with the reader's first line set, tiny training, and step marks."""
     first, rest = readme_recipe().split("\n", 1)
     assert first.startswith("export IMAGES=")
     return (
         STEP_TIMES
-        + f"export IMAGES={images} PORT={port}\n"
-        + rest.replace(INIT_LINE, INIT_LINE + TINY_TRAINING, 1)
+        + f"export IMAGES={shlex.quote(str(images))} PORT={port}\n"
+        + rest.replace(INIT_LINE, INIT_LINE + training, 1)
         + f"{RECIPE_END}\n"
     )
 
@@ -135,6 +154,25 @@ def _served_and_monitored(project: Path, out: str, name: str) -> tuple[dict[str,
     stored = [p for p in (project / ".flywheel" / "predictions").rglob("*.png") if p.is_file()]
     assert stored, "no served image was logged"
     return dict(plan["data"]), stored
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # the whole recipe, training included, on a loaded machine
+def test_the_own_data_recipe_takes_digits_to_a_served_monitored_model(tmp_path: Path) -> None:
+    images = _digits_tree(tmp_path / "my-digits", per_class=80)
+    project = tmp_path / "project"
+    project.mkdir()
+
+    code, out = _run(_recipe_script(images, free_port()), project, _clean_env(), timeout=1200)
+    print("digits (8x8, levels 0-16):\n" + step_times(out))  # shown with -s
+
+    assert code == 0, out[-6000:]
+    data, stored = _served_and_monitored(project, out, "my-digits")
+    assert (data["image_size"], data["channels"], data["white_level"]) == (8, 1, 16)
+    assert data["classes"] == [str(d) for d in range(10)]
+    with Image.open(stored[0]) as image:  # logged at the data's own levels, as imported
+        assert image.mode == "L"
+        assert image.getextrema()[1] <= 16
 
 
 @pytest.mark.slow
