@@ -91,13 +91,15 @@ def _merge(project: Path) -> tuple[int, str]:
     return _cli(project, "data", "merge", "--repo", str(project / "repo"), "--no-push")
 
 
-def test_labels_from_real_traffic_become_a_new_data_version(project: Path) -> None:
+@pytest.mark.parametrize("export", ["agree-json.json", "agree-json-min.json"])
+def test_labels_from_real_traffic_become_a_new_data_version(project: Path, export: str) -> None:
+    """Both of Label Studio's JSON exports, as a running server wrote them, end up in the data."""
     repo = project / "repo"
     first = data_version(repo, PLAN)
-    for name in ("agree-json.json", "split-json-min.json"):
+    for name in (export, "split-json-min.json"):
         shutil.copy(FIXTURES / name, project / name)
 
-    code, out = _cli(project, "label", "import", str(project / "agree-json.json"))
+    code, out = _cli(project, "label", "import", str(project / export))
     assert code == 0, out
     assert "2 labelled tasks; 2 new or changed labels recorded" in out
     code, out = _cli(project, "label", "import", str(project / "split-json-min.json"))
