@@ -286,17 +286,7 @@ def build_page_suite(plan: DataPlan, *, check_files: bool = True) -> gx.Expectat
                 meta=_rule("every page file exists, decodes, and has the manifest's size/sha256"),
             )
         )
-    for split, need in _min_counts(plan, 1):
-        sentence = f"split {split}: at least {need} pages in every stratum"
-        ex.append(
-            ExpectColumnValueCountsToBeAtLeast(
-                column="stratum",
-                min_counts=dict.fromkeys(pages.strata.names(), need),
-                row_condition=Column("split") == split,
-                description=sentence,
-                meta=_rule(sentence),
-            )
-        )
+    ex += _per_stratum_counts(plan, pages, per_page=1, what="pages")
     return _suite(f"{plan.name}_pages_contract", ex)
 
 
@@ -332,9 +322,18 @@ def build_box_suite(plan: DataPlan) -> gx.ExpectationSuite:
             meta=_rule("every transcript is made of the plan's vocabulary"),
         ),
     ]
-    for split, need in _min_counts(plan, pages.expressions[0]):
-        sentence = f"split {split}: at least {need} boxes in every stratum"
-        ex.append(
+    ex += _per_stratum_counts(plan, pages, per_page=pages.expressions[0], what="boxes")
+    return _suite(f"{plan.name}_boxes_contract", ex)
+
+
+def _per_stratum_counts(
+    plan: DataPlan, pages: PagePlan, *, per_page: int, what: str
+) -> list[gxe.Expectation]:
+    """Per split: at least the planned rows (pages, or boxes at `per_page` a page) per stratum."""
+    out: list[gxe.Expectation] = []
+    for split, need in _min_counts(plan, per_page):
+        sentence = f"split {split}: at least {need} {what} in every stratum"
+        out.append(
             ExpectColumnValueCountsToBeAtLeast(
                 column="stratum",
                 min_counts=dict.fromkeys(pages.strata.names(), need),
@@ -343,7 +342,7 @@ def build_box_suite(plan: DataPlan) -> gx.ExpectationSuite:
                 meta=_rule(sentence),
             )
         )
-    return _suite(f"{plan.name}_boxes_contract", ex)
+    return out
 
 
 def _pages(plan: DataPlan) -> PagePlan:
