@@ -23,6 +23,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on `host:port` now (a bind as servers make it would succeed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
     """SIGTERM the group `process` leads, SIGKILL what is left of it after `timeout_s`.
 
@@ -99,14 +110,8 @@ def port_holder(host: str, port: int) -> str | None:
     """
     import psutil
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            sock.bind((host, port))
-        except OSError:
-            pass
-        else:
-            return None
+    if port_is_free(host, port):
+        return None
     try:
         pids = sorted(
             {

@@ -14,7 +14,6 @@ does that over HTTP only: it never imports BentoML or the service.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from typing import IO, Any
 
 import httpx
 
-from flywheel.processes import PORT_IN_USE, free_port, stop_process_group
+from flywheel.processes import PORT_IN_USE, free_port, port_is_free, stop_process_group
 from flywheel.serving_api import (
     ADMIN_RELOAD_PATH,
     IMAGES_FIELD,
@@ -67,17 +66,6 @@ class PredictionError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.body = body
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether nothing listens on `host:port` now (a bind would succeed)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 @contextmanager
