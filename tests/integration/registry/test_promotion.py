@@ -99,6 +99,15 @@ def test_unblessed_and_stale_blessings_are_refused(uses_store: Store) -> None:
     assert _aliases(name)["production"] == v3
 
 
+def _table_rows(output: str) -> dict[str, str]:
+    """The rows of `flywheel models`' table, by version."""
+    return {
+        line.split("│")[1].strip(): line
+        for line in output.splitlines()
+        if line.count("│") > 3 and line.split("│")[1].strip().isdigit()
+    }
+
+
 def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     from flywheel.cli import app
 
@@ -122,11 +131,7 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
 
     result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    lines = {
-        line.split("│")[1].strip(): line
-        for line in result.output.splitlines()
-        if line.count("│") > 3 and line.split("│")[1].strip().isdigit()
-    }
+    lines = _table_rows(result.output)
     assert set(lines) == {v1, v2}
     assert "production" in lines[v1]
     assert "feedfacecaf" in lines[v1]
@@ -202,11 +207,7 @@ def test_flywheel_models_names_a_served_version_whose_model_files_are_broken(
     assert "no model data" in (registry.artifact_problem(name, gone) or "")
     result = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    rows = {
-        line.split("│")[1].strip(): line
-        for line in result.output.splitlines()
-        if line.count("│") > 3 and line.split("│")[1].strip().isdigit()
-    }
+    rows = _table_rows(result.output)
     assert rows[good].rstrip("│ ").endswith("ok")
     assert "not a readable archive" in rows[truncated]
     assert "no model data" in rows[gone]
