@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flywheel import registry
@@ -19,7 +20,12 @@ from flywheel.config import HOLDOUT_SPLIT, EvaluateConfig
 from flywheel.evaluation.gates import check_gates
 from flywheel.evaluation.metrics import EvaluationReport
 from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_metric
-from flywheel.evaluation.prediction import evaluate_model
+from flywheel.evaluation.prediction import (
+    Predictions,
+    evaluate_model,
+    predict_split,
+    report_predictions,
+)
 from flywheel.registry import Blessing, LockStrategy
 
 ARTIFACT_DIR = "evaluation"
@@ -114,6 +120,46 @@ def log_evaluation(
     client.set_tag(run_id, "flywheel.blessed", str(blessing.blessed).lower())
 
 
+def log_pictures(
+    run_id: str, predictions: Predictions, dataset_dir: str | Path, config: EvaluateConfig
+) -> None:
+    """Log the reliability diagram and the worst mistakes per slice (`evaluation.pictures`).
+
+    Only for a task with class probabilities; the slices are the single columns
+    of `evaluate.slices` (one row of images each), not their combinations.
+    """
+    from mlflow import MlflowClient
+
+    from flywheel.evaluation.metrics import slice_masks
+    from flywheel.evaluation.pictures import (
+        MISTAKES_PNG,
+        RELIABILITY_PNG,
+        plot_reliability,
+        plot_worst_mistakes,
+    )
+
+    probabilities = predictions.decoded.probabilities
+    if probabilities is None:
+        return
+    targets = np.asarray(predictions.targets, dtype=np.int64)
+    client = MlflowClient()
+    client.log_figure(
+        run_id,
+        plot_reliability(probabilities, targets, config.calibration_bins),
+        f"{ARTIFACT_DIR}/{RELIABILITY_PNG}",
+    )
+    slices = {
+        name: mask
+        for column in config.slice_columns
+        for name, mask in slice_masks(predictions.frame, [column]).items()
+    }
+    mistakes = plot_worst_mistakes(
+        dataset_dir, predictions.frame, predictions.decoded.classes, probabilities, targets, slices
+    )
+    if mistakes is not None:
+        client.log_figure(run_id, mistakes, f"{ARTIFACT_DIR}/{MISTAKES_PNG}")
+
+
 @dataclass(frozen=True)
 class EvaluationOutcome:
     """What `evaluate_candidate` produced.
@@ -180,7 +226,11 @@ def evaluate_candidate(
             split=split,
         )
 
-    report = evaluate(version)
+    candidate_uri = registry.model_uri(name, version)
+    predictions = predict_split(
+        candidate_uri, dataset_dir, config.split, batch_size=config.batch_size, progress=progress
+    )
+    report = report_predictions(predictions, candidate_uri, dataset_dir, config.split, config)
     champion = evaluate(champion_version) if champion_version is not None else None
     holdout = champion_holdout = None
     if has_split(dataset_dir, HOLDOUT_SPLIT):
@@ -207,6 +257,7 @@ def evaluate_candidate(
             holdout=holdout,
             champion_holdout=champion_holdout,
         )
+        log_pictures(candidate_version.run_id, predictions, dataset_dir, config)
     outcome = EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
     if candidate_version.run_id:
         from mlflow import MlflowClient

@@ -59,6 +59,8 @@ def test_first_model_faces_absolute_gates_only_and_is_logged(uses_store: Store) 
         "evaluation/classes.json",
         "evaluation/gates.json",
         "evaluation/report.html",
+        "evaluation/reliability.png",
+        "evaluation/worst_mistakes.png",  # it gets a quarter wrong
     } <= artifacts
     page = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/evaluation/report.html")
     assert page.lstrip().lower().startswith("<!doctype html>")
