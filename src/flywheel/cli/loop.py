@@ -114,6 +114,8 @@ def curate(
         f"{result.image_budget})"
     )
     console.print(f"queue: {result.queue_file}", soft_wrap=True)
+    if result.picture_file is not None:
+        console.print(f"the batch as a picture: {result.picture_file}", soft_wrap=True)
 
 
 @commands.command()
