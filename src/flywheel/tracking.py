@@ -148,14 +148,25 @@ def ensure_experiment(name: str, config: TrackingConfig) -> str:
 def git_state(repo: str | Path = ".") -> tuple[str, str]:
     """`(commit, dirty)` of the git work tree holding `repo`, as tag strings.
 
-    `dirty` is "true" when tracked files differ from the commit (untracked files
-    are not counted: data and local state are git-ignored or DVC's business).
+    `dirty` is "true" when tracked files differ from the commit. Not counted:
+    untracked files (data and local state are git-ignored), and DVC's pointer
+    files (`*.dvc`, `dvc.lock`): a new data version rewrites `data.dvc`, which
+    the run records as its data version, not as a change of the code.
     Outside a git tree the commit is `FLYWHEEL_GIT_COMMIT` if set (container
     images) and dirty is "unknown"; without either both are "unknown".
     """
     try:
         commit = _git(repo, "rev-parse", "HEAD")
-        changes = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        changes = _git(
+            repo,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(top,exclude,glob)**/*.dvc",
+            ":(top,exclude)dvc.lock",
+        )
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get(GIT_COMMIT_ENV, UNKNOWN), UNKNOWN
     return commit, "true" if changes else "false"
