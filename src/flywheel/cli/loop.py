@@ -305,6 +305,7 @@ def ui(
     import signal
     import threading
 
+    from flywheel.cli.summaries import mlflow_training_url
     from flywheel.env import state_dir
     from flywheel.monitoring.dashboards import DashboardError, start_dashboards
     from flywheel.monitoring.monitor import workspace_dir
@@ -341,7 +342,9 @@ def ui(
         )
         console.print(f"Evidently UI: {evidently.url}{where}  (workspace {workspace})")
         for server in dashboards.servers[1:]:
-            console.print(f"MLflow UI:    {server.url}  ({tracking.uri})")
+            console.print(
+                f"MLflow UI:    {mlflow_training_url(server.url)}  ({tracking.uri})", soft_wrap=True
+            )
         console.print("Ctrl-C stops both.")
         while not stop.wait(1.0) and not dashboards.dead():
             pass
