@@ -10,11 +10,12 @@ from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
 from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     import pandas as pd
 
-commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_help=True)
+commands = ProjectTyper(help="Collect, import and version datasets.", no_args_is_help=True)
 
 RepoOpt = Annotated[Path, typer.Option(help="Repository root holding data.dvc.")]
 PushOpt = Annotated[bool, typer.Option(help="Push the new version to the default remote.")]
@@ -186,10 +187,11 @@ def data_track(
     set_: SetOpt = None,
 ) -> None:
     """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
-    from flywheel.data.versioning import dvc_file, track_dataset
+    from flywheel.data.versioning import DataVersionError, dvc_file, track_dataset
 
     plan = read_params(params, set_).data if params.is_file() or set_ else None
-    version = track_dataset(repo, plan, push=push)
+    with exit_on(DataVersionError):
+        version = track_dataset(repo, plan, push=push)
     console.print(
         f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
     )

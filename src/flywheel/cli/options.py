@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flywheel.cli.console import exit_on
+from flywheel.cli.project_root import absolute_location
 
 if TYPE_CHECKING:
     from flywheel.config import Params
@@ -28,8 +29,9 @@ DatasetOpt = Annotated[
 LogDirOpt = Annotated[
     str | None,
     typer.Option(
+        callback=absolute_location,  # a folder typed relative to where the command ran
         help="The prediction log, a folder or URL (default: serve.log.dir, else "
-        "<state URL>/predictions/model=<registered model>)."
+        "<state URL>/predictions/model=<registered model>).",
     ),
 ]
 ModelOpt = Annotated[
