@@ -100,11 +100,15 @@ def refuse_state_in_data(root: Path, params: Path, overrides: list[str] | None) 
 
     The data folder is `data.root` of the params file (a `--set data.root=`
     wins), relative to the root; a params file that cannot be read counts as
-    the default `data`: the command itself reports it.
+    the default `data`: the command itself reports it. A data root that is the
+    project folder itself (or holds it) is not a folder DVC could version on
+    its own, and is let be.
     """
     data_root = Path(_data_root(root / params, overrides))
     data = Path(os.path.abspath(root / data_root))
     state = Path(os.path.abspath(root / state_dir()))
+    if data == root or data in root.parents:  # the project itself: no folder DVC tracks alone
+        return
     if state == data or data in state.parents:
         raise abort(
             f"the state folder {state} (FLYWHEEL_HOME, default .flywheel at the project root) "
