@@ -57,11 +57,7 @@ def _bless(name: str, version: str, champion: str | None) -> None:
 
 
 def _prepare(store: Path) -> None:
-    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process).
-
-    The folder is a project (a `params.yaml`): commands run only inside one.
-    """
-    (store / "params.yaml").write_text("data:\n  name: bench\n")
+    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process)."""
     os.environ.update(_env(store))
     from mlflow import MlflowClient
 

@@ -169,6 +169,27 @@ def test_a_command_outside_any_project_says_so_and_creates_nothing(
     assert _state_folders(at.parent) == [at / ".flywheel"]
 
 
+def test_an_operator_with_a_model_and_a_tracking_uri_needs_no_project(
+    at: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = at.parent / "elsewhere"
+    monkeypatch.chdir(outside)
+
+    without_uri = _run("models", "--model", MODEL)  # the store would be a project's .flywheel
+    assert without_uri.exit_code == 2
+    assert "not inside a flywheel project" in _said(without_uri)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{at / '.flywheel/mlflow/mlflow.db'}")
+    listed = _run("models", "--model", MODEL)
+    assert listed.exit_code == 0, listed.output
+    assert f"registered model {MODEL}" in listed.output
+    rolled = _run("rollback", "--model", MODEL, "-r", "from outside")
+    assert rolled.exit_code == 0, rolled.output
+    assert _run("rollback", "--model", MODEL, "-r", "and back").exit_code == 0
+    assert list(outside.iterdir()) == []
+    assert _state_folders(at.parent) == [at / ".flywheel"]
+
+
 def test_a_missing_params_file_is_named(at: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(at / "data")
 

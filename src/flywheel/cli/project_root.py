@@ -26,6 +26,8 @@ Two refusals, exit status 2, before anything is written: a command run outside
 any project (naming the folder it walked up from), and a state folder
 (`FLYWHEEL_HOME`) inside the data folder (`data.root`), where DVC would version
 the MLflow store with the images and `flywheel data ensure` could replace it.
+A registry command given `--model` with `MLFLOW_TRACKING_URI` set uses nothing
+of a project (`RegistryCommand`): outside one it runs where it is.
 
 The change of folder happens in `invoke`, after Click has parsed the command's
 own arguments (the group callback runs before that, so it cannot see
@@ -74,8 +76,14 @@ def absolute_location(value: str | None) -> str | None:
     return os.path.abspath(value)
 
 
-def project_root(start: Path, params: Path | None) -> Path:
+def project_root(start: Path, params: Path | None, *, required: bool = True) -> Path | None:
     """The root of the project a command run in `start` (with `--params`, if given) belongs to.
+
+    Args:
+        start: the folder the command was run in.
+        params: the explicit `--params`, absolute; None when not given.
+        required: False for a command that needs nothing of a project this
+            time: it then gets None outside one.
 
     Raises:
         typer.Exit: (status 2, said on stderr) the explicit params file does
@@ -86,7 +94,7 @@ def project_root(start: Path, params: Path | None) -> Path:
             raise abort(f"{params}: not found (--params names a project's {PROJECT_FILE})")
         return find_project_root(params.parent) or params.parent
     root = find_project_root(start)
-    if root is None:
+    if root is None and required:
         raise abort(
             f"not inside a flywheel project: no {PROJECT_FILE} in {start} or any folder "
             f"above it. Run the command in the project's folder (or below it), pass "
@@ -163,6 +171,10 @@ def _absolute(path: Path, here: Path) -> Path:
 class ProjectCommand(TyperCommand):
     """A command that runs at the project root (see the module docstring)."""
 
+    def needs_project(self, ctx: Context) -> bool:
+        """Whether this run needs a project (else, outside one, it runs where it is)."""
+        return True
+
     def invoke(self, ctx: Context) -> Any:
         try:
             here = Path.cwd()
@@ -171,8 +183,11 @@ class ProjectCommand(TyperCommand):
         _absolute_given_paths(ctx, here)
         source = ctx.get_parameter_source("params")
         given = ctx.params.get("params") if source is not None and source.name in _GIVEN else None
-        root = project_root(here, Path(given) if given is not None else None)
-        params = Path(given) if given is not None else Path(PROJECT_FILE)
+        explicit = Path(given) if given is not None else None
+        root = project_root(here, explicit, required=self.needs_project(ctx))
+        if root is None:  # nothing of a project is used, and there is none: stay here
+            return super().invoke(ctx)
+        params = explicit or Path(PROJECT_FILE)
         refuse_state_in_data(root, params, ctx.params.get("set_"))
         os.chdir(root)
         try:
@@ -182,10 +197,30 @@ class ProjectCommand(TyperCommand):
                 os.chdir(here)
 
 
+class RegistryCommand(ProjectCommand):
+    """A registry command: given `--model` and a tracking URI, it uses nothing of a project.
+
+    An operator may then run it from any folder (`MLFLOW_TRACKING_URI=... flywheel
+    rollback -m NAME -r WHY`); without either, it needs the project's params.yaml
+    or its embedded store (`.flywheel/mlflow`), and so its root.
+    """
+
+    def needs_project(self, ctx: Context) -> bool:
+        from flywheel.tracking import TRACKING_URI_ENV
+
+        return not (ctx.params.get("model") and os.environ.get(TRACKING_URI_ENV))
+
+
 class ProjectTyper(typer.Typer):
-    """A Typer app whose commands are `ProjectCommand`s unless told otherwise."""
+    """A Typer app whose commands are `command_class` (`ProjectCommand`) unless told otherwise."""
+
+    def __init__(
+        self, *args: Any, command_class: type[ProjectCommand] = ProjectCommand, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.command_class = command_class
 
     def command(
         self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
     ) -> Callable[[Any], Any]:
-        return super().command(name, cls=cls or ProjectCommand, **kwargs)
+        return super().command(name, cls=cls or self.command_class, **kwargs)

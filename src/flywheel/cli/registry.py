@@ -22,13 +22,16 @@ from flywheel.cli.options import (
     WhoOpt,
     registered_model,
 )
-from flywheel.cli.project_root import ProjectTyper
+from flywheel.cli.project_root import ProjectTyper, RegistryCommand
 
 if TYPE_CHECKING:
     from flywheel.registry import Intent, VersionSummary
 
-commands = ProjectTyper()
-lock_commands = ProjectTyper(help="The registry's lock: break one left by a process that is gone.")
+commands = ProjectTyper(command_class=RegistryCommand)
+lock_commands = ProjectTyper(
+    help="The registry's lock: break one left by a process that is gone.",
+    command_class=RegistryCommand,
+)
 
 ForceOpt = Annotated[
     bool,
