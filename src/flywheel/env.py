@@ -56,6 +56,9 @@ def configure_process() -> None:
         os.environ.setdefault(key, value)
 
 
+HOME_ENV = "FLYWHEEL_HOME"
+"""Moves the local state folder (`state_dir`)."""
+
 PROJECT_FILE = "params.yaml"
 """The file that marks a project's root folder (the CLI runs every command there)."""
 
@@ -79,7 +82,7 @@ def state_dir() -> Path:
     directory, which the CLI sets to the project root before a command runs
     (so a relative `FLYWHEEL_HOME` is relative to the root too).
     """
-    return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel"))
+    return Path(os.environ.get(HOME_ENV, ".flywheel"))
 
 
 IMAGE_ENV = "FLYWHEEL_IMAGE"

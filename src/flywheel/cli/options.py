@@ -19,8 +19,8 @@ ParamsOpt = Annotated[
     typer.Option(
         "--params",
         "-p",
-        help="The params.yaml to read (default: the project root's, the nearest folder "
-        "holding a params.yaml from here up; with --params, from its folder up).",
+        help="The params.yaml to read, relative to where you run the command (default: "
+        "the project root's: the nearest folder from here up holding a params.yaml).",
         show_default=True,
     ),
 ]

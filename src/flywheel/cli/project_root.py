@@ -48,7 +48,7 @@ import typer
 from typer.core import TyperCommand
 
 from flywheel.cli.console import abort
-from flywheel.env import PROJECT_FILE, find_project_root, state_dir
+from flywheel.env import HOME_ENV, PROJECT_FILE, find_project_root, state_dir
 
 if TYPE_CHECKING:  # Typer 0.29 carries its own Click: its Context is the commands' base type
     from typer._click.core import Context
@@ -104,7 +104,7 @@ def project_root(start: Path, params: Path | None, *, required: bool = True) -> 
 
 
 def refuse_state_in_data(root: Path, params: Path, overrides: list[str] | None) -> None:
-    """Exit (status 2) when the state folder would be inside the plan's data folder.
+    """Exit (status 2) when `FLYWHEEL_HOME` puts the state folder inside the plan's data folder.
 
     The data folder is `data.root` of the params file (a `--set data.root=`
     wins), relative to the root; a params file that cannot be read counts as
@@ -112,6 +112,8 @@ def refuse_state_in_data(root: Path, params: Path, overrides: list[str] | None) 
     project folder itself (or holds it) is not a folder DVC could version on
     its own, and is let be.
     """
+    if HOME_ENV not in os.environ:  # the default, .flywheel at the root, is in no data folder
+        return  # (data.root is a folder of its own, or the project itself); and no file is read
     data_root = Path(_data_root(root / params, overrides))
     data = Path(os.path.abspath(root / data_root))
     state = Path(os.path.abspath(root / state_dir()))
@@ -138,8 +140,9 @@ def _data_root(params: Path, overrides: list[str] | None) -> str:
                 continue
             if isinstance(chosen, str) and chosen:
                 return chosen
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a 300-line file in ms
     try:
-        raw = yaml.safe_load(params.read_text())
+        raw = yaml.load(params.read_text(), Loader=loader)
     except (OSError, yaml.YAMLError):  # the command reports a params file it cannot read
         return DEFAULT_DATA_ROOT
     data = raw.get("data") if isinstance(raw, dict) else None
