@@ -9,12 +9,13 @@ import typer
 from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
-from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.options import DATA_SECTIONS, LogDirOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     import pandas as pd
 
-commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_help=True)
+commands = ProjectTyper(help="Collect, import and version datasets.", no_args_is_help=True)
 
 RepoOpt = Annotated[Path, typer.Option(help="Repository root holding data.dvc.")]
 PushOpt = Annotated[bool, typer.Option(help="Push the new version to the default remote.")]
@@ -35,7 +36,7 @@ def data_collect(
     """
     from flywheel.data.files import DatasetWriteError
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     if p.data.pages is not None:
         from flywheel.demo.pages import collect_pages as collect
     else:
@@ -76,7 +77,7 @@ def data_import(
     """
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     strata = p.data.strata
     with exit_on(DatasetImportError):
         manifest = import_imagefolder(
@@ -105,7 +106,7 @@ def data_version_cmd(
     """Print the data version: the DVC hash of the plan's data root recorded in its .dvc file."""
     from flywheel.data.versioning import DataVersionError, data_version
 
-    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
         console.print(data_version(repo, plan))
 
@@ -132,7 +133,7 @@ def data_ensure(
     """
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, repo, regenerate=regenerate)
     console.print(
@@ -158,7 +159,7 @@ def data_checkout(
     from flywheel.data.remote import checkout_version
     from flywheel.data.versioning import DataVersionError
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
         checked_out = checkout_version(repo, p.data, version)
     console.print(f"data/ is at version [bold]{checked_out}[/bold]; commit data.dvc to share it")
@@ -186,10 +187,11 @@ def data_track(
     set_: SetOpt = None,
 ) -> None:
     """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
-    from flywheel.data.versioning import dvc_file, track_dataset
+    from flywheel.data.versioning import DataVersionError, dvc_file, track_dataset
 
-    plan = read_params(params, set_).data if params.is_file() or set_ else None
-    version = track_dataset(repo, plan, push=push)
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
+    with exit_on(DataVersionError):
+        version = track_dataset(repo, plan, push=push)
     console.print(
         f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
     )

@@ -14,10 +14,11 @@ from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
 
-commands = typer.Typer()
-label_commands = typer.Typer(
+commands = ProjectTyper()
+label_commands = ProjectTyper(
     help="Label Studio: the local server; labels in and out (JSON); the demo oracle.",
     no_args_is_help=True,
 )

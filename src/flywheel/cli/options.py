@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flywheel.cli.console import exit_on
+from flywheel.cli.console import exit_on, print_error
+from flywheel.cli.project_root import absolute_location
 
 if TYPE_CHECKING:
     from flywheel.config import Params
 
 ParamsOpt = Annotated[
-    Path, typer.Option("--params", "-p", help="The params.yaml to read.", show_default=True)
+    Path,
+    typer.Option(
+        "--params",
+        "-p",
+        help="The params.yaml to read, relative to where you run the command (default: "
+        "the project root's: the nearest folder from here up holding a params.yaml).",
+        show_default=True,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -28,8 +37,9 @@ DatasetOpt = Annotated[
 LogDirOpt = Annotated[
     str | None,
     typer.Option(
+        callback=absolute_location,  # a folder typed relative to where the command ran
         help="The prediction log, a folder or URL (default: serve.log.dir, else "
-        "<state URL>/predictions/model=<registered model>)."
+        "<state URL>/predictions/model=<registered model>).",
     ),
 ]
 ModelOpt = Annotated[
@@ -53,15 +63,45 @@ def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
         raise typer.BadParameter(f"{err.pair!r}: {err.reason}", param_hint="--set") from None
 
 
-def read_params(path: Path, pairs: list[str] | None = None) -> Params:
-    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2."""
-    from flywheel.config import ConfigError, load_params
+REGISTRY_SECTIONS = ("data", "evaluate")
+"""What the registry commands read: the registered model's name (`evaluate.registered_model`,
+derived from `data.name` unless set)."""
+DATA_SECTIONS = ("data",)
+"""What the `data` commands that only move the plan's data read."""
+
+
+def read_params(
+    path: Path, pairs: list[str] | None = None, *, needs: Sequence[str] | None = None
+) -> Params:
+    """params.yaml at `path` with the `--set` pairs applied; a bad file or key exits 2.
+
+    Args:
+        path: the params file.
+        pairs: the `--set` pairs.
+        needs: the sections the command uses; a broken section outside them is
+            set aside with a warning on stderr (`flywheel.config.load_needed_params`)
+            instead of failing the command. None: every section must be valid.
+    """
+    from flywheel.config import ConfigError, load_needed_params, load_params
 
     overrides = parse_set_pairs(pairs)
     with exit_on(ConfigError):
-        return load_params(path, overrides)
+        if needs is None:
+            return load_params(path, overrides)
+        loaded = load_needed_params(path, needs, overrides)
+    for section, why in loaded.ignored.items():
+        print_error(
+            f"{path}: section {section!r} is broken and was ignored, since this command does "
+            f"not use it: {why}. The commands that use it fail until it is fixed",
+            label="warning",
+        )
+    return loaded.params
 
 
 def registered_model(model: str | None, params: Path, pairs: list[str] | None = None) -> str:
-    """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs."""
-    return model or read_params(params, pairs).evaluate.registered_model
+    """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs.
+
+    Only the sections that name it must be valid (`REGISTRY_SECTIONS`): a broken
+    `train` section must not stop a rollback.
+    """
+    return model or read_params(params, pairs, needs=REGISTRY_SECTIONS).evaluate.registered_model

@@ -22,12 +22,16 @@ from flywheel.cli.options import (
     WhoOpt,
     registered_model,
 )
+from flywheel.cli.project_root import ProjectTyper, RegistryCommand
 
 if TYPE_CHECKING:
     from flywheel.registry import Intent, VersionSummary
 
-commands = typer.Typer()
-lock_commands = typer.Typer(help="The registry's lock: break one left by a process that is gone.")
+commands = ProjectTyper(command_class=RegistryCommand)
+lock_commands = ProjectTyper(
+    help="The registry's lock: break one left by a process that is gone.",
+    command_class=RegistryCommand,
+)
 
 ForceOpt = Annotated[
     bool,
@@ -69,8 +73,8 @@ def promote(
     from flywheel.registry import promote as promote_version
     from flywheel.tracking import configure_tracking
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_tracking()
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = promote_version(name, version, reason=reason, who=who, force=force)
     _say_finished(change.finished)
@@ -108,8 +112,8 @@ def rollback(
     from flywheel.registry import rollback as rollback_model
     from flywheel.tracking import configure_tracking
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_tracking()
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = rollback_model(name, reason=reason, who=who, force=force)
     _say_finished(change.finished)
@@ -141,8 +145,8 @@ def models(
     from flywheel.registry import RegistryError, list_versions, recover
     from flywheel.tracking import configure_tracking
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_tracking()
     with exit_on(RegistryError):
         _say_finished(recover(name))
         versions = list_versions(name)
@@ -214,8 +218,8 @@ def unlock(
     from flywheel.registry import unlock as break_lock
     from flywheel.tracking import configure_tracking
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_tracking()
     with exit_on(RegistryError):
         done = break_lock(name, reason=reason, who=who)
     if done.holder is None:

@@ -13,8 +13,9 @@ from rich.table import Table
 from flywheel.cli.composition import serving_root
 from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
-commands = typer.Typer()
+commands = ProjectTyper()
 
 
 SERVICE_TARGET = "serving.service:FlywheelService"

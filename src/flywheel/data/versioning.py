@@ -234,12 +234,24 @@ def track_dataset(
 
     Returns:
         The new data version.
+
+    Raises:
+        DataVersionError: DVC refused (not a DVC repository, no data folder, …),
+            with DVC's reason; nothing was recorded.
     """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     disable_telemetry()
-    with Repo(str(repo)) as dvc:
-        dvc.add(str(Path(repo) / _root(plan)))
+    data = Path(repo) / _root(plan)
+    try:
+        with Repo(str(repo)) as dvc:
+            dvc.add(str(data))
+    except DvcException as err:
+        raise DataVersionError(
+            f"cannot record {data} as a data version: {err} (`flywheel init` makes the "
+            "project a DVC repository; `flywheel data ensure` or `data import` fills the data)"
+        ) from None
     version = data_version(repo, plan)
     if push and _push(repo, plan):
         from flywheel.data.remote import record_latest
