@@ -115,6 +115,17 @@ def configure_tracking() -> TrackingConfig:
     return config
 
 
+def configure_registry() -> TrackingConfig:
+    """For commands that use the registry alone (`flywheel rollback`): telemetry off, no MLflow.
+
+    The registry's access (`flywheel.registry.access`) resolves the same store
+    as `configure_tracking` without importing MLflow; it calls
+    `configure_tracking` itself if it has to fall back on MLflow's client.
+    """
+    disable_telemetry()
+    return resolve_tracking()
+
+
 def ensure_experiment(name: str, config: TrackingConfig) -> str:
     """The id of experiment `name`, created (with the local artifact root) if missing."""
     import mlflow
