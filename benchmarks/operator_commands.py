@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,8 +57,20 @@ def _bless(name: str, version: str, champion: str | None) -> None:
     registry.record_blessing(name, version, blessing)
 
 
+def _model_files(folder: Path) -> str:
+    """A model's files as `flywheel models` checks them: an MLmodel and a pt2 archive."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+    with zipfile.ZipFile(folder / "data" / "model.pt2", "w") as archive:
+        archive.writestr("model/version", "1")
+    return folder.as_uri()
+
+
 def _prepare(store: Path) -> None:
-    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process)."""
+    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process).
+
+    The versions' files are local, as in the embedded store (`flywheel models` checks them).
+    """
     os.environ.update(_env(store))
     from mlflow import MlflowClient
 
@@ -66,7 +79,7 @@ def _prepare(store: Path) -> None:
     client = MlflowClient()
     client.create_registered_model(MODEL)
     for i in (1, 2):
-        client.create_model_version(MODEL, f"s3://bench/{MODEL}/{i}")
+        client.create_model_version(MODEL, _model_files(store / "artifacts" / str(i)))
     _bless(MODEL, "1", None)
     registry.promote(MODEL, "1", reason="bench set-up")
     _bless(MODEL, "2", "1")
