@@ -60,7 +60,8 @@ def _bless(name: str, version: str, champion: str | None) -> None:
 def _model_files(folder: Path) -> str:
     """A model's files as `flywheel models` checks them: an MLmodel and a pt2 archive."""
     (folder / "data").mkdir(parents=True)
-    (folder / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+    mlmodel = f"artifact_path: {folder.as_uri()}\nflavors:\n  pytorch:\n    model_data: data\n"
+    (folder / "MLmodel").write_text(mlmodel)
     with zipfile.ZipFile(folder / "data" / "model.pt2", "w") as archive:
         archive.writestr("model/version", "1")
     return folder.as_uri()

@@ -254,7 +254,8 @@ def _remote_artifact_problem(name: str, version: str) -> str | None:
     except Exception as err:
         return f"its MLmodel cannot be read: {_first_line(err)}"
     flavor = info.flavors.get("pytorch") or {}
-    data = f"{info.artifact_path.rstrip('/')}/{flavor.get('model_data', 'data')}"
+    base = info.artifact_path or uri  # an MLmodel written by `save_model` names no artifact path
+    data = f"{base.rstrip('/')}/{flavor.get('model_data', 'data')}"
     try:
         files = _artifact_files(list_artifacts, data)
     except Exception as err:
