@@ -7,9 +7,11 @@ two blessed versions; the baseline, measured in the same run, is a bare Python
 start-up (`python -c pass`). Reported per command: median and best wall time
 over `--repeat` runs, the ratio of the median to the baseline's median, and,
 from one `python -X importtime` run of each command, the seconds spent
-importing (all of it, and MLflow's share).
+importing (all of it, and MLflow's share: none since the registry is reached
+through `flywheel.registry.access`; the commands' versions have local model
+files, as in the embedded store, so `flywheel models` checks them without MLflow).
 
-    .venv/bin/python benchmarks/operator_commands.py --repeat 3  # 4 min at load 8 on 2 cores
+    .venv/bin/python benchmarks/operator_commands.py --repeat 3  # 2 min at load 8 on 2 cores
     .venv/bin/python benchmarks/operator_commands.py --repeat 9
 """
 
