@@ -116,10 +116,22 @@ def configure_tracking() -> TrackingConfig:
     return config
 
 
+def configure_registry() -> TrackingConfig:
+    """For commands that use the registry alone (`flywheel rollback`): telemetry off, no MLflow.
+
+    The registry's access (`flywheel.registry.access`) resolves the same store
+    as `configure_tracking` without importing MLflow; it calls
+    `configure_tracking` itself if it has to fall back on MLflow's client.
+    """
+    disable_telemetry()
+    return resolve_tracking()
+
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
-"""MLflow's experiment kind for training runs: its UI then opens the experiment on
-its runs, not on the GenAI screens (traces, judges) it shows an unmarked one."""
+"""MLflow's experiment kind for training runs, the UI's "model development" marker.
+(MLflow 3.17's UI still opens on its GenAI screens while its global GenAI /
+Model training switch says so: `flywheel ui` links the Model training view.)"""
 
 
 def ensure_experiment(name: str, config: TrackingConfig) -> str:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
 from flywheel.cli.options import DATA_SECTIONS, LogDirOpt, ParamsOpt, SetOpt, read_params
@@ -213,6 +212,8 @@ def _print_counts(manifest: pd.DataFrame) -> None:
     counts = manifest.assign(stratum=strata).pivot_table(
         index="stratum", columns="split", values="image_id", aggfunc="count", fill_value=0
     )
+    from rich.table import Table
+
     table = Table(title="images per stratum and split")
     table.add_column("stratum")
     for split in counts.columns:

@@ -101,7 +101,44 @@ def read_params(
 def registered_model(model: str | None, params: Path, pairs: list[str] | None = None) -> str:
     """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs.
 
-    Only the sections that name it must be valid (`REGISTRY_SECTIONS`): a broken
-    `train` section must not stop a rollback.
+    Without `--set`, a params.yaml that names the model (or its data) plainly is
+    read for that alone (`_named_model`): the operator commands (`rollback`
+    during an incident) neither wait ~0.5 s for the typed configuration nor fail
+    on a mistake elsewhere in the file. Anything less plain (no file, bad YAML,
+    an odd value) goes through the validated `read_params`, with its errors; there
+    only the sections that name the model must be valid (`REGISTRY_SECTIONS`): a
+    broken `train` section must not stop a rollback.
     """
-    return model or read_params(params, pairs, needs=REGISTRY_SECTIONS).evaluate.registered_model
+    if model:
+        return model
+    if not pairs:
+        named = _named_model(params)
+        if named is not None:
+            return named
+    return read_params(params, pairs, needs=REGISTRY_SECTIONS).evaluate.registered_model
+
+
+def _named_model(params: Path) -> str | None:
+    """`evaluate.registered_model` of a params.yaml, or `flywheel-<data.name>` when it is null.
+
+    As `flywheel.config.Params` resolves it (`default_registered_model`;
+    `tests/unit/test_cli_options.py` compares the two); None where the file
+    does not say it plainly.
+    """
+    import yaml
+
+    try:
+        raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    evaluate = raw.get("evaluate") or {}
+    data = raw.get("data") or {}
+    if not isinstance(evaluate, dict) or not isinstance(data, dict):
+        return None
+    named = evaluate.get("registered_model")
+    if named is None:
+        name = data.get("name", "digits")  # `DataPlan().name`
+        named = f"flywheel-{name}" if isinstance(name, str) and name.strip() else None
+    return named if isinstance(named, str) and named.strip() else None
