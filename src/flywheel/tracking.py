@@ -122,9 +122,16 @@ def configure_registry() -> TrackingConfig:
     The registry's access (`flywheel.registry.access`) resolves the same store
     as `configure_tracking` without importing MLflow; it calls
     `configure_tracking` itself if it has to fall back on MLflow's client.
+    Where this process has imported MLflow anyway (a test, a notebook), MLflow
+    is pointed at the same store: its own default would be `./mlflow.db`.
     """
     disable_telemetry()
-    return resolve_tracking()
+    config = resolve_tracking()
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(config.uri)
+    return config
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

@@ -243,9 +243,12 @@ def test_a_broken_train_section_blocks_only_the_commands_that_use_it(
     for args in (("models",), ("rollback", "-r", "x"), ("promote", "2", "-r", "y")):
         result = _run(*args)
         assert result.exit_code == 0, result.output
-        said = _said(result)
-        assert warning in said
-        assert "not valid YAML" in said if broken_train == "YAML" else "train.epochs" in said
+        if broken_train == "YAML":  # a file YAML cannot read goes through the validated path
+            said = _said(result)
+            assert warning in said
+            assert "not valid YAML" in said
+        # A schema error elsewhere is not even read: the operator commands take the
+        # model's name from a plain read of the file (flywheel.cli.options._named_model).
     ensured = _run("data", "ensure")
     assert ensured.exit_code == 0, ensured.output
     assert warning in _said(ensured)

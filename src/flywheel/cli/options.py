@@ -118,6 +118,29 @@ def registered_model(model: str | None, params: Path, pairs: list[str] | None = 
     return read_params(params, pairs, needs=REGISTRY_SECTIONS).evaluate.registered_model
 
 
+PARAMS_SECTIONS = frozenset(
+    {
+        "data",
+        "scenarios",
+        "validation",
+        "train",
+        "evaluate",
+        "tune",
+        "serve",
+        "curate",
+        "label",
+        "merge",
+        "simulate",
+        "monitor",
+        "ui",
+        "state",
+        "cluster",
+    }
+)
+"""The top-level sections of params.yaml (`flywheel.config.Params`; a test compares the two),
+known here without importing the typed configuration."""
+
+
 def _named_model(params: Path) -> str | None:
     """`evaluate.registered_model` of a params.yaml, or `flywheel-<data.name>` when it is null.
 
@@ -131,14 +154,16 @@ def _named_model(params: Path) -> str | None:
         raw = yaml.safe_load(params.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    if not isinstance(raw, dict):
-        return None
+    if not isinstance(raw, dict) or not set(raw) <= PARAMS_SECTIONS:
+        return None  # a misspelt section: the validated path names it
     evaluate = raw.get("evaluate") or {}
     data = raw.get("data") or {}
     if not isinstance(evaluate, dict) or not isinstance(data, dict):
         return None
     named = evaluate.get("registered_model")
     if named is None:
+        if evaluate and "registered_model" not in evaluate:
+            return None  # perhaps a misspelt key: the validated path names it
         name = data.get("name", "digits")  # `DataPlan().name`
         named = f"flywheel-{name}" if isinstance(name, str) and name.strip() else None
     return named if isinstance(named, str) and named.strip() else None
