@@ -46,6 +46,7 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
     int(status): {"model": ErrorBody, "description": status.phrase}
     for status in (
         HTTPStatus.BAD_REQUEST,
+        HTTPStatus.REQUEST_TIMEOUT,
         HTTPStatus.LENGTH_REQUIRED,
         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

@@ -45,8 +45,9 @@ resizing made it one grey level; its dynamic range is below
 such predictions out of its drift window). Bad input is a
 4xx with `{"error": ...}` saying what was wrong: 400 (not an image,
 truncated, wrong shape/dtype/range, empty, too many images, unknown upload
-fields, text values or odd file names in an upload), 411 (a chunked body:
-no Content-Length), 413 (body or image too large), 415 (a body of the wrong
+fields, text values or odd file names in an upload, a multipart body cut
+short), 408 (a body not complete `serve.body_timeout_s` after its headers),
+411 (a chunked body: no Content-Length), 413 (body or image too large), 415 (a body of the wrong
 media type, or an upload that is neither PNG nor JPEG). The checks:
 `serving.guard` (before BentoML parses a body), `serving.decoding` (images,
 arrays, request ids).
@@ -429,6 +430,7 @@ def build_service() -> Any:
         media_types=BODY_MEDIA_TYPES,
         multipart_fields={PREDICT_IMAGES_PATH: frozenset({IMAGES_FIELD})},
         max_parts=config.max_images_per_request,
+        body_timeout_s=config.body_timeout_s,
     )
     # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe
     service.add_asgi_middleware(RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}))

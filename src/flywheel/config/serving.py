@@ -38,6 +38,9 @@ class ServeConfig(FrozenConfig):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     header_timeout_s: float = Field(10.0, gt=0)
+    # a request body not complete this long after its headers (a stream cut short while the
+    # connection stays open) is a 408 (`serving.guard`), before BentoML's 60 s timeout (a 504)
+    body_timeout_s: float = Field(30.0, gt=0)
     top_k: int = Field(3, ge=1)  # probabilities returned per image
     # an image whose p99 - p1 intensity (on [0, 1]) is below this has no content worth a
     # label (blank, or far too small: resizing spreads it into one grey level); it is
