@@ -11,15 +11,15 @@ to: `serving.reload`); a new version is loaded and warmed up beside the
 serving one, then swapped in by one reference assignment. Requests already
 admitted finish on the old version; every response names the version that
 computed it. A version that fails to load is logged and counted, and the old
-one keeps serving. After loading, the heap is frozen out of the cycle
-collector's way (`freeze_heap`: its full passes over the model's ~600,000
-objects were the p99's 330 ms stalls).
+one keeps serving. The libraries' objects are frozen out of the cycle
+collector's way before the first version serves, and a swapped-out version is
+collected once it answered its last request (`serving.heap`: no collection
+pass stalls the event loop long enough to shed a request).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flywheel.config import ServeConfig
+from serving.heap import collect_when_drained, load_first_version
 from serving.hot_swap import (
     LoadedModel,
     ModelHolder,
@@ -190,12 +191,11 @@ class RegistryWatcher:
         if version == current:
             return RefreshOutcome(trigger, current, current)
         try:
-            loaded = await asyncio.to_thread(load_model_version, name, version)
+            load = load_model_version if current is not None else load_first_version
+            loaded = await asyncio.to_thread(load, name, version)
         except Exception as err:  # a broken version must never take the served one down
             return self._refresh_failed(trigger, current, f"version {version}: {err}")
         served = self._serve_model(loaded)
-        if current is None:
-            freeze_heap()  # before /readyz says ready: no request waits on the collection
         previous = self.holder.swap(served)
         self.metrics.set_version(name, version)
         self.metrics.count_load("loaded")
@@ -218,7 +218,7 @@ class RegistryWatcher:
                 previous.admitted,
             )
             task = asyncio.get_running_loop().create_task(
-                freeze_heap_when_drained(previous, self.config.poll_interval_s)
+                collect_when_drained(previous, self.config.poll_interval_s)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -254,43 +254,8 @@ class RegistryWatcher:
         return RefreshOutcome(trigger, current, current, error=reason)
 
 
-def freeze_heap() -> None:
-    """Collect garbage once, then move every object alive into the GC's permanent generation.
-
-    With a model loaded the process holds ~600,000 objects, and a full
-    (generation 2) pass of Python's cycle collector took ~330 ms: a stall that
-    every request in flight waited out (the p99 at concurrency 32 was 6× the
-    p50). After `gc.freeze()` the collector skips those objects and only looks
-    at what requests allocate.
-    """
-    started = time.perf_counter()
-    gc.unfreeze()  # objects frozen before (a previous model) are collectable again
-    gc.collect()
-    gc.freeze()
-    logger.info(
-        "heap frozen: %d objects out of the collector's way (%.0f ms)",
-        gc.get_freeze_count(),
-        (time.perf_counter() - started) * 1000,
-    )
-
-
-async def freeze_heap_when_drained(previous: ServedModel, timeout_s: float) -> None:
-    """Once `previous` has answered its last request (at most `timeout_s`), `freeze_heap`.
-
-    Not at once: frozen with the heap, the swapped-out model would never be
-    collected if its objects form reference cycles.
-    """
-    deadline = time.monotonic() + timeout_s
-    while previous.admitted and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    del previous
-    freeze_heap()
-
-
 __all__ = [
     "BROADCAST_TRIGGER",
     "RefreshOutcome",
     "RegistryWatcher",
-    "freeze_heap",
-    "freeze_heap_when_drained",
 ]
