@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 BENCH_TOKEN = "swap-benchmark-token"
 """The admin token of the benchmark's throwaway server."""
+AFTER_SWAP_S = 2.0
+"""How long after a swap a failed answer is counted as the swap's (`SwapRun.when_failed`)."""
 ERROR_CHARS = 60
 """How much of a refusal's error message is kept to group refusals by cause."""
 
@@ -87,6 +89,20 @@ class SwapRun:
         """The answers to requests sent while `swap`'s reload call ran."""
         end = swap.started_at + swap.seconds
         return [a for a in self.answers if swap.started_at <= a.sent_at <= end]
+
+    def when_failed(self, after_s: float = AFTER_SWAP_S) -> Counter[str]:
+        """The failed answers by when they were sent: during a reload, within `after_s` after
+        one (the old version drains and is collected), or elsewhere (the machine's load)."""
+        counts: Counter[str] = Counter()
+        for answer in self.failed:
+            ends = [(s.started_at, s.started_at + s.seconds) for s in self.swaps]
+            if any(start <= answer.sent_at <= end for start, end in ends):
+                counts["during a reload"] += 1
+            elif any(end < answer.sent_at <= end + after_s for _, end in ends):
+                counts[f"≤ {after_s:.0f} s after a swap"] += 1
+            else:
+                counts["away from any swap"] += 1
+        return counts
 
     def failures(self) -> list[str]:
         """What went wrong: failed answers, swaps that did not take, stale answers after one."""
@@ -263,7 +279,9 @@ def bench_swaps(args: argparse.Namespace, box: Sandbox, say: Callable[..., objec
     One server (the sandbox's model, `--workers`), the alias polled once an
     hour so only `/admin/reload` swaps; a PNG body per request. Prints each
     swap's reload time and the server's load time, and the failed answers by
-    cause; returns True when no answer failed and every swap took effect.
+    cause and by when; then the same load as long without a swap (the
+    baseline: what the machine's load alone sheds). Returns True when no
+    answer of the swap runs failed and every swap took effect.
     """
     from flywheel.demo.payloads import IMAGE, api_requests
     from flywheel.demo.sandbox import sample_image
@@ -292,11 +310,26 @@ def bench_swaps(args: argparse.Namespace, box: Sandbox, say: Callable[..., objec
                 swaps=args.swaps,
             )
             loads = [float(s) for _, s in LOADED.findall(log.read_text(errors="replace")[mark:])]
-            runs.append((run, loads))
+            say(f"the same load for {run.seconds:.0f} s without a swap (the baseline) ...")
+            baseline = run_swaps(
+                url,
+                request,
+                token=BENCH_TOKEN,
+                concurrency=concurrency,
+                change_alias=alternate(box.model_name, box.version, other),
+                swaps=0,
+                settle_s=run.seconds,
+            )
+            runs.append((run, loads, baseline))
     load_after = os.getloadavg()
     ok = True
-    for run, loads in runs:
+    for run, loads, baseline in runs:
         ok &= report_run(run, loads, say)
+        say(
+            f"  baseline without swaps, same load for {baseline.seconds:.0f} s: "
+            f"{len(baseline.answers)} requests, {len(baseline.failed)} failed, "
+            f"p99 {_p99_ms(baseline):.0f} ms"
+        )
     say(
         f"load average (1, 5, 15 min) before {_fmt(load_before)}, after {_fmt(load_after)} on "
         f"{os.cpu_count()} cores shared with other work; client and server on the same cores"
@@ -325,17 +358,26 @@ def report_run(run: SwapRun, loads: list[float], say: Callable[..., object]) -> 
         )
     say(table)
     problems = run.failures()
-    latencies = sorted(a.seconds for a in run.answers if a.status == "200")
-    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")
+    p99 = _p99_ms(run)
     say(
         f"concurrency {run.concurrency}: {len(run.answers)} requests in {run.seconds:.1f} s, "
         f"{len(run.failed)} failed, p99 {p99:.0f} ms"
     )
     for problem in problems:
         say(f"  [red]✗[/red] {problem}")
+    if run.failed:
+        say(
+            "  failed answers, by when: "
+            + ", ".join(f"{n} {w}" for w, n in run.when_failed().items())
+        )
     if not problems:
         say("  [green]✓[/green] every request answered 200, every swap took effect")
     return not problems
+
+
+def _p99_ms(run: SwapRun) -> float:
+    latencies = sorted(a.seconds for a in run.answers if a.status == "200")
+    return latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")
 
 
 def _fmt(load: tuple[float, float, float]) -> str:
