@@ -23,11 +23,11 @@ from tests.support.serving import (
     TOKEN,
     Server,
     digit_images,
-    env,  # noqa: F401  (the module's registry fixture, shared rather than copied)
+    log_model,
     register_blessed,
-    server_environment,
     write_params,
 )
+from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow  # a real server, 2 × 10 swaps under load: ~60 s
 
@@ -36,20 +36,20 @@ SWAPS = 10
 
 
 @pytest.fixture(scope="module")
-def swaps_server(
-    env: dict[str, str],  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Server, str, str]]:
-    """Version 1 in production, version 2 (the same network) blessed; admin enabled."""
-    first = register_blessed(MODEL, env["second"])
-    registry.promote(MODEL, first, reason="swaps test")
-    other = second_version(MODEL)
-    folder = tmp_path_factory.mktemp("swaps")
-    params = write_params(folder, MODEL, poll_interval_s=3600.0, max_latency_ms=1000)
-    log_path = folder / "server.log"
-    server_env = server_environment(env, FLYWHEEL_ADMIN_TOKEN=TOKEN)
-    with start_server(params, env=server_env, cwd=folder, log_path=log_path) as url:
-        yield Server(url, log_path, folder / "predictions"), first, other
+def swaps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
+    """A store of its own: one small CNN registered twice (versions 1 and 2, both blessed),
+    version 1 in production; a server of it with admin enabled."""
+    store, state = tmp_path_factory.mktemp("mlflow"), tmp_path_factory.mktemp("state")
+    with tracking_env(store, home=state, experiment="serving-swaps") as uri:
+        first = register_blessed(MODEL, log_model(seed=1))
+        registry.promote(MODEL, first, reason="swaps test")
+        other = second_version(MODEL)
+        folder = tmp_path_factory.mktemp("swaps")
+        params = write_params(folder, MODEL, poll_interval_s=3600.0, max_latency_ms=1000)
+        log_path = folder / "server.log"
+        server_env = {"MLFLOW_TRACKING_URI": uri, "FLYWHEEL_ADMIN_TOKEN": TOKEN}
+        with start_server(params, env=server_env, cwd=folder, log_path=log_path) as url:
+            yield Server(url, log_path, folder / "predictions"), first, other
 
 
 @pytest.mark.parametrize("concurrency", [16, 32])
