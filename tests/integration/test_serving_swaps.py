@@ -29,7 +29,7 @@ from tests.support.serving import (
 )
 from tests.support.tracking import tracking_env
 
-pytestmark = pytest.mark.slow  # a real server, 2 × 10 swaps under load: ~60 s
+pytestmark = pytest.mark.slow  # a real server, 2 × 10 swaps under load: 50-80 s of swapping
 
 MODEL = "serving-digits-swaps"
 SWAPS = 10
