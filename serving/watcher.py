@@ -10,9 +10,10 @@ seconds (and on `/admin/reload`, or when another worker's admin reload asks it
 to: `serving.reload`); a new version is loaded and warmed up beside the
 serving one, then swapped in by one reference assignment. Requests already
 admitted finish on the old version; every response names the version that
-computed it. After loading, the heap is frozen out of the cycle
-collector's way (`freeze_heap`: its full passes over the model's ~600,000
-objects were the p99's 330 ms stalls).
+computed it. The libraries' objects are frozen out of the cycle
+collector's way before the first version serves, and a swapped-out version is
+collected once it answered its last request (`serving.heap`: no collection
+pass stalls the event loop long enough to shed a request).
 
 When the alias's version cannot be served — its model files are corrupt or
 missing, or the alias is missing — at start-up or at any later check,
@@ -32,7 +33,6 @@ nothing: whatever is served stays served.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -44,6 +44,7 @@ import numpy as np
 
 from flywheel.config import ServeConfig
 from flywheel.serving_api import Readiness, ServingState
+from serving.heap import collect_when_drained, load_first_version
 from serving.hot_swap import (
     LoadedModel,
     ModelHolder,
@@ -206,7 +207,8 @@ class RegistryWatcher:
             self._set_fallback(None)  # e.g. the alias was rolled back to the fallback version
             return RefreshOutcome(trigger, current, current)
         try:
-            loaded = await asyncio.to_thread(load_model_version, name, version)
+            load = load_model_version if current is not None else load_first_version
+            loaded = await asyncio.to_thread(load, name, version)
         except Exception as err:  # a broken version must never take the served one down
             return await self._fall_back(trigger, current, f"version {version}: {err}", version)
         self._swap_in(loaded, trigger, current, alias)
@@ -216,8 +218,6 @@ class RegistryWatcher:
     def _swap_in(self, loaded: LoadedModel, trigger: str, current: str | None, alias: str) -> None:
         """Serve `loaded` from now on (`alias`: the alias it was resolved from, for the log)."""
         served = self._serve_model(loaded)
-        if current is None:
-            freeze_heap()  # before /readyz says ready: no request waits on the collection
         previous = self.holder.swap(served)
         self.metrics.set_version(self.model_name, loaded.version)
         self.metrics.count_load("loaded")
@@ -244,7 +244,7 @@ class RegistryWatcher:
 
     def _free_when_drained(self, previous: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(
-            freeze_heap_when_drained(previous, self.config.poll_interval_s)
+            collect_when_drained(previous, self.config.poll_interval_s)
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -344,8 +344,9 @@ class RegistryWatcher:
             return f"'{ALIAS_PREVIOUS}' is the same version {version}"
         if version == current:
             return None
+        load = load_model_version if current is not None else load_first_version
         try:
-            loaded = await asyncio.to_thread(load_model_version, name, version)
+            loaded = await asyncio.to_thread(load, name, version)
         except Exception as err:  # a broken fallback must not take the served one down either
             self.metrics.count_load("failed")
             return f"previous version {version}: {err}"
@@ -388,43 +389,8 @@ class RegistryWatcher:
         )
 
 
-def freeze_heap() -> None:
-    """Collect garbage once, then move every object alive into the GC's permanent generation.
-
-    With a model loaded the process holds ~600,000 objects, and a full
-    (generation 2) pass of Python's cycle collector took ~330 ms: a stall that
-    every request in flight waited out (the p99 at concurrency 32 was 6× the
-    p50). After `gc.freeze()` the collector skips those objects and only looks
-    at what requests allocate.
-    """
-    started = time.perf_counter()
-    gc.unfreeze()  # objects frozen before (a previous model) are collectable again
-    gc.collect()
-    gc.freeze()
-    logger.info(
-        "heap frozen: %d objects out of the collector's way (%.0f ms)",
-        gc.get_freeze_count(),
-        (time.perf_counter() - started) * 1000,
-    )
-
-
-async def freeze_heap_when_drained(previous: ServedModel, timeout_s: float) -> None:
-    """Once `previous` has answered its last request (at most `timeout_s`), `freeze_heap`.
-
-    Not at once: frozen with the heap, the swapped-out model would never be
-    collected if its objects form reference cycles.
-    """
-    deadline = time.monotonic() + timeout_s
-    while previous.admitted and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    del previous
-    freeze_heap()
-
-
 __all__ = [
     "BROADCAST_TRIGGER",
     "RefreshOutcome",
     "RegistryWatcher",
-    "freeze_heap",
-    "freeze_heap_when_drained",
 ]
