@@ -14,8 +14,6 @@ The servers' pages (Swagger, the MLflow and Evidently UIs) are in
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +22,10 @@ import pytest
 
 from flywheel.config import GatesConfig, Params, ValidationConfig
 from flywheel.data.manifest import load_manifest, save_manifest
-from flywheel.monitoring.dashboards import find_chromium
 from flywheel.validation import ValidationReport, validate_dataset
-from tests.support.browser import Browser, Page
+from flywheel.validation.offline_docs import standalone_page
+from tests.support import browser as browser_support
+from tests.support.browser import Browser, assert_offline_and_drawn, save_screenshot
 from tests.support.plans import collect_plan, tiny_plan
 
 pytestmark = pytest.mark.slow
@@ -34,46 +33,11 @@ pytestmark = pytest.mark.slow
 PLAN = tiny_plan(3, 3, 3, classes=("0", "1", "2"))
 PARAMS = Params(data=PLAN, validation=ValidationConfig(failed_rows_shown=5))
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if find_chromium() is None:
-        pytest.skip("no Chromium on this machine: `make screenshot` installs Debian's chromium")
-    with Browser() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def default_font(browser: Browser) -> str:
-    """The font family Chromium gives an unstyled page's body (what "unstyled" looks like)."""
-    page = browser.open("data:text/html,<p>unstyled</p>")
-    try:
-        font: str = page.evaluate("getComputedStyle(document.body).fontFamily")
-    finally:
-        page.close()
-    return font
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("FLYWHEEL_SCREENSHOTS")
-    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
-
-
-def save_screenshot(page: Page, shots: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    path = page.screenshot(shots / f"{name}.png")
-    with capsys.disabled():
-        print(f"\nscreenshot of {page.url}: {path}")
-
-
-def assert_offline_and_drawn(page: Page, default_font: str) -> None:
-    """Nothing from the network, nothing missing, text on screen, the page's own styles."""
-    assert page.external_requests() == [], f"{page.url} reaches the network"
-    assert page.failed == [], f"{page.url}: requests that failed"
-    text = page.evaluate("document.body.innerText.trim().length")
-    assert text > 100, f"{page.url} is blank ({text} characters of visible text)"
-    font = page.evaluate("getComputedStyle(document.body).fontFamily")
-    assert font != default_font, f"{page.url} is unstyled (the browser's default font {font})"
+browser, default_font, shots = (
+    browser_support.browser,
+    browser_support.default_font,
+    browser_support.shots,
+)
 
 
 # --------------------------------------------------------------------- Data Docs
@@ -140,19 +104,26 @@ ICON = """(selector => {
 })"""
 
 
-@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+@pytest.mark.parametrize("variant", ["light", "dark", "standalone"])
 def test_a_failing_validation_page_tells_failure_from_success_offline(
-    dark: bool,
+    variant: str,
     browser: Browser,
     default_font: str,
     data_docs: tuple[ValidationReport, ...],
+    tmp_path: Path,
     shots: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """In the site, light and dark; and alone, as the pipeline's artifact (`standalone_page`)."""
     failed = data_docs[-1]
     assert failed.data_docs is not None
+    url = failed.data_docs.as_uri()
+    if variant == "standalone":  # away from the site, as the KFP UI shows it
+        alone = tmp_path / "data_docs.html"
+        alone.write_text(standalone_page(failed.data_docs), encoding="utf-8")
+        url = alone.as_uri()
 
-    page = browser.open(failed.data_docs.as_uri(), dark=dark)
+    page = browser.open(url, dark=variant == "dark")
 
     assert_offline_and_drawn(page, default_font)
     passed = page.evaluate(f"{ICON}('td .fa-check-circle')")
@@ -170,7 +141,7 @@ def test_a_failing_validation_page_tells_failure_from_success_offline(
     offender = str(failed.failures[0].offenders[0].key)  # the image with the bad label
     assert offender in page.evaluate("document.body.innerText")
     page.evaluate("document.querySelector('td .fa-times').scrollIntoView({block: 'center'})")
-    save_screenshot(page, shots, f"data-docs-failure-{'dark' if dark else 'light'}", capsys)
+    save_screenshot(page, shots, f"data-docs-failure-{variant}", capsys)
     page.close()
 
 

@@ -9,6 +9,11 @@ network is quiet, and lets a test evaluate JavaScript in it and save a
 screenshot. Rendering through CDP rather than `chromium --screenshot`
 (`dashboards.screenshot`) is what lets a test see the requests and the computed
 styles of the same load it photographs.
+
+For test modules (bound as `browser = browser_support.browser`, as the serving
+fixtures are): the module-scoped fixtures `browser`, `default_font` (what an
+unstyled page looks like) and `shots` (the screenshots' folder), and the checks
+`assert_offline_and_drawn` and `save_screenshot`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import websocket
 
 from flywheel.monitoring.dashboards import find_chromium
@@ -250,3 +257,48 @@ class Browser:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ------------------------------------------------ fixtures and checks for tests
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine: `make screenshot` installs Debian's chromium")
+    with Browser() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def default_font(browser: Browser) -> str:
+    """The font family Chromium gives an unstyled page's body (what "unstyled" looks like)."""
+    page = browser.open("data:text/html,<p>unstyled</p>")
+    try:
+        font: str = page.evaluate("getComputedStyle(document.body).fontFamily")
+    finally:
+        page.close()
+    return font
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("FLYWHEEL_SCREENSHOTS")
+    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+
+
+def save_screenshot(page: Page, shots: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Save what `page` shows as `shots/<name>.png` and print where (past pytest's capture)."""
+    path = page.screenshot(shots / f"{name}.png")
+    with capsys.disabled():
+        print(f"\nscreenshot of {page.url}: {path}")
+
+
+def assert_offline_and_drawn(page: Page, default_font: str) -> None:
+    """Nothing from the network, nothing missing, text on screen, the page's own styles."""
+    assert page.external_requests() == [], f"{page.url} reaches the network"
+    assert page.failed == [], f"{page.url}: requests that failed"
+    text = page.evaluate("document.body.innerText.trim().length")
+    assert text > 100, f"{page.url} is blank ({text} characters of visible text)"
+    font = page.evaluate("getComputedStyle(document.body).fontFamily")
+    assert font != default_font, f"{page.url} is unstyled (the browser's default font {font})"

@@ -17,6 +17,7 @@ to GX's documentation stay as they are: a click, not a request.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -219,3 +220,79 @@ def make_site_offline(site_dir: Path, *, since: float | None = None) -> list[Pat
     ]
     make_pages_offline(site_dir, pages)
     return pages
+
+
+def standalone_page(page: Path) -> str:
+    """One offline page of a site as a single self-contained HTML document.
+
+    For where the page travels alone (the pipeline's Data Docs artifact, which the
+    KFP UI shows in a frame): the local stylesheets and scripts it loads are
+    inlined, and the fonts, pictures and icons they use become `data:` URLs.
+    Links to the site's other pages stay as they are (they lead nowhere alone).
+    """
+    doc = lxml.html.document_fromstring(page.read_text(encoding="utf-8"))
+    for element in list(doc.iter("link", "script", "img")):
+        attribute = "href" if element.tag == "link" else "src"
+        url = element.get(attribute)
+        if not url or urlsplit(url).scheme or urlsplit(url).netloc:
+            continue
+        source = (page.parent / urlsplit(url).path).resolve()
+        if not source.is_file():
+            continue
+        rel = (element.get("rel") or "").lower()
+        if element.tag == "link" and "stylesheet" in rel:
+            style = lxml.html.Element("style")
+            style.text = _inline_css_urls(source.read_text(encoding="utf-8"), source.parent)
+            element.getparent().replace(element, style)
+        elif element.tag == "script" and _inlinable(text := source.read_text(encoding="utf-8")):
+            del element.attrib["src"]
+            element.text = text
+        else:  # a picture, an icon, a script that cannot sit inside <script>
+            element.set(attribute, _data_url(source))
+    for style in doc.iter("style"):
+        if style.text and "url(" in style.text:
+            style.text = _inline_css_urls(style.text, page.parent)
+    return lxml.html.tostring(doc, doctype="<!DOCTYPE html>", encoding="unicode", method="html")
+
+
+_MEDIA_TYPES = {
+    ".woff2": "font/woff2",
+    ".woff": "font/woff",
+    ".ttf": "font/ttf",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".js": "text/javascript",
+    ".css": "text/css",
+}
+
+
+def _data_url(path: Path) -> str:
+    media_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _inlinable(script: str) -> bool:
+    """Whether script text can sit inside `<script>`: nothing that ends or escapes the element."""
+    lowered = script.lower()
+    return "</script" not in lowered and "<!--" not in lowered
+
+
+def _inline_css_urls(css: str, base: Path) -> str:
+    """The style text with each relative `url(...)` to an existing file made a `data:` URL.
+
+    A font-face lists fallbacks (`.woff2`, then `.ttf`): a missing fallback file
+    stays a relative URL, which a browser only fetches if the first one fails.
+    """
+    pieces = css.split("url(")
+    for i, piece in enumerate(pieces[1:], start=1):
+        inside, sep, rest = piece.partition(")")
+        url = inside.strip().strip("'\"")
+        parts = urlsplit(url)
+        if not sep or parts.scheme or parts.netloc or not parts.path:
+            continue
+        source = (base / parts.path).resolve()
+        if source.is_file():
+            pieces[i] = f"'{_data_url(source)}'{sep}{rest}"
+    return "url(".join(pieces)
