@@ -114,6 +114,7 @@ from serving.errors import RequestError
 from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
+from serving.offline_docs import OfflineDocs
 from serving.predictions import forward_with_features, respond
 from serving.raw_route import RAW_ROUTES
 from serving.reload import (
@@ -418,6 +419,7 @@ def build_service() -> Any:
         multipart_fields={PREDICT_IMAGES_PATH: frozenset({IMAGES_FIELD})},
         max_parts=config.max_images_per_request,
     )
+    service.add_asgi_middleware(OfflineDocs)  # Swagger without analytics or web badges
     return service
 
 

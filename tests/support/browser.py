@@ -294,11 +294,21 @@ def save_screenshot(page: Page, shots: Path, name: str, capsys: pytest.CaptureFi
         print(f"\nscreenshot of {page.url}: {path}")
 
 
-def assert_offline_and_drawn(page: Page, default_font: str) -> None:
-    """Nothing from the network, nothing missing, text on screen, the page's own styles."""
+def assert_offline_and_drawn(page: Page, default_font: str, styled: str = "body") -> None:
+    """Nothing from the network, nothing missing, text on screen, the page's own styles.
+
+    Args:
+        page: the loaded page.
+        default_font: the font family of an unstyled page's body (`default_font`).
+        styled: a CSS selector of an element the page's stylesheets give their font
+            (Swagger UI leaves the body alone and styles `.swagger-ui`).
+    """
     assert page.external_requests() == [], f"{page.url} reaches the network"
     assert page.failed == [], f"{page.url}: requests that failed"
     text = page.evaluate("document.body.innerText.trim().length")
     assert text > 100, f"{page.url} is blank ({text} characters of visible text)"
-    font = page.evaluate("getComputedStyle(document.body).fontFamily")
-    assert font != default_font, f"{page.url} is unstyled (the browser's default font {font})"
+    font = page.evaluate(
+        f"(e => e && getComputedStyle(e).fontFamily)(document.querySelector({json.dumps(styled)}))"
+    )
+    assert font, f"{page.url}: no element {styled}"
+    assert font != default_font, f"{page.url} is unstyled ({styled} in the default font {font})"
