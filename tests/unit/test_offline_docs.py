@@ -69,6 +69,15 @@ def test_every_asset_gx_links_has_a_vendored_copy(
         assert ours == digest
 
 
+def test_every_picture_gx_styles_fetch_has_a_local_copy(tmp_path: Path) -> None:
+    css = (GX_VIEW / "static" / "styles" / "data_docs_default_styles.css").read_text()
+    urls = [part.split(")")[0].strip("'\" ") for part in css.split("url(")[1:] if "//" in part[:12]]
+
+    assert urls  # the dark theme's logo, on GX's bucket
+    for url in urls:
+        assert local_url(url, tmp_path / "index.html", tmp_path) == "static/images/logo-long.png"
+
+
 def test_every_vendored_package_carries_its_licence() -> None:
     packages = {Path(path).parts[0] for path in VENDORED.values()}
 
