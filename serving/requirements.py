@@ -48,6 +48,7 @@ SERVICE_REQUIREMENTS: tuple[str, ...] = (
     "starlette",  # the request guard's responses
     "fastapi",  # the raw-image route (`/predict_image`), mounted into the BentoML app
     "s3fs",  # the prediction log in object storage (flywheel.storage, FLYWHEEL_STATE_URL)
+    "lxml",  # the Swagger page without BentoML's tag manager (serving.offline_docs)
 )
 """What the service and the library modules it imports use directly (their own deps follow)."""
 FREEZE_OMITS = frozenset({"pip", "setuptools", "wheel"})

@@ -123,6 +123,7 @@ from serving.errors import RequestError
 from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
+from serving.offline_docs import OfflineDocs
 from serving.predictions import forward_with_features, respond
 from serving.raw_route import RAW_ROUTES, RoutesAhead
 from serving.reload import (
@@ -434,6 +435,7 @@ def build_service() -> Any:
     )
     # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe
     service.add_asgi_middleware(RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}))
+    service.add_asgi_middleware(OfflineDocs)  # Swagger without analytics or web badges
     return service
 
 

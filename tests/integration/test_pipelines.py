@@ -503,7 +503,10 @@ def test_validate_data_exports_the_recorded_version(repo: Path, tmp_path: Path) 
     source = sorted(p.relative_to(repo / "data" / "tiny") for p in (repo / "data/tiny").rglob("*"))
     assert exported == source
     assert result.n_rows == 8 * (8 + 4 + 4)  # 8 strata
-    assert "<html" in (tmp_path / "out" / "docs").read_text().lower()
+    docs = (tmp_path / "out" / "docs").read_text()
+    assert "<html" in docs.lower()
+    assert "static/vendor/" not in docs  # one page, its assets inline (the KFP UI shows it alone)
+    assert "https://unpkg.com" not in docs
     metadata = json.loads(json.dumps(result.metadata()))  # JSON-able, as KFP needs
     assert metadata["data_version"] == version
     assert metadata["counts"]["handwritten/clean"] == {"train": 8, "val": 4, "test": 4}

@@ -24,6 +24,7 @@ Modules:
     registry_store: the registry tests' dataset shape, gates, store handle, blessings.
     monitoring_stack: the monitoring stack tests' params, traffic windows, fixture handles.
     evaluation: evaluation reports from hand-made class probabilities, through the real task.
+    browser: headless Chromium over the DevTools protocol: a page's requests, styles, PNG.
 """
 
 from pathlib import Path

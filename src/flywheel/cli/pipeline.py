@@ -243,7 +243,7 @@ def print_outputs(run: Any) -> None:
 
 def print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, the test metric per slice, the reports, the MLflow UI."""
-    from flywheel.cli.summaries import mlflow_ui_command, summarize_training_run
+    from flywheel.cli.summaries import html_path, mlflow_ui_command, summarize_training_run
     from flywheel.tracking import local_store_dir, resolve_tracking
 
     s = summarize_training_run(
@@ -277,9 +277,12 @@ def print_training_summary(run: Any) -> None:
         )
     console.print(f"aliases of version {s.version}: {', '.join(s.aliases) or 'none'}")
     console.print(f"data version: {s.data_version}")
-    docs = run.outputs["dataset"].metadata.get("data_docs") or run.outputs["data_docs"].path
+    docs = run.outputs["dataset"].metadata.get("data_docs") or html_path(
+        run.outputs["data_docs"].path
+    )
     console.print(f"Data Docs: {docs}", soft_wrap=True)
-    console.print(f"evaluation report (HTML): {run.outputs['evaluation'].path}", soft_wrap=True)
+    report = html_path(run.outputs["evaluation"].path)
+    console.print(f"evaluation report (HTML): {report}", soft_wrap=True)
     uri = resolve_tracking().uri
     if local_store_dir(uri) is not None:
         console.print("MLflow UI (then open http://127.0.0.1:5000):")

@@ -9,6 +9,7 @@ registry; the printing itself stays in the commands.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,3 +111,18 @@ def mlflow_ui_command(tracking_uri: str, *, port: int = 5000) -> str:
     return (
         f"{mlflow} ui --backend-store-uri {tracking_uri} --workers 1 --host 127.0.0.1 --port {port}"
     )
+
+
+def html_path(artifact: str | Path) -> Path:
+    """A path a browser opens as a page: `artifact` if it ends in `.html`, else an HTML copy.
+
+    The KFP local runner names an HTML artifact after its output (`report`,
+    `data_docs`), without an extension, and a browser shows such a file as its
+    source; the copy beside it, `<name>.html`, is what the CLI prints.
+    """
+    artifact = Path(artifact)
+    if artifact.suffix.lower() in (".html", ".htm") or not artifact.is_file():
+        return artifact
+    page = artifact.with_name(f"{artifact.name}.html")
+    shutil.copyfile(artifact, page)
+    return page

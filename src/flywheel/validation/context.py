@@ -1,8 +1,10 @@
 """The file-backed GX context the gate runs in: its checkpoint, and the Data Docs it writes.
 
 Nothing here makes a network call: GX 1.x sends no usage statistics (the
-context's `analytics_enabled` is set off anyway); the Data Docs pages link
-bootstrap/jQuery/vega from CDNs, so offline they render unstyled.
+context's `analytics_enabled` is set off anyway), and the Data Docs pages work
+offline: GX links bootstrap, jQuery, vega and font-awesome from CDNs and its
+logo from its S3 bucket, and `offline_data_docs` rewrites every page it has just
+built to load copies from the site itself (`flywheel.validation.offline_docs`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from urllib.request import url2pathname
 
 import great_expectations as gx
 from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from flywheel.validation.offline_docs import make_site_offline
 
 if TYPE_CHECKING:
     from great_expectations.data_context import FileDataContext
@@ -77,3 +81,12 @@ def docs_page(context: FileDataContext, key: Any) -> Path | None:
         if url and urlparse(url).scheme == "file":
             return Path(url2pathname(urlparse(url).path))
     return None
+
+
+def offline_data_docs(context: FileDataContext, *, since: float) -> None:
+    """Make the pages GX wrote at or after `since` (`time.time()`) in local sites work offline."""
+    for site in context.get_docs_sites_urls():
+        url = site.get("site_url")
+        if url and urlparse(url).scheme == "file":
+            index = Path(url2pathname(urlparse(url).path))
+            make_site_offline(index.parent, since=since)

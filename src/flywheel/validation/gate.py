@@ -13,7 +13,12 @@ from flywheel.config import Params
 from flywheel.data.manifest import load_manifest
 from flywheel.env import state_dir
 from flywheel.validation.columns import add_derived_columns, count_by_stratum
-from flywheel.validation.context import docs_page, open_context, register_checkpoint
+from flywheel.validation.context import (
+    docs_page,
+    offline_data_docs,
+    open_context,
+    register_checkpoint,
+)
 from flywheel.validation.files import FilePlan, check_image_files
 from flywheel.validation.report import INDEX_COLUMN, ValidationReport, failure_of
 from flywheel.validation.suite import build_suite
@@ -103,7 +108,9 @@ def validate_dataset(
     asset_name = dataset_dir.resolve().name or "dataset"
     checkpoint = register_checkpoint(context, asset_name, suite, result_format)
     run_id = RunIdentifier(run_name=asset_name, run_time=dt.datetime.now(dt.UTC))
+    written_after = time.time() - 1.0  # file times are coarser than the clock
     outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+    offline_data_docs(context, since=written_after)
     timings["gx"] = time.perf_counter() - tick
 
     key, suite_result = next(iter(outcome.run_results.items()))

@@ -45,7 +45,12 @@ from flywheel.data.pages import (
 )
 from flywheel.env import state_dir
 from flywheel.validation.columns import splits_sharing
-from flywheel.validation.context import docs_page, open_context, register_checkpoint
+from flywheel.validation.context import (
+    docs_page,
+    offline_data_docs,
+    open_context,
+    register_checkpoint,
+)
 from flywheel.validation.expectations import ExpectColumnValueCountsToBeAtLeast
 from flywheel.validation.files import FILE_OK, check_image_files
 from flywheel.validation.report import Failure, ValidationReport, failure_of
@@ -397,6 +402,7 @@ def validate_pages(
 
     tick = time.perf_counter()
     context = open_context(Path(context_dir) if context_dir else state_dir() / "gx")
+    written_after = time.time() - 1.0  # file times are coarser than the clock
     asset = dataset_dir.resolve().name or "pages"
     failures: list[Failure] = []
     n_expectations, success, docs = 0, True, None
@@ -423,6 +429,7 @@ def validate_pages(
         n_expectations += len(suite_result.results)
         success = success and bool(outcome.success)
         docs = docs or docs_page(context, key)
+    offline_data_docs(context, since=written_after)
     timings["gx"] = time.perf_counter() - tick
     failures.sort(key=lambda failed: failed.column is not None)  # schema failures first
     return ValidationReport(

@@ -132,13 +132,14 @@ def _gate_and_export(
     from rich.console import Console
 
     from flywheel.validation import print_report, validate_dataset
+    from flywheel.validation.offline_docs import standalone_page
 
     report = validate_dataset(source, params, progress=False)
     report.data_version = version
     print_report(report, Console(file=sys.stdout, width=120, color_system=None))
     docs_out.parent.mkdir(parents=True, exist_ok=True)
-    if report.data_docs is not None:
-        shutil.copyfile(report.data_docs, docs_out)
+    if report.data_docs is not None:  # one file that needs nothing beside it
+        docs_out.write_text(standalone_page(report.data_docs), encoding="utf-8")
     else:
         docs_out.write_text("<html><body><p>Great Expectations wrote no Data Docs page.</p>")
     if not report.success:
