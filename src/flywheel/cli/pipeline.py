@@ -243,7 +243,12 @@ def print_outputs(run: Any) -> None:
 
 def print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, the test metric per slice, the reports, the MLflow UI."""
-    from flywheel.cli.summaries import html_path, mlflow_ui_command, summarize_training_run
+    from flywheel.cli.summaries import (
+        html_path,
+        mlflow_training_url,
+        mlflow_ui_command,
+        summarize_training_run,
+    )
     from flywheel.tracking import local_store_dir, resolve_tracking
 
     s = summarize_training_run(
@@ -285,7 +290,10 @@ def print_training_summary(run: Any) -> None:
     console.print(f"evaluation report (HTML): {report}", soft_wrap=True)
     uri = resolve_tracking().uri
     if local_store_dir(uri) is not None:
-        console.print("MLflow UI (then open http://127.0.0.1:5000):")
+        console.print(
+            f"MLflow UI (then open {mlflow_training_url('http://127.0.0.1:5000')}):",
+            soft_wrap=True,
+        )
         console.print(f"  {mlflow_ui_command(uri)}", soft_wrap=True, highlight=False)
     else:
         console.print(f"MLflow: {uri}", soft_wrap=True)
