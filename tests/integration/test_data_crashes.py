@@ -25,13 +25,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flywheel.config import DataPlan, Params, Strata
+from flywheel.config import DataPlan, Params, Strata, load_params
 from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import sha256_file
 from flywheel.data.sync import check_remote
 from flywheel.data.transaction import JOURNAL, STAGING, work_dir
-from flywheel.data.versioning import data_version, ensure_dataset, is_clean
+from flywheel.data.versioning import DataVersionError, data_version, ensure_dataset, is_clean
 from flywheel.processes import FAULT_ENV
+from flywheel.workflows.datasets import data_at_version
 from tests.support.forked_cli import run_forked
 from tests.support.labeling import serve_collected_batch
 from tests.support.processes import subprocess_env
@@ -48,13 +49,16 @@ PLAN = DataPlan(
 LABELLED = 12
 """Production images labelled, all merged by one merge."""
 
-MERGE_STEPS = (  # (step, what the next command does)
-    ("merge:copying", "undid"),  # half the images written into the copy beside data/
-    ("merge:staged", "undid"),  # the copy built and gated, nothing recorded
-    ("merge:intent", "undid"),  # the journal written
-    ("merge:switched", "undid"),  # data/ switched to the merged folder; data.dvc still old
-    ("track:added", "finished"),  # data.dvc names the new version; nothing pushed
-    ("track:pushing", "finished"),  # half the files pushed
+REMOVED = "removed the unfinished copy that an interrupted merge was building"
+UNDID = "undid an interrupted merge"
+FINISHED = "finished an interrupted merge"
+MERGE_STEPS = (  # (step, what the next command says it did)
+    ("merge:copying", REMOVED),  # half the images written into the copy beside data/
+    ("merge:staged", REMOVED),  # the copy built and gated, nothing recorded
+    ("merge:intent", UNDID),  # the journal written
+    ("merge:switched", UNDID),  # data/ switched to the merged folder; data.dvc still old
+    ("track:added", FINISHED),  # data.dvc names the new version; nothing pushed
+    ("track:pushing", FINISHED),  # half the files pushed
 )
 """A merge's own steps; after `dvc add` it runs the same code as a track (`finish`), whose
 every step `TRACK_STEPS` kills (without the data gate's cost)."""
@@ -179,9 +183,9 @@ def _check_converged(project: Path, version: str, tree: dict[str, str]) -> None:
 
 
 @pytest.mark.slow  # a real process per step, and the data gate on every merge
-@pytest.mark.parametrize(("i", "step", "outcome"), [(i, *s) for i, s in enumerate(MERGE_STEPS)])
+@pytest.mark.parametrize(("i", "step", "said"), [(i, *s) for i, s in enumerate(MERGE_STEPS)])
 def test_a_merge_killed_at_each_step_is_undone_or_finished(
-    world: World, tmp_path: Path, i: int, step: str, outcome: str
+    world: World, tmp_path: Path, i: int, step: str, said: str
 ) -> None:
     project = _copy(world.template, tmp_path / "case")
     repo = project / "repo"
@@ -192,14 +196,15 @@ def test_a_merge_killed_at_each_step_is_undone_or_finished(
     left = _tree(repo / "data")
     assert left in (world.old_tree, world.new_tree), f"{step}: data/ is half merged"
     assert left == (world.old_tree if i < SWITCH else world.new_tree)
-    assert data_version(repo, PLAN) == (world.old if outcome == "undid" else world.new)
+    undone = said != FINISHED
+    assert data_version(repo, PLAN) == (world.old if undone else world.new)
 
     if i % 2 == 0:  # any data command puts it right first: here `flywheel data ensure`
         code, out = _flywheel(project, "data", "ensure")
         assert code == 0, out
-        assert f"{outcome} an interrupted merge" in out
-        if outcome == "undid":
-            assert f"back at data version {world.old}" in out
+        assert said in out
+        if undone:
+            assert said == REMOVED or f"back at data version {world.old}" in out
             assert _tree(repo / "data") == world.old_tree
             assert data_version(repo, PLAN) == world.old
         else:
@@ -207,8 +212,8 @@ def test_a_merge_killed_at_each_step_is_undone_or_finished(
     code, out = _flywheel(project, "data", "merge")  # the rerun of the interrupted command
     assert code == 0, out
     if i % 2 == 1:
-        assert f"{outcome} an interrupted merge" in out
-    merged = "0 merged" if outcome == "finished" else f"{LABELLED} merged"
+        assert said in out
+    merged = f"{LABELLED} merged" if undone else "0 merged"
     assert f"{LABELLED} labelled images: {merged}" in out
 
     _check_converged(project, world.new, world.new_tree)
@@ -244,7 +249,7 @@ def test_a_track_killed_before_its_push_was_verified_is_finished(
 def test_ensure_names_the_files_the_remote_lacks_and_push_restores_them(
     template: Template, tmp_path: Path
 ) -> None:
-    """Objects deleted from the remote: DVC's own status is clean, ensure is not."""
+    """Objects deleted from the remote: DVC's own status is clean; ensure and the data step not."""
     from dvc.repo import Repo
 
     project = _copy(template.root, tmp_path / "case")
@@ -268,6 +273,8 @@ def test_ensure_names_the_files_the_remote_lacks_and_push_restores_them(
     assert len(check.missing) == 3
     assert all(path in out for path in check.missing)
     assert "`flywheel data push`" in out
+    with pytest.raises(DataVersionError, match=rf"lacks 3 of {len(template.old_tree)} files"):
+        data_at_version(load_params(project / "params.yaml"), "", repo, tmp_path / "scratch")
 
     code, out = _flywheel(project, "data", "push")
     assert code == 0, out

@@ -225,6 +225,7 @@ def data_checkout(
 
     p = read_params(params, set_)
     with exit_on(DataVersionError):
+        _recover(repo, p.data, strict=True)
         checked_out = checkout_version(repo, p.data, version)
     console.print(f"data/ is at version [bold]{checked_out}[/bold]; commit data.dvc to share it")
 

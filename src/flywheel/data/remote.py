@@ -216,8 +216,10 @@ def materialise(version: str, root: Path, plan: DataPlan, remote: DataRemote | N
 def checkout_version(repo: str | Path, plan: DataPlan, version: str) -> str:
     """Bring data version `version` (or `latest`) into `repo`'s data folder; `data.dvc` records it.
 
-    Nothing unrecorded is lost: a data folder with changes `data.dvc` does not
-    record is refused, and a failed pull puts the old `data.dvc` back.
+    Nothing unrecorded is lost: what a killed `track` or `merge` left is put
+    right first (`flywheel.data.transaction.recover`), a data folder with
+    changes `data.dvc` does not record is refused, and a failed pull puts the
+    old `data.dvc` back.
 
     Returns:
         The version now checked out.
@@ -226,9 +228,12 @@ def checkout_version(repo: str | Path, plan: DataPlan, version: str) -> str:
         DataVersionError: no remote, the version missing from it (or no latest
             recorded), unrecorded changes in the data folder.
     """
-    from flywheel.data.versioning import is_clean
+    from flywheel.data.versioning import is_clean, recover_interrupted
 
     repo = Path(repo)
+    done = recover_interrupted(repo, plan)  # a killed track or merge: undone or finished first
+    if done is not None:
+        log.warning("%s", done)
     remote = find_remote(repo)
     if version == "latest":
         latest = latest_version(remote, repo)

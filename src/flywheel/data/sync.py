@@ -170,7 +170,8 @@ def _check(dvc: Repo, odb: Any, plan: DataPlan | None, version: str) -> RemoteCh
 
     cache = dvc.cache.local
     root = Path(plan.root if plan is not None else "data").as_posix().rstrip("/")
-    url = odb.fs.unstrip_protocol(odb.path)
+    remote = dvc.cloud.get_remote()
+    url = str(remote.fs.unstrip_protocol(remote.path))
     dir_oid = f"{version}.dir"
     try:
         listing_on_remote = bool(odb.oids_exist([dir_oid]))

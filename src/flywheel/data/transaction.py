@@ -155,8 +155,13 @@ def stage_copy(dataset_dir: Path, work: Path) -> Path:
 
 
 def discard(staged: Path) -> None:
-    """Remove a staged folder (and its `<id>` parent)."""
+    """Remove a staged folder (its `<pid>-<id>` parent), and the staging folders left empty."""
     shutil.rmtree(staged.parent, ignore_errors=True)
+    for folder in (staged.parent.parent, staged.parent.parent.parent):  # staging/, its work dir
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a journal, another staged copy): keep it
+            break
 
 
 def switch(target: Path, staged: Path) -> None:
@@ -343,7 +348,7 @@ def _recorded(repo: str | Path, plan: DataPlan | None) -> str | None:
     """The version `data.dvc` names; None when there is none or it cannot be read."""
     try:
         return data_version(repo, plan)
-    except (DataVersionError, ValueError):  # ValueError: YAML half written by a killed `dvc add`
+    except DataVersionError:  # none, or half written by a killed `dvc add`
         return None
 
 

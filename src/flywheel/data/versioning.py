@@ -59,10 +59,14 @@ def data_version(repo: str | Path = ".", plan: DataPlan | None = None) -> str:
         raise DataVersionError(
             f"{path}: not found; run `flywheel data track` to version data/"
         ) from None
+    except yaml.YAMLError as err:  # e.g. cut off mid-write
+        raise DataVersionError(f"{path}: not YAML ({err}); is it a DVC pointer file?") from None
     try:
-        md5: str = meta["outs"][0]["md5"]
+        md5 = meta["outs"][0]["md5"]
     except (TypeError, KeyError, IndexError):
-        raise DataVersionError(f"{path}: no `outs[0].md5`; is it a DVC pointer file?") from None
+        md5 = None
+    if not isinstance(md5, str):
+        raise DataVersionError(f"{path}: no `outs[0].md5`; is it a DVC pointer file?")
     return md5.removesuffix(".dir")
 
 
@@ -210,7 +214,7 @@ def _ensure(
     if not (regenerate or _is_generated(repo, plan, version)):
         raise DataVersionError(
             f"{not_restored}. Push that version to the remote from where it was recorded "
-            "(`dvc push`), or configure the remote that holds it"
+            "(`flywheel data push`), or configure the remote that holds it"
             + (
                 f"; `--regenerate` makes it again with data.generator {plan.generator!r}"
                 if plan.generator
