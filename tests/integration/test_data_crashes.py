@@ -183,7 +183,9 @@ def _check_converged(project: Path, version: str, tree: dict[str, str]) -> None:
 
 
 @pytest.mark.slow  # a real process per step, and the data gate on every merge
-@pytest.mark.parametrize(("i", "step", "said"), [(i, *s) for i, s in enumerate(MERGE_STEPS)])
+@pytest.mark.parametrize(
+    ("i", "step", "said"), [pytest.param(i, *s, id=s[0]) for i, s in enumerate(MERGE_STEPS)]
+)
 def test_a_merge_killed_at_each_step_is_undone_or_finished(
     world: World, tmp_path: Path, i: int, step: str, said: str
 ) -> None:
