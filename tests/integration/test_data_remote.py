@@ -203,6 +203,8 @@ def test_objects_deleted_from_the_bucket_are_named_and_pushed_again(
     assert (len(check.missing), check.in_cache, check.complete) == (2, True, False)
     with pytest.raises(DataVersionError, match=rf"lacks 2 of {check.files} files of data version "):
         ensure_dataset(PLAN, workspace)
+    with pytest.raises(DataVersionError, match=rf"failed: .*lacks 2 of {check.files} files"):
+        materialise(version, tmp_path / "pod", PLAN)  # a pod asking for it by hash
 
     pushed = push_version(workspace, PLAN)
 

@@ -208,9 +208,20 @@ def materialise(version: str, root: Path, plan: DataPlan, remote: DataRemote | N
         except Exception as err:  # DVC raises many kinds; all mean "not restored"
             raise DataVersionError(
                 f"DVC remote {remote}: pulling data version {bare(version)} failed: "
-                f"{_first_line(err)}"
+                f"{_first_line(err)}{_lacking(root, plan, version)}"
             ) from err
     return root / plan.root
+
+
+def _lacking(root: Path, plan: DataPlan, version: str) -> str:
+    """What the remote lacks of `version` (files counted and named), to explain a failed pull."""
+    from flywheel.data.sync import check_remote
+
+    try:
+        check = check_remote(root, plan, version)
+    except DataVersionError as err:
+        return f" ({err})"
+    return "" if check is None or check.complete else f"; {check.describe()}"
 
 
 def checkout_version(repo: str | Path, plan: DataPlan, version: str) -> str:

@@ -136,9 +136,12 @@ def begin(repo: str | Path, plan: DataPlan | None, op: str, *, push: bool, **mer
 
 
 def end(repo: str | Path) -> None:
-    """The operation is complete: remove the journal and every staged folder."""
-    shutil.rmtree(work_dir(repo) / STAGING, ignore_errors=True)
+    """The operation is complete: remove the journal, and staged folders no live process builds."""
     (work_dir(repo) / JOURNAL).unlink(missing_ok=True)
+    staging = work_dir(repo) / STAGING
+    for folder in staging.iterdir() if staging.is_dir() else []:
+        if not _alive(_pid_of(folder)):  # this process's, or a dead one's
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def stage_copy(dataset_dir: Path, work: Path) -> Path:
@@ -296,7 +299,8 @@ def finish(repo: Path, plan: DataPlan | None, version: str, *, push: bool) -> st
         pushed = _push_and_record(repo, plan, version)
     except DataVersionError as err:
         log.warning("data version %s is recorded in data.dvc but not pushed: %s", version, err)
-        shutil.rmtree(work_dir(repo) / STAGING, ignore_errors=True)  # no undo needs it now
+        for folder in (work_dir(repo) / STAGING).glob(f"{os.getpid()}-*"):  # no undo needs it now
+            shutil.rmtree(folder, ignore_errors=True)
         return f"; NOT pushed: {err}"
     end(repo)
     return pushed
