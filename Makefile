@@ -104,7 +104,7 @@ format: setup ## Apply ruff's fixes and formatting
 bench: setup ## Run the benchmarks (ratios against baselines measured in the same run)
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
-fuzz: setup ## Fuzz the service's OpenAPI spec (schemathesis, 1,000+ requests): fails on any 5xx
+fuzz: setup ## Fuzz the service (schemathesis, 1,000+ requests; valid arrays; multipart edge cases): fails on any 5xx or a wrong answer
 	$(BIN)/python -m tests.load.fuzz
 
 soak: setup ## Hold the service under steady load for 3 min: fails on any error or memory growth >= 10 %

@@ -7,9 +7,11 @@ two blessed versions; the baseline, measured in the same run, is a bare Python
 start-up (`python -c pass`). Reported per command: median and best wall time
 over `--repeat` runs, the ratio of the median to the baseline's median, and,
 from one `python -X importtime` run of each command, the seconds spent
-importing (all of it, and MLflow's share).
+importing (all of it, and MLflow's share: none since the registry is reached
+through `flywheel.registry.access`; the commands' versions have local model
+files, as in the embedded store, so `flywheel models` checks them without MLflow).
 
-    .venv/bin/python benchmarks/operator_commands.py --repeat 3  # 4 min at load 8 on 2 cores
+    .venv/bin/python benchmarks/operator_commands.py --repeat 3  # 2 min at load 8 on 2 cores
     .venv/bin/python benchmarks/operator_commands.py --repeat 9
 """
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,8 +59,21 @@ def _bless(name: str, version: str, champion: str | None) -> None:
     registry.record_blessing(name, version, blessing)
 
 
+def _model_files(folder: Path) -> str:
+    """A model's files as `flywheel models` checks them: an MLmodel and a pt2 archive."""
+    (folder / "data").mkdir(parents=True)
+    mlmodel = f"artifact_path: {folder.as_uri()}\nflavors:\n  pytorch:\n    model_data: data\n"
+    (folder / "MLmodel").write_text(mlmodel)
+    with zipfile.ZipFile(folder / "data" / "model.pt2", "w") as archive:
+        archive.writestr("model/version", "1")
+    return folder.as_uri()
+
+
 def _prepare(store: Path) -> None:
-    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process)."""
+    """One model, versions 1 and 2 blessed, 2 in production and 1 previous (in this process).
+
+    The versions' files are local, as in the embedded store (`flywheel models` checks them).
+    """
     os.environ.update(_env(store))
     from mlflow import MlflowClient
 
@@ -66,7 +82,7 @@ def _prepare(store: Path) -> None:
     client = MlflowClient()
     client.create_registered_model(MODEL)
     for i in (1, 2):
-        client.create_model_version(MODEL, f"s3://bench/{MODEL}/{i}")
+        client.create_model_version(MODEL, _model_files(store / "artifacts" / str(i)))
     _bless(MODEL, "1", None)
     registry.promote(MODEL, "1", reason="bench set-up")
     _bless(MODEL, "2", "1")

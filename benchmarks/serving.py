@@ -39,6 +39,7 @@ set-up (the model, the server's params) is theirs too: `flywheel.demo.sandbox`.
     .venv/bin/python benchmarks/serving.py                 # trains a small CNN into a temp store
     .venv/bin/python benchmarks/serving.py --tracking-uri sqlite:///$PWD/.flywheel/mlflow/mlflow.db
     .venv/bin/python benchmarks/serving.py --requests 1000 --seconds 30 --json results.json
+    .venv/bin/python benchmarks/serving.py --swaps 10      # hot swaps under load, c=16 and 32
 """
 
 from __future__ import annotations
@@ -378,13 +379,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="Time limit per cell.")
     parser.add_argument("--warmup", type=int, default=40, help="Unmeasured per cell.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument(
+        "--swaps",
+        type=int,
+        default=0,
+        help="Instead: swap versions this many times under load at each --concurrency "
+        "(default 16 32), report reload times and failed requests (benchmarks/serving_swaps.py).",
+    )
     args = parser.parse_args(argv)
+    if args.swaps and argv_lacks(argv, "--concurrency"):
+        args.concurrency = [16, 32]
     try:
         with open_sandbox(args, "flywheel-serving-bench-", say=console.print) as box:
+            if args.swaps:
+                from serving_swaps import bench_swaps  # beside this script, on its sys.path
+
+                return 0 if bench_swaps(args, box, console.print) else 1
             bench(args, box)
     except SandboxError as err:
         raise SystemExit(str(err)) from None
     return 0
+
+
+def argv_lacks(argv: Sequence[str] | None, option: str) -> bool:
+    """The command line does not give `option` (its default applies)."""
+    given = sys.argv[1:] if argv is None else argv
+    return not any(arg == option or arg.startswith(f"{option}=") for arg in given)
 
 
 def bench(args: argparse.Namespace, box: Sandbox) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any
@@ -30,7 +31,11 @@ class RequestGuard:
       than RFC 2046 allows;
     * 400 when the body ends before its `Content-Length` (the client closed the
       connection): the guard reads the whole body of a guarded route (at most
-      `max_bytes`), so BentoML never parses a truncated stream.
+      `max_bytes`), so BentoML never parses a truncated stream;
+    * 408 when the body is not complete `body_timeout_s` after the headers (a
+      stream cut short on a connection left open, or one byte a minute): without
+      it the request would hold its connection until BentoML's traffic timeout
+      answered a 504.
 
     Media types are matched case-insensitively (`image/PNG` is `image/png`).
 
@@ -40,6 +45,7 @@ class RequestGuard:
         media_types: route → the media types its body may have.
         multipart_fields: multipart route → the field names it accepts.
         max_parts: the most parts a multipart body may have (`serve.max_images_per_request`).
+        body_timeout_s: how long a whole body may take to arrive (`serve.body_timeout_s`).
     """
 
     def __init__(
@@ -49,12 +55,14 @@ class RequestGuard:
         media_types: Mapping[str, tuple[str, ...]],
         multipart_fields: Mapping[str, frozenset[str]],
         max_parts: int = 1000,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.media_types = dict(media_types)
         self.multipart_fields = dict(multipart_fields)
         self.max_parts = max_parts
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(
         self,
@@ -75,7 +83,15 @@ class RequestGuard:
                 length = b"0"  # no framing header: the body is empty (RFC 9112, 6.3)
             self._check_headers(path, length, media_type)
             if path in self.media_types or path in self.multipart_fields:
-                body = await _read_body(receive, self.max_bytes)
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        body = await _read_body(receive, self.max_bytes)
+                except TimeoutError:
+                    raise RequestError(
+                        f"the request body did not arrive within {self.body_timeout_s:g} s "
+                        "(serve.body_timeout_s): send it whole, at once",
+                        HTTPStatus.REQUEST_TIMEOUT,
+                    ) from None
                 if length is not None and len(body) != int(length):
                     raise RequestError(
                         f"the body has {len(body)} bytes, not the {int(length)} of its "

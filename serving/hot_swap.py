@@ -190,6 +190,10 @@ class ModelHolder:
         self.current: ServedModel | None = None
         self.status = "loading the model"
         """Why no model is loaded (shown to callers while not ready)."""
+        self.fallback: str | None = None
+        """Why the model served is not the alias's version (None: it is, or none is served)."""
+        self.alias_version: str | None = None
+        """The version the alias pointed at when last read (None: missing or not read yet)."""
 
     @contextmanager
     def admit(self) -> Iterator[ServedModel]:
@@ -214,6 +218,16 @@ class ModelHolder:
         until they are answered, then it is garbage.
         """
         previous, self.current = self.current, new
+        return previous
+
+    def drop(self, reason: str) -> ServedModel | None:
+        """Serve nothing from now on (`reason`: why); the dropped model finishes what it admitted.
+
+        Returns:
+            The model that was served, if any.
+        """
+        previous, self.current = self.current, None
+        self.status, self.fallback = reason, None
         return previous
 
 

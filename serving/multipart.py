@@ -34,7 +34,9 @@ def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[Mult
 
     Raises:
         RequestError: no boundary or one longer than `MAX_BOUNDARY_CHARS`, more
-            than `max_parts` parts, or a malformed body or part header.
+            than `max_parts` parts, a malformed body or part header, or a body
+            that ends before its closing boundary (a truncated upload, which
+            python-multipart's `finalize` does not check).
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -50,6 +52,10 @@ def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[Mult
         )
     parts: list[MultipartPart] = []
     header = {"field": b"", "value": b"", "disposition": b""}
+    closed = []  # the closing boundary was read
+
+    def on_end() -> None:
+        closed.append(True)
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header["field"] += data[start:end]
@@ -88,12 +94,18 @@ def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[Mult
                 "on_header_value": on_header_value,
                 "on_header_end": on_header_end,
                 "on_headers_finished": on_headers_finished,
+                "on_end": on_end,
             },
         )
         parser.write(body)
         parser.finalize()
     except (FormParserError, ValueError) as err:  # the constructor raises ValueError
         raise RequestError(f"malformed multipart body: {err}") from None
+    if not closed:
+        raise RequestError(
+            f"malformed multipart body: it ends before its closing boundary "
+            f"--{boundary.decode('latin-1')}-- (a truncated upload?)"
+        )
     return parts
 
 

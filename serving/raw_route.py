@@ -1,13 +1,21 @@
-"""`/predict_image`: one image file as the body, on a FastAPI route mounted into the service.
+"""FastAPI routes mounted into the service: `/predict_image` and the body of `/readyz`.
 
-BentoML's IO descriptors would spool the body to a file (or parse it as
-multipart); a plain route reads it as bytes. Mounted with `bentoml.asgi_app`,
-it shares BentoML's middlewares (the request guard too) and its OpenAPI spec
-(`/docs.json`).
+`/predict_image`: one image file as the body. BentoML's IO descriptors would
+spool the body to a file (or parse it as multipart); a plain route reads it as
+bytes. Mounted with `bentoml.asgi_app`, it shares BentoML's middlewares (the
+request guard too) and its OpenAPI spec (`/docs.json`).
+
+`/readyz`: BentoML's own probe answers only 200 or 503 (from the service's
+`__is_ready__`), with no body worth reading, and its system routes come before
+any mounted app. `RoutesAhead`, an ASGI middleware, sends `GET /readyz` to the
+route here instead, which answers the service's `Readiness` (what is served,
+and why); its schema replaces BentoML's entry in `/docs.json`. `HEAD /readyz`
+still reaches BentoML's probe, which says the same (`__is_ready__`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +24,15 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flywheel.serving_api import IMAGE_MEDIA_TYPES, PREDICT_IMAGE_PATH, ErrorBody, Prediction
+from flywheel.serving_api import (
+    IMAGE_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
+    PREDICT_IMAGE_PATH,
+    READY_PATH,
+    ErrorBody,
+    Prediction,
+    Readiness,
+)
 
 if TYPE_CHECKING:
     from serving.service import Flywheel
@@ -24,11 +40,13 @@ if TYPE_CHECKING:
 RAW_ROUTES = FastAPI(
     title="flywheel raw image route", docs_url=None, redoc_url=None, openapi_url=None
 )
-"""`/predict_image`, mounted into the service's app; its spec joins BentoML's `/docs.json`."""
+"""`/predict_image` and `/readyz`, mounted into the service's app; their spec joins BentoML's
+`/docs.json`."""
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     int(status): {"model": ErrorBody, "description": status.phrase}
     for status in (
         HTTPStatus.BAD_REQUEST,
+        HTTPStatus.REQUEST_TIMEOUT,
         HTTPStatus.LENGTH_REQUIRED,
         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -65,4 +83,51 @@ async def predict_image(request: Request) -> Response:
     return await service.predict_image(request)
 
 
-__all__ = ["RAW_ROUTES", "predict_image"]
+@RAW_ROUTES.get(
+    READY_PATH,
+    response_model=Readiness,
+    responses={
+        int(HTTPStatus.SERVICE_UNAVAILABLE): {
+            "model": Readiness,
+            "description": "No version is served: `reason` says why",
+        }
+    },
+    summary="Readiness: what is served, and why",
+    tags=["Infrastructure"],
+)
+async def readyz() -> Response:
+    """200 while a version is served (`state`: `serving` the alias's version, or a
+    `fallback` with the `reason`), 503 while none is (`state`: `not_ready`, the `reason`)."""
+    service: Flywheel = bentoml.get_current_service()
+    readiness = service.readiness()
+    status = HTTPStatus.OK if readiness.ready else HTTPStatus.SERVICE_UNAVAILABLE
+    return Response(readiness.model_dump_json(), int(status), media_type=JSON_MEDIA_TYPE)
+
+
+class RoutesAhead:
+    """ASGI middleware: `GET` requests for `paths` go to `routes`, ahead of BentoML's router.
+
+    Args:
+        app: the ASGI app (BentoML's).
+        routes: the app that answers `paths` (`RAW_ROUTES`).
+        paths: the paths it takes over (`/readyz`).
+    """
+
+    def __init__(self, app: Any, routes: Any, paths: frozenset[str]) -> None:
+        self.app = app
+        self.routes = routes
+        self.paths = paths
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        ahead = (
+            scope["type"] == "http" and scope.get("method") == "GET" and scope["path"] in self.paths
+        )
+        await (self.routes if ahead else self.app)(scope, receive, send)
+
+
+__all__ = ["RAW_ROUTES", "RoutesAhead", "predict_image", "readyz"]

@@ -4,9 +4,15 @@ Run it with `flywheel serve` (or `bentoml serve serving.service:FlywheelService`
 Each worker resolves `models:/<evaluate.registered_model>@<serve.alias>` to a
 concrete version and loads that version's exported pt2 model from MLflow
 (tracking URI from `MLFLOW_TRACKING_URI`); the task's pre- and post-processing
-is rebuilt from the model's metadata. No training code is imported. Until a
-model is loaded `/readyz` answers 503 and the prediction APIs answer 503 with
+is rebuilt from the model's metadata. No training code is imported. While no
+model is served `/readyz` answers 503 and the prediction APIs answer 503 with
 the reason (`serving.watcher`: loading, polling, swapping without downtime).
+When the alias's version cannot be loaded (corrupt or missing model files, a
+missing alias), `serve.on_unloadable_production` decides: serve the `previous`
+version (the default) or nothing. `GET /readyz` answers a
+`flywheel.serving_api.Readiness` either way: the state (`serving`,
+`fallback`, `not_ready`), the version served, the alias's version and the
+reason (`serving.raw_route`).
 
 APIs (POST, JSON responses, one item per image, in input order):
 
@@ -39,8 +45,9 @@ resizing made it one grey level; its dynamic range is below
 such predictions out of its drift window). Bad input is a
 4xx with `{"error": ...}` saying what was wrong: 400 (not an image,
 truncated, wrong shape/dtype/range, empty, too many images, unknown upload
-fields, text values or odd file names in an upload), 411 (a chunked body:
-no Content-Length), 413 (body or image too large), 415 (a body of the wrong
+fields, text values or odd file names in an upload, a multipart body cut
+short), 408 (a body not complete `serve.body_timeout_s` after its headers),
+411 (a chunked body: no Content-Length), 413 (body or image too large), 415 (a body of the wrong
 media type, or an upload that is neither PNG nor JPEG). The checks:
 `serving.guard` (before BentoML parses a body), `serving.decoding` (images,
 arrays, request ids).
@@ -93,10 +100,12 @@ from flywheel.serving_api import (
     MODEL_VERSION_HEADER,
     PREDICT_ARRAYS_PATH,
     PREDICT_IMAGES_PATH,
+    READY_PATH,
     REQUEST_ID_HEADER,
     RETRY_AFTER_HEADER,
     WWW_AUTHENTICATE_HEADER,
     Prediction,
+    Readiness,
     ReloadResult,
     Scale,
 )
@@ -115,7 +124,7 @@ from serving.guard import RequestGuard
 from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
 from serving.predictions import forward_with_features, respond
-from serving.raw_route import RAW_ROUTES
+from serving.raw_route import RAW_ROUTES, RoutesAhead
 from serving.reload import (
     RELOAD_DIR_ENV,
     authorize_admin,
@@ -209,8 +218,12 @@ class Flywheel:
         self.watcher.start()
 
     def __is_ready__(self) -> bool:
-        """Ready once a model is loaded."""
+        """Ready while a model is served (BentoML's probe: `HEAD /readyz`)."""
         return self.holder.current is not None
+
+    def readiness(self) -> Readiness:
+        """What this worker serves and why (`GET /readyz`, `serving.raw_route.readyz`)."""
+        return self.watcher.readiness()
 
     @bentoml.on_shutdown
     async def close(self) -> None:
@@ -417,7 +430,10 @@ def build_service() -> Any:
         media_types=BODY_MEDIA_TYPES,
         multipart_fields={PREDICT_IMAGES_PATH: frozenset({IMAGES_FIELD})},
         max_parts=config.max_images_per_request,
+        body_timeout_s=config.body_timeout_s,
     )
+    # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe
+    service.add_asgi_middleware(RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}))
     return service
 
 

@@ -10,16 +10,29 @@ seconds (and on `/admin/reload`, or when another worker's admin reload asks it
 to: `serving.reload`); a new version is loaded and warmed up beside the
 serving one, then swapped in by one reference assignment. Requests already
 admitted finish on the old version; every response names the version that
-computed it. A version that fails to load is logged and counted, and the old
-one keeps serving. After loading, the heap is frozen out of the cycle
-collector's way (`freeze_heap`: its full passes over the model's ~600,000
-objects were the p99's 330 ms stalls).
+computed it. The libraries' objects are frozen out of the cycle
+collector's way before the first version serves, and a swapped-out version is
+collected once it answered its last request (`serving.heap`: no collection
+pass stalls the event loop long enough to shed a request).
+
+When the alias's version cannot be served — its model files are corrupt or
+missing, or the alias is missing — at start-up or at any later check,
+`serve.on_unloadable_production` decides: `previous` (the default) serves the
+version of the `previous` alias (loading it when another one is serving), or
+keeps the one serving when that one does not load either, and is not ready only
+when there is nothing to serve; `not_ready` serves nothing until the alias's
+version loads. Either way every load that failed is counted, the log says what
+happened (`FALLBACK`, `NOT READY`), `/readyz` answers what is served and why
+(`readiness`, a `flywheel.serving_api.Readiness`) and `flywheel_model_fallback`
+is 1 while a fallback serves. The alias is checked again at every poll (every
+`serve.load_retry_s` while nothing is served), so a repaired version or a new
+promotion is served as soon as it loads. A registry that cannot be read changes
+nothing: whatever is served stays served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -30,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flywheel.config import ServeConfig
+from flywheel.serving_api import Readiness, ServingState
+from serving.heap import collect_when_drained, load_first_version
 from serving.hot_swap import (
     LoadedModel,
     ModelHolder,
@@ -184,20 +199,27 @@ class RegistryWatcher:
         try:
             version = await asyncio.to_thread(version_for_alias, name, alias)
         except Exception as err:  # whatever the registry raises, the served model keeps serving
-            return self._refresh_failed(trigger, current, f"cannot read the alias: {err}")
+            return self._unreadable(trigger, current, f"cannot read the alias: {err}")
+        self.holder.alias_version = version
         if version is None:
-            return self._refresh_failed(trigger, current, missing_alias_message(name, alias))
+            return await self._fall_back(trigger, current, missing_alias_message(name, alias))
         if version == current:
+            self._set_fallback(None)  # e.g. the alias was rolled back to the fallback version
             return RefreshOutcome(trigger, current, current)
         try:
-            loaded = await asyncio.to_thread(load_model_version, name, version)
+            load = load_model_version if current is not None else load_first_version
+            loaded = await asyncio.to_thread(load, name, version)
         except Exception as err:  # a broken version must never take the served one down
-            return self._refresh_failed(trigger, current, f"version {version}: {err}")
+            return await self._fall_back(trigger, current, f"version {version}: {err}", version)
+        self._swap_in(loaded, trigger, current, alias)
+        self._set_fallback(None)
+        return RefreshOutcome(trigger, current, version)
+
+    def _swap_in(self, loaded: LoadedModel, trigger: str, current: str | None, alias: str) -> None:
+        """Serve `loaded` from now on (`alias`: the alias it was resolved from, for the log)."""
         served = self._serve_model(loaded)
-        if current is None:
-            freeze_heap()  # before /readyz says ready: no request waits on the collection
         previous = self.holder.swap(served)
-        self.metrics.set_version(name, version)
+        self.metrics.set_version(self.model_name, loaded.version)
         self.metrics.count_load("loaded")
         if previous is None:
             logger.info(
@@ -206,23 +228,26 @@ class RegistryWatcher:
                 alias,
                 loaded.load_seconds,
             )
-        else:
-            logger.info(
-                "SWAPPED (%s): %s now serves version %s (loaded in %.1f s); version %s "
-                "finishes its %d admitted requests",
-                trigger,
-                name,
-                version,
-                loaded.load_seconds,
-                current,
-                previous.admitted,
-            )
-            task = asyncio.get_running_loop().create_task(
-                freeze_heap_when_drained(previous, self.config.poll_interval_s)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return RefreshOutcome(trigger, current, version)
+            return
+        logger.info(
+            "SWAPPED (%s): %s now serves version %s (alias %r, loaded in %.1f s); version %s "
+            "finishes its %d admitted requests",
+            trigger,
+            self.model_name,
+            loaded.version,
+            alias,
+            loaded.load_seconds,
+            current,
+            previous.admitted,
+        )
+        self._free_when_drained(previous)
+
+    def _free_when_drained(self, previous: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(
+            collect_when_drained(previous, self.config.poll_interval_s)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _serve_model(self, loaded: LoadedModel) -> ServedModel:
         return ServedModel(
@@ -234,8 +259,17 @@ class RegistryWatcher:
             on_batch=self.metrics.batch_size.observe,
         )
 
-    def _refresh_failed(self, trigger: str, current: str | None, reason: str) -> RefreshOutcome:
-        """Count and log a failed check; whatever was served stays served."""
+    def _set_fallback(self, reason: str | None) -> None:
+        """Record why the version served is not the alias's (None: it is)."""
+        self.holder.fallback = reason if self.holder.current is not None else None
+        self.metrics.set_fallback(self.model_name, self.holder.fallback is not None)
+
+    def _unreadable(self, trigger: str, current: str | None, reason: str) -> RefreshOutcome:
+        """The registry could not be read: count and log it; whatever was served stays served.
+
+        Not a verdict on the alias's version (the registry may be back at the next
+        check), so `serve.on_unloadable_production` does not apply.
+        """
         self.metrics.count_load("failed")
         where = f"models:/{self.model_name}@{self.config.alias}"
         if current is None:
@@ -253,44 +287,110 @@ class RegistryWatcher:
             )
         return RefreshOutcome(trigger, current, current, error=reason)
 
+    async def _fall_back(
+        self, trigger: str, current: str | None, reason: str, failed: str | None = None
+    ) -> RefreshOutcome:
+        """The alias's version cannot be served: apply `serve.on_unloadable_production`.
 
-def freeze_heap() -> None:
-    """Collect garbage once, then move every object alive into the GC's permanent generation.
+        `not_ready`: serve nothing (requests admitted before finish on their model).
+        `previous`: serve the version of the `previous` alias, or keep the one
+        serving when that one cannot be loaded either (or is the one serving);
+        not ready when there is none.
 
-    With a model loaded the process holds ~600,000 objects, and a full
-    (generation 2) pass of Python's cycle collector took ~330 ms: a stall that
-    every request in flight waited out (the p99 at concurrency 32 was 6× the
-    p50). After `gc.freeze()` the collector skips those objects and only looks
-    at what requests allocate.
-    """
-    started = time.perf_counter()
-    gc.unfreeze()  # objects frozen before (a previous model) are collectable again
-    gc.collect()
-    gc.freeze()
-    logger.info(
-        "heap frozen: %d objects out of the collector's way (%.0f ms)",
-        gc.get_freeze_count(),
-        (time.perf_counter() - started) * 1000,
-    )
+        Args:
+            trigger: what started the check.
+            current: the version served before it (None: none).
+            reason: why the alias's version cannot be served.
+            failed: the alias's version that failed to load (None: the alias is missing).
+        """
+        self.metrics.count_load("failed")
+        name = self.model_name
+        problem = f"cannot load models:/{name}@{self.config.alias}: {reason}"
+        if self.config.on_unloadable_production == "not_ready":
+            return self._not_ready(trigger, current, problem)
+        why_not = await self._load_previous(trigger, current, failed, problem)
+        served = self.holder.current
+        if served is None:
+            return self._not_ready(trigger, current, f"{problem}; no fallback: {why_not}")
+        version = served.model.version
+        how = "alias 'previous'" if why_not is None else f"kept: {why_not}"
+        self._set_fallback(f"{problem}; serving version {version} instead ({how})")
+        logger.error(
+            "FALLBACK (%s): %s (serve.on_unloadable_production: previous)",
+            trigger,
+            self.holder.fallback,
+        )
+        return RefreshOutcome(trigger, current, version, error=reason)
 
+    async def _load_previous(
+        self, trigger: str, current: str | None, failed: str | None, problem: str
+    ) -> str | None:
+        """Serve the `previous` alias's version unless it is served already; None when it is.
 
-async def freeze_heap_when_drained(previous: ServedModel, timeout_s: float) -> None:
-    """Once `previous` has answered its last request (at most `timeout_s`), `freeze_heap`.
+        Returns:
+            Why it is not served (the alias is missing, or names the failed
+            version, or cannot be read, or its version does not load), else None.
+        """
+        from flywheel.registry import ALIAS_PREVIOUS, version_for_alias
 
-    Not at once: frozen with the heap, the swapped-out model would never be
-    collected if its objects form reference cycles.
-    """
-    deadline = time.monotonic() + timeout_s
-    while previous.admitted and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    del previous
-    freeze_heap()
+        name = self.model_name
+        try:
+            version = await asyncio.to_thread(version_for_alias, name, ALIAS_PREVIOUS)
+        except Exception as err:  # whatever the registry raises
+            return f"cannot read the '{ALIAS_PREVIOUS}' alias: {err}"
+        if version is None:
+            return f"{name!r} has no '{ALIAS_PREVIOUS}' alias to fall back to"
+        if version == failed:
+            return f"'{ALIAS_PREVIOUS}' is the same version {version}"
+        if version == current:
+            return None
+        load = load_model_version if current is not None else load_first_version
+        try:
+            loaded = await asyncio.to_thread(load, name, version)
+        except Exception as err:  # a broken fallback must not take the served one down either
+            self.metrics.count_load("failed")
+            return f"previous version {version}: {err}"
+        logger.error("FALLBACK (%s): %s; loading version %s instead", trigger, problem, version)
+        self._swap_in(loaded, trigger, current, ALIAS_PREVIOUS)
+        return None
+
+    def _not_ready(self, trigger: str, current: str | None, reason: str) -> RefreshOutcome:
+        """Serve nothing (`reason`), dropping the version served if any; retry later."""
+        dropped = self.holder.drop(reason)
+        self.metrics.set_version(self.model_name, None)
+        self._set_fallback(None)
+        if dropped is not None:
+            self._free_when_drained(dropped)
+        logger.error(
+            "NOT READY (%s): %s%s (serve.on_unloadable_production: %s); retrying in %.0f s",
+            trigger,
+            reason,
+            "" if current is None else f"; version {current} is no longer served",
+            self.config.on_unloadable_production,
+            self.config.load_retry_s,
+        )
+        return RefreshOutcome(trigger, current, None, error=reason)
+
+    def readiness(self) -> Readiness:
+        """What this worker serves and why (`/readyz`)."""
+        holder = self.holder
+        served = holder.current
+        state: ServingState = (
+            "not_ready" if served is None else "fallback" if holder.fallback else "serving"
+        )
+        return Readiness(
+            ready=served is not None,
+            state=state,
+            model_name=self.model_name,
+            alias=self.config.alias,
+            alias_version=holder.alias_version,
+            model_version=None if served is None else served.model.version,
+            reason=holder.status if served is None else holder.fallback,
+        )
 
 
 __all__ = [
     "BROADCAST_TRIGGER",
     "RefreshOutcome",
     "RegistryWatcher",
-    "freeze_heap",
-    "freeze_heap_when_drained",
 ]

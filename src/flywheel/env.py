@@ -1,4 +1,4 @@
-"""Process environment: telemetry off, local state folder.
+"""Process environment: telemetry off, the project root, the local state folder.
 
 Called by entry points (the CLI, components, the service), never at import.
 """
@@ -56,12 +56,33 @@ def configure_process() -> None:
         os.environ.setdefault(key, value)
 
 
+HOME_ENV = "FLYWHEEL_HOME"
+"""Moves the local state folder (`state_dir`)."""
+
+PROJECT_FILE = "params.yaml"
+"""The file that marks a project's root folder (the CLI runs every command there)."""
+
+
+def find_project_root(start: Path) -> Path | None:
+    """The nearest folder holding `params.yaml`: `start` itself or the first one above it.
+
+    How git and DVC find their repository. None when no folder up to the
+    filesystem's root holds one (`start` is outside any project).
+    """
+    for folder in (start, *start.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    return None
+
+
 def state_dir() -> Path:
     """Local state of the embedded default (MLflow store, GX context, Evidently workspace).
 
-    `FLYWHEEL_HOME` moves it; the default is `.flywheel/` in the working directory.
+    `FLYWHEEL_HOME` moves it; the default is `.flywheel/` in the working
+    directory, which the CLI sets to the project root before a command runs
+    (so a relative `FLYWHEEL_HOME` is relative to the root too).
     """
-    return Path(os.environ.get("FLYWHEEL_HOME", ".flywheel"))
+    return Path(os.environ.get(HOME_ENV, ".flywheel"))
 
 
 IMAGE_ENV = "FLYWHEEL_IMAGE"

@@ -15,6 +15,9 @@ APIs (POST; JSON answers, one `Prediction` per image, in input order):
 * `PREDICT_ARRAYS_PATH`: JSON `{"images": [...], "scale": "auto"}` (`Scale`);
 * `ADMIN_RELOAD_PATH`: check the alias now (`admin_headers`); answers a `ReloadResult`.
 
+`READY_PATH` (GET) answers a `Readiness`: 200 while a version is served (the
+alias's, or a fallback), 503 while none is, with the reason.
+
 A refusal is a 4xx or 5xx with an `ErrorBody`. Every prediction answer carries
 `REQUEST_ID_HEADER` (the caller's when it is a safe token, else a fresh one)
 and `MODEL_VERSION_HEADER`; a 503 carries `Retry-After`.
@@ -36,7 +39,7 @@ PREDICT_ARRAYS_PATH = "/predict_arrays"
 ADMIN_RELOAD_PATH = "/admin/reload"
 """Check the alias now and swap in a new version, in every worker (needs the admin token)."""
 READY_PATH = "/readyz"
-"""200 once a model is loaded, 503 with the reason before."""
+"""200 while a model is served, 503 while none is; a `Readiness` says which version and why."""
 LIVE_PATH = "/livez"
 """200 while the server runs."""
 METRICS_PATH = "/metrics"
@@ -82,6 +85,10 @@ by the server (`flywheel.config.overrides`, the one parser)."""
 ADMIN_TOKEN_ENV = "FLYWHEEL_ADMIN_TOKEN"
 """The token `ADMIN_RELOAD_PATH` requires, from the server's environment; unset or empty
 disables the endpoint (403)."""
+
+ServingState = Literal["serving", "fallback", "not_ready"]
+"""What a worker serves: the alias's version, another one (`fallback`: the alias's cannot be
+loaded or the alias is missing), or nothing."""
 
 Scale = Literal["auto", "unit", "byte"]
 """What the values of a JSON array mean: `byte` = 0–255 (0 to the model's white level when it
@@ -140,6 +147,29 @@ class ReloadResult(BaseModel):
     other_workers_signalled: bool
 
 
+class Readiness(BaseModel):
+    """The answer of `READY_PATH` (200 when `ready`, else 503): what the worker serves, and why.
+
+    `state`: `serving` the version `alias` points at; `fallback` another
+    version, because the alias's cannot be loaded (corrupt or missing model
+    files) or the alias is missing: the `previous` version, or the one already
+    serving when a new one failed to load (`serve.on_unloadable_production:
+    previous`); `not_ready` nothing (no version loaded yet, or none loadable).
+    `reason`: why not `serving` (None while serving the alias's version).
+    `alias_version`: the version the alias pointed at when last read (None:
+    missing, or not read yet). `model_version`: the version answering requests,
+    the one predictions and `X-Model-Version` name.
+    """
+
+    ready: bool
+    state: ServingState
+    model_name: str
+    alias: str
+    alias_version: str | None
+    model_version: str | None
+    reason: str | None = None
+
+
 def bearer(token: str) -> str:
     """The `Authorization` value that carries an admin token.
 
@@ -196,8 +226,10 @@ __all__ = [
     "ClassProbability",
     "ErrorBody",
     "Prediction",
+    "Readiness",
     "ReloadResult",
     "Scale",
+    "ServingState",
     "admin_headers",
     "bearer",
     "image_media_type",

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,28 +116,76 @@ def configure_tracking() -> TrackingConfig:
     return config
 
 
+def configure_registry() -> TrackingConfig:
+    """For commands that use the registry alone (`flywheel rollback`): telemetry off, no MLflow.
+
+    The registry's access (`flywheel.registry.access`) resolves the same store
+    as `configure_tracking` without importing MLflow; it calls
+    `configure_tracking` itself if it has to fall back on MLflow's client.
+    Where this process has imported MLflow anyway (a test, a notebook), MLflow
+    is pointed at the same store: its own default would be `./mlflow.db`.
+    """
+    disable_telemetry()
+    config = resolve_tracking()
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(config.uri)
+    return config
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+"""MLflow's experiment kind for training runs, the UI's "model development" marker.
+(MLflow 3.17's UI still opens on its GenAI screens while its global GenAI /
+Model training switch says so: `flywheel ui` links the Model training view.)"""
+
+
 def ensure_experiment(name: str, config: TrackingConfig) -> str:
-    """The id of experiment `name`, created (with the local artifact root) if missing."""
+    """The id of experiment `name`, created (with the local artifact root) if missing.
+
+    The experiment is marked as model development (`EXPERIMENT_KIND_TAG`), also
+    when it already exists unmarked (made by an older flywheel or by hand).
+    """
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    location = f"{config.artifact_root}/{name}" if config.artifact_root else None
-    return str(mlflow.create_experiment(name, artifact_location=location))
+    if experiment is None:
+        location = f"{config.artifact_root}/{name}" if config.artifact_root else None
+        experiment_id = str(mlflow.create_experiment(name, artifact_location=location))
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT
+        )
+        return experiment_id
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT
+        )
+    return str(experiment.experiment_id)
 
 
 def git_state(repo: str | Path = ".") -> tuple[str, str]:
     """`(commit, dirty)` of the git work tree holding `repo`, as tag strings.
 
-    `dirty` is "true" when tracked files differ from the commit (untracked files
-    are not counted: data and local state are git-ignored or DVC's business).
+    `dirty` is "true" when tracked files differ from the commit. Not counted:
+    untracked files (data and local state are git-ignored), and DVC's pointer
+    files (`*.dvc`, `dvc.lock`): a new data version rewrites `data.dvc`, which
+    the run records as its data version, not as a change of the code.
     Outside a git tree the commit is `FLYWHEEL_GIT_COMMIT` if set (container
     images) and dirty is "unknown"; without either both are "unknown".
     """
     try:
         commit = _git(repo, "rev-parse", "HEAD")
-        changes = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        changes = _git(
+            repo,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(top,exclude,glob)**/*.dvc",
+            ":(top,exclude)dvc.lock",
+        )
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get(GIT_COMMIT_ENV, UNKNOWN), UNKNOWN
     return commit, "true" if changes else "false"
@@ -147,6 +196,41 @@ def _git(repo: str | Path, *args: str) -> str:
         ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
     )
     return done.stdout.strip()
+
+
+def source_tags(commit: str) -> dict[str, str]:
+    """MLflow's own source fields of a run (its UI shows these, not flywheel's tags).
+
+    The source is the pipeline run that launched the step, else the `flywheel`
+    command (MLflow would otherwise record the KFP executor's `executor_main.py`).
+
+    Args:
+        commit: the git commit of the code (`git_state`); "unknown" records none.
+    """
+    pipeline_run = os.environ.get(PIPELINE_RUN_ID_ENV, "")
+    if pipeline_run:
+        name, kind = f"pipeline run {pipeline_run}", "JOB"
+    else:
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        command = [arg for arg in sys.argv[1:2] if not arg.startswith("-")]
+        name = " ".join([program, *command]) if program == "flywheel" else program
+        kind = "LOCAL"
+    tags = {"mlflow.source.name": name, "mlflow.source.type": kind}
+    if commit != UNKNOWN:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def run_name(model: str, data_version: str | None, run_id: str) -> str:
+    """What a training run is, for MLflow's run lists and legends.
+
+    >>> run_name("cnn", "3f2a9c1d0e7b.dir", "b41c9e0f22aa4c6d")
+    'cnn · data 3f2a9c1d · b41c9e'
+    >>> run_name("cnn", None, "b41c9e0f22aa4c6d")
+    'cnn · data unknown · b41c9e'
+    """
+    short = data_version.removesuffix(".dir")[:8] if data_version else UNKNOWN
+    return f"{model} · data {short} · {run_id[:6]}"
 
 
 def hash_params(params: Mapping[str, Any]) -> str:

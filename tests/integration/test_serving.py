@@ -27,7 +27,13 @@ from flywheel.demo.server import PredictionError, predict_file
 from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
 from flywheel.monitoring.prediction_log import read_predictions
 from flywheel.tasks.classification import ClassificationTask
-from tests.load.fuzz import IMAGE_BODIES_OPERATION, run_fuzz
+from tests.load.fuzz import (
+    IMAGE_BODIES_OPERATION,
+    MULTIPART_EDGES_OPERATION,
+    VALID_ARRAYS_OPERATION,
+    run_fuzz,
+)
+from tests.load.fuzz_bodies import ArrayInput, multipart_edge_cases, served_input
 from tests.load.soak import run_soak
 from tests.support import serving as serving_support
 from tests.support.serving import (
@@ -400,9 +406,29 @@ def test_metrics_count_predictions_and_show_the_version(server: Server) -> None:
 
 def test_fuzzing_the_openapi_spec_finds_no_server_error(server: Server, tmp_path: Path) -> None:
     """A short schemathesis run (`make fuzz`, `tests/load/fuzz.py`, runs 1,000+ requests)."""
-    result = run_fuzz(server.url, tmp_path, max_examples=25, seed=1, corrupted_images=150)
+    arrays = served_input(MODEL, "1", MAX_IMAGES)
+    assert arrays == ArrayInput(SIZE, 1, 255, MAX_IMAGES)
+    result = run_fuzz(
+        server.url,
+        tmp_path,
+        max_examples=25,
+        seed=1,
+        corrupted_images=150,
+        arrays=arrays,
+        valid_arrays=40,
+        multipart_edges=True,
+    )
     assert result.exit_code == 0
     assert result.server_errors == 0, result.statuses
+    assert result.failures == []
+    assert result.statuses[VALID_ARRAYS_OPERATION] == {200: 40}
+    edges = result.statuses[MULTIPART_EDGES_OPERATION]
+    assert sum(edges.values()) == len(multipart_edge_cases(b"", MAX_IMAGES))
+    assert edges[400] > 0, edges
+    assert edges[408] == 1, edges  # the stream left open
+    assert edges[431] == 2, edges  # the request header floods
+    # the hook: some of schemathesis's own /predict_arrays bodies reach the model
+    assert result.statuses["POST /predict_arrays"][200] > 0, result.statuses
     bodies = result.statuses[IMAGE_BODIES_OPERATION]
     assert sum(bodies.values()) == 13 + 150
     assert bodies[200] >= 13, bodies  # the valid images of every mode, and lucky corruptions

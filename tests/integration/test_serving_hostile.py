@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from flywheel.demo.server import start_server
+from tests.load.raw_http import CLOSED, multipart_body, post_request, send_raw, status_of
 from tests.support import serving as serving_support
 from tests.support.serving import MODEL, Server, png_bytes, server_environment, write_params
 
@@ -28,9 +29,11 @@ env = serving_support.env
 MAX_IMAGE_PIXELS = 1024 * 1024
 MAX_REQUEST_PIXELS = 3 * 1024 * 1024
 HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 40
 MIB = 1024 * 1024
+MULTIPART_XYZ = "multipart/form-data; boundary=xyz"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,7 @@ def server(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Ite
         max_header_bytes=MAX_HEADER_BYTES,
         max_headers=MAX_HEADERS,
         header_timeout_s=HEADER_TIMEOUT_S,
+        body_timeout_s=BODY_TIMEOUT_S,
     )
     log_path = folder / "server.log"
     with start_server(params, env=server_environment(env), cwd=folder, log_path=log_path) as url:
@@ -81,52 +85,13 @@ def _blank_png(width: int, height: int, mode: str) -> bytes:
 
 def _raw(server: Server, request: bytes, *, wait_s: float = 30.0, shut: bool = False) -> bytes:
     """Send `request` over a socket as it is; the server's whole answer (until it closes)."""
-    host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
-        sock.sendall(request)
-        if shut:
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-                if b"\r\n\r\n" in b"".join(chunks) and not shut:
-                    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-                    length = [
-                        int(line.split(b":")[1])
-                        for line in head.lower().split(b"\r\n")
-                        if line.startswith(b"content-length:")
-                    ]
-                    if length and len(body) >= length[0]:
-                        break
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return b"".join(chunks)
+    return send_raw(server.url, request, wait_s=wait_s, shut=shut)
 
 
 def _status(answer: bytes) -> int:
-    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
-    return int(answer.split(b" ", 2)[1])
-
-
-def _post(path: str, content_type: str, body: bytes, length: int | None = None) -> bytes:
-    size = len(body) if length is None else length
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {size}\r\n\r\n"
-    ).encode() + body
-
-
-def _multipart(boundary: str, parts: int, payload: bytes = b"x") -> bytes:
-    one = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + payload
-        + b"\r\n"
-    )
-    return one * parts + f"--{boundary}--\r\n".encode()
+    status = status_of(answer)
+    assert status != CLOSED, "the server closed the connection without answering"
+    return status
 
 
 def _healthy(server: Server) -> None:
@@ -192,26 +157,26 @@ def test_multipart_edge_cases_are_a_400(server: Server) -> None:
     started = time.monotonic()
     answer = _raw(
         server,
-        _post(
+        post_request(
             "/predict_images",
             f"multipart/form-data; boundary={long_boundary}",
-            _multipart(long_boundary, 1, png),
+            multipart_body(long_boundary, 1, png),
         ),
     )
     assert _status(answer) == 400, answer
     assert b"boundary of 300 characters" in answer
     assert time.monotonic() - started < 10
 
-    many = _multipart("xyz", 1001)
-    answer = _raw(server, _post("/predict_images", "multipart/form-data; boundary=xyz", many))
+    many = multipart_body("xyz", 1001)
+    answer = _raw(server, post_request("/predict_images", MULTIPART_XYZ, many))
     assert _status(answer) == 400, answer
     assert b"serve.max_images_per_request" in answer
 
     # a stream shorter than its Content-Length, then bytes that are no HTTP at all
-    body = _multipart("xyz", 1, png)
+    body = multipart_body("xyz", 1, png)
     answer = _raw(
         server,
-        _post("/predict_images", "multipart/form-data; boundary=xyz", body[:40], len(body))
+        post_request("/predict_images", "multipart/form-data; boundary=xyz", body[:40], len(body))
         + b"\xff\xfe\x00garbage",
         wait_s=10,
         shut=True,
@@ -219,11 +184,28 @@ def test_multipart_edge_cases_are_a_400(server: Server) -> None:
     assert not answer or _status(answer) == 400, answer
     answer = _raw(
         server,
-        _post("/predict_arrays", "application/json", b'{"images": [[', 200) + b"\xff" * 20,
+        post_request("/predict_arrays", "application/json", b'{"images": [[', 200) + b"\xff" * 20,
         wait_s=10,
         shut=True,
     )
     assert not answer or _status(answer) == 400, answer
+    _healthy(server)
+
+
+def test_a_body_cut_short_on_an_open_connection_is_a_408(server: Server) -> None:
+    """Fewer bytes than the Content-Length, and the connection left open: no 504 a minute later."""
+    body = multipart_body("xyz", 1, png_bytes(np.zeros((16, 16), np.uint8)))
+    for path, content_type, sent in (
+        ("/predict_images", MULTIPART_XYZ, body[:40]),
+        ("/predict_arrays", "application/json", b'{"images": [[0'),
+    ):
+        started = time.monotonic()
+        stalled = post_request(path, content_type, sent, 1000)  # ...and nothing more, left open
+        answer = _raw(server, stalled, wait_s=BODY_TIMEOUT_S * 5)
+        elapsed = time.monotonic() - started
+        assert _status(answer) == 408, answer
+        assert b"serve.body_timeout_s" in answer
+        assert BODY_TIMEOUT_S * 0.8 < elapsed < BODY_TIMEOUT_S * 3
     _healthy(server)
 
 

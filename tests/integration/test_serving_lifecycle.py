@@ -45,6 +45,7 @@ from tests.support.serving import (
     Server,
     bless,
     digit_images,
+    flywheel_serve,
     log_model,
     metric_total,
     register_blessed,
@@ -72,6 +73,8 @@ def test_a_promoted_version_is_swapped_in_under_load_without_errors(swap_server:
         wait_for(lambda: len(sent) >= 30, 30, "30 answers from version 1", swap_server)
         registry.promote(SWAP_MODEL, "2", reason="swap under load")
         wait_for(lambda: "SWAPPED (poll)" in swap_server.output(), 30, "the swap", swap_server)
+        # on a busy machine the first answer of version 2 can come a second after the swap
+        wait_for(lambda: any(s.versions[:1] == ("2",) for s in sent), 30, "v2", swap_server)
         time.sleep(1.0)  # and version 2 for a while
     finally:
         stop.set()
@@ -87,9 +90,10 @@ def test_a_promoted_version_is_swapped_in_under_load_without_errors(swap_server:
     assert late, "no requests after the swap"
     assert all(s.versions[0] == "2" for s in late), "a request after the swap got version 1"
     assert metric_total(swap_server.url, "flywheel_model_version", SWAP_MODEL) == 2.0
-    wait_for(  # version 1 answered its last request: collected, heap frozen again
-        lambda: swap_server.output().count("heap frozen") >= 2, 30, "the heap", swap_server
+    wait_for(  # version 1 answered its last request and was collected
+        lambda: "version 1 collected" in swap_server.output(), 30, "the collection", swap_server
     )
+    assert swap_server.output().count("heap frozen") == 1, "the heap is frozen once, at start"
 
 
 def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
@@ -105,16 +109,21 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
     try:
         wait_for(
             lambda: (
-                f"LOAD FAILED (poll): models:/{SWAP_MODEL}@production: version {broken}"
+                f"FALLBACK (poll): cannot load models:/{SWAP_MODEL}@production: version {broken}"
                 in swap_server.output()
             ),
             30,
             "the failed load",
             swap_server,
         )
-        assert f"still serving version {serving}" in swap_server.output()
+        assert f"serving version {serving} instead (alias 'previous')" in swap_server.output()
         assert metric_total(swap_server.url, "flywheel_model_loads_total", failed) > failures
-        assert httpx.get(f"{swap_server.url}/readyz", timeout=10).status_code == 200
+        assert metric_total(swap_server.url, "flywheel_model_fallback", SWAP_MODEL) == 1.0
+        ready = httpx.get(f"{swap_server.url}/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json()["state"] == "fallback"
+        assert ready.json()["model_version"] == serving
+        assert ready.json()["alias_version"] == broken
         answer = httpx.post(
             f"{swap_server.url}/predict_arrays",
             json={"images": digit_images(1).tolist()},
@@ -161,22 +170,6 @@ def test_admin_reload_needs_the_token_and_swaps_at_once(
 # ------------------------------------------------------------ other servers
 
 
-def _flywheel_serve(
-    params: Path, port: int, env: dict[str, str], log_path: Path
-) -> subprocess.Popen[bytes]:
-    """`flywheel serve` as a person starts it (its own session), its output to `log_path`."""
-    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
-    with log_path.open("wb") as out:
-        return subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=params.parent,
-            env={**os.environ, **server_environment(env)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def test_not_ready_without_a_production_alias_until_one_is_promoted(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -187,7 +180,7 @@ def test_not_ready_without_a_production_alias_until_one_is_promoted(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    process = _flywheel_serve(params, port, env, log_path)
+    process = flywheel_serve(params, port, env, log_path)
     waiting = Server(url, log_path, tmp_path / "predictions")
     try:
         wait_until_ready(url, 90, process=process, output=waiting.output, path="/livez")
@@ -264,7 +257,7 @@ def test_kill_9_of_the_server_takes_its_workers_and_a_restart_gets_the_port(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "killed.log"
-    process = _flywheel_serve(params, port, env, log_path)
+    process = flywheel_serve(params, port, env, log_path)
     try:
         wait_until_ready(url, 120, process=process, output=log_path.read_text)
         workers = psutil.Process(process.pid).children(recursive=True)

@@ -111,6 +111,18 @@ def test_run_records_params_metrics_curves_and_lineage(store: str, trained: Trai
     assert run.data.tags["flywheel.device"] == "cpu"
     assert len(run.data.tags["flywheel.git_commit"]) == 40  # the tests run inside the repo
     assert len(run.data.tags["flywheel.manifest_sha256"]) == 64
+    # What MLflow's own UI shows: a name saying what the run is, the code's
+    # commit and source in MLflow's fields, the dataset as the run's input.
+    assert run.info.run_name == f"{TINY_MODEL.name} · data {DATA_VERSION} · {run.info.run_id[:6]}"
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["flywheel.git_commit"]
+    assert run.data.tags["mlflow.source.type"] == "JOB"  # launched by a pipeline run
+    assert run.data.tags["mlflow.source.name"] == f"pipeline run {PIPELINE_RUN}"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == f"{PLAN.name}@{DATA_VERSION}"
+    assert dataset_input.dataset.digest == DATA_VERSION
+    assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "training"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"learning_curves.png", "history.json"} <= artifacts
     assert trained.log_model_seconds is not None

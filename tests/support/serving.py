@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from PIL import Image
 
 from flywheel import registry
@@ -190,6 +193,29 @@ def metric_total(url: str, name: str, labels: str = "") -> float:
     return total
 
 
+def model_file(name: str, version: str) -> Path:
+    """The exported program of a registered version, on the local artifact store."""
+    artifacts = MlflowClient().get_model_version_download_uri(name, version)
+    return Path(artifacts.removeprefix("file://")) / "data" / "model.pt2"
+
+
+class Damage:
+    """Damage a version's model file (corrupt: overwritten; missing: deleted), then repair it."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.path = model_file(name, version)
+        self.original = self.path.read_bytes()
+
+    def corrupt(self) -> None:
+        self.path.write_bytes(b"not a model")
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+    def repair(self) -> None:
+        self.path.write_bytes(self.original)
+
+
 # ----------------------------------------------------------------- fixtures
 
 
@@ -223,6 +249,25 @@ def server(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def server_environment(env: dict[str, str], **extra: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], **extra}
+
+
+def flywheel_serve(
+    params: Path, port: int, env: dict[str, str], log_path: Path, **extra: str
+) -> subprocess.Popen[bytes]:
+    """`flywheel serve` as a person starts it (its own session), its output to `log_path`.
+
+    For a server that is not meant to become ready (`start_server` waits until it is).
+    """
+    command = [sys.executable, "-m", "flywheel.cli", "serve", "--params", str(params)]
+    with log_path.open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=params.parent,
+            env={**os.environ, **server_environment(env, **extra)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @pytest.fixture(scope="module")

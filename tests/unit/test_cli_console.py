@@ -1,10 +1,19 @@
-"""How a `flywheel` command fails: one red line on stderr and an exit status, no traceback."""
+"""How a `flywheel` command prints: one red line on stderr and an exit status on failure, no
+traceback; whole lines where the output is not a terminal; flags shown as flags."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import typer
+from typer.testing import CliRunner
 
+from flywheel import __version__
+from flywheel.cli import app
 from flywheel.cli.console import abort, exit_on, refuse_on
 
 
@@ -66,3 +75,35 @@ def test_a_refusal_inside_an_error_handler_of_its_base_class_exits_1(
 
     assert (refused.value.exit_code, failed.value.exit_code) == (1, 2)
     assert capsys.readouterr().err == "refused: not blessed\nerror: no such model\n"
+
+
+def test_output_that_is_not_a_terminal_is_never_hard_wrapped(tmp_path: Path) -> None:
+    """A log or a pipe gets whole lines: rich would otherwise break them at 80 columns."""
+    missing = tmp_path / ("a-rather-long-folder-name-" * 4) / "params.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES"}}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "models", "--params", str(missing)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert len(line) > 120
+    assert str(missing) in line
+
+
+def test_help_shows_flags_as_flags_and_there_is_a_version() -> None:
+    runner = CliRunner()
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0
+    assert version.output == f"flywheel {__version__}\n"
+    for command in (["--help"], ["train", "--help"], ["promote", "--help"]):
+        shown = runner.invoke(app, command, env={"COLUMNS": "200"})
+        assert shown.exit_code == 0
+        assert "<bool>" not in shown.output
+    assert "--resume " in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import ConfigError, Params, load_params
+from flywheel.config import ConfigError, Params, load_needed_params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,3 +102,64 @@ def test_params_are_frozen() -> None:
     params = Params()
     with pytest.raises(ValueError, match="frozen"):
         params.data.seed = 3  # type: ignore[misc]
+
+
+REGISTRY = ("data", "evaluate")
+GOOD = "data:\n  name: mine\n  classes: ['a', 'b']\nevaluate:\n  batch_size: 8\n"
+
+
+@pytest.mark.parametrize(
+    ("broken", "section", "why"),
+    [
+        ("train:\n  epochs: [1\n  lr: 0.1\n", "train", "not valid YAML, line 8 column 5"),
+        ("train: {epochs: 1\n", "train", "not valid YAML, line 7 column 1"),
+        ("train:\n  epochs: -1\n", "train", "train.epochs: Input should be greater"),
+        ("train:\n  epoks: 3\n", "train", "train.epoks: Extra inputs are not permitted"),
+        ("trian:\n  epochs: 3\n", "trian", "unknown section 'trian'; did you mean 'train'?"),
+        ("scenarios: {x: {mix: {handwritten/fog: 1.0}}}\n", "scenarios", "unknown strata"),
+    ],
+)
+def test_a_broken_section_a_command_does_not_use_is_set_aside(
+    tmp_path: Path, broken: str, section: str, why: str
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD + broken)
+
+    loaded = load_needed_params(path, REGISTRY)
+
+    assert list(loaded.ignored) == [section]
+    assert why in loaded.ignored[section]
+    assert loaded.params.evaluate.registered_model == "flywheel-mine"  # from the file's data
+    assert loaded.params.evaluate.batch_size == 8
+    assert loaded.params.data.classes == ("a", "b")
+    assert loaded.params.train == Params().train  # the broken section's defaults stand in
+    with pytest.raises(ConfigError):  # a command that uses every section still fails
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("name: mine", "name: [mine"), "not valid YAML"),  # the needed data
+        (GOOD + "evaluate2: [\n", "not valid YAML"),  # a piece that is no known section
+        (GOOD.replace("batch_size: 8", "batch_size: -8"), "evaluate.batch_size"),
+        (GOOD.replace("batch_size", "batchsize"), "did you mean 'evaluate.batch_size'"),
+        ("data: {name: x}\n- 1\n", "not valid YAML"),
+        ("", "empty"),
+    ],
+)
+def test_a_broken_section_a_command_uses_fails_as_before(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=message):
+        load_needed_params(path, REGISTRY)
+
+
+def test_valid_params_load_the_same_for_a_command_that_needs_some_sections() -> None:
+    loaded = load_needed_params(REPO / "params.yaml", REGISTRY, {"data.seed": 7})
+
+    assert loaded.ignored == {}
+    assert loaded.params == load_params(REPO / "params.yaml", {"data.seed": 7})

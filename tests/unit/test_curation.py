@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from flywheel.config import (
     CurateConfig,
@@ -392,6 +393,10 @@ def test_curate_writes_a_label_studio_queue_and_never_queues_twice(
         assert Path(task["data"]["image_path"]).is_file()
     config = ET.fromstring((first.queue_file.parent / "label_config.xml").read_text())
     assert [c.get("value") for c in config.iter("Choice")] == list(CLASSES)
+    assert first.picture_file == first.queue_file.with_suffix(".png")
+    with Image.open(first.picture_file) as picture:  # 8 images: one row of the grid
+        assert picture.format == "PNG"
+        assert picture.width > 2 * picture.height
     if strategy != "random":
         # The batch holds the most uncertain image of the whole window.
         scores = score_uncertainty(

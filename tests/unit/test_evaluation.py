@@ -79,16 +79,19 @@ def test_classification_keeps_its_metric_names_values_and_gates() -> None:
             "test_macro_f1": 0.7555555555555555,
             "test_ece": 0.31375,
             "test_images": 8.0,
-            "test_f1/class_a": 2 / 3,
-            "test_f1/class_b": 0.8,
-            "test_f1/class_c": 0.8,
-            "test_accuracy/style:handwritten": 0.75,
-            "test_macro_f1/style:handwritten": 0.7777777777777777,
-            "test_ece/style:handwritten": 0.2275,
-            "test_accuracy/style:printed": 0.75,
-            "test_macro_f1/style:printed": 0.7777777777777777,
-            "test_ece/style:printed": 0.4,
         }
+    )
+    classes = report.class_table()
+    assert classes is not None
+    assert dict(zip(classes["class"], classes["f1"], strict=True)) == pytest.approx(
+        {"a": 2 / 3, "b": 0.8, "c": 0.8}
+    )
+    slices = report.slice_table().set_index("slice")
+    assert slices.loc["style=handwritten"].to_dict() == pytest.approx(
+        {"n": 4, "accuracy": 0.75, "macro_f1": 0.7777777777777777, "ece": 0.2275}
+    )
+    assert slices.loc["style=printed"].to_dict() == pytest.approx(
+        {"n": 4, "accuracy": 0.75, "macro_f1": 0.7777777777777777, "ece": 0.4}
     )
     raw = report.to_dict()
     assert list(raw["overall"]) == ["n", "accuracy", "macro_f1", "ece", "per_class", "confusion"]
@@ -232,9 +235,10 @@ def test_evaluate_predictions_reports_every_slice() -> None:
     table = report.slice_table().set_index("slice")
     assert table.loc["all", "n"] == 100
     assert table.loc["style=printed", "accuracy"] == pytest.approx(45 / 50)
-    metrics = report.mlflow_metrics()
-    assert metrics["test_accuracy/style:handwritten.noise:shadow"] == 0.0
-    assert metrics["test_f1/class_a"] == report.overall.per_class["a"]["f1"]
+    assert table.loc["style=handwritten,noise=shadow", "accuracy"] == 0.0
+    classes = report.class_table()
+    assert classes is not None
+    assert classes.set_index("class").loc["a", "f1"] == report.overall.per_class["a"]["f1"]
 
 
 # -------------------------------------------------------------------- gates

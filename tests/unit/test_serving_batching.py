@@ -1,4 +1,4 @@
-"""The service's adaptive batcher and hot swap (`serving.batching`, `serving.hot_swap`), no server.
+"""The adaptive batcher, hot swap and heap (`serving.batching`, `.hot_swap`, `.heap`), no server.
 
 The batcher runs real passes on a real one-thread executor; a pass can be held
 open with an event to queue requests behind it deterministically.
@@ -7,7 +7,9 @@ open with an event to queue requests behind it deterministically.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ import torch
 from flywheel.config import ModelConfig
 from flywheel.tasks.classification import ClassificationTask
 from serving.batching import AdaptiveBatcher, OverloadedError
+from serving.heap import DRAIN_POLL_S, collect_when_drained
 from serving.hot_swap import LoadedModel, ModelHolder, NoModelError, ServedModel
 
 
@@ -207,3 +210,36 @@ def test_admission_pins_a_request_to_the_model_current_when_it_arrived(
     np.testing.assert_allclose(after, new.model.forward(images), rtol=1e-6)
     assert not np.allclose(in_flight, after)  # two different models answered
     assert in_flight.shape == (3, 3 + 4)
+
+
+def test_a_swapped_out_version_is_collected_once_drained_and_the_heap_stays_frozen(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """`serving.heap`: the old version (reference cycles, like a loaded program) is freed by
+    one collection after its last request, while the frozen objects stay frozen."""
+
+    def served(version: str) -> ServedModel:
+        model = _loaded(version, int(version))
+        model.module.cycle = [model.module]  # what fx graphs are full of: only gc frees it
+        return ServedModel(model, max_batch_size=8, max_latency_ms=5000, executor=executor)
+
+    async def scenario() -> None:
+        holder = ModelHolder()
+        holder.swap(served("1"))
+        assert holder.current is not None
+        old_module = weakref.ref(holder.current.model.module)
+        frozen = gc.get_freeze_count()
+        with holder.admit():  # a request still in flight on version 1
+            task = asyncio.create_task(collect_when_drained(holder.swap(served("2")), 10.0))
+            await asyncio.sleep(3 * DRAIN_POLL_S)
+            assert old_module() is not None, "collected while a request still used it"
+        await task
+        assert old_module() is None, "version 1 was not freed"
+        assert gc.get_freeze_count() == frozen, "the heap was unfrozen"
+
+    gc.collect()
+    gc.freeze()  # what `load_first_version` does before the first version serves
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual

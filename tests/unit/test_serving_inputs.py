@@ -156,6 +156,17 @@ def test_a_request_must_fit_one_batch() -> None:
         ServeConfig(max_batch_size=8, max_images_per_request=9)
 
 
+def test_the_fallback_policy_is_one_of_two_words(tmp_path: Path) -> None:
+    params = tmp_path / "p.yaml"
+    params.write_text("serve: {on_unloadable_production: not_ready}\n")
+    assert read_service_params({PARAMS_ENV: str(params)}).serve.on_unloadable_production == (
+        "not_ready"
+    )
+    assert ServeConfig().on_unloadable_production == "previous"
+    with pytest.raises(ValidationError, match="'previous' or 'not_ready'"):
+        ServeConfig(on_unloadable_production="latest")
+
+
 @pytest.mark.parametrize(
     ("expected", "header", "status", "message"),
     [
@@ -208,8 +219,14 @@ def test_multipart_parts_are_read_from_the_headers() -> None:
             "multipart/form-data; boundary=x",
             "no field name",
         ),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\nzz',
+            "multipart/form-data; boundary=x",
+            "ends before its closing boundary --x--",
+        ),
+        (b"", "multipart/form-data; boundary=x", "ends before its closing boundary"),
     ],
-    ids=["no-boundary", "garbage", "unnamed-part"],
+    ids=["no-boundary", "garbage", "unnamed-part", "truncated", "empty"],
 )
 def test_malformed_multipart_is_a_400(body: bytes, content_type: str, message: str) -> None:
     with pytest.raises(RequestError) as caught:

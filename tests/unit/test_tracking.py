@@ -85,7 +85,10 @@ def _git(repo: Path, *args: str) -> None:
 def test_git_state_sees_commit_and_dirty_tree(tmp_path: Path) -> None:
     _git(tmp_path, "init", "-q")
     (tmp_path / "code.py").write_text("x = 1\n")
-    _git(tmp_path, "add", "code.py")
+    (tmp_path / "sub").mkdir()
+    for pointer in ("data.dvc", "sub/other.dvc", "dvc.lock"):
+        (tmp_path / pointer).write_text("outs: [{md5: a.dir}]\n")
+    _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     commit, dirty = git_state(tmp_path)
     assert len(commit) == 40
@@ -93,6 +96,11 @@ def test_git_state_sees_commit_and_dirty_tree(tmp_path: Path) -> None:
 
     (tmp_path / "untracked.txt").write_text("ignored by the flag\n")
     assert git_state(tmp_path)[1] == "false"
+    # A new data version rewrites DVC's pointers: recorded as the data version, not as code.
+    for pointer in ("data.dvc", "sub/other.dvc", "dvc.lock"):
+        (tmp_path / pointer).write_text("outs: [{md5: b.dir}]\n")
+    assert git_state(tmp_path)[1] == "false"
+    assert git_state(tmp_path / "sub")[1] == "false"
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path) == (commit, "true")
 

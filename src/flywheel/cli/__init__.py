@@ -13,8 +13,10 @@ person needs to see. Heavy libraries are imported inside the commands so that
 - `pipeline`: `flywheel pipeline run|compile|submit`
 - `demo`: demo and the closed-loop driver's glue
 
-`root` assembles them into `app`; `composition` is where the CLI reaches the
-`serving` and `pipelines` folders beside the library.
+Every command but `init` runs at the project root, found by walking up from
+the current folder (`project_root`). `root` assembles them into `app`;
+`composition` is where the CLI reaches the `serving` and `pipelines` folders
+beside the library.
 """
 
 from flywheel.cli.root import app, main

@@ -1,5 +1,11 @@
 """The two rich consoles every command prints to, and how a command fails.
 
+On a terminal, text wraps at its width. Anywhere else (a pipe, a log file, CI,
+a pod's log) rich would assume 80 columns and break lines mid-number and paths
+mid-word, so there text is never wrapped (`soft_wrap`): each line is as long as
+it is, and the reader's viewer wraps it. Tables still fit the width
+(`COLUMNS`, else 80).
+
 Results go to stdout (`console`); errors go to stderr (`err_console`) as one
 line, `error: <why>` in red, and end the command with exit status 2, or 1
 where the status means a verdict (a refused promotion or merge, drift, a
@@ -18,8 +24,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(*, stderr: bool) -> Console:
+    """A console that hard-wraps text only on a terminal."""
+    on_terminal = Console(stderr=stderr).is_terminal
+    return Console(stderr=stderr, soft_wrap=not on_terminal)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 
 def print_error(message: str, *, label: str = "error") -> None:

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
-from flywheel.cli.options import LogDirOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.options import DATA_SECTIONS, LogDirOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from flywheel.config import DataPlan
 
-commands = typer.Typer(help="Collect, import and version datasets.", no_args_is_help=True)
+commands = ProjectTyper(help="Collect, import and version datasets.", no_args_is_help=True)
 
 RepoOpt = Annotated[Path, typer.Option(help="Repository root holding data.dvc.")]
 PushOpt = Annotated[bool, typer.Option(help="Push the new version to the default remote.")]
@@ -38,7 +38,7 @@ def data_collect(
     """
     from flywheel.data.files import DatasetWriteError
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     if p.data.pages is not None:
         from flywheel.demo.pages import collect_pages as collect
     else:
@@ -79,7 +79,7 @@ def data_import(
     """
     from flywheel.data.importer import DatasetImportError, import_imagefolder
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     strata = p.data.strata
     with exit_on(DatasetImportError):
         manifest = import_imagefolder(
@@ -108,7 +108,7 @@ def data_version_cmd(
     """Print the data version: the DVC hash of the plan's data root recorded in its .dvc file."""
     from flywheel.data.versioning import DataVersionError, data_version
 
-    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
         console.print(data_version(repo, plan))
 
@@ -146,7 +146,7 @@ def data_ensure(
     from flywheel.data.sync import check_remote
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
         _recover(repo, p.data, strict=remote_check)
         how, version = ensure_dataset(
@@ -179,7 +179,7 @@ def data_push(
     from flywheel.data.sync import push_version
     from flywheel.data.versioning import DataVersionError
 
-    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
         _recover(repo, plan, strict=True)
         check = push_version(repo, plan)
@@ -223,7 +223,7 @@ def data_checkout(
     from flywheel.data.remote import checkout_version
     from flywheel.data.versioning import DataVersionError
 
-    p = read_params(params, set_)
+    p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
         _recover(repo, p.data, strict=True)
         checked_out = checkout_version(repo, p.data, version)
@@ -259,7 +259,7 @@ def data_track(
     """
     from flywheel.data.versioning import DataVersionError, dvc_file, track_dataset
 
-    plan = read_params(params, set_).data if params.is_file() or set_ else None
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
         _recover(repo, plan, strict=False)
         version = track_dataset(repo, plan, push=push)
@@ -284,6 +284,8 @@ def _print_counts(manifest: pd.DataFrame) -> None:
     counts = manifest.assign(stratum=strata).pivot_table(
         index="stratum", columns="split", values="image_id", aggfunc="count", fill_value=0
     )
+    from rich.table import Table
+
     table = Table(title="images per stratum and split")
     table.add_column("stratum")
     for split in counts.columns:

@@ -16,11 +16,12 @@ from flywheel.cli.pipeline import (
     read_base_params,
     run_pipeline_locally,
 )
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     from flywheel.config import Params
 
-commands = typer.Typer()
+commands = ProjectTyper()
 
 
 @commands.command()

@@ -14,10 +14,11 @@ from rich.table import Table
 
 from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
 
-commands = typer.Typer()
-label_commands = typer.Typer(
+commands = ProjectTyper()
+label_commands = ProjectTyper(
     help="Label Studio: the local server; labels in and out (JSON); the demo oracle.",
     no_args_is_help=True,
 )
@@ -114,6 +115,8 @@ def curate(
         f"{result.image_budget})"
     )
     console.print(f"queue: {result.queue_file}", soft_wrap=True)
+    if result.picture_file is not None:
+        console.print(f"the batch as a picture: {result.picture_file}", soft_wrap=True)
 
 
 @commands.command()
@@ -303,6 +306,7 @@ def ui(
     import signal
     import threading
 
+    from flywheel.cli.summaries import mlflow_training_url
     from flywheel.env import state_dir
     from flywheel.monitoring.dashboards import DashboardError, start_dashboards
     from flywheel.monitoring.monitor import workspace_dir
@@ -339,7 +343,9 @@ def ui(
         )
         console.print(f"Evidently UI: {evidently.url}{where}  (workspace {workspace})")
         for server in dashboards.servers[1:]:
-            console.print(f"MLflow UI:    {server.url}  ({tracking.uri})")
+            console.print(
+                f"MLflow UI:    {mlflow_training_url(server.url)}  ({tracking.uri})", soft_wrap=True
+            )
         console.print("Ctrl-C stops both.")
         while not stop.wait(1.0) and not dashboards.dead():
             pass

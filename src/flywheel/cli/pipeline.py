@@ -15,11 +15,12 @@ from rich.table import Table
 from flywheel.cli.composition import require
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     from flywheel.config import Params
 
-commands = typer.Typer(
+commands = ProjectTyper(
     help="Kubeflow pipelines: run locally (KFP local runner), compile to IR YAML, submit to a "
     "cluster.",
     no_args_is_help=True,

@@ -1,8 +1,9 @@
 """The registry: promote a blessed version, roll back, list the versions, break a lock.
 
 Operator commands, run during incidents: each imports only what it uses
-(`flywheel.registry` and MLflow's client inside the command; `rich.table` only
-for `models`), measured by `benchmarks/operator_commands.py`.
+(`flywheel.registry`, which reaches the registry without importing MLflow:
+`flywheel.registry.access`; `rich.table` only for `models`), measured by
+`benchmarks/operator_commands.py`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from flywheel.cli.options import (
     WhoOpt,
     registered_model,
 )
+from flywheel.cli.project_root import ProjectTyper, RegistryCommand
 
 if TYPE_CHECKING:
     from flywheel.registry import Intent, VersionSummary
 
-commands = typer.Typer()
-lock_commands = typer.Typer(help="The registry's lock: break one left by a process that is gone.")
+commands = ProjectTyper(command_class=RegistryCommand)
+lock_commands = ProjectTyper(
+    help="The registry's lock: break one left by a process that is gone.",
+    command_class=RegistryCommand,
+)
 
 ForceOpt = Annotated[
     bool,
@@ -67,10 +72,10 @@ def promote(
     """
     from flywheel.registry import PromotionRefusedError, RegistryError
     from flywheel.registry import promote as promote_version
-    from flywheel.tracking import configure_tracking
+    from flywheel.tracking import configure_registry
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_registry()
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = promote_version(name, version, reason=reason, who=who, force=force)
     _say_finished(change.finished)
@@ -106,10 +111,10 @@ def rollback(
     """
     from flywheel.registry import PromotionRefusedError, RegistryError
     from flywheel.registry import rollback as rollback_model
-    from flywheel.tracking import configure_tracking
+    from flywheel.tracking import configure_registry
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_registry()
     with exit_on(RegistryError), refuse_on(PromotionRefusedError):
         change = rollback_model(name, reason=reason, who=who, force=force)
     _say_finished(change.finished)
@@ -139,10 +144,10 @@ def models(
     from rich.table import Table
 
     from flywheel.registry import RegistryError, list_versions, recover
-    from flywheel.tracking import configure_tracking
+    from flywheel.tracking import configure_registry
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_registry()
     with exit_on(RegistryError):
         _say_finished(recover(name))
         versions = list_versions(name)
@@ -212,10 +217,10 @@ def unlock(
     """
     from flywheel.registry import RegistryError
     from flywheel.registry import unlock as break_lock
-    from flywheel.tracking import configure_tracking
+    from flywheel.tracking import configure_registry
 
-    configure_tracking()
     name = registered_model(model, params, set_)
+    configure_registry()
     with exit_on(RegistryError):
         done = break_lock(name, reason=reason, who=who)
     if done.holder is None:

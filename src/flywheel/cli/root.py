@@ -7,9 +7,12 @@ lists them; `data`, `label` and `pipeline` are groups of their own.
 from __future__ import annotations
 
 import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
+from flywheel import __version__
 from flywheel.cli import data, demo, loop, pipeline, project, registry, serving, training
 from flywheel.cli.console import err_console
 from flywheel.env import configure_process
@@ -34,8 +37,33 @@ app.add_typer(pipeline.commands, name="pipeline")
 app.add_typer(registry.lock_commands, name="registry")  # registry unlock
 
 
+def _flag_without_type(option: TyperOption, ctx: Any) -> str | None:
+    """A flag's type column in `--help`: empty (Typer 0.29 shows `<bool>` after every flag)."""
+    return None if option.is_flag else _option_type(option, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign,assignment]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"flywheel {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print flywheel's version and exit.",
+        ),
+    ] = False,
+) -> None:
     configure_process()
 
 

@@ -13,8 +13,9 @@ from rich.table import Table
 from flywheel.cli.composition import serving_root
 from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
-commands = typer.Typer()
+commands = ProjectTyper()
 
 
 SERVICE_TARGET = "serving.service:FlywheelService"
@@ -37,7 +38,9 @@ def serve(
     Runs `bentoml serve serving.service:FlywheelService` in this process with
     FLYWHEEL_PARAMS pointing at --params (and FLYWHEEL_SET holding the --set
     pairs, which the server applies the same way), BENTOML_HOME under the state folder
-    and telemetry off. /readyz answers 200 once the model is loaded; /metrics
+    and telemetry off. /readyz answers 200 while a model is served (its body:
+    which version, and why when it is not production's:
+    serve.on_unloadable_production), 503 with the reason while none is; /metrics
     has Prometheus metrics. The model comes from MLFLOW_TRACKING_URI (or the
     local store); a newly promoted version is swapped in without downtime
     within serve.poll_interval_s, or at once by POST /admin/reload with

@@ -85,6 +85,19 @@ def summarize_training_run(
     )
 
 
+def mlflow_training_url(base: str) -> str:
+    """The MLflow UI's experiments in its "Model training" view, not its GenAI one.
+
+    MLflow 3's UI opens on GenAI screens (traces, judges) unless the
+    `workflowType` query parameter (or the browser's last choice) says otherwise;
+    the UI keeps the parameter while one navigates.
+
+    >>> mlflow_training_url("http://127.0.0.1:5000/")
+    'http://127.0.0.1:5000/#/experiments?workflowType=machine_learning'
+    """
+    return f"{base.rstrip('/')}/#/experiments?workflowType=machine_learning"
+
+
 def mlflow_ui_command(tracking_uri: str, *, port: int = 5000) -> str:
     """The command that opens the MLflow UI on a local store (one worker: 2 cores are plenty).
 

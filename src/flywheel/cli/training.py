@@ -11,12 +11,13 @@ from rich.table import Table
 
 from flywheel.cli.console import console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, WhoOpt, read_params
+from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     from flywheel.config import DataPlan, Params
     from flywheel.evaluation import EvaluationOutcome
 
-commands = typer.Typer()
+commands = ProjectTyper()
 
 
 UNTRACKED = "untracked"

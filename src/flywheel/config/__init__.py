@@ -45,7 +45,13 @@ from flywheel.config.loop import (
     UIConfig,
 )
 from flywheel.config.pages import DEFAULT_VOCABULARY, PageNoise, PagePlan, PageStrata
-from flywheel.config.params import Params, load_params, parse_params
+from flywheel.config.params import (
+    NeededParams,
+    Params,
+    load_needed_params,
+    load_params,
+    parse_params,
+)
 from flywheel.config.serving import PredictionLogConfig, ServeConfig
 from flywheel.config.state import StateConfig
 from flywheel.config.training import (
@@ -88,6 +94,7 @@ __all__ = [
     "MergeConfig",
     "ModelConfig",
     "MonitorConfig",
+    "NeededParams",
     "NoiseStrength",
     "PageNoise",
     "PagePlan",
@@ -112,6 +119,7 @@ __all__ = [
     "TuneConfig",
     "UIConfig",
     "ValidationConfig",
+    "load_needed_params",
     "load_params",
     "nfc",
     "parse_params",

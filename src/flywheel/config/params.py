@@ -6,12 +6,21 @@ import copy
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flywheel.config.base import ConfigError, FrozenConfig
 from flywheel.config.cluster import ClusterConfig
@@ -80,10 +89,17 @@ class Params(FrozenConfig):
         derived = default_registered_model(name if isinstance(name, str) else DataPlan().name)
         return {**raw, "evaluate": {**evaluate, "registered_model": derived}}
 
-    @model_validator(mode="after")
-    def _scenarios_name_strata(self) -> Params:
-        known = set(self.data.strata.names())
-        for name, scenario in self.scenarios.items():
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios_name_strata(
+        cls, scenarios: dict[str, Scenario], info: ValidationInfo
+    ) -> dict[str, Scenario]:
+        """Scenarios weigh and damage only the plan's strata (checked in `scenarios`, by name)."""
+        plan = info.data.get("data")
+        if not isinstance(plan, DataPlan):  # `data` failed: its own error says why
+            return scenarios
+        known = set(plan.strata.names())
+        for name, scenario in scenarios.items():
             if isinstance(scenario.mix, dict):
                 unknown = set(scenario.mix) - known
                 if unknown:
@@ -91,10 +107,10 @@ class Params(FrozenConfig):
                         f"scenario {name!r} names unknown strata {sorted(unknown)}; "
                         f"known: {sorted(known)}"
                     )
-            bad = set(scenario.severity) - set(self.data.strata.noise)
+            bad = set(scenario.severity) - set(plan.strata.noise)
             if bad:
                 raise ValueError(f"scenario {name!r}: severity for unknown noise {sorted(bad)}")
-        return self
+        return scenarios
 
     def scenario(self, name: str) -> Scenario:
         """The named scenario, or a clear error listing the known ones."""
@@ -109,7 +125,7 @@ class Params(FrozenConfig):
 def load_params(
     path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> Params:
-    """Read `params.yaml` into `Params`.
+    """Read `params.yaml` into `Params`; every section must be valid.
 
     Args:
         path: the YAML file.
@@ -118,15 +134,58 @@ def load_params(
     Raises:
         ConfigError: the file is missing, is not YAML, or does not match the schema.
     """
-    path = Path(path)
+    return _load(Path(path), overrides, needs=None).params
+
+
+@dataclass(frozen=True)
+class NeededParams:
+    """`Params` read for a command that uses only some sections (`load_needed_params`).
+
+    Attributes:
+        params: the file's values; a section in `ignored` has its defaults.
+        ignored: each broken section the command does not use → what is wrong with it.
+    """
+
+    params: Params
+    ignored: dict[str, str]
+
+
+def load_needed_params(
+    path: str | Path, needs: Collection[str], overrides: dict[str, Any] | None = None
+) -> NeededParams:
+    """Read `params.yaml` for a command that uses only the sections `needs`.
+
+    A section that is not valid YAML, or does not match its schema, does not
+    block a command that does not use it (a YAML error in `train` must not stop
+    a rollback): it is set aside (its defaults stand in) and named in
+    `ignored`, for the command to warn about. Strictness is unchanged
+    otherwise: a broken needed section, an unknown key inside a needed section,
+    or an error that cannot be pinned to one section raise the same
+    `ConfigError` as `load_params`.
+
+    Raises:
+        ConfigError: as `load_params`, for what the command needs.
+    """
+    return _load(Path(path), overrides, needs=frozenset(needs))
+
+
+def _load(
+    path: Path, overrides: dict[str, Any] | None, needs: frozenset[str] | None
+) -> NeededParams:
+    """`load_params` (`needs` None: every section) or `load_needed_params`."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: not found (run from the project root or pass --params)"
+            f"{path}: not found (run the command inside a project or pass --params)"
         ) from None
+    ignored: dict[str, str] = {}
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raw, ignored = _parse_sections(text) if needs is not None else (None, {})
+        if not ignored or not _can_skip(ignored, needs):
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if raw is None or raw == {}:
         raise ConfigError(
             f"{path}: empty; a project's params.yaml names at least its data "
@@ -134,7 +193,93 @@ def load_params(
         )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return parse_params(raw, overrides, source=str(path))
+    tree = apply_overrides(raw, overrides or {})
+    try:
+        return NeededParams(Params.model_validate(tree), ignored)
+    except ValidationError as err:
+        error = ConfigError(f"{path}: {err}{_suggestions(err)}")
+        broken = _sections_of(err)
+        if broken is None or not _can_skip(broken, needs, unknown_ok=True):
+            raise error from None
+        try:
+            params = Params.model_validate({k: v for k, v in tree.items() if k not in broken})
+        except ValidationError:
+            raise error from None
+    return NeededParams(params, {**ignored, **broken})
+
+
+def _can_skip(
+    broken: Mapping[str, str], needs: frozenset[str] | None, *, unknown_ok: bool = False
+) -> bool:
+    """Whether a command that uses `needs` can go on without the `broken` sections."""
+    if needs is None or set(broken) & needs:
+        return False
+    return unknown_ok or set(broken) <= set(Params.model_fields)
+
+
+def _parse_sections(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A params file that is not valid YAML, read one top-level section at a time.
+
+    A section starts at a line that begins in the first column (not a comment,
+    not a `-` item); each is parsed alone, so a syntax error is pinned to its
+    section. Used only once the whole file has failed; the caller goes on only
+    when every broken piece is a known section the command does not use.
+
+    Returns:
+        The valid sections' mapping, and each broken section → its YAML error.
+
+    >>> raw, broken = _parse_sections("data:\\n  name: x\\ntrain:\\n  epochs: [1\\n")
+    >>> raw
+    {'data': {'name': 'x'}}
+    >>> broken["train"]
+    "not valid YAML, line 5 column 1: expected ',' or ']', but got '<stream end>'"
+    """
+    pieces: list[tuple[int, list[str]]] = []
+    for number, line in enumerate(text.splitlines(keepends=True)):
+        if line[:1] not in ("", " ", "\t", "#", "-", "\r", "\n") or not pieces:
+            pieces.append((number, [line]))
+        else:
+            pieces[-1][1].append(line)
+    raw: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for first, lines in pieces:
+        name = lines[0].split(":", 1)[0].strip().strip("'\"") or f"line {first + 1}"
+        try:
+            value = yaml.safe_load("".join(lines))
+        except yaml.YAMLError as err:
+            broken[name] = _yaml_problem(err, first)
+            continue
+        if isinstance(value, dict):
+            raw.update(value)
+        elif value is not None:
+            broken[name] = "not a `key: value` section"
+    return raw, broken
+
+
+def _yaml_problem(err: yaml.YAMLError, first_line: int) -> str:
+    """A YAML error of a piece starting at line `first_line` (0-based), with the file's line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    return f"not valid YAML, line {first_line + mark.line + 1} column {mark.column + 1}: {problem}"
+
+
+def _sections_of(err: ValidationError) -> dict[str, str] | None:
+    """Each top-level section `err` finds wrong → its first error; None if one has no section."""
+    broken: dict[str, str] = {}
+    for error in err.errors():
+        if not error["loc"] or not isinstance(error["loc"][0], str):
+            return None
+        section = error["loc"][0]
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+            near = difflib.get_close_matches(section, list(Params.model_fields), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            broken.setdefault(section, f"unknown section {section!r}{hint}")
+            continue
+        broken.setdefault(section, f"{where}: {error['msg']}")
+    return broken
 
 
 def parse_params(

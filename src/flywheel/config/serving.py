@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -37,13 +38,22 @@ class ServeConfig(FrozenConfig):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     header_timeout_s: float = Field(10.0, gt=0)
+    # a request body not complete this long after its headers (a stream cut short while the
+    # connection stays open) is a 408 (`serving.guard`), before BentoML's 60 s timeout (a 504)
+    body_timeout_s: float = Field(30.0, gt=0)
     top_k: int = Field(3, ge=1)  # probabilities returned per image
     # an image whose p99 - p1 intensity (on [0, 1]) is below this has no content worth a
     # label (blank, or far too small: resizing spreads it into one grey level); it is
     # flagged `low_information` in the answer and the prediction log, and monitoring leaves
     # it out of the drift window (`flywheel.monitoring.features.low_information`; 0: never)
     min_dynamic_range: float = Field(0.02, ge=0, lt=1)
-    load_retry_s: float = Field(10.0, gt=0)  # retry loading while the alias is missing
+    # when the alias's version cannot be served (its model files are corrupt or missing, or
+    # the alias is missing), at start-up or at a later check: `previous` serves the version
+    # the `previous` alias names (or keeps the one already serving) and says so in /readyz,
+    # the metric `flywheel_model_fallback` and the log; `not_ready` serves nothing (/readyz:
+    # 503 with the reason) until the alias's version loads (`serving.watcher`)
+    on_unloadable_production: Literal["previous", "not_ready"] = "previous"
+    load_retry_s: float = Field(10.0, gt=0)  # retry loading this often while not ready
     poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
     workers: int = Field(1, ge=1)  # server processes, each with its own copy of the model
     torch_threads: int = Field(1, ge=1)  # intra-op threads of each worker's forward passes

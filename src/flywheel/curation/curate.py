@@ -12,6 +12,7 @@ from flywheel.config import CurateConfig, CurationStrategy, Params
 from flywheel.curation.candidates import diversity_space, load_candidates
 from flywheel.curation.committee import load_committee, score_images
 from flywheel.curation.cost import Spend, affordable, annotation_mix, image_cost, record_spend
+from flywheel.curation.picture import batch_picture
 from flywheel.curation.queue import build_tasks, new_batch_id
 from flywheel.curation.selection import select_diverse, select_random, select_top
 from flywheel.curation.strategies import (
@@ -68,6 +69,7 @@ class CurationResult:
         currency: of the amounts.
         image_budget: the images the cycle could buy: `curate.budget`, capped by the spend limit.
         spend_file: where the batch's spend was recorded (None: no batch).
+        picture_file: the batch as a picture, next to its queue file (None: no batch).
     """
 
     batch_id: str
@@ -84,6 +86,7 @@ class CurationResult:
     currency: str = "USD"
     image_budget: int = 0
     spend_file: Location | None = None
+    picture_file: Location | None = None
 
     def cost_scalars(self) -> dict[str, float]:
         """The spend as numbers for the curation step's metrics (no cap: left out)."""
@@ -233,6 +236,14 @@ def curate_batch(
         annotations=annotation_mix(params),
     )
     spend_file = record_spend(state, spend)
+    picture_file = write_bytes(
+        join(queue, f"{batch_id}.png"),
+        batch_picture(
+            selected,
+            title=f"batch {batch_id}: {len(chosen)} images by {strategy_name}, "
+            f"labelling cost {spend.spend:.2f} {spend.currency}",
+        ),
+    )
     return CurationResult(
         batch_id=batch_id,
         queue_file=queue_file,
@@ -244,5 +255,6 @@ def curate_batch(
         committee=committee,
         spend=spend.spend,
         spend_file=spend_file,
+        picture_file=picture_file,
         **costs,  # type: ignore[arg-type]
     )

@@ -311,10 +311,15 @@ def track_dataset(
 
     Returns:
         The new data version.
+
+    Raises:
+        DataVersionError: DVC refused (not a DVC repository, no data folder, …),
+            with DVC's reason; nothing was recorded.
     """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    from flywheel.data.transaction import begin, finish
+    from flywheel.data.transaction import begin, end, finish
 
     disable_telemetry()
     repo = Path(repo)
@@ -322,9 +327,17 @@ def track_dataset(
         _recover_logged(repo, plan)
     except DataVersionError as err:  # the older version's push: tried again later
         log.warning("%s", err)
+    data = repo / _root(plan)
     begin(repo, plan, "track", push=push)
-    with Repo(str(repo)) as dvc:
-        dvc.add(str(repo / _root(plan)))
+    try:
+        with Repo(str(repo)) as dvc:
+            dvc.add(str(data))
+    except DvcException as err:
+        end(repo)  # nothing was recorded: nothing to finish or undo
+        raise DataVersionError(
+            f"cannot record {data} as a data version: {err} (`flywheel init` makes the "
+            "project a DVC repository; `flywheel data ensure` or `data import` fills the data)"
+        ) from None
     version = data_version(repo, plan)
     finish(repo, plan, version, push=push)
     return version

@@ -93,6 +93,7 @@ def run_traffic_phase(
     data_version: str,
     log_dir: Path | None = None,
     ground_truth_dir: Path | None = None,
+    say: Callable[[str], object] = print,
 ) -> PhaseResult:
     """Send one scenario's traffic to the service, then monitor exactly that traffic.
 
@@ -109,6 +110,8 @@ def run_traffic_phase(
         data_version: recorded in the row.
         log_dir: the prediction log the service writes (default: params').
         ground_truth_dir: where the simulator writes its truth (default: the state folder's).
+        say: where the progress lines go: what was sent, the wait for the log,
+            then the drift verdict as soon as it is known.
 
     Raises:
         LoopError: most requests failed, or the window is too small to monitor.
@@ -127,17 +130,28 @@ def run_traffic_phase(
             f"{phase}: {failed} of {requests} requests failed ({sent.errors}); "
             f"first error: {sent.first_error}"
         )
-    time.sleep(params.serve.log.flush_interval_s + LOG_SETTLE_S)  # the log's flush policy
+    right = "" if sent.accuracy is None else f", {sent.accuracy:.1%} answered right"
+    wait = params.serve.log.flush_interval_s + LOG_SETTLE_S
+    say(
+        f"  sent {sent.requests} requests ({failed} failed{right}); the prediction log "
+        f"flushes within {wait:g} s, then the monitor checks this phase's window"
+    )
+    time.sleep(wait)  # the log's flush policy
     try:
         result = monitor(params, since=since, log_dir=log_dir, ground_truth_dir=ground_truth_dir)
     except MonitoringError as err:  # too few predictions, no reference profile
         raise LoopError(f"{phase}: {err}") from err
+    check = result.check
+    say(
+        f"  {'DRIFT' if result.drift else 'no drift'}: {check.feature_share:.0%} of the "
+        f"image features and {check.embedding_share:.0%} of the embedding drifted"
+        + (f"; report {result.report_path}" if result.report_path else "")
+    )
     images = sum(sent.versions.values()) or 1
     versions = ", ".join(
         f"v{version}" + (f" ({count / images:.0%})" if len(sent.versions) > 1 else "")
         for version, count in sorted(sent.versions.items(), key=lambda kv: int(kv[0]))
     )
-    check = result.check
     return PhaseResult(
         phase=phase,
         scenario=scenario,
@@ -334,7 +348,14 @@ def run_closed_loop(
             phase_started = datetime.now(UTC)
             phases.append(
                 run_traffic_phase(
-                    params, phase, scenario, url, requests=requests, seed=seed, data_version=before
+                    params,
+                    phase,
+                    scenario,
+                    url,
+                    requests=requests,
+                    seed=seed,
+                    data_version=before,
+                    say=say,
                 )
             )
         champion = version_for_alias(name, params.serve.alias) or "?"
@@ -376,6 +397,7 @@ def run_closed_loop(
                 requests=requests,
                 seed=103,
                 data_version=after,
+                say=say,
             )
         )
     return phases

@@ -45,7 +45,6 @@ from flywheel.evaluation.metrics import (
     EvaluationReport,
     evaluate_predictions,
     fingerprint_rows,
-    metric_key,
     score,
     slice_masks,
 )
@@ -67,7 +66,6 @@ __all__ = [
     "has_split",
     "load_task",
     "log_evaluation",
-    "metric_key",
     "plot_confusion_matrix",
     "plot_slice_metric",
     "predict_split",

@@ -12,18 +12,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flywheel import registry
 from flywheel.config import HOLDOUT_SPLIT, EvaluateConfig
 from flywheel.evaluation.gates import check_gates
-from flywheel.evaluation.metrics import EvaluationReport, metric_key
+from flywheel.evaluation.metrics import EvaluationReport
 from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_metric
-from flywheel.evaluation.prediction import evaluate_model
+from flywheel.evaluation.prediction import (
+    Predictions,
+    evaluate_model,
+    predict_split,
+    report_predictions,
+)
 from flywheel.registry import Blessing, LockStrategy
 
 ARTIFACT_DIR = "evaluation"
 """Folder of the evaluation artifacts in the candidate's run."""
+REPORT_HTML = "report.html"
+"""The self-contained HTML report in that folder (MLflow's artifact view renders it)."""
 
 
 def log_evaluation(
@@ -38,12 +46,14 @@ def log_evaluation(
 ) -> None:
     """Write the evaluation into an MLflow run (the candidate's training run).
 
-    Metrics: `mlflow_metrics()` of the report (and of the holdout report:
-    `holdout_accuracy`, per slice), the champion's primary metric
-    (`champion_test_accuracy`), `blessed` (1/0), `gates_failed` and
-    `gate/<name>` values. Artifacts under `evaluation/`: the report and the
-    blessing as JSON, the per-slice table (CSV and an MLflow table), the
-    per-slice bars of the primary metric (`slice_accuracy.png` for
+    Metrics, the headline only: `mlflow_metrics()` of the report (and of the
+    holdout report: `holdout_accuracy`), the champion's primary metric
+    (`champion_test_accuracy`), `blessed` (1/0) and `gates_failed`. The detail
+    is in tables and files under `evaluation/`, which MLflow shows as such:
+    the per-slice table (`slices.json`, also as CSV; the holdout's in
+    `holdout_slices.json`), the per-class table (`classes.json`), the gates
+    (`gates.json`: value, threshold, verdict), the report and the blessing as
+    JSON, the per-slice bars of the primary metric (`slice_accuracy.png` for
     classification) and, for a task that has one, the confusion matrix (PNG).
     """
     from mlflow import MlflowClient
@@ -54,8 +64,6 @@ def log_evaluation(
     values = report.mlflow_metrics()
     values["blessed"] = float(blessing.blessed)
     values["gates_failed"] = float(len(blessing.failed_gates))
-    for gate in blessing.gates:
-        values[metric_key("gate", gate.name)] = gate.value
     primary = report.primary_metric
     if champion is not None:
         values[f"champion_{report.split}_{primary}"] = champion.primary()
@@ -77,6 +85,27 @@ def log_evaluation(
     table = report.slice_table()
     client.log_text(run_id, table.to_csv(index=False), f"{ARTIFACT_DIR}/slices.csv")
     client.log_table(run_id, data=table, artifact_file=f"{ARTIFACT_DIR}/slices.json")
+    if holdout is not None:
+        client.log_table(
+            run_id, data=holdout.slice_table(), artifact_file=f"{ARTIFACT_DIR}/holdout_slices.json"
+        )
+    classes = report.class_table()
+    if classes is not None:
+        client.log_table(run_id, data=classes, artifact_file=f"{ARTIFACT_DIR}/classes.json")
+    gates = pd.DataFrame(
+        [
+            {
+                "gate": g.name,
+                "value": g.value,
+                "comparison": g.comparison,
+                "threshold": g.threshold,
+                "verdict": g.verdict,
+                "detail": g.detail,
+            }
+            for g in blessing.gates
+        ]
+    )
+    client.log_table(run_id, data=gates, artifact_file=f"{ARTIFACT_DIR}/gates.json")
     if report.overall.confusion is not None:
         client.log_figure(
             run_id,
@@ -89,6 +118,46 @@ def log_evaluation(
         f"{ARTIFACT_DIR}/slice_{primary}.png",
     )
     client.set_tag(run_id, "flywheel.blessed", str(blessing.blessed).lower())
+
+
+def log_pictures(
+    run_id: str, predictions: Predictions, dataset_dir: str | Path, config: EvaluateConfig
+) -> None:
+    """Log the reliability diagram and the worst mistakes per slice (`evaluation.pictures`).
+
+    Only for a task with class probabilities; the slices are the single columns
+    of `evaluate.slices` (one row of images each), not their combinations.
+    """
+    from mlflow import MlflowClient
+
+    from flywheel.evaluation.metrics import slice_masks
+    from flywheel.evaluation.pictures import (
+        MISTAKES_PNG,
+        RELIABILITY_PNG,
+        plot_reliability,
+        plot_worst_mistakes,
+    )
+
+    probabilities = predictions.decoded.probabilities
+    if probabilities is None:
+        return
+    targets = np.asarray(predictions.targets, dtype=np.int64)
+    client = MlflowClient()
+    client.log_figure(
+        run_id,
+        plot_reliability(probabilities, targets, config.calibration_bins),
+        f"{ARTIFACT_DIR}/{RELIABILITY_PNG}",
+    )
+    slices = {
+        name: mask
+        for column in config.slice_columns
+        for name, mask in slice_masks(predictions.frame, [column]).items()
+    }
+    mistakes = plot_worst_mistakes(
+        dataset_dir, predictions.frame, predictions.decoded.classes, probabilities, targets, slices
+    )
+    if mistakes is not None:
+        client.log_figure(run_id, mistakes, f"{ARTIFACT_DIR}/{MISTAKES_PNG}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +226,11 @@ def evaluate_candidate(
             split=split,
         )
 
-    report = evaluate(version)
+    candidate_uri = registry.model_uri(name, version)
+    predictions = predict_split(
+        candidate_uri, dataset_dir, config.split, batch_size=config.batch_size, progress=progress
+    )
+    report = report_predictions(predictions, candidate_uri, dataset_dir, config.split, config)
     champion = evaluate(champion_version) if champion_version is not None else None
     holdout = champion_holdout = None
     if has_split(dataset_dir, HOLDOUT_SPLIT):
@@ -184,8 +257,20 @@ def evaluate_candidate(
             holdout=holdout,
             champion_holdout=champion_holdout,
         )
+        log_pictures(candidate_version.run_id, predictions, dataset_dir, config)
+    outcome = EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
+    if candidate_version.run_id:
+        from mlflow import MlflowClient
+
+        from flywheel.evaluation.report import render_evaluation_html
+
+        MlflowClient().log_text(
+            candidate_version.run_id,
+            render_evaluation_html(outcome, config.gates),
+            f"{ARTIFACT_DIR}/{REPORT_HTML}",
+        )
     registry.record_blessing(name, version, blessing, who=who, lock=lock)
-    return EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
+    return outcome
 
 
 def has_split(dataset_dir: str | Path, split: str) -> bool:

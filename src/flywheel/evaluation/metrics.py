@@ -11,7 +11,6 @@ is specific to classification. Unit-tested on small tables.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,21 +59,6 @@ def slice_masks(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.nda
                 mask &= values[column] == value
             masks[",".join(f"{c}={v}" for c, v in zip(columns, combo, strict=True))] = mask
     return masks
-
-
-def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric name from parts (`=` → `:`, `,` → `.`, brackets dropped).
-
-    >>> metric_key("test_accuracy", "style=handwritten,noise=clean")
-    'test_accuracy/style:handwritten.noise:clean'
-    >>> metric_key("gate", "slice_regression[style=printed]")
-    'gate/slice_regression/style:printed'
-    """
-    cleaned = []
-    for part in parts:
-        part = part.replace("=", ":").replace(",", ".").replace("[", "/").replace("]", "")
-        cleaned.append(re.sub(r"[^/\w.\- :]", "_", part))
-    return "/".join(cleaned)
 
 
 def fingerprint_rows(frame: pd.DataFrame) -> str:
@@ -150,22 +134,24 @@ class EvaluationReport:
         rows = [("all", self.overall), *self.slices.items()]
         return pd.DataFrame([{"slice": name, "n": m.n, **m.values} for name, m in rows])
 
-    def mlflow_metrics(self) -> dict[str, float]:
-        """Flat metrics for the run: `<split>_<metric>`, `<split>_images`, per class, per slice.
+    def class_table(self) -> pd.DataFrame | None:
+        """One row per class of the whole split (precision, recall, F1, support, ...).
 
-        E.g. `test_accuracy`, `test_f1/class_3`, `test_accuracy/style:printed`.
+        None for a task without per-class metrics.
+        """
+        if not self.overall.per_class:
+            return None
+        return pd.DataFrame([{"class": name, **m} for name, m in self.overall.per_class.items()])
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """The headline metrics for the run: `<split>_<metric>` overall and `<split>_images`.
+
+        E.g. `test_accuracy`, `test_ece`. Per slice and per class they are tables
+        (`slice_table`, `class_table`), not dozens of one-value metrics.
         """
         s = self.split
         out = {f"{s}_{name}": value for name, value in self.overall.values.items()}
         out[f"{s}_images"] = float(self.overall.n)
-        if self.overall.class_metric is not None:
-            for name, per_class in self.overall.per_class.items():
-                out[metric_key(f"{s}_{self.overall.class_metric}", f"class_{name}")] = per_class[
-                    self.overall.class_metric
-                ]
-        for name, m in self.slices.items():
-            for metric, value in m.values.items():
-                out[metric_key(f"{s}_{metric}", name)] = value
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def evaluate_model(
     progress: bool = True,
     split: str | None = None,
 ) -> EvaluationReport:
-    """`predict_split` then `evaluate_predictions`, as `config` says (split, slices, bins).
+    """`predict_split` then `report_predictions`, as `config` says (split, slices, bins).
 
     `split` evaluates another split than `config.split` (e.g. the production holdout).
     """
@@ -148,6 +148,17 @@ def evaluate_model(
     predictions = predict_split(
         model_uri, dataset_dir, split, batch_size=config.batch_size, progress=progress
     )
+    return report_predictions(predictions, model_uri, dataset_dir, split, config)
+
+
+def report_predictions(
+    predictions: Predictions,
+    model_uri: str,
+    dataset_dir: str | Path,
+    split: str,
+    config: EvaluateConfig,
+) -> EvaluationReport:
+    """The report of a model's predictions on `split`: overall and per slice of `config`."""
     return evaluate_predictions(
         predictions.task,
         predictions.decoded,

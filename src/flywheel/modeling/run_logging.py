@@ -8,20 +8,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flywheel.config import Params
-from flywheel.data.manifest import manifest_path, sha256_file
+from flywheel.data.manifest import load_manifest, manifest_path, sha256_file
 from flywheel.modeling.loop import TrainingLoop
 from flywheel.tracking import (
+    TAG_GIT_COMMIT,
     configure_tracking,
     ensure_experiment,
     flatten_params,
     hash_params,
     lineage_tags,
+    run_name,
+    source_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,12 @@ def start_run(
     experiment_id = ensure_experiment(loop.cfg.experiment, tracking)
     # Inside a caller's run (a tuning study's parent run), this run becomes its child.
     run = mlflow.start_run(experiment_id=experiment_id, nested=mlflow.active_run() is not None)
+    # Named after the run starts: its id is part of the name, and a name MLflow
+    # drew itself would come from Python's `random`, which training seeds (every
+    # run of a seed would get the same name).
+    mlflow.MlflowClient().update_run(
+        run.info.run_id, name=run_name(loop.cfg.model.name, data_version, run.info.run_id)
+    )
     recorded = {
         "data": params.data.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json"),
@@ -71,8 +81,37 @@ def start_run(
             "flywheel.manifest_sha256": sha256_file(manifest),
         }
     )
+    tags.update(source_tags(tags[TAG_GIT_COMMIT]))
     mlflow.set_tags(tags)
+    log_dataset_input(params, dataset_dir, data_version)
     return run
+
+
+def log_dataset_input(params: Params, dataset_dir: Path, data_version: str | None) -> None:
+    """Log the dataset as the run's training input: its manifest, named by data version.
+
+    MLflow shows it in the run's "Datasets used" with the DVC data version as
+    the digest, so runs trained on the same data group together.
+    """
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    manifest = load_manifest(dataset_dir)
+    short = data_version.removesuffix(".dir")[:8] if data_version else None
+    with warnings.catch_warnings():
+        # MLflow's hints about its own source registry (two local-file sources
+        # match a path) and about integer columns in model signatures: neither
+        # applies to a manifest logged as a run's input.
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        dataset = from_pandas(
+            manifest,
+            source=str(dataset_dir.resolve()),
+            targets="label" if "label" in manifest else None,
+            name=params.data.name if short is None else f"{params.data.name}@{short}",
+            digest=short,
+        )
+        mlflow.log_input(dataset, context="training")
 
 
 @contextmanager

@@ -52,14 +52,17 @@ another one moved `production` refuses to undo it (`TransitionOvertakenError`)
 unless forced.
 
 The registry is MLflow's configured one (`flywheel.tracking.configure_tracking`
-or `MLFLOW_TRACKING_URI`).
+or `MLFLOW_TRACKING_URI`), reached through `access`: MLflow's REST API for a
+tracking server, MLflow's own tables (SQLAlchemy Core) for a database store,
+MLflow's client for anything else, so that `flywheel rollback` does not import
+MLflow (2-3 s) during an incident.
 
-The parts: `versions` (register, look up, list), `blessing` (the gates'
-verdict on a version), `aliases` (promote, rollback), `history` (the recorded
-transitions), `journal` (crash-safe transitions: intent, replay, the model's
-log), `lock` (the registry lock, `unlock`, `recover`), `holder` (who holds
-it, alive or not), `faults` (the crash tests' kill points), `store` (MLflow
-reads with clear errors), `errors`.
+The parts: `access` (how the registry is reached), `versions` (register, look
+up, list), `blessing` (the gates' verdict on a version), `aliases` (promote,
+rollback), `history` (the recorded transitions), `journal` (crash-safe
+transitions: intent, replay, the model's log), `lock` (the registry lock,
+`unlock`, `recover`), `holder` (who holds it, alive or not), `faults` (the
+crash tests' kill points), `store` (registry reads with clear errors), `errors`.
 """
 
 from __future__ import annotations

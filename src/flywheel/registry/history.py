@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from mlflow import MlflowClient
-
+from flywheel.registry.access import RegistryAccess
 from flywheel.registry.store import (
     NO_ROLE,
     _aliases_of,
@@ -123,7 +122,7 @@ def _read_history(tags: Mapping[str, str]) -> list[Transition]:
     return [Transition.from_compact(e) for e in entries if isinstance(e, dict)]
 
 
-def _record(client: MlflowClient, name: str, version: str, transition: Transition) -> None:
+def _record(client: RegistryAccess, name: str, version: str, transition: Transition) -> None:
     """Write `transition` as the version's latest-transition tags and append it to its history.
 
     A transition with a `txid` already in the history is not appended again (a
@@ -151,14 +150,15 @@ def _record(client: MlflowClient, name: str, version: str, transition: Transitio
         f"{TAG_TRANSITION}.gates": transition.gates,
         TAG_HISTORY: json.dumps(history, separators=(",", ":")),
     }
-    for i, (key, value) in enumerate(tags.items()):
-        client.set_model_version_tag(name, version, key, value)
-        if i == 0 and transition.txid:
-            fault_point(f"record:{transition.action}:{transition.to_role}:partial")
+    (first, value), *rest = tags.items()
+    client.set_model_version_tag(name, version, first, value)
+    if transition.txid:
+        fault_point(f"record:{transition.action}:{transition.to_role}:partial")
+    client.set_model_version_tags(name, version, dict(rest))  # one transaction where it can
 
 
 def _record_alias_lost(
-    client: MlflowClient,
+    client: RegistryAccess,
     name: str,
     version: str,
     aliases: Mapping[str, str],
@@ -182,7 +182,7 @@ def read_history(name: str, version: str) -> list[Transition]:
 
 
 def _take_alias(
-    client: MlflowClient,
+    client: RegistryAccess,
     name: str,
     alias: str,
     version: str,

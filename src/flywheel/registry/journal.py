@@ -29,8 +29,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mlflow import MlflowClient
-
+from flywheel.registry.access import RegistryAccess
 from flywheel.registry.errors import RegistryError
 from flywheel.registry.faults import fault_point
 from flywheel.registry.history import HISTORY_LIMIT, Transition, _record, utc_now
@@ -236,7 +235,7 @@ def check_reason(reason: str, what: str) -> None:
         )
 
 
-def append_log(client: MlflowClient, name: str, entry: LogEntry) -> None:
+def append_log(client: RegistryAccess, name: str, entry: LogEntry) -> None:
     """Append `entry` to the model's log, once (an entry whose id is there is not added again).
 
     The log keeps the newest entries that fit in one registered-model tag
@@ -253,7 +252,7 @@ def append_log(client: MlflowClient, name: str, entry: LogEntry) -> None:
     client.set_registered_model_tag(name, TAG_LOG, text)
 
 
-def run_transition(client: MlflowClient, name: str, intent: Intent) -> None:
+def run_transition(client: RegistryAccess, name: str, intent: Intent) -> None:
     """Write the intent, then its plan, then clear it: the transition, crash-safe.
 
     Must run under the registry lock, after the transition's checks.
@@ -272,7 +271,7 @@ def run_transition(client: MlflowClient, name: str, intent: Intent) -> None:
     _complete(client, name, intent, note="")
 
 
-def finish_pending(client: MlflowClient, name: str, finisher: str) -> Intent | None:
+def finish_pending(client: RegistryAccess, name: str, finisher: str) -> Intent | None:
     """Finish the transition a dead process left half-done, if any; returns its intent.
 
     Must run under the registry lock: then a pending intent cannot belong to a
@@ -293,7 +292,7 @@ def finish_pending(client: MlflowClient, name: str, finisher: str) -> Intent | N
     return intent
 
 
-def _complete(client: MlflowClient, name: str, intent: Intent, *, note: str) -> None:
+def _complete(client: RegistryAccess, name: str, intent: Intent, *, note: str) -> None:
     """Replay the plan (every step idempotent), log it, clear the intent."""
     for alias, version in intent.aliases.items():
         client.set_registered_model_alias(name, alias, version)

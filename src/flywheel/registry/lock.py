@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Literal
 
 import filelock
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
+from flywheel.registry.access import RegistryAccess, StoreError
 from flywheel.registry.errors import ModelNotFoundError, RegistryError, RegistryLockTimeout
 from flywheel.registry.faults import fault_point
 from flywheel.registry.history import resolve_user, utc_now
@@ -142,7 +141,7 @@ def _resolve_strategy(strategy: LockStrategy) -> tuple[LockStrategy, Path | None
 
 @contextmanager
 def _held(
-    client: MlflowClient, name: str, strategy: LockStrategy, timeout: float, ttl: float
+    client: RegistryAccess, name: str, strategy: LockStrategy, timeout: float, ttl: float
 ) -> Iterator[None]:
     strategy, store = _resolve_strategy(strategy)
     if strategy == "file":
@@ -208,7 +207,7 @@ class _RegistryMutex:
     its row, so they travel with a rename); a daemon thread renews the lease.
     """
 
-    def __init__(self, client: MlflowClient, name: str, *, ttl: float) -> None:
+    def __init__(self, client: RegistryAccess, name: str, *, ttl: float) -> None:
         self.client = client
         self.name = name
         self.lock_name = f"{name}{LOCK_SUFFIX}"
@@ -231,7 +230,7 @@ class _RegistryMutex:
                     tags={"flywheel.lock": "promotion lock; `flywheel registry unlock` breaks it"},
                 )
                 break
-            except MlflowException as err:
+            except StoreError as err:
                 # "exists" is the expected refusal; "does not exist" too: MLflow's
                 # SQL store looks the clashing model up after the failed insert,
                 # and the holder may have released it in between.
@@ -268,7 +267,7 @@ class _RegistryMutex:
                 self.client.update_registered_model(
                     self.lock_name, description=self.holder.to_json()
                 )
-            except MlflowException as err:  # a server hiccup: try again next tick
+            except StoreError as err:  # a server hiccup: try again next tick
                 _log.warning("could not renew the registry lock lease: %s", err)
 
     def _break_if_abandoned(self) -> LockHolder | None:
@@ -280,7 +279,7 @@ class _RegistryMutex:
         grave = f"{self.lock_name}.abandoned-{uuid.uuid4().hex[:12]}"
         try:
             self.client.rename_registered_model(self.lock_name, grave)
-        except MlflowException as err:
+        except StoreError as err:
             if _error_code(err) in (_NOT_FOUND, *_EXISTS):
                 return None  # another waiter broke it first
             raise
@@ -301,11 +300,11 @@ class _RegistryMutex:
             self.client.delete_registered_model(self.lock_name)
 
 
-def _holder(client: MlflowClient, lock_name: str) -> LockHolder | None:
+def _holder(client: RegistryAccess, lock_name: str) -> LockHolder | None:
     """Who holds the registry lock model, None if nobody."""
     try:
         model = client.get_registered_model(lock_name)
-    except MlflowException as err:
+    except StoreError as err:
         if _error_code(err) == _NOT_FOUND:
             return None
         raise
@@ -364,7 +363,7 @@ def unlock(
             holders.append(held)
             try:
                 client.delete_registered_model(lock_name)
-            except MlflowException as err:
+            except StoreError as err:
                 if _error_code(err) != _NOT_FOUND:
                     raise
     holder = holders[0] if holders else None

@@ -1,6 +1,8 @@
 """The registry as MLflow holds it: the aliases flywheel manages, and reads that fail clearly.
 
-Every operation reads through these helpers: `_get_aliases` and `_get_version`
+Every operation reaches the registry through `flywheel.registry.access` (MLflow's
+REST API, its tables, or its client: whichever is fast for the store) and reads
+through these helpers: `_get_aliases` and `_get_version`
 turn MLflow's "does not exist" into `ModelNotFoundError` and
 `VersionNotFoundError` (naming what does exist), and `_verify_aliases` reads the
 aliases back after a write (compare-after-write, see `flywheel.registry`).
@@ -10,10 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion, RegisteredModel
-from mlflow.exceptions import MlflowException
-
+from flywheel.registry.access import (
+    ALREADY_EXISTS,
+    NOT_FOUND,
+    RegistryAccess,
+    StoredModel,
+    StoredVersion,
+    StoreError,
+    open_access,
+    registry_uri,
+)
 from flywheel.registry.errors import (
     ConcurrentModificationError,
     ModelNotFoundError,
@@ -39,10 +47,10 @@ ROLES: tuple[str, ...] = (ALIAS_PRODUCTION, ALIAS_STAGING, ALIAS_CANDIDATE, ALIA
 NO_ROLE = "none"
 
 
-_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+_NOT_FOUND = NOT_FOUND
 
 
-_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+_EXISTS = (ALREADY_EXISTS, "ALREADY_EXISTS")
 
 
 def role_of(aliases: Sequence[str]) -> str:
@@ -56,28 +64,29 @@ def role_of(aliases: Sequence[str]) -> str:
     return next((r for r in ROLES if r in aliases), NO_ROLE)
 
 
-def _client() -> MlflowClient:
-    return MlflowClient()
+def _client() -> RegistryAccess:
+    """The registry's access for the configured URI (`flywheel.registry.access.open_access`)."""
+    return open_access()
 
 
-def _error_code(err: MlflowException) -> str:
+def _error_code(err: StoreError) -> str:
     return str(getattr(err, "error_code", ""))
 
 
-def _get_aliases(client: MlflowClient, name: str) -> dict[str, str]:
+def _get_aliases(client: RegistryAccess, name: str) -> dict[str, str]:
     """alias → version of a registered model."""
     return _aliases_in(_get_model(client, name))
 
 
-def _aliases_in(model: RegisteredModel) -> dict[str, str]:
+def _aliases_in(model: StoredModel) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
-def _get_model(client: MlflowClient, name: str) -> RegisteredModel:
+def _get_model(client: RegistryAccess, name: str) -> StoredModel:
     """The registered model (aliases, tags), or `ModelNotFoundError` saying what to do."""
     try:
         return client.get_registered_model(name)
-    except MlflowException as err:
+    except StoreError as err:
         if _error_code(err) == _NOT_FOUND:
             raise ModelNotFoundError(
                 f"no registered model {name!r} in the registry {_registry_uri()}; "
@@ -86,35 +95,31 @@ def _get_model(client: MlflowClient, name: str) -> RegisteredModel:
         raise
 
 
-def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+def _get_version(client: RegistryAccess, name: str, version: str) -> StoredVersion:
     """The version, or a clear error naming the versions that exist."""
     if not str(version).isdigit():
         raise VersionNotFoundError(f"{version!r} is not a version number of model {name!r}")
     try:
         return client.get_model_version(name, str(version))
-    except MlflowException as err:
+    except StoreError as err:
         if _error_code(err) != _NOT_FOUND:
             raise
         _get_aliases(client, name)  # a missing model gets its own, clearer error
-        known = sorted(
-            (str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int
-        )
+        known = sorted((v.version for v in client.search_model_versions(name)), key=int)
         raise VersionNotFoundError(
             f"model {name!r} has no version {version!r}; versions: {known or 'none'}"
         ) from None
 
 
 def _registry_uri() -> str:
-    import mlflow
-
-    return mlflow.get_registry_uri()
+    return registry_uri()
 
 
 def _aliases_of(aliases: Mapping[str, str], version: str) -> list[str]:
     return [a for a, v in aliases.items() if v == version]
 
 
-def _verify_aliases(client: MlflowClient, name: str, expected: Mapping[str, str]) -> None:
+def _verify_aliases(client: RegistryAccess, name: str, expected: Mapping[str, str]) -> None:
     """Compare-after-write: the aliases must read back as written."""
     actual = _get_aliases(client, name)
     wrong = {a: actual.get(a) for a, v in expected.items() if actual.get(a) != v}

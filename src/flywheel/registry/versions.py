@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities.model_registry import ModelVersion
-
+from flywheel.registry.access import StoredVersion
 from flywheel.registry.blessing import TAG_BLESSED, TAG_EVAL_ACCURACY
-from flywheel.registry.errors import ModelNotFoundError
+from flywheel.registry.errors import ModelNotFoundError, RegistryError
 from flywheel.registry.history import (
     Transition,
     _read_history,
@@ -144,16 +143,7 @@ def list_versions(name: str) -> list[VersionSummary]:
     """
     client = _client()
     aliases = _get_aliases(client, name)
-    versions: list[ModelVersion] = []
-    page_token: str | None = None
-    while True:
-        page = client.search_model_versions(
-            f"name = '{name}'", max_results=1000, page_token=page_token
-        )
-        versions.extend(page)
-        page_token = page.token
-        if not page_token:
-            break
+    versions = client.search_model_versions(name)
     out = []
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = dict(mv.tags or {})
@@ -200,8 +190,61 @@ def artifact_problem(name: str, version: str) -> str | None:
     or an empty file is named. On a local artifact store a zip archive (a pt2
     program) is also read through its directory, which finds a truncated one; a
     remote file whose bytes are corrupt is found only when it is loaded
-    (`flywheel serve` says so in `/readyz`).
+    (`flywheel serve` says so in `/readyz`). Files on this machine are read
+    directly; MLflow (its artifact repositories) is imported only for files
+    elsewhere (`s3://`, `mlflow-artifacts:`, …).
     """
+    try:
+        location = _client().download_uri(name, str(version))
+    except RegistryError as err:
+        return f"its MLmodel cannot be read: {_first_line(err)}"
+    folder = _local_folder(location)
+    if folder is None:
+        return _remote_artifact_problem(name, version)
+    return _local_artifact_problem(folder, location)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [repr(err)])[0]
+
+
+def _local_folder(location: str) -> Path | None:
+    """The folder of a `file:` URI or an absolute path; None for anything remote."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if not parsed.scheme and location.startswith("/"):
+        return Path(location)
+    return None
+
+
+def _local_artifact_problem(folder: Path, location: str) -> str | None:
+    """`artifact_problem` for model files on this machine: MLmodel, model data, archives."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
+        flavors = meta["flavors"]
+        flavor = flavors.get("pytorch") or {}
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        return f"its MLmodel cannot be read: {_first_line(err)}"
+    model_data = str(flavor.get("model_data", "data"))
+    data = f"{location.rstrip('/')}/{model_data}"
+    root = folder / model_data
+    found = root.rglob("*") if root.is_dir() else iter(())
+    files = sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in found if p.is_file())
+    if not files:
+        return f"no model data under {data}"
+    empty = [path for path, size in files if not size]
+    if empty:
+        return f"empty model file {empty[0]}"
+    return _local_archive_problem(str(root), [path for path, _ in files])
+
+
+def _remote_artifact_problem(name: str, version: str) -> str | None:
+    """`artifact_problem` through MLflow's artifact repositories (files not on this machine)."""
     from mlflow.artifacts import list_artifacts
     from mlflow.models import get_model_info
 
@@ -209,13 +252,14 @@ def artifact_problem(name: str, version: str) -> str | None:
     try:
         info = get_model_info(uri)
     except Exception as err:
-        return f"its MLmodel cannot be read: {(str(err).splitlines() or [repr(err)])[0]}"
+        return f"its MLmodel cannot be read: {_first_line(err)}"
     flavor = info.flavors.get("pytorch") or {}
-    data = f"{info.artifact_path.rstrip('/')}/{flavor.get('model_data', 'data')}"
+    base = info.artifact_path or uri  # an MLmodel written by `save_model` names no artifact path
+    data = f"{base.rstrip('/')}/{flavor.get('model_data', 'data')}"
     try:
         files = _artifact_files(list_artifacts, data)
     except Exception as err:
-        return f"its model data cannot be listed: {(str(err).splitlines() or [repr(err)])[0]}"
+        return f"its model data cannot be listed: {_first_line(err)}"
     if not files:
         return f"no model data under {data}"
     empty = [path for path, size in files if not size]
@@ -240,11 +284,11 @@ def _artifact_files(list_artifacts: Any, root: str, prefix: str = "") -> list[tu
 
 
 def _local_archive_problem(data: str, files: list[str]) -> str | None:
-    """A zip archive (a pt2 program) under a local `data` URI whose directory cannot be read."""
+    """A zip archive (a pt2 program) under a local `data` folder (or URI) that cannot be read."""
     import zipfile
     from urllib.parse import unquote, urlparse
 
-    folder = Path(unquote(urlparse(data).path))
+    folder = Path(unquote(urlparse(data).path)) if data.startswith("file:") else Path(data)
     for relative in files:
         path = folder / relative
         if path.suffix in (".pt2", ".zip"):
@@ -256,7 +300,7 @@ def _local_archive_problem(data: str, files: list[str]) -> str | None:
     return None
 
 
-def get_version(name: str, version: str) -> ModelVersion:
+def get_version(name: str, version: str) -> StoredVersion:
     """A registered version (run id, source, tags).
 
     Raises:
@@ -275,5 +319,7 @@ def version_for_alias(name: str, alias: str) -> str | None:
 
 def run_lineage(run_id: str) -> dict[str, str]:
     """The lineage tags (`flywheel.tracking.LINEAGE_TAGS`) a training run carries."""
-    tags = _client().get_run(run_id).data.tags
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_run(run_id).data.tags
     return {key: tags[key] for key in LINEAGE_TAGS if key in tags}
