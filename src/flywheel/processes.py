@@ -141,3 +141,20 @@ def port_holder(host: str, port: int) -> str | None:
             described.append(f"pid {pid} ({command[:120]})")
     holders = "; ".join(described or ["another process"])
     return f"port {port} on {host} {PORT_IN_USE}: held by {holders}"
+
+
+FAULT_ENV = "FLYWHEEL_FAULT_AT"
+"""The step at which the process SIGKILLs itself (the crash tests only)."""
+
+
+def fault_point(step: str) -> None:
+    """Die here, by SIGKILL, if `FAULT_ENV` names `step`; otherwise do nothing.
+
+    The crash tests (`tests/integration/registry/test_crashes.py`,
+    `tests/integration/test_data_crashes.py`) set `FAULT_ENV` to one step; the
+    process dies there exactly as `kill -9` would, with no cleanup, and the test
+    checks what the next command makes of it. Unset (always, outside those
+    tests), a fault point costs one dictionary lookup.
+    """
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

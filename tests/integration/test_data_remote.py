@@ -187,6 +187,33 @@ def test_a_failed_pull_of_real_data_is_an_error_not_a_regeneration(
     assert not (repo / "data").exists()
 
 
+def test_objects_deleted_from_the_bucket_are_named_and_pushed_again(
+    pod_env: S3Server, dataset: Path, tmp_path: Path
+) -> None:
+    """DVC's index trusts the pushed `.dir`; the check and the push look in the bucket itself."""
+    from flywheel.data.sync import check_remote, push_version
+
+    workspace = tmp_path / "ws"
+    version = publish_dataset(dataset, PLAN, pod_env.remote(tmp_path.name), workspace)
+    files = [k for k in pod_env.keys(f"{tmp_path.name}/files/") if not k.endswith(".dir")]
+    pod_env.delete(files[:2])
+
+    check = check_remote(workspace, PLAN)
+    assert check is not None
+    assert (len(check.missing), check.in_cache, check.complete) == (2, True, False)
+    with pytest.raises(DataVersionError, match=rf"lacks 2 of {check.files} files of data version "):
+        ensure_dataset(PLAN, workspace)
+    with pytest.raises(DataVersionError, match=rf"failed: .*lacks 2 of {check.files} files"):
+        materialise(version, tmp_path / "pod", PLAN)  # a pod asking for it by hash
+
+    pushed = push_version(workspace, PLAN)
+
+    assert pushed is not None
+    assert pushed.complete, pushed.describe()
+    assert set(files) <= set(pod_env.keys(f"{tmp_path.name}/files/"))
+    assert ensure_dataset(PLAN, workspace) == ("present", version)
+
+
 def test_the_workspace_is_a_dvc_project_without_git(tmp_path: Path) -> None:
     root = init_workspace(tmp_path / "ws", DataRemote("s3://b/p", "http://127.0.0.1:1"))
 

@@ -55,6 +55,12 @@ class S3Server:
         body: bytes = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body.decode()
 
+    def delete(self, keys: list[str]) -> None:
+        """Delete these objects from the bucket (what a lifecycle rule or a person might do)."""
+        client = boto3.client("s3", endpoint_url=self.endpoint, **_client_credentials())
+        for key in keys:
+            client.delete_object(Bucket=self.bucket, Key=key)
+
     def keys(self, prefix: str = "") -> list[str]:
         """Every object key under `prefix` in the bucket."""
         client = boto3.client("s3", endpoint_url=self.endpoint, **_client_credentials())

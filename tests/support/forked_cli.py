@@ -20,8 +20,17 @@ from collections.abc import Mapping
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
 
-PRELOAD = ["flywheel.cli", "flywheel.registry", "mlflow"]
-"""What the forkserver imports once, before any fork."""
+PRELOAD = [
+    "flywheel.cli",
+    "flywheel.registry",
+    "mlflow",
+    "dvc.repo",
+    "flywheel.data.sync",
+    "flywheel.labeling.merge",
+    "flywheel.validation",
+]
+"""What the forkserver imports once, before any fork (the data crash tests' merges need DVC
+and the data gate: seconds each to import)."""
 
 _context: ForkServerContext | None = None
 

@@ -9,6 +9,7 @@ import yaml
 
 from flywheel.config import load_params
 from flywheel.data.remote import DataRemote, bare, write_pointer
+from flywheel.data.sync import RemoteCheck
 from flywheel.data.versioning import META_KEY, DataVersionError, data_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,3 +54,46 @@ def test_only_s3_remotes_get_an_endpoint() -> None:
         "endpointurl": "http://127.0.0.1:9",
     }
     assert DataRemote("/srv/dvc", "http://127.0.0.1:9").config() == {"url": "/srv/dvc"}
+
+
+V = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("check", "says"),
+    [
+        (
+            RemoteCheck(V, "s3://b/p", 4, (), False, True),
+            [f"holds all 4 files of data version {V}"],
+        ),
+        (
+            RemoteCheck(V, "s3://b/p", 9, tuple(f"data/{i}.png" for i in range(7)), False, True),
+            [
+                f"lacks 7 of 9 files of data version {V}",
+                "data/0.png, data/1.png, data/2.png, data/3.png, data/4.png, and 2 more",
+                "`flywheel data push`",
+            ],
+        ),
+        (
+            RemoteCheck(V, "/r", 3, ("data/a.png",), False, False),
+            ["lacks 1 of 3 files", "cache lacks them too", "flywheel data checkout latest"],
+        ),
+        (RemoteCheck(V, "/r", 0, (), True, False), [f"lacks the file list of data version {V}"]),
+        (RemoteCheck(V, "/r", 5, (), True, True), [f"lacks the file list ({V}.dir)"]),
+    ],
+)
+def test_what_the_remote_lacks_is_counted_named_and_says_how_to_fix_it(
+    check: RemoteCheck, says: list[str]
+) -> None:
+    message = check.describe()
+
+    assert check.complete == (says[0].startswith("holds"))
+    for part in says:
+        assert part in message
+
+
+def test_a_pointer_cut_off_mid_write_is_named(tmp_path: Path) -> None:
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: ")
+
+    with pytest.raises(DataVersionError, match=r"data\.dvc: no `outs\[0\]\.md5`"):
+        data_version(tmp_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
 from flywheel.cli.options import DATA_SECTIONS, LogDirOpt, ParamsOpt, SetOpt, read_params
@@ -13,6 +14,8 @@ from flywheel.cli.project_root import ProjectTyper
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from flywheel.config import DataPlan
 
 commands = ProjectTyper(help="Collect, import and version datasets.", no_args_is_help=True)
 
@@ -123,22 +126,84 @@ def data_ensure(
             "data.dvc does not record the version as the generator's.",
         ),
     ] = False,
+    remote_check: Annotated[
+        bool,
+        typer.Option(
+            help="Check that the default DVC remote holds every file of the version "
+            "(--no-remote-check for a version kept local on purpose, e.g. after --no-push).",
+        ),
+    ] = True,
 ) -> None:
     """Make data/ match data.dvc: keep it, `dvc pull` it, or regenerate it from the seed.
 
-    Regenerates only a version data.dvc records as the generator's (the demo's),
-    or with --regenerate; any other version that cannot be pulled is an error
-    naming the version and the remote.
+    First puts right what a killed `flywheel data track` or `merge` left (and
+    says so). Regenerates only a version data.dvc records as the generator's
+    (the demo's), or with --regenerate; any other version that cannot be pulled
+    is an error naming the version and the remote. Then checks, file by file on
+    the remote itself, that the default DVC remote holds the whole version: if
+    it lacks some, they are counted and named, with the fix (exit 2).
     """
+    from flywheel.data.sync import check_remote
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
     p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
-        how, version = ensure_dataset(p.data, repo, regenerate=regenerate)
+        _recover(repo, p.data, strict=remote_check)
+        how, version = ensure_dataset(
+            p.data, repo, regenerate=regenerate, verify_remote=remote_check
+        )
+        check = check_remote(repo, p.data, version) if remote_check else None
+    remote = (
+        f"; {check.describe()}"
+        if check is not None
+        else ("; no default DVC remote to check" if remote_check else "")
+    )
     console.print(
         f"{p.data.root.as_posix()}/ is at version [bold]{version}[/bold] ({how}); "
-        "`dvc status` is clean"
+        f"`dvc status` is clean{remote}"
     )
+
+
+@commands.command("push")
+def data_push(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Upload what the DVC remote lacks of the version data.dvc records, then check it all arrived.
+
+    Looks every file up on the remote itself (DVC's `dvc push` trusts an index
+    of what the remote holds, and uploads nothing when objects were deleted
+    from it). Finishes a killed track or merge first (and says so).
+    """
+    from flywheel.data.sync import push_version
+    from flywheel.data.versioning import DataVersionError
+
+    plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
+    with exit_on(DataVersionError):
+        _recover(repo, plan, strict=True)
+        check = push_version(repo, plan)
+        if check is None:
+            raise DataVersionError(
+                f"{repo}/.dvc/config names no default DVC remote: add one with "
+                "`dvc remote add -d NAME URL`"
+            )
+    console.print(check.describe())
+
+
+def _recover(repo: Path, plan: DataPlan | None, *, strict: bool) -> None:
+    """Put right what a killed track or merge left, saying so; a failed push warns if not strict."""
+    from flywheel.data.versioning import DataVersionError, recover_interrupted
+
+    try:
+        done = recover_interrupted(repo, plan)
+    except DataVersionError as err:
+        if strict:
+            raise
+        print_error(str(err), label="warning")
+        return
+    if done is not None:
+        err_console.print(escape(done))
 
 
 @commands.command("checkout")
@@ -160,6 +225,7 @@ def data_checkout(
 
     p = read_params(params, set_, needs=DATA_SECTIONS)
     with exit_on(DataVersionError):
+        _recover(repo, p.data, strict=True)
         checked_out = checkout_version(repo, p.data, version)
     console.print(f"data/ is at version [bold]{checked_out}[/bold]; commit data.dvc to share it")
 
@@ -185,11 +251,17 @@ def data_track(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash."""
+    """Record the plan's data root as a new version (`dvc add data`), push it; prints the hash.
+
+    The push is checked on the remote, file by file. Finishes a killed track or
+    merge first (and says so); a push that fails is a warning, and the next
+    command (or `flywheel data push`) tries again.
+    """
     from flywheel.data.versioning import DataVersionError, dvc_file, track_dataset
 
     plan = read_params(params, set_, needs=DATA_SECTIONS).data if params.is_file() or set_ else None
     with exit_on(DataVersionError):
+        _recover(repo, plan, strict=False)
         version = track_dataset(repo, plan, push=push)
     console.print(
         f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
@@ -233,10 +305,14 @@ def data_merge(
 ) -> None:
     """Merge every label into data/ as production rows and record a new data version.
 
-    data/ is first brought to the version data.dvc records. The test split
-    stays frozen; merge.holdout_share of the new images form the evaluation-only
-    `holdout` split. The merged dataset must pass the data gate (else the merge
-    is undone, exit 1); `dvc add` records it. Merging the same labels again adds
+    A merge killed at any step is put right first (undone before data.dvc
+    names the new version, finished after; either is said). data/ is then
+    brought to the version data.dvc records. The test split stays frozen;
+    merge.holdout_share of the new images form the evaluation-only `holdout`
+    split. The merged dataset is built and gated beside data/ and switched in
+    at once, so data/ is never half merged; if it fails the data gate nothing
+    changes (exit 1). `dvc add` records it, and the push is checked on the
+    remote. Merging the same labels again adds
     nothing and keeps the version. A label without a recorded stratum gets one
     by merge.strata (default: the stratum production/production). Labels not
     merged are counted with their reason; when none of the labels can be
@@ -249,6 +325,7 @@ def data_merge(
 
     p = read_params(params, set_)
     with exit_on(DataVersionError, StratumError), refuse_on(MergeError):
+        _recover(repo, p.data, strict=push)
         log_root = as_location(log_dir) if log_dir else None
         update = update_dataset(p, repo, log_root=log_root, push=push)
     merge = update.merge

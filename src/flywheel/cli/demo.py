@@ -58,13 +58,16 @@ def demo(
     """
     import time
 
+    from flywheel.data.sync import push_version
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
     started = time.perf_counter()
     entry = pipeline_entry("training", runnable=True)
     p = read_base_params(params, set_)
     with exit_on(DataVersionError):
-        how, version = ensure_dataset(p.data, ".")
+        how, version = ensure_dataset(p.data, ".", verify_remote=False)
+        # The demo's remote is a folder in the state folder: refill it if that was wiped.
+        push_version(".", p.data)
     console.print(f"data/ is at version [bold]{version}[/bold] ({how})")
     run = run_pipeline_locally(entry, p, list(set_ or []), version, cache)
     print_outputs(run)

@@ -208,16 +208,29 @@ def materialise(version: str, root: Path, plan: DataPlan, remote: DataRemote | N
         except Exception as err:  # DVC raises many kinds; all mean "not restored"
             raise DataVersionError(
                 f"DVC remote {remote}: pulling data version {bare(version)} failed: "
-                f"{_first_line(err)}"
+                f"{_first_line(err)}{_lacking(root, plan, version)}"
             ) from err
     return root / plan.root
+
+
+def _lacking(root: Path, plan: DataPlan, version: str) -> str:
+    """What the remote lacks of `version` (files counted and named), to explain a failed pull."""
+    from flywheel.data.sync import check_remote
+
+    try:
+        check = check_remote(root, plan, version)
+    except DataVersionError as err:
+        return f" ({err})"
+    return "" if check is None or check.complete else f"; {check.describe()}"
 
 
 def checkout_version(repo: str | Path, plan: DataPlan, version: str) -> str:
     """Bring data version `version` (or `latest`) into `repo`'s data folder; `data.dvc` records it.
 
-    Nothing unrecorded is lost: a data folder with changes `data.dvc` does not
-    record is refused, and a failed pull puts the old `data.dvc` back.
+    Nothing unrecorded is lost: what a killed `track` or `merge` left is put
+    right first (`flywheel.data.transaction.recover`), a data folder with
+    changes `data.dvc` does not record is refused, and a failed pull puts the
+    old `data.dvc` back.
 
     Returns:
         The version now checked out.
@@ -226,9 +239,12 @@ def checkout_version(repo: str | Path, plan: DataPlan, version: str) -> str:
         DataVersionError: no remote, the version missing from it (or no latest
             recorded), unrecorded changes in the data folder.
     """
-    from flywheel.data.versioning import is_clean
+    from flywheel.data.versioning import is_clean, recover_interrupted
 
     repo = Path(repo)
+    done = recover_interrupted(repo, plan)  # a killed track or merge: undone or finished first
+    if done is not None:
+        log.warning("%s", done)
     remote = find_remote(repo)
     if version == "latest":
         latest = latest_version(remote, repo)

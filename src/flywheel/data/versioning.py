@@ -59,10 +59,14 @@ def data_version(repo: str | Path = ".", plan: DataPlan | None = None) -> str:
         raise DataVersionError(
             f"{path}: not found; run `flywheel data track` to version data/"
         ) from None
+    except yaml.YAMLError as err:  # e.g. cut off mid-write
+        raise DataVersionError(f"{path}: not YAML ({err}); is it a DVC pointer file?") from None
     try:
-        md5: str = meta["outs"][0]["md5"]
+        md5 = meta["outs"][0]["md5"]
     except (TypeError, KeyError, IndexError):
-        raise DataVersionError(f"{path}: no `outs[0].md5`; is it a DVC pointer file?") from None
+        md5 = None
+    if not isinstance(md5, str):
+        raise DataVersionError(f"{path}: no `outs[0].md5`; is it a DVC pointer file?")
     return md5.removesuffix(".dir")
 
 
@@ -94,7 +98,11 @@ def is_clean(repo: str | Path = ".", plan: DataPlan | None = None) -> bool:
 
 
 def ensure_dataset(
-    plan: DataPlan, repo: str | Path = ".", *, regenerate: bool = False
+    plan: DataPlan,
+    repo: str | Path = ".",
+    *,
+    regenerate: bool = False,
+    verify_remote: bool = True,
 ) -> tuple[Provenance, str]:
     """Make the data folder match `data.dvc`, losing nothing that is not recorded.
 
@@ -106,11 +114,20 @@ def ensure_dataset(
     it so the next clone can pull. With no `data.dvc` at all, the generator's
     dataset is tracked as the first version.
 
+    First, whatever a killed `track` or `merge` left is put right
+    (`flywheel.data.transaction.recover`: undone before `data.dvc` names the
+    new version, finished after). Last, with `verify_remote` and a default DVC
+    remote, every file of the version is looked up on the remote itself
+    (`flywheel.data.sync`): a version another clone could not pull is an error
+    naming the missing files and the fix.
+
     Args:
         plan: the data plan.
         repo: the repository root holding `data.dvc`.
         regenerate: regenerate with the plan's generator when the pull fails,
             even for a version `data.dvc` does not record as the generator's.
+        verify_remote: check that the default remote holds every file of the
+            version (off for a merge that will not push: a local version).
 
     Returns:
         How the data got there, and the data version.
@@ -120,9 +137,51 @@ def ensure_dataset(
             (they are left untouched); the pull failed (names the version, the
             remote and why) and the version is not the generator's; no generator
             is configured (or it cannot be imported); or the regenerated data
-            does not match the recorded hash.
+            does not match the recorded hash; the remote lacks files of the
+            version (counted, the first few named) or cannot be read; an
+            interrupted operation's pending push failed again.
     """
     repo = Path(repo)
+    provenance, version = _ensure(plan, repo, regenerate=regenerate, verify_remote=verify_remote)
+    if verify_remote:
+        from flywheel.data.sync import check_remote
+
+        check = check_remote(repo, plan, version)
+        if check is not None and not check.complete:
+            raise DataVersionError(check.describe())
+    return provenance, version
+
+
+def recover_interrupted(repo: str | Path, plan: DataPlan | None = None) -> str | None:
+    """Put right what a killed `track` or `merge` left (`transaction.recover`); say what was done.
+
+    The commands call it first and print what it says; `ensure_dataset` and
+    `track_dataset` call it too (then it finds nothing left) and log it as a
+    warning for callers that print nothing.
+
+    Raises:
+        DataVersionError: an interrupted operation's pending push failed again.
+    """
+    from flywheel.data.transaction import recover
+
+    return recover(repo, plan)
+
+
+def _recover_logged(repo: Path, plan: DataPlan | None) -> None:
+    done = recover_interrupted(repo, plan)
+    if done is not None:
+        log.warning("%s", done)
+
+
+def _ensure(
+    plan: DataPlan, repo: Path, *, regenerate: bool, verify_remote: bool
+) -> tuple[Provenance, str]:
+    try:
+        _recover_logged(repo, plan)
+    except DataVersionError:
+        if verify_remote:
+            raise
+        # a local merge or check: the pending push stays pending, tried by the next command
     data_dir = repo / _root(plan)
     if not dvc_file(repo, plan).is_file():
         generate = _generator(
@@ -150,12 +209,12 @@ def ensure_dataset(
     not_restored = (
         f"`dvc pull` did not restore {data_dir}/ at data version {version} "
         f"({dvc_file(repo, plan).name}) from the DVC remote {_remote_url(repo)}: "
-        f"{failure or 'the pulled folder does not match the recorded hash'}"
+        f"{failure or 'the pulled folder does not match the recorded hash'}{_lacking(repo, plan)}"
     )
     if not (regenerate or _is_generated(repo, plan, version)):
         raise DataVersionError(
             f"{not_restored}. Push that version to the remote from where it was recorded "
-            "(`dvc push`), or configure the remote that holds it"
+            "(`flywheel data push`), or configure the remote that holds it"
             + (
                 f"; `--regenerate` makes it again with data.generator {plan.generator!r}"
                 if plan.generator
@@ -171,8 +230,19 @@ def ensure_dataset(
             "generator or a library that writes the images changed. Record the new "
             "data with `flywheel data track` if that was intended."
         )
-    _push(repo, plan)
+    _push(repo, plan, strict=verify_remote)
     return "regenerated", version
+
+
+def _lacking(repo: Path, plan: DataPlan) -> str:
+    """What the remote lacks of the recorded version, to explain a failed pull ('' if unknown)."""
+    from flywheel.data.sync import check_remote
+
+    try:
+        check = check_remote(repo, plan)
+    except DataVersionError as err:
+        return f" ({err})"
+    return "" if check is None or check.complete else f" ({check.describe()})"
 
 
 def _record_generated(repo: Path, plan: DataPlan, version: str) -> None:
@@ -229,8 +299,15 @@ def track_dataset(
 ) -> str:
     """`dvc add` the data folder (a new version when it changed) and optionally push it.
 
-    A pushed version is recorded as the latest next to the remote
-    (`flywheel.data.remote.record_latest`), where a cluster and a laptop both read it.
+    A transaction (`flywheel.data.transaction`): the intent is journaled
+    first, so a process killed after `dvc add` wrote `data.dvc` and before the
+    push was verified is finished by the next command (the pending version
+    pushed and verified). A push is checked on the remote itself, file by file
+    (`flywheel.data.sync`); a version pushed and checked is recorded as the
+    latest next to the remote (`flywheel.data.remote.record_latest`), where a
+    cluster and a laptop both read it. A push that fails is a warning: the
+    version stays recorded and in the local cache, and the next command (or
+    `flywheel data push`) tries again.
 
     Returns:
         The new data version.
@@ -242,24 +319,27 @@ def track_dataset(
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    from flywheel.data.transaction import begin, end, finish
+
     disable_telemetry()
-    data = Path(repo) / _root(plan)
+    repo = Path(repo)
+    try:
+        _recover_logged(repo, plan)
+    except DataVersionError as err:  # the older version's push: tried again later
+        log.warning("%s", err)
+    data = repo / _root(plan)
+    begin(repo, plan, "track", push=push)
     try:
         with Repo(str(repo)) as dvc:
             dvc.add(str(data))
     except DvcException as err:
+        end(repo)  # nothing was recorded: nothing to finish or undo
         raise DataVersionError(
             f"cannot record {data} as a data version: {err} (`flywheel init` makes the "
             "project a DVC repository; `flywheel data ensure` or `data import` fills the data)"
         ) from None
     version = data_version(repo, plan)
-    if push and _push(repo, plan):
-        from flywheel.data.remote import record_latest
-
-        try:
-            record_latest(repo, version)
-        except Exception as err:  # the version is pushed; only the note is lost
-            log.warning("data version %s pushed, but not recorded as the latest: %s", version, err)
+    finish(repo, plan, version, push=push)
     return version
 
 
@@ -299,18 +379,13 @@ def _pull(repo: Path, plan: DataPlan) -> str | None:
     return None
 
 
-def _push(repo: str | Path, plan: DataPlan | None) -> bool:
-    """Push the recorded version to the default remote; a failure is a warning, not a loss."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+def _push(repo: Path, plan: DataPlan, *, strict: bool) -> None:
+    """Push the recorded version and check it arrived; a failure is an error when `strict`."""
+    from flywheel.data.sync import push_version
 
-    disable_telemetry()
     try:
-        with Repo(str(repo)) as dvc:
-            dvc.push(targets=[str(dvc_file(repo, plan))])
-    except DvcException as err:
-        log.warning(
-            "dvc push to the default remote failed (the data stays in the local cache): %s", err
-        )
-        return False
-    return True
+        push_version(repo, plan)
+    except DataVersionError as err:
+        if strict:
+            raise
+        log.warning("the data stays in the local DVC cache: %s", err)

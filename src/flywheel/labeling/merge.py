@@ -17,10 +17,12 @@ manifest rows of the dataset `data/<name>`:
   The `test` split is never touched: models stay comparable on it, and the
   holdout is the extra production slice evaluation reports.
 
-The merged manifest goes through the Great Expectations gate; if it fails,
-the merge is undone (manifest restored, copied images removed) and
-`MergeError` names the failures. `update_dataset` wraps it: bring `data/` to
-the version `data.dvc` records, merge, `dvc add` (and push) the new version.
+The merged dataset is built beside the current one and goes through the
+Great Expectations gate there; if it fails, it is thrown away (the dataset
+was never touched) and `MergeError` names the failures. `update_dataset`
+wraps it: bring `data/` to the version `data.dvc` records, merge, then switch
+the merged folder in and `dvc add` (and push) it as one transaction
+(`flywheel.data.transaction`).
 Merging the same labels again adds nothing, so the data version stays.
 Every label not merged is counted under its reason (`MergeResult.skipped`);
 `MergeResult.nothing_merged` says why when labels were given but none could
@@ -33,7 +35,7 @@ import hashlib
 import io
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +49,10 @@ from flywheel.data.ground_truth import (
     latest_per_key,
     read_ground_truth,
 )
-from flywheel.data.manifest import COLUMNS, load_manifest, manifest_path, save_manifest
+from flywheel.data.manifest import COLUMNS, load_manifest, save_manifest
+from flywheel.data.transaction import discard, stage_copy, switch
 from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
+from flywheel.processes import fault_point
 from flywheel.storage import Location, as_location, is_file, read_bytes, state_url
 from flywheel.validation import FilePlan
 
@@ -132,6 +136,8 @@ class MergeResult:
         labels: labelled images considered.
         report: the data gate's report on the merged dataset (None when nothing was added).
         strata: where the added rows' strata came from (a `STRATUM_SOURCES` key) → rows.
+        staged: where the merged dataset is: `dataset_dir` once committed, else
+            the staged copy the caller commits (None when nothing was added).
     """
 
     dataset_dir: Path
@@ -140,6 +146,7 @@ class MergeResult:
     labels: int = 0
     report: ValidationReport | None = None
     strata: dict[str, int] = field(default_factory=dict)
+    staged: Path | None = None
 
     @property
     def nothing_merged(self) -> str | None:
@@ -371,8 +378,16 @@ def merge_labels(
     gt_root: Location | None = None,
     validate: bool = True,
     context_dir: Path | None = None,
+    work_dir: Path | None = None,
+    commit: bool = True,
 ) -> MergeResult:
     """Add labelled production images to the dataset as new manifest rows, gated by GX.
+
+    The merged dataset is built beside the current one (`work_dir`, hard links
+    to its files: `flywheel.data.transaction.stage_copy`) and gated there; the
+    dataset folder itself is never half merged. With `commit` the two then
+    trade places in one atomic rename; without, the caller commits the staged
+    folder (`MergeResult.staged`: `update_dataset` records it as a version).
 
     Args:
         params: `data` (plan), `merge` (split shares), `validation` (the gate).
@@ -383,15 +398,16 @@ def merge_labels(
         gt_root: the ground-truth folder with the simulator's truth (strata, glyph).
         validate: run the data gate on the result (and undo the merge if it fails).
         context_dir: the GX context folder (default `<state dir>/gx`).
+        work_dir: where the merged copy is built; on the dataset's filesystem
+            (default: `.<name>.tx` beside the dataset folder).
+        commit: switch the merged copy in (else leave that to the caller).
 
     Raises:
         flywheel.data.manifest.ManifestError: the dataset has no manifest.
-        MergeError: the merged dataset fails the gate (the merge is undone).
+        MergeError: the merged dataset fails the gate (nothing was merged).
         flywheel.labeling.strata.StratumError: `merge.strata` is unusable, or refuses
             images without a stratum (nothing is written).
     """
-    from flywheel.validation import validate_dataset
-
     dataset_dir = Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
     labels = latest_per_key(labels) if not labels.empty else labels
@@ -420,25 +436,14 @@ def merge_labels(
     if added.empty:
         return MergeResult(dataset_dir, added, planned.skipped, len(labels))
 
-    before = manifest_path(dataset_dir).read_bytes()
-    written: list[Path] = []
+    staged = stage_copy(dataset_dir, work_dir or dataset_dir.parent / f".{dataset_dir.name}.tx")
     try:
-        for row in added.itertuples(index=False):
-            target = dataset_dir / row.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(payloads[row.image_id])
-            written.append(target)
-        save_manifest(pd.concat([manifest, added], ignore_index=True), dataset_dir)
-        report = (
-            validate_dataset(dataset_dir, params, context_dir=context_dir, progress=False)
-            if validate
-            else None
-        )
+        report = _write_staged(params, staged, manifest, added, payloads, validate, context_dir)
     except BaseException:
-        _undo(dataset_dir, before, written)
+        discard(staged)
         raise
     if report is not None and not report.success:
-        _undo(dataset_dir, before, written)
+        discard(staged)
         failed = "; ".join(
             f"{f.rule} (e.g. {', '.join(o.key for o in f.offenders[:3]) or f.observed})"
             for f in report.failures
@@ -448,22 +453,43 @@ def merge_labels(
             f"{report.n_expectations} expectations, so the merge was undone: {failed}. "
             f"Data Docs: {report.data_docs}"
         )
-    return MergeResult(dataset_dir, added, planned.skipped, len(labels), report, planned.strata)
+    fault_point("merge:staged")
+    if commit:
+        switch(dataset_dir, staged)
+        discard(staged)
+        staged = dataset_dir
+    return MergeResult(
+        dataset_dir, added, planned.skipped, len(labels), report, planned.strata, staged
+    )
 
 
-def _undo(dataset_dir: Path, manifest_bytes: bytes, written: list[Path]) -> None:
-    """Put the manifest back and remove the images a failed merge copied in."""
-    manifest_path(dataset_dir).write_bytes(manifest_bytes)
-    for path in written:
-        path.unlink(missing_ok=True)
-    root = dataset_dir.resolve()
-    for path in written:  # folders the merge created and left empty, up to the dataset
-        folder = path.parent.resolve()
-        while folder != root and folder.is_relative_to(root) and folder.is_dir():
-            if any(folder.iterdir()):
-                break
-            folder.rmdir()
-            folder = folder.parent
+def _write_staged(
+    params: Params,
+    staged: Path,
+    manifest: pd.DataFrame,
+    added: pd.DataFrame,
+    payloads: Mapping[str, bytes],
+    validate: bool,
+    context_dir: Path | None,
+) -> ValidationReport | None:
+    """Write the new images and the manifest into the staged copy; the gate's report on it.
+
+    The staged copy's files are hard links to the dataset's: a file is never
+    written into, only created (a path already there is replaced, not overwritten).
+    """
+    from flywheel.validation import validate_dataset
+
+    for n, row in enumerate(added.itertuples(index=False)):
+        target = staged / row.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a hard link to the current version's file
+        target.write_bytes(payloads[row.image_id])
+        if 2 * (n + 1) >= len(added):
+            fault_point("merge:copying")  # the crash tests kill it half-way through the images
+    save_manifest(pd.concat([manifest, added], ignore_index=True), staged)  # a new file
+    if not validate:
+        return None
+    return validate_dataset(staged, params, context_dir=context_dir, progress=False)
 
 
 @dataclass(frozen=True)
@@ -498,9 +524,14 @@ def update_dataset(
 ) -> DatasetUpdate:
     """Merge labels into `data/` and record the result as a new DVC data version.
 
-    First `data/` is brought to the version `data.dvc` records (kept, pulled or
-    regenerated; unrecorded changes are refused), then `merge_labels`, then
-    `dvc add` and, with `push`, `dvc push`.
+    First whatever a killed merge or track left is put right and `data/` is
+    brought to the version `data.dvc` records (kept, pulled or regenerated;
+    unrecorded changes are refused; with `push`, a version the remote lacks
+    files of is refused). Then `merge_labels` builds and gates the merged
+    dataset beside the current one, and `flywheel.data.transaction.commit_merge`
+    switches it in atomically, `dvc add`s it and, with `push`, pushes and
+    verifies it: a kill at any step leaves the old version or the new one,
+    and the next command undoes or finishes it.
 
     Args:
         params: the configuration.
@@ -515,24 +546,30 @@ def update_dataset(
         flywheel.data.versioning.DataVersionError: `data/` holds unrecorded changes.
         MergeError: the merged dataset fails the data gate (nothing is recorded).
     """
-    from flywheel.data.versioning import ensure_dataset, track_dataset
+    from flywheel.data.transaction import commit_merge, work_dir
+    from flywheel.data.versioning import ensure_dataset
     from flywheel.labeling import read_labels
     from flywheel.monitoring.prediction_log import predictions_dir
 
     repo = Path(repo)
     if gt_root is None:
         gt_root = ground_truth_dir(state_url(params.state.url))
-    _, before = ensure_dataset(params.data, repo)
+    _, before = ensure_dataset(params.data, repo, verify_remote=push)
+    dataset_dir = repo / params.data.dataset_dir
     result = merge_labels(
         params,
         read_labels(gt_root) if labels is None else labels,
-        repo / params.data.dataset_dir,
+        dataset_dir,
         log_root=log_root if log_root is not None else predictions_dir(params),
         gt_root=gt_root,
         context_dir=context_dir,
+        work_dir=work_dir(repo),
+        commit=False,
     )
-    version = track_dataset(repo, params.data, push=push) if not result.added.empty else before
-    return DatasetUpdate(result, before, version)
+    if result.staged is None:
+        return DatasetUpdate(result, before, before)
+    version = commit_merge(repo, params.data, dataset_dir, result.staged, push=push)
+    return DatasetUpdate(replace(result, staged=dataset_dir), before, version)
 
 
 __all__ = [

@@ -3,20 +3,13 @@
 The crash tests (tests/integration/registry/test_crashes.py) set `FAULT_ENV` to
 the name of a step (`alias:production`, `record:promote:production`, …); the
 process running the transition dies at that step exactly as `kill -9` would,
-with no cleanup, and the test checks what the next command makes of it. Unset
-(always, outside those tests), a fault point costs one dictionary lookup.
+with no cleanup, and the test checks what the next command makes of it. The
+mechanism is `flywheel.processes.fault_point`, which the data versions'
+transactions (`flywheel.data.transaction`) use too.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+from flywheel.processes import FAULT_ENV, fault_point
 
-FAULT_ENV = "FLYWHEEL_FAULT_AT"
-"""The step at which the process SIGKILLs itself (tests only)."""
-
-
-def fault_point(step: str) -> None:
-    """Die here, by SIGKILL, if `FAULT_ENV` names `step`; otherwise do nothing."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+__all__ = ["FAULT_ENV", "fault_point"]

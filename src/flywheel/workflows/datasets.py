@@ -58,6 +58,11 @@ class DataAtVersion:
 def data_at_version(params: Params, version: str, repo: str | Path, scratch: Path) -> DataAtVersion:
     """The data at `version`: the repository's, when it records that version, else from the remote.
 
+    In a repository, what a killed `track` or `merge` left is put right first
+    (and said), and the repository's version must be held whole by its
+    default DVC remote (`ensure_dataset` checks it file by file): a step never
+    records lineage to a version another machine could not pull.
+
     Args:
         params: the configuration (`data`).
         version: the data version asked for; '' means what the repository's
@@ -68,13 +73,22 @@ def data_at_version(params: Params, version: str, repo: str | Path, scratch: Pat
 
     Raises:
         flywheel.data.versioning.DataVersionError: no remote, the version
-            missing from it, unrecorded changes in the repository's folder.
+            missing from it (or files of it: counted and named), unrecorded
+            changes in the repository's folder.
     """
     from flywheel.data.remote import bare, find_remote, materialise
-    from flywheel.data.versioning import data_version, dvc_file, ensure_dataset
+    from flywheel.data.versioning import (
+        data_version,
+        dvc_file,
+        ensure_dataset,
+        recover_interrupted,
+    )
 
     plan = params.data
     if repo and dvc_file(repo, plan).is_file():
+        done = recover_interrupted(repo, plan)  # a killed track or merge: undone or finished
+        if done is not None:
+            say(done)
         recorded = data_version(repo, plan)
         if not version or bare(version) == recorded:
             provenance, recorded = ensure_dataset(plan, repo)
