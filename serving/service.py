@@ -182,6 +182,11 @@ class Flywheel:
             )
         self.metrics = ServiceMetrics.create(self.model_name, self.config.max_batch_size)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Decoding gets its own bounded pool: asyncio's default one is sized from the
+        # node's cores (not the pod's CPU limit), and each decode holds a request's pixels.
+        self._decode_threads = ThreadPoolExecutor(
+            max_workers=self.config.decode_threads, thread_name_prefix="decode"
+        )
         self.watcher = RegistryWatcher(
             self.model_name,
             self.config,
@@ -228,10 +233,11 @@ class Flywheel:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Stop polling, flush the prediction log, release the model thread."""
+        """Stop polling, flush the prediction log, release the model and decode threads."""
         self.watcher.stop()
         await asyncio.to_thread(self.prediction_log.close)
         self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._decode_threads.shutdown(wait=False, cancel_futures=True)
 
     # --------------------------------------------------------------- APIs
 
@@ -364,7 +370,13 @@ class Flywheel:
         try:
             with self.holder.admit() as served:
                 model = served.model
-                batch = prepare(model) if inline else await asyncio.to_thread(prepare, model)
+                batch = (
+                    prepare(model)
+                    if inline
+                    else await asyncio.get_running_loop().run_in_executor(
+                        self._decode_threads, prepare, model
+                    )
+                )
                 output = await served.infer(batch)  # (N, K + D + F)
                 response = respond(
                     request_id,

@@ -57,6 +57,10 @@ class ServeConfig(FrozenConfig):
     poll_interval_s: float = Field(30.0, gt=0)  # check the alias for a new version this often
     workers: int = Field(1, ge=1)  # server processes, each with its own copy of the model
     torch_threads: int = Field(1, ge=1)  # intra-op threads of each worker's forward passes
+    # threads of each worker that decode and pre-process request images: each holds one
+    # request's decoded images, so this bounds memory under concurrent large requests
+    # whatever the node's core count (asyncio's default pool is sized from it)
+    decode_threads: int = Field(4, ge=1)
     log: PredictionLogConfig = PredictionLogConfig()
 
     @model_validator(mode="after")
