@@ -263,10 +263,10 @@ def already_monitored(done: AlreadyMonitoredError, *, json_out: bool, trigger: b
     window = done.window
     if json_out:
         document = {
+            **window.metadata,  # the window, its report; "drift" as text, replaced below
             "already_monitored": True,
             "drift": window.drift,
             "model_name": window.model_name,
-            **window.metadata,
             "project_id": window.project_id,
             "snapshot_id": window.snapshot_id,
             "message": str(done),

@@ -1,17 +1,30 @@
 """The Evidently workspace: one project per registered model, its dashboard defined in code.
 
 Every `flywheel monitor` run adds its snapshot to the project of the model it
-watched; the snapshot's timestamp is the end of the window it describes, so
-the dashboard's x-axis is traffic time. The dashboard (`dashboard_model`) is
-written on every run, so the panels always match this code (and Evidently's
-`add_panel(..., tab=existing)` bug, which adds a panel twice, is avoided).
-Panels, over time:
+watched; the snapshot's timestamp is the end of the window it describes, and
+its metadata names the window (`WINDOW_KEYS`), the verdict and the report, so a
+window already monitored is found (`monitored_windows`, `same_window`) and not
+checked twice. The dashboard (`dashboard_model`) is written on every run, so
+the panels always match this code (and Evidently's `add_panel(..., tab=existing)`
+bug, which adds a panel twice, is avoided). Panels, over time:
 
-* share of drifted summary features, and of drifted embedding components;
+* the latest window (a counter): its verdict, shares of drifted features and
+  components, the version, and when it ended;
+* share of drifted summary features, and of drifted embedding components,
+  each with its threshold line (`report_view.SignalThreshold`: the threshold
+  each window was judged by);
 * mean confidence, and accuracy on labelled traffic;
-* the predicted-label distribution (stacked shares);
-* the model version serving;
-* each summary feature's drift score, and the prediction/confidence drift scores.
+* the predicted-label distribution (stacked shares, one series per label in a
+  fixed order);
+* the model version serving (bars: a version is a step, not a slope);
+* each summary feature's drift score, and the prediction/confidence drift
+  scores, with their thresholds.
+
+What Evidently 0.7.23's UI cannot be told (its dashboard bundle reads only
+`plot_type`, `aggregation` and `is_stacked` of a panel): the line shape (it
+draws every line with d3's monotoneX curve), a time axis (the x-axis is a band
+of formatted timestamps, evenly spaced) and series colours (its 7-colour
+palette, in series order). `AXIS_NOTE` and `PALETTE_NOTE` say so on the panels.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_cli_a_window_already_monitored_is_named_not_checked_again(
     assert again.exit_code == 1  # the verdict recorded for the window
     said = " ".join(again.output.split())
     assert "is already monitored (DRIFT)" in said
-    assert f"report {report}" in said.replace("\n", "")
+    assert f"report {report}" in said
     assert "--force" in said
     document = json.loads(as_json.stdout)
     assert document["already_monitored"] is True
