@@ -140,7 +140,7 @@ def main() -> int:
     )
     parser.add_argument("--example", action="store_true", help="screenshot a freshly built example")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=2300)
+    parser.add_argument("--height", type=int, default=2700)
     args = parser.parse_args()
     disable_telemetry()
     out = (args.out or state_dir() / "monitoring" / "dashboard.png").resolve()

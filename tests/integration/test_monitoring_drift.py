@@ -242,13 +242,15 @@ def test_the_dashboard_draws_thresholds_the_latest_window_and_labels_in_order(
         for title in (
             "Share of drifted summary features",
             "Embedding drift",
-            "Summary feature drift scores",
+            "Summary feature drift scores (1/2)",
+            "Summary feature drift scores (2/2)",
             "Prediction and confidence drift scores",
         )
     }
     assert lines["Share of drifted summary features"] == [None, "features"]
     assert lines["Embedding drift"] == [None, "embedding"]
-    assert lines["Summary feature drift scores"][-1] == "feature"
+    assert lines["Summary feature drift scores (1/2)"] == [None] * 4 + ["feature"]
+    assert lines["Summary feature drift scores (2/2)"] == [None] * 3 + ["feature"]
     assert lines["Prediction and confidence drift scores"] == [
         None,
         "prediction",

@@ -44,7 +44,12 @@ from flywheel.monitoring.drift import (
 )
 from flywheel.monitoring.prediction_log import predictions_dir
 from flywheel.monitoring.reference import MonitoringError, load_reference
-from flywheel.monitoring.workspace import MonitoredWindow, monitored_windows, same_window
+from flywheel.monitoring.workspace import (
+    MonitoredWindow,
+    monitored_windows,
+    open_workspace,
+    same_window,
+)
 from flywheel.storage import Location, join, reported, state_url, write_bytes
 
 if TYPE_CHECKING:
@@ -352,10 +357,12 @@ def monitor(
     }
     workspace = workspace_dir(params)
     earlier: list[MonitoredWindow] = []
+    opened = None
     if save:
         try:
             with reported(workspace):  # Evidently reads through fsspec: a bucket's errors too
-                earlier = monitored_windows(workspace, name)
+                opened = open_workspace(workspace)  # parses every snapshot: once per run
+                earlier = monitored_windows(workspace, name, opened)
         except OSError as err:
             raise MonitoringError(f"cannot read the Evidently workspace: {err}") from err
         if not force and (same := same_window(earlier, window)) is not None:
@@ -413,6 +420,7 @@ def monitor(
                 components=list(check.embedding),
                 classes=classes,
                 earlier=earlier,
+                workspace=opened,
             )
     except OSError as err:
         raise MonitoringError(f"cannot save the report or the snapshot: {err}") from err

@@ -248,7 +248,8 @@ def present(
     model.widgets = [*header.widgets(), *widgets]
     verdict = DriftVerdict(tests=[]).to_calculation()
     assert isinstance(verdict, DriftVerdictCalculation)
-    model.metric_results[verdict.id] = verdict.verdict(header.check.drift)
+    # First, so that the dashboard's status counter lists the verdict first.
+    model.metric_results = {verdict.id: verdict.verdict(header.check.drift), **model.metric_results}
     for metric_id, result in model.metric_results.items():
         if (
             isinstance(result, ByLabelCountValue)

@@ -17,8 +17,8 @@ bug, which adds a panel twice, is avoided). Panels, over time:
 * the predicted-label distribution (stacked shares, one series per label in a
   fixed order);
 * the model version serving (bars: a version is a step, not a slope);
-* each summary feature's drift score, and the prediction/confidence drift
-  scores, with their thresholds.
+* each summary feature's drift score (at most 6 a panel: one colour each), and the
+  prediction/confidence drift scores, with their thresholds.
 
 What Evidently 0.7.23's UI cannot be told (its dashboard bundle reads only
 `plot_type`, `aggregation` and `is_stacked` of a panel): the line shape (it
@@ -116,6 +116,8 @@ def dashboard_model(
         return PanelMetric(legend=legend, metric=THRESHOLD_METRIC, metric_labels={"signal": signal})
 
     features, embedding = list(FEATURE_COLUMNS), list(components)
+    parts = -(-len(features) // 6)  # the UI's 7 colours: 6 features and the threshold
+    groups = [features[i::parts] for i in range(parts)]
     shares = [
         PanelMetric(
             legend=label,
@@ -152,7 +154,7 @@ def dashboard_model(
             "Share of drifted summary features",
             [
                 share_of(features, "summary features"),
-                threshold("features", "drift at or above (monitor.drift_share)"),
+                threshold("features", "threshold (monitor.drift_share)"),
             ],
             description="DriftedColumnsCount over the summary features; the threshold line "
             "is the one each window was judged by",
@@ -162,9 +164,10 @@ def dashboard_model(
             "Embedding drift",
             [
                 share_of(embedding, "drifted PCA components"),
-                threshold("embedding", "drift at or above (monitor.embedding_drift_share)"),
+                threshold("embedding", "threshold"),
             ],
-            description="share of drifted embedding PCA components",
+            description="share of drifted embedding PCA components; the threshold line is "
+            "monitor.embedding_drift_share",
             size="half",
         ),
         line_plot_panel(
@@ -192,15 +195,19 @@ def dashboard_model(
             description="one bar per window: a version holds until the next window",
             size="half",
         ),
-        line_plot_panel(
-            "Summary feature drift scores",
-            [
-                *[column("ValueDrift", f, f) for f in FEATURE_COLUMNS],
-                threshold("feature", "threshold (monitor.features)"),
-            ],
-            description="each feature's drift test value; monitor.per_feature may set others",
-            size="half",
-        ),
+        *[
+            line_plot_panel(
+                f"Summary feature drift scores ({i + 1}/{len(groups)})",
+                [
+                    *[column("ValueDrift", f, f) for f in group],
+                    threshold("feature", "threshold (monitor.features)"),
+                ],
+                description="each feature's drift test value; monitor.per_feature may set "
+                "others. At most 6 features a panel, so that each line has its own colour.",
+                size="half",
+            )
+            for i, group in enumerate(groups)
+        ],
         line_plot_panel(
             "Prediction and confidence drift scores",
             [
@@ -245,9 +252,10 @@ class MonitoredWindow:
 
     def describe(self) -> str:
         """`2026-01-05 09:00:00 UTC, version 2: DRIFT (features)` (the window's end)."""
-        verdict = f"DRIFT ({self.metadata.get('reasons', '')})" if self.drift else "no drift"
+        reasons = ", ".join(r for r in self.metadata.get("reasons", "").split(",") if r)
+        verdict = (f"DRIFT ({reasons})" if reasons else "DRIFT") if self.drift else "no drift"
         return f"{self.timestamp:%Y-%m-%d %H:%M:%S} UTC, version " + (
-            f"{self.metadata.get('model_version', '?')}: {verdict.replace(' ()', '')}"
+            f"{self.metadata.get('model_version', '?')}: {verdict}"
         )
 
     @property
@@ -264,23 +272,27 @@ class MonitoredWindow:
         return values | ({"model_version": float(version)} if version.isdigit() else {})
 
 
-def monitored_windows(workspace_dir: Location, model_name: str) -> list[MonitoredWindow]:
+def monitored_windows(
+    workspace_dir: Location, model_name: str, workspace: Workspace | None = None
+) -> list[MonitoredWindow]:
     """The windows of `model_name` the workspace holds (its snapshots), oldest first.
 
-    Reads the workspace without writing to it (no project is created). Every
-    snapshot is read: the local and bucket workspaces keep no index of metadata.
+    Reads the workspace without writing to it (no project is created).
+    `workspace`: one already opened on `workspace_dir`. Opening one parses every
+    snapshot (measured: 26 s for 99 snapshots of 650 kB on 2 loaded cores), after
+    which each `get_run` took 26 ms: open it once per run and pass it here and to
+    `save_snapshot`.
     """
-    from evidently.ui.workspace import Workspace
-
-    if not exists(workspace_dir):
-        return []
-    workspace = Workspace.create(str(workspace_dir))
+    if workspace is None:
+        if not exists(workspace_dir):
+            return []
+        workspace = open_workspace(workspace_dir)
     found = []
     for project in workspace.search_project(model_name):
         for snapshot_id in workspace.list_runs(project.id):
             run = workspace.get_run(project.id, snapshot_id)
             if run is not None:
-                metadata = {k: str(v) for k, v in run.metadata.items()}
+                metadata = {str(k): str(v) for k, v in run.metadata.items()}
                 found.append(
                     MonitoredWindow(
                         model_name, str(project.id), str(snapshot_id), run.timestamp, metadata
@@ -307,6 +319,7 @@ def save_snapshot(
     components: Sequence[str],
     classes: Sequence[str] = (),
     earlier: Sequence[MonitoredWindow] = (),
+    workspace: Workspace | None = None,
 ) -> tuple[str, str]:
     """Add a snapshot to the model's project and (re)write its dashboard.
 
@@ -318,11 +331,12 @@ def save_snapshot(
         classes: the predicted labels, in the prediction-distribution panel's order.
         earlier: the windows the project held before (`monitored_windows`): the latest
             of them and this one, by time, is the status panel's.
+        workspace: the workspace already opened on `workspace_dir`, if any.
 
     Returns:
         `(project id, snapshot id)`.
     """
-    workspace = open_workspace(workspace_dir)
+    workspace = workspace or open_workspace(workspace_dir)
     project = project_for(workspace, model_name)
     ref = workspace.add_run(project.id, snapshot)
     model = snapshot.to_snapshot_model()
