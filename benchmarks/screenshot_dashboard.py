@@ -3,7 +3,9 @@
 Starts the Evidently UI over the monitoring workspace on a free local port,
 opens the registered model's project dashboard in headless Chromium (Debian's
 `chromium` package; `make screenshot` installs it) and saves the page, so
-anyone can check that the dashboard renders with data without a browser.
+anyone can check that the dashboard renders with data without a browser. The
+drift report of the latest window (its HTML file, from the snapshot's metadata)
+is rendered beside it (`--report-out`, default `<out>-report.png`).
 
 Which workspace:
 
@@ -18,6 +20,7 @@ Which workspace:
 
     .venv/bin/python benchmarks/screenshot_dashboard.py  # → .flywheel/monitoring/dashboard.png
     .venv/bin/python benchmarks/screenshot_dashboard.py --example --out /tmp/dashboard.png
+    # → /tmp/dashboard.png and /tmp/dashboard-report.png
 
 Without Chromium it prints why and exits 0 (so `make bench` passes where it is
 not installed); `make screenshot` installs it first.
@@ -39,7 +42,7 @@ from flywheel.config import DataPlan, Params, load_params
 from flywheel.env import disable_telemetry, state_dir
 from flywheel.monitoring.dashboards import find_chromium, free_port, screenshot, start_dashboards
 from flywheel.monitoring.monitor import monitor, workspace_dir
-from flywheel.monitoring.workspace import open_workspace
+from flywheel.monitoring.workspace import monitored_windows, open_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -132,9 +135,12 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="PNG (default: <state>/monitoring/dashboard.png)"
     )
+    parser.add_argument(
+        "--report-out", type=Path, default=None, help="PNG of the latest window's drift report"
+    )
     parser.add_argument("--example", action="store_true", help="screenshot a freshly built example")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=2300)
+    parser.add_argument("--height", type=int, default=2700)
     args = parser.parse_args()
     disable_telemetry()
     out = (args.out or state_dir() / "monitoring" / "dashboard.png").resolve()
@@ -175,7 +181,15 @@ def main() -> int:
         ):
             url = f"http://127.0.0.1:{port}/projects/{project.id}"
             screenshot(url, out, width=args.width, height=args.height)
-    print(f"{out} ({args.width} x {args.height}, {time.perf_counter() - started:.1f} s): {url}")
+        print(f"{out} ({args.width} x {args.height}, {time.perf_counter() - started:.1f} s): {url}")
+        windows = monitored_windows(workspace, model)
+        report = windows[-1].report if windows else None
+        if report is None or not Path(report).is_file():
+            print(f"no drift report of the latest window to render ({report})", file=sys.stderr)
+            return 0
+        report_out = (args.report_out or out.with_name(f"{out.stem}-report.png")).resolve()
+        screenshot(Path(report).resolve().as_uri(), report_out, width=args.width, height=1600)
+        print(f"{report_out}: {report}")
     return 0
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -16,6 +16,9 @@ from flywheel.cli.console import abort, console, err_console, exit_on
 from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
 from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
+
+if TYPE_CHECKING:
+    from flywheel.monitoring import AlreadyMonitoredError
 
 commands = ProjectTyper()
 label_commands = ProjectTyper(
@@ -166,6 +169,13 @@ def monitor(
     out: Annotated[
         Path, typer.Option(help="--trigger: where the submitted pipeline is compiled.")
     ] = Path("dist/pipelines"),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Check a window the Evidently workspace already holds again (a second snapshot).",
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -178,6 +188,11 @@ def monitor(
 
     Exit status: 0 no drift, 1 drift, 2 error (bad configuration, no reference
     profile, fewer predictions than monitor.min_window_size, ...).
+
+    A window already monitored (same version, same first and last prediction)
+    is not checked again: the command names its report and snapshot, writes
+    nothing and exits with the status of the verdict recorded then (0 with
+    --trigger, which does not fire again); --force checks it again.
 
     With --trigger (the monitor CronJob): on drift the guard of monitor.trigger
     (cooldown, runs per day, minimum window, labelling budget left) decides
@@ -193,7 +208,7 @@ def monitor(
     from flywheel.cli.trigger import target
     from flywheel.cli.trigger import trigger as run_trigger
     from flywheel.config import ConfigError
-    from flywheel.monitoring import MonitoringError, parse_time, result_table
+    from flywheel.monitoring import AlreadyMonitoredError, MonitoringError, parse_time, result_table
     from flywheel.monitoring import monitor as run_monitor
     from flywheel.monitoring.monitor import EXIT_ERROR, predictions_dir
     from flywheel.registry import RegistryError
@@ -205,17 +220,21 @@ def monitor(
     with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
         start = parse_time(since) if since else None
         end = parse_time(until) if until else None
-        with err_console.status("monitoring: Evidently report over the window"):
-            result = run_monitor(
-                p,
-                since=start,
-                until=end,
-                last=last,
-                version=version,
-                log_dir=predictions_dir(p, params.resolve().parent),
-                save=save,
-                report_path=report,
-            )
+        try:
+            with err_console.status("monitoring: Evidently report over the window"):
+                result = run_monitor(
+                    p,
+                    since=start,
+                    until=end,
+                    last=last,
+                    version=version,
+                    log_dir=predictions_dir(p, params.resolve().parent),
+                    save=save,
+                    report_path=report,
+                    force=force,
+                )
+        except AlreadyMonitoredError as done:
+            already_monitored(done, json_out=json_out, trigger=where is not None)
     if where is not None:
         from flywheel.curation import CurationError
         from flywheel.workflows.trigger import TriggerError
@@ -236,6 +255,30 @@ def monitor(
         if result.project_id:
             console.print(f"dashboard: `flywheel ui`, project {result.project_id}")
     raise typer.Exit(0 if where is not None else result.exit_code)
+
+
+def already_monitored(done: AlreadyMonitoredError, *, json_out: bool, trigger: bool) -> NoReturn:
+    """Say the window was monitored before (where its report is); exit with its verdict."""
+    import json
+
+    from flywheel.monitoring import EXIT_DRIFT, EXIT_NO_DRIFT
+
+    window = done.window
+    if json_out:
+        document = {
+            **window.metadata,  # the window, its report; "drift" as text, replaced below
+            "already_monitored": True,
+            "drift": window.drift,
+            "model_name": window.model_name,
+            "project_id": window.project_id,
+            "snapshot_id": window.snapshot_id,
+            "message": str(done),
+        }
+        print(json.dumps(document, indent=2, allow_nan=False))
+    else:
+        console.print(escape(str(done)), soft_wrap=True)
+    verdict = EXIT_DRIFT if window.drift else EXIT_NO_DRIFT
+    raise typer.Exit(EXIT_NO_DRIFT if trigger else verdict)
 
 
 @commands.command()

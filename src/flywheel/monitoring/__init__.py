@@ -22,6 +22,7 @@ from flywheel.monitoring.monitor import (
     EXIT_DRIFT,
     EXIT_ERROR,
     EXIT_NO_DRIFT,
+    AlreadyMonitoredError,
     MonitorResult,
     NotEnoughDataError,
     monitor,
@@ -37,14 +38,17 @@ from flywheel.monitoring.reference import (
     compute_reference,
     load_reference,
 )
+from flywheel.monitoring.workspace import MonitoredWindow
 
 __all__ = [
     "EXIT_DRIFT",
     "EXIT_ERROR",
     "EXIT_NO_DRIFT",
+    "AlreadyMonitoredError",
     "ColumnDrift",
     "DriftCheck",
     "MonitorResult",
+    "MonitoredWindow",
     "MonitoringError",
     "NotEnoughDataError",
     "ReferenceInfo",

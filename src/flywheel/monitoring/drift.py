@@ -22,13 +22,11 @@ the others are reported.
 
 Scale: Evidently's cost grows with the rows it is given (about 2 s for 100k
 and 20 s for 1M rows here). Each side is therefore sampled to at most
-`monitor.sample_rows` rows (uniformly, seeded) before the report runs, and
-the embedding is stacked and projected only for the sampled rows. The default
-tests are distances (normed Wasserstein, Jensen-Shannon): a distance estimated
-from 20,000 rows is within about 0.01 of the full window's, far inside the
-0.1 thresholds, whereas a p-value test would call any tiny shift significant
-on a million rows. `benchmarks/monitoring_scale.py` measures both paths and
-checks that their decisions agree.
+`monitor.sample_rows` rows (uniformly, seeded) before the report runs, and the embedding is
+stacked and projected only for the sampled rows. The default tests are distances (normed
+Wasserstein, Jensen-Shannon): a distance estimated from 20,000 rows is within about 0.01 of
+the full window's, far inside the 0.1 thresholds, whereas a p-value test would call any tiny
+shift significant on a million rows. `benchmarks/monitoring_scale.py` measures both paths.
 """
 
 from __future__ import annotations
@@ -345,7 +343,7 @@ def build_report(config: MonitorConfig, components: Sequence[str], *, labelled: 
 
     Per-column drift verdicts come from Evidently's own tests (`include_tests`);
     the descriptive metrics carry no tests (`tests=[]`), so the report's test
-    list is exactly the drift tests.
+    list is exactly the drift tests. The thresholds are recorded too, for the dashboard.
     """
     from evidently import Report
     from evidently.metrics import (
@@ -356,6 +354,8 @@ def build_report(config: MonitorConfig, components: Sequence[str], *, labelled: 
         UniqueValueCount,
         ValueDrift,
     )
+
+    from flywheel.monitoring.report_view import threshold_metrics
 
     features = list(FEATURE_COLUMNS)
     metrics: list[Any] = [
@@ -399,6 +399,7 @@ def build_report(config: MonitorConfig, components: Sequence[str], *, labelled: 
         MeanValue(column=CONFIDENCE, tests=[]),
         UniqueValueCount(column=PREDICTION, tests=[]),
         MaxValue(column=MODEL_VERSION, tests=[]),
+        *threshold_metrics(config),
     ]
     if labelled:
         metrics.append(MeanValue(column=CORRECT, tests=[]))

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from flywheel.config import Params
 from flywheel.monitoring.drift import (
+    PREDICTION,
     DriftCheck,
     run_drift_report,
     window_from_predictions,
@@ -43,10 +44,15 @@ from flywheel.monitoring.drift import (
 )
 from flywheel.monitoring.prediction_log import predictions_dir
 from flywheel.monitoring.reference import MonitoringError, load_reference
+from flywheel.monitoring.workspace import (
+    MonitoredWindow,
+    monitored_windows,
+    open_workspace,
+    same_window,
+)
 from flywheel.storage import Location, join, reported, state_url, write_bytes
 
 if TYPE_CHECKING:
-    from evidently.core.report import Snapshot
     from rich.table import Table
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,26 @@ EXIT_ERROR = 2
 
 class NotEnoughDataError(MonitoringError):
     """The window holds fewer predictions than `monitor.min_window_size`: no decision."""
+
+
+class AlreadyMonitoredError(MonitoringError):
+    """The window was monitored before: its snapshot is in the workspace; nothing was written.
+
+    Attributes:
+        window: the earlier run's snapshot, report and verdict.
+    """
+
+    def __init__(self, window: MonitoredWindow, start: datetime, end: datetime) -> None:
+        self.window = window
+        meta = window.metadata
+        report = f"report {window.report}" if window.report else "no report recorded"
+        super().__init__(
+            f"{window.model_name} version {meta.get('model_version')}, window "
+            f"{_when(start, '')} → {_when(end, '')}, is already monitored "
+            f"({'DRIFT' if window.drift else 'no drift'}): {report}; snapshot "
+            f"{window.snapshot_id} in project {window.project_id}. Nothing was written; "
+            "pass --force (monitor(force=True)) to check it again as a second snapshot"
+        )
 
 
 def workspace_dir(params: Params) -> Location:
@@ -238,6 +264,7 @@ def monitor(
     save: bool = True,
     report_path: Location | None = None,
     now: datetime | None = None,
+    force: bool = False,
 ) -> MonitorResult:
     """Check a window of production traffic for drift against its version's reference.
 
@@ -251,8 +278,11 @@ def monitor(
         log_dir: the prediction log (default `predictions_dir(params)`).
         ground_truth_dir: the ground truth (default `ground_truth_root(params)`).
         save: write the HTML report and add the snapshot to the Evidently workspace.
-        report_path: where the HTML report goes (default under `reports_dir(params)`).
+        report_path: a copy of the HTML report (it always goes under `reports_dir(params)`).
         now: the current time (tests).
+        force: with `save`, check a window the workspace already holds again (a
+            second snapshot); without it, such a window raises `AlreadyMonitoredError`
+            before Evidently runs.
 
     Raises:
         NotEnoughDataError: fewer than `monitor.min_window_size` predictions of the
@@ -260,6 +290,7 @@ def monitor(
         flywheel.monitoring.reference.ReferenceNotFoundError: the version has no profile.
         flywheel.registry.RegistryError: the version is not registered.
         ConfigError: a configured drift test is not an Evidently stattest.
+        AlreadyMonitoredError: `save`, not `force`, and the window has a snapshot already.
     """
     from flywheel.data.ground_truth import GroundTruthError, latest_per_key, read_ground_truth
     from flywheel.monitoring.prediction_log import compact, embedding_matrix, read_table, to_frame
@@ -318,22 +349,32 @@ def monitor(
         load_reference(name, chosen), config.reference_splits, version=int(chosen)
     )
     start, end = frame["time"].iloc[0].to_pydatetime(), frame["time"].iloc[-1].to_pydatetime()
+    window = {
+        "model_name": name,
+        "model_version": chosen,
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+    }
+    workspace = workspace_dir(params)
+    earlier: list[MonitoredWindow] = []
+    opened = None
+    if save:
+        try:
+            with reported(workspace):  # Evidently reads through fsspec: a bucket's errors too
+                opened = open_workspace(workspace)  # parses every snapshot: once per run
+                earlier = monitored_windows(workspace, name, opened)
+        except OSError as err:
+            raise MonitoringError(f"cannot read the Evidently workspace: {err}") from err
+        if not force and (same := same_window(earlier, window)) is not None:
+            raise AlreadyMonitoredError(same, start, end)
     snapshot, check = run_drift_report(
         current,
         reference,
         config,
         timestamp=end.astimezone(UTC).replace(tzinfo=None),  # Evidently keeps naive times
-        metadata={
-            "model_name": name,
-            "model_version": chosen,
-            "window_start": start.isoformat(),
-            "window_end": end.isoformat(),
-        },
+        metadata=window,
         tags=[f"v{chosen}"],
         name=f"{name} v{chosen} {end:%Y-%m-%d %H:%M} UTC",
-    )
-    snapshot = relabel(
-        snapshot, {"drift": str(check.drift)}, ["drift" if check.drift else "no-drift"]
     )
     result = MonitorResult(
         model_name=name,
@@ -348,40 +389,49 @@ def monitor(
     )
     if not save:
         return result
+    from flywheel.monitoring.report_view import Header, present
     from flywheel.monitoring.workspace import save_snapshot
 
-    path = report_path or join(reports_dir(params), f"{name}-v{chosen}-{end:%Y%m%dT%H%M%SZ}.html")
-    workspace = workspace_dir(params)
+    stem = f"{name}-v{chosen}-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}"
+    path = join(reports_dir(params), f"{stem}.html")  # one per window
+    header = Header(name, chosen, start, end, len(frame), check, tuple(config.triggers))
+    labels = set(reference.rows[PREDICTION].astype(str)) | set(check.prediction_shares)
+    classes = sorted(labels, key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else 0, x))
+    snapshot = present(
+        snapshot,
+        header,
+        metadata={
+            "drift": str(check.drift),
+            "reasons": ",".join(check.reasons),
+            "report": str(path),
+        },
+        tags=["drift" if check.drift else "no-drift"],
+        classes=classes,
+    )
     try:
-        write_bytes(path, snapshot.get_html_str(as_iframe=False).encode("utf-8"))
+        html = snapshot.get_html_str(as_iframe=False).encode("utf-8")
+        for where in dict.fromkeys([path, report_path or path]):
+            write_bytes(where, html)
         with reported(workspace):  # Evidently writes through fsspec: a bucket's errors too
             project_id, snapshot_id = save_snapshot(
-                workspace, name, snapshot, components=list(check.embedding)
+                workspace,
+                name,
+                snapshot,
+                components=list(check.embedding),
+                classes=classes,
+                earlier=earlier,
+                workspace=opened,
             )
     except OSError as err:
         raise MonitoringError(f"cannot save the report or the snapshot: {err}") from err
     return MonitorResult(
         **{
             **result.__dict__,
-            "report_path": path,
+            "report_path": report_path or path,
             "project_id": project_id,
             "snapshot_id": snapshot_id,
         }
     )
-
-
-def relabel(snapshot: Snapshot, metadata: dict[str, str], tags: list[str]) -> Snapshot:
-    """The snapshot with more metadata and tags (known only once its results are read).
-
-    Evidently copies metadata and tags when a report runs and offers no setter;
-    its serialised model round-trips everything else (results, widgets).
-    """
-    from evidently.core.report import Snapshot
-
-    model = snapshot.to_snapshot_model()
-    model.metadata = {**model.metadata, **metadata}
-    model.tags = [*model.tags, *tags]
-    return Snapshot.load_model(model)
 
 
 def result_table(result: MonitorResult) -> Table:

@@ -19,16 +19,23 @@ from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
     from flywheel.monitoring import MonitorResult
+    from flywheel.monitoring.workspace import MonitoredWindow
 
 
 def detect_drift(
     params: Params, *, report_out: Path, metrics_out: Path | None = None
-) -> MonitorResult:
+) -> MonitorResult | MonitoredWindow:
     """Compare the recent prediction log with the serving version's reference (`flywheel monitor`).
 
     The window is the last `monitor.window_hours` of the log under the state
-    folder; the Evidently report goes to `report_out` and the snapshot into the
-    workspace, `metrics_out` receives `MonitorResult.scalars()` as JSON.
+    folder; the Evidently report goes to `report_out` (and under
+    `monitor.reports_dir`) and the snapshot into the workspace, `metrics_out`
+    receives `MonitorResult.scalars()` as JSON.
+
+    A window the workspace already holds (a rerun with no new traffic) is not
+    checked again: its report is copied to `report_out`, and the verdict
+    recorded then is returned (`MonitoredWindow`, with `drift` and `scalars()`),
+    so a retried pipeline goes on as the first run decided.
 
     Raises:
         flywheel.monitoring.NotEnoughDataError: too few predictions to decide.
@@ -36,11 +43,19 @@ def detect_drift(
     """
     from rich.console import Console
 
-    from flywheel.monitoring import monitor, result_table
+    from flywheel.monitoring import AlreadyMonitoredError, monitor, result_table
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    result = monitor(params, report_path=report_out)
+    try:
+        result = monitor(params, report_path=report_out)
+    except AlreadyMonitoredError as done:
+        say(str(done))
+        if done.window.report:
+            write_bytes(report_out, read_bytes(done.window.report))
+        if metrics_out is not None:
+            write_json(metrics_out, done.window.scalars())
+        return done.window
     Console(file=sys.stdout, width=120, color_system=None).print(result_table(result))
     if metrics_out is not None:
         write_json(metrics_out, result.scalars())

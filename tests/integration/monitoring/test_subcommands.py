@@ -14,14 +14,17 @@ from typer.testing import CliRunner
 from flywheel.cli import app
 from flywheel.monitoring import load_reference
 from flywheel.monitoring.features import FEATURE_COLUMNS
+from flywheel.monitoring.workspace import open_workspace
 from tests.support.monitoring_stack import DRIFT, HOURS, MODEL, PARAMS, WINDOW, Traffic, hour
 
 pytestmark = pytest.mark.slow
 
 
 def _params_file(tmp_path: Path) -> Path:
+    raw = PARAMS.model_dump(mode="json")
+    raw["monitor"]["workspace"] = str(tmp_path / "evidently")  # windows other tests monitored
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
@@ -49,6 +52,37 @@ def test_cli_exit_status_and_json(traffic: Traffic, tmp_path: Path, h: int, stat
     assert out["window_size"] == WINDOW
     assert set(out["features"]) == set(FEATURE_COLUMNS)
     assert Path(out["report_path"]).is_file()
+
+
+def test_cli_a_window_already_monitored_is_named_not_checked_again(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    since, until = hour(HOURS[DRIFT][0])
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
+    params = ["--params", str(_params_file(tmp_path))]
+    workspace = tmp_path / "evidently"
+
+    first = CliRunner().invoke(app, ["monitor", *window, "--json", *params])
+    again = CliRunner().invoke(app, ["monitor", *window, *params])
+    as_json = CliRunner().invoke(app, ["monitor", *window, "--json", *params])
+
+    assert first.exit_code == 1, first.output  # drift
+    report, project = (json.loads(first.stdout)[k] for k in ("report_path", "project_id"))
+    assert again.exit_code == 1  # the verdict recorded for the window
+    said = " ".join(again.output.split())
+    assert "is already monitored (DRIFT)" in said
+    assert f"report {report}" in said
+    assert "--force" in said
+    document = json.loads(as_json.stdout)
+    assert document["already_monitored"] is True
+    assert document["drift"] is True
+    assert document["report"] == report
+    assert len(open_workspace(workspace).list_runs(project)) == 1  # nothing written again
+
+    forced = CliRunner().invoke(app, ["monitor", *window, "--force", "--json", *params])
+
+    assert forced.exit_code == 1, forced.output
+    assert len(open_workspace(workspace).list_runs(project)) == 2
 
 
 def test_cli_exits_2_with_the_reason_when_the_window_is_empty(

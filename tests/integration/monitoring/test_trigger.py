@@ -36,6 +36,7 @@ def _no_kfp_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _params_file(tmp_path: Path) -> Path:
     raw = PARAMS.model_dump(mode="json")
+    raw["monitor"]["workspace"] = str(tmp_path / "evidently")  # windows other tests monitored
     raw["monitor"]["trigger"] = {
         "cooldown_hours": 12,
         "max_runs_per_day": 2,

@@ -1,6 +1,6 @@
 """The dashboards `flywheel ui` serves (a point per monitoring run on every panel, the version
 switch, the MLflow UI beside it, a headless Chromium screenshot), then the KFP monitor
-component, whose run adds a snapshot to the same workspace (so it comes last)."""
+component, run last on a window the workspace already holds."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from PIL import Image
 
 from flywheel import workflows as steps
 from flywheel.monitoring.dashboards import find_chromium, screenshot
-from tests.support.monitoring_stack import PARAMS, WINDOW, Dashboard
+from flywheel.monitoring.workspace import open_workspace
+from tests.support.monitoring_stack import MODEL, PARAMS, PLAN, Dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_every_dashboard_panel_has_a_point_per_monitoring_run(dashboard: Dashboa
         assert series, title
         if title == "Accuracy on labelled traffic":  # the fifth hour has no ground truth
             assert [v is not None for v in series[0]["values"]] == [True] * 4, title
-        elif title != "Prediction distribution":  # a label may be absent from some windows
+        else:  # every label has a share in every window, 0 where absent
             assert all(len(s["values"]) == runs for s in series), title
     features = _series(dashboard, plotted["Share of drifted summary features"]["values"])
     share = features[0]["values"]
@@ -60,6 +61,39 @@ def test_every_dashboard_panel_has_a_point_per_monitoring_run(dashboard: Dashboa
     served = _series(dashboard, plotted["Model version serving"]["values"])[0]["values"]
     assert served == [float(v) for v in dashboard.versions]
     assert dashboard.versions[-1] != dashboard.versions[0]
+
+
+def test_thresholds_the_latest_status_and_a_fixed_label_order(dashboard: Dashboard) -> None:
+    model = httpx.get(
+        f"{dashboard.evidently_url}/api/v2/dashboards/{dashboard.project_id}", timeout=30
+    ).json()
+    panels = {p["title"]: p for p in model["panels"]}
+    runs = len(dashboard.versions)
+
+    status = panels["Latest window"]
+    assert status["plot_params"] == {"plot_type": "counter", "aggregation": "last"}
+    assert f"version {dashboard.versions[-1]}: no drift" in status["subtitle"]
+    verdicts = [v for v in status["values"] if v["metric"].endswith(":DriftVerdict")]
+    assert _series(dashboard, verdicts)[0]["values"] == [0.0, 0.0, 1.0, 1.0, 0.0]
+
+    drifted = panels["Share of drifted summary features"]["values"]
+    _, line = _series(dashboard, drifted)
+    assert line["metric_type"].endswith(":SignalThreshold")
+    assert line["values"] == [PARAMS.monitor.drift_share] * runs
+    embedding = _series(dashboard, panels["Embedding drift"]["values"])
+    assert embedding[1]["values"] == [PARAMS.monitor.embedding_drift_share] * runs
+    for title in ("Summary feature drift scores (1/2)", "Summary feature drift scores (2/2)"):
+        scores = panels[title]["values"]
+        assert len(scores) <= 7  # the UI's palette: each line its own colour
+        assert scores[-1]["metric_labels"] == {"signal": "feature"}
+        line = _series(dashboard, scores)[-1]
+        assert line["values"] == [PARAMS.monitor.features.threshold] * runs
+
+    labels = panels["Prediction distribution"]["values"]
+    assert [v["legend"] for v in labels] == list(PLAN.classes)
+    series = _series(dashboard, labels)
+    assert [s["params"]["label"] for s in series] == list(PLAN.classes)  # colours in this order
+    assert all(sum(s["values"][i] for s in series) == pytest.approx(1.0) for i in range(runs))
 
 
 def test_the_mlflow_ui_runs_beside_it(dashboard: Dashboard) -> None:
@@ -92,7 +126,8 @@ def test_a_headless_chromium_screenshot_shows_the_dashboard(
 def test_the_monitor_component_runs_through_the_kfp_local_runner(
     dashboard: Dashboard, tmp_path: Path
 ) -> None:
-    """The latest prediction is version 2's in-distribution hour: its window, no drift."""
+    """The latest prediction is version 2's in-distribution hour, a window the dashboard's
+    fixture monitored: the step hands on that verdict and report and adds no snapshot."""
     from kfp import local
 
     from components.monitor import monitor_drift
@@ -111,8 +146,12 @@ def test_the_monitor_component_runs_through_the_kfp_local_runner(
 
     assert task.outputs["Output"] is False
     metrics = task.outputs["metrics"].metadata
-    assert metrics["model_version"] == float(dashboard.versions[-1])
-    assert metrics["window_size"] == WINDOW
-    assert metrics["drift"] == 0.0
-    report = Path(task.outputs["report"].path)
-    assert "illumination_gradient" in report.read_text()  # the Evidently report of the window
+    assert metrics == {
+        "already_monitored": 1.0,
+        "drift": 0.0,
+        "model_version": float(dashboard.versions[-1]),
+    }
+    report = Path(task.outputs["report"].path).read_text()
+    assert "illumination_gradient" in report  # the Evidently report of the window
+    assert f"{MODEL} version {dashboard.versions[-1]}: no drift" in report
+    assert len(open_workspace(dashboard.workspace).list_runs(dashboard.project_id)) == 5
