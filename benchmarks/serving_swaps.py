@@ -269,7 +269,9 @@ def alternate(name: str, first: str, second: str) -> Callable[[int], str]:
     return change
 
 
-LOADED = re.compile(r"SWAPPED \(admin\): .* now serves version (\d+) \(loaded in ([\d.]+) s\)")
+LOADED = re.compile(
+    r"SWAPPED \(admin\): .* now serves version (\d+) \((?:alias [^,]*, )?loaded in ([\d.]+) s\)"
+)
 """The server's log line of a swap: the version and how long loading and warming it took."""
 
 
