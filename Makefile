@@ -84,7 +84,7 @@ $(LS_STAMP): $(LS_LOCK)
 	@touch $@
 
 test: setup system-deps ## Run every test, slow ones included (what CI runs)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-fast: setup ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
