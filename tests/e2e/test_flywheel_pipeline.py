@@ -54,7 +54,7 @@ pytestmark = pytest.mark.slow
 
 LABELER = (
     "flywheel.demo.oracle:LabelStudioOracle"  # through a real Label Studio, as `make demo`
-    if label_studio_executable() is not None  # `make test` installs it (make label-studio)
+    if label_studio_executable() is not None  # where `make label-studio` installed it
     else "flywheel.demo.oracle:OracleLabeler"  # else through a Label Studio export file
 )
 MODEL = "e2e-loop"
