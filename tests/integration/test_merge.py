@@ -183,6 +183,11 @@ def test_data_merge_cli(setup: tuple[Params, Path, Path]) -> None:
     assert "10 labelled images: 10 merged" in output
     assert f"(was {first})" in output
     assert data_version(repo, PLAN) in output
+    # The merged labels are settled: their queued tasks are no longer outstanding.
+    from flywheel.labeling.sync import merged_dir, settled_keys
+
+    settled = settled_keys(merged_dir(params.label, tmp_path / "state"))
+    assert settled == set(zip(_truth(tmp_path)["request_id"].iloc[:10], [0] * 10, strict=True))
 
 
 def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, Path]) -> None:
