@@ -159,3 +159,20 @@ def test_the_update_pipeline_below_the_threshold_ends_without_training(
     # What was read back is recorded: a later run counts it without its export.
     labels = project / ".flywheel" / "ground_truth"
     assert len(list(labels.glob("*.parquet"))) == 1
+
+
+def test_sync_runs_the_update_here_and_records_a_run_that_failed(project: Path) -> None:
+    """Above the threshold without --submit the update pipeline runs on the KFP local runner;
+    here its merge step fails (the project has no DVC data), and the decision says so."""
+    exports = project / ".flywheel" / "labeling" / "exports"
+    (exports / "tuesday.json").write_text(json.dumps([_task(2, "1")]))
+
+    result = _sync(project)
+
+    assert result.exit_code == 1, result.output
+    assert "running pipeline update on the KFP local runner" in result.output
+    assert "✓ collect-labels" in result.output  # enough collected: the merge step ran
+    assert "DataVersionError: no DVC remote" in result.output  # and said why it failed
+    (decision,) = read_syncs(project / ".flywheel")
+    assert (decision.action, decision.where, decision.completed) == ("failed", "local", 2)
+    assert decision.reasons[-1] == "local: failed"
