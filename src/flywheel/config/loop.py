@@ -164,7 +164,7 @@ class DriftTest(FrozenConfig):
 class TriggerConfig(FrozenConfig):
     """The guard between a drift verdict and a retraining run (`flywheel monitor --trigger`).
 
-    A drift submits the flywheel pipeline only when every rule allows it; each
+    A drift submits the curation pipeline only when every rule allows it; each
     decision (fired, held back and why, none) is recorded in the state store.
     """
 
