@@ -4,7 +4,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines import flywheel, training
+from pipelines import curation, flywheel, training, update
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class PipelineEntry:
         outputs: pipeline output → the task that produces it (for the artifact table).
         ready: every step is built; False: it compiles, but runs are refused.
         not_ready: why not, for the refusal.
+        new_data_version: its runs merge labels into a new data version, so a run
+            submitted to a cluster starts from the latest version recorded next to
+            the DVC remote ('') rather than the one data.dvc records here.
     """
 
     name: str
@@ -26,6 +29,7 @@ class PipelineEntry:
     outputs: Mapping[str, str] = field(default_factory=dict)
     ready: bool = True
     not_ready: str = ""
+    new_data_version: bool = False
 
 
 PIPELINES: dict[str, PipelineEntry] = {
@@ -35,10 +39,22 @@ PIPELINES: dict[str, PipelineEntry] = {
         description="validate → train → evaluate → promote when blessed",
         outputs=training.OUTPUT_TASKS,
     ),
+    curation.NAME: PipelineEntry(
+        name=curation.NAME,
+        build=curation.build_curation_pipeline,
+        description="monitor → (drifted) curate → send the batch to the labeller",
+    ),
+    update.NAME: PipelineEntry(
+        name=update.NAME,
+        build=update.build_update_pipeline,
+        description="collect completed labels → (enough) update dataset → training",
+        new_data_version=True,
+    ),
     flywheel.NAME: PipelineEntry(
         name=flywheel.NAME,
         build=flywheel.build_flywheel_pipeline,
-        description="monitor → (drifted) curate → label → update dataset → training",
+        description="curation, then update, in one run (a labeller that answers at once)",
+        new_data_version=True,
     ),
 }
 

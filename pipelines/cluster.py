@@ -26,6 +26,7 @@ decided by the pipelines (on for validation and training, off for the steps that
 depend on the registry's state). Submitting is `pipelines.submission`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +177,18 @@ def configure_step(
         task, env_name=PIPELINE_RUN_ID_ENV, field_path=RUN_ID_FIELD_PATH
     )
     return task
+
+
+def uncached_step(
+    image: str, target: Target, settings: ClusterSettings
+) -> Callable[[PipelineTask], PipelineTask]:
+    """The loop's steps placed as `configure_step` places them, uncached: they read moving state."""
+
+    def step(task: PipelineTask) -> PipelineTask:
+        configure_step(task, image=image, target=target, settings=settings)
+        return task.set_caching_options(False)
+
+    return step
 
 
 def _set_resources(task: PipelineTask, resources: Resources) -> None:

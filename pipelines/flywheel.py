@@ -1,37 +1,37 @@
-"""The retraining pipeline (the data flywheel): monitor → [drifted] curate → label → retrain.
+"""The retraining pipeline (the data flywheel) in one run: the curation pipeline, then the update.
 
 ```
-monitor-drift ──► [drifted] curate-samples ──► label-samples ──► update-dataset ──► training
- (Evidently)               (active learning)     (oracle / LS)     (dvc add, push)    (nested)
+monitor-drift ──► [drifted] curate-samples ──► send-batch ──► collect-labels ──► [enough-labels]
+ (Evidently)               (active learning)    (labeller)     (every outstanding    update-dataset
+                                                                batch, threshold)    ──► training
 ```
+
+The loop is two pipelines because people take days (`pipelines.curation`
+ends when the batch is sent; `pipelines.update`, started by `flywheel label
+sync`, merges what they completed). This one composes both in one run, for
+labellers that answer at once: the demo's oracle, `make demo` and `flywheel
+demo`. With people, `collect-labels` finds their annotations incomplete and the
+run ends below `label.sync.min_completed`, as an update run would.
 
 Data versions travel by hash: `update-dataset` merges into `data_version` (''
 for the latest recorded next to the DVC remote), pushes the new version and
 outputs its hash, which the nested training materialises from the remote. With
-`repo` '' (a cluster) no step needs a repository or git.
-
-Each step calls one library function of `flywheel.workflows` (`detect_drift`,
-`curate_samples`, `label_samples`, `update_dataset`). The retraining itself is
-the `training` pipeline, nested unchanged, fed the new data version. `flywheel
-demo` runs it through the KFP local runner after drifted traffic; on a cluster
-it is meant to run on a schedule (`flywheel pipeline submit --recurring --cron
-...`). None of its own steps is cached: each reads state that moves (the
-prediction log, the labels, the dataset).
+`repo` '' (a cluster) no step needs a repository or git. None of its own steps
+is cached: each reads state that moves (the prediction log, the labels, the dataset).
 """
 
 from typing import Any
 
 from kfp import dsl
 
-from components.curate import curate_samples
-from components.label import label_samples
 from components.monitor import monitor_drift
-from components.update_dataset import update_dataset
 from flywheel.config import Params
 from flywheel.env import component_image
 from flywheel.workflows import params_document
-from pipelines.cluster import ClusterSettings, Target, configure_step
+from pipelines.cluster import ClusterSettings, Target, uncached_step
+from pipelines.curation import curate_and_send
 from pipelines.training import build_training_pipeline
+from pipelines.update import collect_and_update
 
 NAME = "flywheel"
 
@@ -58,14 +58,12 @@ def build_flywheel_pipeline(
     image = image or component_image()
     settings = cluster or ClusterSettings(placement=config.cluster)
     training = build_training_pipeline(config, target=target, image=image, cluster=settings)
-
-    def step(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        configure_step(task, image=image, target=target, settings=settings)
-        return task.set_caching_options(False)
+    step = uncached_step(image, target, settings)
 
     @dsl.pipeline(
         name=NAME,
-        description="Watch production for drift; when it drifted, curate and label samples, "
+        description="Watch production for drift; when it drifted, curate and send a batch to "
+        "the labeller, read back the completed annotations and, when enough are complete, "
         "record a new dataset version and run the training pipeline on it.",
     )
     def flywheel(
@@ -79,31 +77,20 @@ def build_flywheel_pipeline(
     ) -> None:
         monitor = step(monitor_drift(params=params, overrides=overrides))
         with dsl.If(monitor.outputs["Output"] == True, name="drifted"):  # noqa: E712
-            curate = step(
-                curate_samples(
-                    params=params, overrides=overrides, drift_report=monitor.outputs["report"]
-                )
+            send = curate_and_send(
+                step, params=params, overrides=overrides, drift_report=monitor.outputs["report"]
             )
-            label = step(
-                label_samples(params=params, overrides=overrides, queue=curate.outputs["queue"])
-            )
-            update = step(
-                update_dataset(
-                    params=params,
-                    overrides=overrides,
-                    repo=repo,
-                    data_version=data_version,
-                    labels=label.outputs["labels"],
-                )
-            )
-            training(
+            collect = collect_and_update(
+                step,
+                training,
                 params=params,
                 overrides=overrides,
                 epochs=epochs,
                 learning_rate=learning_rate,
                 min_accuracy=min_accuracy,
-                data_version=update.outputs["Output"],
+                data_version=data_version,
                 repo=repo,
             )
+            collect.after(send)
 
     return flywheel

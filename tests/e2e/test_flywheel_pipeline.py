@@ -5,9 +5,10 @@ the `training` pipeline promoting version 1, the BentoML service serving it on
 127.0.0.1, the simulator sending drifted traffic (its truth recorded where the
 service never looks), then the `flywheel` pipeline as `flywheel pipeline run
 flywheel` runs it: monitor (Evidently, against version 1's reference profile)
-→ drifted → curate (active learning over the logged traffic) → label (the
-oracle, an annotator of a real Label Studio, as in `make demo`; through an
-export file where Label Studio is not installed) → update dataset (merge, GX, `dvc add`)
+→ drifted → curate (active learning over the logged traffic) → send the batch
+→ collect the labels (the oracle, an annotator of a real Label Studio, as in
+`make demo`; through an export file where Label Studio is not installed; enough
+of them: label.sync.min_completed) → update dataset (merge, GX, `dvc add`)
 → the nested training pipeline on the new data version → evaluate against
 production on the frozen test split and the production holdout.
 """
@@ -146,7 +147,8 @@ def test_the_pipeline_ran_every_step_of_the_loop(loop: dict[str, object]) -> Non
     assert {
         "monitor-drift",
         "curate-samples",
-        "label-samples",
+        "send-batch",
+        "collect-labels",
         "update-dataset",
         "validate-data",
         "train-model",

@@ -22,7 +22,7 @@ from tests.support import REPO
 from tests.support.kfp_backend import available_versions, spec_errors
 
 PARAMS_FILE = REPO / "params.yaml"
-PIPELINES = ("training", "flywheel")
+PIPELINES = ("training", "flywheel")  # flywheel holds every step of `curation` and `update`
 
 
 def compile_cli(out: Path, *extra: str) -> dict[str, list[dict[str, Any]]]:

@@ -152,8 +152,9 @@ def test_a_project_from_the_plan_with_pre_annotated_tasks_it_serves(
     params, _, tmp_path = setup
     assert workflows.curate_samples(params, queue_out=tmp_path / "queue") == 6
     assert workflows.label_samples(params, tmp_path / "queue", labels_out=tmp_path / "l1") == 0
-    # A second run sends nothing twice.
+    # A second run sends nothing twice, nor does the curation pipeline's send step.
     assert workflows.label_samples(params, tmp_path / "queue", labels_out=tmp_path / "l2") == 0
+    assert labeler_for(params.label).send(params, tmp_path / "queue").endswith(": 0 tasks sent")
 
     connection = server.connection
     client = sdk_client(connection)
@@ -224,6 +225,12 @@ def test_annotations_read_back_resolved_and_merged(
         },
     )
     _submit(connection, c, ids[5], "0")  # one annotator
+
+    # What `flywheel label sync` counts, recording nothing: the decided tasks only.
+    key_of = {int(t["id"]): (t["data"]["request_id"], int(t["data"]["index"])) for t in tasks}
+    completed = labeler_for(params.label).completed(params, tmp_path / "queue")
+    assert completed == {key_of[ids[0]], key_of[ids[1]], key_of[ids[5]]}
+    assert read_ground_truth(tmp_path / "state" / "ground_truth", origins=["label-studio"]).empty
 
     labelled = workflows.label_samples(params, tmp_path / "queue", labels_out=tmp_path / "l1")
     labels = pd.read_parquet(tmp_path / "l1" / "labels.parquet")

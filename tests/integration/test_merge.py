@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,11 @@ def test_data_merge_cli(setup: tuple[Params, Path, Path]) -> None:
     assert "10 labelled images: 10 merged" in output
     assert f"(was {first})" in output
     assert data_version(repo, PLAN) in output
+    # The merged labels are settled: their queued tasks are no longer outstanding.
+    from flywheel.labeling.sync import merged_dir, settled_keys
+
+    settled = settled_keys(merged_dir(params.label, tmp_path / "state"))
+    assert settled == set(zip(_truth(tmp_path)["request_id"].iloc[:10], [0] * 10, strict=True))
 
 
 def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, Path]) -> None:
@@ -224,3 +230,73 @@ def test_the_pipeline_steps_curate_label_and_version(setup: tuple[Params, Path, 
         == 0
     )
     assert workflows.update_dataset(params, repo, tmp_path / "artifacts" / "l3") == version
+
+
+def test_late_annotations_of_an_earlier_batch_are_merged_by_a_later_update(
+    setup: tuple[Params, Path, Path],
+) -> None:
+    """Asynchronous labelling with people (saved Label Studio exports): the update run below
+    `label.sync.min_completed` waits; annotations of the first batch that arrive after a second
+    batch was sent are merged by the next update run, and merged tasks are no longer outstanding."""
+    from flywheel import workflows
+    from flywheel.demo.oracle import answer_tasks, simulator_truth
+    from flywheel.labeling import queue_batches, read_batch
+    from flywheel.labeling.sync import Completion
+
+    params, repo, tmp_path = setup
+    params = params.model_copy(
+        update={
+            "curate": params.curate.model_copy(update={"budget": 6}),
+            "label": params.label.model_copy(
+                update={
+                    "dir": tmp_path / "labeling",
+                    "labeler": "label-studio-export",
+                    "sync": params.label.sync.model_copy(update={"min_completed": 3}),
+                }
+            ),
+        }
+    )
+    truth = simulator_truth(tmp_path / "state" / "ground_truth")
+    exports = tmp_path / "labeling" / "exports"
+    exports.mkdir(parents=True)
+    artifacts = tmp_path / "artifacts"
+
+    def annotate(name: str, tasks: list[dict[str, object]]) -> None:
+        """People label these tasks in Label Studio and save its JSON export."""
+        export, answered = answer_tasks(
+            tasks, truth, from_name="label", to_name="image", answered_at="2026-12-07T10:00:00"
+        )
+        assert answered == len(tasks)
+        (exports / f"{name}.json").write_text(json.dumps(export))
+
+    def sent(queue: Path) -> list[dict[str, object]]:
+        (batch,) = queue_batches(queue)
+        return read_batch(batch)
+
+    first = data_version(repo, PLAN)
+    assert workflows.curate_samples(params, queue_out=artifacts / "q1") == 6
+    assert workflows.send_batch(params, artifacts / "q1") == 6  # the curation run ends here
+    batch_1 = sent(artifacts / "q1")
+    annotate("monday", batch_1[:2])
+
+    waiting = workflows.collect_labels(params, labels_out=artifacts / "l1")
+    assert waiting == Completion(batches=1, outstanding=6, completed=2, needed=3)
+    assert not waiting.ready  # the update run ends: nothing merged, no training
+
+    assert workflows.curate_samples(params, queue_out=artifacts / "q2") == 6
+    batch_2 = sent(artifacts / "q2")
+    annotate("tuesday", [*batch_1[2:4], batch_2[0]])  # late annotations of the first batch
+    assert workflows.count_completed(params) == Completion(2, 12, 5, 3)
+
+    ready = workflows.collect_labels(params, labels_out=artifacts / "l2")
+    assert ready.ready
+    version = workflows.update_dataset(params, repo, artifacts / "l2")
+
+    assert version == data_version(repo, PLAN) != first
+    merged = load_manifest(repo / "data" / PLAN.name)
+    production = merged[merged["source"] == "production"]
+    expected = {production_image_id(t["data"]["request_id"], 0) for t in batch_1[:4]}  # type: ignore[index]
+    assert expected < set(production["image_id"])
+    assert len(production) == 5
+    # Merged tasks are settled: only the unlabelled ones of both batches are outstanding.
+    assert workflows.count_completed(params) == Completion(2, 7, 0, 3)

@@ -56,9 +56,11 @@ def _dag_tasks(spec: dict[str, Any], component: str | None = None) -> dict[str, 
     return dag["tasks"]
 
 
-def _condition(spec: dict[str, Any], *, holding: str) -> tuple[str, dict[str, Any]]:
-    """The root task (name, spec) whose condition DAG holds task `holding`."""
-    for name, task in _dag_tasks(spec).items():
+def _condition(
+    spec: dict[str, Any], *, holding: str, within: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The task (name, spec) of the root DAG (or of `within`'s) whose DAG holds `holding`."""
+    for name, task in _dag_tasks(spec, within).items():
         component = task["componentRef"]["name"]
         if "dag" in spec["components"][component] and holding in _dag_tasks(spec, component):
             return name, task
@@ -301,28 +303,38 @@ def test_the_local_variant_has_nothing_the_local_runner_would_warn_about(
 def test_flywheel_retrains_through_the_nested_training_pipeline_when_drifted(
     tmp_path: Path,
 ) -> None:
+    """The composition: the curation pipeline's steps, then the update pipeline's, in one run."""
     pipeline = build_flywheel_pipeline(PARAMS, target="cluster", image=IMAGE)
     spec, platform = _load(compile_pipeline(pipeline, tmp_path / "flywheel.yaml"))
     root = _dag_tasks(spec)
 
-    name, condition = _condition(spec, holding="training")
+    name, condition = _condition(spec, holding="send-batch")
     assert set(root) == {"monitor-drift", name}
     assert condition["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--monitor-drift-Output'] == true"
     )
     inner = _dag_tasks(spec, condition["componentRef"]["name"])
-    assert set(inner) == {"curate-samples", "label-samples", "update-dataset", "training"}
-    assert inner["label-samples"]["dependentTasks"] == ["curate-samples"]
-    assert inner["update-dataset"]["dependentTasks"] == ["label-samples"]
-    version = inner["training"]["inputs"]["parameters"]["data_version"]
+    enough, threshold = _condition(
+        spec, holding="update-dataset", within=condition["componentRef"]["name"]
+    )
+    assert set(inner) == {"curate-samples", "send-batch", "collect-labels", enough}
+    assert inner["send-batch"]["dependentTasks"] == ["curate-samples"]
+    assert inner["collect-labels"]["dependentTasks"] == ["send-batch"]  # sent, then read back
+    assert threshold["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--collect-labels-Output'] == true"
+    )
+    updating = _dag_tasks(spec, threshold["componentRef"]["name"])
+    assert set(updating) == {"update-dataset", "training"}
+    version = updating["training"]["inputs"]["parameters"]["data_version"]
     assert version["taskOutputParameter"] == {
         "producerTask": "update-dataset",
         "outputParameterKey": "Output",
     }
-    nested = _dag_tasks(spec, inner["training"]["componentRef"]["name"])
+    nested = _dag_tasks(spec, updating["training"]["componentRef"]["name"])
     assert {"validate-data", "train-model", "evaluate-model"} <= set(nested)
     tasks = _all_tasks(spec)
-    for step in ("monitor-drift", "curate-samples", "label-samples", "update-dataset"):
+    steps = ("monitor-drift", "curate-samples", "send-batch", "collect-labels", "update-dataset")
+    for step in steps:
         assert not tasks[step].get("cachingOptions", {}).get("enableCache"), step
         assert _executor(spec, tasks[step])["image"] == IMAGE
         assert _k8s(platform, spec, tasks[step])["configMapAsEnv"], step
@@ -330,10 +342,44 @@ def test_flywheel_retrains_through_the_nested_training_pipeline_when_drifted(
     assert _executor(spec, tasks["train-model"])["resources"]["accelerator"]["resourceCount"] == "1"
 
 
-def test_the_catalog_knows_both_pipelines_and_names_unknown_ones() -> None:
-    assert PIPELINES["training"].ready
-    assert PIPELINES["flywheel"].ready
-    with pytest.raises(KeyError, match="known: training, flywheel"):
+@pytest.mark.parametrize(
+    ("name", "root", "guarded"),
+    [
+        ("curation", {"monitor-drift"}, {"curate-samples", "send-batch"}),
+        ("update", {"collect-labels"}, {"update-dataset", "training"}),
+    ],
+)
+def test_the_loop_splits_into_curation_and_update(
+    name: str, root: set[str], guarded: set[str], tmp_path: Path
+) -> None:
+    """Curation ends when the batch is sent; the update starts from the labels, alone."""
+    pipeline = get_pipeline(name).build(PARAMS, target="cluster", image=IMAGE)
+    spec, platform = _load(compile_pipeline(pipeline, tmp_path / f"{name}.yaml"))
+
+    ((condition_name, condition),) = [
+        (n, t) for n, t in _dag_tasks(spec).items() if "triggerPolicy" in t
+    ]
+    assert set(_dag_tasks(spec)) == root | {condition_name}
+    assert set(_dag_tasks(spec, condition["componentRef"]["name"])) == guarded
+    (decider,) = root
+    assert condition["triggerPolicy"]["condition"] == (
+        f"inputs.parameter_values['pipelinechannel--{decider}-Output'] == true"
+    )
+    tasks = _all_tasks(spec)
+    for step in root | guarded - {"training"}:
+        assert _executor(spec, tasks[step])["image"] == IMAGE, step
+        assert _k8s(platform, spec, tasks[step])["secretAsEnv"], step
+    inputs = set(spec["root"]["inputDefinitions"]["parameters"])
+    if name == "curation":  # nothing of training: no data version, no repository
+        assert inputs == {"params", "overrides"}
+    else:  # the flywheel pipeline's parameters
+        assert inputs == set(build_flywheel_pipeline(PARAMS, target="local").component_spec.inputs)
+
+
+def test_the_catalog_knows_every_pipeline_and_names_unknown_ones() -> None:
+    assert all(entry.ready for entry in PIPELINES.values())
+    assert [n for n, e in PIPELINES.items() if e.new_data_version] == ["update", "flywheel"]
+    with pytest.raises(KeyError, match="known: training, curation, update, flywheel"):
         get_pipeline("nope")
 
 
@@ -364,7 +410,12 @@ def test_cli_compiles_every_ready_pipeline_to_dist(tmp_path: Path) -> None:
     )
 
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["flywheel.yaml", "training.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "curation.yaml",
+        "flywheel.yaml",
+        "training.yaml",
+        "update.yaml",
+    ]
     spec, platform = _load(tmp_path / "training.yaml")
     tasks = _all_tasks(spec)
     train = _executor(spec, tasks["train-model"])

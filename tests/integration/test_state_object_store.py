@@ -222,6 +222,17 @@ def test_the_loop_steps_curate_and_label_through_the_bucket(
     assert set(truth["label"]) == {"1"}
     assert (tmp_path / "labels" / "people.json").is_file()  # the step's output keeps the export
 
+    # Asynchronous labelling through the bucket: counted, collected, then settled by a merge.
+    from flywheel.labeling.sync import Completion
+    from flywheel.workflows.label_sync import collect_labels, count_completed, settle_labels
+
+    assert count_completed(params) == Completion(batches=1, outstanding=4, completed=4, needed=1)
+    assert collect_labels(params, labels_out=tmp_path / "collected").ready
+    collected = pd.read_parquet(tmp_path / "collected" / "labels.parquet")
+    assert settle_labels(params, collected, "v2") is not None
+    assert any("/labeling/merged/" in k for k in store.keys(state))
+    assert count_completed(params) == Completion(0, 0, 0, 1)
+
 
 @pytest.mark.slow  # DVC and GX: a few seconds each
 def test_labelled_traffic_in_the_bucket_becomes_a_new_data_version(

@@ -15,7 +15,7 @@ from flywheel.cli.project_root import ProjectTyper
 if TYPE_CHECKING:
     import pandas as pd
 
-    from flywheel.config import DataPlan
+    from flywheel.config import DataPlan, Params
 
 commands = ProjectTyper(help="Collect, import and version datasets.", no_args_is_help=True)
 
@@ -339,6 +339,7 @@ def data_merge(
     print_skipped(merge.skipped)
     if merge.nothing_merged is not None:
         raise abort(merge.nothing_merged, code=1)
+    _settle(p, update.version)
     if update.changed:
         console.print(
             f"data version [bold]{update.version}[/bold] (was {update.version_before}); "
@@ -346,6 +347,18 @@ def data_merge(
         )
     else:
         console.print(f"data version unchanged: {update.version}")
+
+
+def _settle(p: Params, version: str) -> None:
+    """The labels merged (every one recorded) settle their queued tasks: not outstanding now."""
+    from flywheel.data.ground_truth import ground_truth_dir
+    from flywheel.labeling import read_labels
+    from flywheel.storage import state_url
+    from flywheel.workflows.label_sync import settle_labels
+
+    labels = read_labels(ground_truth_dir(state_url(p.state.url)))
+    if not labels.empty:
+        settle_labels(p, labels, version)
 
 
 def print_skipped(skipped: dict[str, list[str]]) -> None:

@@ -1,6 +1,6 @@
 """The loop after serving: monitor for drift, curate, label; the reference profile; the dashboards.
 
-`flywheel label import|oracle` is the `label` group (`label_commands`).
+`flywheel label import|oracle|server|sync` is the `label` group (`label_commands`).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def monitor(
         bool,
         typer.Option(
             "--trigger",
-            help="On drift, submit the flywheel pipeline through the KFP API if the guard "
+            help="On drift, submit the curation pipeline through the KFP API if the guard "
             "(monitor.trigger) allows; record the decision; exit 0 on a verdict.",
         ),
     ] = False,
@@ -196,7 +196,7 @@ def monitor(
 
     With --trigger (the monitor CronJob): on drift the guard of monitor.trigger
     (cooldown, runs per day, minimum window, labelling budget left) decides
-    whether to submit the flywheel pipeline to the KFP endpoint (--host, or
+    whether to submit the curation pipeline to the KFP endpoint (--host, or
     KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
     submit` takes them); the decision (fired, held back and why, none) is
     recorded under <state>/monitoring/triggers/ and printed. Exit status 0
@@ -534,3 +534,51 @@ def label_server(
         server.stop()
     if not stop.is_set():
         raise abort(f"Label Studio exited (status {server.process.returncode}); log: {server.log}")
+
+
+@label_commands.command("sync")
+def label_sync(
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit",
+            help="Submit the update pipeline through the KFP API instead of running it here.",
+        ),
+    ] = False,
+    host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    out: Annotated[
+        Path, typer.Option(help="--submit: where the submitted pipeline is compiled.")
+    ] = Path("dist/pipelines"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Count the complete annotations of the outstanding batches; update when there are enough.
+
+    A batch is outstanding from the curation run that sent it until a merge
+    took its tasks. The configured labeller (label.labeler) says which tasks
+    are complete, recording nothing: the Label Studio project's annotations,
+    the exports saved in <label dir>/exports/, or the demo oracle's truth. When
+    at least label.sync.min_completed are, the update pipeline (collect the
+    labels → merge into a new data version → training) runs on the KFP local
+    runner, or with --submit is submitted to the KFP endpoint (--host or
+    KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
+    submit` takes them), as the label-sync CronJob does. The decision (fired,
+    held and the counts) is recorded under
+    <state>/monitoring/triggers/label-sync/ and printed.
+
+    Exit status 0 for either decision, 1 when the local update run fails, 2 on
+    an error (a queue batch, merge record or export unreadable, Label Studio or
+    the endpoint unreachable or refusing).
+    """
+    from flywheel.cli.trigger import sync, target
+    from flywheel.labeling import LabelImportError, QueueError
+    from flywheel.labeling.server import LabelStudioError
+    from flywheel.workflows.trigger import TriggerError
+
+    where = target(host, namespace, token, token_file, out, flag="--submit") if submit else None
+    p = read_params(params, set_)
+    with exit_on(QueueError, LabelImportError, LabelStudioError, TriggerError, OSError):
+        sync(p, params, list(set_ or []), where)

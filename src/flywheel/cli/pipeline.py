@@ -26,7 +26,9 @@ commands = ProjectTyper(
     no_args_is_help=True,
 )
 
-PipelineArg = Annotated[str, typer.Argument(help="The pipeline: training | flywheel.")]
+PipelineArg = Annotated[
+    str, typer.Argument(help="The pipeline: training | curation | update | flywheel.")
+]
 ImageOpt = Annotated[
     str | None,
     typer.Option(
@@ -406,8 +408,8 @@ def submit_catalog_pipeline(
     """Compile a catalog pipeline for the cluster and submit it: `pipeline submit`, the trigger.
 
     Arguments: params.yaml with `pairs` applied, the data version data.dvc
-    records (for `flywheel`, '': the latest recorded next to the DVC remote), no
-    repository. Returns the `pipelines.submission.Submission`.
+    records (for `flywheel` and `update`, '': the latest recorded next to the DVC
+    remote), no repository. Returns the `pipelines.submission.Submission`.
 
     Raises:
         pipelines.cluster.ClusterError: the endpoint cannot be reached or refused.
@@ -415,7 +417,7 @@ def submit_catalog_pipeline(
     from pipelines.submission import submit
 
     p = read_base_params(params, pairs)
-    version = "" if entry.name == "flywheel" else recorded_data_version(p)
+    version = "" if entry.new_data_version else recorded_data_version(p)
     placed = read_params(params, pairs)  # `cluster.*` pairs place the steps of this run
     pipeline, package = _compile_for_cluster(
         entry, p, version, options, out / f"{entry.name}.yaml", placed
@@ -502,8 +504,8 @@ def pipeline_submit(
     """Compile a pipeline and submit it to a Kubeflow Pipelines endpoint: a run, or a schedule.
 
     Arguments: params.yaml with --set applied, the data version data.dvc records
-    (for `flywheel`, whose runs each make a new one: '', the latest recorded next
-    to the DVC remote), and no repository: the steps materialise the version from
+    (for `flywheel` and `update`, whose runs each make a new one: '', the latest
+    recorded next to the DVC remote), and no repository: the steps materialise the version from
     `FLYWHEEL_DVC_REMOTE` by hash. On multi-user Kubeflow give the profile
     namespace and a token (or a token file; --in-cluster in a pod). Prints the
     run's id and URL. Exits 2 when the endpoint cannot be reached or refuses.

@@ -1,12 +1,16 @@
-"""`flywheel monitor --trigger`: the guard's decision on a drift verdict, and the run it submits.
+"""The runs the loop starts by itself: `flywheel monitor --trigger` and `flywheel label sync`.
 
-The same code runs on a laptop and in the monitor CronJob: the guard
-(`flywheel.workflows.trigger`) decides against the history in the state store;
-when it fires, the flywheel pipeline is compiled for the cluster and submitted
-through the KFP API (`pipelines.submission`, as `flywheel pipeline submit`
-does); the decision, with the run it started, is recorded and printed. A
-drift is a verdict, not a failure: the command exits 0 whatever the guard
-decided, and 2 only on an error (the endpoint refused, a record is unreadable).
+The same code runs on a laptop and in the CronJobs. `monitor --trigger`: the
+guard (`flywheel.workflows.trigger`) decides against the history in the state
+store; when it fires, the curation pipeline is compiled for the cluster and
+submitted through the KFP API (`pipelines.submission`, as `flywheel pipeline
+submit` does). `label sync`: when at least `label.sync.min_completed`
+annotations of the outstanding batches are complete
+(`flywheel.workflows.label_sync`), the update pipeline runs on the KFP local
+runner or, with `--submit`, is submitted the same way. Each decision, with the
+run it started, is recorded and printed. A verdict is not a failure: both exit
+0 whatever was decided, and 2 only on an error (the endpoint refused, a record
+is unreadable); a local update run that fails exits 1.
 """
 
 from __future__ import annotations
@@ -23,33 +27,34 @@ from flywheel.cli.console import abort, console, err_console
 if TYPE_CHECKING:
     from flywheel.config import Params
     from flywheel.monitoring import MonitorResult
+    from flywheel.workflows.label_sync import SyncDecision
     from flywheel.workflows.trigger import Decision
 
 HostOpt = Annotated[
     str | None,
     typer.Option(
         envvar="KF_PIPELINES_ENDPOINT",
-        help="--trigger: the KFP API endpoint the flywheel pipeline is submitted to.",
+        help="The KFP API endpoint a triggered run is submitted to.",
     ),
 ]
 NamespaceOpt = Annotated[
     str | None,
     typer.Option(
         envvar="FLYWHEEL_KFP_NAMESPACE",
-        help="--trigger: Kubeflow profile namespace (multi-user installs).",
+        help="Kubeflow profile namespace of a submitted run (multi-user installs).",
     ),
 ]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
-        envvar="FLYWHEEL_KFP_TOKEN", show_default=False, help="--trigger: bearer token for KFP."
+        envvar="FLYWHEEL_KFP_TOKEN", show_default=False, help="Bearer token for the KFP API."
     ),
 ]
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option(
         envvar="KF_PIPELINES_SA_TOKEN_PATH",
-        help="--trigger: file holding the bearer token, read before each request.",
+        help="File holding the KFP bearer token, read before each request.",
     ),
 ]
 
@@ -72,9 +77,15 @@ class Target:
 
 
 def target(
-    host: str | None, namespace: str | None, token: str | None, token_file: Path | None, out: Path
+    host: str | None,
+    namespace: str | None,
+    token: str | None,
+    token_file: Path | None,
+    out: Path,
+    *,
+    flag: str = "--trigger",
 ) -> Target:
-    """The submission target of `--trigger`, checked before monitoring starts.
+    """The submission target of `--trigger` or `--submit`, checked before anything runs.
 
     Raises:
         typer.BadParameter: no endpoint.
@@ -85,7 +96,7 @@ def target(
 
     if not host:
         raise typer.BadParameter(
-            "--trigger submits through the KFP API: give --host or KF_PIPELINES_ENDPOINT",
+            f"{flag} submits through the KFP API: give --host or KF_PIPELINES_ENDPOINT",
             param_hint="--host",
         )
     require("pipelines")
@@ -107,7 +118,7 @@ def trigger(
     json_out: bool = False,
     now: datetime | None = None,
 ) -> Decision:
-    """Decide on `result`, submit the flywheel pipeline when the guard fires, record the decision.
+    """Decide on `result`, submit the curation pipeline when the guard fires, record the decision.
 
     The triggered run gets this command's `--set` pairs and, when the labelling
     budget left is below the cycle's cap, `curate.cost.per_cycle` set to what is
@@ -126,12 +137,12 @@ def trigger(
             run_pairs.append(f"curate.cost.per_cycle={decision.spend_limit}")
         try:
             submission = submit_catalog_pipeline(
-                pipeline_entry("flywheel", runnable=True),
+                pipeline_entry("curation", runnable=True),
                 params,
                 run_pairs,
                 host=where.host,
                 experiment=p.monitor.trigger.experiment,
-                run_name=f"flywheel-drift-{now:%Y%m%d-%H%M%S}",
+                run_name=f"curation-drift-{now:%Y%m%d-%H%M%S}",
                 namespace=where.namespace,
                 credentials=where.credentials,
                 out=where.out,
@@ -149,4 +160,84 @@ def trigger(
     if decision.run_url:
         out.print(f"  {decision.run_url}", soft_wrap=True)
     out.print(f"decision: {location}", soft_wrap=True)
+    return decision
+
+
+def sync(
+    p: Params,
+    params: Path,
+    pairs: list[str],
+    where: Target | None,
+    *,
+    now: datetime | None = None,
+) -> SyncDecision:
+    """Count the complete annotations; when enough, run the update pipeline; record the decision.
+
+    The update run gets this command's `--set` pairs: on the KFP local runner
+    (`where` None, on the data version data.dvc records) or submitted to
+    `where` (from the latest version next to the DVC remote). A run that
+    cannot be submitted, or fails locally, is recorded as `failed` and exits 2
+    (1 for a failed local run).
+    """
+    from flywheel.cli.pipeline import (
+        ClusterOptions,
+        pipeline_entry,
+        read_base_params,
+        recorded_data_version,
+        run_pipeline_locally,
+        submit_catalog_pipeline,
+    )
+    from flywheel.storage import state_url
+    from flywheel.workflows.label_sync import (
+        count_completed,
+        record_sync,
+        started,
+        sync_decision,
+        sync_failed,
+    )
+    from pipelines.cluster import ClusterError
+
+    now = now or datetime.now(UTC)
+    state = state_url(p.state.url)
+    decision = sync_decision(count_completed(p), now=now)
+    console.print(decision.reasons[0], soft_wrap=True)
+    entry = pipeline_entry("update", runnable=True) if decision.action == "fired" else None
+
+    def give_up(how: str, error: str, code: int) -> typer.Exit:
+        failed = sync_failed(decision, how, error)
+        location = record_sync(state, failed)
+        err_console.print(f"{failed.summary()}\ndecision: {location}", soft_wrap=True)
+        return abort(f"the update run {error}", code=code)
+
+    if entry is not None and where is None:
+        try:
+            run = run_pipeline_locally(
+                entry, read_base_params(params, pairs), pairs, recorded_data_version(p), False
+            )
+        except typer.Exit:
+            raise give_up("local", "failed", 1) from None
+        decision = started(decision, "local", run.run_id)
+        console.print(f"update pipeline run {run.run_id}: {run.seconds:.0f} s; log: {run.log}")
+    elif entry is not None and where is not None:
+        try:
+            submission = submit_catalog_pipeline(
+                entry,
+                params,
+                pairs,
+                host=where.host,
+                experiment=p.label.sync.experiment,
+                run_name=f"update-sync-{now:%Y%m%d-%H%M%S}",
+                namespace=where.namespace,
+                credentials=where.credentials,
+                out=where.out,
+                options=ClusterOptions(),
+            )
+        except ClusterError as err:
+            raise give_up("kfp", f"was not submitted: {err}", 2) from None
+        decision = started(decision, "kfp", submission.id, submission.url, submission.namespace)
+    location = record_sync(state, decision)
+    console.print(decision.summary(), soft_wrap=True)
+    if decision.run_url:
+        console.print(f"  {decision.run_url}", soft_wrap=True)
+    console.print(f"decision: {location}", soft_wrap=True)
     return decision

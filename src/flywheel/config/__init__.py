@@ -41,6 +41,7 @@ from flywheel.config.loop import (
     MergeConfig,
     MonitorConfig,
     SimulateConfig,
+    SyncConfig,
     TriggerConfig,
     UIConfig,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "Split",
     "StateConfig",
     "Strata",
+    "SyncConfig",
     "Toleration",
     "TrainConfig",
     "TrainPlacement",

@@ -81,6 +81,18 @@ class LabelStudioConfig(FrozenConfig):
     document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT (None: the state folder)
 
 
+class SyncConfig(FrozenConfig):
+    """When people's annotations start the update pipeline (`flywheel label sync`, its CronJob).
+
+    Labelling is asynchronous: curation sends a batch and ends; the `update`
+    pipeline merges and retrains once enough annotations of the outstanding
+    batches (sent, not yet merged) are complete.
+    """
+
+    min_completed: int = Field(1, ge=1)  # complete, not yet merged annotations that start an update
+    experiment: str = Field("flywheel", min_length=1)  # KFP experiment of `sync --submit` runs
+
+
 class LabelConfig(FrozenConfig):
     """The labelling queue and Label Studio's labelling interface (`flywheel.labeling`)."""
 
@@ -93,6 +105,7 @@ class LabelConfig(FrozenConfig):
     # most recent annotation wins). Each annotator's latest annotation is their vote.
     annotators: Literal["majority", "unanimous", "latest"] = "majority"
     studio: LabelStudioConfig = LabelStudioConfig()  # the `label-studio` labeller's server
+    sync: SyncConfig = SyncConfig()  # when completed annotations start the update pipeline
 
 
 class MergeConfig(FrozenConfig):
@@ -151,7 +164,7 @@ class DriftTest(FrozenConfig):
 class TriggerConfig(FrozenConfig):
     """The guard between a drift verdict and a retraining run (`flywheel monitor --trigger`).
 
-    A drift submits the flywheel pipeline only when every rule allows it; each
+    A drift submits the curation pipeline only when every rule allows it; each
     decision (fired, held back and why, none) is recorded in the state store.
     """
 

@@ -6,8 +6,8 @@ serves production and drives the flywheel with real components:
 ```
 serve ─► in-distribution traffic ─► monitor (no drift)
       ─► drifted traffic          ─► monitor (drift, accuracy drops)
-      ─► `flywheel` pipeline: monitor → curate → label (the oracle, an annotator in a real
-         Label Studio) → new data version → train
+      ─► `flywheel` pipeline: monitor → curate → send → collect the labels (the oracle, an
+         annotator in a real Label Studio, answers at once) → new data version → train
          → evaluate → promote ─► the service swaps in the new version (admin reload)
       ─► drifted traffic again    ─► monitor (accuracy recovered)
 ```
@@ -362,8 +362,8 @@ def run_closed_loop(
         started = time.perf_counter()
         window_start = phase_started - timedelta(seconds=1)  # the drifted phase, all of it
         say(
-            "— the flywheel pipeline: monitor → curate → label → new data version → "
-            "train → evaluate → promote"
+            "— the flywheel pipeline (curation, then update, in one run): monitor → curate → "
+            "send → collect the labels → new data version → train → evaluate → promote"
         )
         label_studio_ready()
         retrain([f"monitor.since={window_start.isoformat()}"])

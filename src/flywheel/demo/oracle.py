@@ -43,6 +43,7 @@ from flywheel.labeling import (
     no_labels,
     queue_batches,
     queue_dir,
+    queued_keys,
     read_batch,
     task_key,
     write_json_atomic,
@@ -199,6 +200,16 @@ def label_with_oracle(
     )
 
 
+def oracle_completed(params: Params, queue: Location, gt_root: Location | None) -> set[Key]:
+    """The queued tasks the oracle has answered or will answer when asked: it knows their truth.
+
+    The oracle answers as soon as it is asked (`label`), so a task it knows is
+    as good as complete: the demo's loop runs in one go.
+    """
+    root = gt_root if gt_root is not None else ground_truth_dir(state_url(params.state.url))
+    return queued_keys(queue) & (labelled_keys(root) | set(simulator_truth(root)))
+
+
 class OracleLabeler(Labeler):
     """The demo's labeller: `label_with_oracle` over the queued batches.
 
@@ -224,6 +235,12 @@ class OracleLabeler(Labeler):
             ),
             exports=() if result.export is None else (result.export,),
         )
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The queued tasks the oracle knows the truth of (`oracle_completed`)."""
+        return oracle_completed(params, queue_dir, gt_root)
 
 
 ORACLE_EMAIL = "oracle@flywheel.local"
@@ -292,3 +309,9 @@ class LabelStudioOracle(LabelStudioLabeler):
     ) -> None:
         """The oracle annotates the published tasks through the API (`annotate_as_oracle`)."""
         annotate_as_oracle(connection, project, params, gt_root)
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The queued tasks the oracle knows the truth of (`oracle_completed`)."""
+        return oracle_completed(params, queue_dir, gt_root)

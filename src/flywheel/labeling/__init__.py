@@ -24,9 +24,14 @@ Labelled production images then join the dataset as a new data version
 (`merge`: GX-gated, `dvc add`); where nobody recorded an image's stratum,
 `merge.strata` declares one (`strata`).
 
+Labelling is asynchronous (`sync`): a batch stays outstanding from the run that
+sent it until a merge took its tasks; `Labeler.completed` says which of its
+tasks are complete, and `label.sync.min_completed` of them start an update.
+
 Modules: `base` (the `Labeler` interface), `queue` (folders and batches),
 `exports` (Label Studio's export formats, annotator votes), `label_studio`
-(the labelling config, the import, the export labeller), `strata`, `merge`.
+(the labelling config, the import, the export labeller), `studio` (the Label
+Studio labeller), `sync` (outstanding batches, the threshold), `strata`, `merge`.
 """
 
 from flywheel.labeling.base import (

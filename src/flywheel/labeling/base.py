@@ -27,6 +27,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from flywheel.config import LabelConfig, Params
+    from flywheel.labeling.queue import Key
     from flywheel.storage import Location
 
 LABEL_COLUMNS: tuple[str, ...] = (
@@ -88,6 +89,41 @@ class Labeler(ABC):
                 (the label step's output folder).
             gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
         """
+
+    def send(self, params: Params, queue_dir: Path) -> str:
+        """Put the batches in `queue_dir` before the annotators; one line saying what was done.
+
+        Labelling is asynchronous: the curation pipeline ends here, and a later
+        update run reads back what people completed (`label`, `completed`).
+        By default nothing is sent: the batches wait in the queue folder, where
+        people import them into Label Studio and save its exports into the
+        exports folder.
+        """
+        from flywheel.labeling.queue import queued_keys
+
+        return f"{len(queued_keys(queue_dir))} tasks wait in the queue folder for the annotators"
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The keys of the queued tasks whose annotation is complete, read without recording.
+
+        What `flywheel label sync` counts against `label.sync.min_completed`. By
+        default the tasks whose label the ground-truth store holds (recorded by
+        an earlier read-back or `flywheel label import`); a labeller that can see
+        annotations not read back yet adds those.
+
+        Args:
+            params: the configuration.
+            queue_dir: a folder (or URL) of queue batches.
+            gt_root: the ground-truth folder (default `<state dir>/ground_truth`).
+        """
+        from flywheel.data.ground_truth import ground_truth_dir
+        from flywheel.labeling.queue import labelled_keys, queued_keys
+        from flywheel.storage import state_url
+
+        root = gt_root if gt_root is not None else ground_truth_dir(state_url(params.state.url))
+        return queued_keys(queue_dir) & labelled_keys(root)
 
 
 def no_labels() -> pd.DataFrame:

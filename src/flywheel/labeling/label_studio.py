@@ -408,33 +408,11 @@ class LabelStudioExportLabeler(Labeler):
                 queued tasks has a wrong task (see `parse_export`); nothing is written.
             flywheel.labeling.QueueError: a queue batch is unreadable.
         """
-        from flywheel.monitoring.prediction_log import predictions_dir
-
-        source = (
-            as_location(self.source)
-            if self.source is not None
-            else exports_dir(params.label, state_url(params.state.url))
-        )
+        source = self._source(params)
         if gt_root is None:
             gt_root = ground_truth_dir(state_url(params.state.url))
         queued = queued_keys(queue_dir)
-        served = queued | logged_keys(predictions_dir(params))
-        exports: list[Location] = []
-        parsed: list[pd.DataFrame] = []
-        for path in glob(source, "*.json"):
-            tasks = read_export(path)
-            if _holds_any(tasks, queued):
-                exports.append(path)
-                parsed.append(
-                    parse_export(
-                        tasks,
-                        params.data.classes,
-                        from_name=params.label.from_name,
-                        source=str(path),
-                        annotators=params.label.annotators,
-                        served=served,
-                    ).labels
-                )
+        exports, parsed = self._read_exports(params, source, queued)
         labels = no_labels()
         written = 0
         if parsed:
@@ -458,6 +436,54 @@ class LabelStudioExportLabeler(Labeler):
             ),
             exports=tuple(export_dir / name(path) for path in exports),
         )
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The queued tasks labelled in a saved export or the ground-truth store.
+
+        Raises:
+            LabelImportError: an export holding queued tasks has a wrong task.
+        """
+        queued = queued_keys(queue_dir)
+        _, parsed = self._read_exports(params, self._source(params), queued)
+        exported = {
+            (str(r), int(i))
+            for frame in parsed
+            for r, i in zip(frame["request_id"], frame["index"], strict=True)
+        }
+        return (exported & queued) | super().completed(params, queue_dir, gt_root=gt_root)
+
+    def _source(self, params: Params) -> Location:
+        """The folder of exports."""
+        if self.source is not None:
+            return as_location(self.source)
+        return exports_dir(params.label, state_url(params.state.url))
+
+    def _read_exports(
+        self, params: Params, source: Location, queued: set[Key]
+    ) -> tuple[list[Location], list[pd.DataFrame]]:
+        """The exports holding a queued task, and their labels, each checked whole."""
+        from flywheel.monitoring.prediction_log import predictions_dir
+
+        served = queued | logged_keys(predictions_dir(params))
+        exports: list[Location] = []
+        parsed: list[pd.DataFrame] = []
+        for path in glob(source, "*.json"):
+            tasks = read_export(path)
+            if _holds_any(tasks, queued):
+                exports.append(path)
+                parsed.append(
+                    parse_export(
+                        tasks,
+                        params.data.classes,
+                        from_name=params.label.from_name,
+                        source=str(path),
+                        annotators=params.label.annotators,
+                        served=served,
+                    ).labels
+                )
+        return exports, parsed
 
 
 def _holds_any(tasks: Any, keys: set[Key]) -> bool:

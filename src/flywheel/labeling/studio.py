@@ -28,7 +28,8 @@ their own time). The demo's oracle overrides it to answer through the API.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from flywheel.labeling.queue import (
     Key,
     logged_keys,
     queue_batches,
+    queued_keys,
     read_batch,
     task_key,
     write_json_atomic,
@@ -103,14 +105,9 @@ def find_or_create_project(client: LabelStudio, params: Params) -> int:
             `label.from_name` control (another project of the same title).
     """
     cfg = params.label.studio
-    for project in client.projects.list(title=cfg.project, page_size=PAGE_SIZE):
-        if project.title == cfg.project and project.id is not None:
-            if f'name="{params.label.from_name}"' not in (project.label_config or ""):
-                raise LabelStudioError(
-                    f"Label Studio project {cfg.project!r} (id {project.id}) has no control "
-                    f"{params.label.from_name!r}: rename it or set label.studio.project"
-                )
-            return int(project.id)
+    found = find_project(client, params)
+    if found is not None:
+        return found
     created = client.projects.create(
         title=cfg.project,
         label_config=label_interface(params),
@@ -121,6 +118,38 @@ def find_or_create_project(client: LabelStudio, params: Params) -> int:
     if created.id is None:
         raise LabelStudioError(f"Label Studio created project {cfg.project!r} without an id")
     return int(created.id)
+
+
+def find_project(client: LabelStudio, params: Params) -> int | None:
+    """The id of the project titled `label.studio.project`, None when there is none.
+
+    Raises:
+        LabelStudioError: the project lacks the `label.from_name` control.
+    """
+    cfg = params.label.studio
+    for project in client.projects.list(title=cfg.project, page_size=PAGE_SIZE):
+        if project.title == cfg.project and project.id is not None:
+            if f'name="{params.label.from_name}"' not in (project.label_config or ""):
+                raise LabelStudioError(
+                    f"Label Studio project {cfg.project!r} (id {project.id}) has no control "
+                    f"{params.label.from_name!r}: rename it or set label.studio.project"
+                )
+            return int(project.id)
+    return None
+
+
+@contextmanager
+def refused_as_error(connection: Connection) -> Iterator[None]:
+    """A request Label Studio refused, as a `LabelStudioError` naming the server."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        yield
+    except ApiError as err:
+        raise LabelStudioError(
+            f"Label Studio at {connection.url} refused a request: {err.status_code} "
+            f"{str(err.body)[:500]}"
+        ) from err
 
 
 def read_tasks(
@@ -246,26 +275,15 @@ class LabelStudioLabeler(Labeler):
             LabelStudioError: no server, or it refused a request.
             flywheel.labeling.QueueError: a queue batch is unreadable.
         """
-        from label_studio_sdk.core.api_error import ApiError
-
         from flywheel.monitoring.prediction_log import predictions_dir
 
         connection = self.connection or connect(params.label.studio)
         client = sdk_client(connection)
-        queued_tasks = [t for path in queue_batches(queue_dir) for t in read_batch(path)]
-        queued = {k for k in map(task_key, queued_tasks) if k is not None}
-        try:
-            project = find_or_create_project(client, params)
-            listed = read_tasks(client, project, include="id,data")
-            present = {k for k in map(task_key, listed) if k is not None}
-            sent = publish_tasks(client, project, queued_tasks, present, connection)
+        queued = queued_keys(queue_dir)
+        with refused_as_error(connection):
+            project, sent = self._publish(client, connection, params, queue_dir)
             self.annotate(connection, project, params, gt_root)
             tasks = read_tasks(client, project)
-        except ApiError as err:
-            raise LabelStudioError(
-                f"Label Studio at {connection.url} refused a request: {err.status_code} "
-                f"{str(err.body)[:500]}"
-            ) from err
         now = datetime.now(UTC)
         export_dir.mkdir(parents=True, exist_ok=True)
         snapshot = write_json_atomic(
@@ -285,6 +303,50 @@ class LabelStudioLabeler(Labeler):
             ),
             exports=(snapshot,),
         )
+
+    def send(self, params: Params, queue_dir: Path) -> str:
+        """Publish the queued tasks to the project (created from the plan if missing).
+
+        Raises:
+            LabelStudioError: no server, or it refused a request.
+        """
+        connection = self.connection or connect(params.label.studio)
+        with refused_as_error(connection):
+            project, sent = self._publish(sdk_client(connection), connection, params, queue_dir)
+        return f"Label Studio project {project} at {connection.url}: {sent} tasks sent"
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The queued tasks the project holds a decided annotation of (or the store a label).
+
+        Reads the project's tasks through the API; records nothing.
+
+        Raises:
+            LabelStudioError: no server, or it refused a request.
+        """
+        from flywheel.monitoring.prediction_log import predictions_dir
+
+        connection = self.connection or connect(params.label.studio)
+        client = sdk_client(connection)
+        queued = queued_keys(queue_dir)
+        with refused_as_error(connection):
+            project = find_project(client, params)
+            tasks = read_tasks(client, project) if project is not None else []
+        served = queued | logged_keys(predictions_dir(params))
+        every, _ = resolve_tasks(tasks, params, served, source=f"project {project}")
+        annotated = set(zip(map(str, every["request_id"]), map(int, every["index"]), strict=True))
+        return (annotated & queued) | super().completed(params, queue_dir, gt_root=gt_root)
+
+    def _publish(
+        self, client: LabelStudio, connection: Connection, params: Params, queue_dir: Location
+    ) -> tuple[int, int]:
+        """The project, found or created, and how many queued tasks were imported into it."""
+        queued_tasks = [t for path in queue_batches(queue_dir) for t in read_batch(path)]
+        project = find_or_create_project(client, params)
+        listed = read_tasks(client, project, include="id,data")
+        present = {k for k in map(task_key, listed) if k is not None}
+        return project, publish_tasks(client, project, queued_tasks, present, connection)
 
 
 def resolve_tasks(

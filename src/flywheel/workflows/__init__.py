@@ -15,6 +15,10 @@ arguments and the local runner live in `pipelines/`.
   Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
 * `flywheel.workflows.loop` — the retraining (`flywheel`) pipeline's steps in front
   of training: `detect_drift` → `curate_samples` → `label_samples` → `update_dataset`;
+* `flywheel.workflows.label_sync` — asynchronous labelling: `send_batch` ends the
+  `curation` pipeline, `collect_labels` starts the `update` pipeline (every completed
+  annotation of every outstanding batch; the `label.sync.min_completed` threshold),
+  `count_completed` and the recorded `SyncDecision`s of `flywheel label sync`;
 * `flywheel.workflows.datasets` — the data at the version a step is given: the
   repository's folder, or materialised from the DVC remote by hash (no git);
   under `torchrun` only local rank 0 fetches (`materialise_once`);
@@ -35,6 +39,12 @@ from flywheel.workflows.judging import (
     evaluation_scalars,
     judge_candidate,
     slice_rows,
+)
+from flywheel.workflows.label_sync import (
+    SyncDecision,
+    collect_labels,
+    count_completed,
+    send_batch,
 )
 from flywheel.workflows.loop import (
     LABELS_FILE,
@@ -71,8 +81,11 @@ __all__ = [
     "RegisteredCandidate",
     "SliceRow",
     "StepError",
+    "SyncDecision",
     "TrainedModel",
     "ValidatedDataset",
+    "collect_labels",
+    "count_completed",
     "curate_samples",
     "detect_drift",
     "epoch_line",
@@ -84,6 +97,7 @@ __all__ = [
     "promote_candidate",
     "resolve_params",
     "say",
+    "send_batch",
     "slice_rows",
     "train_and_register",
     "train_candidate",

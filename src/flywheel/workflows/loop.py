@@ -148,7 +148,8 @@ def update_dataset(
     the data gate or nothing is recorded; the new version is pushed and
     recorded as the latest next to the remote (`flywheel/latest.json`). No new
     labels: the version stays; labels of which none can be merged raise
-    `MergeError` saying why.
+    `MergeError` saying why. The labels taken are recorded as settled
+    (`flywheel.labeling.sync`): their batches are no longer outstanding.
 
     Args:
         params: the configuration.
@@ -184,6 +185,10 @@ def update_dataset(
             raise MergeError(update.merge.nothing_merged)
         if data.provenance == "materialised" and update.changed:
             check_version(data.repo, update.version, find_remote(data.repo))  # else it is lost
+    if not labels.empty:  # merged or skipped for good: no longer outstanding
+        from flywheel.workflows.label_sync import settle_labels
+
+        settle_labels(params, labels, update.version)
     added = update.merge.added_per_split()
     skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
     say(

@@ -2,7 +2,7 @@
 
 A drift verdict is cheap; the run it triggers is not: curation spends the
 labelling budget, people label for days, training takes a GPU. So a drift
-submits the flywheel pipeline only when every rule of `monitor.trigger` allows:
+submits the curation pipeline only when every rule of `monitor.trigger` allows:
 
 * **minimum window**: the window holds at least `min_window_size` predictions
   (a verdict on little traffic is too little evidence to pay for labels;

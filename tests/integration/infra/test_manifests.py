@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -403,6 +404,7 @@ def test_the_loop_shares_state_through_the_object_store_not_a_volume(
         ("Deployment", "flywheel-serving"),
         ("Deployment", "flywheel-evidently"),
         ("CronJob", "flywheel-monitor"),
+        ("CronJob", "flywheel-label-sync"),
     ):
         ((_, pod),) = pod_specs(find(docs, kind, name))
         assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], name
@@ -468,15 +470,37 @@ def implemented(command: str) -> bool:
     return command in group.commands
 
 
+SCHEDULED = {
+    "flywheel-monitor": [
+        "monitor",
+        "--trigger",
+        f"--token-file={IN_CLUSTER_TOKEN}",
+        "--out=/var/lib/flywheel/pipelines",
+    ],
+    "flywheel-label-sync": [
+        "label",
+        "sync",
+        "--submit",
+        f"--token-file={IN_CLUSTER_TOKEN}",
+        "--out=/var/lib/flywheel/pipelines",
+    ],
+}
+"""The CronJobs that submit pipelines through the KFP API, and the command each runs."""
+
+
+def _scheduled(words: list[str]) -> bool:
+    return words in SCHEDULED.values()
+
+
 def test_every_flywheel_command_parses_with_the_real_cli(rendered: dict[str, list[Doc]]) -> None:
     invocations = dict(flywheel_invocations(services_for("jobs-gpu", rendered)))
-    assert {tuple(resolve_cli(w)) for w in invocations.values() if w[0] != "monitor"} == {
+    assert {tuple(resolve_cli(w)) for w in invocations.values() if not _scheduled(w)} == {
         ("data", "ensure"),
         ("train",),
     }
     for where, words in invocations.items():
-        if words[0] == "monitor":
-            continue  # test_monitor_cronjob_runs_a_cli_command
+        if _scheduled(words):
+            continue  # test_scheduled_cronjobs_submit_through_the_kfp_api
         overrides = {
             key: yaml.safe_load(value)
             for key, value in (
@@ -487,29 +511,29 @@ def test_every_flywheel_command_parses_with_the_real_cli(rendered: dict[str, lis
         assert load_params(REPO / "params.yaml", overrides), where
 
 
+@pytest.mark.parametrize("cronjob", sorted(SCHEDULED))
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_monitor_cronjob_runs_the_guarded_trigger(
-    rendered: dict[str, list[Doc]], overlay: str
+def test_scheduled_cronjobs_submit_through_the_kfp_api(
+    rendered: dict[str, list[Doc]], overlay: str, cronjob: str
 ) -> None:
-    """The CronJob runs `flywheel monitor --trigger` (parsed by the real CLI), with the KFP
-    endpoint, its own namespace and a projected token the KFP API accepts, read from where
-    it is mounted; the Job is not retried (a drift exits 0, an error fails)."""
+    """The monitor CronJob runs `flywheel monitor --trigger` (the curation pipeline on drift),
+    the label-sync CronJob `flywheel label sync --submit` (the update pipeline when enough
+    annotations are complete), both parsed by the real CLI, with the KFP endpoint, their own
+    namespace and a projected token the KFP API accepts, read from where it is mounted; the
+    Jobs are not retried (a verdict exits 0, an error fails)."""
     docs = rendered[overlay]
-    invocations = [w for _, w in flywheel_invocations(docs) if w[0] == "monitor"]
-    assert invocations == [
-        [
-            "monitor",
-            "--trigger",
-            f"--token-file={IN_CLUSTER_TOKEN}",
-            "--out=/var/lib/flywheel/pipelines",
-        ]
-    ]
-    assert resolve_cli(invocations[0]) == ["monitor"]
+    expected = SCHEDULED[cronjob]
+    job = find(docs, "CronJob", cronjob)
+    *before, main_command = (w for _, w in flywheel_invocations([job]))
+    assert main_command == expected
+    assert before in ([], [["data", "ensure"]])  # the monitor needs the data version
+    path = resolve_cli(expected)
+    assert path == [w for w in expected if not w.startswith("--")]
 
-    cronjob = find(docs, "CronJob", "flywheel-monitor")
-    assert validate_builtin(cronjob) == []
-    assert cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
-    ((_, pod),) = pod_specs(cronjob)
+    assert validate_builtin(job) == []
+    assert job["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    ((_, pod),) = pod_specs(job)
     main = pod["containers"][-1]
     env = {e["name"]: e for e in main["env"]}
     assert env["KF_PIPELINES_ENDPOINT"]["value"] == (
@@ -529,11 +553,18 @@ def test_monitor_cronjob_runs_the_guarded_trigger(
     scratch = {m["mountPath"] for m in main["volumeMounts"] if m["name"] == "state"}
     assert scratch == {"/var/lib/flywheel"}
     # The variables are the ones the command reads (its options' envvar).
-    command = typer.main.get_command(app)
-    assert isinstance(command, typer.core.TyperGroup)
-    monitor = command.commands["monitor"]
-    envvars = {o.envvar for o in monitor.params if getattr(o, "envvar", None)}
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    envvars = {o.envvar for o in command.params if getattr(o, "envvar", None)}
     assert {"KF_PIPELINES_ENDPOINT", "FLYWHEEL_KFP_NAMESPACE"} <= envvars
+
+
+def test_the_scheduled_jobs_do_not_start_together(rendered: dict[str, list[Doc]]) -> None:
+    """The label sync runs out of step with the monitor (each hour, half an hour apart)."""
+    docs = rendered["local"]
+    schedules = {name: find(docs, "CronJob", name)["spec"]["schedule"] for name in SCHEDULED}
+    assert schedules == {"flywheel-monitor": "0 * * * *", "flywheel-label-sync": "30 * * * *"}
 
 
 # ================================================================== make render

@@ -96,17 +96,17 @@ def test_trigger_submits_exactly_when_the_guard_fires(traffic: Traffic, tmp_path
     assert fired["window_size"] == WINDOW  # type: ignore[index]
     assert fired["budget_left"] == 5.0  # type: ignore[index]
 
-    # What kfp's client sent: the flywheel pipeline, in the namespace, with the token, the
-    # experiment of monitor.trigger, and the labelling budget left as the run's cap.
+    # What kfp's client sent: the curation pipeline (it ends when the batch is sent; the
+    # update pipeline merges later), in the namespace, with the token, the experiment of
+    # monitor.trigger, and the labelling budget left as the run's cap.
     assert {r.headers.get("authorization") for r in api.requests} == {"Bearer t0ken"}
     (experiment,) = api.calls("POST", "/experiments")
     assert experiment.body == {"display_name": "drift-triggered", "namespace": "team"}
-    assert run.body["display_name"].startswith("flywheel-drift-")
-    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "flywheel"
+    assert run.body["display_name"].startswith("curation-drift-")
+    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "curation"
     parameters = run.body["runtime_config"]["parameters"]
     assert parameters["overrides"] == ["curate.cost.per_cycle=5.0"]
-    assert parameters["data_version"] == ""
-    assert parameters["repo"] == ""
+    assert set(parameters) == {"params", "overrides"}  # no data version: nothing is merged
 
     held = second["trigger"]
     assert held["action"] == "held"  # type: ignore[index]
