@@ -200,7 +200,8 @@ def documented_secrets(readme: Path) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for line in text.splitlines():
         if m := re.search(r"kubectl .*create secret generic ([a-z0-9-]+)", line):
-            found[m.group(1)] = set(re.findall(r"--from-literal=([\w.-]+)=", line))
+            keys = set(re.findall(r"--from-literal=([\w.-]+)=", line))
+            found.setdefault(m.group(1), set()).update(keys)  # also a copy: --from-env-file
     return found
 
 
