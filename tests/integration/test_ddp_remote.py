@@ -172,3 +172,35 @@ def test_rank_0_takes_the_environments_remote_over_the_images(
         dataset = materialise_once(PARAMS, version, tmp_path / "ws", local_rank=0)
 
     assert (dataset / "manifest.csv").is_file()
+
+
+def test_rank_0_clears_what_a_failed_attempt_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted container (restartPolicy OnFailure) finds its emptyDir as it was: a half
+    workspace and the old attempt's failure. Rank 0 starts afresh; a waiting rank of the new
+    launch ignores the old failure."""
+    from flywheel.data.versioning import DataVersionError
+    from flywheel.workflows.datasets import FAILED_FILE
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / ".dvc").mkdir()  # half of an earlier init
+    (workspace / f"{FAILED_FILE}-an-earlier-launch").write_text("S3 timed out")
+    with pytest.raises(DataVersionError, match="did not appear"):  # not "S3 timed out"
+        materialise_once(PARAMS, "0" * 32, workspace, local_rank=1, timeout_s=1)
+    with s3_server() as s3:
+        for key, value in s3.env(prefix=tmp_path.name).items():
+            monkeypatch.setenv(key, value)
+        version = publish_dataset(
+            collect_plan(PLAN, tmp_path / "laptop-data" / "data").parent,
+            PLAN,
+            s3.remote(prefix=tmp_path.name),
+            tmp_path / "laptop",
+        )
+        dataset = materialise_once(PARAMS, version, workspace, local_rank=0)
+
+    assert (dataset / "manifest.csv").is_file()
+    assert ready_version(workspace) == version
+    assert not list(workspace.glob(f"{FAILED_FILE}*"))
+    assert materialise_once(PARAMS, version, workspace, local_rank=1, timeout_s=1) == dataset

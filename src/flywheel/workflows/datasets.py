@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,12 +142,14 @@ def materialise_once(
     """Data version `version` in `workspace`, materialised by local rank 0 only; the dataset folder.
 
     Rank 0 materialises (from `FLYWHEEL_DVC_REMOTE`, else the default remote of
-    the working directory's DVC project, into the empty `workspace`) and then
-    writes `READY_FILE`; on failure it writes `FAILED_FILE` with the reason and
-    raises. Every other rank waits for one of the two (polling twice a second)
-    and raises the reason, or a timeout naming the folder, after `timeout_s`
-    (default `FLYWHEEL_DATA_WAIT_S`, else 30 minutes). A workspace already
-    READY at this version is used as it is (a restarted job).
+    the working directory's DVC project, into `workspace`, emptied first of
+    what an attempt that never became READY left) and then writes
+    `READY_FILE`; on failure it writes `FAILED_FILE`, suffixed with the launch
+    (`launch_key`), with the reason and raises. Every other rank waits for one
+    of the two (polling twice a second) and raises the reason, or a timeout
+    naming the folder, after `timeout_s` (default `FLYWHEEL_DATA_WAIT_S`, else
+    30 minutes). A workspace already READY at this version is used as it is (a
+    restarted job).
 
     `version` may be `LATEST`: rank 0 alone reads the latest version recorded
     next to the remote (a PyTorchJob or Katib trial given no version), so the
@@ -160,11 +163,15 @@ def materialise_once(
     from flywheel.data.remote import REMOTE_ENV, bare, find_remote, materialise
 
     wanted = None if version == LATEST else bare(version)
-    ready, failed = workspace / READY_FILE, workspace / FAILED_FILE
+    # Named after this launch: a restarted container finds its emptyDir as the failed
+    # attempt left it, and its waiting ranks must not raise that attempt's reason.
+    ready, failed = workspace / READY_FILE, workspace / f"{FAILED_FILE}-{launch_key()}"
     dataset_dir = workspace / params.data.dataset_dir
     if _ready_at(ready, wanted):
         return dataset_dir
     if local_rank == 0:
+        if workspace.exists():  # not READY: what a failed or killed attempt left
+            shutil.rmtree(workspace)
         try:
             # A pod's image holds a .dvc/config of its own: the environment's remote wins.
             remote = find_remote(None if os.environ.get(REMOTE_ENV) else Path.cwd())
