@@ -144,8 +144,11 @@ OVERLAY        ?= local
 OVERLAYS       := $(notdir $(wildcard infra/k8s/overlays/*))
 RENDER_DIR     ?= dist/k8s
 STORAGE_CLASS  ?=
+# The data version (DVC hash) tune and train-distributed train on; empty: the
+# latest recorded next to the DVC remote (`flywheel data latest`).
+DATA_VERSION   ?=
 JOBS           := $(if $(filter gpu,$(OVERLAY)),gpu,cpu)
-RENDER         := IMAGE_REPO=$(IMAGE_REPO) STORAGE_CLASS=$(STORAGE_CLASS) KUBECTL=$(KUBECTL) infra/k8s/render.sh
+RENDER         := IMAGE_REPO=$(IMAGE_REPO) STORAGE_CLASS=$(STORAGE_CLASS) DATA_VERSION=$(DATA_VERSION) KUBECTL=$(KUBECTL) infra/k8s/render.sh
 export FLYWHEEL_IMAGE_REPO := $(IMAGE_REPO)
 
 images: ## Build the images: component (CPU + CUDA), MLflow server, BentoML serving (needs Docker)
@@ -185,13 +188,13 @@ deploy: ## Apply the services of an overlay: make deploy OVERLAY=local|gpu [IMAG
 	$(RENDER) overlays/$(OVERLAY) > $(RENDER_DIR)/$(OVERLAY).yaml
 	$(KUBECTL) apply -f $(RENDER_DIR)/$(OVERLAY).yaml
 
-tune: ## Start the Katib experiment flywheel-tune (OVERLAY=gpu: on GPU nodes); refused while one exists
+tune: ## Start the Katib experiment flywheel-tune (OVERLAY=gpu: GPU nodes; DATA_VERSION=<hash>, else latest)
 	$(need-cluster)
 	mkdir -p $(RENDER_DIR)
 	$(RENDER) jobs/$(JOBS) > $(RENDER_DIR)/jobs-$(JOBS).yaml
 	$(KUBECTL) create -f $(RENDER_DIR)/jobs-$(JOBS).yaml -l app.kubernetes.io/name=tune
 
-train-distributed: ## Start the PyTorchJob flywheel-train-ddp (OVERLAY=gpu: on GPU nodes); refused while one exists
+train-distributed: ## Start the PyTorchJob flywheel-train-ddp (OVERLAY=gpu: GPU nodes; DATA_VERSION=<hash>, else latest)
 	$(need-cluster)
 	mkdir -p $(RENDER_DIR)
 	$(RENDER) jobs/$(JOBS) > $(RENDER_DIR)/jobs-$(JOBS).yaml

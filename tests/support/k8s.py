@@ -200,5 +200,36 @@ def documented_secrets(readme: Path) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for line in text.splitlines():
         if m := re.search(r"kubectl .*create secret generic ([a-z0-9-]+)", line):
-            found[m.group(1)] = set(re.findall(r"--from-literal=([\w.-]+)=", line))
+            keys = set(re.findall(r"--from-literal=([\w.-]+)=", line))
+            found.setdefault(m.group(1), set()).update(keys)  # also a copy: --from-env-file
     return found
+
+
+def resolve_cli(words: list[str]) -> list[str]:
+    """Parse `flywheel <words>` with the real CLI without running it; the command path.
+
+    For the commands the manifests run and infra/README.md tells a user to run.
+
+    Raises:
+        AssertionError: no such command.
+        click.UsageError: (Typer's) options the command does not take, or bad values.
+    """
+    import typer.core
+    import typer.main
+
+    from flywheel.cli import app
+
+    command = typer.main.get_command(app)
+    ctx = None
+    path: list[str] = []
+    rest = list(words)
+    while isinstance(command, typer.core.TyperGroup):
+        ctx = command.context_class(command, info_name=" ".join(["flywheel", *path]), parent=ctx)
+        assert rest, f"flywheel {' '.join(path)} needs a command"
+        name, *rest = rest
+        sub = command.get_command(ctx, name)
+        assert sub is not None, f"no command 'flywheel {' '.join([*path, name])}'"
+        path.append(name)
+        command = sub
+    command.make_context(" ".join(["flywheel", *path]), rest, parent=ctx)
+    return path

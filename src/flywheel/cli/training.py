@@ -42,9 +42,9 @@ DataVersionOpt = Annotated[
     str | None,
     typer.Option(
         "--data-version",
-        help="Train on this data version (DVC hash), materialised from the DVC remote "
-        "(FLYWHEEL_DVC_REMOTE, else .dvc/config) into <state dir>/data/<version>; under "
-        "torchrun only local rank 0 fetches it.",
+        help="Train on this data version (DVC hash, or 'latest': the latest recorded next to "
+        "the remote), materialised from the DVC remote (FLYWHEEL_DVC_REMOTE, else .dvc/config) "
+        "into <state dir>/data/<version>; under torchrun only local rank 0 fetches it.",
     ),
 ]
 
@@ -108,17 +108,50 @@ def _lineage_version(
     )
 
 
-def _materialised_dataset(p: Params, version: str) -> Path:
-    """`version` from the DVC remote in `<state dir>/data/<version>` (one fetch per machine)."""
+def _local_rank() -> tuple[int, int]:
+    """This process's local rank and how many local ranks there are (torchrun's; 0 and 1 alone)."""
     import os
 
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def _materialised_dataset(p: Params, version: str) -> tuple[Path, str]:
+    """`version` (or `latest`) from the DVC remote in `<state dir>/data/<version>`; where, which.
+
+    One fetch per machine: local rank 0 materialises, the other local ranks wait
+    for it (and, for `latest`, take the version it chose).
+    """
     from flywheel.data.remote import bare
     from flywheel.env import state_dir
-    from flywheel.workflows.datasets import materialise_once
+    from flywheel.workflows.datasets import LATEST, materialise_once, ready_version
 
-    workspace = state_dir() / "data" / bare(version)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return materialise_once(p, version, workspace, local_rank=local_rank)
+    label = LATEST if version == LATEST else bare(version)
+    workspace = state_dir() / "data" / label
+    local_rank, _ = _local_rank()
+    dataset = materialise_once(p, version, workspace, local_rank=local_rank)
+    return dataset, ready_version(workspace) or label
+
+
+def _lineage_once(
+    plan: DataPlan, dataset: Path | None, *, allow_untracked: bool, track: bool
+) -> str:
+    """`_lineage_version`, decided by local rank 0 alone when torchrun starts several ranks.
+
+    The check runs DVC on the repository (and may commit the folder to an empty
+    cache, or track it): every rank doing so at once races for DVC's lock. The
+    other ranks wait for rank 0's answer (`workflows.datasets.decide_once`).
+    """
+    from flywheel.env import state_dir
+    from flywheel.workflows.datasets import decide_once, launch_key
+
+    def decide() -> str:
+        return _lineage_version(plan, dataset, allow_untracked=allow_untracked, track=track)
+
+    local_rank, local_ranks = _local_rank()
+    if local_ranks == 1:
+        return decide()
+    answer = state_dir() / "ranks" / f"lineage-{launch_key()}.json"
+    return decide_once(answer, decide, local_rank=local_rank)
 
 
 @commands.command()
@@ -185,7 +218,6 @@ def train(
     otherwise it refuses, unless --allow-untracked.
     """
     from flywheel.config import ConfigError
-    from flywheel.data.remote import bare
     from flywheel.data.versioning import DataVersionError
     from flywheel.env import state_dir
     from flywheel.modeling.training import TrainingError
@@ -198,13 +230,10 @@ def train(
         if data_version:
             if dataset is not None:
                 raise DataVersionError("--data-version and --dataset: give one of them")
-            data_dir = _materialised_dataset(p, data_version)
-            version = bare(data_version)
+            data_dir, version = _materialised_dataset(p, data_version)
         else:
             data_dir = dataset or p.data.dataset_dir
-            version = _lineage_version(
-                p.data, dataset, allow_untracked=allow_untracked, track=track
-            )
+            version = _lineage_once(p.data, dataset, allow_untracked=allow_untracked, track=track)
     with exit_on(DatasetError, TrainingError, RegistryError, ConfigError):
         trained = train_and_register(
             p,

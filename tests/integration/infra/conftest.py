@@ -16,6 +16,9 @@ Nothing under tests/integration/infra/ needs a cluster or a Docker engine:
   and `make images`;
 * test_cluster_runs.py: real processes started as the manifests start them
   (the MLflow server, the Evidently UI, a Katib trial).
+* test_readme.py: the commands of infra/README.md's walkthrough against the
+  rendered manifests (names, ports, the DVC remote, the KFP API, the settings
+  copied into the runs' namespace, run offline).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from flywheel.config import ModelConfig, Params, TrainConfig
+from flywheel.tracking import TAG_DATA_VERSION
+from tests.support.dvc_remote import CREDENTIALS, publish_dataset, s3_server
 from tests.support.k8s import Doc, expand, find, pod_specs, resolve_env
 from tests.support.katib import (
     katib_parse_metrics,
@@ -170,15 +172,17 @@ TINY_PARAMS = Params(
 
 @pytest.mark.slow
 def test_katib_trial_trains_and_reports_its_objective(
-    rendered: dict[str, list[Doc]], tmp_path: Path
+    rendered: dict[str, list[Doc]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One trial, end to end, as Katib runs it in the component image's /app.
 
     The trial parameters are substituted, the primary container's command is
     wrapped the way Katib's pod webhook wraps it (one `sh -c` line, output to
-    the metrics file), and the metrics file is parsed the way Katib's collector
-    parses it. Data: a tiny dataset in ./data, recorded in data.dvc as the
-    image's is; params.yaml: a tiny plan.
+    the metrics file) and its `$(VAR)`s expanded as the kubelet does, and the
+    metrics file is parsed the way Katib's collector parses it. Data: the
+    latest version in the ConfigMap's DVC remote (an S3 server), which the trial
+    materialises with the Secret's keys; /app holds params.yaml (a tiny plan) and
+    a data.dvc of its own that the trial must not use (the image's).
     """
     docs = rendered["jobs-gpu"] + rendered["gpu"]  # the trial reads the services' ConfigMap
     experiment = find(docs, "Experiment", "flywheel-tune")
@@ -193,22 +197,39 @@ def test_katib_trial_trains_and_reports_its_objective(
     # The image's /app: params.yaml, and the data version data.dvc records (no git).
     app_dir, _ = make_project(tmp_path / "app", TINY_PARAMS)
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    env = resolve_env(
-        primary, docs, {"MLFLOW_TRACKING_URI": store, "FLYWHEEL_HOME": str(tmp_path / "state")}
-    )
+    remote = urlsplit(find(docs, "ConfigMap", "flywheel-config")["data"]["FLYWHEEL_DVC_REMOTE"])
     metrics_file = tmp_path / "katib" / "metrics.log"
     metrics_file.parent.mkdir()
 
-    done = subprocess.run(
-        katib_wrapped_command(primary, metrics_file),
-        cwd=app_dir,
-        env=subprocess_env(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    with s3_server(bucket=remote.netloc) as s3:
+        for key, value in s3.env(remote.path.strip("/")).items():  # the laptop's
+            monkeypatch.setenv(key, value)
+        version = publish_dataset(
+            app_dir / "data", TINY_PLAN, s3.remote(remote.path.strip("/")), tmp_path / "laptop"
+        )
+        env = resolve_env(  # the Secret's keys: any will do for the S3 server
+            primary,
+            docs,
+            {
+                "MLFLOW_TRACKING_URI": store,
+                "FLYWHEEL_HOME": str(tmp_path / "state"),
+                "AWS_ENDPOINT_URL": s3.endpoint,
+                **CREDENTIALS,
+            },
+        )
+        command = [expand(a, env) for a in katib_wrapped_command(primary, metrics_file)]
+        done = subprocess.run(
+            command,
+            cwd=app_dir,
+            env=subprocess_env(env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     log = metrics_file.read_text()
+    assert "--data-version=latest" in command[-1]
+    assert f"data version {version} materialised" in log, log[-3000:]
     assert done.returncode == 0, log[-3000:] + done.stderr
     assert [p.read_text().strip() for p in metrics_file.parent.glob("*.pid")] == ["completed"]
     objective = experiment["spec"]["objective"]
@@ -225,5 +246,6 @@ def test_katib_trial_trains_and_reports_its_objective(
     assert run.data.tags["flywheel.pipeline_run_id"] == values["trialName"]
     assert float(run.data.params["train.lr"]) == float(values["lr"])
     assert run.data.params["train.epochs"] == "4"
+    assert run.data.tags[TAG_DATA_VERSION] == version
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert max(m.value for m in history) == pytest.approx(float(observed[0][1]), abs=1e-4)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import yaml
 
 from flywheel.config import load_params
 from flywheel.modeling.tuning import resolve_objective
 from tests.support import REPO
 from tests.support.k8s import Doc, argv, find, ident, pod_specs
 from tests.support.katib import TRIAL_PARAMETER, katib_admission_errors
+from tests.support.processes import make
 from tests.support.schemas import CUSTOM_SCHEMAS, validate_custom
 from tests.support.training_operator import pytorchjob_admission_errors
 
@@ -178,10 +181,75 @@ def test_pytorchjob_command_is_what_torchrun_runs_with_the_operators_env(
         assert container["command"] == ["torchrun"]
         args = get_args_parser().parse_args(container["args"])
         assert args.no_python, role
-        assert [args.training_script, *args.training_script_args] == ["flywheel", "train"]
+        assert [args.training_script, *args.training_script_args] == [
+            "flywheel",
+            "train",
+            "--data-version=$(FLYWHEEL_DATA_VERSION)",
+        ]
         assert (args.nnodes, args.nproc_per_node) == (str(nodes), job["spec"]["nprocPerNode"])
         assert args.master_port == ports["pytorchjob-port"]
         assert args.node_rank == int(environment["PET_NODE_RANK"])
+
+
+def job_containers(docs: list[Doc]) -> list[tuple[str, Doc, Doc]]:
+    """`(where, pod, training container)` of every job pod: PyTorchJob replicas, Katib trials."""
+    found = []
+    for kind, name in (("PyTorchJob", "flywheel-train-ddp"), ("Experiment", "flywheel-tune")):
+        for where, pod in pod_specs(find(docs, kind, name)):
+            (container,) = pod["containers"]
+            found.append((where, pod, container))
+    return found
+
+
+@pytest.mark.parametrize("variant", ["jobs-cpu", "jobs-gpu"])
+def test_jobs_materialise_their_data_version_from_the_s3_remote(
+    rendered: dict[str, list[Doc]], variant: str
+) -> None:
+    """What tests/integration/test_ddp_remote.py runs and proves: `flywheel train
+    --data-version=$(FLYWHEEL_DATA_VERSION)` (default `latest`), no init container
+    running the image's `data ensure`, and the environment a pipeline step gets
+    (pipelines.cluster.ClusterSettings): the ConfigMap's keys, among them the DVC
+    remote and the S3 endpoint, and the S3 Secret's keys."""
+    from pipelines.cluster import ClusterSettings
+
+    settings = ClusterSettings()
+    config = find(rendered["gpu"], "ConfigMap", settings.config_map)["data"]
+    assert set(settings.config_keys) <= set(config)
+    assert {"FLYWHEEL_DVC_REMOTE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"} <= set(
+        settings.config_keys
+    )
+    jobs = job_containers(rendered[variant])
+    assert len(jobs) == 3  # Master, Worker, the trial
+    for where, pod, container in jobs:
+        assert "initContainers" not in pod, where
+        words = argv(container)
+        if words[:2] == ["torchrun", "--no-python"]:
+            words = words[2:]
+        assert words[:3] == ["flywheel", "train", "--data-version=$(FLYWHEEL_DATA_VERSION)"], where
+        assert container["env"][0] == {"name": "FLYWHEEL_DATA_VERSION", "value": "latest"}, where
+        assert {"configMapRef": {"name": settings.config_map}} in container["envFrom"], where
+        secrets = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        for key, variable in settings.s3_keys.items():
+            assert secrets[variable] == {"name": settings.s3_secret, "key": key}, where
+        # No data from the image: nothing is mounted over /app/data.
+        assert all(m["mountPath"] != "/app/data" for m in container["volumeMounts"]), where
+
+
+def test_data_version_renders_into_every_job(tmp_path: Path) -> None:
+    """`make tune|train-distributed DATA_VERSION=<hash>` (render.sh) pins the jobs' version."""
+    version = "0123456789abcdef0123456789abcdef"
+    done = make("render", f"RENDER_DIR={tmp_path}", f"DATA_VERSION={version}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for variant in ("jobs-cpu", "jobs-gpu"):
+        docs = [d for d in yaml.safe_load_all((tmp_path / f"{variant}.yaml").read_text()) if d]
+        values = [c["env"][0] for _, _, c in job_containers(docs)]
+        assert values == [{"name": "FLYWHEEL_DATA_VERSION", "value": version}] * 3, variant
+    local = (tmp_path / "local.yaml").read_text()
+    assert version not in local
 
 
 def test_katib_experiment_is_the_twin_of_flywheel_tune(rendered: dict[str, list[Doc]]) -> None:
