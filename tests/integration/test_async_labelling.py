@@ -128,6 +128,16 @@ def test_sync_above_the_threshold_submits_the_update_pipeline(project: Path) -> 
     assert decision.run_id is not None
     assert f"label sync FIRED: run {decision.run_id}" in result.output
 
+    # The next sync, while that run has not merged yet: held by the cooldown, nothing sent.
+    with kfp_stand_in(token="t0ken") as api:
+        again = _sync(project, "--submit", "--host", api.url, "--token", "t0ken")
+        assert api.calls("POST", "/runs") == []
+    assert again.exit_code == 0, again.output
+    assert f"update run {decision.run_id} was submitted 0 min ago" in again.output
+    assert "label.sync.cooldown_minutes (120)" in again.output
+    assert "label sync HELD" in again.output
+    assert [d.action for d in read_syncs(project / ".flywheel")] == ["fired", "held"]
+
 
 def test_sync_with_submit_needs_an_endpoint(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)

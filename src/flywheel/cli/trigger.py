@@ -190,6 +190,7 @@ def sync(
     from flywheel.storage import state_url
     from flywheel.workflows.label_sync import (
         count_completed,
+        read_syncs,
         record_sync,
         started,
         sync_decision,
@@ -199,7 +200,14 @@ def sync(
 
     now = now or datetime.now(UTC)
     state = state_url(p.state.url)
-    decision = sync_decision(count_completed(p), now=now)
+    decision = sync_decision(
+        count_completed(p),
+        now=now,
+        previous=read_syncs(state),
+        cooldown_minutes=p.label.sync.cooldown_minutes,
+    )
+    for reason in decision.reasons[1:]:
+        console.print(reason, soft_wrap=True)
     console.print(decision.reasons[0], soft_wrap=True)
     entry = pipeline_entry("update", runnable=True) if decision.action == "fired" else None
 

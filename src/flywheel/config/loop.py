@@ -90,6 +90,9 @@ class SyncConfig(FrozenConfig):
     """
 
     min_completed: int = Field(1, ge=1)  # complete, not yet merged annotations that start an update
+    # After a submitted update run, later syncs hold this long: the run merges and
+    # trains, and a second one started before it settles the labels would train again.
+    cooldown_minutes: float = Field(120.0, ge=0)
     experiment: str = Field("flywheel", min_length=1)  # KFP experiment of `sync --submit` runs
 
 

@@ -20,6 +20,7 @@ beside the drift trigger's (`<state URL>/monitoring/triggers/label-sync/`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,13 +192,50 @@ class SyncDecision:
         return f"label sync {self.action.upper()}{run} ({'; '.join(self.reasons)})"
 
 
-def sync_decision(status: Completion, *, now: datetime | None = None) -> SyncDecision:
-    """The decision on the counts: fire the update when the threshold is met, else hold."""
+def sync_decision(
+    status: Completion,
+    *,
+    now: datetime | None = None,
+    previous: Sequence[SyncDecision] = (),
+    cooldown_minutes: float = 0.0,
+) -> SyncDecision:
+    """The decision on the counts: fire the update when the threshold is met, else hold.
+
+    A submitted update run (`where` kfp) holds later syncs for `cooldown_minutes`
+    (`label.sync.cooldown_minutes`): it merges the labels only when it gets to
+    its merge step, and a second run started before then would train again on
+    the same labels. A local run has finished (or failed) by the time it is
+    recorded, so it holds nothing.
+
+    >>> from datetime import timedelta
+    >>> from flywheel.labeling.sync import Completion
+    >>> ready, noon = Completion(1, 60, 55, 50), datetime(2026, 5, 4, 12, tzinfo=UTC)
+    >>> earlier = started(sync_decision(ready, now=noon), "kfp", "r-1")
+    >>> sync_decision(ready, now=noon + timedelta(minutes=30), previous=[earlier],
+    ...               cooldown_minutes=120).reasons[-1]
+    'update run r-1 was submitted 30 min ago: syncs hold for label.sync.cooldown_minutes (120)'
+    >>> sync_decision(ready, now=noon + timedelta(minutes=150), previous=[earlier],
+    ...               cooldown_minutes=120).action
+    'fired'
+    """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     reasons = [status.summary()]
+    submitted = [d for d in previous if d.action == "fired" and d.where == "kfp" and d.when <= now]
+    last = max(submitted, key=lambda d: d.when, default=None)
+    cooling = (
+        status.ready
+        and last is not None
+        and (now - last.when).total_seconds() < cooldown_minutes * 60
+    )
+    if cooling and last is not None:
+        minutes = (now - last.when).total_seconds() / 60
+        reasons.append(
+            f"update run {last.run_id} was submitted {minutes:.0f} min ago: syncs hold for "
+            f"label.sync.cooldown_minutes ({cooldown_minutes:g})"
+        )
     return SyncDecision(
         time=now.isoformat(),
-        action="fired" if status.ready else "held",
+        action="fired" if status.ready and not cooling else "held",
         reasons=reasons,
         batches=status.batches,
         outstanding=status.outstanding,
