@@ -108,6 +108,101 @@ def test_the_mlflow_ui_renders_offline(
     page.close()
 
 
+_SCROLL_DOWN = """document.querySelectorAll('*').forEach(e => {
+    if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = e.scrollHeight;
+})"""
+"""Scroll every scrolling box to its end (the MLflow UI scrolls a panel, not the window)."""
+
+
+def _judged_model(name: str, uri: str) -> None:
+    """A model as the loop leaves it: v1 promoted, then v2 judged better against it and promoted."""
+    from flywheel import registry
+    from flywheel.config import Params
+    from flywheel.workflows import model_description
+
+    def judged(version: str, champion: str | None, accuracy: float) -> None:
+        gates = [registry.GateResult("min_accuracy", accuracy, 0.8, ">=", True)]
+        gates += [
+            registry.GateResult(f"slice_regression[style={s}]", 0.0, 0.05, "<=", True) for s in "ab"
+        ]
+        metrics = {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "ece": 0.03}
+        if champion:
+            metrics["champion_accuracy"] = 0.839
+        blessing = registry.Blessing(
+            uri,
+            champion,
+            tuple(gates),
+            "test",
+            registry.utc_now(),
+            name,
+            version,
+            metrics,
+            notes=("slice style=c: 3 images, not gated",) * 40,  # the kB a tag used to carry
+        )
+        registry.record_blessing(name, version, blessing)
+
+    lineage = {"flywheel.data_version": "3f2a9c1d.dir", "flywheel.git_commit": "0123456789ab"}
+    described = model_description(Params())
+    first = registry.register(uri, name, tags=lineage, model_description=described)
+    judged(first, None, 0.839)
+    registry.promote(name, first, reason="first model", who="alice")
+    second = registry.register(uri, name, tags=lineage)
+    judged(second, first, 0.929)
+    registry.promote(name, second, reason="0.929 on the production hold-out", who="bob")
+
+
+def test_the_registry_pages_read_as_a_person_sees_them(
+    browser: Browser,
+    default_font: str,
+    env: dict[str, str],
+    dashboards: tuple[Dashboards, str],
+    shots: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The model's page says what it is; a version's says its verdict; tags are short lines."""
+    from mlflow import MlflowClient
+
+    mlflow = next(s for s in dashboards[0].servers if s.name == "mlflow")
+    name = "flywheel-digits-pages"
+    _judged_model(name, env["second"])
+    for version in MlflowClient().search_model_versions(f"name = '{name}'"):
+        long = {k: len(v) for k, v in version.tags.items() if len(v) > 250}
+        assert set(long) <= {"flywheel.history"}, long  # the crash-safe record, not for reading
+    aliases = {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert aliases == {"production": "2", "previous": "1"}  # production holds one alias
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}", quiet_s=1.5)
+    assert_offline_and_drawn(page, default_font)
+    text = page.evaluate("document.body.innerText")
+    assert (
+        "network for the `classification` task" in text
+        or "network for the classification task" in text
+    )
+    save_screenshot(page, shots, "mlflow-registered-model", capsys)
+    page.evaluate(_SCROLL_DOWN)
+    save_screenshot(page, shots, "mlflow-registered-model-versions", capsys)
+    page.close()
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}/versions/2", quiet_s=1.5)
+    assert_offline_and_drawn(page, default_font)
+    text = page.evaluate("document.body.innerText")
+    assert "Blessed against version 1 (production when judged): 3 of 3 gates passed" in text
+    assert "0.9290" in text
+    assert "0.8390" in text
+    assert "flywheel.gates" in text
+    assert '"candidate_uri":' not in text  # the blessing's JSON is an artifact now
+    save_screenshot(page, shots, "mlflow-version-2", capsys)
+    page.evaluate(_SCROLL_DOWN)
+    save_screenshot(page, shots, "mlflow-version-2-tags", capsys)
+    page.close()
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}/versions/1", quiet_s=1.5)
+    text = page.evaluate("document.body.innerText")
+    assert "replaced by version 2 (promoted by bob: 0.929 on the production hold-out)" in text
+    save_screenshot(page, shots, "mlflow-version-1", capsys)
+    page.close()
+
+
 def test_the_evidently_dashboard_renders_offline(
     browser: Browser,
     default_font: str,

@@ -39,6 +39,8 @@ PROMOTE_STEPS = (
     "intent",
     "alias:previous",
     "alias:production",
+    "unalias:staging",  # the new production gives up its other stage aliases
+    "unalias:candidate",
     "record:promote:production:partial",
     "record:promote:production",
     "record:demote:previous:partial",
@@ -92,6 +94,8 @@ def _check_converged(
     aliases = _aliases(name)
     assert (aliases["production"], aliases["previous"]) == (production, previous)
     assert aliases["previous"] != aliases["production"]
+    # one stage alias per version: production gave up staging and candidate
+    assert production not in (aliases.get("staging"), aliases.get("candidate")), aliases
     tags = MlflowClient().get_registered_model(name).tags
     assert registry.TAG_PENDING not in tags
     latest = [e for e in registry.read_log(tags) if e.action in ("promote", "rollback")][-1]
@@ -166,7 +170,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 SERVER_CASES = [  # every step runs on the local store above; here, one of each kind
     ("promote", 0, "locked"),  # the killed holder's lock model stays behind
     ("promote", 3, "alias:production"),  # between two alias writes
-    ("promote", 4, "record:promote:production:partial"),  # half of a version's history
+    ("promote", 4, "unalias:staging"),  # production set, staging still on the same version
+    ("promote", 6, "record:promote:production:partial"),  # half of a version's history
     ("rollback", 8, "log"),  # all written but the pending intent's removal
 ]
 

@@ -45,9 +45,17 @@ def test_promote_without_production_then_replace_keeps_previous(uses_store: Stor
     registry.promote(name, v2, reason="second")
     _bless(name, v3, champion=v2)
     registry.promote(name, v3, reason="third")
-    aliases = _aliases(name)
-    assert (aliases["production"], aliases["previous"]) == (v3, v2)
+    # One stage alias per version: v3 was candidate and staging; production is all it holds.
+    assert _aliases(name) == {"production": v3, "previous": v2}
     assert registry.read_history(name, v1)[-1].action == "retire"  # dropped out of `previous`
+    demoted = registry.read_history(name, v2)[-1]
+    assert (demoted.action, demoted.from_role, demoted.to_role) == (
+        "demote",
+        "production",
+        "previous",
+    )
+    assert demoted.reason.startswith(f"replaced by version {v3} (promoted by ")
+    assert demoted.reason.endswith(": third)")
 
     unchanged = registry.promote(name, v3, reason="again")  # idempotent
     assert not unchanged.changed
@@ -122,7 +130,7 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
 
     summaries = registry.list_versions(name)
     assert [s.version for s in summaries] == [v2, v1]
-    assert summaries[1].aliases == ("production", "staging")
+    assert summaries[1].aliases == ("production",)  # it gave up staging
     assert (summaries[0].blessed, summaries[1].blessed) == (False, True)
     assert summaries[1].eval_accuracy == pytest.approx(0.9)
     assert summaries[1].git_commit == "feedfacecafe1234"
