@@ -91,6 +91,48 @@ def test_the_swagger_page_of_the_service_renders_offline(
     page.close()
 
 
+def test_the_openapi_spec_is_the_products_own_and_its_examples_work(
+    server: serving_support.Server,
+) -> None:
+    """Title and versions, words for users, the bearer scheme, every answer, a working example."""
+    import httpx
+
+    from flywheel import __version__
+    from serving.openapi import BEARER, TITLE
+
+    spec = httpx.get(f"{server.url}/docs.json", timeout=30).json()
+
+    assert spec["info"]["title"] == TITLE
+    assert (
+        spec["info"]["version"] == f"{__version__} · {serving_support.MODEL}@production (version 1)"
+    )
+    assert "contact" not in spec["info"]  # BentoML's team is not whom to write to
+    assert spec["components"]["securitySchemes"][BEARER] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"][BEARER]["description"],
+    }
+    paths = spec["paths"]
+    assert paths["/admin/reload"]["post"]["security"] == [{BEARER: []}]
+    for path in ("/predict_image", "/predict_images", "/predict_arrays"):
+        assert {"400", "413", "415", "503"} <= set(paths[path]["post"]["responses"]), path
+    assert {"401", "403", "502"} <= set(paths["/admin/reload"]["post"]["responses"])
+    for operations in paths.values():
+        for operation in operations.values():
+            assert operation.get("summary"), operation
+            assert "module doc" not in operation.get("description", "")  # notes for maintainers
+            assert "`serving." not in operation.get("description", "")
+
+    arrays = paths["/predict_arrays"]["post"]["requestBody"]["content"]["application/json"]
+    answer = httpx.post(f"{server.url}/predict_arrays", json=arrays["example"], timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()[0]["model_version"] == "1"
+    admin = paths["/admin/reload"]["post"]["requestBody"]["content"]["application/json"]
+    refused = httpx.post(f"{server.url}/admin/reload", json=admin["example"], timeout=30)
+    assert refused.status_code == 403  # documented: this server has no admin token
+    assert "FLYWHEEL_ADMIN_TOKEN" in refused.json()["error"]
+
+
 def test_the_mlflow_ui_renders_offline(
     browser: Browser,
     default_font: str,
