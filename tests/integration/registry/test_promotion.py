@@ -28,6 +28,8 @@ from tests.support.registry_store import aliases as _aliases
 from tests.support.registry_store import bless as _bless
 from tests.support.registry_store import register_versions as _register
 
+DATA_HASH = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
 pytestmark = pytest.mark.slow  # a real MLflow store and pt2 models: seconds, not milliseconds
 
 
@@ -123,7 +125,7 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     v1, v2 = _register(uses_store, name, 2)
     client = MlflowClient()
     client.set_model_version_tag(name, v1, "flywheel.git_commit", "feedfacecafe1234")
-    client.set_model_version_tag(name, v1, "flywheel.data_version", "0a1b2c3d4e5f.dir")
+    client.set_model_version_tag(name, v1, "flywheel.data_version", f"{DATA_HASH}.dir")
     _bless(name, v1, champion=None)
     _bless(name, v2, champion=None, passed=False)
     registry.promote(name, v1, reason="first")
@@ -146,6 +148,18 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     assert "0.900" in lines[v1]
     assert "no" in lines[v2]
     assert "candidate" in lines[v2]
+
+    # At 80 columns (a narrow terminal, or a pipe without COLUMNS): a block per version,
+    # every value whole, instead of nine columns squeezed to a few letters per line.
+    narrow = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    shown = narrow.output.splitlines()
+    assert max(len(line) for line in shown) <= 80, narrow.output
+    assert f"version {v1} · production · blessed: yes · accuracy 0.900" in shown
+    assert f"version {v2} · candidate · blessed: no · accuracy 0.500" in shown
+    assert f"  data {DATA_HASH}" in shown  # the whole hash `flywheel data checkout` takes
+    assert any(line.startswith("  created ") and "git feedfacecafe" in line for line in shown)
+    assert any(line.startswith("  last: promote by ") for line in shown)
 
     refused = CliRunner().invoke(app, ["promote", v2, "--model", name, "--reason", "try"])
     assert refused.exit_code == 1
