@@ -133,6 +133,26 @@ def test_the_openapi_spec_is_the_products_own_and_its_examples_work(
     assert "FLYWHEEL_ADMIN_TOKEN" in refused.json()["error"]
 
 
+def test_flywheel_serve_prints_its_urls_once_ready(server: serving_support.Server) -> None:
+    """The API, Swagger, /metrics and /readyz, each a URL that answers, printed once."""
+    import time
+
+    import httpx
+
+    from flywheel.serving_api import ready_message
+
+    expected = ready_message(server.url)
+    deadline = time.monotonic() + 20  # the log line may follow the first 200 of /readyz
+    while expected not in server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    output = server.log_path.read_text()
+    assert expected in output, output[-2000:]
+    assert output.count("ready at ") == 1
+    assert output.index("READY: serving") < output.index(expected)
+    for line in expected.splitlines()[2:]:  # Swagger, metrics, readiness
+        assert httpx.get(line.split()[-1], timeout=30).status_code == 200, line
+
+
 def test_the_mlflow_ui_renders_offline(
     browser: Browser,
     default_font: str,
