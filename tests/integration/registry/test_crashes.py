@@ -39,8 +39,7 @@ PROMOTE_STEPS = (
     "intent",
     "alias:previous",
     "alias:production",
-    "unalias:staging",  # the new production gives up its other stage aliases
-    "unalias:candidate",
+    "unalias:staging",  # production set; staging dropped, candidate not yet (one stage alias)
     "record:promote:production:partial",
     "record:promote:production",
     "record:demote:previous:partial",
@@ -170,8 +169,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 SERVER_CASES = [  # every step runs on the local store above; here, one of each kind
     ("promote", 0, "locked"),  # the killed holder's lock model stays behind
     ("promote", 3, "alias:production"),  # between two alias writes
-    ("promote", 4, "unalias:staging"),  # production set, staging still on the same version
-    ("promote", 6, "record:promote:production:partial"),  # half of a version's history
+    ("promote", 4, "record:promote:production:partial"),  # half of a version's history
     ("rollback", 8, "log"),  # all written but the pending intent's removal
 ]
 
