@@ -37,19 +37,19 @@ def test_a_new_version_says_its_data_and_that_it_waits_for_the_gates() -> None:
         (
             True,
             "2",
-            "**Blessed** against version 2 (production when judged): 2 of 2 gates passed",
+            "Blessed against version 2 (production when judged): 2 of 2 gates passed",
             "| accuracy | 0.9290 | 0.8390 |",
         ),
         (
             False,
             "2",
-            "**Not blessed** against version 2 (production when judged): 1 of 2 gates passed",
+            "Not blessed against version 2 (production when judged): 1 of 2 gates passed",
             "| macro-F1 | 0.9100 | – |",
         ),
         (
             True,
             None,
-            "**Blessed** against no champion (a first model): 2 of 2",
+            "Blessed against no champion (a first model): 2 of 2",
             "| accuracy | 0.9290 |",
         ),
     ],

@@ -63,7 +63,9 @@ def version_description(
         if champion
         else "no champion (a first model)"
     )
-    verdict = "**Blessed**" if blessing.blessed else "**Not blessed**"
+    verdict = (
+        "Blessed" if blessing.blessed else "Not blessed"
+    )  # plain: the versions list shows it raw
     passed = sum(g.passed for g in blessing.gates)
     lines = [
         f"{verdict} against {against}: {passed} of {len(blessing.gates)} gates passed "

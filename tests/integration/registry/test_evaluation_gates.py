@@ -54,7 +54,7 @@ def test_first_model_faces_absolute_gates_only_and_is_logged(uses_store: Store) 
     long = {k: len(v) for k, v in mv.tags.items() if len(v) > 250 and k != "flywheel.history"}
     assert not long, long
     assert mv.description.startswith(
-        "**Blessed** against no champion (a first model): 1 of 1 gates passed on the `test` split"
+        "Blessed against no champion (a first model): 1 of 1 gates passed on the `test` split"
     )
     assert "| accuracy | 0.7500 |" in mv.description
     run = MlflowClient().get_run(mv.run_id)
