@@ -7,7 +7,8 @@ whatever `BENTOML_DO_NOT_TRACK` says), and the spec's description (`/docs.json`,
 five badge images from img.shields.io, readthedocs.org and badgen.net. Offline
 those requests fail; online they tell third parties who opened the page.
 `OfflineDocs` answers `GET /` with BentoML's page minus the tag manager and
-rewrites the spec's description to the service's own.
+rewrites the spec as the product's own (`serving.openapi.product_spec`: title,
+versions, descriptions, auth, every answer, working examples).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from typing import Any
 
 import lxml.html
 
+from flywheel import __version__
 from flywheel.serving_api import OPENAPI_PATH
+from serving.openapi import Served, product_spec
 
 DESCRIPTION = (
-    "# flywheel\n\n"  # BentoML's stylesheet hides the spec's title: its README opens with one
+    "# flywheel prediction service\n\n"  # BentoML's stylesheet hides the spec's title
     "flywheel's prediction service: classify images with the model the registry's "
-    "`production` alias names. The operations below are its HTTP contract "
-    "(`flywheel.serving_api`)."
+    "`production` alias names. The version above is flywheel's, then the model served. "
+    'Every route lists the answers it can give; a refusal is `{"error": "..."}` saying '
+    "what was wrong."
 )
 """The spec's `info.description` (Markdown), in place of BentoML's README with badges."""
 
@@ -36,7 +40,7 @@ TRACKERS = ("googletagmanager.com",)
 
 @functools.cache
 def swagger_page() -> bytes:
-    """BentoML's Swagger UI page with every script and frame of `TRACKERS` removed.
+    """BentoML's Swagger UI page without `TRACKERS`' scripts and frames or BentoML's corner link.
 
     Raises:
         FileNotFoundError: BentoML no longer ships the page where 1.4 does.
@@ -49,6 +53,8 @@ def swagger_page() -> bytes:
         text = lxml.html.tostring(element, encoding="unicode")
         if any(host in text for host in TRACKERS) and element.getparent() is not None:
             element.drop_tree()
+    for corner in doc.find_class("github-corner"):  # "Powered by BentoML", a link to its repo
+        corner.drop_tree()
     page: bytes = lxml.html.tostring(doc, doctype="<!DOCTYPE html>", encoding="utf-8")
     return page
 
@@ -100,8 +106,8 @@ class OfflineDocs:
         body = b"".join(chunks)
         if start.get("status") == 200:
             try:
-                spec = json.loads(body)
-                spec.setdefault("info", {})["description"] = self.description
+                spec = product_spec(json.loads(body), __version__, _served())
+                spec["info"]["description"] = self.description
                 body = json.dumps(spec).encode("utf-8")
             except (ValueError, AttributeError):
                 pass  # not the JSON spec BentoML sends: passed on as it came
@@ -115,6 +121,26 @@ class OfflineDocs:
             {"type": "http.response.start", "status": start.get("status", 500), "headers": headers}
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _served() -> Served | None:
+    """What this worker serves (None outside a running service, e.g. in a unit test)."""
+    import bentoml
+
+    try:
+        service = bentoml.get_current_service()
+        current = service.holder.current
+    except Exception:  # no service in this process, or not ours
+        return None
+    model = getattr(current, "model", None)
+    task = getattr(model, "task", None)
+    return Served(
+        model_name=service.model_name,
+        alias=service.config.alias,
+        model_version=getattr(model, "version", None),
+        image_size=getattr(task, "image_size", None),
+        channels=getattr(task, "channels", 1),
+    )
 
 
 async def _send(

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flywheel.config import ServeConfig
-from flywheel.serving_api import Readiness, ServingState
+from flywheel.serving_api import SERVE_URL_ENV, Readiness, ServingState, ready_message
 from serving.heap import collect_when_drained, load_first_version
 from serving.hot_swap import (
     LoadedModel,
@@ -215,6 +215,22 @@ class RegistryWatcher:
         self._set_fallback(None)
         return RefreshOutcome(trigger, current, version)
 
+    def _show_urls(self) -> None:
+        """Log where the API, Swagger, /metrics and /readyz are: once per server, when first ready.
+
+        The first worker to serve a model claims it (a file made exclusively in the
+        folder the server's workers share); a worker without that folder logs it itself.
+        """
+        base = os.environ.get(SERVE_URL_ENV)
+        if not base:
+            return  # not started by `flywheel serve`: the address is not known here
+        if self.reload_signal is not None:
+            try:
+                (self.reload_signal.path.parent / "urls-shown").open("x").close()
+            except OSError:
+                return  # another worker showed them (or the folder is gone: shutting down)
+        logger.info("%s", ready_message(base))
+
     def _swap_in(self, loaded: LoadedModel, trigger: str, current: str | None, alias: str) -> None:
         """Serve `loaded` from now on (`alias`: the alias it was resolved from, for the log)."""
         served = self._serve_model(loaded)
@@ -228,6 +244,7 @@ class RegistryWatcher:
                 alias,
                 loaded.load_seconds,
             )
+            self._show_urls()
             return
         logger.info(
             "SWAPPED (%s): %s now serves version %s (alias %r, loaded in %.1f s); version %s "

@@ -188,6 +188,41 @@ def admin_headers(token: str) -> dict[str, str]:
     return {AUTHORIZATION_HEADER: bearer(token)}
 
 
+SERVE_URL_ENV = "FLYWHEEL_SERVE_URL"
+"""The address people reach the server at (`flywheel serve` sets it from --host and --port);
+the server prints its URLs with it once a model is served (`ready_message`)."""
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL to open for a server bound to `host` (a wildcard address: this machine's loopback).
+
+    >>> base_url("0.0.0.0", 3000), base_url("::", 3000), base_url("10.0.0.7", 80)
+    ('http://127.0.0.1:3000', 'http://[::1]:3000', 'http://10.0.0.7:80')
+    """
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def ready_message(base: str) -> str:
+    """What the server prints once it serves a model: where its API, docs and probes are.
+
+    >>> print(ready_message("http://127.0.0.1:3000"))
+    ready at http://127.0.0.1:3000
+      API        POST http://127.0.0.1:3000/predict_image (and /predict_images, /predict_arrays)
+      Swagger    http://127.0.0.1:3000/
+      metrics    http://127.0.0.1:3000/metrics
+      readiness  http://127.0.0.1:3000/readyz
+    """
+    return (
+        f"ready at {base}\n"
+        f"  API        POST {base}{PREDICT_IMAGE_PATH} "
+        f"(and {PREDICT_IMAGES_PATH}, {PREDICT_ARRAYS_PATH})\n"
+        f"  Swagger    {base}/\n"
+        f"  metrics    {base}{METRICS_PATH}\n"
+        f"  readiness  {base}{READY_PATH}"
+    )
+
+
 def image_media_type(path: PurePath | str) -> str:
     """The media type to upload an image file under, from its suffix (PNG unless JPEG).
 
@@ -221,6 +256,7 @@ __all__ = [
     "READY_PATH",
     "REQUEST_ID_HEADER",
     "RETRY_AFTER_HEADER",
+    "SERVE_URL_ENV",
     "SET_ENV",
     "WWW_AUTHENTICATE_HEADER",
     "ClassProbability",
@@ -231,6 +267,8 @@ __all__ = [
     "Scale",
     "ServingState",
     "admin_headers",
+    "base_url",
     "bearer",
     "image_media_type",
+    "ready_message",
 ]

@@ -91,6 +91,68 @@ def test_the_swagger_page_of_the_service_renders_offline(
     page.close()
 
 
+def test_the_openapi_spec_is_the_products_own_and_its_examples_work(
+    server: serving_support.Server,
+) -> None:
+    """Title and versions, words for users, the bearer scheme, every answer, a working example."""
+    import httpx
+
+    from flywheel import __version__
+    from serving.openapi import BEARER, TITLE
+
+    spec = httpx.get(f"{server.url}/docs.json", timeout=30).json()
+
+    assert spec["info"]["title"] == TITLE
+    assert (
+        spec["info"]["version"] == f"{__version__} · {serving_support.MODEL}@production (version 1)"
+    )
+    assert "contact" not in spec["info"]  # BentoML's team is not whom to write to
+    assert spec["components"]["securitySchemes"][BEARER] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"][BEARER]["description"],
+    }
+    paths = spec["paths"]
+    assert paths["/admin/reload"]["post"]["security"] == [{BEARER: []}]
+    for path in ("/predict_image", "/predict_images", "/predict_arrays"):
+        assert {"400", "413", "415", "503"} <= set(paths[path]["post"]["responses"]), path
+    assert {"401", "403", "502"} <= set(paths["/admin/reload"]["post"]["responses"])
+    for operations in paths.values():
+        for operation in operations.values():
+            assert operation.get("summary"), operation
+            assert "module doc" not in operation.get("description", "")  # notes for maintainers
+            assert "`serving." not in operation.get("description", "")
+
+    arrays = paths["/predict_arrays"]["post"]["requestBody"]["content"]["application/json"]
+    answer = httpx.post(f"{server.url}/predict_arrays", json=arrays["example"], timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()[0]["model_version"] == "1"
+    admin = paths["/admin/reload"]["post"]["requestBody"]["content"]["application/json"]
+    refused = httpx.post(f"{server.url}/admin/reload", json=admin["example"], timeout=30)
+    assert refused.status_code == 403  # documented: this server has no admin token
+    assert "FLYWHEEL_ADMIN_TOKEN" in refused.json()["error"]
+
+
+def test_flywheel_serve_prints_its_urls_once_ready(server: serving_support.Server) -> None:
+    """The API, Swagger, /metrics and /readyz, each a URL that answers, printed once."""
+    import time
+
+    import httpx
+
+    from flywheel.serving_api import ready_message
+
+    expected = ready_message(server.url)
+    deadline = time.monotonic() + 20  # the log line may follow the first 200 of /readyz
+    while expected not in server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    output = server.log_path.read_text()
+    assert expected in output, output[-2000:]
+    assert output.count("ready at ") == 1
+    assert output.index("READY: serving") < output.index(expected)
+    for line in expected.splitlines()[2:]:  # Swagger, metrics, readiness
+        assert httpx.get(line.split()[-1], timeout=30).status_code == 200, line
+
+
 def test_the_mlflow_ui_renders_offline(
     browser: Browser,
     default_font: str,
@@ -105,6 +167,101 @@ def test_the_mlflow_ui_renders_offline(
     assert_offline_and_drawn(page, default_font)
     assert serving_support.MODEL in page.evaluate("document.body.innerText")
     save_screenshot(page, shots, "mlflow-models", capsys)
+    page.close()
+
+
+_SCROLL_DOWN = """document.querySelectorAll('*').forEach(e => {
+    if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = e.scrollHeight;
+})"""
+"""Scroll every scrolling box to its end (the MLflow UI scrolls a panel, not the window)."""
+
+
+def _judged_model(name: str, uri: str) -> None:
+    """A model as the loop leaves it: v1 promoted, then v2 judged better against it and promoted."""
+    from flywheel import registry
+    from flywheel.config import Params
+    from flywheel.workflows import model_description
+
+    def judged(version: str, champion: str | None, accuracy: float) -> None:
+        gates = [registry.GateResult("min_accuracy", accuracy, 0.8, ">=", True)]
+        gates += [
+            registry.GateResult(f"slice_regression[style={s}]", 0.0, 0.05, "<=", True) for s in "ab"
+        ]
+        metrics = {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "ece": 0.03}
+        if champion:
+            metrics["champion_accuracy"] = 0.839
+        blessing = registry.Blessing(
+            uri,
+            champion,
+            tuple(gates),
+            "test",
+            registry.utc_now(),
+            name,
+            version,
+            metrics,
+            notes=("slice style=c: 3 images, not gated",) * 40,  # the kB a tag used to carry
+        )
+        registry.record_blessing(name, version, blessing)
+
+    lineage = {"flywheel.data_version": "3f2a9c1d.dir", "flywheel.git_commit": "0123456789ab"}
+    described = model_description(Params())
+    first = registry.register(uri, name, tags=lineage, model_description=described)
+    judged(first, None, 0.839)
+    registry.promote(name, first, reason="first model", who="alice")
+    second = registry.register(uri, name, tags=lineage)
+    judged(second, first, 0.929)
+    registry.promote(name, second, reason="0.929 on the production hold-out", who="bob")
+
+
+def test_the_registry_pages_read_as_a_person_sees_them(
+    browser: Browser,
+    default_font: str,
+    env: dict[str, str],
+    dashboards: tuple[Dashboards, str],
+    shots: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The model's page says what it is; a version's says its verdict; tags are short lines."""
+    from mlflow import MlflowClient
+
+    mlflow = next(s for s in dashboards[0].servers if s.name == "mlflow")
+    name = "flywheel-digits-pages"
+    _judged_model(name, env["second"])
+    for version in MlflowClient().search_model_versions(f"name = '{name}'"):
+        long = {k: len(v) for k, v in version.tags.items() if len(v) > 250}
+        assert set(long) <= {"flywheel.history"}, long  # the crash-safe record, not for reading
+    aliases = {a: str(v) for a, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert aliases == {"production": "2", "previous": "1"}  # production holds one alias
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}", quiet_s=1.5)
+    assert_offline_and_drawn(page, default_font)
+    text = page.evaluate("document.body.innerText")
+    assert (
+        "network for the `classification` task" in text
+        or "network for the classification task" in text
+    )
+    save_screenshot(page, shots, "mlflow-registered-model", capsys)
+    page.evaluate(_SCROLL_DOWN)
+    save_screenshot(page, shots, "mlflow-registered-model-versions", capsys)
+    page.close()
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}/versions/2", quiet_s=1.5)
+    assert_offline_and_drawn(page, default_font)
+    text = page.evaluate("document.body.innerText")
+    assert "Blessed against version 1 (production when judged): 3 of 3 gates passed" in text
+    assert "0.9290" in text
+    assert "0.8390" in text
+    assert "flywheel.gates" in text
+    assert '"candidate_uri":' not in text  # the blessing's JSON is an artifact now
+    save_screenshot(page, shots, "mlflow-version-2", capsys)
+    page.evaluate(_SCROLL_DOWN)
+    save_screenshot(page, shots, "mlflow-version-2-tags", capsys)
+    page.close()
+
+    page = browser.open(f"{mlflow.url}/#/models/{name}/versions/1", quiet_s=1.5)
+    text = page.evaluate("document.body.innerText")
+    assert "replaced by version 2 (promoted by bob: 0.929 on the production hold-out)" in text
+    save_screenshot(page, shots, "mlflow-version-1", capsys)
     page.close()
 
 

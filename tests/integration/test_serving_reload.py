@@ -62,6 +62,7 @@ def two_workers(
             f"{WORKERS} workers serving version 1",
             server,
         )
+        assert server.output().count("ready at ") == 1  # the URLs once per server, not per worker
         yield server
 
 

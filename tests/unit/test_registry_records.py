@@ -39,6 +39,7 @@ def _intent() -> Intent:
         "ann@host pid 1",
         {"previous": "2", "production": "3"},
         (("3", t),),
+        {"staging": "3", "candidate": "3"},
     )
 
 
@@ -48,6 +49,9 @@ def test_an_intent_reads_back_as_written_aliases_in_order() -> None:
     assert back == intent
     assert list(back.aliases) == ["previous", "production"]  # the write order survives
     assert "promote of version 3 by ann" in back.describe()
+    older = json.loads(intent.to_json())
+    del older["removed"]  # an intent written by a flywheel before one stage alias per version
+    assert Intent.from_json(json.dumps(older)).removed == {}
 
 
 @pytest.mark.parametrize("raw", ["", "{", '{"id": "x"}', "[]", '{"id":1,"records":3}'])
@@ -109,12 +113,18 @@ def test_the_longest_plan_fits_a_model_tag() -> None:
     """A promote's intent with the longest reason (3 records) stays under the column's bound."""
     at, r = "2026-12-06T10:00:00+00:00", "x" * REASON_CHARS
     gates = "blessed: 12/12 gates passed"
+    who = "a" * 40
     records = tuple(
-        (v, Transition(at, a, "staging", to, "a" * 40, f"{r} (replaced by 123)", gates, "t" * 16))
-        for v, a, to in (
-            ("123", "promote", "production"),
-            ("122", "demote", "previous"),
-            ("121", "retire", "none"),
+        (v, Transition(at, a, "staging", to, who, why, gates, "t" * 16))
+        for v, a, to, why in (
+            ("123", "promote", "production", f"{r} (replaces 122)"),
+            ("122", "demote", "previous", f"replaced by version 123 (promoted by {who}: {r})"),
+            (
+                "121",
+                "retire",
+                "none",
+                f"version 122 is the new previous version (version 123 promoted by {who})",
+            ),
         )
     )
     intent = Intent(
@@ -128,6 +138,7 @@ def test_the_longest_plan_fits_a_model_tag() -> None:
         "a" * 60,
         {"previous": "122", "production": "123"},
         records,
+        {"staging": "123", "candidate": "123"},
     )
     assert len(intent.to_json()) <= MODEL_TAG_CHARS
 

@@ -8,8 +8,10 @@ from typing import Any
 
 import lxml.html
 
+from flywheel import __version__
 from flywheel.serving_api import OPENAPI_PATH
 from serving.offline_docs import DESCRIPTION, OfflineDocs, swagger_page
+from serving.openapi import TITLE
 
 
 def _call(app: Any, method: str, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -42,6 +44,7 @@ def test_the_swagger_page_keeps_swagger_ui_and_loses_the_tag_manager() -> None:
     page = swagger_page().decode()
 
     assert "googletagmanager" not in page
+    assert "github.com/bentoml" not in page  # BentoML's "Powered by" corner
     doc = lxml.html.document_fromstring(page)
     scripts = [s.get("src") for s in doc.iter("script") if s.get("src")]
     assert "./static_content/swagger-ui-bundle.js" in scripts
@@ -58,7 +61,11 @@ def test_the_root_answers_the_page_and_the_spec_gets_the_services_description() 
 
     status, headers, body = _call(app, "GET", OPENAPI_PATH)
     assert status == 200
-    assert json.loads(body)["info"] == {"title": "flywheel", "description": DESCRIPTION}
+    assert json.loads(body)["info"] == {  # no service running: the version is flywheel's alone
+        "title": TITLE,
+        "version": __version__,
+        "description": DESCRIPTION,
+    }
     assert headers[b"content-length"] == str(len(body)).encode()
 
 

@@ -26,6 +26,8 @@ from flywheel.cli.options import (
 from flywheel.cli.project_root import ProjectTyper, RegistryCommand
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from flywheel.registry import Intent, VersionSummary
 
 commands = ProjectTyper(command_class=RegistryCommand)
@@ -139,10 +141,10 @@ def models(
 ) -> None:
     """List the versions of the registered model: aliases, verdict, accuracy, lineage.
 
+    A table where it fits the width (`COLUMNS` off a terminal); one block per
+    version where it does not, so no column is squeezed to a letter per line.
     A transition killed half-way is finished first (and said so).
     """
-    from rich.table import Table
-
     from flywheel.registry import RegistryError, list_versions, recover
     from flywheel.tracking import configure_registry
 
@@ -151,40 +153,81 @@ def models(
     with exit_on(RegistryError):
         _say_finished(recover(name))
         versions = list_versions(name)
-    table = Table(title=f"registered model {name}")
-    for column in (
-        "version",
-        "aliases",
-        "blessed",
-        "accuracy",
-        "created (UTC)",
-        "git commit",
-        "data version",
-        "last transition",
-        "model files",
-    ):
+    rows = [_version_cells(name, v) for v in versions]
+    table = _versions_table(name, rows)
+    if _natural_width(table) <= console.width:
+        console.print(table)
+        return
+    console.print(f"[bold]registered model {escape(name)}[/bold]")
+    for cells in rows:
+        console.print(_version_block(cells))
+
+
+_COLUMNS = (
+    "version",
+    "aliases",
+    "blessed",
+    "accuracy",
+    "created (UTC)",
+    "git commit",
+    "data version",
+    "last transition",
+    "model files",
+)
+
+
+def _natural_width(table: Table) -> int:
+    """The width `table` takes unwrapped (rich's own measure stops at the console's width)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update(width=100_000), table).maximum
+
+
+def _version_cells(name: str, v: VersionSummary) -> dict[str, str]:
+    """One version's cells (rich markup), by `_COLUMNS` name."""
+    last = v.last_transition
+    return {
+        "version": v.version,
+        "aliases": ", ".join(v.aliases) or "-",
+        "blessed": {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[v.blessed],
+        "accuracy": "-" if v.eval_accuracy is None else f"{v.eval_accuracy:.3f}",
+        "created (UTC)": v.created_at.removesuffix("+00:00"),
+        "git commit": (v.git_commit or "-")[:12],
+        # whole: it is what `data checkout` takes
+        "data version": (v.data_version or "-").removesuffix(".dir"),
+        "last transition": escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
+        if last
+        else "-",
+        "model files": _files_state(name, v),
+    }
+
+
+def _versions_table(name: str, rows: list[dict[str, str]]) -> Table:
+    """Every version as a row, for a console wide enough to show it whole."""
+    from rich.table import Table
+
+    table = Table(title=f"registered model {escape(name)}")
+    for column in _COLUMNS:
         table.add_column(
             column,
             justify="right" if column in ("version", "accuracy") else "left",
             min_width=32 if column == "data version" else None,  # a whole DVC hash, never cut
         )
-    for v in versions:
-        blessed = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[v.blessed]
-        last = v.last_transition
-        table.add_row(
-            v.version,
-            ", ".join(v.aliases) or "-",
-            blessed,
-            "-" if v.eval_accuracy is None else f"{v.eval_accuracy:.3f}",
-            v.created_at.removesuffix("+00:00"),
-            (v.git_commit or "-")[:12],
-            (v.data_version or "-").removesuffix(".dir"),  # whole: it is what `data checkout` takes
-            escape(f"{last.action} by {last.by}, {last.at.removesuffix('+00:00')}")
-            if last
-            else "-",
-            _files_state(name, v),
-        )
-    console.print(table)
+    for cells in rows:
+        table.add_row(*(cells[c] for c in _COLUMNS))
+    return table
+
+
+def _version_block(cells: dict[str, str]) -> str:
+    """One version in a few short lines, for a narrow console (each under 80 columns)."""
+    return (
+        f"\n[bold]version {cells['version']}[/bold] · {cells['aliases']} · "
+        f"blessed: {cells['blessed']} · accuracy {cells['accuracy']}\n"
+        f"  created {cells['created (UTC)']} · git {cells['git commit']}\n"
+        f"  data {cells['data version']}\n"
+        f"  last: {cells['last transition']}\n"
+        f"  model files: {cells['model files']}"
+    )
 
 
 def _files_state(name: str, version: VersionSummary) -> str:

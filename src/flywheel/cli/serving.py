@@ -45,13 +45,14 @@ def serve(
     local store); a newly promoted version is swapped in without downtime
     within serve.poll_interval_s, or at once by POST /admin/reload with
     'Authorization: Bearer $FLYWHEEL_ADMIN_TOKEN' (set it to enable that
-    endpoint). Stop with Ctrl-C.
+    endpoint). Once a model is served it prints its URLs: the API, Swagger,
+    /metrics and /readyz. Stop with Ctrl-C.
     """
     import os
 
     from flywheel.env import state_dir
     from flywheel.processes import port_holder
-    from flywheel.serving_api import PARAMS_ENV, SET_ENV
+    from flywheel.serving_api import PARAMS_ENV, SERVE_URL_ENV, SET_ENV, base_url
     from flywheel.storage import STATE_URL_ENV, state_url
     from flywheel.tracking import resolve_tracking
 
@@ -71,6 +72,7 @@ def serve(
     if isinstance(shared, Path):  # a local shared-state folder, pinned like FLYWHEEL_HOME
         env[STATE_URL_ENV] = str(shared.resolve())
     env["MLFLOW_TRACKING_URI"] = resolve_tracking().uri
+    env[SERVE_URL_ENV] = base_url(host or p.serve.host, port or p.serve.port)
     Path(env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
@@ -85,9 +87,8 @@ def serve(
         "--port",
         str(port or p.serve.port),
     ]
-    err_console.print(
-        f"serving models:/{p.evaluate.registered_model}@{p.serve.alias} on "
-        f"http://{host or p.serve.host}:{port or p.serve.port}"
+    err_console.print(  # the URLs follow once a model is served (`ready_message`)
+        f"serving models:/{p.evaluate.registered_model}@{p.serve.alias} on {env[SERVE_URL_ENV]}"
     )
     sys.stdout.flush()
     sys.stderr.flush()

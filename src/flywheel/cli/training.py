@@ -372,6 +372,7 @@ def evaluate(
     from flywheel.registry import RegistryError, register, run_lineage, version_for_alias
     from flywheel.tasks import DatasetError
     from flywheel.tracking import configure_tracking
+    from flywheel.workflows import model_description
 
     p = read_params(params, set_)
     configure_tracking()
@@ -381,7 +382,11 @@ def evaluate(
     with exit_on(RegistryError, EvaluationError, DatasetError):
         if run_id:
             version = register(
-                f"runs:/{run_id}/{artifact}", name, tags=run_lineage(run_id), who=who
+                f"runs:/{run_id}/{artifact}",
+                name,
+                tags=run_lineage(run_id),
+                who=who,
+                model_description=model_description(p),
             )
             console.print(f"registered run {run_id} as [bold]{name}[/bold] version {version}")
         elif version is None:

@@ -9,12 +9,18 @@ deprecated stages):
 * `previous` — the version `production` pointed at before the last change, kept
   for a one-command `rollback`.
 
-Every transition is written on each version it touches: the latest one as
-`flywheel.transition.*` tags (when, action, from, to, who, why, gates) and all
-of them, compactly, as a JSON list in `flywheel.history`. The blessing itself
-is stored on the version (`flywheel.blessed`, `flywheel.blessing`), so
-`promote` can refuse an unblessed version by reading the registry alone, with
-the names of the gates that failed.
+A version holds one stage alias: the version that becomes `production` gives
+up `staging` and `candidate` in the same crash-safe transition.
+
+Every transition is written on each version it touches: the latest one as a
+line in the `flywheel.transition` tag (action, from, to, who, when, why) and
+all of them, compactly, as a JSON list in `flywheel.history`. The verdict of
+the gates is in short version tags (`flywheel.blessed`, `flywheel.gates`,
+`flywheel.champion`, `flywheel.eval_accuracy`), so `promote` can refuse an
+unblessed version by reading the registry alone; the full blessing is an
+artifact of the version's run, read to name every failed gate. The registered
+model and each version carry a description for people (what the model is; a
+version's data, headline metrics and verdict against the champion).
 
 Rollback semantics: `rollback` *swaps* `production` and `previous`. `previous`
 always means "the version production held before the last change", so a
@@ -59,7 +65,8 @@ MLflow (2-3 s) during an incident.
 
 The parts: `access` (how the registry is reached), `versions` (register, look
 up, list), `blessing` (the gates' verdict on a version), `aliases` (promote,
-rollback), `history` (the recorded transitions), `journal` (crash-safe
+rollback), `descriptions` (what the model's and versions' pages say), `history`
+(the recorded transitions), `journal` (crash-safe
 transitions: intent, replay, the model's log), `lock` (the registry lock,
 `unlock`, `recover`), `holder` (who holds it, alive or not), `faults` (the
 crash tests' kill points), `store` (registry reads with clear errors), `errors`.
@@ -71,11 +78,16 @@ from flywheel.registry.aliases import AliasChange, promote, rollback
 from flywheel.registry.blessing import (
     TAG_BLESSED,
     TAG_BLESSING,
+    TAG_CHAMPION,
     TAG_EVAL_ACCURACY,
+    TAG_GATES,
     Blessing,
     GateResult,
+    Verdict,
     read_blessing,
+    read_verdict,
     record_blessing,
+    record_path,
 )
 from flywheel.registry.errors import (
     AliasNotFoundError,
@@ -151,7 +163,9 @@ __all__ = [
     "ROLES",
     "TAG_BLESSED",
     "TAG_BLESSING",
+    "TAG_CHAMPION",
     "TAG_EVAL_ACCURACY",
+    "TAG_GATES",
     "TAG_HISTORY",
     "TAG_LOG",
     "TAG_PENDING",
@@ -174,6 +188,7 @@ __all__ = [
     "Transition",
     "TransitionOvertakenError",
     "Unlocked",
+    "Verdict",
     "VersionNotFoundError",
     "VersionSummary",
     "artifact_problem",
@@ -186,7 +201,9 @@ __all__ = [
     "read_blessing",
     "read_history",
     "read_log",
+    "read_verdict",
     "record_blessing",
+    "record_path",
     "recover",
     "register",
     "registry_lock",

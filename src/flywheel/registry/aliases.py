@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flywheel.registry.blessing import Blessing, _blessing_from_tags
+from flywheel.registry.access import StoredVersion
+from flywheel.registry.blessing import Verdict, _load_record, _verdict_from_tags
 from flywheel.registry.errors import (
     AliasNotFoundError,
     PromotionRefusedError,
@@ -35,8 +36,10 @@ from flywheel.registry.journal import (
 )
 from flywheel.registry.lock import LockStrategy, registry_lock
 from flywheel.registry.store import (
+    ALIAS_CANDIDATE,
     ALIAS_PREVIOUS,
     ALIAS_PRODUCTION,
+    ALIAS_STAGING,
     _aliases_in,
     _aliases_of,
     _client,
@@ -118,7 +121,7 @@ def promote(
                 name, version, aliases.get(ALIAS_PREVIOUS), changed=False, finished=finished
             )
         _refuse_if_overtaken(name, "promote", seen, model.tags, force)
-        blessing = _promotable_blessing(name, version, candidate.tags, current)
+        blessing = _promotable_verdict(name, version, candidate, current)
         old_previous = aliases.get(ALIAS_PREVIOUS)
         txid, at = new_txid(), utc_now()
         transition = Transition(
@@ -128,7 +131,7 @@ def promote(
             ALIAS_PRODUCTION,
             by,
             f"{reason} (replaces {current or 'nothing'})",
-            blessing.summary(),
+            blessing.summary,
             txid,
         )
         records = [(version, transition)]
@@ -142,7 +145,7 @@ def promote(
                         ALIAS_PRODUCTION,
                         ALIAS_PREVIOUS,
                         by,
-                        f"{reason} (replaced by {version})",
+                        f"replaced by version {version} (promoted by {by}: {reason})",
                         txid=txid,
                     ),
                 )
@@ -159,7 +162,8 @@ def promote(
                         role_of(before),
                         role_of(after),
                         by,
-                        f"{current} is the new previous version",
+                        f"version {current} is the new previous version "
+                        f"(version {version} promoted by {by})",
                         txid=txid,
                     ),
                 )
@@ -178,6 +182,7 @@ def promote(
                 this_process(by),
                 _new_aliases(version, current),
                 tuple(records),
+                _dropped_stages(aliases, version),
             ),
         )
     return AliasChange(
@@ -195,6 +200,15 @@ def _new_aliases(production: str, previous: str | None) -> dict[str, str]:
     if previous is None:
         return {ALIAS_PRODUCTION: production}
     return {ALIAS_PREVIOUS: previous, ALIAS_PRODUCTION: production}
+
+
+def _dropped_stages(aliases: Mapping[str, str], production: str) -> dict[str, str]:
+    """The stage aliases the new production version gives up: it holds one stage alias.
+
+    >>> _dropped_stages({"candidate": "3", "staging": "3", "production": "2"}, "3")
+    {'staging': '3', 'candidate': '3'}
+    """
+    return {a: production for a in (ALIAS_STAGING, ALIAS_CANDIDATE) if aliases.get(a) == production}
 
 
 def _refuse_if_overtaken(
@@ -216,33 +230,42 @@ def _refuse_if_overtaken(
     )
 
 
-def _promotable_blessing(
-    name: str, version: str, tags: Mapping[str, str], current: str | None
-) -> Blessing:
-    """The version's blessing if it allows replacing `current` in production; raises otherwise."""
-    blessing = _blessing_from_tags(tags)
-    if blessing is None:
+def _promotable_verdict(
+    name: str, version: str, stored: StoredVersion, current: str | None
+) -> Verdict:
+    """The version's verdict if it allows replacing `current` in production; raises otherwise.
+
+    The verdict is in the version's short tags; a refusal reads the full record
+    (`flywheel.registry.blessing.record_path`) to name every failed gate with its numbers.
+    """
+    verdict = _verdict_from_tags(stored.tags)
+    if verdict is None:
         raise PromotionRefusedError(
             f"model {name!r} version {version} was never evaluated: run `flywheel evaluate "
             f"--version {version}` first; only a blessed version can reach production"
         )
-    if not blessing.blessed:
-        failed = [g for g in blessing.gates if not g.passed]
+    if not verdict.blessed:
+        full = _load_record(stored.run_id, name, version) if stored.run_id else None
+        if full is None:
+            raise PromotionRefusedError(
+                f"model {name!r} version {version} is not blessed: {verdict.summary}"
+            )
+        failed = [g for g in full.gates if not g.passed]
         lines = "\n".join(
             f"  - {g.summary()}" + (f": {g.detail}" if g.detail else "") for g in failed
         )
         raise PromotionRefusedError(
             f"model {name!r} version {version} is not blessed; failed gates "
-            f"({len(failed)} of {len(blessing.gates)}):\n{lines}",
+            f"({len(failed)} of {len(full.gates)}):\n{lines}",
             failed_gates=[g.name for g in failed],
         )
-    if blessing.champion_version != current:
+    if verdict.champion_version != current:
         raise StaleBlessingError(
             f"model {name!r} version {version} was blessed against champion "
-            f"{blessing.champion_version or 'none (first model)'}, but production is now "
+            f"{verdict.champion_version or 'none (first model)'}, but production is now "
             f"{current or 'unset'}: evaluate it again against the current production model",
         )
-    return blessing
+    return verdict
 
 
 def rollback(
@@ -299,12 +322,11 @@ def rollback(
                 "(set by hand?); promote a blessed version instead"
             )
         _refuse_if_overtaken(name, "rollback", seen, model.tags, force)
-        blessing = _blessing_from_tags(_get_version(client, name, target).tags)
+        blessing = _verdict_from_tags(_get_version(client, name, target).tags)
         if blessing is None or not blessing.blessed:
             raise PromotionRefusedError(
                 f"model {name!r}: previous version {target} is not blessed "
-                f"({blessing.summary() if blessing else 'never evaluated'}); refusing to serve it",
-                failed_gates=blessing.failed_gates if blessing else (),
+                f"({blessing.summary if blessing else 'never evaluated'}); refusing to serve it",
             )
         txid, at = new_txid(), utc_now()
         transition = Transition(
@@ -314,7 +336,7 @@ def rollback(
             ALIAS_PRODUCTION,
             by,
             f"{reason} (rolled back from {current})",
-            blessing.summary(),
+            blessing.summary,
             txid,
         )
         demoted = Transition(
@@ -323,7 +345,7 @@ def rollback(
             ALIAS_PRODUCTION,
             ALIAS_PREVIOUS,
             by,
-            f"{reason} (production back to {target})",
+            f"rolled back to version {target} by {by}: {reason}",
             txid=txid,
         )
         run_transition(
@@ -340,6 +362,7 @@ def rollback(
                 this_process(by),
                 _new_aliases(target, current),
                 ((target, transition), (current, demoted)),
+                _dropped_stages(aliases, target),
             ),
         )
     return AliasChange(

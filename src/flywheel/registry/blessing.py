@@ -1,9 +1,17 @@
-"""The gates' verdict on a version: `Blessing` records, stored on the version itself.
+"""The gates' verdict on a version: short tags and a description on it, the full record beside it.
 
-The blessing lives in the version's tags (`flywheel.blessed`,
-`flywheel.blessing`), so `promote` can refuse an unblessed version, naming the
-gates that failed, by reading the registry alone. A blessed version becomes
-`staging` (`record_blessing`).
+What `promote` and `rollback` need is in short version tags, readable in the
+MLflow UI and without importing MLflow: `flywheel.blessed` (`true`/`false`),
+`flywheel.gates` (the one-line summary), `flywheel.champion` (the production
+version it was judged against) and `flywheel.eval_accuracy`. The version's
+description says the same for people, with the headline metrics against the
+champion's (`flywheel.registry.descriptions`).
+
+The full `Blessing` (every gate, metric and note, several kB of JSON that a
+tag shows as one truncated line) is an artifact of the version's source run,
+`registry/<model>/<version>/blessing.json` (`read_blessing` reads it); a refused
+promotion reads it to name every failed gate with its numbers. A blessed
+version becomes `staging` (`record_blessing`).
 """
 
 from __future__ import annotations
@@ -36,7 +44,23 @@ TAG_BLESSED = "flywheel.blessed"
 
 
 TAG_BLESSING = "flywheel.blessing"
-"""The latest `Blessing`, as JSON."""
+"""The latest `Blessing` as JSON, as registries written before the record moved to an
+artifact hold it (read, never written)."""
+
+
+TAG_GATES = "flywheel.gates"
+"""The latest verdict in one line (`Blessing.summary`, cut to `SHORT_TAG_CHARS`)."""
+
+
+TAG_CHAMPION = "flywheel.champion"
+"""The production version the latest evaluation compared with (`none` for a first model)."""
+
+
+SHORT_TAG_CHARS = 250
+"""The longest value flywheel writes in a version tag: what the MLflow UI shows whole."""
+
+
+NO_CHAMPION = "none"
 
 
 TAG_EVAL_ACCURACY = "flywheel.eval_accuracy"
@@ -196,16 +220,56 @@ class Blessing:
         return cls.from_dict(json.loads(text))
 
 
-def read_blessing(name: str, version: str) -> Blessing | None:
-    """The latest blessing recorded on a version, None if it was never evaluated.
+@dataclass(frozen=True)
+class Verdict:
+    """The latest evaluation's verdict as the version's short tags hold it.
 
-    Raises:
-        ModelNotFoundError, VersionNotFoundError: no such model or version.
+    Attributes:
+        blessed: every gate passed.
+        champion_version: the production version it was judged against (None: first model).
+        summary: `Blessing.summary`, possibly cut short.
     """
-    return _blessing_from_tags(_get_version(_client(), name, version).tags)
+
+    blessed: bool
+    champion_version: str | None
+    summary: str
 
 
-def _blessing_from_tags(tags: Mapping[str, str]) -> Blessing | None:
+def clip(text: str, limit: int = SHORT_TAG_CHARS) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer.
+
+    >>> clip("abcdef", 4)
+    'abc…'
+    """
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def record_path(name: str, version: str) -> str:
+    """Where the full blessing of a version is, in its source run's artifacts.
+
+    >>> record_path("flywheel-digits", "3")
+    'registry/flywheel-digits/3/blessing.json'
+    """
+    return f"registry/{name}/{version}/blessing.json"
+
+
+def _verdict_from_tags(tags: Mapping[str, str]) -> Verdict | None:
+    """The verdict in a version's tags; None if it was never evaluated."""
+    blessed = tags.get(TAG_BLESSED)
+    if blessed is not None and TAG_CHAMPION in tags:
+        champion = tags[TAG_CHAMPION]
+        return Verdict(
+            blessed == "true",
+            None if champion == NO_CHAMPION else champion,
+            tags.get(TAG_GATES, ""),
+        )
+    legacy = _legacy_blessing(tags)
+    if legacy is None:
+        return None
+    return Verdict(legacy.blessed, legacy.champion_version, legacy.summary())
+
+
+def _legacy_blessing(tags: Mapping[str, str]) -> Blessing | None:
     raw = tags.get(TAG_BLESSING)
     if raw is None:
         return None
@@ -213,6 +277,50 @@ def _blessing_from_tags(tags: Mapping[str, str]) -> Blessing | None:
         return Blessing.from_json(raw)
     except ValueError:
         return None
+
+
+def read_blessing(name: str, version: str) -> Blessing | None:
+    """The latest full blessing of a version, None if it was never evaluated or has no record.
+
+    Reads the record in the source run's artifacts (`record_path`), or the JSON tag
+    of a registry written before it moved there. A version registered without a
+    run keeps only its verdict (`read_verdict`).
+
+    Raises:
+        ModelNotFoundError, VersionNotFoundError: no such model or version.
+    """
+    stored = _get_version(_client(), name, version)
+    if stored.run_id and _verdict_from_tags(stored.tags) is not None:
+        recorded = _load_record(stored.run_id, name, str(version))
+        if recorded is not None:
+            return recorded
+    return _legacy_blessing(stored.tags)
+
+
+def read_verdict(name: str, version: str) -> Verdict | None:
+    """The latest verdict on a version from its tags, None if it was never evaluated.
+
+    Raises:
+        ModelNotFoundError, VersionNotFoundError: no such model or version.
+    """
+    return _verdict_from_tags(_get_version(_client(), name, version).tags)
+
+
+def _load_record(run_id: str, name: str, version: str) -> Blessing | None:
+    """The blessing record in a run's artifacts; None if it is missing or unreadable."""
+    from mlflow.artifacts import load_text
+
+    try:
+        return Blessing.from_json(load_text(f"runs:/{run_id}/{record_path(name, version)}"))
+    except Exception:  # missing, unreachable or hand-edited: the verdict tags still hold
+        return None
+
+
+def _save_record(run_id: str, name: str, version: str, blessing: Blessing) -> None:
+    """Write the full blessing beside the version's model, in its source run."""
+    from mlflow import MlflowClient
+
+    MlflowClient().log_text(run_id, blessing.to_json(), record_path(name, version))
 
 
 def record_blessing(
@@ -226,8 +334,10 @@ def record_blessing(
     """Store the gates' verdict on a version; a blessed version becomes `staging`.
 
     An unblessed version loses `staging` if it held it (a re-evaluation can
-    revoke a blessing). The blessing is stored in full (`flywheel.blessing`),
-    so `promote` can name the failing gates later.
+    revoke a blessing). The verdict is written as short tags, the version's
+    description is rewritten to say it (with the headline metrics against the
+    champion's), and the full blessing is stored in the source run
+    (`record_path`), so a refused `promote` can name every failing gate later.
 
     Returns:
         The transition recorded on the version.
@@ -243,15 +353,33 @@ def record_blessing(
             f"the blessing is for {blessing.model_name!r} version {blessing.candidate_version}, "
             f"not {name!r} version {version}"
         )
+    from flywheel.registry.descriptions import version_description
+
     client = _client()
+    stored = _get_version(client, name, version)
+    if stored.run_id:
+        _save_record(stored.run_id, name, version, blessing)
     with registry_lock(name, strategy=lock):
-        _get_version(client, name, version)
-        client.set_model_version_tag(name, version, TAG_BLESSING, blessing.to_json())
-        client.set_model_version_tag(name, version, TAG_BLESSED, str(blessing.blessed).lower())
+        stored = _get_version(client, name, version)
+        tags = {
+            TAG_GATES: clip(blessing.summary()),
+            TAG_CHAMPION: blessing.champion_version or NO_CHAMPION,
+        }
         if "accuracy" in blessing.metrics:
-            client.set_model_version_tag(
-                name, version, TAG_EVAL_ACCURACY, f"{blessing.metrics['accuracy']:.6f}"
-            )
+            tags[TAG_EVAL_ACCURACY] = f"{blessing.metrics['accuracy']:.6f}"
+        tags[TAG_BLESSED] = str(blessing.blessed).lower()  # last: the verdict is whole once set
+        client.set_model_version_tags(name, version, tags)
+        client.update_model_version(
+            name,
+            version,
+            description=version_description(
+                version,
+                stored.tags,
+                blessing,
+                run_id=stored.run_id,
+                record=record_path(name, version) if stored.run_id else None,
+            ),
+        )
         aliases = _get_aliases(client, name)
         before = _aliases_of(aliases, version)
         at = utc_now()

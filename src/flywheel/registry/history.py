@@ -1,8 +1,9 @@
 """Who changed a version's aliases, when and why: the transitions recorded on each version.
 
-The latest transition is written as `flywheel.transition.*` tags, and every
-transition, compactly, as a JSON list in `flywheel.history` (the newest
-`HISTORY_LIMIT` kept).
+The latest transition is written as one line in the `flywheel.transition` tag
+(what the MLflow UI shows whole), and every transition, compactly, as a JSON
+list in `flywheel.history` (the newest `HISTORY_LIMIT` kept): the record that
+crash-safe transitions (`flywheel.registry.journal`) replay once by their id.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ TAG_HISTORY = "flywheel.history"
 
 
 TAG_TRANSITION = "flywheel.transition"
-"""Prefix of the latest transition's tags: `.at .action .from .to .by .reason .gates`."""
+"""The latest transition in one line (`Transition.line`)."""
+
+
+LINE_CHARS = 250
+"""The longest `flywheel.transition` value (the MLflow UI shows it whole)."""
 
 
 HISTORY_LIMIT = 200
@@ -63,6 +68,19 @@ class Transition:
     reason: str
     gates: str = ""
     txid: str = ""
+
+    def line(self) -> str:
+        """One line for the version's page, cut to `LINE_CHARS`.
+
+        >>> Transition("2026-12-07T10:00:00+00:00", "demote", "production", "previous", "bob",
+        ...            "replaced by version 3").line()
+        'demote production → previous by bob at 2026-12-07T10:00:00+00:00: replaced by version 3'
+        """
+        text = (
+            f"{self.action} {self.from_role} → {self.to_role} by {self.by} at {self.at}: "
+            f"{self.reason}"
+        )
+        return text if len(text) <= LINE_CHARS else text[: LINE_CHARS - 1] + "…"
 
     def compact(self) -> dict[str, str]:
         """Short keys for the history tag."""
@@ -140,21 +158,12 @@ def _record(client: RegistryAccess, name: str, version: str, transition: Transit
         return
     history = [t.compact() for t in recorded]
     history = [*history, transition.compact()][-HISTORY_LIMIT:]
-    tags = {
-        f"{TAG_TRANSITION}.at": transition.at,
-        f"{TAG_TRANSITION}.action": transition.action,
-        f"{TAG_TRANSITION}.from": transition.from_role,
-        f"{TAG_TRANSITION}.to": transition.to_role,
-        f"{TAG_TRANSITION}.by": transition.by,
-        f"{TAG_TRANSITION}.reason": transition.reason,
-        f"{TAG_TRANSITION}.gates": transition.gates,
-        TAG_HISTORY: json.dumps(history, separators=(",", ":")),
-    }
-    (first, value), *rest = tags.items()
-    client.set_model_version_tag(name, version, first, value)
+    client.set_model_version_tag(name, version, TAG_TRANSITION, transition.line())
     if transition.txid:
         fault_point(f"record:{transition.action}:{transition.to_role}:partial")
-    client.set_model_version_tags(name, version, dict(rest))  # one transaction where it can
+    client.set_model_version_tag(
+        name, version, TAG_HISTORY, json.dumps(history, separators=(",", ":"))
+    )
 
 
 def _record_alias_lost(

@@ -70,6 +70,9 @@ class Intent:
         at: when it started (UTC ISO).
         process: the process that started it (`user@host pid N`), for messages.
         aliases: alias → version, in the order they are written.
+        removed: alias → version: aliases deleted where they still point at that version
+            (the new production version's `staging` and `candidate`: a version holds one
+            stage alias).
         records: (version, transition) to append to each version's history.
     """
 
@@ -83,6 +86,7 @@ class Intent:
     process: str
     aliases: Mapping[str, str] = field(default_factory=dict)
     records: tuple[tuple[str, Transition], ...] = ()
+    removed: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         """`promote of version 3 by alice at 2026-…` (replacing 2): why`."""
@@ -104,6 +108,7 @@ class Intent:
                 "at": self.at,
                 "process": self.process,
                 "aliases": dict(self.aliases),
+                "removed": dict(self.removed),
                 "records": [{"version": v, **t.compact()} for v, t in self.records],
             },
             separators=(",", ":"),
@@ -131,6 +136,7 @@ class Intent:
                 records=tuple(
                     (str(r["version"]), Transition.from_compact(r)) for r in raw["records"]
                 ),
+                removed={str(k): str(v) for k, v in raw.get("removed", {}).items()},
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
             raise ValueError(f"not a transition intent: {err!r}") from None
@@ -297,7 +303,11 @@ def _complete(client: RegistryAccess, name: str, intent: Intent, *, note: str) -
     for alias, version in intent.aliases.items():
         client.set_registered_model_alias(name, alias, version)
         fault_point(f"alias:{alias}")
-    _verify_aliases(client, name, intent.aliases)
+    for alias, version in intent.removed.items():
+        if _get_model(client, name).aliases.get(alias) == version:
+            client.delete_registered_model_alias(name, alias)
+        fault_point(f"unalias:{alias}")
+    _verify_aliases(client, name, intent.aliases, absent=intent.removed)
     for version, transition in intent.records:
         _record(client, name, version, transition)
         fault_point(f"record:{transition.action}:{transition.to_role}")

@@ -119,10 +119,22 @@ def _aliases_of(aliases: Mapping[str, str], version: str) -> list[str]:
     return [a for a, v in aliases.items() if v == version]
 
 
-def _verify_aliases(client: RegistryAccess, name: str, expected: Mapping[str, str]) -> None:
-    """Compare-after-write: the aliases must read back as written."""
+def _verify_aliases(
+    client: RegistryAccess,
+    name: str,
+    expected: Mapping[str, str],
+    *,
+    absent: Mapping[str, str] | None = None,
+) -> None:
+    """Compare-after-write: the aliases must read back as written.
+
+    Args:
+        expected: alias → the version it must point at.
+        absent: alias → a version it must no longer point at (it was deleted).
+    """
     actual = _get_aliases(client, name)
     wrong = {a: actual.get(a) for a, v in expected.items() if actual.get(a) != v}
+    wrong |= {a: v for a, v in (absent or {}).items() if actual.get(a) == v}
     if wrong:
         raise ConcurrentModificationError(
             f"model {name!r}: aliases changed during the transition: expected {dict(expected)}, "

@@ -10,6 +10,7 @@ from typing import Any
 
 from flywheel.registry.access import StoredVersion
 from flywheel.registry.blessing import TAG_BLESSED, TAG_EVAL_ACCURACY
+from flywheel.registry.descriptions import registered_description
 from flywheel.registry.errors import ModelNotFoundError, RegistryError
 from flywheel.registry.history import (
     Transition,
@@ -26,6 +27,7 @@ from flywheel.registry.store import (
     ROLES,
     _client,
     _get_aliases,
+    _get_model,
     _get_version,
 )
 from flywheel.tracking import LINEAGE_TAGS, TAG_DATA_VERSION, TAG_GIT_COMMIT
@@ -70,11 +72,15 @@ def register(
     reason: str = "registered after training",
     who: str | None = None,
     lock: LockStrategy = "auto",
+    model_description: str | None = None,
 ) -> str:
     """Register a logged model as a new version and point `candidate` at it.
 
     `candidate` only moves forward: if a concurrent registration created a
-    later version and took the alias first, it keeps it.
+    later version and took the alias first, it keeps it. The version's
+    description says its data and run (`flywheel.registry.descriptions`); the
+    registered model gets `model_description` while it has none (a description
+    someone wrote in the MLflow UI is kept).
 
     Args:
         model_uri: the logged model, e.g. `runs:/<run id>/model` or `models:/<model id>`.
@@ -84,6 +90,7 @@ def register(
         reason: why, for the history.
         who: who, for the history (default: `resolve_user()`).
         lock: the `registry_lock` strategy.
+        model_description: what the registered model is (Markdown), for its page.
 
     Returns:
         The new version number.
@@ -96,6 +103,13 @@ def register(
     )
     version = str(registered.version)
     client = _client()
+    client.update_model_version(
+        name,
+        version,
+        description=registered_description(dict(tags or {}), registered.run_id or None),
+    )
+    if model_description and not _get_model(client, name).description:
+        client.update_registered_model(name, description=model_description)
     with registry_lock(name, strategy=lock):
         aliases = _get_aliases(client, name)
         replaced = aliases.get(ALIAS_CANDIDATE)

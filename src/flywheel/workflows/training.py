@@ -266,6 +266,42 @@ def _quiet(what: str) -> AbstractContextManager[object]:
     return nullcontext()
 
 
+def model_description(params: Params) -> str:
+    """What the registered model is, for its page in the MLflow UI (Markdown).
+
+    The model, the task, the data plan it learns, and how its versions move
+    through the aliases, with the gates that judge them.
+    """
+    plan, gates = params.data, params.evaluate.gates
+    if plan.pages is not None:
+        data = f"the `{plan.name}` page plan ({plan.per_stratum.get('train', 0)} pages per stratum)"
+    else:
+        shown = ", ".join(plan.classes[:12]) + (", …" if len(plan.classes) > 12 else "")
+        strata = " × ".join(
+            f"{k} ({', '.join(v)})"
+            for k, v in (("style", plan.strata.style), ("noise", plan.strata.noise))
+        )
+        data = (
+            f"the `{plan.name}` data plan: {len(plan.classes)} classes ({shown}); strata {strata}"
+        )
+    judged = [f"accuracy ≥ {gates.min_accuracy:.2f}"]
+    if gates.max_slice_regression is not None:
+        judged.append(f"no slice more than {gates.max_slice_regression:.2f} below production")
+    judged.append(f"at least {gates.min_improvement:+.2f} over production overall")
+    return (
+        f"`{params.train.model.name}` network for the `{params.train.task}` task, trained on "
+        f"{data}.\n\n"
+        "How versions move: each training registers a version as `candidate`; the gates judge "
+        f"it against `production` on the frozen `{params.evaluate.split}` split (and the "
+        "labelled production hold-out when there is one) and a blessed version becomes "
+        "`staging`; `flywheel promote` serves it as `production`, and the version it replaces "
+        "becomes `previous` for `flywheel rollback`. The production version holds no other "
+        "stage alias.\n\n"
+        f"Gates: {'; '.join(judged)}. Each version's description gives its verdict and "
+        "headline metrics."
+    )
+
+
 def train_and_register(
     params: Params,
     dataset_dir: str | Path,
@@ -327,7 +363,13 @@ def train_and_register(
     with (status or _quiet)("reference profile: train + val through the exported model"):
         reference = build_reference(result.model_uri, result.run_id, dataset_dir)
     name = params.evaluate.registered_model
-    version = register(result.model_uri, name, tags=run_lineage(result.run_id), reason=reason)
+    version = register(
+        result.model_uri,
+        name,
+        tags=run_lineage(result.run_id),
+        reason=reason,
+        model_description=model_description(params),
+    )
     best = next((row for row in result.history if int(row["epoch"]) == result.best_epoch), {})
     candidate = RegisteredCandidate(
         name=name,

@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from flywheel.registry import TAG_BLESSING, Blessing, GateResult
 from flywheel.registry.access import (
     RegistryAccess,
     StoreError,
@@ -117,6 +116,7 @@ def _snapshot(client: MlflowClient, name: str) -> dict[str, Any]:
                 v.status,
                 v.source,
                 v.run_id,
+                v.description,
                 v.last_updated_timestamp == model.last_updated_timestamp,
             )
             for v in versions
@@ -185,6 +185,14 @@ def test_every_registry_write_through_the_fast_access_is_what_mlflow_writes(
     assert backend.client.get_registered_model(a).last_updated_timestamp > stamp
 
     time.sleep(0.01)
+    before = backend.client.get_model_version(a, "2").last_updated_timestamp
+    backend.fast.update_model_version(a, "2", description="**Blessed** against version 1")
+    backend.client.update_model_version(b, "2", description="**Blessed** against version 1")
+    assert _snapshot(backend.client, a) == _snapshot(backend.client, b)
+    assert backend.client.get_model_version(a, "2").description == "**Blessed** against version 1"
+    assert backend.client.get_model_version(a, "2").last_updated_timestamp > before
+
+    time.sleep(0.01)
     backend.fast.rename_registered_model(a, f"{a}-renamed")
     backend.client.rename_registered_model(b, f"{b}-renamed")
     renamed = _snapshot(backend.client, f"{a}-renamed")
@@ -212,6 +220,7 @@ def test_the_fast_access_reads_what_mlflow_wrote_as_mlflows_client_reads_it(
     _versions(backend, name, 2)
     backend.client.set_registered_model_alias(name, "production", "2")
     backend.client.set_model_version_tag(name, "2", "flywheel.blessed", "true")
+    backend.client.update_model_version(name, "2", description="data version 3f2a9c1d")
     backend.client.delete_model_version(name, "1")  # deleted versions are invisible
     reference = _as_access(backend.client)
 
@@ -299,10 +308,10 @@ def test_flywheel_rollback_never_imports_mlflow(backend: Backend, tmp_path: Path
     name, _ = _twins(backend, "cli")
     backend.client.create_registered_model(name)
     _versions(backend, name, 2)
-    gate = GateResult("min_accuracy", 0.9, 0.8, ">=", True)
-    for version in ("1", "2"):
-        blessing = Blessing(f"models:/{name}/{version}", None, (gate,), "test", "2026-12-07")
-        backend.client.set_model_version_tag(name, version, TAG_BLESSING, blessing.to_json())
+    for version in ("1", "2"):  # the verdict's short tags, as `record_blessing` writes them
+        tags = {"flywheel.gates": "blessed: 1/1 gates passed", "flywheel.champion": "none"}
+        for key, value in {**tags, "flywheel.blessed": "true"}.items():
+            backend.client.set_model_version_tag(name, version, key, value)
     backend.client.set_registered_model_alias(name, "previous", "1")
     backend.client.set_registered_model_alias(name, "production", "2")
     command = ["-m", "flywheel.cli", "rollback", "-m", name, "-r", "incident"]

@@ -39,6 +39,7 @@ PROMOTE_STEPS = (
     "intent",
     "alias:previous",
     "alias:production",
+    "unalias:staging",  # production set; staging dropped, candidate not yet (one stage alias)
     "record:promote:production:partial",
     "record:promote:production",
     "record:demote:previous:partial",
@@ -92,6 +93,8 @@ def _check_converged(
     aliases = _aliases(name)
     assert (aliases["production"], aliases["previous"]) == (production, previous)
     assert aliases["previous"] != aliases["production"]
+    # one stage alias per version: production gave up staging and candidate
+    assert production not in (aliases.get("staging"), aliases.get("candidate")), aliases
     tags = MlflowClient().get_registered_model(name).tags
     assert registry.TAG_PENDING not in tags
     latest = [e for e in registry.read_log(tags) if e.action in ("promote", "rollback")][-1]

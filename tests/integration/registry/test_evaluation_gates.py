@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flywheel import registry
 from flywheel.evaluation import evaluate_candidate
-from flywheel.registry import Blessing, PromotionRefusedError
+from flywheel.registry import PromotionRefusedError
 from tests.support.registry_store import CONFIG, PER_STRATUM, Store
 from tests.support.registry_store import aliases as _aliases
 
@@ -42,7 +42,21 @@ def test_first_model_faces_absolute_gates_only_and_is_logged(uses_store: Store) 
 
     mv = MlflowClient().get_model_version(name, version)
     assert mv.tags[registry.TAG_BLESSED] == "true"
-    assert Blessing.from_json(mv.tags[registry.TAG_BLESSING]) == blessing
+    assert mv.tags["flywheel.gates"] == "blessed: 1/1 gates passed"
+    assert mv.tags["flywheel.champion"] == "none"
+    assert mv.tags["flywheel.eval_accuracy"] == "0.750000"
+    assert registry.TAG_BLESSING not in mv.tags  # the JSON is an artifact of the run
+    assert registry.read_blessing(name, version) == blessing
+    record = f"registry/{name}/{version}/blessing.json"
+    assert [
+        a.path for a in MlflowClient().list_artifacts(mv.run_id, f"registry/{name}/{version}")
+    ] == [record]
+    long = {k: len(v) for k, v in mv.tags.items() if len(v) > 250 and k != "flywheel.history"}
+    assert not long, long
+    assert mv.description.startswith(
+        "Blessed against no champion (a first model): 1 of 1 gates passed on the `test` split"
+    )
+    assert "| accuracy | 0.7500 |" in mv.description
     run = MlflowClient().get_run(mv.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(0.75)
     assert run.data.metrics["blessed"] == 1.0
@@ -103,7 +117,7 @@ def test_bad_model_is_refused_by_gates_and_promote_names_them(uses_store: Store)
     assert blessing.gate("slice_regression[style=handwritten,noise=shadow]").passed
     assert blessing.gate("slice_regression[style=printed,noise=clean]").value == 0.0
     assert blessing.gate("beats_champion").value == pytest.approx(0.25 - 0.75)
-    assert _aliases(name)["staging"] == first
+    assert _aliases(name) == {"candidate": bad, "production": first}  # bad took no staging
 
     with pytest.raises(PromotionRefusedError) as refused:
         registry.promote(name, bad, reason="ship it anyway")
@@ -129,12 +143,7 @@ def test_better_model_promoted_then_rollback_restores_previous(uses_store: Store
 
     change = registry.promote(name, good, reason="better on handwritten/shadow", who="alice")
     assert (change.production, change.previous) == (good, first)
-    assert _aliases(name) == {
-        "candidate": good,
-        "staging": good,
-        "production": good,
-        "previous": first,
-    }
+    assert _aliases(name) == {"production": good, "previous": first}  # one stage alias each
 
     back = registry.rollback(name, reason="complaints from users", who="bob")
     assert (back.production, back.previous) == (first, good)
@@ -156,11 +165,14 @@ def test_better_model_promoted_then_rollback_restores_previous(uses_store: Store
         "bob",
     )
     tags = MlflowClient().get_model_version(name, good).tags
-    assert tags["flywheel.transition.action"] == "rollback"
-    assert tags["flywheel.transition.reason"].startswith("false alarm")
-    assert tags["flywheel.transition.at"].endswith("+00:00")
+    assert tags["flywheel.transition"].startswith("rollback previous → production by bob at ")
+    assert tags["flywheel.transition"].endswith(f"+00:00: false alarm (rolled back from {first})")
     demoted = registry.read_history(name, first)
     assert [t.action for t in demoted][-3:] == ["demote", "rollback", "rollback"]
+    assert demoted[-3].reason == (
+        f"replaced by version {good} (promoted by alice: better on handwritten/shadow)"
+    )
+    assert demoted[-1].reason == f"rolled back to version {good} by bob: false alarm"
 
 
 def test_cli_evaluates_runs_and_refuses_the_bad_one(uses_store: Store, tmp_path: Path) -> None:
@@ -219,7 +231,7 @@ def test_cli_evaluates_runs_and_refuses_the_bad_one(uses_store: Store, tmp_path:
     ):
         assert gate in failed  # names, brackets included (not eaten as rich markup)
     assert "min_accuracy" not in failed
-    assert _aliases(name) == {"candidate": "2", "staging": "1", "production": "1"}
+    assert _aliases(name) == {"candidate": "2", "production": "1"}
 
     refused = runner.invoke(app, ["promote", "2", "--reason", "try", "--params", str(params)])
     assert refused.exit_code == 1

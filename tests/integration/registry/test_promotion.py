@@ -28,6 +28,8 @@ from tests.support.registry_store import aliases as _aliases
 from tests.support.registry_store import bless as _bless
 from tests.support.registry_store import register_versions as _register
 
+DATA_HASH = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
 pytestmark = pytest.mark.slow  # a real MLflow store and pt2 models: seconds, not milliseconds
 
 
@@ -45,9 +47,17 @@ def test_promote_without_production_then_replace_keeps_previous(uses_store: Stor
     registry.promote(name, v2, reason="second")
     _bless(name, v3, champion=v2)
     registry.promote(name, v3, reason="third")
-    aliases = _aliases(name)
-    assert (aliases["production"], aliases["previous"]) == (v3, v2)
+    # One stage alias per version: v3 was candidate and staging; production is all it holds.
+    assert _aliases(name) == {"production": v3, "previous": v2}
     assert registry.read_history(name, v1)[-1].action == "retire"  # dropped out of `previous`
+    demoted = registry.read_history(name, v2)[-1]
+    assert (demoted.action, demoted.from_role, demoted.to_role) == (
+        "demote",
+        "production",
+        "previous",
+    )
+    assert demoted.reason.startswith(f"replaced by version {v3} (promoted by ")
+    assert demoted.reason.endswith(": third)")
 
     unchanged = registry.promote(name, v3, reason="again")  # idempotent
     assert not unchanged.changed
@@ -115,14 +125,14 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     v1, v2 = _register(uses_store, name, 2)
     client = MlflowClient()
     client.set_model_version_tag(name, v1, "flywheel.git_commit", "feedfacecafe1234")
-    client.set_model_version_tag(name, v1, "flywheel.data_version", "0a1b2c3d4e5f.dir")
+    client.set_model_version_tag(name, v1, "flywheel.data_version", f"{DATA_HASH}.dir")
     _bless(name, v1, champion=None)
     _bless(name, v2, champion=None, passed=False)
     registry.promote(name, v1, reason="first")
 
     summaries = registry.list_versions(name)
     assert [s.version for s in summaries] == [v2, v1]
-    assert summaries[1].aliases == ("production", "staging")
+    assert summaries[1].aliases == ("production",)  # it gave up staging
     assert (summaries[0].blessed, summaries[1].blessed) == (False, True)
     assert summaries[1].eval_accuracy == pytest.approx(0.9)
     assert summaries[1].git_commit == "feedfacecafe1234"
@@ -138,6 +148,18 @@ def test_flywheel_models_lists_versions(uses_store: Store) -> None:
     assert "0.900" in lines[v1]
     assert "no" in lines[v2]
     assert "candidate" in lines[v2]
+
+    # At 80 columns (a narrow terminal, or a pipe without COLUMNS): a block per version,
+    # every value whole, instead of nine columns squeezed to a few letters per line.
+    narrow = CliRunner().invoke(app, ["models", "--model", name], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    shown = narrow.output.splitlines()
+    assert max(len(line) for line in shown) <= 80, narrow.output
+    assert f"version {v1} · production · blessed: yes · accuracy 0.900" in shown
+    assert f"version {v2} · candidate · blessed: no · accuracy 0.500" in shown
+    assert f"  data {DATA_HASH}" in shown  # the whole hash `flywheel data checkout` takes
+    assert any(line.startswith("  created ") and "git feedfacecafe" in line for line in shown)
+    assert any(line.startswith("  last: promote by ") for line in shown)
 
     refused = CliRunner().invoke(app, ["promote", v2, "--model", name, "--reason", "try"])
     assert refused.exit_code == 1

@@ -101,6 +101,7 @@ class StoredVersion:
         creation_timestamp: milliseconds since the epoch.
         last_updated_timestamp: milliseconds since the epoch.
         status: MLflow's status (`READY`, …).
+        description: its description (what people read on its page in the MLflow UI).
     """
 
     name: str
@@ -111,6 +112,7 @@ class StoredVersion:
     creation_timestamp: int = 0
     last_updated_timestamp: int | None = None
     status: str = "READY"
+    description: str | None = None
 
 
 class RegistryAccess(Protocol):
@@ -151,6 +153,10 @@ class RegistryAccess(Protocol):
     def set_registered_model_alias(self, name: str, alias: str, version: str) -> None: ...
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None: ...
+
+    def update_model_version(self, name: str, version: str, *, description: str) -> None:
+        """Set a version's description (MLflow's `update_model_version`)."""
+        ...
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
 

@@ -68,6 +68,9 @@ class ClientAccess:
     def update_registered_model(self, name: str, *, description: str) -> None:
         self._call(self.client.update_registered_model, name, description=description)
 
+    def update_model_version(self, name: str, version: str, *, description: str) -> None:
+        self._call(self.client.update_model_version, name, str(version), description=description)
+
     def rename_registered_model(self, name: str, new_name: str) -> None:
         self._call(self.client.rename_registered_model, name, new_name)
 
@@ -130,4 +133,5 @@ def _version(mv: ModelVersion) -> StoredVersion:
         creation_timestamp=int(mv.creation_timestamp or 0),
         last_updated_timestamp=mv.last_updated_timestamp,
         status=str(mv.status),
+        description=mv.description,
     )

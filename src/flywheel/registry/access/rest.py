@@ -152,6 +152,13 @@ class RestAccess:
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         self._call("DELETE", "registered-models/alias", {"name": name, "alias": alias})
 
+    def update_model_version(self, name: str, version: str, *, description: str) -> None:
+        self._call(
+            "PATCH",
+            "model-versions/update",
+            {"name": name, "version": str(version), "description": description},
+        )
+
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self._call(
             "POST",
@@ -214,4 +221,5 @@ def _version(raw: Mapping[str, Any]) -> StoredVersion:
         creation_timestamp=_int(raw.get("creation_timestamp")) or 0,
         last_updated_timestamp=_int(raw.get("last_updated_timestamp")),
         status=str(raw.get("status") or "READY"),
+        description=raw.get("description"),
     )

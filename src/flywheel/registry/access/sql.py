@@ -77,6 +77,7 @@ _versions = sa.Table(
     sa.Column("storage_location", sa.String(500)),
     sa.Column("run_id", sa.String(32)),
     sa.Column("status", sa.String(20)),
+    sa.Column("description", sa.String(5000)),
 )
 _model_tags = sa.Table(
     "registered_model_tags",
@@ -379,6 +380,21 @@ class SqlAccess:
                 )
             )
 
+    def update_model_version(self, name: str, version: str, *, description: str) -> None:
+        """The row MLflow's `update_model_version` writes: the description and its time."""
+        number = _check_version(name, version)
+        with self._write() as c:
+            _version_row(c, name, number)
+            c.execute(
+                _versions.update()
+                .where(
+                    _versions.c.workspace == WORKSPACE,
+                    _versions.c.name == name,
+                    _versions.c.version == number,
+                )
+                .values(description=description, last_updated_time=_now())
+            )
+
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self.set_model_version_tags(name, version, {key: value})
 
@@ -454,6 +470,7 @@ def _stored_version(row: Any, tags: Mapping[str, str]) -> StoredVersion:
         creation_timestamp=int(row.creation_time or 0),
         last_updated_timestamp=row.last_updated_time,
         status=row.status or "READY",
+        description=row.description,
     )
 
 
