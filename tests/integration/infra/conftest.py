@@ -15,10 +15,13 @@ Nothing under tests/integration/infra/ needs a cluster or a Docker engine:
 * test_images.py: the Dockerfile (hadolint, its stages, its /app without git)
   and `make images`;
 * test_cluster_runs.py: real processes started as the manifests start them
-  (the MLflow server, the Evidently UI, a Katib trial).
+  (the MLflow server, the Evidently UI, a Katib trial);
 * test_readme.py: the commands of infra/README.md's walkthrough against the
   rendered manifests (names, ports, the DVC remote, the KFP API, the settings
-  copied into the runs' namespace, run offline).
+  copied into the runs' namespace, run offline);
+* test_pipeline_pods.py: every step of the compiled `training` and `flywheel`
+  pipelines run as its pod would run it (tests/support/pod_runs.py), against
+  PostgreSQL, the MLflow server and an S3 server on 127.0.0.1.
 """
 
 from __future__ import annotations

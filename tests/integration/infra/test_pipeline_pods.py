@@ -1,36 +1,63 @@
-"""The compiled `training` pipeline, every step run as its pod would run it, against real services.
+"""The compiled `training` and `flywheel` pipelines, every step run as its pod would run it.
 
-Issue 12's proof without a cluster. The pipeline is compiled with the CLI
-(`flywheel pipeline compile training --gpus 0`); each task then runs its own
-`command` + `args` from the IR YAML with the executor input the KFP driver
-builds (tests/support/pod_runs.py), in an empty working directory with empty
-HOME, TMPDIR and FLYWHEEL_HOME, and only the environment the manifests give it:
-the ConfigMap `flywheel-config` and the Secret `flywheel-s3` of the rendered
-local overlay, with only the services' addresses swapped for 127.0.0.1 ports.
-Buckets, prefixes, keys and every other value are the manifests' own.
+Issue 12's proof without a cluster. Both pipelines are compiled with the CLI
+(`flywheel pipeline compile --gpus 0`, from a folder holding only the project's
+params.yaml); each task then runs its own `command` + `args` from the IR YAML
+with the executor input the KFP driver builds (tests/support/pod_runs.py), in
+an empty working directory with empty HOME, TMPDIR and FLYWHEEL_HOME, and only
+the environment the manifests give it: the ConfigMap `flywheel-config` and the
+Secret `flywheel-s3` of the rendered local overlay, with only the services'
+addresses swapped for 127.0.0.1 ports. Buckets, prefixes, keys and every other
+value are the manifests' own.
 
 The services are real: PostgreSQL (Debian's server) as the MLflow server's
 backend store, the MLflow server started with the Deployment's arguments and
 environment, its artifacts and the DVC remote and the shared state in an S3
-server (moto). A tiny dataset version is pushed to the DVC remote first, as a
-laptop does before a cluster run. A step that reads the repository's files or
-a local state folder has none to read and fails the test.
+server (moto). They start once for the module:
+
+1. `training`: a tiny dataset version is pushed to the DVC remote first, as a
+   laptop does before a cluster run; the run registers and promotes version 1.
+2. `flywheel`: `flywheel serve` with the serving Deployment's environment
+   serves version 1 and logs the demo simulator's drifted traffic into the
+   state bucket (the simulator's truth beside it, for the demo oracle that
+   labels); then every step (monitor, curate, the labelling steps, the
+   dataset update, the nested training) runs as a pod, and version 2 is
+   registered on the new data version. The assertions are on effects (in the
+   bucket, on the DVC remote, in PostgreSQL), not on how the steps are cut.
+
+A step that reads the repository's files or a local state folder has none to
+read and fails the test.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flywheel.config import EvaluateConfig, GatesConfig, Params, TrainConfig
+from flywheel.config import (
+    CurateConfig,
+    EvaluateConfig,
+    GatesConfig,
+    LabelConfig,
+    MonitorConfig,
+    Params,
+    Scenario,
+    TrainConfig,
+)
 from flywheel.data.remote import DataRemote
+from flywheel.demo.server import start_server
 from flywheel.tracking import TAG_DATA_VERSION
 from tests.support import REPO
 from tests.support.dvc_remote import publish_dataset, s3_server
@@ -51,15 +78,29 @@ pytestmark = pytest.mark.slow
 
 MODEL = "pod-digits"
 PLAN = tiny_plan(10, 4, 4)
+DRIFT = "handwritten_shadow_rotated"
+DRIFTED_REQUESTS = 30
+IMAGES_PER_REQUEST = 2
 PARAMS = Params(
     data=PLAN,
+    scenarios={
+        "in_distribution": Scenario(),
+        DRIFT: Scenario(
+            mix={"handwritten/shadow": 0.5, "handwritten/rotated": 0.5},
+            severity={"shadow": 1.6, "rotated": 1.6},
+        ),
+    },
     train=TrainConfig(
         experiment="pod-runs", seed=7, epochs=2, batch_size=16, patience=10, model=TINY_MODEL
     ),
     evaluate=EvaluateConfig(
         registered_model=MODEL, gates=GatesConfig(min_accuracy=0.0, min_slice_accuracy=None)
     ),
+    monitor=MonitorConfig(min_window_size=DRIFTED_REQUESTS * IMAGES_PER_REQUEST),
+    curate=CurateConfig(budget=16, strategy="margin"),
+    label=LabelConfig(labeler="flywheel.demo.oracle:OracleLabeler"),  # the demo's labeller
 )
+"""The one params.yaml of the project: compiled into both pipelines, baked into serving."""
 STEPS = ["validate-data", "train-model", "evaluate-model", "condition-1/promote-model"]
 
 
@@ -135,6 +176,14 @@ class Cluster:
             for obj in page.get("Contents", [])
         ]
 
+    def read(self, url: str) -> bytes:
+        """The object at `url` (boto3, not the library's filesystem layer)."""
+        parts = urlsplit(url)
+        body: bytes = (
+            self.client().get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"].read()
+        )
+        return body
+
 
 @pytest.fixture(scope="module")
 def cluster(
@@ -180,29 +229,30 @@ def data_version(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`flywheel pipeline compile training --gpus 0`, from a folder holding only params.yaml."""
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`flywheel pipeline compile --gpus 0`: every pipeline, from a folder with only params.yaml."""
     folder = tmp_path_factory.mktemp("compile")
     (folder / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
     done = subprocess.run(
-        [str(BIN / "flywheel"), "pipeline", "compile", "training", "--out", "dist", "--gpus", "0"],
+        [str(BIN / "flywheel"), "pipeline", "compile", "--out", "dist", "--gpus", "0"],
         cwd=folder,
-        env=subprocess_env({"PYTHONPATH": str(REPO / "src")}),  # this checkout's library
+        # This checkout's library and pipelines (an editable install may map another's).
+        env=subprocess_env({"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return folder / "dist" / "training.yaml"
+    return folder / "dist"
 
 
 @pytest.fixture(scope="module")
 def pod_run(
-    cluster: Cluster, data_version: str, package: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, data_version: str, packages: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> PodRun:
     runner = PodRunner(
-        package,
+        packages / "training.yaml",
         manifests=cluster.docs,
         overrides=cluster.overrides,
         workdir=tmp_path_factory.mktemp("pods"),
@@ -235,3 +285,186 @@ def test_artifacts_are_in_the_bucket(cluster: Cluster, pod_run: PodRun) -> None:
     stored = cluster.keys_under(cluster.config["MLFLOW_ARTIFACTS_DESTINATION"])
     assert any(key.endswith("MLmodel") for key in stored), stored[:20]
     assert cluster.keys_under(cluster.config["FLYWHEEL_DVC_REMOTE"]), "the data version"
+
+
+# ------------------------------------------------------------------ the flywheel pipeline
+#
+# What a cluster holds when the hourly monitor finds drift: version 1 promoted by
+# the training pipeline above (its reference profile on its run, in the bucket),
+# drifted traffic answered by the serving pod and logged into the state bucket,
+# the simulator's truth beside it (the demo oracle labels from it). Then every
+# step of the compiled `flywheel` pipeline, nested training included, as a pod.
+# Defined after the training tests on purpose: pytest runs a module's tests in
+# order, so those read the registry before version 2 exists.
+
+
+def _serving_environment(cluster: Cluster, home: Path) -> dict[str, str]:
+    """The serving container's environment from the manifests; only services' hosts swapped."""
+    (container,) = find(cluster.docs, "Deployment", "flywheel-serving")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return resolve_env(container, cluster.docs, {**cluster.overrides, "FLYWHEEL_HOME": str(home)})
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Drifted traffic served by version 1 and where its log and truth landed."""
+
+    state: str  # the ConfigMap's FLYWHEEL_STATE_URL
+    logged: list[str]  # keys of the prediction log in the bucket
+    truth: list[str]  # keys of the simulator's truth
+
+
+@pytest.fixture(scope="module")
+def traffic(cluster: Cluster, pod_run: PodRun, tmp_path_factory: pytest.TempPathFactory) -> Traffic:
+    """`flywheel serve` as the serving pod runs it, drifted traffic from the demo's simulator."""
+    assert pod_run.parameters["evaluate-model"]["Output"] is True  # version 1 in production
+    folder = tmp_path_factory.mktemp("serving")
+    params = folder / "params.yaml"  # the params.yaml baked into the serving image
+    params.write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    (folder / "home").mkdir()
+    state = cluster.config["FLYWHEEL_STATE_URL"]
+    pod_env = _serving_environment(cluster, folder / "home")
+    with start_server(params, env=pod_env, cwd=folder, log_path=folder / "server.log") as url:
+        # A laptop with the bucket's keys sends the traffic; the truth goes beside the log.
+        laptop = tmp_path_factory.mktemp("simulator")
+        command = [str(BIN / "flywheel"), "simulate", "--scenario", DRIFT, "--url", url]
+        size = ["--requests", str(DRIFTED_REQUESTS), "--images-per-request"]
+        simulator = subprocess.run(
+            [*command, *size, str(IMAGES_PER_REQUEST), "--seed", "1", "--params", str(params)],
+            cwd=laptop,
+            env=subprocess_env(
+                {
+                    "FLYWHEEL_STATE_URL": state,
+                    "FLYWHEEL_HOME": str(laptop),
+                    "AWS_ENDPOINT_URL": cluster.s3,
+                    "AWS_ACCESS_KEY_ID": cluster.keys["access-key"],
+                    "AWS_SECRET_ACCESS_KEY": cluster.keys["secret-key"],
+                    "AWS_DEFAULT_REGION": cluster.config["AWS_DEFAULT_REGION"],
+                }
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert simulator.returncode == 0, simulator.stdout + simulator.stderr
+    # the server flushed its log on shutdown
+    return Traffic(
+        state,
+        logged=cluster.keys_under(f"{state}/predictions/model={MODEL}"),
+        truth=cluster.keys_under(f"{state}/ground_truth"),
+    )
+
+
+@pytest.fixture(scope="module")
+def flywheel_run(
+    cluster: Cluster,
+    data_version: str,
+    traffic: Traffic,
+    packages: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> PodRun:
+    runner = PodRunner(
+        packages / "flywheel.yaml",
+        manifests=cluster.docs,
+        overrides=cluster.overrides,
+        workdir=tmp_path_factory.mktemp("flywheel-pods"),
+        run_id="pod-run-2",
+    )
+    return runner.run({"data_version": data_version, "epochs": 1})
+
+
+def test_the_serving_pod_logged_the_drifted_traffic_into_the_bucket(traffic: Traffic) -> None:
+    assert sum(k.endswith(".parquet") for k in traffic.logged) >= 1
+    assert sum(k.endswith(".png") for k in traffic.logged) == DRIFTED_REQUESTS * IMAGES_PER_REQUEST
+    assert any("-simulator-" in k for k in traffic.truth)
+
+
+def test_every_flywheel_step_passes_as_a_pod(flywheel_run: PodRun) -> None:
+    # Every condition held (drifted, enough labels, blessed or not): nothing skipped but promotion.
+    assert all(t.endswith("promote-model") for t in flywheel_run.skipped), flywheel_run.skipped
+    ran = {label.rsplit("/", 1)[-1] for label in flywheel_run.tasks}
+    assert {"monitor-drift", "curate-samples", "update-dataset"} <= ran, flywheel_run.seconds
+    assert {"validate-data", "train-model", "evaluate-model"} <= ran, flywheel_run.seconds
+
+
+def test_the_monitor_read_the_served_window_and_found_drift(
+    cluster: Cluster, traffic: Traffic, flywheel_run: PodRun
+) -> None:
+    (monitor,) = _tasks(flywheel_run, "monitor-drift")
+    assert flywheel_run.parameters[monitor]["Output"] is True
+    metrics = flywheel_run.artifacts[monitor]["metrics"].metadata
+    assert metrics["window_size"] == DRIFTED_REQUESTS * IMAGES_PER_REQUEST
+    assert metrics["model_version"] == 1
+    reports = cluster.keys_under(f"{traffic.state}/monitoring/reports")
+    assert any(k.endswith(".html") for k in reports), reports
+
+
+def test_curation_queued_a_batch_the_oracle_labelled(
+    cluster: Cluster, traffic: Traffic, flywheel_run: PodRun
+) -> None:
+    queue = cluster.keys_under(f"{traffic.state}/labeling/queue")
+    assert any(k.endswith(".json") for k in queue), queue
+    # The oracle's answers, imported as a person's export is, into the bucket's ground truth.
+    bucket = urlsplit(traffic.state).netloc
+    answers = [
+        pd.read_parquet(io.BytesIO(cluster.read(f"s3://{bucket}/{key}")))
+        for key in cluster.keys_under(f"{traffic.state}/ground_truth")
+        if "-oracle-" in key
+    ]
+    assert answers, "no labels imported"
+    assert 0 < sum(len(a) for a in answers) <= PARAMS.curate.budget
+
+
+def test_the_new_data_version_is_pushed_and_recorded_as_the_latest(
+    cluster: Cluster, data_version: str, flywheel_run: PodRun
+) -> None:
+    new = _new_data_version(flywheel_run)
+    assert new != data_version
+    remote = cluster.config["FLYWHEEL_DVC_REMOTE"]
+    digest = new.removesuffix(".dir")
+    stored = cluster.keys_under(remote)
+    assert any(k.endswith(f"/{digest[:2]}/{digest[2:]}.dir") for k in stored), stored[:20]
+    latest = json.loads(cluster.read(f"{remote}/flywheel/latest.json"))
+    assert latest["version"] == digest
+    # The nested training validated exactly that version, with the labelled traffic merged.
+    (validate,) = [t for t in _tasks(flywheel_run, "validate-data") if "/" in t]
+    dataset = flywheel_run.artifacts[validate]["dataset"]
+    assert dataset.metadata["data_version"] == new
+    manifest = pd.read_csv(Path(dataset.uri) / "manifest.csv")
+    production = manifest[manifest["source"] == "production"]
+    assert 0 < len(production) <= PARAMS.curate.budget
+
+
+def test_version_two_is_registered_in_postgres_with_the_new_data_version(
+    cluster: Cluster, flywheel_run: PodRun
+) -> None:
+    new = _new_data_version(flywheel_run)
+    (train,) = _tasks(flywheel_run, "train-model")
+    model = flywheel_run.artifacts[train]["model"].metadata
+    assert (model["name"], model["version"]) == (MODEL, "2")
+    registry = MlflowClient(tracking_uri=cluster.database, registry_uri=cluster.database)
+    version = registry.get_model_version(MODEL, "2")
+    assert version.tags[TAG_DATA_VERSION] == new
+    run = registry.get_run(version.run_id)
+    assert run.data.tags[TAG_DATA_VERSION] == new
+    assert run.data.tags["flywheel.pipeline_run_id"] == "pod-run-2"
+    assert version.run_id == model["run_id"]
+    # Its model and its run's artifacts (the reference profile the monitor will read) in the bucket.
+    model_id = model["model_uri"].removeprefix("models:/")
+    stored = cluster.keys_under(cluster.config["MLFLOW_ARTIFACTS_DESTINATION"])
+    assert any(f"/{model_id}/" in k and k.endswith("/MLmodel") for k in stored), stored[:20]
+    assert any(f"/{version.run_id}/artifacts/" in k for k in stored), stored[:20]
+
+
+def _tasks(run: PodRun, step: str) -> list[str]:
+    """The labels of the tasks that ran `step`, at any depth of nesting."""
+    return [label for label in run.tasks if label.rsplit("/", 1)[-1] == step]
+
+
+def _new_data_version(run: PodRun) -> str:
+    """The version the step that made one output (the nested training's `data_version`)."""
+    (update,) = _tasks(run, "update-dataset")
+    version: str = run.parameters[update]["Output"]
+    return version
