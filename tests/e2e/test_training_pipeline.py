@@ -178,6 +178,7 @@ def test_a_rerun_reuses_validation_and_gates_the_new_candidate(
     assert blessing.champion_version == "1"
     assert "min_accuracy" in blessing.failed_gates
     assert "Data Docs: " in out
+    assert f"evaluation picture, reliability: {root / '.flywheel'}" in out  # a file to open
     assert f"--backend-store-uri {_store(root)} --workers 1" in out
 
 

@@ -128,6 +128,7 @@ def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, reques
     for row in phases:
         if row.report is not None:
             console.print(f"drift report, {row.phase}: {row.report}", soft_wrap=True)
+    _print_pictures(p)
     console.print(
         "dashboards (Evidently UI + MLflow UI): [bold]make ui[/bold] or `flywheel ui`",
         soft_wrap=True,
@@ -180,3 +181,24 @@ def _show_served_prediction(p: Params, params: Path) -> None:
         "(POST /predict_image, /predict_images or /predict_arrays; docs at /):"
     )
     console.print(f"  {serve_command(params)}", soft_wrap=True, highlight=False)
+
+
+def _print_pictures(p: Params) -> None:
+    """Where the loop's pictures are: production's evaluation, the last curated batch."""
+    from flywheel.cli.summaries import evaluation_pictures
+    from flywheel.labeling.queue import queue_dir
+    from flywheel.registry import version_for_alias
+    from flywheel.storage import state_url
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    name = p.evaluate.registered_model
+    version = version_for_alias(name, p.serve.alias)
+    if version is not None:
+        for what, picture in evaluation_pictures(name, version).items():
+            console.print(f"version {version}'s evaluation, {what}: {picture}", soft_wrap=True)
+    queue = queue_dir(p.label, state_url(p.state.url))
+    if isinstance(queue, Path) and queue.is_dir():
+        batches = sorted(queue.glob("*.png"), key=lambda picture: picture.stat().st_mtime)
+        if batches:
+            console.print(f"the last curated batch, as a picture: {batches[-1]}", soft_wrap=True)

@@ -246,6 +246,7 @@ def print_outputs(run: Any) -> None:
 def print_training_summary(run: Any) -> None:
     """The promoted version, its aliases, the test metric per slice, the reports, the MLflow UI."""
     from flywheel.cli.summaries import (
+        evaluation_pictures,
         html_path,
         mlflow_training_url,
         mlflow_ui_command,
@@ -290,6 +291,8 @@ def print_training_summary(run: Any) -> None:
     console.print(f"Data Docs: {docs}", soft_wrap=True)
     report = html_path(run.outputs["evaluation"].path)
     console.print(f"evaluation report (HTML): {report}", soft_wrap=True)
+    for what, picture in evaluation_pictures(s.model_name, s.version).items():
+        console.print(f"evaluation picture, {what}: {picture}", soft_wrap=True)
     uri = resolve_tracking().uri
     if local_store_dir(uri) is not None:
         console.print(

@@ -126,3 +126,34 @@ def html_path(artifact: str | Path) -> Path:
     page = artifact.with_name(f"{artifact.name}.html")
     shutil.copyfile(artifact, page)
     return page
+
+
+def evaluation_pictures(model_name: str, version: str) -> dict[str, Path]:
+    """The evaluation pictures of a registered version, as files a person can open.
+
+    The reliability diagram and the worst mistakes are artifacts of the
+    version's training run (`flywheel.evaluation.candidate.log_pictures`); where
+    that run's artifacts are files on this machine (the embedded store), their
+    paths, by what each shows. Empty where they are elsewhere (a tracking
+    server's store: the MLflow UI shows them) or were not drawn (a task without
+    class probabilities, a model with no mistakes to show).
+    """
+    from urllib.parse import unquote, urlparse
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from flywheel.evaluation.candidate import ARTIFACT_DIR
+    from flywheel.evaluation.pictures import MISTAKES_PNG, RELIABILITY_PNG
+
+    client = MlflowClient()
+    try:
+        run_id = client.get_model_version(model_name, version).run_id
+        location = urlparse(client.get_run(run_id).info.artifact_uri if run_id else "")
+    except MlflowException:
+        return {}
+    if not location.path or location.scheme not in ("", "file"):
+        return {}
+    folder = Path(unquote(location.path)) / ARTIFACT_DIR
+    pictures = {"reliability": folder / RELIABILITY_PNG, "worst mistakes": folder / MISTAKES_PNG}
+    return {what: path for what, path in pictures.items() if path.is_file()}

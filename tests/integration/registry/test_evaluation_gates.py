@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flywheel import registry
+from flywheel.cli.summaries import evaluation_pictures
 from flywheel.evaluation import evaluate_candidate
 from flywheel.registry import PromotionRefusedError
 from tests.support.registry_store import CONFIG, PER_STRATUM, Store
@@ -76,6 +77,10 @@ def test_first_model_faces_absolute_gates_only_and_is_logged(uses_store: Store) 
         "evaluation/reliability.png",
         "evaluation/worst_mistakes.png",  # it gets a quarter wrong
     } <= artifacts
+    pictures = evaluation_pictures(name, version)  # what the CLI prints for people to open
+    assert set(pictures) == {"reliability", "worst mistakes"}
+    for path in pictures.values():
+        assert path.read_bytes().startswith(b"\x89PNG"), path
     page = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/evaluation/report.html")
     assert page.lstrip().lower().startswith("<!doctype html>")
     assert "min_accuracy" in page
