@@ -159,9 +159,8 @@ def decode_each(
     out: list[np.ndarray] = []
     try:
         for i, image in enumerate(images):
-            source = (
-                Path(image.filename) if isinstance(image.filename, str) and image.filename else b""
-            )
+            name = getattr(image, "filename", None)  # PIL sets it on images opened from files
+            source = Path(name) if isinstance(name, str) and name else b""
             out.append(preprocess(load_image(image, _name(source, i, len(images)))))
             image.close()
     finally:

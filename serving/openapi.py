@@ -24,6 +24,7 @@ from flywheel.serving_api import (
     PREDICT_ARRAYS_PATH,
     PREDICT_IMAGE_PATH,
     PREDICT_IMAGES_PATH,
+    PREDICTION_REFUSALS,
     READY_PATH,
 )
 
@@ -35,14 +36,7 @@ BEARER = "bearerAuth"
 ERROR_SCHEMA = "ErrorBody"
 """The spec's schema of a refusal: `{"error": "<what was wrong>"}`."""
 
-_BODY_REFUSALS = (
-    HTTPStatus.BAD_REQUEST,
-    HTTPStatus.REQUEST_TIMEOUT,
-    HTTPStatus.LENGTH_REQUIRED,
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-    HTTPStatus.SERVICE_UNAVAILABLE,
-)
+_BODY_REFUSALS = tuple(HTTPStatus(status) for status in PREDICTION_REFUSALS)
 """What a prediction route can refuse: the request guard, the decoder and the batcher."""
 
 _WHY = {

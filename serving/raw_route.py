@@ -28,6 +28,7 @@ from flywheel.serving_api import (
     IMAGE_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
     PREDICT_IMAGE_PATH,
+    PREDICTION_REFUSALS,
     READY_PATH,
     ErrorBody,
     Prediction,
@@ -43,15 +44,8 @@ RAW_ROUTES = FastAPI(
 """`/predict_image` and `/readyz`, mounted into the service's app; their spec joins BentoML's
 `/docs.json`."""
 _REFUSALS: dict[int | str, dict[str, Any]] = {
-    int(status): {"model": ErrorBody, "description": status.phrase}
-    for status in (
-        HTTPStatus.BAD_REQUEST,
-        HTTPStatus.REQUEST_TIMEOUT,
-        HTTPStatus.LENGTH_REQUIRED,
-        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-        HTTPStatus.SERVICE_UNAVAILABLE,
-    )
+    status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
+    for status in PREDICTION_REFUSALS
 }
 _RAW_IMAGE_BODY = {
     "requestBody": {

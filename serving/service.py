@@ -300,7 +300,7 @@ class Flywheel:
         if outcome.error is not None:
             status = HTTPStatus.BAD_GATEWAY
             ctx.response.status_code = int(status)
-            return JSONResponse(  # type: ignore[return-value]
+            return JSONResponse(
                 {"error": outcome.error, **result.model_dump()}, status_code=int(status)
             )
         return result

@@ -60,6 +60,11 @@ AUTHORIZATION_HEADER = "Authorization"
 ADMIN_SCHEME = "Bearer"
 WWW_AUTHENTICATE_HEADER = "WWW-Authenticate"
 RETRY_AFTER_HEADER = "Retry-After"
+
+PREDICTION_REFUSALS = (400, 408, 411, 413, 415, 503)
+"""The HTTP statuses a prediction route refuses with (body `{"error": ...}`): a malformed
+body (400), one not finished in time (408), no length (411), over a limit (413), a media
+type it does not take (415), no model served or the batcher full (503)."""
 """Seconds after which a 503 (not ready, or shed under load) is worth retrying."""
 
 PNG_MEDIA_TYPE = "image/png"
