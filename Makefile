@@ -22,7 +22,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps label-studio demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
+.PHONY: help setup system-deps chromium label-studio demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,19 +45,18 @@ ui: setup ## Dashboards until Ctrl-C: Evidently UI (drift over time) + MLflow UI
 # Root installs directly; anyone else through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-screenshot: setup ## PNG of the Evidently dashboard in headless Chromium (installs Debian's chromium if missing)
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
-	  echo "installing Debian's chromium (headless screenshots)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+screenshot: setup chromium ## PNG of the Evidently dashboard in headless Chromium (installs Debian's chromium if missing)
 	$(BIN)/python benchmarks/screenshot_dashboard.py
 
-screenshot-label-studio: setup label-studio ## PNG of a Label Studio task page (image + pre-annotation) in headless Chromium → /tmp
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
-	  echo "installing Debian's chromium (headless screenshots)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+screenshot-label-studio: setup label-studio chromium ## PNG of a Label Studio task page (image + pre-annotation) in headless Chromium → /tmp
 	$(BIN)/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
 
-system-deps: ## Debian packages the tests run for real: PostgreSQL (MLflow's backend store as deployed)
+chromium: ## Debian's chromium, if missing: pages are checked in headless Chromium (tests, screenshots)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium (pages are looked at in headless Chromium)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+system-deps: chromium ## Debian packages the tests run for real: PostgreSQL (MLflow's backend store as deployed), Chromium
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing Debian's postgresql (the tests start their own server on 127.0.0.1)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
