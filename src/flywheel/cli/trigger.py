@@ -75,6 +75,37 @@ class Target:
     credentials: Any
     out: Path
 
+    def submit(
+        self, entry: Any, params: Path, pairs: list[str], *, experiment: str, run_name: str
+    ) -> Any:
+        """Compile the catalog pipeline `entry` and submit one run of it here.
+
+        Raises:
+            pipelines.cluster.ClusterError: the endpoint refused it or did not answer.
+        """
+        from flywheel.cli.pipeline import ClusterOptions, submit_catalog_pipeline
+
+        return submit_catalog_pipeline(
+            entry,
+            params,
+            pairs,
+            host=self.host,
+            experiment=experiment,
+            run_name=run_name,
+            namespace=self.namespace,
+            credentials=self.credentials,
+            out=self.out,
+            options=ClusterOptions(),
+        )
+
+
+def _print_decision(decision: Any, location: Any, out: Any = console) -> None:
+    """A recorded decision for the log: its summary, the run's URL, where it was recorded."""
+    out.print(decision.summary(), soft_wrap=True)
+    if decision.run_url:
+        out.print(f"  {decision.run_url}", soft_wrap=True)
+    out.print(f"decision: {location}", soft_wrap=True)
+
 
 def target(
     host: str | None,
@@ -124,7 +155,7 @@ def trigger(
     budget left is below the cycle's cap, `curate.cost.per_cycle` set to what is
     left. A refused submission is recorded as `failed` and exits 2.
     """
-    from flywheel.cli.pipeline import ClusterOptions, pipeline_entry, submit_catalog_pipeline
+    from flywheel.cli.pipeline import pipeline_entry
     from flywheel.storage import state_url
     from flywheel.workflows.trigger import decide, failed, fired, record_decision
     from pipelines.cluster import ClusterError
@@ -136,17 +167,12 @@ def trigger(
         if decision.spend_limit is not None:
             run_pairs.append(f"curate.cost.per_cycle={decision.spend_limit}")
         try:
-            submission = submit_catalog_pipeline(
+            submission = where.submit(
                 pipeline_entry("curation", runnable=True),
                 params,
                 run_pairs,
-                host=where.host,
                 experiment=p.monitor.trigger.experiment,
                 run_name=f"curation-drift-{now:%Y%m%d-%H%M%S}",
-                namespace=where.namespace,
-                credentials=where.credentials,
-                out=where.out,
-                options=ClusterOptions(),
             )
         except ClusterError as err:
             decision = failed(decision, str(err))
@@ -155,11 +181,8 @@ def trigger(
             raise abort(f"the triggered run was not submitted: {err}") from None
         decision = fired(decision, submission.id, submission.url, submission.namespace)
     location = record_decision(state_url(p.state.url), decision)
-    out = err_console if json_out else console  # --json keeps stdout for the JSON
-    out.print(decision.summary(), soft_wrap=True)
-    if decision.run_url:
-        out.print(f"  {decision.run_url}", soft_wrap=True)
-    out.print(f"decision: {location}", soft_wrap=True)
+    # --json keeps stdout for the JSON
+    _print_decision(decision, location, err_console if json_out else console)
     return decision
 
 
@@ -180,12 +203,10 @@ def sync(
     (1 for a failed local run).
     """
     from flywheel.cli.pipeline import (
-        ClusterOptions,
         pipeline_entry,
         read_base_params,
         recorded_data_version,
         run_pipeline_locally,
-        submit_catalog_pipeline,
     )
     from flywheel.storage import state_url
     from flywheel.workflows.label_sync import (
@@ -228,24 +249,16 @@ def sync(
         console.print(f"update pipeline run {run.run_id}: {run.seconds:.0f} s; log: {run.log}")
     elif entry is not None and where is not None:
         try:
-            submission = submit_catalog_pipeline(
+            submission = where.submit(
                 entry,
                 params,
                 pairs,
-                host=where.host,
                 experiment=p.label.sync.experiment,
                 run_name=f"update-sync-{now:%Y%m%d-%H%M%S}",
-                namespace=where.namespace,
-                credentials=where.credentials,
-                out=where.out,
-                options=ClusterOptions(),
             )
         except ClusterError as err:
             raise give_up("kfp", f"was not submitted: {err}", 2) from None
         decision = started(decision, "kfp", submission.id, submission.url, submission.namespace)
     location = record_sync(state, decision)
-    console.print(decision.summary(), soft_wrap=True)
-    if decision.run_url:
-        console.print(f"  {decision.run_url}", soft_wrap=True)
-    console.print(f"decision: {location}", soft_wrap=True)
+    _print_decision(decision, location)
     return decision
