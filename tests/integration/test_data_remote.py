@@ -169,6 +169,40 @@ def test_checkout_brings_a_version_to_a_laptop_and_records_it(
     assert data_version(laptop, PLAN) == second
 
 
+def test_the_first_push_to_a_remote_records_the_latest_and_later_ones_say_they_do_not(
+    pod_env: S3Server, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """infra/README's step 2 (`flywheel data push`) leaves a latest version runs given none take."""
+    remote = find_remote()
+    laptop = make_git_dvc_repo(tmp_path / "laptop", remote=tmp_path / "unused")
+    dvc(laptop, "remote", "add", "-f", "-d", "s3", remote.url)
+    dvc(laptop, "remote", "modify", "s3", "endpointurl", pod_env.endpoint)
+    shutil.copytree(dataset.parent, laptop / "data")
+    first = track_dataset(laptop, PLAN, push=False)
+    (laptop / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
+    monkeypatch.chdir(laptop)
+
+    def flywheel(*args: str) -> str:
+        result = CliRunner().invoke(app, ["data", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert latest_version(remote, laptop) is None
+    assert f"recorded {first} as the latest data version" in flywheel("push")
+    assert first in flywheel("latest")
+    assert data_at_version(PARAMS, "", "", tmp_path / "pod").version == first
+
+    (laptop / "data" / PLAN.name / "notes.txt").write_text("a second version\n")
+    second = track_dataset(laptop, PLAN, push=False)
+    said = flywheel("push")
+    assert f"the latest data version stays {first}" in said
+    assert f"`flywheel data push --latest` makes it {second}" in said
+    assert latest_version(remote, laptop).version == first  # type: ignore[union-attr]
+
+    assert f"recorded {second} as the latest" in flywheel("push", "--latest")
+    assert second in flywheel("latest")
+
+
 def test_a_failed_pull_of_real_data_is_an_error_not_a_regeneration(
     pod_env: S3Server, dataset: Path, tmp_path: Path
 ) -> None:

@@ -169,13 +169,24 @@ def data_push(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     repo: RepoOpt = Path("."),
+    latest: Annotated[
+        bool,
+        typer.Option(
+            "--latest",
+            help="Record the pushed version as the latest (flywheel/latest.json next to the "
+            "remote), even when the remote records another one already.",
+        ),
+    ] = False,
 ) -> None:
     """Upload what the DVC remote lacks of the version data.dvc records, then check it all arrived.
 
     Looks every file up on the remote itself (DVC's `dvc push` trusts an index
     of what the remote holds, and uploads nothing when objects were deleted
-    from it). Finishes a killed track or merge first (and says so).
+    from it). Finishes a killed track or merge first (and says so). The first
+    version pushed to a remote is recorded as its latest, which cluster runs
+    given no version take; after that only `--latest` (or a track or merge) moves it.
     """
+    from flywheel.data.remote import find_remote, latest_version, record_latest
     from flywheel.data.sync import push_version
     from flywheel.data.versioning import DataVersionError
 
@@ -188,7 +199,16 @@ def data_push(
                 f"{repo}/.dvc/config names no default DVC remote: add one with "
                 "`dvc remote add -d NAME URL`"
             )
-    console.print(check.describe())
+        console.print(check.describe())
+        recorded = latest_version(find_remote(repo), repo)
+        if latest or recorded is None:
+            record_latest(repo, check.version)
+            console.print(f"recorded {check.version} as the latest data version")
+        elif recorded.version != check.version:
+            console.print(
+                f"the latest data version stays {recorded.version} (recorded {recorded.time} "
+                f"by {recorded.who}); `flywheel data push --latest` makes it {check.version}"
+            )
 
 
 def _recover(repo: Path, plan: DataPlan | None, *, strict: bool) -> None:
