@@ -33,6 +33,10 @@ class _TooManyHeaders(Exception):
     """Raised from the parser's header callback: stops parsing the request."""
 
 
+class _HeadersTooLarge(Exception):
+    """Raised from the parser's URL or header callback: stops parsing the request."""
+
+
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header size, count and time limits (module doc)."""
 
@@ -43,7 +47,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_headers = True  # waiting for (the rest of) a request's headers
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes of reads that ended inside the headers
+        self._parsed_bytes = 0  # request line and headers as parsed (a read that held them whole)
         self._header_count = 0
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -87,8 +92,11 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as err:
-            if isinstance(err.__context__, _TooManyHeaders) or isinstance(err, _TooManyHeaders):
+            cause = err.__context__
+            if isinstance(cause, _TooManyHeaders):
                 self._refuse(431, f"more than {self.max_headers} request headers")
+            elif isinstance(cause, _HeadersTooLarge):
+                self._refuse_size()
             else:
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
@@ -96,30 +104,46 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._in_headers:  # still no end of headers: all of `data` was headers
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
-                self._refuse(
-                    431, f"request headers exceed the limit of {self.max_header_bytes} bytes"
-                )
+                self._refuse_size()
 
     def on_message_begin(self) -> None:
         """A request's first byte: its headers are counted and timed from here."""
         super().on_message_begin()
         self._in_headers = True
         self._header_count = 0
+        self._parsed_bytes = 0
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        """(Part of) the request target: counted with the headers."""
+        self._count_parsed(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header; past `max_headers` the request is refused (431)."""
         self._header_count += 1
         if self._header_count > self.max_headers:
             raise _TooManyHeaders
+        self._count_parsed(len(name) + len(value) + 4)  # name: value\r\n
         super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        """Headers that arrived whole in one read never leave `_in_headers` in
+        `data_received`: they are counted here, as the parser hands them over."""
+        self._parsed_bytes += size
+        if self._parsed_bytes > self.max_header_bytes:
+            raise _HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         """The headers are in: stop the timer and the count, then hand the request on."""
         self._in_headers = False
         self._header_bytes = 0
+        self._parsed_bytes = 0
         self._disarm()
         super().on_headers_complete()
+
+    def _refuse_size(self) -> None:
+        self._refuse(431, f"request headers exceed the limit of {self.max_header_bytes} bytes")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with `message` and close the connection (no request is dispatched)."""

@@ -218,6 +218,17 @@ def test_header_size_count_and_time_are_limited_at_the_edge(server: Server) -> N
     assert f"{MAX_HEADER_BYTES} bytes".encode() in answer
     assert time.monotonic() - started < 5
 
+    # under the count limit, over the size limit, and whole: one read holds all of it
+    whole = (
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(f"X-H{i}: ".encode() + b"v" * 1000 + b"\r\n" for i in range(20))
+        + b"\r\n"
+    )
+    assert len(whole) > MAX_HEADER_BYTES
+    answer = _raw(server, whole)
+    assert _status(answer) == 431, answer[:300]
+    assert f"{MAX_HEADER_BYTES} bytes".encode() in answer
+
     many = (
         b"GET /readyz HTTP/1.1\r\nHost: x\r\n"
         + b"".join(f"X-H{i}: v\r\n".encode() for i in range(MAX_HEADERS + 10))

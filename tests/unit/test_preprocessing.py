@@ -74,8 +74,12 @@ def test_sixteen_bit_images_use_their_full_range() -> None:
     np.testing.assert_allclose(unit[0], levels / 65535.0, rtol=1e-6)
     png = Image.fromarray(levels)
     assert png.mode == "I;16"
-    with pytest.raises(PreprocessingError, match=r"16-bit grey image .* data\.channels: 1"):
-        Preprocessing(8, 3).to_unit(png)
+    rgb = Preprocessing(8, 3).to_unit(png)  # an RGB model: 8 bits of the whole range, x3
+    assert rgb.shape == (3, 8, 8)
+    eight_bit = np.rint(levels.astype(np.float64) * 255 / 65535) / 255
+    np.testing.assert_allclose(rgb[0], eight_bit, rtol=1e-6)
+    np.testing.assert_array_equal(rgb[0], rgb[2])
+    assert 0.3 < rgb.mean() < 0.7  # not saturated to white
 
 
 def test_serving_and_training_read_a_file_the_same_way(tmp_path: Path) -> None:

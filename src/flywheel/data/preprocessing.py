@@ -138,19 +138,18 @@ class Preprocessing:
     def convert(self, image: Image.Image) -> Image.Image:
         """EXIF orientation applied, transparency on white, channels as defined; size kept.
 
-        Grey is `L` (8-bit) or `I;16` (16-bit kept as it is); RGB is `RGB`.
-
-        Raises:
-            PreprocessingError: a 16-bit grey image where RGB is asked for.
+        Grey is `L` (8-bit) or `I;16` (16-bit kept as it is); RGB is `RGB`. A
+        16-bit grey image asked for as RGB is scaled to 8 bits over its whole
+        range (65535 → 255; PIL's own conversion clips at 255, which turns
+        nearly every 16-bit level white) and its grey copied to the three channels.
         """
         if image.getexif().get(_ORIENTATION_TAG, 1) != 1:
             image = ImageOps.exif_transpose(image)
         if image.mode in HIGH_DEPTH_MODES:
             if self.channels == 3:
-                raise PreprocessingError(
-                    f"a 16-bit grey image ({image.mode}) cannot be read as RGB: "
-                    "set data.channels: 1 for 16-bit grey data"
-                )
+                levels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+                eight = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+                return Image.fromarray(eight, mode="L").convert("RGB")
             return image if image.mode == "I;16" else image.convert("I;16")
         if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
