@@ -120,7 +120,7 @@ def promote(
             return AliasChange(
                 name, version, aliases.get(ALIAS_PREVIOUS), changed=False, finished=finished
             )
-        _refuse_if_overtaken(name, "promote", seen, model.tags, force)
+        _refuse_if_overtaken(name, "promote", seen, model.tags, force, finished)
         blessing = _promotable_verdict(name, version, candidate, current)
         old_previous = aliases.get(ALIAS_PREVIOUS)
         txid, at = new_txid(), utc_now()
@@ -212,20 +212,35 @@ def _dropped_stages(aliases: Mapping[str, str], production: str) -> dict[str, st
 
 
 def _refuse_if_overtaken(
-    name: str, action: str, seen: LogEntry | None, tags: Mapping[str, str], force: bool
+    name: str,
+    action: str,
+    seen: LogEntry | None,
+    tags: Mapping[str, str],
+    force: bool,
+    finished: Intent | None = None,
 ) -> None:
     """Refuse when a transition finished between this command's first read and the lock.
 
-    Such a transition was made (or finished after a crash) while this command
-    waited: going on would undo it, which the operator did not see or decide.
+    Such a transition was made while this command waited, or was one a killed
+    process left half-done that this command finished (`finished`): going on
+    would undo it, which the operator did not see or decide.
     """
     latest = last_transition(tags)
     if force or latest is None or latest == seen:
         return
+    if finished is not None and latest.txid == finished.txid:
+        how = (
+            f"this {action} first finished an interrupted {finished.action} (its process, "
+            f"{finished.process}, died half-way): {latest.describe()}"
+        )
+    else:
+        how = (
+            f"while this {action} waited for the registry lock, another transition was made: "
+            f"{latest.describe()}"
+        )
     raise TransitionOvertakenError(
-        f"model {name!r}: while this {action} waited for the registry lock, another transition "
-        f"was made: {latest.describe()}; production is now version {latest.production}. "
-        f"Look at `flywheel models`, then run the {action} again, or add --force to go on anyway",
+        f"model {name!r}: {how}; production is now version {latest.production}. Look at "
+        f"`flywheel models`, then run the {action} again, or add --force to go on anyway",
         overtaken_by=latest.txid,
     )
 
@@ -321,7 +336,7 @@ def rollback(
                 f"model {name!r}: 'previous' and 'production' are both version {current} "
                 "(set by hand?); promote a blessed version instead"
             )
-        _refuse_if_overtaken(name, "rollback", seen, model.tags, force)
+        _refuse_if_overtaken(name, "rollback", seen, model.tags, force, finished)
         blessing = _verdict_from_tags(_get_version(client, name, target).tags)
         if blessing is None or not blessing.blessed:
             raise PromotionRefusedError(

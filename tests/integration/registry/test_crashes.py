@@ -194,3 +194,36 @@ def test_killed_transition_on_a_tracking_server_is_finished_without_waiting_for_
     assert not [r for r in caplog.records if "waiting for the registry lock" in r.getMessage()]
     names = {m.name for m in MlflowClient().search_registered_models()}
     assert not any(n.startswith(name + registry.LOCK_SUFFIX) for n in names)
+
+
+def test_another_transition_after_a_kill_finishes_it_then_asks_before_undoing_it(
+    uses_store: Store, tmp_path: Path
+) -> None:
+    """A rollback run after a killed promote: the promote is finished first and named; the
+    rollback, which would undo what the operator has not seen yet, waits for a rerun."""
+    name = "crash-then-rollback"
+    q, p, v = _three_versions(name, _register(uses_store, name, 3))
+    _killed_at(
+        "alias:previous",
+        uses_store.uri,
+        tmp_path,
+        "promote",
+        v,
+        "--model",
+        name,
+        "--reason",
+        "ship",
+    )
+
+    result = CliRunner().invoke(
+        app, ["rollback", "--model", name, "--reason", "bad"], env={"COLUMNS": "200"}
+    )
+
+    assert result.exit_code == 1, result.output
+    assert "this rollback first finished an interrupted promote" in result.output
+    assert f"production is now version {v}" in result.output
+    touched = {v: {("promote", "production")}, p: {("demote", "previous")}, q: {("retire", "none")}}
+    _check_converged(name, "promote", v, p, touched)
+
+    assert f"production → version {p}" in _cli("rollback", "--model", name, "--reason", "bad")
+    assert (_aliases(name)["production"], _aliases(name)["previous"]) == (p, v)
