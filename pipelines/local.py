@@ -37,6 +37,7 @@ from flywheel.env import TELEMETRY_OFF, state_dir
 from flywheel.storage import STATE_URL_ENV, is_url
 from flywheel.tracking import PIPELINE_RUN_ID_ENV, resolve_tracking
 from flywheel.workflows import LOG_PREFIX
+from pipelines.step_server import shared_server, warm_steps
 
 EventKind = Literal["start", "cached", "done", "failed", "message"]
 
@@ -351,14 +352,22 @@ def run_locally(
 
     started = time.perf_counter()
     saved_tempdir = tempfile.tempdir
+    steps = shared_server()
     with (
         log_path.open("w") as log_file,
         _environment(env),
         warnings.catch_warnings(),
+        warm_steps(steps),
     ):
         # The image is for clusters; the subprocess runner warns about any non-Python one.
         warnings.filterwarnings("ignore", message=_IMAGE_WARNING, category=RuntimeWarning)
         run_log = _RunLog(log_file, record)
+        log_file.write(
+            "steps start cold, each a new process (FLYWHEEL_COLD_STEPS is set)\n"
+            if steps is None
+            else f"steps are forked from the step server in {steps.folder} (imports paid once; "
+            "FLYWHEEL_COLD_STEPS=1 starts each cold)\n"
+        )
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(root / "outputs"),

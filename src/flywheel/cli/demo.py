@@ -60,8 +60,10 @@ def demo(
 
     from flywheel.data.sync import push_version
     from flywheel.data.versioning import DataVersionError, ensure_dataset
+    from pipelines.step_server import shared_server
 
     started = time.perf_counter()
+    shared_server()  # the steps' imports, paid once, while the data is made ready
     entry = pipeline_entry("training", runnable=True)
     p = read_base_params(params, set_)
     with exit_on(DataVersionError):

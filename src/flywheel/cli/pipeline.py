@@ -325,6 +325,9 @@ def pipeline_run(
     promoted. Exits 1 when a step fails (a failed data validation stops the run
     before training).
     """
+    from pipelines.step_server import shared_server
+
+    shared_server()  # the steps' imports, paid once, while the pipeline is built
     entry = pipeline_entry(name, runnable=True)
     p = read_base_params(params, set_)
     run = run_pipeline_locally(entry, p, list(set_ or []), recorded_data_version(p), cache)
