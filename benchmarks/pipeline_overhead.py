@@ -10,12 +10,17 @@ champion — the same work):
   work of the steps.
 * **direct, new process**: the same calls in a new Python process: the work
   plus importing GX, torch and MLflow once.
-* **pipeline**: `pipelines.local.run_locally` on the training pipeline, cache
-  empty: the KFP local runner, each step a subprocess of this interpreter
-  (imports paid per step), artifacts copied into the pipeline root.
-* **pipeline, re-run**: the same run again with unchanged inputs, cache on:
-  validation and training come from the cache; evaluation and promotion (never
-  cached: they depend on the registry) run again.
+* **pipeline, cold steps**: `pipelines.local.run_locally` on the training
+  pipeline with `FLYWHEEL_COLD_STEPS=1`, cache empty: the KFP local runner as
+  KFP ships it, each step a new `python -m kfp.dsl.executor_main` process
+  (imports paid per step), artifacts copied into the pipeline root;
+* **pipeline, cold steps, re-run**: the same run again with unchanged inputs,
+  cache on: validation and training come from the cache; evaluation and
+  promotion (never cached: they depend on the registry) run again;
+* **pipeline** and **pipeline, re-run**: the same two runs with each step forked
+  from the warm step server (`pipelines.step_server`, the default), started
+  before the run as `flywheel pipeline run` and `flywheel demo` start it (its
+  imports, once per process, are reported on their own line).
 
 Ratios are against *direct, warm* (1.00 = no overhead) and, for the re-run,
 against the first pipeline run. Sides run in the order above; with `--repeats`
@@ -45,6 +50,7 @@ from rich.table import Table
 
 from flywheel.config import DataPlan, EvaluateConfig, GatesConfig, Params, load_params
 from flywheel.env import disable_telemetry
+from pipelines.step_server import COLD_ENV, shared_server
 
 STEPS = ("validate-data", "train-model", "evaluate-model", "promote-model")
 
@@ -159,21 +165,34 @@ def run_direct_fresh(params: Params, repo: Path, version: str, folder: Path) -> 
     return time.perf_counter() - tick
 
 
-def run_pipeline(params: Params, repo: Path, version: str) -> tuple[float, dict[str, float]]:
-    """The training pipeline on the KFP local runner with caching on; wall time, per-step times."""
+def run_pipeline(
+    params: Params, repo: Path, version: str, *, cold: bool = False
+) -> tuple[float, dict[str, float]]:
+    """The training pipeline on the KFP local runner with caching on; wall time, per-step times.
+
+    `cold`: every step a new process (`FLYWHEEL_COLD_STEPS=1`), as KFP's subprocess runner.
+    """
     from pipelines.arguments import pipeline_arguments
     from pipelines.catalog import get_pipeline
     from pipelines.local import run_locally
 
     entry = get_pipeline("training")
     pipeline = entry.build(params, data_version=version, target="local")
-    run = run_locally(
-        pipeline,
-        pipeline_arguments(params, [], data_version=version, repo=str(repo)),
-        name=entry.name,
-        output_tasks=entry.outputs,
-        caching=True,
-    )
+    saved = os.environ.pop(COLD_ENV, None)
+    if cold:
+        os.environ[COLD_ENV] = "1"
+    try:
+        run = run_locally(
+            pipeline,
+            pipeline_arguments(params, [], data_version=version, repo=str(repo)),
+            name=entry.name,
+            output_tasks=entry.outputs,
+            caching=True,
+        )
+    finally:
+        os.environ.pop(COLD_ENV, None)
+        if saved is not None:
+            os.environ[COLD_ENV] = saved
     return run.seconds, dict(run.task_seconds)
 
 
@@ -209,14 +228,22 @@ def main() -> None:
         )
         warm: list[dict[str, float]] = []
         fresh: list[float] = []
+        cold_pipeline: list[tuple[float, dict[str, float]]] = []
+        cold_rerun: list[tuple[float, dict[str, float]]] = []
         fresh_pipeline: list[tuple[float, dict[str, float]]] = []
         rerun: list[tuple[float, dict[str, float]]] = []
         with state(root / "warm-up"):
             run_direct(params, root / "repo", version, root / "warm-up" / "work")
+        server = shared_server()
+        assert server is not None, f"unset {COLD_ENV} to measure the step server"
+        server_s = server.wait_ready()
         for i in range(args.repeats):
             with state(root / f"direct-{i}"):
                 warm.append(run_direct(params, root / "repo", version, root / f"direct-{i}"))
             fresh.append(run_direct_fresh(params, root / "repo", version, root / f"fresh-{i}"))
+            with state(root / f"cold-{i}"):
+                cold_pipeline.append(run_pipeline(params, root / "repo", version, cold=True))
+                cold_rerun.append(run_pipeline(params, root / "repo", version, cold=True))
             with state(root / f"pipeline-{i}"):
                 fresh_pipeline.append(run_pipeline(params, root / "repo", version))
                 rerun.append(run_pipeline(params, root / "repo", version))
@@ -229,6 +256,16 @@ def main() -> None:
     rows = [
         ("direct, warm", direct, direct_total),
         ("direct, new process", {}, statistics.median(fresh)),
+        (
+            "pipeline, cold steps",
+            median_steps([s for _, s in cold_pipeline]),
+            statistics.median(t for t, _ in cold_pipeline),
+        ),
+        (
+            "pipeline, cold steps, re-run",
+            median_steps([s for _, s in cold_rerun]),
+            statistics.median(t for t, _ in cold_rerun),
+        ),
         (
             "pipeline",
             median_steps([s for _, s in fresh_pipeline]),
@@ -253,11 +290,17 @@ def main() -> None:
         ]
         table.add_row(name, *cells, f"{total:.1f}", f"{total / direct_total:.2f}")
     console.print(table)
-    pipeline_total = rows[2][2]
+    for label, first, again in (
+        ("cold steps", rows[2][2], rows[3][2]),
+        ("warm", rows[4][2], rows[5][2]),
+    ):
+        console.print(
+            f"{label}: pipeline / direct warm = {first / direct_total:.2f}, "
+            f"pipeline / direct in a new process = {first / rows[1][2]:.2f}; "
+            f"re-run with unchanged inputs / first run = {again / first:.2f}"
+        )
     console.print(
-        f"orchestration overhead: pipeline / direct warm = {pipeline_total / direct_total:.2f}, "
-        f"pipeline / direct in a new process = {pipeline_total / rows[1][2]:.2f}; "
-        f"re-run with unchanged inputs / first run = {rows[3][2] / pipeline_total:.2f}"
+        f"the step server's imports, once per process (before the first warm run): {server_s:.1f} s"
     )
 
 

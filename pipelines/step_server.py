@@ -173,6 +173,18 @@ class StepServer:
         """The server's process id (every warm step's parent); None before `start`."""
         return None if self._process is None else self._process.pid
 
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """Wait until the server's imports are done (it listens); the seconds since `start`."""
+        deadline = time.monotonic() + timeout
+        while self.alive and not self.socket_path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the step server did not finish its imports in {timeout} s")
+            time.sleep(0.05)
+        if not self.alive:
+            raise RuntimeError(f"the step server ended (its log: {self.folder}/server.log)")
+        assert self.started_at is not None
+        return time.perf_counter() - self.started_at
+
     def stop(self) -> None:
         """Stop the server (its running step, if any, dies with it) and remove its socket."""
         if self._process is not None and self._process.poll() is None:
