@@ -29,7 +29,7 @@ from flywheel.config import DataPlan, Params, Strata, load_params
 from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import sha256_file
 from flywheel.data.sync import check_remote
-from flywheel.data.transaction import JOURNAL, STAGING, work_dir
+from flywheel.data.transaction import JOURNAL, STAGING, read_journal, work_dir
 from flywheel.data.versioning import DataVersionError, data_version, ensure_dataset, is_clean
 from flywheel.processes import FAULT_ENV
 from flywheel.workflows.datasets import data_at_version
@@ -57,7 +57,7 @@ MERGE_STEPS = (  # (step, what the next command says it did)
     ("merge:staged", REMOVED),  # the copy built and gated, nothing recorded
     ("merge:intent", UNDID),  # the journal written
     ("merge:switched", UNDID),  # data/ switched to the merged folder; data.dvc still old
-    ("track:added", FINISHED),  # data.dvc names the new version; nothing pushed
+    ("track:added", FINISHED),  # dvc add ran, its data.dvc text in the journal; nothing pushed
     ("track:pushing", FINISHED),  # half the files pushed
 )
 """A merge's own steps; after `dvc add` it runs the same code as a track (`finish`), whose
@@ -65,7 +65,7 @@ every step `TRACK_STEPS` kills (without the data gate's cost)."""
 SWITCH = 3
 """From `MERGE_STEPS[SWITCH]` on, data/ is the merged folder when the process dies."""
 TRACK_STEPS = (
-    pytest.param(0, "track:added"),  # data.dvc names the new version; nothing pushed
+    pytest.param(0, "track:added"),  # dvc add ran, its data.dvc text in the journal; no push
     pytest.param(1, "track:pushing"),  # half the files pushed
     pytest.param(2, "track:pushed", marks=pytest.mark.slow),  # not yet checked on the remote
     pytest.param(3, "track:verified", marks=pytest.mark.slow),  # the latest not yet recorded
@@ -199,7 +199,8 @@ def test_a_merge_killed_at_each_step_is_undone_or_finished(
     assert left in (world.old_tree, world.new_tree), f"{step}: data/ is half merged"
     assert left == (world.old_tree if i < SWITCH else world.new_tree)
     undone = said != FINISHED
-    assert data_version(repo, PLAN) == (world.old if undone else world.new)
+    # data.dvc names the new version only once the remote holds all of it
+    assert data_version(repo, PLAN) == world.old
 
     if i % 2 == 0:  # any data command puts it right first: here `flywheel data ensure`
         code, out = _flywheel(project, "data", "ensure")
@@ -238,8 +239,13 @@ def test_a_track_killed_before_its_push_was_verified_is_finished(
     code, out = _flywheel(project, "data", "track", fault=step)
 
     assert code == -signal.SIGKILL, (step, code, out)
-    version = data_version(repo, PLAN)
-    assert version != template.old  # `dvc add` recorded it: from here on it is finished
+    # `dvc add` ran: from here on it is finished; data.dvc names it once it is pushed
+    assert data_version(repo, PLAN) == template.old
+    journal = read_journal(repo)
+    assert journal is not None
+    assert journal.pending is not None
+    version = str(yaml.safe_load(journal.pending)["outs"][0]["md5"]).removesuffix(".dir")
+    assert version != template.old
     next_command = ("data", "ensure") if i % 2 == 0 else ("data", "track")
     code, out = _flywheel(project, *next_command)
     assert code == 0, out
@@ -308,3 +314,34 @@ def test_a_clone_that_cannot_pull_is_told_which_files_the_remote_lacks(
     assert f"lacks 2 of {len(template.old_tree)} files of data version {template.old}" in out
     assert "this machine's DVC cache lacks them too" in out
     assert not (repo / "data").exists()
+
+
+def test_a_track_whose_push_fails_records_the_version_once_a_later_push_succeeds(
+    template: Template, tmp_path: Path
+) -> None:
+    """An unreachable remote: data.dvc keeps the old version; the next data command pushes."""
+    project = _copy(template.root, tmp_path / "case")
+    repo = project / "repo"
+    (repo / "data" / PLAN.name / "notes.txt").write_text("a second version\n")
+    config = repo / ".dvc" / "config"
+    reachable = config.read_text()
+    config.write_text(reachable.replace(str(project / "remote"), "/dev/null/remote"))
+
+    code, out = _flywheel(project, "data", "track")
+
+    assert code == 1, out
+    assert "its push failed (the warning above says why), so data.dvc does not record it" in out
+    assert "/dev/null/remote" in out  # the warning: which remote, and why
+    assert data_version(repo, PLAN) == template.old
+    journal = read_journal(repo)
+    assert journal is not None
+    assert journal.pending is not None
+
+    config.write_text(reachable)
+    code, out = _flywheel(project, "data", "push")
+
+    assert code == 0, out
+    assert "finished an interrupted track (process " in out
+    version = data_version(repo, PLAN)
+    assert version != template.old
+    _check_converged(project, version, _tree(repo / "data"))

@@ -283,9 +283,24 @@ def data_track(
     with exit_on(DataVersionError):
         _recover(repo, plan, strict=False)
         version = track_dataset(repo, plan, push=push)
+    _refuse_unpushed(repo, version)
     console.print(
         f"data version [bold]{version}[/bold]; commit {dvc_file(repo, plan).name} to share it"
     )
+
+
+def _refuse_unpushed(repo: Path, version: str) -> None:
+    """Exit 1 when `version` is in data/ but its push failed, so data.dvc does not record it."""
+    from flywheel.data.transaction import read_journal
+
+    journal = read_journal(repo)
+    if journal is not None and journal.pending is not None:
+        raise abort(
+            f"data version {version} is in data/ but its push failed (the warning above says "
+            "why), so data.dvc does not record it yet: `flywheel data push` pushes it and "
+            "records it once the remote answers",
+            code=1,
+        )
 
 
 def _only(values: tuple[str, ...]) -> str:
@@ -359,6 +374,7 @@ def data_merge(
     print_skipped(merge.skipped)
     if merge.nothing_merged is not None:
         raise abort(merge.nothing_merged, code=1)
+    _refuse_unpushed(repo, update.version)
     _settle(p, update.version)
     if update.changed:
         console.print(

@@ -110,8 +110,16 @@ def check_remote(
         return _check(dvc, odb, plan, version)
 
 
-def push_version(repo: str | Path, plan: DataPlan | None = None) -> RemoteCheck | None:
-    """Upload what the remote lacks of the version `data.dvc` records, then check it all arrived.
+def push_version(
+    repo: str | Path, plan: DataPlan | None = None, version: str | None = None
+) -> RemoteCheck | None:
+    """Upload what the remote lacks of a version, then check it all arrived.
+
+    Args:
+        repo: the repository (its default remote, its DVC cache).
+        plan: the data plan (where `data.dvc` is).
+        version: the version to push (default: the one `data.dvc` records); a
+            new one is pushed before `data.dvc` names it (`flywheel.data.transaction`).
 
     Returns:
         The check after the push (complete); None when there is no default remote.
@@ -124,7 +132,7 @@ def push_version(repo: str | Path, plan: DataPlan | None = None) -> RemoteCheck 
     from dvc_data.hashfile.hash_info import HashInfo
     from dvc_data.hashfile.transfer import transfer
 
-    version = data_version(repo, plan)
+    version = version or data_version(repo, plan)
     with _remote_odb(repo) as found:
         if found is None:
             return None

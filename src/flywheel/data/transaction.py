@@ -18,21 +18,25 @@ right. The protocol:
 3. **Switch.** The staged folder and the dataset folder trade places in one
    `renameat2(RENAME_EXCHANGE)` (Linux); where the kernel or filesystem
    cannot, two renames through `<staged>.old`, which recovery also knows.
-4. **Record.** `dvc add` writes the cache, then `data.dvc`. This is the
-   commit point: before it, recovery *undoes* (the old folder is swapped back,
-   the old `data.dvc` text restored) and a rerun merges again; after it,
-   recovery *finishes*.
-5. **Push and verify.** Every file of the version is uploaded and then
-   looked up on the remote (`flywheel.data.sync`); then the latest-version
-   record. Only then are the journal and the staged (old) folder removed.
+4. **Add.** `dvc add` writes the cache and the new `data.dvc` text; when the
+   version is to be pushed, that text goes into the journal (`pending`: the
+   commit point) and `data.dvc` is put back as it was, so it never names a
+   version the remote does not hold. Before the commit point, recovery
+   *undoes* (the old folder is swapped back, the old `data.dvc` text
+   restored) and a rerun merges again; after it, recovery *finishes*.
+5. **Push and verify.** Every file of the version is uploaded from the cache
+   and then looked up on the remote (`flywheel.data.sync`). Only then is the
+   pending text written into `data.dvc` (atomically), the latest-version
+   record written, and the journal and the staged (old) folder removed.
 
-A kill after `dvc add` and before a verified push is finished by pushing the
-pending version forward, not by putting `data.dvc` back: the data folder
-already is that version and the local cache holds every file of it (`dvc add`
-put them there), while going back would leave the folder not matching
-`data.dvc` and throw away a merge that passed the data gate. A push that fails
-for another reason (the remote unreachable) keeps the journal, so the next
-command tries again and `flywheel data ensure` refuses until it succeeds.
+A kill after the commit point is finished by pushing the pending version
+forward, not by undoing it: the data folder already is that version and the
+local cache holds every file of it (`dvc add` put them there), while going back
+would throw away a merge that passed the data gate. A push that fails for
+another reason (the remote unreachable) keeps the journal and `data.dvc` as it
+was, so the next data command tries again and records the version once it is
+pushed. (A kill in the instant between `dvc add` writing `data.dvc` and the
+journal's note is finished the same way, from `data.dvc`'s text.)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,6 +85,8 @@ class Journal:
         dataset: a merge's dataset folder, relative to the repository.
         staged: a merge's staged folder, relative to the repository.
         manifest_sha256: the SHA-256 of the merged manifest (tells the folders apart).
+        pending: `data.dvc`'s new text, written there once the new version is pushed
+            and verified (None: `dvc add` has not run, or nothing is to be pushed).
     """
 
     op: str
@@ -92,6 +98,7 @@ class Journal:
     dataset: str | None = None
     staged: str | None = None
     manifest_sha256: str | None = None
+    pending: str | None = None
 
 
 def work_dir(repo: str | Path) -> Path:
@@ -131,8 +138,12 @@ def begin(repo: str | Path, plan: DataPlan | None, op: str, *, push: bool, **mer
         started=datetime.now(UTC).isoformat(timespec="seconds"),
         **merge,
     )
-    _write_atomic(work_dir(repo) / JOURNAL, json.dumps(asdict(journal), indent=2).encode())
+    _write_journal(repo, journal)
     return journal
+
+
+def _write_journal(repo: str | Path, journal: Journal) -> None:
+    _write_atomic(work_dir(repo) / JOURNAL, json.dumps(asdict(journal), indent=2).encode())
 
 
 def end(repo: str | Path) -> None:
@@ -226,6 +237,11 @@ def recover(repo: str | Path, plan: DataPlan | None = None) -> str | None:
         )
     recorded = _recorded(repo, plan)
     who = f"process {journal.pid}, started {journal.started}"
+    if journal.pending is not None:  # past the commit point: push, then record
+        version = _version_in(journal.pending)
+        pushed = _push_and_record(repo, plan, version, journal.pending)
+        end(repo)
+        return f"finished an interrupted {journal.op} ({who}): data version {version}{pushed}"
     if recorded is None or recorded == journal.before:  # `dvc add` did not record it: undo
         if journal.op == "merge":
             _swap_back(repo, journal)
@@ -240,7 +256,9 @@ def recover(repo: str | Path, plan: DataPlan | None = None) -> str | None:
             f"an interrupted `flywheel data track` ({who}) recorded nothing; data.dvc still "
             f"records {journal.before}"
         )
-    pushed = _push_and_record(repo, plan, recorded) if journal.push else ""
+    # killed between `dvc add` writing data.dvc and the journal's note of it
+    pointer = dvc_file(repo, plan).read_text()
+    pushed = _push_and_record(repo, plan, recorded, pointer) if journal.push else ""
     end(repo)
     return f"finished an interrupted {journal.op} ({who}): data version {recorded}{pushed}"
 
@@ -283,37 +301,53 @@ def commit_merge(
 
 
 def finish(repo: Path, plan: DataPlan | None, version: str, *, push: bool) -> str:
-    """After `dvc add`: push and verify (when asked), record the latest, end the transaction.
+    """After `dvc add`: push and verify (when asked), then record the version in `data.dvc`.
 
-    A push that fails keeps the journal (the next command tries again) and is a
-    warning here: the version is recorded and safe in the local cache.
+    `data.dvc`'s new text waits in the journal while the version is pushed
+    (module doc); a push that fails keeps it there, and `data.dvc` as it was
+    (the next data command tries again), and is a warning here: the version is
+    in the data folder and safe in the local cache.
 
     Returns:
         What happened to the push, for the caller's message ('' without a push).
     """
-    fault_point("track:added")
     if not push:
+        fault_point("track:added")
         end(repo)
         return ""
+    journal = read_journal(repo)
+    pending = dvc_file(repo, plan).read_text()
+    if journal is not None:
+        _write_journal(repo, replace(journal, pending=pending))  # the commit point
+        _restore_pointer(repo, plan, journal)  # data.dvc names no version the remote lacks
+    fault_point("track:added")
     try:
-        pushed = _push_and_record(repo, plan, version)
+        pushed = _push_and_record(repo, plan, version, pending)
     except DataVersionError as err:
-        log.warning("data version %s is recorded in data.dvc but not pushed: %s", version, err)
+        log.warning(
+            "data version %s is in the data folder but not pushed, so data.dvc does not record "
+            "it yet (the next data command, e.g. `flywheel data push`, pushes and records it): %s",
+            version,
+            err,
+        )
         for folder in (work_dir(repo) / STAGING).glob(f"{os.getpid()}-*"):  # no undo needs it now
             shutil.rmtree(folder, ignore_errors=True)
-        return f"; NOT pushed: {err}"
+        return f"; NOT pushed, so not recorded in data.dvc yet: {err}"
     end(repo)
     return pushed
 
 
-def _push_and_record(repo: Path, plan: DataPlan | None, version: str) -> str:
+def _push_and_record(repo: Path, plan: DataPlan | None, version: str, pointer: str) -> str:
+    """Push `version` and check it on the remote, then write `pointer` into data.dvc."""
     from flywheel.data.remote import record_latest
     from flywheel.data.sync import push_version
 
-    check = push_version(repo, plan)
+    check = push_version(repo, plan, version)
     if check is None:
+        _write_atomic(dvc_file(repo, plan), pointer.encode())
         return " (no DVC remote: kept locally)"
     fault_point("track:verified")
+    _write_atomic(dvc_file(repo, plan), pointer.encode())
     try:
         record_latest(repo, version)
     except Exception as err:  # the version is pushed; only the note is lost
@@ -346,6 +380,17 @@ def _restore_pointer(repo: Path, plan: DataPlan | None, journal: Journal) -> Non
         pointer.unlink(missing_ok=True)
     else:
         _write_atomic(pointer, journal.pointer.encode())
+
+
+def _version_in(pointer: str) -> str:
+    """The version a `data.dvc` text names.
+
+    >>> _version_in("outs:\\n- md5: 1b8e3c4e4650d921c59d28b119038207.dir\\n  path: data\\n")
+    '1b8e3c4e4650d921c59d28b119038207'
+    """
+    import yaml
+
+    return str(yaml.safe_load(pointer)["outs"][0]["md5"]).removesuffix(".dir")
 
 
 def _recorded(repo: str | Path, plan: DataPlan | None) -> str | None:
