@@ -291,10 +291,9 @@ def data_track(
 
 def _refuse_unpushed(repo: Path, version: str) -> None:
     """Exit 1 when `version` is in data/ but its push failed, so data.dvc does not record it."""
-    from flywheel.data.transaction import read_journal
+    from flywheel.data.transaction import unpushed
 
-    journal = read_journal(repo)
-    if journal is not None and journal.pending is not None:
+    if unpushed(repo) is not None:
         raise abort(
             f"data version {version} is in data/ but its push failed (the warning above says "
             "why), so data.dvc does not record it yet: `flywheel data push` pushes it and "

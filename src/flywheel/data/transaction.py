@@ -382,6 +382,17 @@ def _restore_pointer(repo: Path, plan: DataPlan | None, journal: Journal) -> Non
         _write_atomic(pointer, journal.pointer.encode())
 
 
+def unpushed(repo: str | Path) -> str | None:
+    """The version a track or merge put into the data folder but could not push (so data.dvc
+    does not record it yet); None when there is none.
+
+    Raises:
+        DataVersionError: the journal is not one (see `read_journal`).
+    """
+    journal = read_journal(repo)
+    return None if journal is None or journal.pending is None else _version_in(journal.pending)
+
+
 def _version_in(pointer: str) -> str:
     """The version a `data.dvc` text names.
 

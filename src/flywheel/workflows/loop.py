@@ -168,6 +168,8 @@ def update_dataset(
     import pandas as pd
 
     from flywheel.data.remote import check_version, find_remote
+    from flywheel.data.transaction import unpushed
+    from flywheel.data.versioning import DataVersionError
     from flywheel.labeling.merge import MergeError
     from flywheel.labeling.merge import update_dataset as merge_and_track
     from flywheel.workflows.datasets import data_at_version
@@ -183,6 +185,12 @@ def update_dataset(
         update = merge_and_track(params, data.repo, labels)
         if update.merge.nothing_merged is not None:
             raise MergeError(update.merge.nothing_merged)
+        if unpushed(data.repo) is not None:
+            raise DataVersionError(
+                f"data version {update.version} was merged into {data.repo}, but its push "
+                "failed (the warning above says why), so data.dvc does not record it and "
+                "training cannot take it: `flywheel data push` there pushes and records it"
+            )
         if data.provenance == "materialised" and update.changed:
             check_version(data.repo, update.version, find_remote(data.repo))  # else it is lost
     if not labels.empty:  # merged or skipped for good: no longer outstanding
