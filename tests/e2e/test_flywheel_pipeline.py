@@ -40,6 +40,7 @@ from flywheel.data.versioning import data_version
 from flywheel.demo.loop import label_studio_for
 from flywheel.demo.server import start_server
 from flywheel.demo.simulate import simulate_traffic
+from flywheel.labeling.server import EXECUTABLE_ENV
 from flywheel.monitoring.dashboards import free_port
 from flywheel.registry import get_version, read_blessing, version_for_alias
 from flywheel.tracking import configure_tracking
@@ -109,7 +110,10 @@ def _run(name: str, version: str) -> LocalRun:
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """Version 1 in production, drifted traffic served and logged, then the flywheel run."""
     root, first_version = make_project(tmp_path_factory.mktemp("loop") / "project", PARAMS)
-    with in_project(root):
+    executable = label_studio_executable()
+    with in_project(root), pytest.MonkeyPatch.context() as patch:
+        if executable is not None:  # the project is not this checkout: name `make label-studio`'s
+            patch.setenv(EXECUTABLE_ENV, str(executable))
         training = _run("training", first_version)
         assert training.outputs["blessed"] is True
         with start_server(root / "params.yaml", cwd=root) as url:
