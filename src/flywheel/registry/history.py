@@ -161,9 +161,48 @@ def _record(client: RegistryAccess, name: str, version: str, transition: Transit
     client.set_model_version_tag(name, version, TAG_TRANSITION, transition.line())
     if transition.txid:
         fault_point(f"record:{transition.action}:{transition.to_role}:partial")
+        description = with_status(current.description or "", transition)
+        if description != (current.description or ""):
+            client.update_model_version(name, version, description=description)
     client.set_model_version_tag(
         name, version, TAG_HISTORY, json.dumps(history, separators=(",", ":"))
     )
+
+
+STATUS_LABELS = {
+    "production": "In production",
+    "previous": "Previous (the rollback target)",
+    "none": "Not served",
+}
+"""The first words of a version's description after a transition, by the role it holds."""
+
+
+def with_status(description: str, transition: Transition) -> str:
+    """`description` opened by the role a transition left the version in, and why.
+
+    MLflow shows a version's description first on its page and its first
+    characters in the versions list, so a demoted version says so there. A
+    status an earlier transition wrote is replaced, never stacked.
+
+    >>> t = Transition("2026-12-07T10:00:00+00:00", "demote", "production", "previous", "bob",
+    ...                "replaced by version 3")
+    >>> print(with_status("Blessed against version 1.", t))  # doctest: +NORMALIZE_WHITESPACE
+    Previous (the rollback target) since 2026-12-07T10:00:00+00:00: demote production →
+    previous by bob: replaced by version 3
+    <BLANKLINE>
+    Blessed against version 1.
+    >>> with_status(with_status("Blessed.", t), t) == with_status("Blessed.", t)
+    True
+    """
+    label = STATUS_LABELS.get(transition.to_role, transition.to_role)
+    status = (
+        f"{label} since {transition.at}: {transition.action} {transition.from_role} → "
+        f"{transition.to_role} by {transition.by}: {transition.reason}"
+    )[:LINE_CHARS]
+    head, _, rest = description.partition("\n\n")
+    if any(head.startswith(f"{known} since ") for known in STATUS_LABELS.values()):
+        description = rest
+    return f"{status}\n\n{description}" if description else status
 
 
 def _record_alias_lost(

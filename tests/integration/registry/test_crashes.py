@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from flywheel import registry
 from flywheel.cli import app
 from flywheel.registry.faults import FAULT_ENV
+from flywheel.registry.history import STATUS_LABELS
 from tests.support.forked_cli import run_forked
 from tests.support.processes import subprocess_env
 from tests.support.registry_store import Store, mlflow_server, server_versions, use_registry
@@ -107,6 +108,11 @@ def _check_converged(
             if t.txid == latest.txid
         ]
         assert sorted(records) == sorted(expected), (version, records)
+        # its page opens on the role this transition left it in, once (never stacked)
+        role = next(iter(expected))[1]
+        description = MlflowClient().get_model_version(name, version).description or ""
+        assert description.startswith(f"{STATUS_LABELS[role]} since {latest.at}"), description
+        assert sum(description.count(f"{label} since ") for label in STATUS_LABELS.values()) == 1
     assert registry.recover(name) is None  # a further command finds nothing to finish
     assert _aliases(name) == aliases
 
