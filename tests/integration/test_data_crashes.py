@@ -29,7 +29,7 @@ from flywheel.config import DataPlan, Params, Strata, load_params
 from flywheel.data.ground_truth import write_ground_truth
 from flywheel.data.manifest import sha256_file
 from flywheel.data.sync import check_remote
-from flywheel.data.transaction import JOURNAL, STAGING, read_journal, work_dir
+from flywheel.data.transaction import JOURNAL, STAGING, unpushed, work_dir
 from flywheel.data.versioning import DataVersionError, data_version, ensure_dataset, is_clean
 from flywheel.processes import FAULT_ENV
 from flywheel.workflows.datasets import data_at_version
@@ -241,10 +241,8 @@ def test_a_track_killed_before_its_push_was_verified_is_finished(
     assert code == -signal.SIGKILL, (step, code, out)
     # `dvc add` ran: from here on it is finished; data.dvc names it once it is pushed
     assert data_version(repo, PLAN) == template.old
-    journal = read_journal(repo)
-    assert journal is not None
-    assert journal.pending is not None
-    version = str(yaml.safe_load(journal.pending)["outs"][0]["md5"]).removesuffix(".dir")
+    version = unpushed(repo)  # the version data.dvc will name once it is pushed
+    assert version is not None
     assert version != template.old
     next_command = ("data", "ensure") if i % 2 == 0 else ("data", "track")
     code, out = _flywheel(project, *next_command)
@@ -333,9 +331,7 @@ def test_a_track_whose_push_fails_records_the_version_once_a_later_push_succeeds
     assert "its push failed (the warning above says why), so data.dvc does not record it" in out
     assert "/dev/null/remote" in out  # the warning: which remote, and why
     assert data_version(repo, PLAN) == template.old
-    journal = read_journal(repo)
-    assert journal is not None
-    assert journal.pending is not None
+    assert unpushed(repo) is not None
 
     config.write_text(reachable)
     code, out = _flywheel(project, "data", "push")

@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flywheel.config import DataPlan
-from flywheel.data.versioning import DataVersionError, data_version, dvc_file
+from flywheel.data.versioning import DataVersionError, data_version, dvc_file, version_in
 from flywheel.processes import fault_point
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def recover(repo: str | Path, plan: DataPlan | None = None) -> str | None:
     recorded = _recorded(repo, plan)
     who = f"process {journal.pid}, started {journal.started}"
     if journal.pending is not None:  # past the commit point: push, then record
-        version = _version_in(journal.pending)
+        version = version_in(journal.pending, JOURNAL)
         pushed = _push_and_record(repo, plan, version, journal.pending)
         end(repo)
         return f"finished an interrupted {journal.op} ({who}): data version {version}{pushed}"
@@ -383,25 +383,16 @@ def _restore_pointer(repo: Path, plan: DataPlan | None, journal: Journal) -> Non
 
 
 def unpushed(repo: str | Path) -> str | None:
-    """The version a track or merge put into the data folder but could not push (so data.dvc
+    """The version a track or merge put into the data folder but has not pushed (so data.dvc
     does not record it yet); None when there is none.
 
     Raises:
         DataVersionError: the journal is not one (see `read_journal`).
     """
     journal = read_journal(repo)
-    return None if journal is None or journal.pending is None else _version_in(journal.pending)
-
-
-def _version_in(pointer: str) -> str:
-    """The version a `data.dvc` text names.
-
-    >>> _version_in("outs:\\n- md5: 1b8e3c4e4650d921c59d28b119038207.dir\\n  path: data\\n")
-    '1b8e3c4e4650d921c59d28b119038207'
-    """
-    import yaml
-
-    return str(yaml.safe_load(pointer)["outs"][0]["md5"]).removesuffix(".dir")
+    return (
+        None if journal is None or journal.pending is None else version_in(journal.pending, JOURNAL)
+    )
 
 
 def _recorded(repo: str | Path, plan: DataPlan | None) -> str | None:

@@ -54,11 +54,25 @@ def data_version(repo: str | Path = ".", plan: DataPlan | None = None) -> str:
     """
     path = dvc_file(repo, plan)
     try:
-        meta = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise DataVersionError(
             f"{path}: not found; run `flywheel data track` to version data/"
         ) from None
+    return version_in(text, path)
+
+
+def version_in(text: str, path: str | Path = "data.dvc") -> str:
+    """The version a DVC pointer file's text names (`outs[0].md5` without `.dir`).
+
+    >>> version_in("outs:\\n- md5: 1b8e3c4e4650d921c59d28b119038207.dir\\n  path: data\\n")
+    '1b8e3c4e4650d921c59d28b119038207'
+
+    Raises:
+        DataVersionError: not YAML, or no hash in it (names `path`).
+    """
+    try:
+        meta = yaml.safe_load(text)
     except yaml.YAMLError as err:  # e.g. cut off mid-write
         raise DataVersionError(f"{path}: not YAML ({err}); is it a DVC pointer file?") from None
     try:
