@@ -148,7 +148,6 @@ class StepServer:
         self.socket_path = self.folder / "steps.sock"
         self._process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
-        self.ready_s: float | None = None
 
     def start(self) -> StepServer:
         """Start the server process; it imports `PRELOAD`, then listens."""
@@ -199,19 +198,17 @@ class StepServer:
 
     def _connect(self) -> socket.socket | None:
         """A connection to the server once its imports are done; None if it is gone."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while self.alive and time.monotonic() < deadline:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                conn.connect(str(self.socket_path))
-            except OSError:
-                conn.close()
-                time.sleep(0.05)
-                continue
-            if self.ready_s is None and self.started_at is not None:
-                self.ready_s = time.perf_counter() - self.started_at
-            return conn
-        return None
+        try:
+            self.wait_ready()
+        except (TimeoutError, RuntimeError):
+            return None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(self.socket_path))
+        except OSError:
+            conn.close()
+            return None
+        return conn
 
     def run(self, full_command: list[str], env: Mapping[str, str]) -> int | None:
         """Run one step forked from the server, its output printed line by line.
@@ -358,11 +355,13 @@ def serve(socket_path: Path) -> None:
     for module in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
+    listening = socket_path.with_name(socket_path.name + ".new")
     with contextlib.suppress(OSError):
-        socket_path.unlink()
+        listening.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(socket_path))
+    listener.bind(str(listening))
     listener.listen(8)
+    os.rename(listening, socket_path)  # the socket's path exists once it accepts: ready
     while True:
         conn, _ = listener.accept()
         with conn:
