@@ -253,29 +253,19 @@ def main() -> None:
 
     direct = median_steps(warm)
     direct_total = sum(direct.values())
+
+    def pipeline_row(
+        name: str, runs: list[tuple[float, dict[str, float]]]
+    ) -> tuple[str, dict[str, float], float]:
+        return name, median_steps([s for _, s in runs]), statistics.median(t for t, _ in runs)
+
     rows = [
         ("direct, warm", direct, direct_total),
         ("direct, new process", {}, statistics.median(fresh)),
-        (
-            "pipeline, cold steps",
-            median_steps([s for _, s in cold_pipeline]),
-            statistics.median(t for t, _ in cold_pipeline),
-        ),
-        (
-            "pipeline, cold steps, re-run",
-            median_steps([s for _, s in cold_rerun]),
-            statistics.median(t for t, _ in cold_rerun),
-        ),
-        (
-            "pipeline",
-            median_steps([s for _, s in fresh_pipeline]),
-            statistics.median(t for t, _ in fresh_pipeline),
-        ),
-        (
-            "pipeline, re-run",
-            median_steps([s for _, s in rerun]),
-            statistics.median(t for t, _ in rerun),
-        ),
+        pipeline_row("pipeline, cold steps", cold_pipeline),
+        pipeline_row("pipeline, cold steps, re-run", cold_rerun),
+        pipeline_row("pipeline", fresh_pipeline),
+        pipeline_row("pipeline, re-run", rerun),
     ]
     table = Table(title="training pipeline: orchestration overhead (seconds)")
     table.add_column("side", no_wrap=True)
