@@ -10,6 +10,7 @@ from flywheel.workflows import DEFAULT_IMAGE
 def evaluate_model(
     params: str,
     overrides: list,
+    task: str,
     min_accuracy: float,
     dataset: Input[Dataset],
     model: Input[Model],
@@ -25,6 +26,7 @@ def evaluate_model(
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
+        task: train.task (in a plan with a section per task, that task's values).
         min_accuracy: evaluate.gates.min_accuracy.
         dataset: the validated dataset (its frozen test split is evaluated).
         model: the registered candidate version.
@@ -39,7 +41,7 @@ def evaluate_model(
     from flywheel import workflows
 
     judgement = workflows.judge_candidate(
-        workflows.resolve_params(params, overrides, min_accuracy=min_accuracy),
+        workflows.resolve_params(params, overrides, task=task, min_accuracy=min_accuracy),
         model.metadata["name"],
         model.metadata["version"],
         dataset.path,

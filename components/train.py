@@ -10,6 +10,7 @@ from flywheel.workflows import DEFAULT_IMAGE
 def train_model(
     params: str,
     overrides: list,
+    task: str,
     epochs: int,
     learning_rate: float,
     dataset: Input[Dataset],
@@ -21,6 +22,7 @@ def train_model(
     Args:
         params: params.yaml as JSON text.
         overrides: dotted.key=value pairs that replace values of params.
+        task: train.task (in a plan with a section per task, that task's values).
         epochs: train.epochs.
         learning_rate: train.lr.
         dataset: the validated dataset.
@@ -32,7 +34,9 @@ def train_model(
     from flywheel import workflows
 
     candidate = workflows.train_candidate(
-        workflows.resolve_params(params, overrides, epochs=epochs, learning_rate=learning_rate),
+        workflows.resolve_params(
+            params, overrides, task=task, epochs=epochs, learning_rate=learning_rate
+        ),
         dataset.path,
         data_version=dataset.metadata.get("data_version", ""),
         model_out=Path(model.path),

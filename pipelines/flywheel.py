@@ -69,6 +69,7 @@ def build_flywheel_pipeline(
     def flywheel(
         params: str = params_document(config),
         overrides: list = [],  # noqa: B006 - KFP reads the default; nothing mutates it
+        task: str = config.train.task,
         epochs: int = config.train.epochs,
         learning_rate: float = config.train.lr,
         min_accuracy: float = config.evaluate.gates.min_accuracy,
@@ -85,6 +86,7 @@ def build_flywheel_pipeline(
                 training,
                 params=params,
                 overrides=overrides,
+                task=task,
                 epochs=epochs,
                 learning_rate=learning_rate,
                 min_accuracy=min_accuracy,

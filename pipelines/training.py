@@ -8,7 +8,7 @@ validate-data ──► train-model ──► evaluate-model ──► [blessed]
 
 `build_training_pipeline` makes the pipeline from a loaded params.yaml: its
 parameters default to the file's values — the whole file as `params`, a few
-values as parameters of their own (`epochs`, `learning_rate`, `min_accuracy`,
+values as parameters of their own (`task`, `epochs`, `learning_rate`, `min_accuracy`,
 see `flywheel.workflows.FIRST_CLASS_PARAMETERS`), `overrides` for any other key as
 `dotted.key=value` pairs (the CLI's `--set`) — so a compiled pipeline carries
 the configuration it was built with and any run can change it. `params` is JSON
@@ -104,6 +104,7 @@ def build_training_pipeline(
     def training(
         params: str = document,
         overrides: list = [],  # noqa: B006 - KFP reads the default; nothing mutates it
+        task: str = config.train.task,
         epochs: int = config.train.epochs,
         learning_rate: float = config.train.lr,
         min_accuracy: float = config.evaluate.gates.min_accuracy,
@@ -117,6 +118,7 @@ def build_training_pipeline(
             train_model(
                 params=params,
                 overrides=overrides,
+                task=task,
                 epochs=epochs,
                 learning_rate=learning_rate,
                 dataset=validate.outputs["dataset"],
@@ -127,6 +129,7 @@ def build_training_pipeline(
             evaluate_model(
                 params=params,
                 overrides=overrides,
+                task=task,
                 min_accuracy=min_accuracy,
                 dataset=validate.outputs["dataset"],
                 model=train.outputs["model"],

@@ -36,6 +36,7 @@ def collect_and_update(
     *,
     params: Any,
     overrides: Any,
+    task: Any,
     epochs: Any,
     learning_rate: Any,
     min_accuracy: Any,
@@ -61,6 +62,7 @@ def collect_and_update(
         training(
             params=params,
             overrides=overrides,
+            task=task,
             epochs=epochs,
             learning_rate=learning_rate,
             min_accuracy=min_accuracy,
@@ -103,6 +105,7 @@ def build_update_pipeline(
     def update(
         params: str = params_document(config),
         overrides: list = [],  # noqa: B006 - KFP reads the default; nothing mutates it
+        task: str = config.train.task,
         epochs: int = config.train.epochs,
         learning_rate: float = config.train.lr,
         min_accuracy: float = config.evaluate.gates.min_accuracy,
@@ -114,6 +117,7 @@ def build_update_pipeline(
             training,
             params=params,
             overrides=overrides,
+            task=task,
             epochs=epochs,
             learning_rate=learning_rate,
             min_accuracy=min_accuracy,

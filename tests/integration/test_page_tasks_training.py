@@ -48,8 +48,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pages_root = tmp_path_factory.mktemp("pages")
-    pages = write_pages(pages_root, {"train": 12, "val": 4, "test": 6}, size=96, font_size=11)
-    return pages_root, write_crops(pages_root, pages, tmp_path_factory.mktemp("crops"))
+    write_pages(pages_root, {"train": 12, "val": 4, "test": 6}, size=96, font_size=11)
+    return pages_root, write_crops(pages_root)
 
 
 def _params(task: str, image_size: int, epochs: int, lr: float, monitor: str) -> Params:

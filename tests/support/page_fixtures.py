@@ -5,8 +5,8 @@ image_id, path, split, sha256, level, writing, noise, width, height, n_boxes),
 `annotations.json` (COCO, one category `formula`, a `latex` per box) and YOLO
 label files `labels/<image_id>.txt`. Each page holds a few formulas, each the
 LaTeX source drawn as text with Pillow's built-in font, at random places
-that do not overlap. `write_crops` cuts the true boxes into a crops folder
-(`manifest.csv`: crop_id, page_id, path, split, latex, the strata). Both are
+that do not overlap. `write_crops` cuts the true boxes into the folder's
+`crops.csv` and `crops/`, as the collector does. Both are
 deterministic from a seed. The real collector is the page plan's; this is
 only enough data for tests to learn from.
 """
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
+
+from flywheel.data.pages import crop_id, crop_regions
 
 EXPRESSIONS: tuple[str, ...] = (
     "12+7=19",
@@ -106,9 +108,9 @@ def write_pages(
             ]
             (root / "labels" / f"{image_id}.txt").write_text("\n".join(yolo) + "\n")
             coco["images"].append(
-                {"id": index + 1, "file_name": rel, "width": size, "height": size}
+                {"id": index + 1, "file_name": rel, "name": image_id, "width": size, "height": size}
             )
-            for box, latex in boxes:
+            for region, (box, latex) in enumerate(boxes):
                 coco["annotations"].append(
                     {
                         "id": len(coco["annotations"]) + 1,
@@ -118,6 +120,8 @@ def write_pages(
                         "category_id": 1,
                         "iscrowd": 0,
                         "latex": latex,
+                        "region": region,
+                        "crop_id": crop_id(image_id, region),
                     }
                 )
             row = {
@@ -138,25 +142,11 @@ def write_pages(
     return pages
 
 
-def write_crops(pages_root: Path, pages: list[Page], root: Path) -> Path:
-    """Cut every true box of `pages` (drawn into `pages_root`) into a crops folder at `root`."""
-    (root / "crops").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for page in pages:
-        with Image.open(pages_root / str(page.row["path"])) as image:
-            for k, ((x, y, w, h), latex) in enumerate(page.boxes):
-                crop_id = f"{page.row['image_id']}-{k}"
-                rel = f"crops/{crop_id}.png"
-                image.crop((x, y, x + w, y + h)).save(root / rel)
-                rows.append(
-                    {
-                        "crop_id": crop_id,
-                        "page_id": page.row["image_id"],
-                        "path": rel,
-                        "split": page.row["split"],
-                        "latex": latex,
-                        **{k: page.row[k] for k in ("level", "writing", "noise")},
-                    }
-                )
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
+def write_crops(pages_root: Path, padding: int = 2) -> Path:
+    """Cut every true box of the pages drawn into `pages_root` into its `crops.csv` and `crops/`.
+
+    The collector's own cutter (`flywheel.data.pages.crop_regions`): the
+    recogniser reads the page dataset folder, so that folder is returned.
+    """
+    crop_regions(pages_root, padding)
+    return pages_root

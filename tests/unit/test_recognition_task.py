@@ -25,8 +25,8 @@ MODEL = ModelConfig(width=8, embedding_dim=16, dropout=0.0)
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pages")
-    pages = write_pages(root, {"train": 2, "val": 1}, size=128, seed=1)
-    return write_crops(root, pages, tmp_path_factory.mktemp("crops"))
+    write_pages(root, {"train": 2, "val": 1}, size=128, seed=1)
+    return write_crops(root)
 
 
 @pytest.fixture
@@ -85,10 +85,10 @@ def test_crops_are_read_with_their_tokens(crops: Path, task: RecognitionTask) ->
 def test_a_bad_transcript_names_its_crop(
     crops: Path, tmp_path: Path, latex: str, message: str
 ) -> None:
-    frame = pd.read_csv(crops / "manifest.csv", dtype=str)
+    frame = pd.read_csv(crops / "crops.csv", dtype=str)
     frame.loc[0, "latex"] = latex
     frame["path"] = [str(crops / p) for p in frame["path"]]
-    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    frame.to_csv(tmp_path / "crops.csv", index=False)
     with pytest.raises(DatasetError, match=rf"crop {frame.at[0, 'crop_id']} .*{message}"):
         CropDataset(tmp_path, "train", LATEX_VOCABULARY, HEIGHT, 4 * HEIGHT)
 
@@ -109,7 +109,7 @@ def test_the_recogniser_memorises_a_batch(crops: Path, task: RecognitionTask) ->
     model = task.build_model(MODEL)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     losses = []
-    for _ in range(150):
+    for _ in range(300):
         loss = task.loss(model(inputs), targets)
         optimizer.zero_grad()
         loss.backward()

@@ -63,7 +63,7 @@ def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
         raise typer.BadParameter(f"{err.pair!r}: {err.reason}", param_hint="--set") from None
 
 
-REGISTRY_SECTIONS = ("data", "evaluate")
+REGISTRY_SECTIONS = ("data", "evaluate", "tasks")
 """What the registry commands read: the registered model's name (`evaluate.registered_model`,
 derived from `data.name` unless set)."""
 DATA_SECTIONS = ("data",)
@@ -135,6 +135,7 @@ PARAMS_SECTIONS = frozenset(
         "ui",
         "state",
         "cluster",
+        "tasks",
     }
 )
 """The top-level sections of params.yaml (`flywheel.config.Params`; a test compares the two),
@@ -156,6 +157,8 @@ def _named_model(params: Path) -> str | None:
         return None
     if not isinstance(raw, dict) or not set(raw) <= PARAMS_SECTIONS:
         return None  # a misspelt section: the validated path names it
+    if raw.get("tasks"):
+        return None  # a model per task: the validated path applies the task's section
     evaluate = raw.get("evaluate") or {}
     data = raw.get("data") or {}
     if not isinstance(evaluate, dict) or not isinstance(data, dict):

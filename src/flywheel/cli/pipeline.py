@@ -93,10 +93,13 @@ def read_base_params(params: Path, pairs: list[str] | None) -> Params:
     """params.yaml as a pipeline run's base: *without* the `--set` pairs, checked all the same.
 
     The pairs travel apart, so the run shows what was changed; a bad one fails
-    here, with its key, before anything runs.
+    here, with its key, before anything runs. `train.task` is the exception: the
+    base is the run's task's (in a plan with a section per task, the pipeline's
+    defaults are that task's values).
     """
     read_params(params, pairs)
-    return read_params(params)
+    tasks = [pair for pair in pairs or [] if pair.partition("=")[0].strip() == "train.task"]
+    return read_params(params, tasks or None)
 
 
 def recorded_data_version(p: Params) -> str:
@@ -258,19 +261,14 @@ def print_training_summary(run: Any) -> None:
         run.outputs["model"].metadata, run.outputs["metrics"].metadata, bool(run.outputs["blessed"])
     )
     metric = s.slices[0].metric  # the task's primary metric (classification: accuracy)
-    table = Table(title=f"test {metric} of {s.model_name} version {s.version}")
-    for column in ("slice", "images", metric):
-        table.add_column(column, justify="left" if column == "slice" else "right")
-    if s.champion_version is not None:
-        table.add_column(f"champion v{s.champion_version}", justify="right")
-    for row in s.slices:
-        extra = (
-            []
-            if s.champion_version is None
-            else ["-" if row.champion_value is None else f"{row.champion_value:.3f}"]
+    title = f"test {metric} of {s.model_name} version {s.version}"
+    console.print(_slice_table(title, s.slices, "images", s.champion_version))
+    if s.pair:
+        title = (
+            f"end to end: expressions found (IoU ≥ 0.5) and read exactly, with the other "
+            f"stage's production version {s.partner_version}"
         )
-        table.add_row(escape(row.name), str(row.images), f"{row.value:.3f}", *extra)
-    console.print(table)
+        console.print(_slice_table(title, s.pair, "expressions", s.champion_version))
     version = f"{s.model_name} version {s.version}"
     if s.promoted:
         previous = f"; previous: {s.champion_version}" if s.champion_version else ""
@@ -304,6 +302,24 @@ def print_training_summary(run: Any) -> None:
         console.print(f"MLflow: {uri}", soft_wrap=True)
 
 
+def _slice_table(title: str, rows: list[Any], counted: str, champion_version: str | None) -> Table:
+    """A metric per slice (`SliceRow`s), the champion's beside it when there is one."""
+    metric = rows[0].metric
+    table = Table(title=title)
+    for column in ("slice", counted, metric):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    if champion_version is not None:
+        table.add_column(f"champion v{champion_version}", justify="right")
+    for row in rows:
+        extra = (
+            []
+            if champion_version is None
+            else ["-" if row.champion_value is None else f"{row.champion_value:.3f}"]
+        )
+        table.add_row(escape(row.name), str(row.images), f"{row.value:.3f}", *extra)
+    return table
+
+
 @commands.command("run")
 def pipeline_run(
     name: PipelineArg = "training",
@@ -323,17 +339,36 @@ def pipeline_run(
     any other key travels as an override). Trains on the data version data.dvc
     records. Prints where every output landed and, for `training`, what was
     promoted. Exits 1 when a step fails (a failed data validation stops the run
-    before training).
+    before training). `training` on a plan with a model per task (`tasks`, the
+    page plan) runs once per task unless --set train.task picks one.
     """
     from pipelines.step_server import shared_server
 
     shared_server()  # the steps' imports, paid once, while the pipeline is built
     entry = pipeline_entry(name, runnable=True)
-    p = read_base_params(params, set_)
-    run = run_pipeline_locally(entry, p, list(set_ or []), recorded_data_version(p), cache)
-    print_outputs(run)
-    if entry.name == "training":
-        print_training_summary(run)
+    pairs = list(set_ or [])
+    p = read_base_params(params, pairs)
+    for task_pairs in task_runs(entry.name, p, pairs):
+        if task_pairs is not pairs:
+            p = read_base_params(params, task_pairs)
+            console.rule(f"{entry.name}: task {p.train.task} → {p.evaluate.registered_model}")
+        run = run_pipeline_locally(entry, p, task_pairs, recorded_data_version(p), cache)
+        print_outputs(run)
+        if entry.name == "training":
+            print_training_summary(run)
+
+
+def task_runs(pipeline: str, p: Params, pairs: list[str]) -> list[list[str]]:
+    """The runs of one `pipeline run`: one, or for `training` on a plan of several tasks
+    (`tasks`) without `--set train.task`, one per task, in the plan's order.
+
+    So one command trains, evaluates and promotes both models of the page plan:
+    the detector first, then the recogniser, judged with the detector just promoted.
+    """
+    chosen = any(pair.partition("=")[0].strip() == "train.task" for pair in pairs)
+    if pipeline != "training" or chosen or not p.tasks:
+        return [pairs]
+    return [[*pairs, f"train.task={task}"] for task in p.tasks]
 
 
 @commands.command("compile")

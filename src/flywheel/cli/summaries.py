@@ -12,11 +12,11 @@ import contextlib
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.workflows import RegisteredCandidate, SliceRow, slice_rows
+from flywheel.workflows import RegisteredCandidate, SliceRow, pair_rows, slice_rows
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class TrainingRunSummary:
         production: the version in production after the run.
         aliases: the aliases the candidate version holds after the run.
         slices: the task's primary test metric overall and per slice (with the champion's).
+        pair: a stage of a two-stage service: the pair's end-to-end score with the
+            partner in production, overall and per slice (with the champion's pair);
+            empty otherwise.
+        partner_version: the partner's version the pair ran with.
     """
 
     model_name: str
@@ -46,6 +50,8 @@ class TrainingRunSummary:
     production: str | None
     aliases: tuple[str, ...]
     slices: list[SliceRow]
+    pair: list[SliceRow] = field(default_factory=list)
+    partner_version: str | None = None
 
     @property
     def promoted(self) -> bool:
@@ -83,6 +89,10 @@ def summarize_training_run(
         production=version_for_alias(candidate.name, "production"),
         aliases=tuple(aliases),
         slices=slice_rows(scalars),
+        pair=pair_rows(scalars),
+        partner_version=(
+            str(int(scalars["pair_partner_version"])) if "pair_partner_version" in scalars else None
+        ),
     )
 
 

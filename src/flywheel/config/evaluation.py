@@ -34,6 +34,10 @@ class GatesConfig(FrozenConfig):
     max_slice_regression: float | None = Field(0.05, ge=0, le=1)  # drop vs champion, per slice
     min_improvement: float = Field(0.0, ge=-1, le=1)  # gain over the champion, overall
     min_slice_support: int = Field(20, ge=1)  # slices with fewer test images skip slice gates
+    # a stage of a two-stage service (the page plan's detector or recogniser): the pair's
+    # end-to-end score, with the other stage in production, may drop at most this much
+    # against the pair the champion makes (`flywheel.evaluation.system`); null: off
+    max_system_regression: float | None = Field(0.0, ge=0, le=1)
 
 
 class EvaluateConfig(FrozenConfig):

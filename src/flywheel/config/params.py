@@ -68,6 +68,36 @@ class Params(FrozenConfig):
     ui: UIConfig = UIConfig()
     state: StateConfig = StateConfig()
     cluster: ClusterConfig = ClusterConfig()
+    # A plan of several models (the page service: a detector and a recogniser) gives each
+    # task its own values: task name -> the keys it sets (`with_task_section`).
+    tasks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_sections_replace_the_same_keys(
+        cls, tasks: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """Each task's section sets the same keys, none of the shared plan's.
+
+        So a run that switches the task (the pipelines' `task` parameter) replaces
+        every value the other task had set, and both models learn from one data plan.
+        """
+        keys = {name: set(task_keys(section)) for name, section in tasks.items()}
+        union = set().union(*keys.values()) if keys else set()
+        for name, own in keys.items():
+            shared = sorted(k for k in own if k.split(".")[0] in SHARED_SECTIONS)
+            if shared:
+                raise ValueError(
+                    f"tasks.{name} sets {shared}: the sections {sorted(SHARED_SECTIONS)} are "
+                    "the plan's, shared by every task"
+                )
+            missing = sorted(union - own)
+            if missing:
+                raise ValueError(
+                    f"tasks.{name} does not set {missing}, which another task sets: every "
+                    "task's section sets the same keys (so switching the task replaces them all)"
+                )
+        return tasks
 
     @model_validator(mode="before")
     @classmethod
@@ -366,16 +396,79 @@ def _fields_at(path: list[str]) -> list[str]:
     return []
 
 
+SHARED_SECTIONS: frozenset[str] = frozenset({"data", "scenarios", "state", "cluster", "tasks"})
+"""Sections a task's section may not set: what every model of a plan shares."""
+
+
+def task_keys(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A task's section as dotted keys: nested mappings are walked, any other value is a leaf.
+
+    >>> task_keys({"train": {"epochs": 3, "model": {"width": 8}}, "evaluate.split": "val"})
+    {'train.epochs': 3, 'train.model.width': 8, 'evaluate.split': 'val'}
+    """
+    keys: dict[str, Any] = {}
+    for key, value in section.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys.update(task_keys(value, f"{dotted}."))
+        else:
+            keys[dotted] = value
+    return keys
+
+
+def with_task_section(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` with the section of its task applied: `tasks.<train.task>`'s keys set.
+
+    The task is `train.task` of `overrides` (a run's `--set`, the pipelines'
+    `task` parameter) or else of `raw`. A plan without `tasks` is returned as is.
+    Each task registers its own model: unless its section names one,
+    `evaluate.registered_model` is `flywheel-<data.name>-<task>`.
+
+    >>> plan = {"data": {"name": "pages"}, "train": {"task": "detection"},
+    ...         "tasks": {"detection": {"train": {"epochs": 4}},
+    ...                   "recognition": {"train": {"epochs": 9}}}}
+    >>> tree = with_task_section(plan, {"train.task": "recognition"})
+    >>> tree["train"], tree["evaluate"]
+    ({'task': 'detection', 'epochs': 9}, {'registered_model': 'flywheel-pages-recognition'})
+
+    (The override itself, `train.task`, is set afterwards by `apply_overrides`.)
+
+    Raises:
+        ConfigError: `tasks` is not a mapping of mappings, or the task has no section in it.
+    """
+    tasks = raw.get("tasks")
+    if not tasks:
+        return copy.deepcopy(dict(raw))
+    train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
+    task = overrides.get("train.task", train.get("task", TrainConfig().task))
+    if not isinstance(tasks, Mapping) or not all(isinstance(v, Mapping) for v in tasks.values()):
+        raise ConfigError("tasks: expected a mapping of task name -> the keys it sets")
+    if task not in tasks:
+        raise ConfigError(
+            f"train.task {task!r} has no section in tasks; this plan's tasks: {sorted(tasks)}"
+        )
+    keys = task_keys(tasks[task])
+    data = raw.get("data") if isinstance(raw.get("data"), Mapping) else {}
+    name = data.get("name", DataPlan().name)
+    keys.setdefault("evaluate.registered_model", f"{default_registered_model(str(name))}-{task}")
+    tree = copy.deepcopy(dict(raw))
+    for dotted, value in keys.items():
+        _set_dotted(tree, dotted, copy.deepcopy(value))
+    return tree
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a params mapping with dotted keys set (`--set`), not yet validated.
+    """A copy of a params mapping with its task's section (`with_task_section`), then dotted
+    keys (`--set`) set, not yet validated: a run's own values win over the task's.
 
     >>> apply_overrides({"train": {"epochs": 1}}, {"train.epochs": 3, "data.name": "x"})
     {'train': {'epochs': 3}, 'data': {'name': 'x'}}
 
     Raises:
-        ConfigError: a dotted key runs through a value that is not a mapping.
+        ConfigError: a dotted key runs through a value that is not a mapping; the
+            task has no section in the plan's `tasks`.
     """
-    tree = copy.deepcopy(dict(raw))
+    tree = with_task_section(raw, overrides)
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
     return tree

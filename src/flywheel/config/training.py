@@ -19,6 +19,9 @@ class ModelConfig(FrozenConfig):
     embedding_dim: int = Field(64, ge=2, le=4096)  # the penultimate layer, served to monitoring
     dropout: float = Field(0.2, ge=0, lt=1)
     standardize: bool = True  # per-image zero mean / unit variance inside the network
+    # detection: the side pages are scaled to; recognition: the crop height (a multiple
+    # of 16). null: data.image_size. The classifier always reads data.image_size.
+    input_size: int | None = Field(None, ge=16, le=4096)
 
 
 class AugmentConfig(FrozenConfig):

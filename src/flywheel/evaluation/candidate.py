@@ -26,6 +26,13 @@ from flywheel.evaluation.prediction import (
     predict_split,
     report_predictions,
 )
+from flywheel.evaluation.system import (
+    PARTNER_TASKS,
+    Partner,
+    SystemCheck,
+    check_system,
+    with_system_gate,
+)
 from flywheel.registry import Blessing, LockStrategy
 
 ARTIFACT_DIR = "evaluation"
@@ -43,6 +50,7 @@ def log_evaluation(
     min_slice_accuracy: float | None = None,
     holdout: EvaluationReport | None = None,
     champion_holdout: EvaluationReport | None = None,
+    system: SystemCheck | None = None,
 ) -> None:
     """Write the evaluation into an MLflow run (the candidate's training run).
 
@@ -55,6 +63,9 @@ def log_evaluation(
     (`gates.json`: value, threshold, verdict), the report and the blessing as
     JSON, the per-slice bars of the primary metric (`slice_accuracy.png` for
     classification) and, for a task that has one, the confusion matrix (PNG).
+    A stage of a two-stage service run with its partner adds the pair's rates
+    (`pair_end_to_end`, `champion_pair_end_to_end`, ...) and its per-slice
+    table (`pair_slices.json`).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -71,6 +82,10 @@ def log_evaluation(
         values.update(holdout.mlflow_metrics())
     if champion_holdout is not None:
         values[f"champion_{champion_holdout.split}_{primary}"] = champion_holdout.primary()
+    if system is not None:
+        values.update(system.pair.mlflow_metrics("pair"))
+        if system.champion_pair is not None:
+            values.update(system.champion_pair.mlflow_metrics("champion_pair"))
     metrics = [Metric(key, float(v), now, 0) for key, v in values.items()]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
@@ -88,6 +103,10 @@ def log_evaluation(
     if holdout is not None:
         client.log_table(
             run_id, data=holdout.slice_table(), artifact_file=f"{ARTIFACT_DIR}/holdout_slices.json"
+        )
+    if system is not None:
+        client.log_table(
+            run_id, data=system.pair.slice_table(), artifact_file=f"{ARTIFACT_DIR}/pair_slices.json"
         )
     classes = report.class_table()
     if classes is not None:
@@ -170,6 +189,8 @@ class EvaluationOutcome:
         champion: the champion's evaluation on the same data, None without one.
         holdout: the candidate on the production holdout split, None without one.
         champion_holdout: the champion on the same holdout.
+        system: a stage of a two-stage service run with its partner in production
+            (and its champion with the same partner), None otherwise.
     """
 
     blessing: Blessing
@@ -177,6 +198,7 @@ class EvaluationOutcome:
     champion: EvaluationReport | None
     holdout: EvaluationReport | None = None
     champion_holdout: EvaluationReport | None = None
+    system: SystemCheck | None = None
 
 
 def evaluate_candidate(
@@ -188,6 +210,7 @@ def evaluate_candidate(
     who: str | None = None,
     lock: LockStrategy = "auto",
     progress: bool = True,
+    partner: Partner | None = None,
 ) -> EvaluationOutcome:
     """Stage 5: evaluate a registered version against `production`, bless it or not.
 
@@ -205,6 +228,8 @@ def evaluate_candidate(
         who: recorded on the version (default `registry.resolve_user()`).
         lock: the registry lock strategy.
         progress: show progress bars.
+        partner: for a stage of a two-stage service, the other stage: the
+            system gate runs the pair end to end (`flywheel.evaluation.system`).
 
     Raises:
         registry.ModelNotFoundError, registry.VersionNotFoundError: no such version.
@@ -247,6 +272,19 @@ def evaluate_candidate(
         holdout=holdout,
         champion_holdout=champion_holdout,
     )
+    system = None
+    if partner is not None and predictions.task.name in PARTNER_TASKS:
+        system = check_system(
+            predictions.task.name,
+            name,
+            version,
+            champion_version,
+            partner,
+            dataset_dir,
+            config,
+            progress=progress,
+        )
+        blessing = with_system_gate(blessing, system, partner, config)
     if candidate_version.run_id:
         log_evaluation(
             candidate_version.run_id,
@@ -256,9 +294,10 @@ def evaluate_candidate(
             min_slice_accuracy=config.gates.min_slice_accuracy,
             holdout=holdout,
             champion_holdout=champion_holdout,
+            system=system,
         )
         log_pictures(candidate_version.run_id, predictions, dataset_dir, config)
-    outcome = EvaluationOutcome(blessing, report, champion, holdout, champion_holdout)
+    outcome = EvaluationOutcome(blessing, report, champion, holdout, champion_holdout, system)
     if candidate_version.run_id:
         from mlflow import MlflowClient
 

@@ -70,17 +70,28 @@ def split_rows(dataset_dir: Path, split: str, required: Sequence[str]) -> pd.Dat
         DatasetError: no manifest or an unreadable one, a required column
             missing, or no rows in the split (the splits present are named).
     """
-    where = manifest_path(dataset_dir)
     try:
         manifest = load_manifest(dataset_dir)
     except ManifestError as err:
         raise DatasetError(str(err)) from None
-    missing = [c for c in required if c not in manifest.columns]
+    return select_split(manifest, split, required, where=manifest_path(dataset_dir))
+
+
+def select_split(
+    table: pd.DataFrame, split: str, required: Sequence[str], *, where: Path
+) -> pd.DataFrame:
+    """The rows of `table` (one per image, a `split` column) in `split`, index reset.
+
+    Raises:
+        DatasetError: a required column missing, or no rows in the split (the
+            splits present are named); `where` is the file the message names.
+    """
+    missing = [c for c in (*required, "split") if c not in table.columns]
     if missing:
         raise DatasetError(f"{where}: missing columns {missing}")
-    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    rows = table[table["split"] == split].reset_index(drop=True)
     if rows.empty:
-        found = sorted(manifest["split"].dropna().unique())
+        found = sorted(table["split"].dropna().unique())
         raise DatasetError(f"{where}: no rows with split={split!r} (splits present: {found})")
     return rows
 

@@ -267,8 +267,10 @@ class DetectionTask(Task):
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
-        """The plan's image size; the stride from `train.model.stages`."""
-        return cls((CATEGORY,), params.data.image_size, stride=2**params.train.model.stages)
+        """The input side `train.model.input_size` (else the plan's image size); the stride
+        from `train.model.stages`."""
+        side = params.train.model.input_size or params.data.image_size
+        return cls((CATEGORY,), side, stride=2**params.train.model.stages)
 
     def export_metadata(self) -> dict[str, Any]:
         """Adds the stride, the decoding thresholds, the input contract and the output layout."""

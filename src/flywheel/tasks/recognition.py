@@ -1,9 +1,10 @@
 """Formula recognition: a crop of one expression in, its LaTeX out (CRNN + CTC).
 
-The data is a crops folder: `manifest.csv` with one row per crop (`crop_id`,
-`page_id`, `path`, `split`, `latex`, the strata columns), the crops of the
-pages' true boxes. A crop is read as grey levels in [0, 1], scaled to the
-task's height H keeping its aspect, and padded on the right with its own
+The data is a page dataset folder (`flywheel.data.pages`), the detector's
+too: its `crops.csv` has one row per true box (`crop_id`, `page_id`, `path`,
+`split`, `latex`, the strata columns), each the box cut out of its page. A
+crop is read as grey levels in [0, 1], scaled to the task's height H keeping
+its aspect, and padded on the right with its own
 background to the width W = 4·H (a wider crop is squeezed to W).
 
 The model (Shi et al., 2015) reads the crop left to right: convolutions turn
@@ -32,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
-from flywheel.data.manifest import manifest_path
+from flywheel.data.pages import CROPS_NAME, PageDataError, load_crops
 from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.base import (
@@ -44,7 +45,7 @@ from flywheel.tasks.base import (
     MetricAccumulator,
     SplitMetrics,
     Task,
-    split_rows,
+    select_split,
 )
 from flywheel.tasks.detection_metrics import object_array
 from flywheel.tasks.latex_tokens import LATEX_VOCABULARY, canonical, detokenize, tokenize
@@ -90,16 +91,16 @@ def crop_to_tensor(image: ImageLike, height: int, width: int) -> Tensor:
 
 
 class CropDataset(ManifestDataset[CropSample]):
-    """One split of a crops folder: `(crop (1, H, W), token symbols (L,))` in manifest order.
+    """One split of a page dataset's crops: `(crop (1, H, W), symbols (L,))`, in `crops.csv` order.
 
     Args:
-        dataset_dir: folder with `manifest.csv` and the crops.
+        dataset_dir: a page dataset folder with `crops.csv` and the crops.
         split: `train`, `val` or `test`.
         vocabulary: the tokens; a transcript with another token is an error.
         height, width: the input size.
 
     Raises:
-        DatasetError: no manifest, missing columns, no rows in the split, an empty
+        DatasetError: no `crops.csv`, missing columns, no rows in the split, an empty
             transcript or one with a token outside the vocabulary, a missing file.
     """
 
@@ -108,8 +109,12 @@ class CropDataset(ManifestDataset[CropSample]):
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.height, self.width = height, width
-        where = manifest_path(self.dataset_dir)
-        rows = split_rows(self.dataset_dir, split, _REQUIRED_COLUMNS)
+        where = self.dataset_dir / CROPS_NAME
+        try:
+            crops = load_crops(self.dataset_dir)
+        except PageDataError as err:
+            raise DatasetError(str(err)) from None
+        rows = select_split(crops, split, _REQUIRED_COLUMNS, where=where)
         symbol = {token: i + 1 for i, token in enumerate(vocabulary)}
         self.tokens: list[Tensor] = []
         for i, latex in enumerate(rows["latex"].fillna("")):
@@ -302,8 +307,9 @@ class RecognitionTask(Task):
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
-        """The default vocabulary; the crop height is the plan's `image_size`."""
-        return cls(LATEX_VOCABULARY, params.data.image_size)
+        """The default vocabulary; the crop height `train.model.input_size` (else the
+        plan's `image_size`)."""
+        return cls(LATEX_VOCABULARY, params.train.model.input_size or params.data.image_size)
 
     def export_metadata(self) -> dict[str, Any]:
         """Adds the input contract and the output layout (steps × symbols, blank first)."""

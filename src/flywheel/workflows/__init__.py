@@ -38,6 +38,7 @@ from flywheel.workflows.judging import (
     SliceRow,
     evaluation_scalars,
     judge_candidate,
+    pair_rows,
     slice_rows,
 )
 from flywheel.workflows.label_sync import (
@@ -94,6 +95,7 @@ __all__ = [
     "judge_candidate",
     "label_samples",
     "model_description",
+    "pair_rows",
     "params_document",
     "parse_overrides",
     "promote_candidate",

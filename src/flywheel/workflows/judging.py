@@ -18,6 +18,7 @@ from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
     from flywheel.evaluation import EvaluationOutcome
+    from flywheel.evaluation.system import Partner
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def judge_candidate(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
-    outcome = evaluate_candidate(name, version, dataset_dir, params.evaluate, progress=False)
+    outcome = evaluate_candidate(
+        name, version, dataset_dir, params.evaluate, progress=False, partner=stage_partner(params)
+    )
     report_out.parent.mkdir(parents=True, exist_ok=True)
     report_out.write_text(render_evaluation_html(outcome, params.evaluate.gates))
     blessing = outcome.blessing
@@ -101,6 +104,22 @@ def judge_candidate(
     return judgement
 
 
+def stage_partner(params: Params) -> Partner | None:
+    """The other stage of a two-stage plan (the page plan's detector ↔ recogniser), else None.
+
+    Its registered model is the one the plan's `tasks` section of the other task
+    names (or derives), so the two always agree with what each stage registers.
+    """
+    from flywheel.config import parse_params
+    from flywheel.evaluation.system import PARTNER_TASKS, Partner
+
+    other = PARTNER_TASKS.get(params.train.task)
+    if other is None or other not in params.tasks or params.data.pages is None:
+        return None
+    partner = parse_params(params.model_dump(mode="json"), {"train.task": other})
+    return Partner(partner.evaluate.registered_model, params.data.pages.crop_padding)
+
+
 def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
     """Flat scalars for the KFP Metrics artifact: overall, per slice, the champion's, the verdict.
 
@@ -108,7 +127,11 @@ def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
     `ece`), `images`, `<primary>[<slice>]`, `images[<slice>]`,
     `champion_<primary>`, `champion_<primary>[<slice>]`, `blessed` (1 or 0) and
     `gates_failed`, where `<primary>` is the task's primary metric
-    (classification: `accuracy`). `slice_rows` reads them back.
+    (classification: `accuracy`). `slice_rows` reads them back. A stage of a
+    two-stage service adds its pair's `pair_end_to_end`, `pair_expressions`,
+    `pair_partner_version`, per slice `pair_end_to_end[<slice>]` and
+    `pair_expressions[<slice>]`, and the champion's pair
+    `champion_pair_end_to_end[...]` (`pair_rows` reads them back).
     """
     report, champion, blessing = outcome.report, outcome.champion, outcome.blessing
     primary = report.primary_metric
@@ -121,6 +144,18 @@ def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
         for name in champion.slices:
             if name in report.slices:
                 out[f"champion_{primary}[{name}]"] = champion.primary(name)
+    system = outcome.system
+    if system is not None:  # a stage of a pair: the pair end to end, with its partner
+        out["pair_end_to_end"] = system.pair.end_to_end
+        out["pair_expressions"] = float(system.pair.support)
+        out["pair_partner_version"] = float(system.partner_version)
+        for name, s in system.pair.slices.items():
+            out[f"pair_end_to_end[{name}]"] = s.end_to_end
+            out[f"pair_expressions[{name}]"] = float(s.support)
+        if system.champion_pair is not None:
+            out["champion_pair_end_to_end"] = system.champion_pair.end_to_end
+            for name, s in system.champion_pair.slices.items():
+                out[f"champion_pair_end_to_end[{name}]"] = s.end_to_end
     out["blessed"] = float(blessing.blessed)
     out["gates_failed"] = float(len(blessing.failed_gates))
     return out
@@ -141,10 +176,14 @@ def primary_metric(scalars: Mapping[str, float]) -> str:
         ValueError: the scalars name no primary metric (no slice, no champion, no accuracy).
     """
     sliced = {m["metric"] for key in scalars if (m := _SLICED.match(key))}
-    sliced -= {"images", *(name for name in sliced if name.startswith("champion_"))}
+    sliced -= {"images", *(name for name in sliced if name.startswith(("champion_", "pair_")))}
     if len(sliced) == 1:
         return sliced.pop()
-    championed = [k.removeprefix("champion_") for k in scalars if _CHAMPION.match(k)]
+    championed = [
+        k.removeprefix("champion_")
+        for k in scalars
+        if _CHAMPION.match(k) and not k.startswith("champion_pair_")
+    ]
     if len(championed) == 1:
         return championed[0]
     if "accuracy" in scalars:
@@ -194,5 +233,41 @@ def slice_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
         metric,
         float(scalars[metric]),
         scalars.get(f"champion_{metric}"),
+    )
+    return [overall, *slices]
+
+
+def pair_rows(scalars: Mapping[str, float]) -> list[SliceRow]:
+    """The pair's end-to-end table back from `evaluation_scalars`; empty for a single model.
+
+    Rows as `slice_rows` (`all` first); `images` counts the true expressions.
+
+    >>> rows = pair_rows({"map_50": 0.9, "pair_end_to_end": 0.5, "pair_expressions": 40.0,
+    ...                   "champion_pair_end_to_end": 0.4, "pair_end_to_end[level=high]": 0.25,
+    ...                   "pair_expressions[level=high]": 8.0})
+    >>> [(r.name, r.images, r.value, r.champion_value) for r in rows]
+    [('all', 40, 0.5, 0.4), ('level=high', 8, 0.25, None)]
+    """
+    if "pair_end_to_end" not in scalars:
+        return []
+    metric = "end_to_end"
+    slices = [
+        SliceRow(
+            m["slice"],
+            int(scalars.get(f"pair_expressions[{m['slice']}]", 0)),
+            metric,
+            float(value),
+            scalars.get(f"champion_pair_end_to_end[{m['slice']}]"),
+        )
+        for key, value in scalars.items()
+        if (m := _SLICED.match(key)) and m["metric"] == "pair_end_to_end"
+    ]
+    slices.sort(key=lambda row: (row.name.count(","), row.name))
+    overall = SliceRow(
+        "all",
+        int(scalars.get("pair_expressions", 0)),
+        metric,
+        float(scalars["pair_end_to_end"]),
+        scalars.get("champion_pair_end_to_end"),
     )
     return [overall, *slices]

@@ -17,6 +17,7 @@ from flywheel.config import ConfigError, Params, parse_params
 from flywheel.config.overrides import parse_overrides
 
 FIRST_CLASS_PARAMETERS: dict[str, str] = {
+    "task": "train.task",
     "epochs": "train.epochs",
     "learning_rate": "train.lr",
     "min_accuracy": "evaluate.gates.min_accuracy",
@@ -41,6 +42,7 @@ def resolve_params(
     params: str | Mapping[str, Any],
     overrides: Sequence[str] = (),
     *,
+    task: str | None = None,
     epochs: int | None = None,
     learning_rate: float | None = None,
     min_accuracy: float | None = None,
@@ -54,9 +56,16 @@ def resolve_params(
     Args:
         params: params.yaml as JSON text (the pipeline's `params`) or as a mapping.
         overrides: `dotted.key=value` pairs, e.g. `["train.batch_size=64"]`.
+        task: `train.task`, when given: in a plan with a section per task
+            (`tasks`), the run takes that task's values.
         epochs: `train.epochs`, when given.
         learning_rate: `train.lr`, when given.
         min_accuracy: `evaluate.gates.min_accuracy`, when given.
+
+    A run that switches the task of a pipeline built for another one leaves a
+    first-class parameter at the value it was built with to the run's task's
+    section: `epochs` built as the detector's 30 becomes the recogniser's when
+    the run asks for `task=recognition` without giving `epochs` a new value.
 
     Raises:
         ConfigError: not JSON, or the result does not match the schema (names the key).
@@ -72,7 +81,26 @@ def resolve_params(
         raw = dict(params)
     merged = parse_overrides(overrides)
     given = {"epochs": epochs, "learning_rate": learning_rate, "min_accuracy": min_accuracy}
+    built: Params | None = None
+    if task:
+        built = parse_params(raw, merged, source="pipeline parameters")
+        switched = built.train.task != task
+        merged["train.task"] = task
+        if not switched:
+            built = None
     for name, value in given.items():
-        if value is not None:
-            merged[FIRST_CLASS_PARAMETERS[name]] = value
+        if value is None:
+            continue
+        key = FIRST_CLASS_PARAMETERS[name]
+        if built is not None and value == _dotted(built, key):
+            continue  # left as built for the other task: the run's task's section decides
+        merged[key] = value
     return parse_params(raw, merged, source="pipeline parameters")
+
+
+def _dotted(params: Params, key: str) -> Any:
+    """The value at a dotted key of `params` (`train.lr`)."""
+    node: Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
