@@ -2,7 +2,8 @@
 
 `write_pages` writes a page dataset folder: `manifest.csv` (one row per page:
 image_id, path, split, sha256, level, writing, noise, width, height, n_boxes),
-`annotations.json` (COCO, one category `formula`, a `latex` per box) and YOLO
+`annotations.json` (COCO, one category `formula`, each image's `name`, a
+`latex`, `region` and `crop_id` per box, so `flywheel.data.pages` reads it) and YOLO
 label files `labels/<image_id>.txt`. Each page holds a few formulas, each the
 LaTeX source drawn as text with Pillow's built-in font, at random places
 that do not overlap. `write_crops` cuts the true boxes into a crops folder
@@ -106,9 +107,15 @@ def write_pages(
             ]
             (root / "labels" / f"{image_id}.txt").write_text("\n".join(yolo) + "\n")
             coco["images"].append(
-                {"id": index + 1, "file_name": rel, "width": size, "height": size}
+                {
+                    "id": index + 1,
+                    "file_name": rel,
+                    "width": size,
+                    "height": size,
+                    "name": image_id,
+                }
             )
-            for box, latex in boxes:
+            for region, (box, latex) in enumerate(boxes):
                 coco["annotations"].append(
                     {
                         "id": len(coco["annotations"]) + 1,
@@ -118,6 +125,8 @@ def write_pages(
                         "category_id": 1,
                         "iscrowd": 0,
                         "latex": latex,
+                        "region": region,
+                        "crop_id": f"{image_id}-r{region:02d}",
                     }
                 )
             row = {
