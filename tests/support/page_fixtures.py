@@ -2,8 +2,9 @@
 
 `write_pages` writes a page dataset folder: `manifest.csv` (one row per page:
 image_id, path, split, sha256, level, writing, noise, width, height, n_boxes),
-`annotations.json` (COCO, one category `formula`, a `latex` per box) and YOLO
-label files `labels/<image_id>.txt`. Each page holds a few formulas, each the
+`annotations.json` (COCO, one category `formula`, each image's `name`, a
+`latex`, `region` and `crop_id` per box, so `flywheel.data.pages` reads it)
+and YOLO label files `labels/<image_id>.txt`. Each page holds a few formulas, each the
 LaTeX source drawn as text with Pillow's built-in font, at random places
 that do not overlap. `write_crops` cuts the true boxes into the folder's
 `crops.csv` and `crops/`, as the collector does. Both are

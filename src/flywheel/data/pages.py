@@ -40,8 +40,8 @@ Readers: `load_page_manifest`, `load_boxes` (COCO boxes per image_id),
 `load_crops`. Writers: `save_page_manifest`, `write_annotations`,
 `write_yolo_labels`, `crop_regions` (the recognition dataset from the
 ground-truth boxes: the collector calls it, and so can anyone who labelled
-real pages in this layout). `tokenize` is the one way a transcript is split
-into vocabulary tokens.
+real pages in this layout) with `crop_box`, the one definition of a crop.
+`tokenize` is the one way a transcript is split into vocabulary tokens.
 """
 
 from __future__ import annotations
@@ -286,6 +286,37 @@ def write_yolo_labels(
     return folder
 
 
+def crop_box(
+    box: tuple[int, int, int, int], padding: int, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """The rectangle of a page that a region's crop takes: the box grown by `padding`, clipped.
+
+    The one definition of a crop. `crop_regions` cuts the recogniser's dataset
+    with it and the page pipeline (`flywheel.tasks.page_pipeline`) cuts a
+    detector's boxes with it, so the recogniser reads the same kind of crop in
+    training, in evaluation of the pair and in serving.
+
+    Args:
+        box: `(x0, y0, x1, y1)` in pixels, x1/y1 exclusive (`Region.xyxy`).
+        padding: pixels added on each side.
+        width, height: the page's size.
+
+    Returns:
+        `(x0, y0, x1, y1)` for `PIL.Image.crop`, or None when nothing of the
+        grown box lies on the page.
+
+    >>> crop_box((10, 5, 30, 15), 2, 31, 100)
+    (8, 3, 31, 17)
+    >>> crop_box((40, 5, 50, 15), 2, 31, 100) is None
+    True
+    """
+    x0, y0 = max(box[0] - padding, 0), max(box[1] - padding, 0)
+    x1, y1 = min(box[2] + padding, width), min(box[3] + padding, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
 def crop_regions(
     dataset_dir: str | Path, padding: int = 2, *, out_dir: str | Path | None = None
 ) -> pd.DataFrame:
@@ -294,7 +325,7 @@ def crop_regions(
     Reads the page manifest and `annotations.json` of `dataset_dir`, writes
     `crops/<split>/<crop_id>.png` and `crops.csv` into `out_dir` (default the
     dataset folder itself). A crop is the box grown by `padding` pixels on each
-    side, clipped to the page.
+    side, clipped to the page (`crop_box`).
 
     Returns:
         The crops manifest (CROP_COLUMNS), sorted by crop_id.
@@ -316,12 +347,11 @@ def crop_regions(
         except OSError as err:
             raise PageDataError(f"{image_path}: cannot open the page: {err}") from None
         for r in regions:
-            x0, y0 = max(r.x - padding, 0), max(r.y - padding, 0)
-            x1 = min(r.x + r.w + padding, image.width)
-            y1 = min(r.y + r.h + padding, image.height)
-            if x1 <= x0 or y1 <= y0:
+            rectangle = crop_box(r.xyxy(), padding, image.width, image.height)
+            if rectangle is None:
                 raise PageDataError(f"{ANNOTATIONS_NAME}: box of {r.crop_id} is outside its page")
-            data = encode_png(image.crop((x0, y0, x1, y1)))
+            x0, y0, x1, y1 = rectangle
+            data = encode_png(image.crop(rectangle))
             relpath = f"{CROPS_DIR}/{page['split']}/{r.crop_id}.png"
             (out / relpath).parent.mkdir(parents=True, exist_ok=True)
             (out / relpath).write_bytes(data)

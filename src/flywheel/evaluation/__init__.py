@@ -21,13 +21,17 @@ columns, and are unit-tested on small tables. Around it:
   `params.yaml` (`evaluate.gates`) and records the blessing on the version
   (`flywheel.registry.record_blessing`; a blessed version becomes `staging`).
 
+`evaluate_pair` scores the formula-page pair end to end (pages in, LaTeX
+out: the share of true expressions found and transcribed exactly, per slice),
+the measure a promotion of either model of the pair is held to.
+
 Slices are named `column=value` for each value of each slice column (e.g.
 `style=handwritten`, `noise=shadow`) and `style=handwritten,noise=shadow` for
 each combination present in the data.
 
 The parts: `metrics` (the pure core), `gates` (the blessing decision),
-`prediction` (running a logged model over a split), `plots`, `candidate` (the
-stage and its MLflow logging), `errors`.
+`prediction` (running a logged model over a split), `pair` (the page pair end
+to end), `plots`, `candidate` (the stage and its MLflow logging), `errors`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from flywheel.evaluation.metrics import (
     score,
     slice_masks,
 )
+from flywheel.evaluation.pair import PairScore, evaluate_pair, score_pages
 from flywheel.evaluation.plots import plot_confusion_matrix, plot_slice_metric
 from flywheel.evaluation.prediction import Predictions, evaluate_model, load_task, predict_split
 
@@ -57,10 +62,12 @@ __all__ = [
     "EvaluationError",
     "EvaluationOutcome",
     "EvaluationReport",
+    "PairScore",
     "Predictions",
     "check_gates",
     "evaluate_candidate",
     "evaluate_model",
+    "evaluate_pair",
     "evaluate_predictions",
     "fingerprint_rows",
     "has_split",
@@ -70,5 +77,6 @@ __all__ = [
     "plot_slice_metric",
     "predict_split",
     "score",
+    "score_pages",
     "slice_masks",
 ]

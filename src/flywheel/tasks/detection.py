@@ -61,6 +61,11 @@ ANNOTATIONS_NAME = "annotations.json"
 CATEGORY = "formula"
 """The detector's one category."""
 
+FORMULA_SCORE = 0.5
+"""A detection scoring at least this is a formula the page is said to hold: what `decode`
+counts in its label and what the page pipeline (`flywheel.tasks.page_pipeline`) reads.
+Lower-scored detections still count for mAP, which ranks every detection."""
+
 _REQUIRED_COLUMNS = ("image_id", "path", "split")
 
 PageSample = tuple[Tensor, Tensor]
@@ -436,7 +441,7 @@ class DetectionTask(Task):
     def decode(self, output: Tensor | np.ndarray) -> DecodedBatch:
         """Per page: its detections (`predictions`), how many formulas, and the grid's certainty.
 
-        `labels` says how many detections score at least 0.5 (`"3 formulas"`);
+        `labels` says how many detections score at least `FORMULA_SCORE` (`"3 formulas"`);
         `confidence` is the certainty of the least certain cell, `max(p, 1 − p)`,
         so a page with one ambiguous region reads as uncertain (curation).
 
@@ -445,7 +450,7 @@ class DetectionTask(Task):
         """
         cells, embedding = self.split_output(output)  # (B, G*G, 5), (B, D)
         found = [self.detections(page) for page in cells]
-        counts = [int((d[:, 4] >= 0.5).sum()) for d in found]
+        counts = [int((d[:, 4] >= FORMULA_SCORE).sum()) for d in found]
         scores = cells[:, :, 0].astype(np.float64)  # (B, G*G)
         return DecodedBatch(
             classes=self.classes,
