@@ -439,7 +439,9 @@ def with_task_section(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
     tasks = raw.get("tasks")
     if not tasks:
         return copy.deepcopy(dict(raw))
-    train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
+    train = raw.get("train")
+    if not isinstance(train, Mapping):
+        train = {}
     task = overrides.get("train.task", train.get("task", TrainConfig().task))
     if not isinstance(tasks, Mapping) or not all(isinstance(v, Mapping) for v in tasks.values()):
         raise ConfigError("tasks: expected a mapping of task name -> the keys it sets")
@@ -448,8 +450,8 @@ def with_task_section(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
             f"train.task {task!r} has no section in tasks; this plan's tasks: {sorted(tasks)}"
         )
     keys = task_keys(tasks[task])
-    data = raw.get("data") if isinstance(raw.get("data"), Mapping) else {}
-    name = data.get("name", DataPlan().name)
+    data = raw.get("data")
+    name = data.get("name", DataPlan().name) if isinstance(data, Mapping) else DataPlan().name
     keys.setdefault("evaluate.registered_model", f"{default_registered_model(str(name))}-{task}")
     tree = copy.deepcopy(dict(raw))
     for dotted, value in keys.items():
