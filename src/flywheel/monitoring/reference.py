@@ -150,11 +150,12 @@ def compute_reference(
                 outputs.append(task.decode(module(batch)))
         decoded = DecodedBatch.concat(outputs)
         rows = dataset.frame
+        ids = rows["image_id"] if "image_id" in rows else rows["crop_id"]  # a page's crops
         part = pd.DataFrame(
             {
-                "image_id": rows["image_id"].astype(str).to_numpy(),
+                "image_id": ids.astype(str).to_numpy(),
                 "split": split,
-                "label": rows["label"].astype(str).to_numpy(),
+                "label": task.true_labels(dataset).astype(str),
                 "style": rows["style"].astype(str).to_numpy() if "style" in rows else "",
                 "noise": rows["noise"].astype(str).to_numpy() if "noise" in rows else "",
                 "stratum": stratum(rows).to_numpy() if {"style", "noise"} <= set(rows) else "",

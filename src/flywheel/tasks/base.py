@@ -432,6 +432,15 @@ class Task(ABC):
             ValueError: `dataset` is not one this task can score.
         """
 
+    def true_labels(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """Each item's true answer as text, in the terms of `DecodedBatch.labels`.
+
+        So `decoded.labels[i] == true_labels(dataset)[i]` says the model got item
+        i right (the reference profile's `correct`, what monitoring compares with
+        labelled traffic). The default reads the manifest's `label` column.
+        """
+        return dataset.frame["label"].astype(str).to_numpy()
+
     @abstractmethod
     def evaluation_metrics(
         self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int

@@ -102,6 +102,11 @@ def _page_boxes(annotations: Mapping[str, Any], where: Path) -> dict[str, np.nda
     return out
 
 
+def _count_label(count: int, category: str) -> str:
+    """`"1 formula"`, `"3 formulas"`: a page's label, true or decoded."""
+    return f"{count} {category}{'' if count == 1 else 's'}"
+
+
 class PageDataset(ManifestDataset[PageSample]):
     """One split of a page dataset: `(page (1, S, S), boxes (M, 4))` in manifest row order.
 
@@ -338,6 +343,13 @@ class DetectionTask(Task):
             raise TypeError(f"expected a PageDataset, got {type(dataset).__name__}")
         return object_array(list(dataset.boxes))
 
+    def true_labels(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """How many formulas each page holds, as `decode` words it (`"3 formulas"`)."""
+        return np.asarray(
+            [_count_label(len(b), self.classes[0]) for b in self.evaluation_targets(dataset)],
+            dtype=object,
+        )
+
     def evaluation_metrics(
         self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int
     ) -> SplitMetrics:
@@ -454,7 +466,7 @@ class DetectionTask(Task):
         scores = cells[:, :, 0].astype(np.float64)  # (B, G*G)
         return DecodedBatch(
             classes=self.classes,
-            labels=tuple(f"{c} {self.classes[0]}{'' if c == 1 else 's'}" for c in counts),
+            labels=tuple(_count_label(c, self.classes[0]) for c in counts),
             confidence=np.maximum(scores, 1.0 - scores).min(axis=1),
             embedding=embedding,
             predictions=object_array(found),

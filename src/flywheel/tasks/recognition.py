@@ -355,6 +355,10 @@ class RecognitionTask(Task):
             raise TypeError(f"expected a CropDataset, got {type(dataset).__name__}")
         return object_array(list(dataset.texts))
 
+    def true_labels(self, dataset: ManifestDataset[Any]) -> np.ndarray:
+        """Each crop's canonical transcript (what `decode` reads, when it reads it right)."""
+        return self.evaluation_targets(dataset)
+
     def evaluation_metrics(
         self, decoded: DecodedBatch, targets: np.ndarray, *, calibration_bins: int
     ) -> SplitMetrics:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -380,7 +381,9 @@ def train_and_register(
         monitor=result.monitor,
         best_metric=float(result.best_metric),
         epochs_run=result.epochs_run,
-        metrics={k: float(v) for k, v in best.items() if k != "epoch"},
+        # a rate over nothing (the precision of a detector that found no box) is NaN:
+        # left out, as JSON and the KFP Metrics artifact cannot hold it
+        metrics={k: float(v) for k, v in best.items() if k != "epoch" and math.isfinite(v)},
     )
     return TrainedModel(result, reference, candidate)
 
