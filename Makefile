@@ -22,7 +22,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
+.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,10 @@ DEMO_LABELER := flywheel.demo.oracle:LabelStudioOracle
 
 demo: setup label-studio ## Run the loop locally: data -> training pipeline -> serve, drift, curate, label in a real Label Studio, retrain
 	$(BIN)/flywheel demo --set label.labeler=$(DEMO_LABELER)
+
+pages: setup ## The formula-page service: its pages (data-pages.dvc), then the training pipeline trains, evaluates and promotes the detector and the recogniser
+	$(BIN)/flywheel data ensure --params plans/pages.yaml
+	$(BIN)/flywheel pipeline run training --params plans/pages.yaml
 
 ui: setup ## Dashboards until Ctrl-C: Evidently UI (drift over time) + MLflow UI, on 127.0.0.1
 	$(BIN)/flywheel ui
