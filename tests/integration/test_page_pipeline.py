@@ -116,3 +116,27 @@ def test_a_detector_run_faces_its_champion_and_the_system_gate(project: Path) ->
         blessing.metrics["pair_end_to_end"] - blessing.metrics["champion_pair_end_to_end"]
     )
     assert "champion v1" in output  # the pair's table has the champion's pair beside it
+
+
+@pytest.mark.parametrize("task", ["detection", "recognition"])
+def test_tune_searches_either_models_training(project: Path, task: str) -> None:
+    out = project / f"tune-{task}"
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--set",
+            f"train.task={task}",
+            "--set",
+            "tune.epochs_per_trial=1",
+            "--set",
+            "tune.space={train.lr: {type: float, low: 0.001, high: 0.01, log: true}}",
+            "--n-trials",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert 0.001 <= best["train.lr"] <= 0.01
