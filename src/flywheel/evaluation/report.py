@@ -84,6 +84,7 @@ def render_evaluation_html(outcome: EvaluationOutcome, gates: GatesConfig) -> st
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in blessing.notes)
     against = f"production version {champ}" if champ else "no production model (first model)"
+    pair = _pair_section(outcome)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>evaluation: {html.escape(title)}</title>
 <style>
@@ -103,5 +104,30 @@ th:first-child, td:first-child {{ text-align: left; }}
 <h2>Gates</h2>
 {_html_table(["gate", "value", "threshold", "verdict", "detail"], gate_rows)}
 <ul>{notes}</ul>
-{confusion}</body></html>
+{pair}{confusion}</body></html>
 """
+
+
+def _pair_section(outcome: EvaluationOutcome) -> str:
+    """The pair end to end (a stage of a two-stage service run with its partner), or ''."""
+    system = outcome.system
+    if system is None:
+        return ""
+    champion = system.champion_pair
+    headers = ["slice", "expressions", "end to end", "found (IoU ≥ 0.5)", "precision"]
+    if champion is not None:
+        headers.append(f"champion v{outcome.blessing.champion_version} end to end")
+    rows = []
+    for name, s in [("all", system.pair), *system.pair.slices.items()]:
+        row = [name, str(s.support), *(f"{v:.4f}" for v in s.values().values())]
+        if champion is not None:
+            theirs = champion if name == "all" else champion.slices.get(name)
+            row.append("-" if theirs is None else f"{theirs.end_to_end:.4f}")
+        rows.append(row)
+    return (
+        f"<h2>The pair end to end, with {html.escape(system.partner)} version "
+        f"{html.escape(system.partner_version)}</h2>\n"
+        "<p>Pages in, LaTeX out: the share of true expressions found at IoU ≥ 0.5 and read "
+        "exactly.</p>\n"
+        f"{_html_table(headers, rows)}\n"
+    )
