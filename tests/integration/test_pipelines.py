@@ -249,6 +249,25 @@ def test_parameters_default_to_params_yaml_and_the_data_version(cluster_training
     assert inputs["repo"].get("defaultValue", "") == ""  # no repository: by hash from the remote
 
 
+def test_the_page_plans_pipeline_takes_the_task_as_a_parameter(tmp_path: Path) -> None:
+    """Compiled from the page plan: one pipeline for both models, the task its parameter."""
+    pages = load_params(ROOT / "plans" / "pages.yaml")
+    pipeline = build_training_pipeline(pages, target="cluster", image=IMAGE)
+    spec, _ = _load(compile_pipeline(pipeline, tmp_path / "training.yaml"))
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+
+    assert inputs["task"]["defaultValue"] == "detection"
+    assert inputs["epochs"]["defaultValue"] == pages.train.epochs  # the detector's section
+    document = inputs["params"]["defaultValue"]
+    recogniser = resolve_params(
+        document, task="recognition", epochs=pages.train.epochs, learning_rate=pages.train.lr
+    )
+    assert recogniser == load_params(ROOT / "plans" / "pages.yaml", {"train.task": "recognition"})
+    for step in ("train-model", "evaluate-model"):
+        task = spec["root"]["dag"]["tasks"][step]["inputs"]["parameters"]["task"]
+        assert task == {"componentInputParameter": "task"}
+
+
 def test_the_compiled_package_loads_back_as_a_component(cluster_training: Path) -> None:
     component = components.load_component_from_file(str(cluster_training))
 
