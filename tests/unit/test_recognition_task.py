@@ -155,3 +155,18 @@ def test_the_exported_program_round_trips_through_pt2(
     assert decoded.embedding.shape == (3, 16)
     with pytest.raises(ValueError, match="expected output"):
         task.decode(expected[:, :symbols])
+
+
+def test_the_recogniser_records_how_its_crops_were_cut() -> None:
+    from flywheel.config import Params
+    from tests.support.pages import tiny_page_plan
+
+    plan = tiny_page_plan()
+    plan = plan.model_copy(update={"pages": plan.pages.model_copy(update={"crop_padding": 5})})
+    task = RecognitionTask.from_params(Params(data=plan))
+    metadata = task.export_metadata()
+
+    assert metadata["crop_padding"] == 5
+    assert RecognitionTask.from_metadata(metadata).crop_padding == 5  # a pair cuts the same
+    older = {k: v for k, v in metadata.items() if k != "crop_padding"}
+    assert RecognitionTask.from_metadata(older).crop_padding == 2  # the plan's default

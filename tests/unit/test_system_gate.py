@@ -9,7 +9,7 @@ from flywheel.evaluation.pair import PairScore
 from flywheel.evaluation.system import GATE, Partner, SystemCheck, with_system_gate
 from flywheel.registry import Blessing, GateResult
 
-PARTNER = Partner("flywheel-pages-recognition", padding=2)
+PARTNER = Partner("flywheel-pages-recognition")
 BLESSING = Blessing(
     candidate_uri="models:/flywheel-pages-detection/2",
     champion_version="1",

@@ -41,6 +41,10 @@ DEFAULT_VOCABULARY: tuple[str, ...] = (
 """The LaTeX tokens of the default plan (`flywheel.data.pages.tokenize` splits a transcript)."""
 
 
+DEFAULT_CROP_PADDING = 2
+"""Paper pixels kept around a box cut out for the recogniser (`PagePlan.crop_padding`)."""
+
+
 class PageStrata(FrozenConfig):
     """The slices a page service must cover; a stratum is one value of each."""
 
@@ -86,7 +90,7 @@ class PagePlan(FrozenConfig):
     vocabulary: tuple[str, ...] = DEFAULT_VOCABULARY
     max_iou: float = Field(0.0, ge=0, lt=1)  # two boxes of one page may overlap up to this IoU
     writers: int = Field(40, ge=4)  # synthetic handwriting writers, cut into pools like glyphs
-    crop_padding: int = Field(2, ge=0, le=32)  # paper pixels kept around a box when cropping
+    crop_padding: int = Field(DEFAULT_CROP_PADDING, ge=0, le=32)  # paper kept around a box, cropped
     noise: PageNoise = PageNoise()
 
     @field_validator("expressions")

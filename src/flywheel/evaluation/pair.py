@@ -353,8 +353,8 @@ def evaluate_pair(
         split: the pages to score (the frozen `test` split for the gate).
         slice_columns: page manifest columns naming the slices.
         batch_size: pages per detector pass and crops per recogniser pass.
-        padding: pixels around a box in its crop: the page plan's
-            `crop_padding` the recogniser was trained with (default the plan's default).
+        padding: pixels around a box in its crop (default the `crop_padding` the
+            recogniser's training crops were cut with, from its metadata).
         min_score: the least detection score reported (default `FORMULA_SCORE`).
         iou: the least IoU at which a detection finds an expression.
         device: torch device for the models given by URI.

@@ -45,12 +45,9 @@ class Partner:
 
     Attributes:
         model_name: its registered model (its `production` version is the partner).
-        padding: pixels around each box in its crop: the page plan's `crop_padding`,
-            which the recogniser was trained with.
     """
 
     model_name: str
-    padding: int
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,6 @@ def check_system(
             split=config.split,
             slice_columns=config.slice_columns,
             batch_size=config.batch_size,
-            padding=partner.padding,
             progress=progress,
         )
 

@@ -25,14 +25,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from flywheel.config import PagePlan
 from flywheel.data.pages import crop_box
 from flywheel.tasks.base import ImageLike, Task
 from flywheel.tasks.detection import FORMULA_SCORE, DetectionTask
 from flywheel.tasks.recognition import RecognitionTask
-
-DEFAULT_CROP_PADDING: int = int(PagePlan.model_fields["crop_padding"].default)
-"""The page plan's default `crop_padding`: what the collector's crops were cut with."""
 
 PixelBox = tuple[int, int, int, int]
 """`(x0, y0, x1, y1)` in page pixels, top-left origin, x1/y1 exclusive (`Region.xyxy`)."""
@@ -98,9 +94,10 @@ class PagePipeline:
     Args:
         detector: a model of task `detection`.
         recognizer: a model of task `recognition`.
-        padding: pixels kept around a box when it is cut out: the `crop_padding`
-            of the crops the recogniser was trained on (a mismatch costs accuracy
-            silently, as the crops then look unlike the training ones).
+        padding: pixels kept around a box when it is cut out; default the
+            `crop_padding` the recogniser's training crops were cut with (its
+            metadata). Another value costs accuracy silently: the crops then look
+            unlike the training ones.
         min_score: detections scoring below this are not reported (default
             `FORMULA_SCORE`, the detector's own count of formulas).
         batch_size: pages per detector pass, and crops per recogniser pass.
@@ -115,7 +112,7 @@ class PagePipeline:
         detector: LoadedModel,
         recognizer: LoadedModel,
         *,
-        padding: int = DEFAULT_CROP_PADDING,
+        padding: int | None = None,
         min_score: float = FORMULA_SCORE,
         batch_size: int = 32,
     ) -> None:
@@ -127,6 +124,8 @@ class PagePipeline:
                 if not isinstance(loaded.task, expected)
             ]
             raise ValueError("the page pair is a detector then a recogniser: " + "; ".join(wrong))
+        if padding is None:
+            padding = recognition.crop_padding
         if padding < 0:
             raise ValueError(f"the crop padding must be at least 0, got {padding}")
         if batch_size < 1:

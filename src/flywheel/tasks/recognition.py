@@ -21,7 +21,7 @@ embedding (the mean of the GRU's states).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
+from flywheel.config.pages import DEFAULT_CROP_PADDING
 from flywheel.data.pages import CROPS_NAME, PageDataError, load_crops
 from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks.augment import augment_batch
@@ -296,6 +297,7 @@ class RecognitionTask(Task):
         channels: Literal[1, 3] = 1,
         *,
         preprocessing: Preprocessing | None = None,
+        crop_padding: int = DEFAULT_CROP_PADDING,
     ) -> None:
         # Crops keep their aspect ratio (padded to 4 x height): `preprocessing` is
         # the base's record of size and channels, not the crop transform.
@@ -304,19 +306,34 @@ class RecognitionTask(Task):
             raise ValueError(f"the crop height must be a multiple of 16, got {image_size}")
         self.width = CROP_ASPECT * image_size
         self.steps = self.width // TIME_STRIDE
+        self.crop_padding = crop_padding  # how its crops were cut: a pipeline cuts the same
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
         """The default vocabulary; the crop height `train.model.input_size` (else the
-        plan's `image_size`)."""
-        return cls(LATEX_VOCABULARY, params.train.model.input_size or params.data.image_size)
+        plan's `image_size`); the page plan's `crop_padding`."""
+        pages = params.data.pages
+        return cls(
+            LATEX_VOCABULARY,
+            params.train.model.input_size or params.data.image_size,
+            crop_padding=pages.crop_padding if pages is not None else DEFAULT_CROP_PADDING,
+        )
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Self:
+        """The recogniser a logged model describes, with the padding of its training crops."""
+        task = super().from_metadata(metadata)
+        task.crop_padding = int(metadata.get("crop_padding", DEFAULT_CROP_PADDING))
+        return task
 
     def export_metadata(self) -> dict[str, Any]:
-        """Adds the input contract and the output layout (steps × symbols, blank first)."""
+        """Adds the input contract, the output layout (steps × symbols, blank first) and
+        the padding its training crops were cut with."""
         symbols = len(self.classes) + 1
         probabilities = self.steps * symbols
         return {
             **super().export_metadata(),
+            "crop_padding": self.crop_padding,
             "input": {
                 "dtype": "float32",
                 "shape": [-1, *self.input_shape],

@@ -117,7 +117,7 @@ def stage_partner(params: Params) -> Partner | None:
     if other is None or other not in params.tasks or params.data.pages is None:
         return None
     partner = parse_params(params.model_dump(mode="json"), {"train.task": other})
-    return Partner(partner.evaluate.registered_model, params.data.pages.crop_padding)
+    return Partner(partner.evaluate.registered_model)
 
 
 def evaluation_scalars(outcome: EvaluationOutcome) -> dict[str, float]:
