@@ -118,3 +118,65 @@ def test_two_cpu_processes_train_the_same_model(tmp_path: Path) -> None:
 
 def _without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
+
+
+@pytest.mark.parametrize(
+    ("task", "monitor"), [("detection", "val_loss"), ("recognition", "val_cer")]
+)
+def test_the_page_tasks_train_the_same_model_on_two_processes(
+    tmp_path: Path, task: str, monitor: str
+) -> None:
+    """The detector and the recogniser go through the same loop: sharded, in step, one run."""
+    from tests.support.page_fixtures import write_crops, write_pages
+
+    pages = tmp_path / "pages"
+    write_pages(pages, {"train": 8, "val": 4}, size=64, font_size=10)
+    write_crops(pages)
+    params = Params(
+        data=tiny_plan(6, 3, 1, seed=5).model_copy(update={"image_size": 64}),
+        train=TrainConfig(
+            task=task,
+            experiment=f"test-ddp-{task}",
+            seed=3,
+            epochs=1,
+            batch_size=8,
+            monitor=monitor,
+            model=ModelConfig(
+                width=4, stages=2, embedding_dim=8, input_size=16 if task == "recognition" else None
+            ),
+        ),
+    )
+    script, params_json, out = tmp_path / "rank.py", tmp_path / "params.json", tmp_path / "out"
+    script.write_text(_RANK_SCRIPT)
+    params_json.write_text(params.model_dump_json())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(params_json),
+            str(pages),
+            str(out),
+        ],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+            "OMP_NUM_THREADS": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    differ = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert not differ, f"ranks disagree on {differ}"
+    info0, info1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert info0["device"] == "cpu x2"
+    assert info1["run_id"] is None  # rank 0 alone logs
+    assert _without_timing(info0["history"]) == _without_timing(info1["history"])
+    assert monitor in info0["history"][0]

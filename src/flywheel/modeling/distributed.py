@@ -72,12 +72,24 @@ def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """The module training calls: a DistributedDataParallel wrapper in a DDP job, else `model`."""
+def wrap_model(
+    model: nn.Module,
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
+    """The module training calls: a DistributedDataParallel wrapper in a DDP job, else `model`.
+
+    `find_unused_parameters` for a model some of whose parameters the loss does
+    not reach (`Task.loss_skips_parameters`).
+    """
     if not ctx.distributed:
         return model
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
     )
 
 

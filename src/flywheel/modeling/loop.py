@@ -83,7 +83,7 @@ def build_loop(
         ctx=ctx,
         device=device,
         model=model,
-        wrapped=wrap_model(model, ctx, device),
+        wrapped=wrap_model(model, ctx, device, find_unused_parameters=task.loss_skips_parameters),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,

@@ -314,6 +314,11 @@ class Task(ABC):
     `metric_directions` (e.g. `accuracy`, max; an error rate would be min)."""
     metric_labels: ClassVar[Mapping[str, str]] = {}
     """Evaluation metric name → how reports and tables title it (default: the name)."""
+    loss_skips_parameters: ClassVar[bool] = False
+    """Some parameters take no part in the loss (a detector's or recogniser's embedding
+    head, read only by monitoring): DistributedDataParallel must look for them after
+    every step (`find_unused_parameters`), or it never reduces the gradients of the
+    bucket that holds them and the ranks drift apart silently."""
 
     def __init__(
         self,

@@ -244,6 +244,7 @@ class DetectionTask(Task):
         "recall_50": "max",
     }
     primary_metric: ClassVar[str] = "map_50"
+    loss_skips_parameters: ClassVar[bool] = True  # the embedding head (monitoring)
     metric_labels: ClassVar[dict[str, str]] = {
         "map_50": "mAP@0.5",
         "map_50_95": "mAP@0.5:0.95",

@@ -288,6 +288,7 @@ class RecognitionTask(Task):
         "exact_match": "max",
     }
     primary_metric: ClassVar[str] = "cer"
+    loss_skips_parameters: ClassVar[bool] = True  # the embedding head (monitoring)
     metric_labels: ClassVar[dict[str, str]] = {"cer": "CER", "exact_match": "exact match"}
 
     def __init__(
