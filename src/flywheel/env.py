@@ -45,14 +45,19 @@ before that (`configure_process`), the image sets it in its environment.
 """
 
 
+QUIET_OUTPUT: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+"""No library progress bars in the commands' output: MLflow draws one for every artifact
+it downloads (a blessing, a reference profile), which lands between the tables."""
+
+
 def configure_process() -> None:
     """What every entry point (the CLI, the service) sets up first, before torch is imported.
 
-    Telemetry off (`disable_telemetry`) and `CPU_SHARING`; values already set
-    by the user win.
+    Telemetry off (`disable_telemetry`), `CPU_SHARING` and `QUIET_OUTPUT`; values
+    already set by the user win.
     """
     disable_telemetry()
-    for key, value in CPU_SHARING.items():
+    for key, value in {**CPU_SHARING, **QUIET_OUTPUT}.items():
         os.environ.setdefault(key, value)
 
 
