@@ -275,6 +275,7 @@ def test_the_compiled_package_loads_back_as_a_component(cluster_training: Path) 
     assert set(component.component_spec.inputs or {}) == {
         "params",
         "overrides",
+        "task",
         "epochs",
         "learning_rate",
         "min_accuracy",

@@ -174,11 +174,25 @@ def _compile_for_cluster(
 
 
 def _arguments(pipeline: Any, p: Params, pairs: list[str], *, data_version: str, repo: str) -> Any:
-    """The run's arguments, limited to the parameters this pipeline declares."""
+    """The run's arguments, limited to the parameters this pipeline declares.
+
+    A first-class value the pipeline has no parameter for travels as an override
+    (`--set train.task=recognition` on a pipeline without `task` still picks the
+    task's section of the plan).
+    """
+    from flywheel.workflows import FIRST_CLASS_PARAMETERS
     from pipelines.arguments import pipeline_arguments
 
     arguments = pipeline_arguments(p, pairs, data_version=data_version, repo=repo)
-    return {k: v for k, v in arguments.items() if k in pipeline.component_spec.inputs}
+    inputs = pipeline.component_spec.inputs
+    undeclared = [
+        f"{key}={arguments[name]}"
+        for name, key in FIRST_CLASS_PARAMETERS.items()
+        if name in arguments and name not in inputs
+    ]
+    if undeclared and "overrides" in inputs:
+        arguments["overrides"] = [*arguments["overrides"], *undeclared]
+    return {k: v for k, v in arguments.items() if k in inputs}
 
 
 def run_pipeline_locally(
