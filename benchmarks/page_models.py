@@ -159,7 +159,7 @@ def timed_task(base: type[Task], clock: Clock) -> str:
     else changes.
     """
 
-    class Timed(base):  # type: ignore[valid-type, misc]
+    class Timed(base):
         name = f"{base.name}_timed"
         _calls = 0
 
@@ -517,11 +517,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=ROOT / "plans" / "pages.yaml")
     parser.add_argument("--digits-params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--train", type=int, default=8, help="train pages per stratum")
+    parser.add_argument("--train", type=int, default=6, help="train pages per stratum")
     parser.add_argument("--val", type=int, default=2, help="val pages per stratum")
     parser.add_argument("--test", type=int, default=4, help="test pages per stratum")
     parser.add_argument("--epochs", type=int, default=10, help="both detectors")
-    parser.add_argument("--rec-epochs", type=int, default=15, help="both recognisers")
+    parser.add_argument("--rec-epochs", type=int, default=10, help="both recognisers")
     parser.add_argument("--batch-size", type=int, default=16, help="both detectors")
     parser.add_argument("--crop-height", type=int, default=32, help="the CRNN's input height")
     parser.add_argument("--threads", type=int, default=2)
@@ -593,9 +593,10 @@ def main() -> None:
                 notes.append(fit)
     loads.append(load_average())
 
+    counted = manifest["split"].value_counts()
     lines = [
         f"Pages: {args.train}/{args.val}/{args.test} per stratum and split "
-        f"({' / '.join(f'{n} {s}' for s, n in manifest['split'].value_counts().items())} pages, "
+        f"({' / '.join(f'{counted[s]} {s}' for s in ('train', 'val', 'test'))} pages, "
         f"{len(crops)} boxes), {plan.image_size} px; detectors {args.epochs} epochs at batch "
         f"{args.batch_size}, recognisers {args.rec_epochs} epochs; {args.threads} threads; "
         f"test split scored. Load average (1, 5, 15 min) {loads[0]} before, {loads[1]} after; "

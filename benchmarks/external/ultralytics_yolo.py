@@ -99,7 +99,7 @@ def main() -> None:
     from ultralytics import YOLO, settings
 
     # select_device sets torch's threads to min(8, cores - 1): 1 on 2 cores.
-    torch_utils.NUM_THREADS = args.threads  # type: ignore[attr-defined]
+    torch_utils.NUM_THREADS = args.threads
     torch.set_num_threads(args.threads)
     settings.update({"sync": False})
 
