@@ -517,7 +517,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=ROOT / "plans" / "pages.yaml")
     parser.add_argument("--digits-params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--train", type=int, default=6, help="train pages per stratum")
+    parser.add_argument("--train", type=int, default=8, help="train pages per stratum")
     parser.add_argument("--val", type=int, default=2, help="val pages per stratum")
     parser.add_argument("--test", type=int, default=4, help="test pages per stratum")
     parser.add_argument("--epochs", type=int, default=10, help="both detectors")
