@@ -22,6 +22,7 @@ export BENTOML_DO_NOT_TRACK     := true
 export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
+.PHONY: ultralytics .venv-ultralytics
 .PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
 
 help: ## List the targets
@@ -95,6 +96,23 @@ $(LS_STAMP): $(LS_LOCK)
 	rm -rf $(LS_DIR)/template && mkdir -p $(LS_DIR)/template
 	$(LS_OFFLINE) DJANGO_DB=sqlite LABEL_STUDIO_BASE_DATA_DIR=$(LS_DIR)/template \
 	  $(LS_DIR)/venv/bin/label-studio version >/dev/null
+	@touch $@
+
+# Ultralytics (benchmarks/page_models.py's detector anchor) needs torchvision, which cannot
+# load beside the lock's CPU torch: its own venv, exact pins (PyPI's torch, ~6 GB, runs on CPU).
+ULTRA_VENV  := .venv-ultralytics
+ULTRA_LOCK  := requirements/ultralytics.txt
+ULTRA_STAMP := $(ULTRA_VENV)/.installed
+
+ultralytics: $(ULTRA_STAMP) ## Install Ultralytics for benchmarks/page_models.py (own venv .venv-ultralytics/, ~6 GB)
+.venv-ultralytics: $(ULTRA_STAMP)
+
+$(ULTRA_STAMP): $(ULTRA_LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(ULTRA_VENV)/bin/python || $(PYTHON) -m venv $(ULTRA_VENV)
+	$(ULTRA_VENV)/bin/python -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
+	$(ULTRA_VENV)/bin/python -m pip install --quiet --no-deps -r $(ULTRA_LOCK)
+	$(ULTRA_VENV)/bin/python -m pip check
 	@touch $@
 
 test: setup system-deps label-studio-for-tests ## Run every test, slow ones included (what CI runs)
