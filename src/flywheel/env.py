@@ -113,3 +113,15 @@ def component_image(repo: str | None = None) -> str:
         return os.environ[IMAGE_ENV]
     chosen = (repo or os.environ.get(IMAGE_REPO_ENV) or DEFAULT_IMAGE_REPO).rstrip("/")
     return f"{chosen}/flywheel:{__version__}"
+
+
+def tqdm_disable(progress: bool) -> bool | None:
+    """tqdm's `disable` for a bar a caller asked for (`progress`): shown on a terminal only.
+
+    None lets tqdm hide the bar when its output is not a TTY, so a log file
+    (`make pages > log`, a CI job, a pod) gets no line per update.
+
+    >>> tqdm_disable(False), tqdm_disable(True)
+    (True, None)
+    """
+    return None if progress else True

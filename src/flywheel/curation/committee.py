@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flywheel.curation.strategies import CurationError
+from flywheel.env import tqdm_disable
 from flywheel.storage import Location, as_location, read_bytes
 
 if TYPE_CHECKING:
@@ -90,7 +91,11 @@ def score_images(
     starts = range(0, len(image_paths), batch_size)
     with torch.inference_mode():
         for start in tqdm(
-            starts, desc="committee re-scores", unit="batch", disable=not progress, leave=False
+            starts,
+            desc="committee re-scores",
+            unit="batch",
+            disable=tqdm_disable(progress),
+            leave=False,
         ):
             images = []
             for path in image_paths[start : start + batch_size]:

@@ -43,6 +43,7 @@ from flywheel.data.files import IMAGES_DIR, DatasetWriteError, encode_png, stage
 from flywheel.data.inspect import IMAGE_SUFFIXES, LOW_RANGE_FRACTION, assign_splits, scan_tree
 from flywheel.data.manifest import manifest_frame, save_manifest
 from flywheel.data.preprocessing import Preprocessing, PreprocessingError, bit_depth_white
+from flywheel.env import tqdm_disable
 
 __all__ = ["IMAGE_SUFFIXES", "DatasetImportError", "import_imagefolder"]
 
@@ -230,7 +231,9 @@ def import_imagefolder(
             for folder in sorted({(e.split, e.label) for e in entries}):
                 (stage / IMAGES_DIR / folder[0] / folder[1]).mkdir(parents=True, exist_ok=True)
             counters = dict.fromkeys(SPLITS, 0)
-            for entry in tqdm(entries, desc=f"import {src.name}", unit="img", disable=not progress):
+            for entry in tqdm(
+                entries, desc=f"import {src.name}", unit="img", disable=tqdm_disable(progress)
+            ):
                 try:
                     image, loaded[entry.file] = _load(entry.file, preprocessing)
                 except PreprocessingError as err:

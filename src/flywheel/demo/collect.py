@@ -47,6 +47,7 @@ from flywheel.demo.render import (
     GlyphLibrary,
     render_image,
 )
+from flywheel.env import tqdm_disable
 
 __all__ = [
     "IMAGES_DIR",
@@ -217,7 +218,7 @@ def _write_images(
     for folder in sorted({(dest / job.relpath).parent for job in jobs}):
         folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
-    for job in tqdm(jobs, desc=desc, unit="img", disable=not progress):
+    for job in tqdm(jobs, desc=desc, unit="img", disable=tqdm_disable(progress)):
         image = render_image(
             library,
             job.glyph,

@@ -35,6 +35,7 @@ import pandas as pd
 
 from flywheel.config import Params
 from flywheel.data.ground_truth import ORIGIN_SIMULATOR, ground_truth_dir, write_ground_truth
+from flywheel.env import tqdm_disable
 from flywheel.serving_api import (
     IMAGES_FIELD,
     PNG_MEDIA_TYPE,
@@ -316,7 +317,10 @@ def simulate_traffic(
             httpx.Client(timeout=timeout) as client,
             ThreadPoolExecutor(max_workers=workers) as pool,
             tqdm(
-                total=len(groups), desc=f"simulate {scenario}", unit="req", disable=not progress
+                total=len(groups),
+                desc=f"simulate {scenario}",
+                unit="req",
+                disable=tqdm_disable(progress),
             ) as bar,
         ):
             futures = [

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.data.pages import load_boxes, load_page_manifest, tokenize
+from flywheel.env import tqdm_disable
 from flywheel.evaluation.errors import EvaluationError
 from flywheel.evaluation.metrics import slice_masks
 
@@ -450,7 +451,7 @@ def _score_split(
     predicted: list[list[tuple[Box, float, str]]] = []
     step = pipeline.batch_size
     for start in tqdm(
-        range(0, len(rows), step), desc=f"pair {split}", disable=not progress, leave=False
+        range(0, len(rows), step), desc=f"pair {split}", disable=tqdm_disable(progress), leave=False
     ):
         images = []
         for path in rows["path"].iloc[start : start + step]:

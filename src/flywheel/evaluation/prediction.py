@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.config import EvaluateConfig
+from flywheel.env import tqdm_disable
 from flywheel.evaluation.errors import EvaluationError
 from flywheel.evaluation.metrics import EvaluationReport, evaluate_predictions, fingerprint_rows
 
@@ -120,7 +121,11 @@ def predict_split(
     chunks: list[DecodedBatch] = []
     with torch.inference_mode():
         for inputs, _ in tqdm(
-            loader, desc=f"evaluate {split}", unit="batch", disable=not progress, leave=False
+            loader,
+            desc=f"evaluate {split}",
+            unit="batch",
+            disable=tqdm_disable(progress),
+            leave=False,
         ):
             output = model(inputs.to(device))  # the exported layout, e.g. (B, K + D)
             try:

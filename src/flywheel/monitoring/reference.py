@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flywheel.env import tqdm_disable
 from flywheel.monitoring.features import FEATURE_COLUMNS, summary_features
 
 REFERENCE_ARTIFACT_DIR = "reference"
@@ -142,7 +143,9 @@ def compute_reference(
         features: list[pd.DataFrame] = []
         outputs: list[DecodedBatch] = []
         starts = range(0, len(dataset), batch_size)
-        for start in tqdm(starts, desc=f"reference {split}", unit="batch", disable=not progress):
+        for start in tqdm(
+            starts, desc=f"reference {split}", unit="batch", disable=tqdm_disable(progress)
+        ):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = torch.stack([image for image, _ in items])  # (B, C, S, S) in [0, 1]
             features.append(summary_features(task.pixels(batch)))  # as the service does

@@ -49,6 +49,7 @@ from flywheel.demo.pages.handwriting import HandwritingRenderer, Writer
 from flywheel.demo.pages.page import PAGE_NOISES, DrawnPage, compose_page
 from flywheel.demo.pages.printed import FONTSETS, glyph_id, render_printed, scale_mask
 from flywheel.demo.render import CollectError
+from flywheel.env import tqdm_disable
 
 WRITINGS: tuple[str, ...] = ("printed", "handwritten")
 """Writings the collector can draw."""
@@ -229,7 +230,9 @@ def collect_pages(
     with staged_dir(target, PAGE_ENTRIES) as stage:
         for split in SPLITS:
             (stage / IMAGES_DIR / split).mkdir(parents=True, exist_ok=True)
-        for job in tqdm(jobs, desc=f"collect {plan.name}", unit="page", disable=not progress):
+        for job in tqdm(
+            jobs, desc=f"collect {plan.name}", unit="page", disable=tqdm_disable(progress)
+        ):
             page, texts, glyphs = draw_page(job, plan, pages, pools[job.split], bitmaps)
             data = encode_png(page.image)
             relpath = f"{IMAGES_DIR}/{job.split}/{job.image_id}.png"

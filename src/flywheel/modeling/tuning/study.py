@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flywheel.config import Params
+from flywheel.env import tqdm_disable
 from flywheel.modeling.distributed import wants_cuda
 from flywheel.modeling.run_logging import ending_run
 from flywheel.modeling.tuning.objective import (
@@ -161,7 +162,9 @@ def _quiet_optuna() -> Iterator[None]:
 def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="tune", unit="trial", disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, desc="tune", unit="trial", disable=tqdm_disable(enabled), dynamic_ncols=True
+    )
     try:
         yield bar
     finally:
