@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 <p>{html.escape(report.split)} split, {report.overall.n} images, against
 {html.escape(against)}; evaluated {html.escape(blessing.evaluated_at)}.</p>
 {verdict}
-<h2>{html.escape(primary[:1].upper() + primary[1:])} per slice</h2>
+<h2>{html.escape(_heading(primary))} per slice</h2>
 {_html_table(slice_headers, slice_table)}
 <img alt="{html.escape(primary)} per slice" src="data:image/png;base64,{bars}">
 <h2>Gates</h2>
@@ -106,6 +107,20 @@ th:first-child, td:first-child {{ text-align: left; }}
 <ul>{notes}</ul>
 {pair}{confusion}</body></html>
 """
+
+
+def _heading(label: str) -> str:
+    """A metric's label opening a heading: `Accuracy`, but `mAP@0.5` and `CER` as they are.
+
+    >>> _heading("accuracy"), _heading("mAP@0.5"), _heading("CER")
+    ('Accuracy', 'mAP@0.5', 'CER')
+    """
+    return label[:1].upper() + label[1:] if label[1:2].islower() else label
+
+
+def _rate(value: float) -> str:
+    """A rate for a table: 4 decimals, `-` for a rate over nothing (NaN)."""
+    return "-" if math.isnan(value) else f"{value:.4f}"
 
 
 def _pair_section(outcome: EvaluationOutcome) -> str:
@@ -119,7 +134,7 @@ def _pair_section(outcome: EvaluationOutcome) -> str:
         headers.append(f"champion v{outcome.blessing.champion_version} end to end")
     rows = []
     for name, s in [("all", system.pair), *system.pair.slices.items()]:
-        row = [name, str(s.support), *(f"{v:.4f}" for v in s.values().values())]
+        row = [name, str(s.support), *(_rate(v) for v in s.values().values())]
         if champion is not None:
             theirs = champion if name == "all" else champion.slices.get(name)
             row.append("-" if theirs is None else f"{theirs.end_to_end:.4f}")
