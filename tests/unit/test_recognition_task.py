@@ -170,3 +170,32 @@ def test_the_recogniser_records_how_its_crops_were_cut() -> None:
     assert RecognitionTask.from_metadata(metadata).crop_padding == 5  # a pair cuts the same
     older = {k: v for k, v in metadata.items() if k != "crop_padding"}
     assert RecognitionTask.from_metadata(older).crop_padding == 2  # the plan's default
+
+
+def test_box_jitter_cuts_training_crops_afresh_from_their_pages(crops: Path) -> None:
+    from flywheel.config import AugmentConfig, Params, TrainConfig
+    from tests.support.pages import tiny_page_plan
+
+    params = Params(
+        data=tiny_page_plan(),
+        train=TrainConfig(
+            task="recognition",
+            model=MODEL.model_copy(update={"input_size": HEIGHT}),
+            augment=AugmentConfig(box_jitter=0.2),
+        ),
+    )
+    task = RecognitionTask.from_params(params)
+    train = task.build_dataset(crops, "train")
+    stored = RecognitionTask(image_size=HEIGHT).build_dataset(crops, "train")
+
+    torch.manual_seed(0)
+    first, symbols = train[0]
+    second, _ = train[0]
+    assert first.shape == (1, HEIGHT, 4 * HEIGHT)
+    assert torch.equal(symbols, stored[0][1])
+    assert not torch.equal(first, second)  # a new box each time it is read
+    assert not torch.equal(first, stored[0][0])
+    assert task.build_dataset(crops, "val")._boxes == []  # evaluation reads the stored crops
+    off = params.train.augment.model_copy(update={"enabled": False})
+    quiet = params.model_copy(update={"train": params.train.model_copy(update={"augment": off})})
+    assert RecognitionTask.from_params(quiet).box_jitter == 0.0

@@ -35,6 +35,10 @@ class AugmentConfig(FrozenConfig):
     scale: float = Field(0.08, ge=0, lt=1)  # zoom in [1 - s, 1 + s]
     noise_std: float = Field(0.02, ge=0, le=1)  # Gaussian pixel noise
     hflip: float = Field(0.0, ge=0, le=1)  # probability of a left-right mirror (off for digits)
+    # recognition: each edge of a training crop's box moves by up to this share of the
+    # box's height, cut afresh from its page (a detector's boxes are never exact); 0 reads
+    # the stored crops
+    box_jitter: float = Field(0.0, ge=0, le=0.5)
 
 
 class TrainConfig(FrozenConfig):

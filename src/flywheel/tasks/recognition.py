@@ -34,7 +34,15 @@ from torch import Tensor, nn
 
 from flywheel.config import AugmentConfig, ModelConfig, Params
 from flywheel.config.pages import DEFAULT_CROP_PADDING
-from flywheel.data.pages import CROPS_NAME, PageDataError, load_crops
+from flywheel.data.pages import (
+    ANNOTATIONS_NAME,
+    CROPS_NAME,
+    PageDataError,
+    crop_box,
+    load_boxes,
+    load_crops,
+    load_page_manifest,
+)
 from flywheel.data.preprocessing import Preprocessing
 from flywheel.tasks.augment import augment_batch
 from flywheel.tasks.base import (
@@ -99,6 +107,12 @@ class CropDataset(ManifestDataset[CropSample]):
         split: `train`, `val` or `test`.
         vocabulary: the tokens; a transcript with another token is an error.
         height, width: the input size.
+        box_jitter: above 0, each crop is cut afresh from its page (`annotations.json`,
+            the page manifest) with every edge of its box moved by up to this share of
+            the box's height (torch's RNG: seeded, and checkpointed by training), then
+            grown by `padding` as the stored crops were. A detector's boxes are never
+            exact; a recogniser trained only on exact ones misreads its crops.
+        padding: pixels around a jittered box (the plan's `crop_padding`).
 
     Raises:
         DatasetError: no `crops.csv`, missing columns, no rows in the split, an empty
@@ -106,10 +120,19 @@ class CropDataset(ManifestDataset[CropSample]):
     """
 
     def __init__(
-        self, dataset_dir: Path, split: str, vocabulary: Sequence[str], height: int, width: int
+        self,
+        dataset_dir: Path,
+        split: str,
+        vocabulary: Sequence[str],
+        height: int,
+        width: int,
+        *,
+        box_jitter: float = 0.0,
+        padding: int = DEFAULT_CROP_PADDING,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.height, self.width = height, width
+        self.box_jitter, self.padding = box_jitter, padding
         where = self.dataset_dir / CROPS_NAME
         try:
             crops = load_crops(self.dataset_dir)
@@ -134,17 +157,70 @@ class CropDataset(ManifestDataset[CropSample]):
                 f"{where}: {len(absent)} crops of split {split!r} are missing, e.g. {absent[:3]}"
             )
         self.frame: pd.DataFrame = rows
+        self._boxes: list[tuple[Path, tuple[int, int, int, int]]] = []
+        self._pages: dict[Path, np.ndarray] = {}
+        if box_jitter > 0:
+            self._boxes = _page_boxes(self.dataset_dir, rows)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> CropSample:
+        if self._boxes:
+            return self._jittered(i), self.tokens[i]
         try:
             with Image.open(self.paths[i]) as image:
                 pixels = crop_to_tensor(image, self.height, self.width)  # (1, H, W)
         except (UnidentifiedImageError, OSError) as err:
             raise DatasetError(f"{self.paths[i]}: cannot read crop: {err}") from None
         return pixels, self.tokens[i]
+
+    def _jittered(self, i: int) -> Tensor:
+        """Crop i cut from its page with its box's edges moved at random (`box_jitter`)."""
+        page_path, (x0, y0, x1, y1) = self._boxes[i]
+        page = self._pages.get(page_path)
+        if page is None:
+            try:
+                with Image.open(page_path) as image:
+                    page = self._pages[page_path] = np.asarray(image.convert("L"))
+            except (UnidentifiedImageError, OSError) as err:
+                raise DatasetError(f"{page_path}: cannot read page: {err}") from None
+        reach = self.box_jitter * (y1 - y0)
+        dx0, dy0, dx1, dy1 = ((torch.rand(4) * 2 - 1) * reach).round().int().tolist()
+        box = (x0 + dx0, y0 + dy0, max(x1 + dx1, x0 + dx0 + 2), max(y1 + dy1, y0 + dy0 + 2))
+        rect = crop_box(box, self.padding, page.shape[1], page.shape[0])
+        if rect is None:  # moved off the page: the box as it is
+            rect = crop_box((x0, y0, x1, y1), self.padding, page.shape[1], page.shape[0])
+        if rect is None:
+            raise DatasetError(f"{page_path}: the box {(x0, y0, x1, y1)} lies off its page")
+        left, top, right, bottom = rect
+        return crop_to_tensor(page[top:bottom, left:right], self.height, self.width)
+
+
+def _page_boxes(
+    dataset_dir: Path, rows: pd.DataFrame
+) -> list[tuple[Path, tuple[int, int, int, int]]]:
+    """Each crop row's page file and true box (`x0, y0, x1, y1` in pixels).
+
+    Raises:
+        DatasetError: a crop whose page or box the page manifest and `annotations.json`
+            do not hold.
+    """
+    try:
+        pages = load_page_manifest(dataset_dir).set_index("image_id")["path"]
+        regions = {r.crop_id: r for found in load_boxes(dataset_dir).values() for r in found}
+    except PageDataError as err:
+        raise DatasetError(f"box jitter needs the crops' pages: {err}") from None
+    out: list[tuple[Path, tuple[int, int, int, int]]] = []
+    for crop_id, page_id in zip(rows["crop_id"], rows["page_id"], strict=True):
+        region = regions.get(str(crop_id))
+        if region is None or str(page_id) not in pages.index:
+            raise DatasetError(
+                f"{dataset_dir / CROPS_NAME}: crop {crop_id} has no box in "
+                f"{ANNOTATIONS_NAME} or no page {page_id!r} in the page manifest"
+            )
+        out.append((dataset_dir / str(pages[str(page_id)]), region.xyxy()))
+    return out
 
 
 def collate_crops(batch: list[CropSample]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -308,17 +384,21 @@ class RecognitionTask(Task):
         self.width = CROP_ASPECT * image_size
         self.steps = self.width // TIME_STRIDE
         self.crop_padding = crop_padding  # how its crops were cut: a pipeline cuts the same
+        self.box_jitter = 0.0  # training only (`from_params`): crops cut afresh, boxes moved
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
         """The default vocabulary; the crop height `train.model.input_size` (else the
         plan's `image_size`); the page plan's `crop_padding`."""
         pages = params.data.pages
-        return cls(
+        task = cls(
             LATEX_VOCABULARY,
             params.train.model.input_size or params.data.image_size,
             crop_padding=pages.crop_padding if pages is not None else DEFAULT_CROP_PADDING,
         )
+        augment = params.train.augment
+        task.box_jitter = augment.box_jitter if augment.enabled else 0.0
+        return task
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> Self:
@@ -361,7 +441,15 @@ class RecognitionTask(Task):
     # ------------------------------------------------------------ training
 
     def build_dataset(self, dataset_dir: Path, split: str) -> CropDataset:
-        return CropDataset(dataset_dir, split, self.classes, self.image_size, self.width)
+        return CropDataset(
+            dataset_dir,
+            split,
+            self.classes,
+            self.image_size,
+            self.width,
+            box_jitter=self.box_jitter if split == "train" else 0.0,
+            padding=self.crop_padding,
+        )
 
     def evaluation_targets(self, dataset: ManifestDataset[Any]) -> np.ndarray:
         """Each crop's canonical transcript, `(N,)` object array.
