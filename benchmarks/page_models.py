@@ -39,9 +39,10 @@ validation and checkpoints; the export of the logged model excluded). Every
 number is a measurement of this run; the timings are on whatever else the
 machine is doing (the load average is printed before and after).
 
-    .venv/bin/python benchmarks/page_models.py                     # ~6 min on 2 CPU cores
-    .venv/bin/python benchmarks/page_models.py --train 16 --val 4 --test 6 \\
-        --epochs 30 --rec-epochs 30
+    make .venv-ultralytics                                   # once: Ultralytics' own venv
+    .venv/bin/python benchmarks/page_models.py               # 12 min on 2 busy cores (load 3.4-4.9)
+    .venv/bin/python benchmarks/page_models.py --epochs 30 --rec-epochs 30   # ~3 x longer
+    .venv/bin/python benchmarks/page_models.py --train 16 --val 4 --test 6   # more pages
 
 Ultralytics is not in the project's environment and cannot be: it needs
 torchvision, and the one torchvision built for the project's torch (0.28.0 for
@@ -295,11 +296,17 @@ def run_ultralytics(
     with log.open("w") as sink:
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0 or not out.is_file():
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        tail = "\n    ".join(lines[-12:])
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.strip(" ^~")  # not blank, not a traceback's underline
+        ]
+        error = lines[-1].strip() if lines else "no output"
+        tail = "\n    ".join(lines[-10:])
         return Row(
             name,
-            note=f"failed (exit status {done.returncode}): {' '.join(command)}\n    {tail}",
+            note=f"failed (exit status {done.returncode}): {error}\n"
+            f"    command: {' '.join(command)}\n    {tail}",
         ), {}
     result = json.loads(out.read_text())
     dataset = PageDataset(
@@ -485,14 +492,17 @@ def tables(detectors: list[Row], recognisers: list[Row]) -> list[str]:
     head = (
         "| model | parameters | train images / epoch | epochs | train images/s | train wall (s) |"
     )
-    lines = [head + " mAP@0.5 | mAP@0.5:0.95 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in detectors:
-        metrics = [number(row.metrics.get(k, float("nan"))) for k in ("map_50", "map_50_95")]
-        lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
-    lines += ["", head + " CER | exact match |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in recognisers:
-        metrics = [number(row.metrics.get(k, float("nan"))) for k in ("cer", "exact_match")]
-        lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
+    lines: list[str] = []
+    for rows, labels, keys in (
+        (detectors, "mAP@0.5 | mAP@0.5:0.95", ("map_50", "map_50_95")),
+        (recognisers, "CER | exact match", ("cer", "exact_match")),
+    ):
+        if not rows:
+            continue
+        lines += [*([""] if lines else []), f"{head} {labels} |", "|---|" + "---:|" * 7]
+        for row in rows:
+            metrics = [number(row.metrics.get(k, float("nan"))) for k in keys]
+            lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
     return lines
 
 
