@@ -6,19 +6,25 @@ on it, one after another in this process (the Ultralytics one in a child
 process), each with `--threads` PyTorch threads:
 
 * **flywheel detector**: `train.task: detection` (the YOLO-style grid detector
-  of `flywheel.tasks.detection`) through `flywheel.modeling.training.train`,
-  evaluated through its logged pt2 model by `flywheel.evaluation.evaluate_model`.
+  of `flywheel.tasks.detection`) as the plan trains it (its `train` section
+  with `tasks.detection` applied: input size, width, augmentation, epochs,
+  batch size), through `flywheel.modeling.training.train`, evaluated through
+  its logged pt2 model by `flywheel.evaluation.evaluate_model` as the plan's
+  `evaluate` section says.
 * **Ultralytics YOLO** (the anchor): a nano model built from its YAML
   (`--yolo-model`, default `yolo11n.yaml`: random weights, nothing downloaded),
   trained from scratch offline with Ultralytics' own recipe on the same train
-  pages, for the same epochs, at the same image size and batch size
+  pages, for the same epochs, at the detector's input size and batch size
   (`benchmarks/external/ultralytics_yolo.py`, run by the interpreter of
   `.venv-ultralytics`). Its best epoch (on val) predicts the test pages and
   those detections are scored by flywheel's scorer, the one the flywheel
   detector is scored by (`flywheel.tasks.detection_metrics`, faster-coco-eval);
-  Ultralytics' own validator's mAP of the test split is printed beside.
-* **flywheel recogniser**: `train.task: recognition` (CRNN + CTC) on the crops
-  of the same pages' true boxes, evaluated like the detector.
+  Ultralytics' own validator's mAP of the test split is printed beside, and
+  its recipe (optimiser, nominal batch, warm-up).
+* **flywheel recogniser**: `train.task: recognition` (CRNN + CTC) as the plan
+  trains it (`tasks.recognition`: crop height, learning rate, box jitter, ...)
+  on the crops of the same pages' boxes (`crops.csv`), evaluated like the
+  detector.
 * **per-token classifier** (the trivial anchor): each train crop is cut into as
   many equal-width pieces as its transcript has tokens, and the digits
   classifier (`params.yaml: train`, its small CNN, augmentation and
@@ -39,9 +45,10 @@ validation and checkpoints; the export of the logged model excluded). Every
 number is a measurement of this run; the timings are on whatever else the
 machine is doing (the load average is printed before and after).
 
-    .venv/bin/python benchmarks/page_models.py                     # ~6 min on 2 CPU cores
+    make .venv-ultralytics                                   # once: Ultralytics' own venv
+    .venv/bin/python benchmarks/page_models.py               # the plan's epochs (12 and 10)
     .venv/bin/python benchmarks/page_models.py --train 16 --val 4 --test 6 \\
-        --epochs 30 --rec-epochs 30
+        --epochs 30 --rec-epochs 20                          # more pages, more epochs
 
 Ultralytics is not in the project's environment and cannot be: it needs
 torchvision, and the one torchvision built for the project's torch (0.28.0 for
@@ -77,12 +84,8 @@ from PIL import Image
 from torch import nn
 
 from flywheel.config import (
-    AugmentConfig,
     DataPlan,
-    EvaluateConfig,
-    ModelConfig,
     Params,
-    TrainConfig,
     load_params,
 )
 from flywheel.data.pages import load_crops
@@ -220,45 +223,56 @@ def platform_train(params: Params, dataset: Path, work: Path, *, log_model: bool
 # --------------------------------------------------------------------------- detectors
 
 
-def detection_params(plan: DataPlan, args: argparse.Namespace, task: str) -> Params:
-    return Params(
-        data=plan,
-        train=TrainConfig(
-            task=task,
-            experiment=EXPERIMENT,
-            seed=args.seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=3e-3,
-            weight_decay=5e-4,
-            scheduler="cosine",
-            monitor="val_loss",
-            patience=args.epochs,  # every epoch runs, as Ultralytics' do
-            model=ModelConfig(width=16, stages=4, embedding_dim=64, dropout=0.0),
-            augment=AugmentConfig(rotate_degrees=0, translate=0.05, scale=0.1, hflip=0.5),
-        ),
-    )
+def task_params(args: argparse.Namespace, task: str, epochs: int | None, timed: str) -> Params:
+    """The plan's parameters for `task`, its `tasks.<task>` section applied, for this run.
+
+    The run sets the pages per stratum, the seed, the experiment, the epochs
+    when `epochs` is given (else the task section's), and patience = epochs so
+    that every epoch runs, as Ultralytics' do; `timed` replaces the task's name.
+    """
+    overrides: dict[str, Any] = {
+        **{f"data.per_stratum.{split}": n for split, n in page_counts(args).items()},
+        "train.task": task,
+        "train.experiment": EXPERIMENT,
+        "train.seed": args.seed,
+    }
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    params = load_params(args.params, overrides)
+    update = {"task": timed, "patience": params.train.epochs}
+    return params.model_copy(update={"train": params.train.model_copy(update=update)})
 
 
-def run_detector(plan: DataPlan, pages: Path, work: Path, args: argparse.Namespace) -> Row:
+def page_counts(args: argparse.Namespace) -> dict[str, int]:
+    return {"train": args.train, "val": args.val, "test": args.test}
+
+
+def input_size(params: Params) -> int:
+    """The side pages are scaled to (detector), or the crop height (recogniser)."""
+    return params.train.model.input_size or params.data.image_size
+
+
+def run_detector(pages: Path, work: Path, args: argparse.Namespace) -> tuple[Row, Params]:
+    """The flywheel detector's row, and the parameters it trained with."""
     clock = Clock()
-    params = detection_params(plan, args, timed_task(get_task("detection"), clock))
+    params = task_params(args, "detection", args.epochs, timed_task(get_task("detection"), clock))
     result = platform_train(params, pages, work, log_model=True)
     assert result.model_uri is not None
-    report = evaluate_model(
-        result.model_uri, pages, EvaluateConfig(slice_columns=("writing",)), progress=False
-    )
+    report = evaluate_model(result.model_uri, pages, params.evaluate, progress=False)
     preprocessing = get_task("detection").from_params(params).preprocessing
     items = len(PageDataset(pages, "train", preprocessing))
     row = trained_row("flywheel grid detector", result, clock, items, "pages")
     row.metrics = {k: report.overall[k] for k in ("map_50", "map_50_95")}
-    return row
+    return row, params
 
 
 def run_ultralytics(
-    pages: Path, work: Path, args: argparse.Namespace
+    pages: Path, work: Path, args: argparse.Namespace, detector: Params
 ) -> tuple[Row, dict[str, Any]]:
-    """The Ultralytics row, or a row whose note says why there is none; and its raw result."""
+    """The Ultralytics row, or a row whose note says why there is none; and its raw result.
+
+    Same pages, epochs, input size and batch size as the flywheel detector (`detector`).
+    """
     name = f"Ultralytics YOLO ({args.yolo_model.removesuffix('.yaml')}, from scratch)"
     python = Path(args.ultralytics_python)
     if not python.is_file():
@@ -281,11 +295,11 @@ def run_ultralytics(
         "--model",
         args.yolo_model,
         "--epochs",
-        str(args.epochs),
+        str(detector.train.epochs),
         "--imgsz",
-        str(args.image_size),
+        str(input_size(detector)),
         "--batch",
-        str(args.batch_size),
+        str(detector.train.batch_size),
         "--threads",
         str(args.threads),
         "--seed",
@@ -295,16 +309,21 @@ def run_ultralytics(
     with log.open("w") as sink:
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0 or not out.is_file():
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        tail = "\n    ".join(lines[-12:])
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.strip(" ^~")  # not blank, not a traceback's underline
+        ]
+        error = lines[-1].strip() if lines else "no output"
+        tail = "\n    ".join(lines[-10:])
         return Row(
             name,
-            note=f"failed (exit status {done.returncode}): {' '.join(command)}\n    {tail}",
+            note=f"failed (exit status {done.returncode}): {error}\n"
+            f"    command: {' '.join(command)}\n    {tail}",
         ), {}
     result = json.loads(out.read_text())
-    dataset = PageDataset(
-        pages, "test", get_task("detection")(image_size=args.image_size).preprocessing
-    )
+    preprocessing = get_task("detection").from_params(detector).preprocessing
+    dataset = PageDataset(pages, "test", preprocessing)  # boxes normalised: any size
     ids = [str(i) for i in dataset.frame["image_id"]]
     predictions = object_array(
         [np.asarray(result["predictions"][i], dtype=np.float64).reshape(-1, 5) for i in ids]
@@ -326,38 +345,18 @@ def run_ultralytics(
 # --------------------------------------------------------------------------- recognisers
 
 
-def recognition_params(plan: DataPlan, args: argparse.Namespace, task: str) -> Params:
-    return Params(
-        data=plan.model_copy(update={"image_size": args.crop_height}),
-        train=TrainConfig(
-            task=task,
-            experiment=EXPERIMENT,
-            seed=args.seed,
-            epochs=args.rec_epochs,
-            batch_size=32,
-            lr=3e-3,
-            weight_decay=5e-4,
-            scheduler="cosine",
-            monitor="val_cer",
-            patience=args.rec_epochs,
-            model=ModelConfig(width=16, embedding_dim=64, dropout=0.1),
-            augment=AugmentConfig(rotate_degrees=0, translate=0.03, scale=0.05),
-        ),
-    )
-
-
-def run_recogniser(plan: DataPlan, crops: Path, work: Path, args: argparse.Namespace) -> Row:
+def run_recogniser(pages: Path, work: Path, args: argparse.Namespace) -> tuple[Row, Params]:
+    """The flywheel recogniser's row (it reads the page dataset's crops), and its parameters."""
     clock = Clock()
-    params = recognition_params(plan, args, timed_task(get_task("recognition"), clock))
-    result = platform_train(params, crops, work, log_model=True)
+    timed = timed_task(get_task("recognition"), clock)
+    params = task_params(args, "recognition", args.rec_epochs, timed)
+    result = platform_train(params, pages, work, log_model=True)
     assert result.model_uri is not None
-    report = evaluate_model(
-        result.model_uri, crops, EvaluateConfig(slice_columns=("writing",)), progress=False
-    )
-    items = len(get_task("recognition").from_params(params).build_dataset(crops, "train"))
+    report = evaluate_model(result.model_uri, pages, params.evaluate, progress=False)
+    items = len(get_task("recognition").from_params(params).build_dataset(pages, "train"))
     row = trained_row("flywheel CRNN + CTC", result, clock, items, "crops")
     row.metrics = {k: report.overall[k] for k in ("cer", "exact_match")}
-    return row
+    return row, params
 
 
 def pieces(image: Image.Image, k: int) -> list[Image.Image]:
@@ -393,9 +392,9 @@ def piece_dataset(crops: pd.DataFrame, source: Path, folder: Path) -> Path:
 
 
 def run_classifier(
-    plan: DataPlan, pages: Path, work: Path, args: argparse.Namespace
+    plan: DataPlan, pages: Path, work: Path, args: argparse.Namespace, epochs: int
 ) -> tuple[Row, Row, str]:
-    """The per-token classifier: with k read off the aspect ratio, and with the true k."""
+    """The per-token classifier (`epochs` epochs): k read off the aspect ratio, and the true k."""
     crops = load_crops(pages)
     train_crops = crops[crops["split"] == "train"]
     lengths = np.array([len(tokenize(str(t))) for t in train_crops["latex"]])
@@ -413,8 +412,8 @@ def run_classifier(
                 "task": timed_task(ClassificationTask, clock),
                 "experiment": EXPERIMENT,
                 "seed": args.seed,
-                "epochs": args.rec_epochs,
-                "patience": args.rec_epochs,
+                "epochs": epochs,
+                "patience": epochs,
             }
         ),
     )
@@ -485,15 +484,34 @@ def tables(detectors: list[Row], recognisers: list[Row]) -> list[str]:
     head = (
         "| model | parameters | train images / epoch | epochs | train images/s | train wall (s) |"
     )
-    lines = [head + " mAP@0.5 | mAP@0.5:0.95 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in detectors:
-        metrics = [number(row.metrics.get(k, float("nan"))) for k in ("map_50", "map_50_95")]
-        lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
-    lines += ["", head + " CER | exact match |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in recognisers:
-        metrics = [number(row.metrics.get(k, float("nan"))) for k in ("cer", "exact_match")]
-        lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
+    lines: list[str] = []
+    for rows, labels, keys in (
+        (detectors, "mAP@0.5 | mAP@0.5:0.95", ("map_50", "map_50_95")),
+        (recognisers, "CER | exact match", ("cer", "exact_match")),
+    ):
+        if not rows:
+            continue
+        lines += [*([""] if lines else []), f"{head} {labels} |", "|---|" + "---:|" * 7]
+        for row in rows:
+            metrics = [number(row.metrics.get(k, float("nan"))) for k in keys]
+            lines.append("| " + " | ".join([row.model, *common(row), *metrics]) + " |")
     return lines
+
+
+def elapsed(started: float) -> str:
+    return f"{time.perf_counter() - started:.0f} s"
+
+
+def ultralytics_note(raw: dict[str, Any]) -> str:
+    versions, test, recipe = raw["versions"], raw["ultralytics_test"], raw["recipe"]
+    return (
+        f"Ultralytics {versions['ultralytics']} (torch {versions['torch']}, torchvision "
+        f"{versions['torchvision']}, {raw['threads']} threads, {raw['model']}); its own "
+        f"validator on the test split: mAP@0.5 {test['map_50']:.3f}, mAP@0.5:0.95 "
+        f"{test['map_50_95']:.3f}. Its recipe: {recipe['optimizer']}, a step of the optimiser "
+        f"per {recipe['nbs']} images (nominal batch; gradients accumulated), the first "
+        f"{recipe['warmup_epochs']:g} epochs a warm-up, {recipe['batches']} batches in all"
+    )
 
 
 def main() -> None:
@@ -503,10 +521,15 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=8, help="train pages per stratum")
     parser.add_argument("--val", type=int, default=2, help="val pages per stratum")
     parser.add_argument("--test", type=int, default=4, help="test pages per stratum")
-    parser.add_argument("--epochs", type=int, default=10, help="both detectors")
-    parser.add_argument("--rec-epochs", type=int, default=10, help="both recognisers")
-    parser.add_argument("--batch-size", type=int, default=16, help="both detectors")
-    parser.add_argument("--crop-height", type=int, default=32, help="the CRNN's input height")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="both detectors (default: the plan's detector's)"
+    )
+    parser.add_argument(
+        "--rec-epochs",
+        type=int,
+        default=None,
+        help="both recognisers (default: the plan's recogniser's)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--yolo-model", default="yolo11n.yaml")
@@ -532,11 +555,11 @@ def main() -> None:
     detectors: list[Row] = []
     recognisers: list[Row] = []
     notes: list[str] = []
+    setup: list[str] = []
     with tempfile.TemporaryDirectory(prefix="flywheel-page-models-") as tmp:
         work = Path(tmp)
         counts = {"train": args.train, "val": args.val, "test": args.test}
         pages, plan, collect_seconds = collect(args.params, counts, work / "data")
-        args.image_size = plan.image_size
         manifest = pd.read_csv(pages / "manifest.csv")
         crops = load_crops(pages)
         print(
@@ -547,29 +570,30 @@ def main() -> None:
         )
         with tracking_store(work):
             if args.only in (None, "detectors"):
-                detectors.append(run_detector(plan, pages, work, args))
-                print(
-                    f"flywheel detector done: {time.perf_counter() - started:.0f} s",
-                    file=sys.stderr,
+                row, detector = run_detector(pages, work, args)
+                detectors.append(row)
+                setup.append(
+                    f"detectors {detector.train.epochs} epochs, batch "
+                    f"{detector.train.batch_size}, pages scaled to {input_size(detector)} px"
                 )
-                row, raw = run_ultralytics(pages, work, args)
+                print(f"flywheel detector done: {elapsed(started)}", file=sys.stderr)
+                row, raw = run_ultralytics(pages, work, args, detector)
                 detectors.append(row)
                 if raw:
-                    notes.append(
-                        f"Ultralytics {raw['versions']['ultralytics']} "
-                        f"(torch {raw['versions']['torch']}, "
-                        f"torchvision {raw['versions']['torchvision']}, "
-                        f"{raw['threads']} threads); its own validator on the test split: "
-                        f"mAP@0.5 {raw['ultralytics_test']['map_50']:.3f}, mAP@0.5:0.95 "
-                        f"{raw['ultralytics_test']['map_50_95']:.3f}"
-                    )
+                    notes.append(ultralytics_note(raw))
                 if row.note:
                     notes.append(f"{row.model}: {row.note}")
-                print(f"Ultralytics done: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                print(f"Ultralytics done: {elapsed(started)}", file=sys.stderr)
             if args.only in (None, "recognisers"):
-                recognisers.append(run_recogniser(plan, pages, work, args))
-                print(f"CRNN done: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-                fitted, oracle, fit = run_classifier(plan, pages, work, args)
+                row, recogniser = run_recogniser(pages, work, args)
+                recognisers.append(row)
+                epochs = recogniser.train.epochs
+                setup.append(
+                    f"recognisers {epochs} epochs, crops {input_size(recogniser)} px high "
+                    f"for the CRNN (box jitter {recogniser.train.augment.box_jitter:g})"
+                )
+                print(f"CRNN done: {elapsed(started)}", file=sys.stderr)
+                fitted, oracle, fit = run_classifier(plan, pages, work, args, epochs)
                 recognisers += [fitted, oracle]
                 notes.append(fit)
     loads.append(load_average())
@@ -578,10 +602,9 @@ def main() -> None:
     lines = [
         f"Pages: {args.train}/{args.val}/{args.test} per stratum and split "
         f"({' / '.join(f'{counted[s]} {s}' for s in ('train', 'val', 'test'))} pages, "
-        f"{len(crops)} boxes), {plan.image_size} px; detectors {args.epochs} epochs at batch "
-        f"{args.batch_size}, recognisers {args.rec_epochs} epochs; {args.threads} threads; "
-        f"test split scored. Load average (1, 5, 15 min) {loads[0]} before, {loads[1]} after; "
-        f"{time.perf_counter() - started:.0f} s in all.",
+        f"{len(crops)} boxes) of {plan.image_size} px; {'; '.join(setup)}; "
+        f"{args.threads} threads; test split scored. Load average (1, 5, 15 min) {loads[0]} "
+        f"before, {loads[1]} after; {elapsed(started)} in all.",
         "",
         *tables(detectors, recognisers),
         "",

@@ -135,6 +135,14 @@ def main() -> None:
     trainer = model.trainer
     parameters = sum(p.numel() for p in trainer.model.parameters())
     train_images = len(trainer.train_loader.dataset)
+    optimizer = trainer.optimizer
+    first = optimizer.param_groups[0]
+    recipe = {
+        "optimizer": f"{type(optimizer).__name__}(lr={first.get('initial_lr', first['lr']):.4g})",
+        "nbs": int(trainer.args.nbs),
+        "warmup_epochs": float(min(trainer.args.warmup_epochs, max(trainer.epochs - 1, 0))),
+        "batches": len(trainer.train_loader) * len(marks["end"]),
+    }
 
     best = YOLO(str(trainer.best))  # the best epoch on val (Ultralytics' fitness)
     metrics = best.val(
@@ -176,6 +184,7 @@ def main() -> None:
         "epochs": len(marks["end"]),
         "train_phase_seconds": [e - s for s, e in zip(marks["start"], marks["end"], strict=True)],
         "train_wall_seconds": train_wall,
+        "recipe": recipe,
         "ultralytics_test": {
             "map_50": float(metrics.box.map50),
             "map_50_95": float(metrics.box.map),
