@@ -67,24 +67,7 @@ def test_two_cpu_processes_train_the_same_model(tmp_path: Path) -> None:
     script.write_text(_RANK_SCRIPT)
     params_json.write_text(PARAMS.model_dump_json())
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(params_json),
-            str(tmp_path / "data" / PLAN.name),
-            str(out),
-        ],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _torchrun(script, params_json, tmp_path / "data" / PLAN.name, out, store)
 
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys()
@@ -114,6 +97,28 @@ def test_two_cpu_processes_train_the_same_model(tmp_path: Path) -> None:
     assert [r.info.run_id for r in runs] == [info0["run_id"]]
     assert runs[0].data.tags["flywheel.device"] == "cpu x2"
     assert runs[0].info.status == "FINISHED"
+
+
+def _torchrun(script: Path, params_json: Path, dataset: Path, out: Path, store: str) -> None:
+    """`torchrun --nproc_per_node=2 script params.json dataset out`, one thread a rank; ok."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(params_json),
+            str(dataset),
+            str(out),
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def _without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -149,28 +154,7 @@ def test_the_page_tasks_train_the_same_model_on_two_processes(
     script, params_json, out = tmp_path / "rank.py", tmp_path / "params.json", tmp_path / "out"
     script.write_text(_RANK_SCRIPT)
     params_json.write_text(params.model_dump_json())
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(params_json),
-            str(pages),
-            str(out),
-        ],
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "OMP_NUM_THREADS": "1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _torchrun(script, params_json, pages, out, f"sqlite:///{tmp_path}/mlflow.db")
 
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     differ = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]

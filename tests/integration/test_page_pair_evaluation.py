@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import AugmentConfig, DataPlan, ModelConfig, Params, TrainConfig
+from flywheel.config import AugmentConfig, Params
 from flywheel.evaluation import EvaluationError
 from flywheel.evaluation.pair import evaluate_pair, load_pair_model
 from flywheel.modeling.training import train
-from tests.support.page_fixtures import write_crops, write_pages
+from tests.support.page_fixtures import tiny_task_params, write_crops, write_pages
 from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow
@@ -52,22 +52,14 @@ def crops(pages: Path) -> Path:
 def _params(
     task: str, image_size: int, epochs: int, lr: float, monitor: str, augment: AugmentConfig
 ) -> Params:
-    return Params(
-        data=DataPlan(image_size=image_size),
-        train=TrainConfig(
-            task=task,
-            experiment=f"pair-{task}",
-            seed=3,
-            epochs=epochs,
-            batch_size=4,
-            lr=lr,
-            weight_decay=0.0,
-            scheduler="none",
-            monitor=monitor,
-            patience=epochs,
-            model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.0),
-            augment=augment,
-        ),
+    return tiny_task_params(
+        task,
+        image_size,
+        epochs=epochs,
+        lr=lr,
+        monitor=monitor,
+        augment=augment,
+        experiment=f"pair-{task}",
     )
 
 

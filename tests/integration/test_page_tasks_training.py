@@ -22,16 +22,13 @@ from mlflow.models import get_model_info
 
 from flywheel.config import (
     AugmentConfig,
-    DataPlan,
     EvaluateConfig,
     GatesConfig,
-    ModelConfig,
     Params,
-    TrainConfig,
 )
 from flywheel.evaluation import check_gates, evaluate_model
 from flywheel.modeling.training import train
-from tests.support.page_fixtures import write_crops, write_pages
+from tests.support.page_fixtures import tiny_task_params, write_crops, write_pages
 from tests.support.tracking import tracking_env
 
 pytestmark = pytest.mark.slow
@@ -52,25 +49,16 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return pages_root, write_crops(pages_root)
 
 
-def _params(task: str, image_size: int, epochs: int, lr: float, monitor: str) -> Params:
-    return Params(
-        data=DataPlan(image_size=image_size),
-        train=TrainConfig(
-            task=task,
-            experiment=f"test-{task}",
-            seed=3,
-            epochs=epochs,
-            batch_size=4,
-            lr=lr,
-            weight_decay=0.0,
-            scheduler="none",
-            monitor=monitor,
-            patience=epochs,
-            model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.0),
-            augment=AugmentConfig(
-                hflip=0.5, rotate_degrees=0, translate=0.05, scale=0.05, noise_std=0.01
-            ),
-        ),
+def _params(task: str, image_size: int, *, epochs: int, lr: float, monitor: str) -> Params:
+    augment = AugmentConfig(hflip=0.5, rotate_degrees=0, translate=0.05, scale=0.05, noise_std=0.01)
+    return tiny_task_params(
+        task,
+        image_size,
+        epochs=epochs,
+        lr=lr,
+        monitor=monitor,
+        augment=augment,
+        experiment=f"test-{task}",
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from flywheel.config import AugmentConfig, DataPlan, ModelConfig, Params, TrainConfig
 from flywheel.data.pages import crop_id, crop_regions
 
 EXPRESSIONS: tuple[str, ...] = (
@@ -151,3 +152,33 @@ def write_crops(pages_root: Path, padding: int = 2) -> Path:
     """
     crop_regions(pages_root, padding)
     return pages_root
+
+
+def tiny_task_params(
+    task: str,
+    image_size: int,
+    *,
+    epochs: int,
+    lr: float,
+    monitor: str,
+    augment: AugmentConfig,
+    experiment: str,
+) -> Params:
+    """`Params` that train a shrunk detector or recogniser on these pages in seconds."""
+    return Params(
+        data=DataPlan(image_size=image_size),
+        train=TrainConfig(
+            task=task,
+            experiment=experiment,
+            seed=3,
+            epochs=epochs,
+            batch_size=4,
+            lr=lr,
+            weight_decay=0.0,
+            scheduler="none",
+            monitor=monitor,
+            patience=epochs,
+            model=ModelConfig(width=8, stages=3, embedding_dim=16, dropout=0.0),
+            augment=augment,
+        ),
+    )
