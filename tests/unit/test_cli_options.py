@@ -76,3 +76,20 @@ def test_set_overrides_and_model_always_win(tmp_path: Path) -> None:
     assert registered_model("other", path) == "other"
     assert registered_model(None, path, ["evaluate.registered_model=fixed"]) == "fixed"
     assert _named_model(tmp_path / "missing.yaml") is None
+
+
+def test_a_plan_with_a_model_per_task_needs_the_task_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pages = Path(__file__).resolve().parents[2] / "plans" / "pages.yaml"
+
+    assert registered_model(None, pages, ["train.task=recognition"]) == (
+        "flywheel-pages-recognition"
+    )
+    assert registered_model("mine", pages) == "mine"
+    with pytest.raises(typer.Exit) as refused:
+        registered_model(None, pages)  # a rollback must not fall on the detector by default
+    assert refused.value.exit_code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "flywheel-pages-detection (--set train.task=detection)" in said
+    assert "flywheel-pages-recognition (--set train.task=recognition)" in said

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flywheel.cli.console import exit_on, print_error
+from flywheel.cli.console import abort, exit_on, print_error
 from flywheel.cli.project_root import absolute_location
 
 if TYPE_CHECKING:
@@ -107,7 +107,9 @@ def registered_model(model: str | None, params: Path, pairs: list[str] | None = 
     on a mistake elsewhere in the file. Anything less plain (no file, bad YAML,
     an odd value) goes through the validated `read_params`, with its errors; there
     only the sections that name the model must be valid (`REGISTRY_SECTIONS`): a
-    broken `train` section must not stop a rollback.
+    broken `train` section must not stop a rollback. A plan with a model per task
+    (`tasks`, the page plan) needs the task named (`--set train.task=...`) or
+    `--model`: a rollback must never fall on the default task's model by accident.
     """
     if model:
         return model
@@ -115,7 +117,19 @@ def registered_model(model: str | None, params: Path, pairs: list[str] | None = 
         named = _named_model(params)
         if named is not None:
             return named
-    return read_params(params, pairs, needs=REGISTRY_SECTIONS).evaluate.registered_model
+    p = read_params(params, pairs, needs=REGISTRY_SECTIONS)
+    chosen = any(pair.partition("=")[0].strip() == "train.task" for pair in pairs or [])
+    if p.tasks and not chosen:  # a model per task: acting on the default one is a trap
+        names = []
+        for task in p.tasks:
+            chosen_pairs = [*(pairs or []), f"train.task={task}"]
+            name = read_params(params, chosen_pairs, needs=REGISTRY_SECTIONS).evaluate
+            names.append(f"{name.registered_model} (--set train.task={task})")
+        raise abort(
+            f"{params} has a model per task: {', '.join(names)}; name one with "
+            "--set train.task=<task> or --model <name>"
+        )
+    return p.evaluate.registered_model
 
 
 PARAMS_SECTIONS = frozenset(
