@@ -9,14 +9,9 @@ import typer
 
 from flywheel.cli.console import console, exit_on
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
-from flywheel.cli.pipeline import (
-    pipeline_entry,
-    print_outputs,
-    print_training_summary,
-    read_base_params,
-    run_pipeline_locally,
-)
+from flywheel.cli.pipeline import pipeline_entry, read_base_params, run_pipeline_locally
 from flywheel.cli.project_root import ProjectTyper
+from flywheel.cli.run_output import print_outputs, print_training_summary
 
 if TYPE_CHECKING:
     from flywheel.config import Params
