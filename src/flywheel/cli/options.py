@@ -98,6 +98,15 @@ def read_params(
     return loaded.params
 
 
+def task_pairs(pairs: Sequence[str] | None) -> list[str]:
+    """The `--set` pairs that pick the task (`train.task=...`): a plan's task section follows them.
+
+    >>> task_pairs(["train.epochs=3", " train.task = recognition"])
+    [' train.task = recognition']
+    """
+    return [pair for pair in pairs or [] if pair.partition("=")[0].strip() == "train.task"]
+
+
 def registered_model(model: str | None, params: Path, pairs: list[str] | None = None) -> str:
     """`--model`, else `evaluate.registered_model` of params.yaml with the `--set` pairs.
 
@@ -118,8 +127,7 @@ def registered_model(model: str | None, params: Path, pairs: list[str] | None = 
         if named is not None:
             return named
     p = read_params(params, pairs, needs=REGISTRY_SECTIONS)
-    chosen = any(pair.partition("=")[0].strip() == "train.task" for pair in pairs or [])
-    if p.tasks and not chosen:  # a model per task: acting on the default one is a trap
+    if p.tasks and not task_pairs(pairs):  # a model per task: acting on the default one is a trap
         names = []
         for task in p.tasks:
             chosen_pairs = [*(pairs or []), f"train.task={task}"]

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from flywheel.cli.composition import require
 from flywheel.cli.console import abort, console, err_console, exit_on, print_error
-from flywheel.cli.options import ParamsOpt, SetOpt, read_params
+from flywheel.cli.options import ParamsOpt, SetOpt, read_params, task_pairs
 from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.run_output import print_outputs, print_training_summary
 
@@ -98,8 +98,7 @@ def read_base_params(params: Path, pairs: list[str] | None) -> Params:
     defaults are that task's values).
     """
     read_params(params, pairs)
-    tasks = [pair for pair in pairs or [] if pair.partition("=")[0].strip() == "train.task"]
-    return read_params(params, tasks or None)
+    return read_params(params, task_pairs(pairs) or None)
 
 
 def recorded_data_version(p: Params) -> str:
@@ -270,11 +269,11 @@ def pipeline_run(
     entry = pipeline_entry(name, runnable=True)
     pairs = list(set_ or [])
     p = read_base_params(params, pairs)
-    for task_pairs in task_runs(entry.name, p, pairs):
-        if task_pairs is not pairs:
-            p = read_base_params(params, task_pairs)
+    for run_pairs in task_runs(entry.name, p, pairs):
+        if run_pairs is not pairs:
+            p = read_base_params(params, run_pairs)
             console.rule(f"{entry.name}: task {p.train.task} → {p.evaluate.registered_model}")
-        run = run_pipeline_locally(entry, p, task_pairs, recorded_data_version(p), cache)
+        run = run_pipeline_locally(entry, p, run_pairs, recorded_data_version(p), cache)
         print_outputs(run)
         if entry.name == "training":
             print_training_summary(run)
@@ -287,8 +286,7 @@ def task_runs(pipeline: str, p: Params, pairs: list[str]) -> list[list[str]]:
     So one command trains, evaluates and promotes both models of the page plan:
     the detector first, then the recogniser, judged with the detector just promoted.
     """
-    chosen = any(pair.partition("=")[0].strip() == "train.task" for pair in pairs)
-    if pipeline != "training" or chosen or not p.tasks:
+    if pipeline != "training" or task_pairs(pairs) or not p.tasks:
         return [pairs]
     return [[*pairs, f"train.task={task}"] for task in p.tasks]
 
