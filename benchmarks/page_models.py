@@ -46,9 +46,9 @@ number is a measurement of this run; the timings are on whatever else the
 machine is doing (the load average is printed before and after).
 
     make .venv-ultralytics                                   # once: Ultralytics' own venv
-    .venv/bin/python benchmarks/page_models.py               # the plan's epochs (12 and 10)
+    .venv/bin/python benchmarks/page_models.py      # the plan's epochs (12, 10): 5 min on 2 cores
     .venv/bin/python benchmarks/page_models.py --train 16 --val 4 --test 6 \\
-        --epochs 30 --rec-epochs 20                          # more pages, more epochs
+        --epochs 30 --rec-epochs 20                 # more pages, more epochs: 23 min
 
 Ultralytics is not in the project's environment and cannot be: it needs
 torchvision, and the one torchvision built for the project's torch (0.28.0 for
