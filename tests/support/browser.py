@@ -294,6 +294,32 @@ def save_screenshot(page: Page, shots: Path, name: str, capsys: pytest.CaptureFi
         print(f"\nscreenshot of {page.url}: {path}")
 
 
+MLFLOW_ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'
+"""The close button of the MLflow Assistant panel."""
+
+
+def close_mlflow_assistant(page: Page) -> bool:
+    """Close the MLflow Assistant panel as a person does, if it is open; whether it was.
+
+    MLflow 3.17's UI opens the panel by itself on the first page a browser loads
+    from a server on localhost (mlflow/mlflow#24056; no server setting turns it
+    off) and keeps it open or closed as the person left it (localStorage). A
+    person closes it once; each test's browser is a fresh profile, so it is
+    closed here before looking at a page.
+    """
+    selector = json.dumps(MLFLOW_ASSISTANT_CLOSE)
+    if not page.evaluate(f"document.querySelector({selector}) !== null"):
+        return False
+    page.evaluate(f"document.querySelector({selector}).click()")
+    deadline = time.monotonic() + 10
+    while page.evaluate(f"document.querySelector({selector}) !== null"):
+        if time.monotonic() > deadline:
+            raise BrowserError(f"{page.url}: the MLflow Assistant panel did not close")
+        time.sleep(0.1)
+    time.sleep(0.5)  # the page reflows into the freed width
+    return True
+
+
 def assert_offline_and_drawn(page: Page, default_font: str, styled: str = "body") -> None:
     """Nothing from the network, nothing missing, text on screen, the page's own styles.
 

@@ -9,10 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
-from flywheel.registry import Intent, LockHolder, RegistryError, Transition, read_log
+from flywheel.registry import (
+    Intent,
+    LockHolder,
+    LogEntry,
+    RegistryError,
+    Transition,
+    logfmt,
+    read_log,
+)
 from flywheel.registry.journal import (
     MODEL_TAG_CHARS,
     REASON_CHARS,
@@ -78,6 +87,20 @@ def test_a_broken_pending_tag_is_a_clear_error(raw: str) -> None:
 def test_the_log_reads_what_it_can(raw: str | None, actions: list[str]) -> None:
     tags = {} if raw is None else {TAG_LOG: raw}
     assert [e.action for e in read_log(tags)] == actions
+
+
+def test_the_log_is_read_back_exactly_whatever_people_wrote() -> None:
+    """Reasons, names and notes with quotes, `=`, `#`, arrows and newlines survive the log."""
+    hostile = [
+        LogEntry("a1", "promote", "t1", "d'Artagnan", 'it\'s "better" = 0.93 # really', "2"),
+        LogEntry("b2", "rollback", "t2", "ops team", "back → v1\nsee INC-7", "1", "2", "n=1"),
+        LogEntry("c3", "unlock", "t3", "ann", "stale", note="broke the lock of x@y pid 3"),
+    ]
+    text = logfmt.dumps(e.record() for e in hostile)
+    assert "{" not in text  # no JSON
+    assert len(text.splitlines()) == 3  # a line per entry
+    back = read_log({TAG_LOG: text})
+    assert [replace(e, reason=" ".join(e.reason.splitlines())) for e in hostile] == back
 
 
 def test_the_last_transition_skips_unlocks() -> None:

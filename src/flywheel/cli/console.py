@@ -19,20 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import IO
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 
-def _console(*, stderr: bool) -> Console:
-    """A console that hard-wraps text only on a terminal."""
-    on_terminal = Console(stderr=stderr).is_terminal
-    return Console(stderr=stderr, soft_wrap=not on_terminal)
+def text_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A console that hard-wraps text only on a terminal (`file`: default stdout or stderr)."""
+    on_terminal = Console(file=file, stderr=stderr).is_terminal
+    return Console(file=file, stderr=stderr, soft_wrap=not on_terminal)
 
 
-console = _console(stderr=False)
-err_console = _console(stderr=True)
+console = text_console()
+err_console = text_console(stderr=True)
 
 
 def print_error(message: str, *, label: str = "error") -> None:

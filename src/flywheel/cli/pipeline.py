@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from flywheel.cli.composition import require
-from flywheel.cli.console import abort, console, err_console, exit_on, print_error
+from flywheel.cli.console import (
+    abort,
+    console,
+    err_console,
+    exit_on,
+    print_error,
+    text_console,
+)
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params, task_pairs
 from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.run_output import print_outputs, print_training_summary
@@ -200,7 +206,7 @@ def run_pipeline_locally(
     """Run a catalog pipeline on the KFP local runner, showing progress; exit 1 on failure."""
     from pipelines.local import PipelineRunError, TaskEvent, run_locally
 
-    live = Console(file=sys.stdout)  # bound now: the runner redirects sys.stdout to its log
+    live = text_console(sys.stdout)  # bound now: the runner redirects sys.stdout to its log
     marks = {"start": "▶", "cached": "[cyan]↺[/cyan]", "done": "[green]✓[/green]"}
 
     def show(event: TaskEvent) -> None:

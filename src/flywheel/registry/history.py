@@ -1,20 +1,21 @@
 """Who changed a version's aliases, when and why: the transitions recorded on each version.
 
 The latest transition is written as one line in the `flywheel.transition` tag
-(what the MLflow UI shows whole), and every transition, compactly, as a JSON
-list in `flywheel.history` (the newest `HISTORY_LIMIT` kept): the record that
-crash-safe transitions (`flywheel.registry.journal`) replay once by their id.
+(what the MLflow UI shows whole), and every transition, one logfmt line each
+(`flywheel.registry.logfmt`), in `flywheel.history` (the newest `HISTORY_LIMIT`
+kept): the record that crash-safe transitions (`flywheel.registry.journal`)
+replay once by their id.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from flywheel.registry import logfmt
 from flywheel.registry.access import RegistryAccess
 from flywheel.registry.store import (
     NO_ROLE,
@@ -26,7 +27,7 @@ from flywheel.registry.store import (
 )
 
 TAG_HISTORY = "flywheel.history"
-"""Every transition of the version, a compact JSON list (oldest first)."""
+"""Every transition of the version, one logfmt line each (oldest first)."""
 
 
 TAG_TRANSITION = "flywheel.transition"
@@ -83,7 +84,7 @@ class Transition:
         return text if len(text) <= LINE_CHARS else text[: LINE_CHARS - 1] + "…"
 
     def compact(self) -> dict[str, str]:
-        """Short keys for the history tag."""
+        """Short keys for the history tag (`txid` as `id`; empty values are not written)."""
         out = {
             "at": self.at,
             "action": self.action,
@@ -130,14 +131,8 @@ def utc_now() -> str:
 
 
 def _read_history(tags: Mapping[str, str]) -> list[Transition]:
-    raw = tags.get(TAG_HISTORY)
-    if not raw:
-        return []
-    try:
-        entries = json.loads(raw)
-    except json.JSONDecodeError:
-        return []  # hand-edited; the next transition starts a fresh list
-    return [Transition.from_compact(e) for e in entries if isinstance(e, dict)]
+    # hand-edited beyond reading: the next transition starts a fresh history
+    return [Transition.from_compact(e) for e in logfmt.loads(tags.get(TAG_HISTORY))]
 
 
 def _record(client: RegistryAccess, name: str, version: str, transition: Transition) -> None:
@@ -164,9 +159,7 @@ def _record(client: RegistryAccess, name: str, version: str, transition: Transit
         description = with_status(current.description or "", transition)
         if description != (current.description or ""):
             client.update_model_version(name, version, description=description)
-    client.set_model_version_tag(
-        name, version, TAG_HISTORY, json.dumps(history, separators=(",", ":"))
-    )
+    client.set_model_version_tag(name, version, TAG_HISTORY, logfmt.dumps(history))
 
 
 STATUS_LABELS = {

@@ -15,9 +15,10 @@ the planned version, a record carrying the intent's id is appended once), so a
 replay killed in turn is replayed again; the transition is never undone,
 because its checks (blessing, champion) passed before the intent was written.
 
-The model's log (`flywheel.transitions`, a JSON list on the registered model)
-holds every finished transition and every `registry unlock`, newest last, and
-says which were finished after a crash and by whom.
+The model's log (`flywheel.transitions` on the registered model, one logfmt
+line per entry: `flywheel.registry.logfmt`) holds every finished transition
+and every `registry unlock`, newest last, and says which were finished after a
+crash and by whom.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from flywheel.registry import logfmt
 from flywheel.registry.access import RegistryAccess
 from flywheel.registry.errors import RegistryError
 from flywheel.registry.faults import fault_point
@@ -40,7 +42,7 @@ TAG_PENDING = "flywheel.pending"
 
 
 TAG_LOG = "flywheel.transitions"
-"""The registered model's log of finished transitions and unlocks (JSON list, oldest first)."""
+"""The registered model's log of finished transitions and unlocks (logfmt lines, oldest first)."""
 
 
 MODEL_TAG_CHARS = 5000
@@ -167,6 +169,33 @@ class LogEntry:
     replaces: str | None = None
     note: str = ""
 
+    def record(self) -> dict[str, str | None]:
+        """The entry as the log writes it: when and what first, its id last."""
+        return {
+            "at": self.at,
+            "action": self.action,
+            "production": self.production,
+            "replaces": self.replaces,
+            "by": self.by,
+            "reason": self.reason,
+            "note": self.note,
+            "id": self.txid,
+        }
+
+    @classmethod
+    def from_record(cls, raw: Mapping[str, str]) -> LogEntry:
+        """Read one `record()` (or an earlier version's JSON entry, whose id is `txid`)."""
+        return cls(
+            txid=raw.get("id") or raw.get("txid", ""),
+            action=raw["action"],
+            at=raw["at"],
+            by=raw["by"],
+            reason=raw["reason"],
+            production=raw.get("production"),
+            replaces=raw.get("replaces"),
+            note=raw.get("note", ""),
+        )
+
     def describe(self) -> str:
         """One line for messages."""
         if self.action not in TRANSITIONS:
@@ -191,15 +220,10 @@ def this_process(user: str) -> str:
 
 def read_log(tags: Mapping[str, str]) -> list[LogEntry]:
     """The model's log from its tags, oldest first (a hand-broken log reads as empty)."""
-    try:
-        raw = json.loads(tags.get(TAG_LOG) or "[]")
-    except json.JSONDecodeError:
-        return []
-    fields = set(LogEntry.__dataclass_fields__)
     return [
-        LogEntry(**{k: v for k, v in e.items() if k in fields})
-        for e in raw
-        if isinstance(e, dict) and {"txid", "action", "at", "by", "reason"} <= set(e)
+        LogEntry.from_record(e)
+        for e in logfmt.loads(tags.get(TAG_LOG))
+        if {"action", "at", "by", "reason"} <= set(e) and ({"id", "txid"} & set(e))
     ]
 
 
@@ -250,11 +274,11 @@ def append_log(client: RegistryAccess, name: str, entry: LogEntry) -> None:
     entries = read_log(_get_model(client, name).tags)
     if any(e.txid == entry.txid for e in entries):
         return
-    kept = [e.__dict__ for e in [*entries, entry]][-HISTORY_LIMIT:]
-    text = json.dumps(kept, separators=(",", ":"))
+    kept = [e.record() for e in [*entries, entry]][-HISTORY_LIMIT:]
+    text = logfmt.dumps(kept)
     while len(text) > MODEL_TAG_CHARS and len(kept) > 1:
         kept = kept[1:]
-        text = json.dumps(kept, separators=(",", ":"))
+        text = logfmt.dumps(kept)
     client.set_registered_model_tag(name, TAG_LOG, text)
 
 

@@ -333,5 +333,5 @@ def test_flywheel_rollback_never_imports_mlflow(backend: Backend, tmp_path: Path
         "previous": "2",
     }
     history = backend.client.get_model_version(name, "1").tags["flywheel.history"]
-    assert '"action":"rollback"' in history
-    assert '"by":"ops"' in history
+    assert "action=rollback" in history
+    assert "by=ops" in history
