@@ -86,7 +86,7 @@ def step_environment(
 
     ConfigMap keys come from the rendered ConfigMap (then `overrides`: in-cluster
     service addresses swapped for local ones, the emptyDir's path); Secret keys
-    from the rendered Secret; an optional Secret that is not rendered is left out,
+    from the rendered Secret; an optional Secret (or key) that is not rendered is left out,
     as the kubelet does. A required one that is missing fails.
     """
     config = platform.get("deploymentSpec", {}).get("executors", {}).get(executor, {})
@@ -108,6 +108,9 @@ def step_environment(
             continue
         data = secret_data(secrets[0])
         for entry in source["keyToEnv"]:
+            if entry["secretKey"] not in data:  # the kubelet leaves an optional key out
+                assert source.get("optional"), f"{executor}: {source['secretName']} lacks a key"
+                continue
             env[entry["envVar"]] = data[entry["secretKey"]]
     for entry in config.get("fieldPathAsEnv", []):
         assert entry["fieldPath"] == "metadata.labels['pipeline/runid']", entry
