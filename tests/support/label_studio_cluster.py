@@ -73,7 +73,9 @@ def base_env(executable: Path, home: Path, postgres: Postgres) -> dict[str, str]
     return {"PATH": path, "HOME": str(home)}
 
 
-def create_database(docs: list[Doc], postgres: Postgres, folder: Path, base: dict[str, str]) -> None:
+def create_database(
+    docs: list[Doc], postgres: Postgres, folder: Path, base: dict[str, str]
+) -> None:
     """The Deployment's `create-database` init container against the tests' server."""
     init = _container(_pod(docs, "Deployment", DEPLOYMENT)["initContainers"], "create-database")
     # The tests' server trusts loopback: the superuser is `postgres`, the password ignored.
@@ -191,4 +193,3 @@ def with_secret(docs: list[Doc], secret: Doc) -> list[Doc]:
     name = secret["metadata"]["name"]
     kept = [d for d in docs if not (d["kind"] == "Secret" and d["metadata"]["name"] == name)]
     return [*kept, copy.deepcopy(secret)]
-

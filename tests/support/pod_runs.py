@@ -133,6 +133,7 @@ class PodRunner:
         workdir: Path,
         run_id: str = "pod-run-1",
         timeout: float = 1200,
+        app_files: Mapping[str, Path] | None = None,
     ) -> None:
         self.spec, self.platform = load_package(package)
         self.manifests = manifests
@@ -140,6 +141,7 @@ class PodRunner:
         self.workdir = workdir
         self.run_id = run_id
         self.timeout = timeout
+        self.app_files = dict(app_files or {})  # what the image's WORKDIR (/app) holds
         self.result = PodRun()
 
     def run(self, arguments: Mapping[str, Any]) -> PodRun:
@@ -274,6 +276,9 @@ class PodRunner:
         folders = {name: pod / name for name in ("cwd", "home", "tmp", "scratch", "in", "out")}
         for folder in folders.values():
             folder.mkdir(parents=True)
+        for relative, source in self.app_files.items():
+            (folders["cwd"] / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folders["cwd"] / relative)
         executor_input = self._executor_input(component, params, artifacts, folders)
         argv = [
             arg.replace("{{$}}", json.dumps(executor_input))
