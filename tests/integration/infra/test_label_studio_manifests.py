@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flywheel.labeling.server import LABEL_STUDIO_VERSION, OFFLINE_ENV, TOKEN_ENV, URL_ENV
 from pipelines.cluster import ClusterSettings
