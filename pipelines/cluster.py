@@ -11,7 +11,9 @@ each. `cluster` gets them, from `ClusterSettings`, named after the objects
   `MLFLOW_S3_ENDPOINT_URL`, `FLYWHEEL_USER`, the state URL, the S3 endpoint and
   region, the DVC remote `FLYWHEEL_DVC_REMOTE`), the S3 credentials from the Secret
   `flywheel-s3` (DVC remote, MLflow artifacts) and, when the tracking server
-  wants them, MLflow credentials from the optional Secret `flywheel-mlflow`, all
+  wants them, MLflow credentials from the optional Secret `flywheel-mlflow`, the
+  Label Studio server (`LABEL_STUDIO_URL`, the ConfigMap) and its token from the
+  optional Secret `flywheel-label-studio-token` (which the token Job writes), all
   as environment variables; and the KFP run id (the pod's `pipeline/runid`
   label, through the downward API) as `FLYWHEEL_PIPELINE_RUN_ID`, which training
   records as lineage — an environment variable, not an input, so it does not
@@ -71,11 +73,16 @@ def _default_config_keys() -> tuple[str, ...]:
         "AWS_ENDPOINT_URL",
         "AWS_DEFAULT_REGION",
         "FLYWHEEL_DVC_REMOTE",
+        "LABEL_STUDIO_URL",  # the `label-studio` labeller's server (flywheel.labeling.server)
     )
 
 
 def _default_s3_keys() -> dict[str, str]:
     return {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}
+
+
+def _default_label_studio_keys() -> dict[str, str]:
+    return {"token": "LABEL_STUDIO_API_KEY"}
 
 
 def _default_mlflow_keys() -> dict[str, str]:
@@ -101,6 +108,8 @@ class ClusterSettings:
         s3_keys: its keys → environment variables.
         mlflow_secret: the optional Secret with MLflow credentials (a server with auth).
         mlflow_keys: its keys → environment variables.
+        label_studio_secret: the optional Secret with Label Studio's access token.
+        label_studio_keys: its keys → environment variables.
     """
 
     placement: ClusterConfig = field(default_factory=ClusterConfig)
@@ -111,6 +120,8 @@ class ClusterSettings:
     s3_keys: dict[str, str] = field(default_factory=_default_s3_keys)
     mlflow_secret: str = "flywheel-mlflow"
     mlflow_keys: dict[str, str] = field(default_factory=_default_mlflow_keys)
+    label_studio_secret: str = "flywheel-label-studio-token"
+    label_studio_keys: dict[str, str] = field(default_factory=_default_label_studio_keys)
 
     def training_image(self, image: str) -> str:
         """The training step's image: `train_image`, else the CUDA build `<image>-cuda` for GPUs.
@@ -171,6 +182,12 @@ def configure_step(
         task,
         secret_name=settings.mlflow_secret,
         secret_key_to_env=dict(settings.mlflow_keys),
+        optional=True,
+    )
+    kubernetes.use_secret_as_env(  # optional: the export labeller needs no server
+        task,
+        secret_name=settings.label_studio_secret,
+        secret_key_to_env=dict(settings.label_studio_keys),
         optional=True,
     )
     kubernetes.use_field_path_as_env(

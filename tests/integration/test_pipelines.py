@@ -176,9 +176,15 @@ def test_every_step_reads_settings_credentials_and_the_run_id(cluster_training: 
             "FLYWHEEL_DVC_REMOTE": "FLYWHEEL_DVC_REMOTE",
             "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
             "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
+            "LABEL_STUDIO_URL": "LABEL_STUDIO_URL",
         }
         secrets = {secret["secretName"]: secret for secret in k8s["secretAsEnv"]}
-        assert set(secrets) == {"test-s3", "flywheel-mlflow"}, name
+        assert set(secrets) == {"test-s3", "flywheel-mlflow", "flywheel-label-studio-token"}, name
+        token = secrets["flywheel-label-studio-token"]
+        assert {m["secretKey"]: m["envVar"] for m in token["keyToEnv"]} == {
+            "token": "LABEL_STUDIO_API_KEY"
+        }
+        assert token["optional"] is True  # the export labeller needs no server
         s3 = secrets["test-s3"]
         assert {m["secretKey"]: m["envVar"] for m in s3["keyToEnv"]} == {
             "access-key": "AWS_ACCESS_KEY_ID",

@@ -160,6 +160,8 @@ def resolve_env(container: Doc, docs: list[Doc], overrides: Mapping[str, str]) -
         elif ref := entry.get("valueFrom", {}).get("secretKeyRef"):
             secret = find(docs, "Secret", ref["name"])
             env[name] = secret_data(secret)[ref["key"]]
+        elif ref := entry.get("valueFrom", {}).get("configMapKeyRef"):
+            env[name] = find(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
     env.update(overrides)
     return env
 

@@ -94,7 +94,7 @@ def start_label_studio(
             [
                 str(executable),
                 "start",
-                "--host",
+                "--internal-host",  # the address it binds (`--host` names its public URL)
                 "127.0.0.1",
                 "--port",
                 str(port),

@@ -86,7 +86,7 @@ def step_environment(
 
     ConfigMap keys come from the rendered ConfigMap (then `overrides`: in-cluster
     service addresses swapped for local ones, the emptyDir's path); Secret keys
-    from the rendered Secret; an optional Secret that is not rendered is left out,
+    from the rendered Secret; an optional Secret (or key) that is not rendered is left out,
     as the kubelet does. A required one that is missing fails.
     """
     config = platform.get("deploymentSpec", {}).get("executors", {}).get(executor, {})
@@ -108,6 +108,9 @@ def step_environment(
             continue
         data = secret_data(secrets[0])
         for entry in source["keyToEnv"]:
+            if entry["secretKey"] not in data:  # the kubelet leaves an optional key out
+                assert source.get("optional"), f"{executor}: {source['secretName']} lacks a key"
+                continue
             env[entry["envVar"]] = data[entry["secretKey"]]
     for entry in config.get("fieldPathAsEnv", []):
         assert entry["fieldPath"] == "metadata.labels['pipeline/runid']", entry
@@ -130,6 +133,7 @@ class PodRunner:
         workdir: Path,
         run_id: str = "pod-run-1",
         timeout: float = 1200,
+        app_files: Mapping[str, Path] | None = None,
     ) -> None:
         self.spec, self.platform = load_package(package)
         self.manifests = manifests
@@ -137,6 +141,7 @@ class PodRunner:
         self.workdir = workdir
         self.run_id = run_id
         self.timeout = timeout
+        self.app_files = dict(app_files or {})  # what the image's WORKDIR (/app) holds
         self.result = PodRun()
 
     def run(self, arguments: Mapping[str, Any]) -> PodRun:
@@ -271,6 +276,9 @@ class PodRunner:
         folders = {name: pod / name for name in ("cwd", "home", "tmp", "scratch", "in", "out")}
         for folder in folders.values():
             folder.mkdir(parents=True)
+        for relative, source in self.app_files.items():
+            (folders["cwd"] / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folders["cwd"] / relative)
         executor_input = self._executor_input(component, params, artifacts, folders)
         argv = [
             arg.replace("{{$}}", json.dumps(executor_input))

@@ -79,6 +79,9 @@ class LabelStudioConfig(FrozenConfig):
     admin: str = Field("admin@flywheel.local", min_length=3)  # the owner created on first start
     start_timeout_s: float = Field(900.0, gt=0)  # the first start migrates (minutes when busy)
     document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT (None: the state folder)
+    # Images in S3: the browser gets a URL Label Studio pre-signs (its S3_ENDPOINT must be
+    # reachable by the annotators' browsers); false: Label Studio streams each image itself.
+    presign: bool = True
 
 
 class SyncConfig(FrozenConfig):

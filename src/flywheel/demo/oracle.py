@@ -250,6 +250,15 @@ ORACLE_CONCURRENCY = 4
 """Submissions in flight at once."""
 
 
+def oracle_token(connection: Connection, email: str) -> str:
+    """The oracle's access token: its own member's on a server this machine started, else
+    the owner's (a cluster's server, reached through LABEL_STUDIO_URL/_API_KEY: the token
+    Job mints the owner's only)."""
+    if connection.data_dir is None and email not in connection.members:
+        return connection.token
+    return member_token(connection, email)
+
+
 def annotate_as_oracle(
     connection: Connection,
     project: int,
@@ -269,7 +278,7 @@ def annotate_as_oracle(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    client = sdk_client(connection, member_token(connection, email))
+    client = sdk_client(connection, oracle_token(connection, email))
     truth = simulator_truth(gt_root)
     cfg = params.label
     answers: list[tuple[int, str | None]] = []

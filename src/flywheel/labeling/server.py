@@ -196,10 +196,16 @@ def connect(cfg: LabelStudioConfig | None = None) -> Connection:
 
 
 def server_env(data_dir: Path, document_root: Path) -> dict[str, str]:
-    """The environment of a local server: its data folder, SQLite, local files, offline."""
+    """The environment of a local server: its data folder, SQLite, local files, offline.
+
+    With the state in object storage, `AWS_ENDPOINT_URL` becomes the server's
+    `S3_ENDPOINT` (the endpoint of its S3 storages; `flywheel.labeling.image_storage`).
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
     return {
         **os.environ,
         **OFFLINE_ENV,
+        **({"S3_ENDPOINT": endpoint} if endpoint else {}),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir.resolve()),
         "DJANGO_DB": "sqlite",
         "LOCAL_FILES_SERVING_ENABLED": "true",
@@ -271,7 +277,7 @@ def start_label_studio(
     argv = [
         str(executable),
         "start",
-        "--host",
+        "--internal-host",  # the address it binds (`--host` only names its public URL)
         cfg.host,
         "--port",
         str(port or cfg.port),

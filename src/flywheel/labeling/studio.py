@@ -11,8 +11,9 @@ server through `label-studio-sdk` (`flywheel label server` starts one locally;
    imported with the model's answer as a pre-annotation (prediction, score and
    model version). Images are served by the server's local-files storage
    (`/data/local-files/?d=<path under LOCAL_FILES_DOCUMENT_ROOT>`; a storage
-   covering their folder is added to the project). On a cluster the same task
-   would name an object in S3 storage, which Label Studio presigns.
+   covering their folder is added to the project), or, when the state is in
+   object storage (a cluster), name their `s3://` object, which the project's
+   S3 storage pre-signs (`flywheel.labeling.image_storage`).
 3. **The annotations** are read back through the API (every task of the project,
    with its annotations). Cancelled (skipped) annotations never count; drafts are
    not annotations. Several annotators are resolved per task by
@@ -27,19 +28,25 @@ their own time). The demo's oracle overrides it to answer through the API.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import pandas as pd
 
 from flywheel.data.ground_truth import ORIGIN_LABEL_STUDIO
 from flywheel.labeling.base import Labeler, LabelingResult, no_labels
 from flywheel.labeling.exports import LabelImportError
+from flywheel.labeling.image_storage import (
+    add_local_storage,
+    add_s3_storage,
+    is_s3,
+    local_image_url,
+    s3_folders,
+    s3_keys,
+)
 from flywheel.labeling.label_studio import label_config_xml, parse_export, record_labels
 from flywheel.labeling.queue import (
     Key,
@@ -58,7 +65,6 @@ if TYPE_CHECKING:
 
     from flywheel.config import Params
 
-LOCAL_FILES_PREFIX = "/data/local-files/?d="
 PAGE_SIZE = 500
 
 
@@ -162,45 +168,12 @@ def read_tasks(
     Studio computes a dozen aggregates per task otherwise (200 tasks on a busy
     machine: ~2 s for `id,data`, ~11 s in full).
     """
-    pager = client.tasks.list(project=project, fields="all", include=include, page_size=PAGE_SIZE)
+    # resolve_uri=False: the data as imported (`s3://...`), not rewritten to the
+    # server's /tasks/<id>/resolve/ links (which it does for every field of a storage's URL).
+    pager = client.tasks.list(
+        project=project, fields="all", include=include, page_size=PAGE_SIZE, resolve_uri=False
+    )
     return [task.model_dump(mode="json", warnings=False) for task in pager]
-
-
-def local_image_url(image_path: str, document_root: Path) -> tuple[str, Path]:
-    """The local-files URL of an image, and the storage folder that lets the server serve it.
-
-    >>> local_image_url("/state/predictions/d=1/images/a b.png", Path("/state"))
-    ('/data/local-files/?d=predictions/d%3D1/images/a%20b.png', PosixPath('/state/predictions'))
-
-    Raises:
-        LabelStudioError: the image is not inside a folder under the document root.
-    """
-    path = Path(os.path.abspath(image_path))
-    try:
-        relative = path.relative_to(document_root)
-    except ValueError:
-        raise LabelStudioError(
-            f"image {image_path} is outside the server's LOCAL_FILES_DOCUMENT_ROOT "
-            f"{document_root}: set label.studio.document_root to a folder holding the "
-            "prediction log and restart `flywheel label server`"
-        ) from None
-    if len(relative.parts) < 2:
-        raise LabelStudioError(
-            f"image {image_path} lies directly in LOCAL_FILES_DOCUMENT_ROOT {document_root}; "
-            "Label Studio serves only files in its sub-folders"
-        )
-    url = LOCAL_FILES_PREFIX + quote(relative.as_posix(), safe="/")
-    return url, document_root / relative.parts[0]
-
-
-def add_local_storage(client: LabelStudio, project: int, folders: set[Path]) -> None:
-    """Give the project a local-files storage per folder (Label Studio serves only those)."""
-    listed = client.import_storage.local.list(project=project)
-    have = {Path(storage.path) for storage in listed if storage.path is not None}
-    for folder in sorted(folders - have):
-        client.import_storage.local.create(
-            project=project, path=str(folder), title=f"flywheel {folder.name}", use_blob_urls=True
-        )
 
 
 def publish_tasks(
@@ -209,16 +182,24 @@ def publish_tasks(
     tasks: Sequence[dict[str, Any]],
     present: set[Key],
     connection: Connection,
+    *,
+    presign: bool = True,
 ) -> int:
     """Import the tasks the project does not hold yet, with their predictions; return how many.
 
-    With a local server the image URL is rewritten to its local-files URL (from
-    `data.image_path`); a remote server gets the URL curation wrote.
+    An image in S3 keeps its `s3://` URL and the project gets an S3 storage of
+    its bucket (`flywheel.labeling.image_storage`); with a local server another
+    image's URL is rewritten to its local-files URL (from `data.image_path`); a
+    remote server gets the URL curation wrote.
+
+    Raises:
+        LabelStudioError: images in S3 and no S3 keys in the environment.
     """
     from label_studio_sdk.types import ImportApiRequest
 
     root = Path(connection.document_root) if connection.document_root else None
     folders: set[Path] = set()
+    in_s3: list[str] = []
     requests: list[ImportApiRequest] = []
     for task in tasks:
         key = task_key(task)
@@ -226,7 +207,9 @@ def publish_tasks(
             continue
         present.add(key)
         data = dict(task["data"])
-        if root is not None and data.get("image_path"):
+        if is_s3(str(data.get("image", ""))):
+            in_s3.append(str(data["image"]))
+        elif root is not None and data.get("image_path"):
             data["image"], folder = local_image_url(str(data["image_path"]), root)
             folders.add(folder)
         predictions = [
@@ -237,6 +220,8 @@ def publish_tasks(
         requests.append(ImportApiRequest.construct(data=data, predictions=predictions))
     if folders:
         add_local_storage(client, project, folders)
+    if in_s3:
+        add_s3_storage(client, project, s3_folders(in_s3), s3_keys(), presign=presign)
     if requests:
         client.projects.import_tasks(id=project, request=requests, commit_to_project=True)
     return len(requests)
@@ -346,7 +331,10 @@ class LabelStudioLabeler(Labeler):
         project = find_or_create_project(client, params)
         listed = read_tasks(client, project, include="id,data")
         present = {k for k in map(task_key, listed) if k is not None}
-        return project, publish_tasks(client, project, queued_tasks, present, connection)
+        sent = publish_tasks(
+            client, project, queued_tasks, present, connection, presign=params.label.studio.presign
+        )
+        return project, sent
 
 
 def resolve_tasks(

@@ -31,6 +31,7 @@ read and fails the test.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 import boto3
 import pandas as pd
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 
@@ -58,13 +60,17 @@ from flywheel.config import (
 )
 from flywheel.data.remote import DataRemote
 from flywheel.demo.server import start_server
+from flywheel.labeling.server import Connection
+from flywheel.labeling.studio import read_tasks, sdk_client
 from flywheel.tracking import TAG_DATA_VERSION
 from tests.support import REPO
 from tests.support.dvc_remote import publish_dataset, s3_server
 from tests.support.k8s import Doc, expand, find, resolve_env, secret_data
+from tests.support.label_studio import label_studio_executable
+from tests.support.label_studio_cluster import ClusterLabelStudio, cluster_label_studio, with_secret
 from tests.support.plans import TINY_MODEL, collect_plan, tiny_plan
 from tests.support.pod_runs import PodRun, PodRunner
-from tests.support.postgres import postgres_server
+from tests.support.postgres import Postgres, postgres_server
 from tests.support.processes import (
     BIN,
     free_port,
@@ -98,9 +104,11 @@ PARAMS = Params(
     ),
     monitor=MonitorConfig(min_window_size=DRIFTED_REQUESTS * IMAGES_PER_REQUEST),
     curate=CurateConfig(budget=16, strategy="margin"),
-    label=LabelConfig(labeler="flywheel.demo.oracle:OracleLabeler"),  # the demo's labeller
+    # The demo's oracle annotating through the cluster's Label Studio, as a person would.
+    label=LabelConfig(labeler="flywheel.demo.oracle:LabelStudioOracle"),
 )
 """The one params.yaml of the project: compiled into both pipelines, baked into serving."""
+GUIDE = "docs/labeling-guide.md"  # label.studio.guide, relative to the image's WORKDIR
 STEPS = ["validate-data", "train-model", "evaluate-model", "condition-1/promote-model"]
 
 
@@ -141,8 +149,16 @@ def _start_mlflow(
 class Cluster:
     """The services a run talks to, on 127.0.0.1, and what the pods' environment says of them."""
 
-    def __init__(self, docs: list[Doc], s3: str, tracking: str, database: str) -> None:
+    def __init__(
+        self,
+        docs: list[Doc],
+        s3: str,
+        tracking: str,
+        database: str,
+        postgres: Postgres | None = None,
+    ) -> None:
         self.docs = docs
+        self.postgres = postgres
         self.s3 = s3
         self.tracking = tracking
         self.database = database  # the registry's PostgreSQL, as MLflow's store URI
@@ -207,7 +223,7 @@ def cluster(
         backend = as_deployed._replace(netloc=netloc).geturl()
         server, tracking = _start_mlflow(docs, backend, s3.endpoint, folder)
         try:
-            yield Cluster(docs, s3.endpoint, tracking, backend)
+            yield Cluster(docs, s3.endpoint, tracking, backend, postgres)
         finally:
             stop(server)
 
@@ -358,19 +374,41 @@ def traffic(cluster: Cluster, pod_run: PodRun, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
+def label_studio(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterLabelStudio]:
+    """Label Studio as its Deployment runs it (database in the tests' PostgreSQL), the token
+    minted by the token Job's own commands (tests/support/label_studio_cluster.py)."""
+    executable = label_studio_executable()
+    if executable is None:
+        pytest.skip(
+            "Label Studio is not installed: `make label-studio` (or set FLYWHEEL_LABEL_STUDIO)"
+        )
+    assert cluster.postgres is not None
+    folder = tmp_path_factory.mktemp("label-studio")
+    with cluster_label_studio(
+        cluster.docs, cluster.postgres, cluster.s3, executable, folder
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def flywheel_run(
     cluster: Cluster,
     data_version: str,
     traffic: Traffic,
+    label_studio: ClusterLabelStudio,
     packages: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> PodRun:
     runner = PodRunner(
         packages / "flywheel.yaml",
-        manifests=cluster.docs,
-        overrides=cluster.overrides,
+        # The cluster after the token Job: its Secret holds the owner's token.
+        manifests=with_secret(cluster.docs, label_studio.secret),
+        overrides={**cluster.overrides, "LABEL_STUDIO_URL": label_studio.url},
         workdir=tmp_path_factory.mktemp("flywheel-pods"),
         run_id="pod-run-2",
+        app_files={GUIDE: REPO / GUIDE},  # the work guide the image ships in /app
     )
     return runner.run({"data_version": data_version, "epochs": 1})
 
@@ -415,6 +453,57 @@ def test_curation_queued_a_batch_the_oracle_labelled(
     ]
     assert answers, "no labels imported"
     assert 0 < sum(len(a) for a in answers) <= PARAMS.curate.budget
+
+
+def test_people_label_in_the_cluster_label_studio_with_images_from_the_bucket(
+    cluster: Cluster, traffic: Traffic, label_studio: ClusterLabelStudio, flywheel_run: PodRun
+) -> None:
+    """Curation's tasks are in the project with the model's pre-annotation, their images in
+    the state bucket as `s3://` URLs that Label Studio pre-signs; the oracle's annotations,
+    submitted through the API, are the labels imported into the ground truth."""
+    client = sdk_client(Connection(url=label_studio.url, token=label_studio.token))
+    (project,) = [p for p in client.projects.list() if p.title == PARAMS.label.studio.project]
+    assert project.id is not None
+    tasks = read_tasks(client, int(project.id))
+    bucket = urlsplit(traffic.state).netloc
+    assert 0 < len(tasks) <= PARAMS.curate.budget
+    for task in tasks:
+        assert task["data"]["image"].startswith(f"s3://{bucket}/"), task["data"]
+        assert task["predictions"], "the model's answer as a pre-annotation"
+        (annotation,) = task["annotations"]
+        assert not annotation["was_cancelled"]
+    (storage,) = client.import_storage.s3.list(project=project.id)
+    assert (storage.bucket, storage.presign) == (bucket, True)
+    # What a person's browser does for one image: the resolve link, then the pre-signed URL.
+    image = tasks[0]["data"]["image"]
+    fileuri = base64.urlsafe_b64encode(image.encode()).decode()
+    headers = client._client_wrapper.get_headers()  # the SDK's access token (from the PAT)
+    response = requests.get(
+        f"{label_studio.url}/tasks/{tasks[0]['id']}/resolve/?fileuri={fileuri}",
+        headers=headers,
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert response.status_code == 303, response.text[:500]
+    presigned = response.headers["Location"]
+    assert "X-Amz-Signature=" in presigned
+    assert requests.get(presigned, timeout=60).content == cluster.read(image)
+    # Read back through the API and recorded: the oracle's labels are exactly the project's.
+    truth = {
+        (str(r), int(i)): str(label)
+        for key in cluster.keys_under(f"{traffic.state}/ground_truth")
+        if "-oracle-" in key
+        for r, i, label in pd.read_parquet(io.BytesIO(cluster.read(f"s3://{bucket}/{key}")))[
+            ["request_id", "index", "label"]
+        ].itertuples(index=False)
+    }
+    annotated = {
+        (str(t["data"]["request_id"]), int(t["data"]["index"])): t["annotations"][0]["result"][0][
+            "value"
+        ]["choices"][0]
+        for t in tasks
+    }
+    assert truth == annotated
 
 
 def test_the_new_data_version_is_pushed_and_recorded_as_the_latest(

@@ -261,14 +261,15 @@ def test_copying_the_settings_into_the_runs_namespace_gives_the_steps_the_servic
     )
     assert done.returncode == 0, done.stderr
     created = {
-        doc["kind"]: doc
+        (doc["kind"], doc["metadata"]["name"]): doc
         for path in sorted(tmp_path.glob("created-*.yaml"))
         for doc in [yaml.safe_load(path.read_text())]
     }
     assert not list(tmp_path.glob("*.env")), "the walkthrough leaves no credentials behind"
 
     settings = ClusterSettings()
-    copied, secret = created["ConfigMap"], created["Secret"]
+    copied = created["ConfigMap", settings.config_map]
+    secret = created["Secret", settings.s3_secret]
     assert (copied["metadata"]["name"], copied["metadata"]["namespace"]) == (
         settings.config_map,
         "kubeflow",
@@ -285,5 +286,7 @@ def test_copying_the_settings_into_the_runs_namespace_gives_the_steps_the_servic
         else:
             assert copied["data"][key] == value, key
     assert set(settings.config_keys) <= copied["data"].keys()
-    assert secret["metadata"]["name"] == settings.s3_secret
     assert secret_data(secret) == secret_data(find(local, "Secret", settings.s3_secret))
+    # Label Studio's token, as the token Job wrote it (the rendered Secret has no key yet).
+    token = created["Secret", settings.label_studio_secret]
+    assert secret_data(token) == secret_data(find(local, "Secret", settings.label_studio_secret))
