@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.table import Table
 from typer.testing import CliRunner
 
 from flywheel import __version__
 from flywheel.cli import app
-from flywheel.cli.console import abort, exit_on, refuse_on, text_console
+from flywheel.cli.console import abort, exit_on, print_table, refuse_on, text_console
 
 
 class BaseProblem(RuntimeError):
@@ -118,3 +119,16 @@ def test_a_console_on_a_redirected_stream_keeps_lines_whole() -> None:
     text_console(out).print(line)
 
     assert out.getvalue() == line + "\n"
+
+
+def test_a_table_in_a_log_keeps_each_cell_whole() -> None:
+    """In a pipe a table takes its natural width: no path or number split over two lines."""
+    out = io.StringIO()
+    path = "training-2026-12-07-19-44-38-857397/evaluate-model/report.html"
+    table = Table("task", "path")
+    table.add_row("evaluate-model", path)
+
+    print_table(table, text_console(out))
+
+    assert any(path in line for line in out.getvalue().splitlines())
+    assert max(map(len, out.getvalue().splitlines())) > 80

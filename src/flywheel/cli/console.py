@@ -3,8 +3,9 @@
 On a terminal, text wraps at its width. Anywhere else (a pipe, a log file, CI,
 a pod's log) rich would assume 80 columns and break lines mid-number and paths
 mid-word, so there text is never wrapped (`soft_wrap`): each line is as long as
-it is, and the reader's viewer wraps it. Tables still fit the width
-(`COLUMNS`, else 80).
+it is, and the reader's viewer wraps it. Tables (`print_table`) fit a
+terminal's width, and anywhere else take their natural width, so no cell
+breaks a path or a number either.
 
 Results go to stdout (`console`); errors go to stderr (`err_console`) as one
 line, `error: <why>` in red, and end the command with exit status 2, or 1
@@ -24,6 +25,8 @@ from typing import IO
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 
 def text_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
@@ -34,6 +37,21 @@ def text_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
 
 console = text_console()
 err_console = text_console(stderr=True)
+
+
+def natural_width(table: Table, out: Console | None = None) -> int:
+    """The width `table` takes unwrapped (rich's own measure stops at the console's width)."""
+    out = out or console
+    return Measurement.get(out, out.options.update(width=100_000), table).maximum
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """Print `table` at the terminal's width, or, in a pipe or a log, at its natural width."""
+    out = out or console
+    if out.is_terminal:
+        out.print(table)
+    else:  # rich caps `print(width=...)` at the console's width: a console as wide as the table
+        Console(file=out.file, width=natural_width(table, out), color_system=None).print(table)
 
 
 def print_error(message: str, *, label: str = "error") -> None:

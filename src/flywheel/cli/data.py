@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from flywheel.cli.console import abort, console, err_console, exit_on, print_error, refuse_on
+from flywheel.cli.console import (
+    abort,
+    console,
+    err_console,
+    exit_on,
+    print_error,
+    print_table,
+    refuse_on,
+)
 from flywheel.cli.options import DATA_SECTIONS, LogDirOpt, ParamsOpt, SetOpt, read_params
 from flywheel.cli.project_root import ProjectTyper
 
@@ -326,7 +334,7 @@ def _print_counts(manifest: pd.DataFrame) -> None:
         table.add_column(str(split), justify="right")
     for name, row in counts.iterrows():
         table.add_row(str(name), *(str(int(v)) for v in row))
-    console.print(table)
+    print_table(table)
 
 
 @commands.command("merge")

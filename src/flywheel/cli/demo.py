@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flywheel.cli.console import console, exit_on
+from flywheel.cli.console import console, exit_on, print_table
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 from flywheel.cli.pipeline import pipeline_entry, read_base_params, run_pipeline_locally
 from flywheel.cli.project_root import ProjectTyper
@@ -112,7 +112,7 @@ def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, reques
             requests=requests,
             say=console.print,
         )
-    console.print(phase_table(phases))
+    print_table(phase_table(phases))
     after = phases[-1].data_version
     if after != before:
         console.print(

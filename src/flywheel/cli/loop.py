@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import abort, console, err_console, exit_on
+from flywheel.cli.console import abort, console, err_console, exit_on, print_table
 from flywheel.cli.options import DatasetOpt, LogDirOpt, ModelOpt, ParamsOpt, SetOpt, read_params
 from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
@@ -110,7 +110,7 @@ def curate(
             f"{rows['score'].mean():.3f}",
             f"{rows['confidence'].mean():.3f}",
         )
-    console.print(table)
+    print_table(table)
     cap = "" if result.spend_limit is None else f" of {result.spend_limit:.2f} allowed"
     console.print(
         f"labelling cost: [bold]{result.spend:.2f} {result.currency}[/bold]{cap} "
@@ -247,7 +247,7 @@ def monitor(
             document["trigger"] = asdict(decision)
         print(json.dumps(document, indent=2, allow_nan=False))
     else:
-        console.print(result_table(result))
+        print_table(result_table(result))
         for note in result.check.notes:
             console.print(f"note: {escape(note)}")
         if result.report_path:

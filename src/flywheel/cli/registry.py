@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from flywheel.cli.console import console, err_console, exit_on, refuse_on
+from flywheel.cli.console import console, err_console, exit_on, natural_width, refuse_on
 from flywheel.cli.options import (
     ModelOpt,
     ParamsOpt,
@@ -155,7 +155,7 @@ def models(
         versions = list_versions(name)
     rows = [_version_cells(name, v) for v in versions]
     table = _versions_table(name, rows)
-    if _natural_width(table) <= console.width:
+    if natural_width(table) <= console.width:
         console.print(table)
         return
     console.print(f"[bold]registered model {escape(name)}[/bold]")
@@ -174,13 +174,6 @@ _COLUMNS = (
     "last transition",
     "model files",
 )
-
-
-def _natural_width(table: Table) -> int:
-    """The width `table` takes unwrapped (rich's own measure stops at the console's width)."""
-    from rich.measure import Measurement
-
-    return Measurement.get(console, console.options.update(width=100_000), table).maximum
 
 
 def _version_cells(name: str, v: VersionSummary) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console
+from flywheel.cli.console import console, print_table
 
 
 def print_outputs(run: Any) -> None:
@@ -25,7 +25,7 @@ def print_outputs(run: Any) -> None:
         if r.kind != "parameter" and Path(location).is_relative_to(root):
             location = str(Path(location).relative_to(root))
         table.add_row(task, r.output, r.kind, escape(location))
-    console.print(table)
+    print_table(table)
     console.print(f"paths are under the outputs folder {root}", soft_wrap=True)
     console.print(f"runner log: {run.log}", soft_wrap=True)
 
@@ -46,13 +46,13 @@ def print_training_summary(run: Any) -> None:
     )
     metric = s.slices[0].metric  # the task's primary metric (classification: accuracy)
     title = f"test {metric} of {s.model_name} version {s.version}"
-    console.print(_slice_table(title, s.slices, "images", s.champion_version))
+    print_table(_slice_table(title, s.slices, "images", s.champion_version))
     if s.pair:
         title = (
             f"end to end: expressions found (IoU ≥ 0.5) and read exactly, with the other "
             f"stage's production version {s.partner_version}"
         )
-        console.print(_slice_table(title, s.pair, "expressions", s.champion_version))
+        print_table(_slice_table(title, s.pair, "expressions", s.champion_version))
     version = f"{s.model_name} version {s.version}"
     if s.promoted:
         previous = f"; previous: {s.champion_version}" if s.champion_version else ""

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel.cli.composition import serving_root
-from flywheel.cli.console import abort, console, err_console, exit_on
+from flywheel.cli.console import abort, console, err_console, exit_on, print_table
 from flywheel.cli.options import ParamsOpt, SetOpt, read_params
 from flywheel.cli.project_root import ProjectTyper
 
@@ -167,7 +167,7 @@ def simulate(
     for name, value in report.latency_ms.items():
         table.add_row(f"latency {name}", f"{value:.1f} ms")
     table.add_row("throughput", f"{report.throughput_rps:.1f} req/s in {report.elapsed_s:.1f} s")
-    console.print(table)
+    print_table(table)
     if report.first_error:
         err_console.print(f"first error: {escape(report.first_error)}")
     if report.truth_file:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel.cli.console import console, err_console, exit_on
+from flywheel.cli.console import console, err_console, exit_on, print_table
 from flywheel.cli.options import DatasetOpt, ModelOpt, ParamsOpt, SetOpt, WhoOpt, read_params
 from flywheel.cli.project_root import ProjectTyper
 
@@ -255,7 +255,7 @@ def train(
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name in sorted(k.removeprefix("val_") for k in last if k.startswith("val_")):
         table.add_row(name, f"{last[f'train_{name}']:.4f}", f"{last[f'val_{name}']:.4f}")
-    console.print(table)
+    print_table(table)
     notes = [
         f"{result.epochs_run} epochs in {result.train_seconds:.1f} s",
         "stopped early" if result.stopped_early else "",
@@ -412,7 +412,7 @@ def _print_evaluation(outcome: EvaluationOutcome) -> None:
         extra = [] if champion is None else [f"{champion.primary(name):.3f}"]
         row = [f"{m[metric]:.3f}" for metric in report.metric_names]
         table.add_row(escape(name), str(m.n), *row, *extra)
-    console.print(table)
+    print_table(table)
     gates = Table(title="gates")
     for column in ("gate", "value", "threshold", "verdict", "detail"):
         gates.add_column(column)
@@ -425,7 +425,7 @@ def _print_evaluation(outcome: EvaluationOutcome) -> None:
             verdict,
             escape(gate.detail),
         )
-    console.print(gates)
+    print_table(gates)
     for note in blessing.notes:
         console.print(f"note: {escape(note)}")
     version = f"{blessing.model_name} version {blessing.candidate_version}"
