@@ -1,6 +1,6 @@
 """What running the training pipeline through the KFP local runner costs over calling its steps.
 
-The same four steps (validate → train → evaluate → promote), on the same small
+The same five steps (validate → train → find the champion → evaluate → promote), on the same small
 dataset with the same params, four ways, each against its own fresh state
 folder and MLflow SQLite store (so every side registers version 1 and faces no
 champion — the same work):
@@ -15,8 +15,9 @@ champion — the same work):
   KFP ships it, each step a new `python -m kfp.dsl.executor_main` process
   (imports paid per step), artifacts copied into the pipeline root;
 * **pipeline, cold steps, re-run**: the same run again with unchanged inputs,
-  cache on: validation and training come from the cache; evaluation and
-  promotion (never cached: they depend on the registry) run again;
+  cache on: validation, training and evaluation come from the cache (the
+  champion did not change); finding the champion and promotion (never
+  cached: they read the registry) run again;
 * **pipeline** and **pipeline, re-run**: the same two runs with each step forked
   from the warm step server (`pipelines.step_server`, the default), started
   before the run as `flywheel pipeline run` and `flywheel demo` start it (its
@@ -52,7 +53,7 @@ from flywheel.config import DataPlan, EvaluateConfig, GatesConfig, Params, load_
 from flywheel.env import disable_telemetry
 from pipelines.step_server import COLD_ENV, shared_server
 
-STEPS = ("validate-data", "train-model", "evaluate-model", "promote-model")
+STEPS = ("validate-data", "train-model", "find-champion", "evaluate-model", "promote-model")
 
 
 def bench_params(train: int, val: int, test: int, epochs: int) -> Params:
@@ -109,7 +110,7 @@ def state(folder: Path) -> Iterator[None]:
 
 
 def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str, float]:
-    """The four steps as the components call them; seconds per step (their output is muted)."""
+    """The five steps as the components call them; seconds per step (their output is muted)."""
     from flywheel import workflows
 
     seconds: dict[str, float] = {}
@@ -132,6 +133,9 @@ def run_direct(params: Params, repo: Path, version: str, work: Path) -> dict[str
             metrics_out=work / "train_metrics",
         )
         seconds["train-model"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        workflows.judging_basis(params, candidate.name, candidate.version)
+        seconds["find-champion"] = time.perf_counter() - tick
         tick = time.perf_counter()
         workflows.judge_candidate(
             params,
@@ -270,7 +274,9 @@ def main() -> None:
     table = Table(title="training pipeline: orchestration overhead (seconds)")
     table.add_column("side", no_wrap=True)
     for step in STEPS:
-        table.add_column(step.split("-")[0], justify="right", no_wrap=True)  # validate, ...
+        table.add_column(
+            step.split("-")[-1 if step == "find-champion" else 0], justify="right", no_wrap=True
+        )  # validate, ..., champion
     table.add_column("total", justify="right")
     table.add_column("×warm", justify="right")
     for name, per_step, total in rows:

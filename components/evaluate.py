@@ -12,6 +12,7 @@ def evaluate_model(
     overrides: list,
     task: str,
     min_accuracy: float,
+    champion: str,
     dataset: Input[Dataset],
     model: Input[Model],
     metrics: Output[Metrics],
@@ -28,6 +29,9 @@ def evaluate_model(
         overrides: dotted.key=value pairs that replace values of params.
         task: train.task (in a plan with a section per task, that task's values).
         min_accuracy: evaluate.gates.min_accuracy.
+        champion: the versions the verdict depends on (`find_champion`): read by
+            nobody here, it makes them part of the step's cache key, so a cached
+            verdict is re-used only while they stay put.
         dataset: the validated dataset (its frozen test split is evaluated).
         model: the registered candidate version.
         metrics: the task's metrics overall, its primary metric (accuracy) per

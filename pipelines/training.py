@@ -1,9 +1,9 @@
 """The training pipeline: validate → train → evaluate → promote when blessed.
 
 ```
-validate-data ──► train-model ──► evaluate-model ──► [blessed] promote-model
-   (GX gate)      (MLflow, register     (per slice, vs       (production alias)
-                   candidate)            production)
+validate-data ──► train-model ──► find-champion ──► evaluate-model ──► [blessed] promote-model
+   (GX gate)      (MLflow, register   (production's     (per slice, vs       (production alias)
+                   candidate)          version)          the champion)
 ```
 
 `build_training_pipeline` makes the pipeline from a loaded params.yaml: its
@@ -13,8 +13,11 @@ see `flywheel.workflows.FIRST_CLASS_PARAMETERS`), `overrides` for any other key 
 `dotted.key=value` pairs (the CLI's `--set`) — so a compiled pipeline carries
 the configuration it was built with and any run can change it. `params` is JSON
 text, not a mapping: KFP parameters cannot hold the nulls params.yaml uses.
-Validation and training are cached when their inputs did not change;
-evaluation (it depends on which model is in production) and promotion never are.
+Validation, training and evaluation are cached when their inputs did not
+change. The evaluation's verdict also depends on which version is in
+production: `find-champion` (never cached) reads it from the registry and hands
+it to the evaluation as an input, so a verdict is re-used only while the
+champion is the same. Promotion is never cached.
 """
 
 from typing import Any, NamedTuple
@@ -22,6 +25,7 @@ from typing import Any, NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
+from components.champion import find_champion
 from components.evaluate import evaluate_model
 from components.promote import promote_model
 from components.train import train_model
@@ -125,17 +129,22 @@ def build_training_pipeline(
             ),
             training=True,
         )
+        champion = step(
+            find_champion(
+                params=params, overrides=overrides, task=task, model=train.outputs["model"]
+            )
+        ).set_caching_options(False)  # it reads the registry
         evaluate = step(
             evaluate_model(
                 params=params,
                 overrides=overrides,
                 task=task,
                 min_accuracy=min_accuracy,
+                champion=champion.output,
                 dataset=validate.outputs["dataset"],
                 model=train.outputs["model"],
             )
         )
-        evaluate.set_caching_options(False)  # the champion (production) is a hidden input
         with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712
             step(promote_model(model=train.outputs["model"])).set_caching_options(False)
         return TrainingOutputs(

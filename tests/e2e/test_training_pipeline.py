@@ -8,9 +8,11 @@ as the process that launched them. Every step is a real subprocess running the
 real library against real DVC, Great Expectations and an MLflow SQLite store.
 
 1. a first run trains, registers, blesses and promotes version 1;
-2. a second run with new epochs and an unreachable accuracy gate reuses the
+2. the same run again re-uses validation, training and the verdict (the
+   champion did not change) and only reads the registry;
+3. a run with new epochs and an unreachable accuracy gate reuses the
    cached validation, trains version 2, which is not blessed and not promoted;
-3. a run on a recorded but broken dataset stops at validation: nothing trains.
+4. a run on a recorded but broken dataset stops at validation: nothing trains.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ PARAMS = Params(
         registered_model=MODEL, gates=GatesConfig(min_accuracy=0.0, min_slice_accuracy=None)
     ),
 )
-STEPS = {"validate-data", "train-model", "evaluate-model", "promote-model"}
+STEPS = {"validate-data", "train-model", "find-champion", "evaluate-model", "promote-model"}
 TEST_IMAGES = 8 * 4  # 8 strata × 4 test images
 
 
@@ -143,6 +145,31 @@ def test_the_steps_used_this_process_store_and_recorded_the_run_as_lineage(
         first_run.run_id
     )
     assert (root / ".flywheel" / "gx").is_dir()  # the validation step's GX context
+
+
+def test_an_unchanged_rerun_reuses_every_verdict_while_the_champion_stays(
+    project: tuple[Path, str], first_run: LocalRun
+) -> None:
+    """Validation, training and evaluation come from the cache; the registry is read again."""
+    _, version = project
+    entry = get_pipeline("training")
+    pipeline = entry.build(PARAMS, data_version=version, target="local")
+
+    again = run_locally(
+        pipeline,
+        pipeline_arguments(PARAMS, [], data_version=version, repo=str(Path.cwd())),
+        name=entry.name,
+        output_tasks=entry.outputs,
+        caching=True,
+    )
+
+    assert again.cached == {"validate-data", "train-model", "evaluate-model"}
+    assert set(again.task_seconds) == {"find-champion", "promote-model"}
+    assert again.outputs["blessed"] is True
+    messages = [e.text for e in again.events if e.kind == "message"]
+    # version 1 is production now: judged against what it was judged against then
+    assert f"{MODEL} version 1 is judged against {MODEL}@production=none" in messages
+    assert f"{MODEL}: version 1 already is production; nothing changed" in messages
 
 
 def test_a_rerun_reuses_validation_and_gates_the_new_candidate(

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = ROOT / "params.yaml"
 PARAMS = load_params(PARAMS_FILE)
 IMAGE = "registry.example/flywheel:test"
-STEPS = ("validate-data", "train-model", "evaluate-model", "promote-model")
+STEPS = ("validate-data", "train-model", "find-champion", "evaluate-model", "promote-model")
 
 
 def _load(package: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -100,16 +100,16 @@ def cluster_training(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------ training, cluster
 
 
-def test_training_has_the_four_steps_and_promotes_only_when_blessed(
+def test_training_has_its_five_steps_and_promotes_only_when_blessed(
     cluster_training: Path,
 ) -> None:
     spec, _ = _load(cluster_training)
     root = _dag_tasks(spec)
 
-    assert {"validate-data", "train-model", "evaluate-model"} <= set(root)
+    assert {"validate-data", "train-model", "find-champion", "evaluate-model"} <= set(root)
     assert "promote-model" not in root
     name, condition = _condition(spec, holding="promote-model")
-    assert set(root) == {"validate-data", "train-model", "evaluate-model", name}
+    assert set(root) == {"validate-data", "train-model", "find-champion", "evaluate-model", name}
     assert condition["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--evaluate-model-Output'] == true"
     )
@@ -122,7 +122,12 @@ def test_training_has_the_four_steps_and_promotes_only_when_blessed(
     returns = spec["components"][evaluate["componentRef"]["name"]]["outputDefinitions"]
     assert returns["parameters"]["Output"]["parameterType"] == "BOOLEAN"
     assert set(root["train-model"]["dependentTasks"]) == {"validate-data"}
-    assert set(evaluate["dependentTasks"]) == {"validate-data", "train-model"}
+    assert set(evaluate["dependentTasks"]) == {"validate-data", "train-model", "find-champion"}
+    # the champion is an input of the evaluation: part of its cache key
+    assert evaluate["inputs"]["parameters"]["champion"]["taskOutputParameter"] == {
+        "producerTask": "find-champion",
+        "outputParameterKey": "Output",
+    }
 
 
 def test_training_steps_run_in_the_one_image_without_installing_anything(
@@ -154,7 +159,7 @@ def test_only_the_training_step_asks_for_a_gpu_on_gpu_nodes(cluster_training: Pa
     assert k8s["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    for name in ("validate-data", "evaluate-model", "promote-model"):
+    for name in ("validate-data", "find-champion", "evaluate-model", "promote-model"):
         assert "accelerator" not in _executor(spec, tasks[name])["resources"], name
         assert "nodeSelector" not in _k8s(platform, spec, tasks[name]), name
         assert "tolerations" not in _k8s(platform, spec, tasks[name]), name
@@ -225,7 +230,7 @@ def test_the_training_image_is_the_cuda_build(
     assert settings.training_image(image) == expected
 
 
-def test_validation_and_training_are_cached_evaluation_and_promotion_never(
+def test_the_steps_are_cached_but_those_that_read_the_registry(
     cluster_training: Path,
 ) -> None:
     spec, _ = _load(cluster_training)
@@ -237,7 +242,8 @@ def test_validation_and_training_are_cached_evaluation_and_promotion_never(
     assert {name: cached(name) for name in STEPS} == {
         "validate-data": True,
         "train-model": True,
-        "evaluate-model": False,
+        "find-champion": False,
+        "evaluate-model": True,
         "promote-model": False,
     }
 

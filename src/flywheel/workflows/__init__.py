@@ -9,7 +9,7 @@ unit tests reach it. This package never imports kfp; the pipelines, their
 arguments and the local runner live in `pipelines/`.
 
 * `flywheel.workflows.training` — the training pipeline's steps:
-  `validate_data` → `train_candidate` → (`judge_candidate`) → `promote_candidate`;
+  `validate_data` → `train_candidate` → (`judging_basis`, `judge_candidate`) → `promote_candidate`;
   `train_and_register` is the train step without its KFP outputs (`flywheel train`);
 * `flywheel.workflows.judging` — `judge_candidate`, the evaluation step, and the
   Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
@@ -38,6 +38,7 @@ from flywheel.workflows.judging import (
     SliceRow,
     evaluation_scalars,
     judge_candidate,
+    judging_basis,
     pair_rows,
     slice_rows,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "epoch_line",
     "evaluation_scalars",
     "judge_candidate",
+    "judging_basis",
     "label_samples",
     "model_description",
     "pair_rows",

@@ -1,6 +1,7 @@
 """Judging a candidate: evaluate it against `production`, let the gates bless it or not.
 
-`judge_candidate` is the evaluation step; `evaluation_scalars` flattens its
+`judge_candidate` is the evaluation step and `judging_basis` the one before it
+(which versions the verdict depends on: KFP's cache key); `evaluation_scalars` flattens its
 outcome into the Metrics artifact the KFP UI shows, and `slice_rows` reads the
 per-slice table back from those scalars (what the CLI prints after a run).
 """
@@ -102,6 +103,37 @@ def judge_candidate(
     write_json(metrics_out, judgement.scalars)
     write_json(confusion_out, {"classes": list(judgement.classes), "matrix": judgement.confusion})
     return judgement
+
+
+def judging_basis(params: Params, name: str, version: str) -> str:
+    """The versions a candidate's verdict depends on besides the step's inputs.
+
+    The champion: `production` — or, when the candidate already is production
+    (a re-run whose training was cached, after its promotion), the version its
+    verdict was judged against. For a stage of a two-stage service, also the
+    partner's `production`. The evaluation step takes this text as an input,
+    so KFP's cache re-uses a verdict exactly while these versions stay put;
+    `promote` checks the champion once more before it moves anything.
+
+    Raises:
+        flywheel.registry.RegistryError: no such model or version.
+    """
+    from flywheel.registry import ALIAS_PRODUCTION, read_verdict, version_for_alias
+    from flywheel.registry.blessing import NO_CHAMPION
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    champion = version_for_alias(name, ALIAS_PRODUCTION)
+    if champion == version:
+        verdict = read_verdict(name, version)
+        champion = verdict.champion_version if verdict is not None else None
+    basis = f"{name}@{ALIAS_PRODUCTION}={champion or NO_CHAMPION}"
+    partner = stage_partner(params)
+    if partner is not None:
+        paired = version_for_alias(partner.model_name, ALIAS_PRODUCTION)
+        basis += f" {partner.model_name}@{ALIAS_PRODUCTION}={paired or NO_CHAMPION}"
+    say(f"{name} version {version} is judged against {basis}")
+    return basis
 
 
 def stage_partner(params: Params) -> Partner | None:

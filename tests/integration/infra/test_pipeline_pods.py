@@ -109,7 +109,13 @@ PARAMS = Params(
 )
 """The one params.yaml of the project: compiled into both pipelines, baked into serving."""
 GUIDE = "docs/labeling-guide.md"  # label.studio.guide, relative to the image's WORKDIR
-STEPS = ["validate-data", "train-model", "evaluate-model", "condition-1/promote-model"]
+STEPS = [
+    "validate-data",
+    "train-model",
+    "find-champion",
+    "evaluate-model",
+    "condition-1/promote-model",
+]
 
 
 def _start_mlflow(
