@@ -48,6 +48,7 @@ from flywheel.labeling.image_storage import (
     s3_keys,
 )
 from flywheel.labeling.label_studio import label_config_xml, parse_export, record_labels
+from flywheel.labeling.pages import page_interface
 from flywheel.labeling.queue import (
     Key,
     logged_keys,
@@ -69,13 +70,14 @@ PAGE_SIZE = 500
 
 
 def label_interface(params: Params) -> str:
-    """The project's labelling interface from the data plan: an image and its class.
+    """The project's labelling interface from the data plan.
 
-    The plan's tasks today are single-label classification (a Choices control over
-    `data.classes`). Region labels (boxes: `RectangleLabels`) and transcriptions
-    (`TextArea` per region) are further controls inside the same `<View>`,
-    generated here from the plan when it declares them.
+    A page plan (`data.pages`) gets the region interface: `formula` rectangles
+    with a LaTeX transcription per region (`flywheel.labeling.pages`); any other
+    plan an image and one choice of `data.classes`.
     """
+    if params.data.pages is not None:
+        return page_interface(params)
     return label_config_xml(params.data.classes, params.label.from_name, params.label.to_name)
 
 
