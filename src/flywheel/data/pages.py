@@ -17,7 +17,8 @@ change here is a change to theirs.
 ```
 
 * `manifest.csv` columns: `image_id` (unique), `path` (relative to the dataset
-  folder), `split` (train | val | test), the strata `level`, `writing`,
+  folder), `split` (train | val | test, or holdout:
+  merged production pages only, `flywheel.labeling.page_merge`), the strata `level`, `writing`,
   `noise`, `sha256` of the PNG bytes, `width`, `height`, `n_boxes`, and
   `glyphs`: the source glyph ids drawn on the page, space-separated and
   sorted (`sklearn_digits:<row>`, `writer:<k>`, `mathtext:<fontset>`); no glyph

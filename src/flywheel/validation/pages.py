@@ -33,7 +33,7 @@ import pandas as pd
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.expectations.row_conditions import Column
 
-from flywheel.config import SPLITS, DataPlan, PagePlan, Params
+from flywheel.config import MANIFEST_SPLITS, SPLITS, DataPlan, PagePlan, Params
 from flywheel.data.pages import (
     LABELS_DIR,
     PAGE_COLUMNS,
@@ -100,7 +100,7 @@ def glyph_splits(manifest: pd.DataFrame) -> pd.Series:
     >>> glyph_splits(m).tolist()
     ['train+test', 'train+test', 'val']
     """
-    order = {name: i for i, name in enumerate(SPLITS)}
+    order = {name: i for i, name in enumerate(MANIFEST_SPLITS)}
     glyph_lists = manifest["glyphs"].fillna("").astype(str).str.split()
     held: dict[str, set[str]] = {}
     for glyphs, split in zip(glyph_lists, manifest["split"], strict=True):
@@ -239,7 +239,9 @@ def build_page_suite(plan: DataPlan, *, check_files: bool = True) -> gx.Expectat
             for c in PAGE_COLUMNS
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="split", value_set=list(SPLITS), meta=_rule("split is train/val/test")
+            column="split",
+            value_set=list(MANIFEST_SPLITS),
+            meta=_rule("split is train/val/test, or holdout (merged production pages)"),
         ),
         *(
             gxe.ExpectColumnValuesToBeInSet(
@@ -263,12 +265,12 @@ def build_page_suite(plan: DataPlan, *, check_files: bool = True) -> gx.Expectat
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="sha256_splits",
-            value_set=list(SPLITS),
+            value_set=list(MANIFEST_SPLITS),
             meta=_rule("no page (sha256) is in more than one split (leakage)"),
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="glyph_splits",
-            value_set=list(SPLITS),
+            value_set=list(MANIFEST_SPLITS),
             meta=_rule("no source glyph is used in more than one split (leakage)"),
         ),
         gxe.ExpectColumnValuesToBeInSet(
