@@ -76,7 +76,8 @@ def annotate_pages_as_oracle(
             continue
         width = int(data.get("width") or params.data.image_size)
         height = int(data.get("height") or params.data.image_size)
-        answers.append((int(task["id"]), truth_results(list(record["regions"]), width, height, params)))
+        result = truth_results(list(record["regions"]), width, height, params)
+        answers.append((int(task["id"]), result))
 
     def submit(answer: tuple[int, list[dict[str, Any]] | None]) -> None:
         task_id, result = answer

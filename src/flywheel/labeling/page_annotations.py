@@ -46,7 +46,7 @@ from flywheel.labeling.pages import (
 from flywheel.labeling.queue import Key
 
 AGREE_IOU = 0.5
-"""Two annotators' boxes are the same region when their IoU is at least this (and the text equal)."""
+"""Two annotators' boxes are one region when their IoU is at least this (and the text equal)."""
 
 
 class PageLabelError(LabelImportError):
@@ -110,8 +110,8 @@ class PageLabel:
         in reading order (top to bottom, then left to right)."""
         ordered = sorted(self.regions, key=lambda r: (r.box[1], r.box[0]))
         return [
-            Region(image_id, k, r.box[0], r.box[1], r.box[2] - r.box[0], r.box[3] - r.box[1], r.latex)
-            for k, r in enumerate(ordered)
+            Region(image_id, k, x0, y0, x1 - x0, y1 - y0, r.latex)
+            for k, (r, (x0, y0, x1, y1)) in enumerate((r, r.box) for r in ordered)
         ]
 
 
@@ -375,9 +375,7 @@ def resolve_page_votes(votes: Sequence[PageVote], rule: str) -> PageVote:
         raise PageLabelError(f"{newest.task}: {said}")
     if rule == "latest" or len(final) == 1:
         return newest
-    support = {
-        id(v): sum(regions_agree(v.regions, w.regions) for w in final) for v in final
-    }
+    support = {id(v): sum(regions_agree(v.regions, w.regions) for w in final) for v in final}
     if rule == "unanimous":
         if support[id(newest)] != len(final):
             raise PageLabelError(

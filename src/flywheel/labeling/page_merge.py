@@ -43,10 +43,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from flywheel.config import HOLDOUT_SPLIT, Params
+from flywheel.config import Params
 from flywheel.data.files import IMAGES_DIR
 from flywheel.data.pages import (
     ANNOTATIONS_NAME,
@@ -161,8 +162,9 @@ def _split_groups(
     hashed = dict(
         zip(
             free,
-            assign_splits(pd.Series(free, dtype=object), params.merge.holdout_share,
-                          params.merge.val_share),
+            assign_splits(
+                pd.Series(free, dtype=object), params.merge.holdout_share, params.merge.val_share
+            ),
             strict=True,
         )
     )
@@ -211,7 +213,8 @@ def plan_page_rows(
             skip("in_dataset", key)
             continue
         stratum = [str(known.get(c) or "") for c in STRATA_COLUMNS]
-        if any(v not in getattr(pages.strata, c) for c, v in zip(STRATA_COLUMNS, stratum, strict=True)):
+        planned = [getattr(pages.strata, c) for c in STRATA_COLUMNS]
+        if any(v not in values for v, values in zip(stratum, planned, strict=True)):
             skip("no_stratum", key)
             continue
         if not pages.expressions[0] <= len(label.regions) <= pages.expressions[1]:
@@ -219,7 +222,7 @@ def plan_page_rows(
             continue
         page_regions = label.to_regions(image_id)
         boxes = [[r.x, r.y, r.w, r.h] for r in page_regions]
-        if len(boxes) > 1 and float(pairwise_iou(boxes).max()) > pages.max_iou:
+        if len(boxes) > 1 and float(pairwise_iou(np.asarray(boxes)).max()) > pages.max_iou:
             skip("overlap", key)
             continue
         path = Path(str(label.data.get("image_path") or ""))
@@ -307,8 +310,9 @@ def merge_page_labels(
         return PageMergeResult(dataset_dir, added, (), skipped, len(labels))
     staged = stage_copy(dataset_dir, work_dir or dataset_dir.parent / f".{dataset_dir.name}.tx")
     try:
-        report = _write_staged(params, staged, manifest, added, regions, payloads, validate,
-                               context_dir)
+        report = _write_staged(
+            params, staged, manifest, added, regions, payloads, validate, context_dir
+        )
     except BaseException:
         discard(staged)
         raise
@@ -328,9 +332,7 @@ def merge_page_labels(
         switch(dataset_dir, staged)
         discard(staged)
         staged = dataset_dir
-    return PageMergeResult(
-        dataset_dir, added, tuple(regions), skipped, len(labels), report, staged
-    )
+    return PageMergeResult(dataset_dir, added, tuple(regions), skipped, len(labels), report, staged)
 
 
 def _write_staged(

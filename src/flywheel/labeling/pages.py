@@ -134,7 +134,7 @@ def to_pixels(value: Mapping[str, Any], width: int, height: int) -> PixelBox:
         w, h = float(value["width"]) * width / 100, float(value["height"]) * height / 100
         angle = math.radians(float(value.get("rotation") or 0.0))
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"not a rectangle's value (x, y, width, height): {dict(value)!r}") from None
+        raise ValueError(f"not a rectangle's value (x, y, width, height): {value!r}") from None
     if not all(math.isfinite(v) for v in (x, y, w, h, angle)):
         raise ValueError(f"not a rectangle's value (finite numbers): {dict(value)!r}")
     if angle:
@@ -266,7 +266,12 @@ def region_results(
             "type": RECTANGLE_TYPE,
             "value": {**value, "rectanglelabels": [REGION_LABEL]},
         },
-        {**common, "from_name": TEXT_CONTROL, "type": TEXT_TYPE, "value": {**value, "text": [latex]}},
+        {
+            **common,
+            "from_name": TEXT_CONTROL,
+            "type": TEXT_TYPE,
+            "value": {**value, "text": [latex]},
+        },
     ]
 
 
