@@ -1,4 +1,4 @@
-"""Page labelling without a server: coordinates, tasks, reading annotations back, agreement, cost."""
+"""Page labelling without a server: coordinates, tasks, annotations read back, agreement, cost."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ VOCABULARY = tiny_page_params().data.pages.vocabulary  # type: ignore[union-attr
 
 
 @pytest.mark.parametrize(
-    "box, width, height",
+    ("box", "width", "height"),
     [
         ((0, 0, 1, 1), 1, 1),
         ((3, 7, 50, 19), 192, 192),
@@ -57,7 +57,7 @@ def test_round_trip_over_random_boxes() -> None:
 
 
 @pytest.mark.parametrize(
-    "value, expected",
+    ("value", "expected"),
     [
         ({"x": -5, "y": -5, "width": 20, "height": 20}, (0, 0, 15, 15)),  # clipped at 0
         ({"x": 95, "y": 95, "width": 20, "height": 20}, (95, 95, 100, 100)),  # and at the side
@@ -99,7 +99,8 @@ def test_a_page_task_pre_annotates_each_region_as_a_rectangle_and_its_text() -> 
         _prediction(((20, 10, 60, 30), "1+2", 0.9, 0.5), ((100, 50, 180, 70), "x^{2}", 0.8, 1.0)),
         batch_id="b1",
     )
-    assert task["data"]["request_id"] == "req-1" and task["data"]["index"] == 0
+    assert task["data"]["request_id"] == "req-1"
+    assert task["data"]["index"] == 0
     assert task["data"]["image_path"] == "/served/req-1.png"
     (prediction,) = task["predictions"]
     assert prediction["score"] == pytest.approx((0.9 * 0.5 + 0.8 * 1.0) / 2)
@@ -175,7 +176,9 @@ def test_an_unknown_token_is_an_error_naming_the_task_and_the_token() -> None:
     read = _parse(bad, good)
     assert [label.key for label in read.labels] == [("req-8", 0)]
     (held,) = read.held
-    assert "task 7" in held and "req-7" in held and "\\\\alpha" in held
+    assert "task 7" in held
+    assert "req-7" in held
+    assert "\\\\alpha" in held
     assert "data.pages.vocabulary" in held
     with pytest.raises(PageLabelError, match=r"task 7 .*alpha"):
         _parse(bad, good, strict=True)
@@ -193,15 +196,17 @@ def test_a_box_without_text_and_a_text_without_a_box_are_reported() -> None:
 
 def test_skipped_and_unannotated_tasks_never_become_labels() -> None:
     read = _parse(_task(1, ("1", None)), _task(2))
-    assert read.labels == () and read.held == ()
-    assert read.unlabelled == ("1", "2") and read.skipped == 1
+    assert read.labels == ()
+    assert read.held == ()
+    assert read.unlabelled == ("1", "2")
+    assert read.skipped == 1
 
 
 R = LabelledRegion
 
 
 @pytest.mark.parametrize(
-    "a, b, agree",
+    ("a", "b", "agree"),
     [
         ([R("a", (0, 0, 10, 10), "1")], [R("b", (0, 0, 10, 10), "1")], True),
         ([R("a", (0, 0, 10, 10), "1")], [R("b", (2, 2, 10, 10), "1")], True),  # IoU 0.64
@@ -230,7 +235,7 @@ OTHER = _results(("a", (10, 10, 40, 20), "1+3"))
 
 
 @pytest.mark.parametrize(
-    "rule, annotations, outcome",
+    ("rule", "annotations", "outcome"),
     [
         ("majority", [("1", ONE), ("2", ONE_MOVED)], "z"),  # agree: the newest of them
         ("majority", [("1", ONE), ("2", OTHER), ("3", ONE_MOVED)], "z"),  # 2:1
@@ -253,7 +258,8 @@ def test_several_annotators_are_resolved_by_the_rule(
     else:
         assert read.labels == ()
         (held,) = read.held
-        assert outcome in held and "task 5" in held
+        assert outcome in held
+        assert "task 5" in held
 
 
 def test_json_min_pairs_boxes_and_texts_by_position_only_when_the_counts_agree() -> None:
@@ -265,7 +271,8 @@ def test_json_min_pairs_boxes_and_texts_by_position_only_when_the_counts_agree()
     (label,) = read.labels
     assert [(r.box, r.latex) for r in label.regions] == [((10, 10, 40, 20), "x^{2}")]
     (held,) = read.held
-    assert "task 2" in held and "use the JSON export" in held
+    assert "task 2" in held
+    assert "use the JSON export" in held
 
 
 def test_a_page_costs_its_boxes_and_transcriptions() -> None:
@@ -284,4 +291,5 @@ def test_the_interface_follows_the_plan() -> None:
     assert '<TextArea name="latex" toName="image" perRegion="true"' in pages
     assert "\\frac" in pages  # the vocabulary, as the placeholder
     digits = label_interface(Params())
-    assert "<Choices" in digits and "RectangleLabels" not in digits
+    assert "<Choices" in digits
+    assert "RectangleLabels" not in digits
