@@ -23,7 +23,7 @@ export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
 .PHONY: ultralytics .venv-ultralytics
-.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio
+.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio screenshot-label-studio-pages
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,9 @@ screenshot: setup chromium ## PNG of the Evidently dashboard in headless Chromiu
 
 screenshot-label-studio: setup label-studio chromium ## PNG of a Label Studio task page (image + pre-annotation) in headless Chromium → /tmp
 	$(BIN)/python benchmarks/screenshot_label_studio.py --out /tmp/label-studio-task.png
+
+screenshot-label-studio-pages: setup label-studio chromium ## PNG of a formula-page task (page + pre-annotated regions and LaTeX) → docs/
+	$(BIN)/python benchmarks/screenshot_label_studio_pages.py --out docs/label-studio-page-task.png
 
 # Without it the browser tests skip (and say so in the summary), so a failed install
 # is a loud warning, not a failed make test.
