@@ -7,7 +7,7 @@ guide), publishes one production page drawn from the plan's production pool,
 pre-annotated the way the page pair would answer it (one box off, one text
 misread), signs in through the login form and saves the labelling view.
 
-    .venv/bin/python benchmarks/screenshot_label_studio_pages.py --out docs/label-studio-page-task.png
+    make screenshot-label-studio-pages    # → docs/label-studio-page-task.png
 
 Without Chromium or Label Studio it prints why and exits 0.
 """
