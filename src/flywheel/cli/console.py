@@ -51,7 +51,8 @@ def print_table(table: Table, out: Console | None = None) -> None:
     if out.is_terminal:
         out.print(table)
     else:  # rich caps `print(width=...)` at the console's width: a console as wide as the table
-        Console(file=out.file, width=natural_width(table, out), color_system=None).print(table)
+        wide = Console(file=out.file, width=natural_width(table, out), color_system=None)
+        wide.print(table, soft_wrap=True)  # a caption wider than the table stays one line
 
 
 def print_error(message: str, *, label: str = "error") -> None:
