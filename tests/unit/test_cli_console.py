@@ -132,5 +132,5 @@ def test_a_table_in_a_log_keeps_each_cell_whole() -> None:
     print_table(table, text_console(out))
 
     assert any(path in line for line in out.getvalue().splitlines())
-    assert caption.strip() in out.getvalue().splitlines()  # still one line
+    assert caption.strip() in [line.strip() for line in out.getvalue().splitlines()]  # one line
     assert max(map(len, out.getvalue().splitlines())) > 80
