@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,9 @@ from flywheel.page_api import PageAnswer, PageRegionAnswer, StageModel
 from flywheel.tasks.page_pipeline import LoadedModel as PipelineModel
 from flywheel.tasks.page_pipeline import PagePipeline, PixelBox
 from serving.hot_swap import LoadedModel
+
+if TYPE_CHECKING:
+    from flywheel.monitoring.page_log import PageRecord
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 """A stage's batched forward pass with features: `(N, C, H, W)` → `(N, O + F)`."""
@@ -153,7 +157,7 @@ def answer_of(
 
 def log_record(
     answer: PageAnswer, page: Image.Image, detection: Detection, readings: Readings
-) -> object:
+) -> PageRecord:
     """The page's record for the page log (`flywheel.monitoring.page_log.PageRecord`)."""
     from flywheel.monitoring.page_log import PageRecord, RegionRecord
 
