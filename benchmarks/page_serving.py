@@ -155,7 +155,7 @@ def main() -> None:
         "--seconds", type=float, default=20.0, help="seconds per server and concurrency at most"
     )
     parser.add_argument(
-        "--epochs", type=int, nargs=2, default=(6, 10), help="detector, recogniser epochs"
+        "--epochs", type=int, nargs=2, default=(12, 25), help="detector, recogniser epochs"
     )
     args = parser.parse_args()
 
@@ -220,6 +220,8 @@ def main() -> None:
             for name, url in order:
                 runs.append(asyncio.run(_load(url, bodies, c, args.requests, args.seconds, name)))
             runs.append(_floor(pipeline, pages, c, args.requests, args.seconds))
+    found = [len(b) for b in pipeline.detect(pages)]
+    print(f"regions per page (in-process, pages sent): mean {np.mean(found):.2f}, max {max(found)}")
     _report(runs, store)
 
 
