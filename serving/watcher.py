@@ -94,6 +94,8 @@ class RegistryWatcher:
         compute: what one batch runs on the model thread (`ServedModel`'s `compute`).
         reload_signal: this worker's end of its server's reload channel (None: no other
             worker can ask it to check, nor it them).
+        loader: `(name, version, first)` → the loaded version (`first`: the worker's first
+            load); None: `load_first_version` / `load_model_version` (a classifier).
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class RegistryWatcher:
         executor: Executor,
         compute: Callable[[LoadedModel, np.ndarray], np.ndarray],
         reload_signal: ReloadSignal | None,
+        loader: Callable[[str, str, bool], LoadedModel] | None = None,
     ) -> None:
         self.model_name = model_name
+        self._loader = loader
         self.config = config
         self.metrics = metrics
         self.reload_signal = reload_signal
@@ -207,13 +211,17 @@ class RegistryWatcher:
             self._set_fallback(None)  # e.g. the alias was rolled back to the fallback version
             return RefreshOutcome(trigger, current, current)
         try:
-            load = load_model_version if current is not None else load_first_version
-            loaded = await asyncio.to_thread(load, name, version)
+            loaded = await asyncio.to_thread(self._load, name, version, current is None)
         except Exception as err:  # a broken version must never take the served one down
             return await self._fall_back(trigger, current, f"version {version}: {err}", version)
         self._swap_in(loaded, trigger, current, alias)
         self._set_fallback(None)
         return RefreshOutcome(trigger, current, version)
+
+    def _load(self, name: str, version: str, first: bool) -> LoadedModel:
+        if self._loader is not None:
+            return self._loader(name, version, first)
+        return (load_first_version if first else load_model_version)(name, version)
 
     def _show_urls(self) -> None:
         """Log where the API, Swagger, /metrics and /readyz are: once per server, when first ready.
@@ -361,9 +369,8 @@ class RegistryWatcher:
             return f"'{ALIAS_PREVIOUS}' is the same version {version}"
         if version == current:
             return None
-        load = load_model_version if current is not None else load_first_version
         try:
-            loaded = await asyncio.to_thread(load, name, version)
+            loaded = await asyncio.to_thread(self._load, name, version, current is None)
         except Exception as err:  # a broken fallback must not take the served one down either
             self.metrics.count_load("failed")
             return f"previous version {version}: {err}"

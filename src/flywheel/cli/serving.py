@@ -20,6 +20,19 @@ commands = ProjectTyper()
 
 SERVICE_TARGET = "serving.service:FlywheelService"
 """What `flywheel serve` hands to `bentoml serve`."""
+PAGE_SERVICE_TARGET = "serving.pages.service:PageService"
+"""What it hands over for a plan whose tasks are a detector and a recogniser (the page pair)."""
+PAGE_TASKS = frozenset({"detection", "recognition"})
+"""A plan with these tasks (`tasks:`) is served as the two-stage page service."""
+
+
+def is_page_plan(tasks: object) -> bool:
+    """Whether a plan's `tasks` section makes it the two-stage page service.
+
+    >>> is_page_plan({"detection": {}, "recognition": {}}), is_page_plan({})
+    (True, False)
+    """
+    return isinstance(tasks, dict) and set(tasks) >= PAGE_TASKS
 
 
 @commands.command()
@@ -47,6 +60,11 @@ def serve(
     'Authorization: Bearer $FLYWHEEL_ADMIN_TOKEN' (set it to enable that
     endpoint). Once a model is served it prints its URLs: the API, Swagger,
     /metrics and /readyz. Stop with Ctrl-C.
+
+    A plan whose tasks are a detector and a recognizer (plans/pages.yaml) is
+    served as the two-stage page service (serving.pages.service:PageService):
+    POST /read_page a page photo, each formula's box and LaTeX come back;
+    each model swaps on its own.
     """
     import os
 
@@ -74,12 +92,13 @@ def serve(
     env["MLFLOW_TRACKING_URI"] = resolve_tracking().uri
     env[SERVE_URL_ENV] = base_url(host or p.serve.host, port or p.serve.port)
     Path(env["BENTOML_HOME"]).mkdir(parents=True, exist_ok=True)
+    pages = is_page_plan(p.tasks)
     argv = [
         sys.executable,
         "-m",
         "bentoml",
         "serve",
-        SERVICE_TARGET,
+        PAGE_SERVICE_TARGET if pages else SERVICE_TARGET,
         "--working-dir",
         str(serving_root()),
         "--host",
@@ -87,9 +106,11 @@ def serve(
         "--port",
         str(port or p.serve.port),
     ]
-    err_console.print(  # the URLs follow once a model is served (`ready_message`)
-        f"serving models:/{p.evaluate.registered_model}@{p.serve.alias} on {env[SERVE_URL_ENV]}"
-    )
+    served = f"models:/{p.evaluate.registered_model}@{p.serve.alias}"
+    if pages:  # the recogniser's name: the plan under its other task
+        reader = read_params(params, [*(set_ or []), "train.task=recognition"])
+        served = f"pages: {served} → models:/{reader.evaluate.registered_model}@{p.serve.alias}"
+    err_console.print(f"serving {served} on {env[SERVE_URL_ENV]}")  # URLs follow once ready
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)  # the server replaces this process: signals go to it

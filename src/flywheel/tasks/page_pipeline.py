@@ -151,22 +151,42 @@ class PagePipeline:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             cells, _ = task.split_output(self.detector.run(task.preprocess(chunk)))  # (B, G*G, 5)
-            for image, page_cells in zip(chunk, cells, strict=True):
-                width, height = _size(image)
-                boxes: list[tuple[PixelBox, float]] = []
-                for x0, y0, x1, y1, score in task.detections(page_cells):  # (K, 5) best first
-                    if score < self.min_score:
-                        continue
-                    box = (
-                        _pixel(x0, width),
-                        _pixel(y0, height),
-                        _pixel(x1, width),
-                        _pixel(y1, height),
-                    )
-                    if box[2] > box[0] and box[3] > box[1]:
-                        boxes.append((box, float(score)))
-                found.append(boxes)
+            found.extend(
+                self.page_boxes(page_cells, *_size(image))
+                for image, page_cells in zip(chunk, cells, strict=True)
+            )
         return found
+
+    def page_boxes(
+        self, cells: np.ndarray, width: int, height: int
+    ) -> list[tuple[PixelBox, float]]:
+        """One page's detector cells `(G·G, 5)` → its boxes in its pixels with scores, best first.
+
+        The detector's normalised corners are scaled by the page's width and
+        height (it saw the page resized to a square), rounded to whole pixels
+        and clipped to the page; a box left without area there, or scoring
+        under `min_score`, is dropped. (`detect` per page; the page service
+        calls it on the rows of a batch shared with other requests.)
+        """
+        boxes: list[tuple[PixelBox, float]] = []
+        for x0, y0, x1, y1, score in self.detection_task.detections(cells):  # (K, 5) best first
+            if score < self.min_score:
+                continue
+            box = (_pixel(x0, width), _pixel(y0, height), _pixel(x1, width), _pixel(y1, height))
+            if box[2] > box[0] and box[3] > box[1]:
+                boxes.append((box, float(score)))
+        return boxes
+
+    def crops(
+        self, page: Image.Image, boxes: Sequence[tuple[PixelBox, float]]
+    ) -> list[Image.Image]:
+        """The crops the recogniser reads: each box grown by `padding` and cut out of `page`."""
+        out = []
+        for box, _ in boxes:
+            rectangle = crop_box(box, self.padding, page.width, page.height)
+            assert rectangle is not None  # a box with area on the page, padded, still is
+            out.append(page.crop(rectangle))
+        return out
 
     def recognize(self, crops: Sequence[ImageLike]) -> list[tuple[str, float]]:
         """Each crop's transcript and its probability, in order (none for no crops)."""
@@ -197,10 +217,7 @@ class PagePipeline:
         detected = self.detect(pages)
         crops: list[Image.Image] = []
         for page, boxes in zip(pages, detected, strict=True):
-            for box, _ in boxes:
-                rectangle = crop_box(box, self.padding, page.width, page.height)
-                assert rectangle is not None  # a box with area on the page, padded, still is
-                crops.append(page.crop(rectangle))
+            crops.extend(self.crops(page, boxes))
         readings = self.recognize(crops)  # one per box, pages in order
         regions: list[list[PageRegion]] = []
         start = 0

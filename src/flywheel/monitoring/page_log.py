@@ -1,0 +1,283 @@
+"""The page service's prediction log: one JSON line per page, its regions nested, with images.
+
+The digits log (`flywheel.monitoring.prediction_log`) holds one image and one
+class per line; a page holds any number of regions, each with a box, a
+transcript and a crop, and two models answered it. So pages get a record type
+of their own, written by the same machinery (`PageLogger` is a
+`PredictionLogger`: a bounded queue, a background writer thread, hourly
+Hive-style partitions, one part file per writer, the same flush policy) into
+a log of their own (`page_predictions_dir`). Monitoring and curation of
+pages read it with `read_pages`.
+
+Layout under the root:
+
+    <root>/date=YYYY-MM-DD/hour=HH/part-<host>-<pid>-<token>-<n>.jsonl
+    <root>/date=YYYY-MM-DD/hour=HH/images/<host>-<pid>-<token>-<n>.png        (the page)
+    <root>/date=YYYY-MM-DD/hour=HH/images/<host>-<pid>-<token>-<n>-r<i>.png   (region i's crop)
+
+Schema of one line (`PAGE_FIELDS`; `REGION_FIELDS` per region):
+
+* `request_id` (str), `time` (ISO 8601, UTC, microseconds);
+* `detector_name`, `detector_version`, `recognizer_name`, `recognizer_version`
+  (str): the registered versions that answered (each stage swaps on its own,
+  so a page names both);
+* `width`, `height` (int): the page as received, in pixels;
+* `image_path` (str or null): the page as received (grey or RGB PNG), relative
+  to the partition; null when not sampled (`serve.log.sample_images`);
+* `detector_confidence` (float): the certainty of the detector's least certain
+  grid cell, `max(p, 1 - p)` (`DetectionTask.decode`): low for a page with an
+  ambiguous region (curation);
+* `page_features` (object): summary features of the detector's input
+  (`flywheel.monitoring.features.FEATURE_COLUMNS`): page-level drift;
+* `detector_embedding` (list of float): the detector's page embedding;
+* `regions` (list, highest detection score first, possibly empty), each:
+  `index` (int), `box` (`[x0, y0, x1, y1]` page pixels, x1/y1 exclusive),
+  `score` (float, detection), `latex` (str), `confidence` (float, the
+  probability of the greedy CTC path), `crop_path` (str or null: the
+  recogniser's input, a grey PNG of its input size, stored with the page),
+  `crop_features` (object, the summary features of that input) and
+  `embedding` (list of float, the recogniser's crop embedding).
+
+Local folders only for now: the digits log's object-store parts are Parquet
+of its own schema. The parts stay JSON lines (`compact` is for the digits
+log; do not point it here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from flywheel.monitoring.prediction_log.schema import (
+    IMAGES_DIR,
+    as_utc,
+    partition_dir,
+    partitions,
+)
+from flywheel.monitoring.prediction_log.writer import PredictionLogger, _storable
+from flywheel.storage import Location, join, state_url
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
+    from flywheel.monitoring.prediction_log.writer import _Parts
+
+PAGE_FIELDS: tuple[str, ...] = (
+    "request_id",
+    "time",
+    "detector_name",
+    "detector_version",
+    "recognizer_name",
+    "recognizer_version",
+    "width",
+    "height",
+    "image_path",
+    "detector_confidence",
+    "page_features",
+    "detector_embedding",
+    "regions",
+)
+"""Keys of each JSON line (the module doc says what each holds)."""
+REGION_FIELDS: tuple[str, ...] = (
+    "index",
+    "box",
+    "score",
+    "latex",
+    "confidence",
+    "crop_path",
+    "crop_features",
+    "embedding",
+)
+"""Keys of each region of a line."""
+
+
+@dataclass(frozen=True)
+class RegionRecord:
+    """One region of a served page (`REGION_FIELDS`; `crop` is stored as `crop_path`)."""
+
+    index: int
+    box: tuple[int, int, int, int]
+    score: float
+    latex: str
+    confidence: float
+    crop_features: Mapping[str, float]
+    embedding: Sequence[float]
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """One served page (`PAGE_FIELDS`; `image` is stored as `image_path`).
+
+    Attributes:
+        image: the page as received, uint8 grey `(H, W)` or RGB `(H, W, 3)`
+            (uint16 grey kept 16-bit), for curation and labelling.
+    """
+
+    request_id: str
+    time: datetime
+    detector_name: str
+    detector_version: str
+    recognizer_name: str
+    recognizer_version: str
+    width: int
+    height: int
+    detector_confidence: float
+    page_features: Mapping[str, float]
+    detector_embedding: Sequence[float]
+    regions: Sequence[RegionRecord]
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+def page_predictions_dir(
+    params: Params, detector: str, recognizer: str, base: Path | None = None
+) -> Location:
+    """The page service's log: `serve.log.dir` when set, else under the state URL.
+
+    A relative `serve.log.dir` is relative to `base` (the params file's folder),
+    else to the working directory; the default is
+    `<state URL>/predictions/pages=<detector>+<recognizer>`, beside the digits
+    models' `model=<name>` logs and never shared with them.
+
+    >>> from flywheel.config import Params
+    >>> page_predictions_dir(Params(), "det", "rec", Path("/p")).as_posix().split("/")[-2:]
+    ['predictions', 'pages=det+rec']
+    """
+    configured = params.serve.log.dir
+    if configured is None:
+        name = f"pages={quote(detector, safe='')}+{quote(recognizer, safe='')}"
+        return join(state_url(params.state.url), "predictions", name)
+    if configured.is_absolute():
+        return configured
+    return (base if base is not None else Path.cwd()) / configured
+
+
+class PageLogger(PredictionLogger):
+    """Appends `PageRecord`s to the page log from a background thread (never blocks serving).
+
+    Arguments as `PredictionLogger`'s; `sample_images` samples pages (a sampled
+    page's crops are stored with it). Parts are never compacted.
+
+    Raises:
+        ValueError: `root` is not a local folder (see the module doc).
+    """
+
+    def __init__(self, root: Location, **options: Any) -> None:
+        if not isinstance(root, Path):
+            raise ValueError(f"the page log is written to local folders only, got {root}")
+        super().__init__(root, compact_closed=False, **options)
+
+    def log(self, record: PageRecord) -> bool:  # type: ignore[override]
+        """Queue a page for writing; False when it was dropped (queue full, or closed)."""
+        return super().log(record)  # type: ignore[arg-type]
+
+    def _write(self, record: Any, parts: _Parts) -> None:
+        page: PageRecord = record
+        folder = partition_dir(self.root, page.time)
+        assert isinstance(folder, Path)
+        parts.open(folder)
+        image_path = None
+        crop_paths: list[str | None] = [None] * len(page.regions)
+        if page.image is not None and self._random.random() < self.sample_images:
+            self._images_saved += 1
+            stem = f"{IMAGES_DIR}/{self._token}-{self._images_saved}"
+            image_path = f"{stem}.png"
+            Image.fromarray(_storable(page.image)).save(folder / image_path)
+            for i, region in enumerate(page.regions):
+                if region.crop is not None:
+                    crop_paths[i] = f"{stem}-r{region.index}.png"
+                    Image.fromarray(_storable(region.crop)).save(folder / str(crop_paths[i]))
+        line = {
+            "request_id": page.request_id,
+            "time": as_utc(page.time).isoformat(timespec="microseconds"),
+            "detector_name": page.detector_name,
+            "detector_version": page.detector_version,
+            "recognizer_name": page.recognizer_name,
+            "recognizer_version": page.recognizer_version,
+            "width": int(page.width),
+            "height": int(page.height),
+            "image_path": image_path,
+            "detector_confidence": float(page.detector_confidence),
+            "page_features": _floats(page.page_features),
+            "detector_embedding": [float(v) for v in page.detector_embedding],
+            "regions": [
+                {
+                    "index": int(r.index),
+                    "box": [int(v) for v in r.box],
+                    "score": float(r.score),
+                    "latex": r.latex,
+                    "confidence": float(r.confidence),
+                    "crop_path": path,
+                    "crop_features": _floats(r.crop_features),
+                    "embedding": [float(v) for v in r.embedding],
+                }
+                for r, path in zip(page.regions, crop_paths, strict=True)
+            ],
+        }
+        parts.write(folder, json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+        self.written += 1
+
+
+def _floats(values: Mapping[str, float]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def read_pages(
+    root: Path, since: datetime | None = None, until: datetime | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The logged pages with `since <= time < until` and their regions, oldest first.
+
+    Returns:
+        `pages`: one row per page, `PAGE_FIELDS` but `regions`, plus `n_regions`;
+        `image_path` absolute (None where not stored). `regions`: one row per
+        region, `request_id` and `time` of its page then `REGION_FIELDS`;
+        `crop_path` absolute. A torn last line (a crash mid-write) is skipped.
+    """
+    start = None if since is None else as_utc(since)
+    end = None if until is None else as_utc(until)
+    pages: list[dict[str, Any]] = []
+    regions: list[dict[str, Any]] = []
+    for folder in partitions(root, start, end):
+        assert isinstance(folder, Path)
+        for part in sorted(folder.glob("part-*.jsonl")):
+            for text in part.read_text(encoding="utf-8").splitlines():
+                try:
+                    line = json.loads(text)
+                except json.JSONDecodeError:
+                    continue  # a torn line
+                when = datetime.fromisoformat(line["time"])
+                if (start is not None and when < start) or (end is not None and when >= end):
+                    continue
+                line["time"] = when
+                found = line.pop("regions")
+                line["n_regions"] = len(found)
+                if line["image_path"] is not None:
+                    line["image_path"] = str(folder / line["image_path"])
+                pages.append(line)
+                for region in found:
+                    if region["crop_path"] is not None:
+                        region["crop_path"] = str(folder / region["crop_path"])
+                    regions.append({"request_id": line["request_id"], "time": when, **region})
+    page_columns = [f for f in PAGE_FIELDS if f != "regions"] + ["n_regions"]
+    region_columns = ["request_id", "time", *REGION_FIELDS]
+    frame = pd.DataFrame(pages, columns=page_columns).sort_values("time", kind="stable")
+    return frame.reset_index(drop=True), pd.DataFrame(regions, columns=region_columns)
+
+
+__all__ = [
+    "PAGE_FIELDS",
+    "REGION_FIELDS",
+    "PageLogger",
+    "PageRecord",
+    "RegionRecord",
+    "page_predictions_dir",
+    "read_pages",
+]
