@@ -152,6 +152,36 @@ def publish_one_task(params: Params, root: Path, connection: Any) -> tuple[int, 
     return project, int(published["id"])
 
 
+def shoot_task(
+    browser: DevTools, connection: Any, project: int, task: int, out: Path, settle: float
+) -> None:
+    """Sign in as the owner, open the task in the project's data manager, save a PNG to `out`.
+
+    Waits for the task's image (served by local-files storage) before the shot.
+    """
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=f"{connection.url}/user/login/")
+    browser.wait_for("document.querySelector('input[name=email]') !== null", 120)
+    email, password = json.dumps(connection.admin), json.dumps(connection.password)
+    browser.evaluate(
+        "(() => { const f = document.querySelector('form');"
+        f" f.querySelector('input[name=email]').value = {email};"
+        f" f.querySelector('input[name=password]').value = {password};"
+        " f.submit(); return true; })()"
+    )
+    browser.wait_for("!location.pathname.startsWith('/user/login')", 120)
+    browser.call("Page.navigate", url=f"{connection.url}/projects/{project}/data?task={task}")
+    browser.wait_for(
+        "Array.from(document.images).some(i => i.complete && i.naturalWidth > 0"
+        " && i.src.includes('local-files'))",
+        180,
+    )
+    time.sleep(settle)
+    shot = browser.call("Page.captureScreenshot", format="png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(shot["data"]))
+
+
 def main() -> int:
     """Start Label Studio, publish a task, screenshot its labelling page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,29 +215,7 @@ def main() -> int:
             connection = server.connection
             project, task = publish_one_task(params, root, connection)
             browser = DevTools(chromium, root / "profile", 1400, 900)
-            browser.call("Page.enable")
-            browser.call("Page.navigate", url=f"{connection.url}/user/login/")
-            browser.wait_for("document.querySelector('input[name=email]') !== null", 120)
-            email, password = json.dumps(connection.admin), json.dumps(connection.password)
-            browser.evaluate(
-                "(() => { const f = document.querySelector('form');"
-                f" f.querySelector('input[name=email]').value = {email};"
-                f" f.querySelector('input[name=password]').value = {password};"
-                " f.submit(); return true; })()"
-            )
-            browser.wait_for("!location.pathname.startsWith('/user/login')", 120)
-            browser.call(
-                "Page.navigate", url=f"{connection.url}/projects/{project}/data?task={task}"
-            )
-            browser.wait_for(
-                "Array.from(document.images).some(i => i.complete && i.naturalWidth > 0"
-                " && i.src.includes('local-files'))",
-                180,
-            )
-            time.sleep(args.settle)
-            shot = browser.call("Page.captureScreenshot", format="png")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_bytes(base64.b64decode(shot["data"]))
+            shoot_task(browser, connection, project, task, args.out, args.settle)
         finally:
             if browser is not None:
                 browser.close()

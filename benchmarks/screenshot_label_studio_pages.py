@@ -15,14 +15,12 @@ Without Chromium or Label Studio it prints why and exits 0.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.screenshot_label_studio import DevTools
+from screenshot_label_studio import DevTools, shoot_task  # beside this script, on its sys.path
+
 from flywheel.config import load_params
 from flywheel.demo.pages.traffic import production_pages
 from flywheel.env import disable_telemetry
@@ -85,29 +83,7 @@ def main() -> int:
             project, _ = publish_pages(connection, params, [page_task(prediction)])
             (task,) = [int(t["id"]) for t in read_tasks(sdk_client(connection), project)]
             browser = DevTools(chromium, root / "profile", 1500, 950)
-            browser.call("Page.enable")
-            browser.call("Page.navigate", url=f"{connection.url}/user/login/")
-            browser.wait_for("document.querySelector('input[name=email]') !== null", 120)
-            email, password = json.dumps(connection.admin), json.dumps(connection.password)
-            browser.evaluate(
-                "(() => { const f = document.querySelector('form');"
-                f" f.querySelector('input[name=email]').value = {email};"
-                f" f.querySelector('input[name=password]').value = {password};"
-                " f.submit(); return true; })()"
-            )
-            browser.wait_for("!location.pathname.startsWith('/user/login')", 120)
-            browser.call(
-                "Page.navigate", url=f"{connection.url}/projects/{project}/data?task={task}"
-            )
-            browser.wait_for(
-                "Array.from(document.images).some(i => i.complete && i.naturalWidth > 0"
-                " && i.src.includes('local-files'))",
-                180,
-            )
-            time.sleep(args.settle)
-            shot = browser.call("Page.captureScreenshot", format="png")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_bytes(base64.b64decode(shot["data"]))
+            shoot_task(browser, connection, project, task, args.out, args.settle)
         finally:
             if browser is not None:
                 browser.close()
