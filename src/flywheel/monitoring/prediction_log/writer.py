@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
+import math
 import os
 import queue
 import random
@@ -18,12 +18,14 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pydantic_core
 from PIL import Image
 
 from flywheel.monitoring.prediction_log.compaction import compact_part, write_parquet
 from flywheel.monitoring.prediction_log.reader import parse_jsonl
 from flywheel.monitoring.prediction_log.schema import (
     IMAGES_DIR,
+    PredictionBatch,
     PredictionRecord,
     as_utc,
     partition_dir,
@@ -43,7 +45,8 @@ class PredictionLogger:
             (1: all; 0: none). The rest keep `image_path` null.
         flush_every: flush after this many records...
         flush_interval_s: ...or this many seconds since the last flush.
-        queue_size: records waiting to be written at most; beyond it, records are dropped.
+        queue_size: records waiting to be written at most; beyond it, records are dropped
+            (a `PredictionBatch` counts as its records).
         seed: seeds the image sampling (None: random).
         compact_closed: rewrite each part as Parquet once the writer has closed
             it for good (it rolled to the next hour), in a background thread.
@@ -70,7 +73,12 @@ class PredictionLogger:
         self.sample_images = sample_images
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._queue: queue.SimpleQueue[PredictionRecord | PredictionBatch | None] = (
+            queue.SimpleQueue()
+        )
+        self._waiting = 0  # records queued and not yet taken by the writer (bounded: queue_size)
+        self._waiting_lock = threading.Lock()
         self._random = random.Random(seed)
         self._token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._opened = 0
@@ -119,14 +127,27 @@ class PredictionLogger:
         Returns:
             False when the record was dropped (queue full, or the logger is closed).
         """
-        if self._closed or self._thread is None:
-            self.dropped += 1
-            return False
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self._put(record, 1)
+
+    def log_batch(self, batch: PredictionBatch) -> bool:
+        """Queue one request's predictions for writing, as one item; never blocks.
+
+        The writer thread makes the records (`PredictionBatch.records`), so the
+        request path only hands over the arrays it already has.
+
+        Returns:
+            False when the batch was dropped, all its records (the queue cannot take
+            them all, or the logger is closed).
+        """
+        return self._put(batch, len(batch))
+
+    def _put(self, item: PredictionRecord | PredictionBatch, count: int) -> bool:
+        with self._waiting_lock:
+            if self._closed or self._thread is None or self._waiting + count > self.queue_size:
+                self.dropped += count
+                return False
+            self._waiting += count
+        self._queue.put(item)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
@@ -167,12 +188,17 @@ class PredictionLogger:
                 if record is None:  # close() was called
                     break
                 if record is not _TICK:
-                    try:
-                        self._write(record, parts)
-                        pending += 1
-                    except (OSError, ValueError, TypeError) as err:
-                        self.errors += 1
-                        logger.error("prediction log: cannot write %s: %s", record.request_id, err)
+                    records = record.records() if isinstance(record, PredictionBatch) else [record]
+                    count = len(record) if isinstance(record, PredictionBatch) else 1
+                    with self._waiting_lock:
+                        self._waiting -= count
+                    for one in records:
+                        try:
+                            self._write(one, parts)
+                            pending += 1
+                        except (OSError, ValueError, TypeError) as err:
+                            self.errors += 1
+                            logger.error("prediction log: cannot write %s: %s", one.request_id, err)
                 if pending >= self.flush_every or (
                     time.monotonic() - last_flush >= self.flush_interval_s
                 ):
@@ -185,7 +211,7 @@ class PredictionLogger:
     def _parts(self) -> _Parts:
         if isinstance(self.root, Path):
             return _AppendedParts(self._next_name, self.sample_images > 0, self._closed_part)
-        return _ObjectParts(self._next_name, self._queue.maxsize)
+        return _ObjectParts(self._next_name, self.queue_size)
 
     def _next_name(self, suffix: str) -> str:
         self._opened += 1  # a new name per file: a compacted name never comes back
@@ -218,6 +244,17 @@ class PredictionLogger:
                 encoded = io.BytesIO()
                 image.save(encoded, format="PNG")
                 write_bytes(join(folder, image_path), encoded.getvalue())
+        probabilities = {str(k): float(v) for k, v in record.probabilities.items()}
+        embedding = [float(v) for v in record.embedding]
+        features = {str(k): float(v) for k, v in record.features.items()}
+        confidence = float(record.confidence)
+        if not (
+            math.isfinite(confidence)
+            and all(map(math.isfinite, probabilities.values()))
+            and all(map(math.isfinite, embedding))
+            and all(map(math.isfinite, features.values()))
+        ):
+            raise ValueError("a value is NaN or infinite (JSON has no such numbers)")
         line = {
             "request_id": record.request_id,
             "index": record.index,
@@ -225,14 +262,15 @@ class PredictionLogger:
             "model_name": record.model_name,
             "model_version": record.model_version,
             "label": record.label,
-            "confidence": float(record.confidence),
-            "probabilities": {str(k): float(v) for k, v in record.probabilities.items()},
-            "embedding": [float(v) for v in record.embedding],
+            "confidence": confidence,
+            "probabilities": probabilities,
+            "embedding": embedding,
             "image_path": image_path,
             "low_information": bool(record.low_information),
-            "features": {str(k): float(v) for k, v in record.features.items()},
+            "features": features,
         }
-        parts.write(folder, json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+        # pydantic-core's encoder: the same JSON as `json.dumps`, about 8x faster
+        parts.write(folder, pydantic_core.to_json(line).decode("utf-8") + "\n")
         self.written += 1
 
     def _compact_loop(self) -> None:
