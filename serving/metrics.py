@@ -17,6 +17,8 @@ Made in each worker once BentoML has set up its multiprocess collection, so
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,13 +108,15 @@ class ServiceMetrics:
         metrics.fallback_gauge.labels(model_name).set(0)
         return metrics
 
-    def count_prediction(self, label: str, confidence: float) -> None:
-        """One served prediction."""
-        counter = self._label_counters.get(label)
-        if counter is None:  # `labels()` takes a lock and builds a key: once per label
-            counter = self._label_counters[label] = self.predictions_total.labels(label)
-        counter.inc()
-        self.confidence.observe(confidence)
+    def count_predictions(self, labels: Sequence[str], confidences: Sequence[float]) -> None:
+        """A request's served predictions: one increment per label, one observation each."""
+        for label, count in Counter(labels).items():
+            counter = self._label_counters.get(label)
+            if counter is None:  # `labels()` takes a lock and builds a key: once per label
+                counter = self._label_counters[label] = self.predictions_total.labels(label)
+            counter.inc(count)
+        for confidence in confidences:
+            self.confidence.observe(confidence)
 
     def count_refusal(self, status: int) -> None:
         """One request refused with `status`."""

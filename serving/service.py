@@ -125,7 +125,7 @@ from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
 from serving.offline_docs import OfflineDocs
 from serving.predictions import forward_with_features, respond
-from serving.raw_route import RAW_ROUTES, RoutesAhead
+from serving.raw_route import FAST_POSTS, RAW_ROUTES, RoutesAhead
 from serving.reload import (
     RELOAD_DIR_ENV,
     authorize_admin,
@@ -255,8 +255,42 @@ class Flywheel:
     async def predict_arrays(
         self, images: np.ndarray, ctx: bentoml.Context, scale: Scale = "auto"
     ) -> list[Prediction]:
-        """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc)."""
+        """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc).
 
+        The server answers this route from `predict_arrays_body` (`serving.raw_route`,
+        ahead of BentoML's router, with this API's own input model); BentoML's
+        endpoint stays for its schema in `/docs.json`, and answers the same.
+        """
+        answer = await self._predict_arrays(ctx.request.headers, images, scale)
+        return _answer(ctx, answer)
+
+    async def predict_arrays_body(self, request: Request) -> Response:
+        """`/predict_arrays` from the raw request: the body checked by the API's own input model.
+
+        What BentoML's endpoint does (`model_validate_json` of the API's input
+        model, a 400 with pydantic's errors for a body that does not fit it),
+        without its routing, request context and argument plumbing per request.
+        """
+        from pydantic import ValidationError
+
+        body = await request.body()
+        try:
+            data = _arrays_input_model().model_validate_json(body or b"{}")
+        except ValidationError as err:
+            self.metrics.count_refusal(int(HTTPStatus.BAD_REQUEST))
+            detail = err.errors(include_context=False, include_input=False, include_url=False)
+            return JSONResponse(
+                {
+                    "error": f"{err.error_count()} validation error for {err.title}",
+                    "detail": detail,
+                },
+                status_code=int(HTTPStatus.BAD_REQUEST),
+            )
+        return await self._predict_arrays(request.headers, data.images, data.scale)
+
+    async def _predict_arrays(
+        self, headers: Mapping[str, str], images: np.ndarray, scale: Scale
+    ) -> Response:
         def prepare(model: LoadedModel) -> np.ndarray:
             task = model.task
             white = task.preprocessing.white_level or 255  # `byte`: the levels of its files
@@ -267,8 +301,7 @@ class Flywheel:
             return batch
 
         inline = images.nbytes < INLINE_BYTES
-        answer = await self._serve(ctx.request.headers, prepare, inline=inline)
-        return _answer(ctx, answer)
+        return await self._serve(headers, prepare, inline=inline)
 
     @bentoml.api(route=ADMIN_RELOAD_PATH)
     async def reload_model(self, ctx: bentoml.Context) -> ReloadResult:
@@ -410,6 +443,11 @@ class Flywheel:
         return JSONResponse(body, status_code=int(err.status))
 
 
+def _arrays_input_model() -> Any:
+    """The pydantic model BentoML built for `/predict_arrays`' body (`images`, `scale`)."""
+    return build_service().apis["predict_arrays"].input_spec
+
+
 def _answer(ctx: bentoml.Context, response: Response) -> Any:
     """`response` as a BentoML API's answer: BentoML gives a returned response `ctx`'s status."""
     ctx.response.status_code = response.status_code
@@ -445,8 +483,11 @@ def build_service() -> Any:
         max_parts=config.max_images_per_request,
         body_timeout_s=config.body_timeout_s,
     )
-    # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe
-    service.add_asgi_middleware(RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}))
+    # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe; the
+    # prediction routes are answered without BentoML's router (`serving.raw_route`)
+    service.add_asgi_middleware(
+        RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}), posts=FAST_POSTS
+    )
     service.add_asgi_middleware(OfflineDocs)  # Swagger without analytics or web badges
     return service
 
