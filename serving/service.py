@@ -82,6 +82,7 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from logging.handlers import QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ from flywheel.serving_api import (
     ReloadResult,
     Scale,
 )
+from serving.access_log import offload as offload_access_log
 from serving.batching import OverloadedError
 from serving.decoding import (
     PixelLimits,
@@ -205,6 +207,7 @@ class Flywheel:
             queue_size=log.queue_size,
         )
         self.prediction_log.start()
+        self._access_log: QueueListener | None = None
 
     # ---------------------------------------------------------- lifecycle
 
@@ -220,7 +223,12 @@ class Flywheel:
 
     @bentoml.on_startup
     async def start_watching(self) -> None:
-        """Start the task that loads the model and then polls the alias for new versions."""
+        """Start the task that loads the model and then polls the alias for new versions.
+
+        BentoML's access log moves to a writer thread here, once BentoML has
+        configured the worker's logging (`serving.access_log`).
+        """
+        self._access_log = offload_access_log()
         self.watcher.start()
 
     def __is_ready__(self) -> bool:
@@ -236,6 +244,8 @@ class Flywheel:
         """Stop polling, flush the prediction log, release the model and decode threads."""
         self.watcher.stop()
         await asyncio.to_thread(self.prediction_log.close)
+        if self._access_log is not None:
+            self._access_log.stop()  # writes what is queued
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._decode_threads.shutdown(wait=False, cancel_futures=True)
 
