@@ -6,17 +6,75 @@ of the next request, and took about an eighth of the loop's time per request
 under load (py-spy, `benchmarks/serving.py` at concurrency 32). `offload`
 keeps the lines and their order: the handler's filters still run where the
 request runs (BentoML's `TraceRecordFilter` reads the request's trace context
-there), and a `logging.handlers.QueueListener` formats and writes them with the
-same formatter to the same stream.
+there), and a writer thread formats them with the same formatter and writes
+them to the same stream. The writer wakes every `POLL_S` and writes what
+arrived in one call, rather than being woken once per request (a thread switch
+and a system call per line on a busy event loop).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-from logging.handlers import QueueHandler, QueueListener
+import threading
+from logging.handlers import QueueHandler
+from typing import TextIO
 
 ACCESS_LOGGER = "bentoml.access"
+POLL_S = 0.05
+"""How often the writer thread writes what was logged since (at most this late)."""
+
+
+class LineWriter:
+    """A thread that formats queued records and writes them in bursts, every `POLL_S`.
+
+    Args:
+        records: where the records arrive.
+        stream: where the lines go (flushed after each burst).
+        formatter: makes a line of a record.
+    """
+
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord],
+        stream: TextIO,
+        formatter: logging.Formatter,
+    ) -> None:
+        self.records, self.stream, self.formatter = records, stream, formatter
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="access-log-writer", daemon=True)
+
+    def start(self) -> None:
+        """Start writing."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued and stop."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self._write()
+        self._write()
+
+    def _write(self) -> None:
+        lines = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.formatter.format(record) + "\n")
+            except Exception:  # a record that cannot be formatted: logging's own report
+                logging.Handler().handleError(record)
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream is gone (closed at exit)
+                pass
 
 
 class _Enqueue(QueueHandler):
@@ -26,39 +84,34 @@ class _Enqueue(QueueHandler):
         return record
 
 
-def offload(name: str = ACCESS_LOGGER) -> QueueListener | None:
-    """Route logger `name`'s records to its handlers through a queue and a writer thread.
+def offload(name: str = ACCESS_LOGGER) -> LineWriter | None:
+    """Route logger `name`'s records to its stream through a queue and a writer thread.
 
-    The logger's effective stream handlers (its own, or its ancestors' up to the
-    first that does not propagate) are replaced, for this logger only, by a
-    queue: their filters run on the queue's side, their formatter and stream on
-    the writer's. Call `stop()` on the result at shutdown to write what is queued.
+    The logger's effective handler (its own, or its ancestors' up to the first
+    that does not propagate: BentoML's one `StreamHandler`) is replaced, for this
+    logger only, by a queue: the handler's level and filters apply on the
+    queue's side, its formatter and stream on the writer's. Call `stop()` on the
+    result at shutdown to write what is queued.
 
     Returns:
-        The started listener; None when the logger has no stream handler to move
-        (nothing changes then).
+        The started writer; None when the records do not go to exactly one plain
+        `StreamHandler` (nothing changes then).
     """
     logger = logging.getLogger(name)
     handlers = _effective_handlers(logger)
-    streams = [h for h in handlers if type(h) is logging.StreamHandler]
-    if not streams or len(streams) != len(handlers):
+    if len(handlers) != 1 or type(handlers[0]) is not logging.StreamHandler:
         return None
+    (handler,) = handlers
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writers = []
-    for handler in streams:
-        writer = logging.StreamHandler(handler.stream)
-        writer.setFormatter(handler.formatter)
-        writer.setLevel(handler.level)
-        writers.append(writer)
     enqueue = _Enqueue(records)
-    for handler in streams:
-        for record_filter in handler.filters:
-            enqueue.addFilter(record_filter)
-    listener = QueueListener(records, *writers, respect_handler_level=True)
-    listener.start()
+    enqueue.setLevel(handler.level)
+    for record_filter in handler.filters:
+        enqueue.addFilter(record_filter)
+    writer = LineWriter(records, handler.stream, handler.formatter or logging.Formatter())
+    writer.start()
     logger.handlers = [enqueue]
     logger.propagate = False
-    return listener
+    return writer
 
 
 def _effective_handlers(logger: logging.Logger) -> list[logging.Handler]:
@@ -73,4 +126,4 @@ def _effective_handlers(logger: logging.Logger) -> list[logging.Handler]:
     return found
 
 
-__all__ = ["ACCESS_LOGGER", "offload"]
+__all__ = ["ACCESS_LOGGER", "POLL_S", "LineWriter", "offload"]

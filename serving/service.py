@@ -82,7 +82,6 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from logging.handlers import QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +109,7 @@ from flywheel.serving_api import (
     ReloadResult,
     Scale,
 )
+from serving.access_log import LineWriter
 from serving.access_log import offload as offload_access_log
 from serving.batching import OverloadedError
 from serving.decoding import (
@@ -207,7 +207,7 @@ class Flywheel:
             queue_size=log.queue_size,
         )
         self.prediction_log.start()
-        self._access_log: QueueListener | None = None
+        self._access_log: LineWriter | None = None
 
     # ---------------------------------------------------------- lifecycle
 

@@ -34,6 +34,9 @@ from flywheel.storage import Location, as_location, join, make_dirs, write_bytes
 
 logger = logging.getLogger(__name__)
 
+POLL_S = 0.02
+"""How long the writer sleeps when it finds the queue empty (`PredictionLogger._run`)."""
+
 
 class PredictionLogger:
     """Appends `PredictionRecord`s to the log from a background thread.
@@ -77,8 +80,11 @@ class PredictionLogger:
         self._queue: queue.SimpleQueue[PredictionRecord | PredictionBatch | None] = (
             queue.SimpleQueue()
         )
-        self._waiting = 0  # records queued and not yet taken by the writer (bounded: queue_size)
-        self._waiting_lock = threading.Lock()
+        # Records waiting: queued (counted by the callers of `log`) minus taken (by the
+        # writer). Each count has one writer thread, so no lock: a logger serves one
+        # event loop; from several threads the bound is approximate, never a block.
+        self._queued = 0
+        self._taken = 0
         self._random = random.Random(seed)
         self._token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._opened = 0
@@ -142,12 +148,12 @@ class PredictionLogger:
         return self._put(batch, len(batch))
 
     def _put(self, item: PredictionRecord | PredictionBatch, count: int) -> bool:
-        with self._waiting_lock:
-            if self._closed or self._thread is None or self._waiting + count > self.queue_size:
-                self.dropped += count
-                return False
-            self._waiting += count
-        self._queue.put(item)
+        waiting = self._queued - self._taken
+        if self._closed or self._thread is None or waiting + count > self.queue_size:
+            self.dropped += count
+            return False
+        self._queued += count
+        self._queue.put(item)  # never wakes the writer: it polls (`_run`)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
@@ -175,23 +181,29 @@ class PredictionLogger:
     # ------------------------------------------------------------ the thread
 
     def _run(self) -> None:
+        """Write what is queued; when nothing is, sleep (at most `POLL_S`) and look again.
+
+        The writer polls instead of blocking on the queue, so `log` never has
+        to wake it: under load it drains what arrived while it slept, in one
+        burst, instead of waking (and taking the interpreter from the event
+        loop) once per request.
+        """
         parts = self._parts()
         pending = 0
         last_flush = time.monotonic()
         try:
             while True:
-                wait = max(0.0, self.flush_interval_s - (time.monotonic() - last_flush))
                 try:
-                    record = self._queue.get(timeout=wait)
+                    record = self._queue.get_nowait()
                 except queue.Empty:
-                    record = _TICK  # no record before the flush deadline
+                    wait = self.flush_interval_s - (time.monotonic() - last_flush)
+                    time.sleep(min(POLL_S, max(wait, 0.0)))
+                    record = _TICK
                 if record is None:  # close() was called
                     break
                 if record is not _TICK:
                     records = record.records() if isinstance(record, PredictionBatch) else [record]
-                    count = len(record) if isinstance(record, PredictionBatch) else 1
-                    with self._waiting_lock:
-                        self._waiting -= count
+                    self._taken += len(record) if isinstance(record, PredictionBatch) else 1
                     for one in records:
                         try:
                             self._write(one, parts)
