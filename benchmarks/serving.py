@@ -12,6 +12,11 @@ same number of worker processes (`--workers`, default 1):
   and answers a constant — no model, no validation, no logging: what HTTP and
   payload decoding alone cost on this machine (`benchmarks/floors/serving.py`,
   beside a bare BentoML service, the "BentoML floor");
+* **flywheel on uvicorn**: the service's own code (`Flywheel`: guard, decoding,
+  batching, model, prediction log, metrics) behind a plain Starlette app under
+  uvicorn, no BentoML server (`benchmarks/floors/serving.py`,
+  `build_service_app`; JSON and image bodies): the ceiling of the service's
+  request path without BentoML's request handling;
 * **in-process**: batched forward passes of the loaded model, no HTTP (the
   concurrency column is the batch size; req/s is images per second).
 
@@ -82,12 +87,19 @@ from flywheel.demo.sandbox import (
     open_sandbox,
     sample_image,
 )
-from flywheel.serving_api import CONTENT_TYPE_HEADER, JSON_MEDIA_TYPE, METRICS_PATH, READY_PATH
+from flywheel.serving_api import (
+    CONTENT_TYPE_HEADER,
+    JSON_MEDIA_TYPE,
+    METRICS_PATH,
+    PARAMS_ENV,
+    READY_PATH,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FLYWHEEL, MLFLOW, FLOOR = "flywheel", "mlflow serve", "HTTP floor"
 BENTO_FLOOR, IN_PROCESS = "BentoML floor", "in-process"
-SERVERS = (FLYWHEEL, MLFLOW, FLOOR, BENTO_FLOOR)
+ON_UVICORN = "flywheel on uvicorn"
+SERVERS = (FLYWHEEL, MLFLOW, FLOOR, BENTO_FLOOR, ON_UVICORN)
 FLOORS = "benchmarks.floors.serving"
 """The module of the floors (`benchmarks/floors/serving.py`), started from the checkout."""
 GOAL_CONCURRENCY = 32
@@ -331,6 +343,9 @@ def build_targets(urls: dict[str, str], image: np.ndarray) -> dict[tuple[str, st
         for server in (FLYWHEEL, FLOOR, BENTO_FLOOR)
         for payload, request in api_requests(image).items()
     }
+    for payload, request in api_requests(image).items():
+        if payload != MULTIPART:  # a plain route for bodies only
+            requests[(ON_UVICORN, payload)] = request
     requests[(MLFLOW, JSON)] = ApiRequest(
         "/invocations",  # MLflow's scoring path
         json.dumps({"inputs": unit_array(image)}).encode(),
@@ -418,6 +433,14 @@ def print_report(cells: list[Cell], workers: int, threads: int) -> dict[str, boo
                 f"  ceiling: a bare BentoML service ({payload}, c={k}) reaches "
                 f"{bento.rps / floor.rps:.2f} × the HTTP floor's throughput, "
                 f"p99 {bento.percentile(99) / floor.percentile(99):.2f} × its p99"
+            )
+        ceiling, ours = by.get((ON_UVICORN, payload, k)), by.get((FLYWHEEL, payload, k))
+        if ceiling is not None and ours is not None and ceiling.rps and bento is not None:
+            console.print(
+                f"  ceiling: the service's own code on plain uvicorn ({payload}, c={k}) reaches "
+                f"{ceiling.rps:.0f} req/s, {ceiling.rps / bento.rps:.2f} × the BentoML floor; "
+                f"the service in BentoML reaches {ours.rps / ceiling.rps:.2f} × it "
+                f"(p99 {ours.percentile(99) / ceiling.percentile(99):.2f} × its p99)"
             )
     return goals
 
@@ -511,7 +534,7 @@ def bench(args: argparse.Namespace, box: Sandbox) -> None:
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_CONFIG_OPTIONS": f"services.bentofloor.workers={args.workers}",
     }
-    ports = {server: free_port() for server in (MLFLOW, FLOOR, BENTO_FLOOR)}
+    ports = {server: free_port() for server in (MLFLOW, FLOOR, BENTO_FLOOR, ON_UVICORN)}
     commands = {
         MLFLOW: [
             *(shutil.which("mlflow", path=env["PATH"]) or "mlflow", "models", "serve"),
@@ -527,8 +550,14 @@ def bench(args: argparse.Namespace, box: Sandbox) -> None:
             *(sys.executable, "-m", "bentoml", "serve", f"{FLOORS}:BentoFloor"),
             *("--working-dir", str(REPO)),  # workers: BENTOML_CONFIG_OPTIONS
         ],
+        ON_UVICORN: [
+            *(sys.executable, "-m", "uvicorn", "--factory", f"{FLOORS}:build_service_app"),
+            *("--app-dir", str(REPO), "--workers", str(args.workers)),
+            *("--no-access-log", "--log-level", "warning"),
+        ],
     }
-    probes = {MLFLOW: "/ping", FLOOR: READY_PATH, BENTO_FLOOR: READY_PATH}  # MLflow's own
+    envs = {ON_UVICORN: {**env, PARAMS_ENV: str(serve_params)}}  # the service's params
+    probes = {MLFLOW: "/ping", FLOOR: READY_PATH, BENTO_FLOOR: READY_PATH, ON_UVICORN: READY_PATH}
     with ExitStack() as stack:
         console.print(f"starting the servers for models:/{name}/{version} ...")
         urls = {
@@ -545,7 +574,9 @@ def bench(args: argparse.Namespace, box: Sandbox) -> None:
             url = f"http://127.0.0.1:{ports[server]}"
             command = [*command, "--host", "127.0.0.1", "--port", str(ports[server])]
             log = workdir / f"{server.replace(' ', '-').lower()}.log"
-            urls[server] = stack.enter_context(run_process(command, env, log, url, probes[server]))
+            urls[server] = stack.enter_context(
+                run_process(command, envs.get(server, env), log, url, probes[server])
+            )
         cells = measure(
             build_targets(urls, image),
             args.concurrency,
