@@ -8,8 +8,9 @@
 * `flywheel_model_loads_total{outcome}`: attempts to load a version (`loaded`, `failed`);
 * `flywheel_batch_size`: images per forward pass (adaptive batching);
 * `flywheel_rejected_requests_total{status}`: requests the service's own checks
-  refused (BentoML's schema errors and the body guard's refusals appear only
-  in its access log).
+  refused, `/predict_arrays` bodies that do not fit its schema included (the
+  body guard's refusals and BentoML's schema errors on `/predict_images` appear
+  only in its access log).
 
 Made in each worker once BentoML has set up its multiprocess collection, so
 `prometheus_client` is imported there, not at import.

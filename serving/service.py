@@ -267,40 +267,18 @@ class Flywheel:
     ) -> list[Prediction]:
         """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc).
 
-        The server answers this route from `predict_arrays_body` (`serving.raw_route`,
-        ahead of BentoML's router, with this API's own input model); BentoML's
-        endpoint stays for its schema in `/docs.json`, and answers the same.
+        The server answers this route ahead of BentoML's router, with this API's
+        own input model (`serving.raw_route.predict_arrays`); BentoML's endpoint
+        stays for its schema in `/docs.json`, and answers the same.
         """
-        answer = await self._predict_arrays(ctx.request.headers, images, scale)
+        answer = await self.serve_arrays(ctx.request.headers, images, scale)
         return _answer(ctx, answer)
 
-    async def predict_arrays_body(self, request: Request) -> Response:
-        """`/predict_arrays` from the raw request: the body checked by the API's own input model.
-
-        What BentoML's endpoint does (`model_validate_json` of the API's input
-        model, a 400 with pydantic's errors for a body that does not fit it),
-        without its routing, request context and argument plumbing per request.
-        """
-        from pydantic import ValidationError
-
-        body = await request.body()
-        try:
-            data = _arrays_input_model().model_validate_json(body or b"{}")
-        except ValidationError as err:
-            self.metrics.count_refusal(int(HTTPStatus.BAD_REQUEST))
-            detail = err.errors(include_context=False, include_input=False, include_url=False)
-            return JSONResponse(
-                {
-                    "error": f"{err.error_count()} validation error for {err.title}",
-                    "detail": detail,
-                },
-                status_code=int(HTTPStatus.BAD_REQUEST),
-            )
-        return await self._predict_arrays(request.headers, data.images, data.scale)
-
-    async def _predict_arrays(
+    async def serve_arrays(
         self, headers: Mapping[str, str], images: np.ndarray, scale: Scale
     ) -> Response:
+        """Classify the images of a `/predict_arrays` body, parsed (`images`, `scale`)."""
+
         def prepare(model: LoadedModel) -> np.ndarray:
             task = model.task
             white = task.preprocessing.white_level or 255  # `byte`: the levels of its files
@@ -451,11 +429,6 @@ class Flywheel:
             else {"error": str(err), "request_id": request_id}
         )
         return JSONResponse(body, status_code=int(err.status))
-
-
-def _arrays_input_model() -> Any:
-    """The pydantic model BentoML built for `/predict_arrays`' body (`images`, `scale`)."""
-    return build_service().apis["predict_arrays"].input_spec
 
 
 def _answer(ctx: bentoml.Context, response: Response) -> Any:

@@ -128,6 +128,7 @@ def build_service_app() -> Any:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
+    from _bentoml_sdk.service import set_current_service
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.requests import Request
@@ -135,6 +136,7 @@ def build_service_app() -> Any:
     from starlette.routing import Route
 
     from flywheel.serving_api import BODY_MEDIA_TYPES
+    from serving import raw_route
     from serving.guard import RequestGuard
     from serving.service import Flywheel, build_service
     from serving.settings import service_params
@@ -142,12 +144,13 @@ def build_service_app() -> Any:
     config = service_params().serve
     build_service()  # the `/predict_arrays` input model the service validates with
     service = Flywheel()
+    set_current_service(service)  # what the service's route handlers answer with
 
     async def predict_image(request: Request) -> Response:
         return await service.predict_image(request)
 
     async def predict_arrays(request: Request) -> Response:
-        return await service.predict_arrays_body(request)
+        return await raw_route.predict_arrays(request)  # the service's own parsing
 
     async def ready(_: Request) -> Response:
         return Response(status_code=200 if service.__is_ready__() else 503)
