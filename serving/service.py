@@ -18,9 +18,10 @@ APIs (POST, JSON responses, one item per image, in input order):
 
 * `/predict_image` — one PNG or JPEG file as the request body
   (`Content-Type: image/png` or `image/jpeg`): the fastest way to send one
-  image (no multipart parsing, no temporary file). A FastAPI route mounted
-  into the BentoML app (`bentoml.asgi_app`), so it shares BentoML's
-  middlewares and its OpenAPI spec (`/docs.json`).
+  image (no multipart parsing, no temporary file). Answered, like
+  `/predict_arrays`, ahead of BentoML's router inside its middlewares
+  (`serving.raw_route`); a FastAPI route mounted into the BentoML app
+  (`bentoml.asgi_app`) gives it its place in the OpenAPI spec (`/docs.json`).
 * `/predict_images` — multipart upload, field `images`, one or more PNG or
   JPEG files (any size, colour and bit depth; brought to the model's input by
   the pre-processing stored in its metadata, `flywheel.data.preprocessing`:
