@@ -101,7 +101,7 @@ def offload(name: str = ACCESS_LOGGER) -> LineWriter | None:
     handlers = _effective_handlers(logger)
     if len(handlers) != 1 or type(handlers[0]) is not logging.StreamHandler:
         return None
-    (handler,) = handlers
+    handler: logging.StreamHandler[TextIO] = handlers[0]
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     enqueue = _Enqueue(records)
     enqueue.setLevel(handler.level)
