@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serving.batching import AdaptiveBatcher
+from serving.optimize import optimize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,7 +57,7 @@ class LoadedModel:
         name: the registered model.
         version: the registered version.
         uri: `models:/<name>/<version>`.
-        module: the exported program, `(B, 1, S, S)` → `(B, K + D)`.
+        module: the exported program (optimized, `serving.optimize`), `(B, 1, S, S)` → `(B, K + D)`.
         task: pre- and post-processing rebuilt from the model's metadata.
         loaded_at: when it was loaded (UTC).
         load_seconds: how long loading and the warm-up pass took.
@@ -82,7 +83,8 @@ class LoadedModel:
 def load_model_version(name: str, version: str) -> LoadedModel:
     """Load one registered version and check it with a warm-up forward pass.
 
-    The warm-up runs the exported program once on a blank image, so the first
+    The exported program is served optimized for inference when that answers the
+    same (`serving.optimize`). The warm-up runs it once on a blank image, so the first
     request after a swap does not pay for lazy initialisation, and a version
     whose output does not match its metadata is refused before it serves.
 
@@ -105,6 +107,7 @@ def load_model_version(name: str, version: str) -> LoadedModel:
         module = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"{uri}: cannot load the model: {err}") from None
+    module = optimize(module, task.input_shape, uri)  # the exported program if that fails
     loaded = LoadedModel(name, version, uri, module, task, datetime.now(UTC), 0.0)
     blank = np.zeros((1, *task.input_shape), np.float32)  # (1, C, S, S)
     try:

@@ -8,8 +8,9 @@
 * `flywheel_model_loads_total{outcome}`: attempts to load a version (`loaded`, `failed`);
 * `flywheel_batch_size`: images per forward pass (adaptive batching);
 * `flywheel_rejected_requests_total{status}`: requests the service's own checks
-  refused (BentoML's schema errors and the body guard's refusals appear only
-  in its access log).
+  refused, `/predict_arrays` bodies that do not fit its schema included (the
+  body guard's refusals and BentoML's schema errors on `/predict_images` appear
+  only in its access log).
 
 Made in each worker once BentoML has set up its multiprocess collection, so
 `prometheus_client` is imported there, not at import.
@@ -17,6 +18,8 @@ Made in each worker once BentoML has set up its multiprocess collection, so
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,13 +109,15 @@ class ServiceMetrics:
         metrics.fallback_gauge.labels(model_name).set(0)
         return metrics
 
-    def count_prediction(self, label: str, confidence: float) -> None:
-        """One served prediction."""
-        counter = self._label_counters.get(label)
-        if counter is None:  # `labels()` takes a lock and builds a key: once per label
-            counter = self._label_counters[label] = self.predictions_total.labels(label)
-        counter.inc()
-        self.confidence.observe(confidence)
+    def count_predictions(self, labels: Sequence[str], confidences: Sequence[float]) -> None:
+        """A request's served predictions: one increment per label, one observation each."""
+        for label, count in Counter(labels).items():
+            counter = self._label_counters.get(label)
+            if counter is None:  # `labels()` takes a lock and builds a key: once per label
+                counter = self._label_counters[label] = self.predictions_total.labels(label)
+            counter.inc(count)
+        for confidence in confidences:
+            self.confidence.observe(confidence)
 
     def count_refusal(self, status: int) -> None:
         """One request refused with `status`."""

@@ -18,9 +18,10 @@ APIs (POST, JSON responses, one item per image, in input order):
 
 * `/predict_image` — one PNG or JPEG file as the request body
   (`Content-Type: image/png` or `image/jpeg`): the fastest way to send one
-  image (no multipart parsing, no temporary file). A FastAPI route mounted
-  into the BentoML app (`bentoml.asgi_app`), so it shares BentoML's
-  middlewares and its OpenAPI spec (`/docs.json`).
+  image (no multipart parsing, no temporary file). Answered, like
+  `/predict_arrays`, ahead of BentoML's router inside its middlewares
+  (`serving.raw_route`); a FastAPI route mounted into the BentoML app
+  (`bentoml.asgi_app`) gives it its place in the OpenAPI spec (`/docs.json`).
 * `/predict_images` — multipart upload, field `images`, one or more PNG or
   JPEG files (any size, colour and bit depth; brought to the model's input by
   the pre-processing stored in its metadata, `flywheel.data.preprocessing`:
@@ -109,6 +110,8 @@ from flywheel.serving_api import (
     ReloadResult,
     Scale,
 )
+from serving.access_log import LineWriter
+from serving.access_log import offload as offload_access_log
 from serving.batching import OverloadedError
 from serving.decoding import (
     PixelLimits,
@@ -125,7 +128,7 @@ from serving.hot_swap import LoadedModel, NoModelError
 from serving.metrics import ServiceMetrics
 from serving.offline_docs import OfflineDocs
 from serving.predictions import forward_with_features, respond
-from serving.raw_route import RAW_ROUTES, RoutesAhead
+from serving.raw_route import FAST_POSTS, RAW_ROUTES, RoutesAhead
 from serving.reload import (
     RELOAD_DIR_ENV,
     authorize_admin,
@@ -205,6 +208,7 @@ class Flywheel:
             queue_size=log.queue_size,
         )
         self.prediction_log.start()
+        self._access_log: LineWriter | None = None
 
     # ---------------------------------------------------------- lifecycle
 
@@ -220,7 +224,12 @@ class Flywheel:
 
     @bentoml.on_startup
     async def start_watching(self) -> None:
-        """Start the task that loads the model and then polls the alias for new versions."""
+        """Start the task that loads the model and then polls the alias for new versions.
+
+        BentoML's access log moves to a writer thread here, once BentoML has
+        configured the worker's logging (`serving.access_log`).
+        """
+        self._access_log = offload_access_log()
         self.watcher.start()
 
     def __is_ready__(self) -> bool:
@@ -236,6 +245,8 @@ class Flywheel:
         """Stop polling, flush the prediction log, release the model and decode threads."""
         self.watcher.stop()
         await asyncio.to_thread(self.prediction_log.close)
+        if self._access_log is not None:
+            self._access_log.stop()  # writes what is queued
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._decode_threads.shutdown(wait=False, cancel_futures=True)
 
@@ -255,7 +266,19 @@ class Flywheel:
     async def predict_arrays(
         self, images: np.ndarray, ctx: bentoml.Context, scale: Scale = "auto"
     ) -> list[Prediction]:
-        """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc)."""
+        """Classify images sent as a JSON array `(N, H, W)` or `(N, 1, H, W)` (module doc).
+
+        The server answers this route ahead of BentoML's router, with this API's
+        own input model (`serving.raw_route.predict_arrays`); BentoML's endpoint
+        stays for its schema in `/docs.json`, and answers the same.
+        """
+        answer = await self.serve_arrays(ctx.request.headers, images, scale)
+        return _answer(ctx, answer)
+
+    async def serve_arrays(
+        self, headers: Mapping[str, str], images: np.ndarray, scale: Scale
+    ) -> Response:
+        """Classify the images of a `/predict_arrays` body, parsed (`images`, `scale`)."""
 
         def prepare(model: LoadedModel) -> np.ndarray:
             task = model.task
@@ -267,8 +290,7 @@ class Flywheel:
             return batch
 
         inline = images.nbytes < INLINE_BYTES
-        answer = await self._serve(ctx.request.headers, prepare, inline=inline)
-        return _answer(ctx, answer)
+        return await self._serve(headers, prepare, inline=inline)
 
     @bentoml.api(route=ADMIN_RELOAD_PATH)
     async def reload_model(self, ctx: bentoml.Context) -> ReloadResult:
@@ -445,8 +467,11 @@ def build_service() -> Any:
         max_parts=config.max_images_per_request,
         body_timeout_s=config.body_timeout_s,
     )
-    # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe
-    service.add_asgi_middleware(RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}))
+    # `GET /readyz` answers the service's `Readiness`, not BentoML's bare probe; the
+    # prediction routes are answered without BentoML's router (`serving.raw_route`)
+    service.add_asgi_middleware(
+        RoutesAhead, routes=RAW_ROUTES, paths=frozenset({READY_PATH}), posts=FAST_POSTS
+    )
     service.add_asgi_middleware(OfflineDocs)  # Swagger without analytics or web badges
     return service
 

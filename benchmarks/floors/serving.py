@@ -6,7 +6,12 @@ answer a constant, no model.
   and payload decoding alone cost on this machine;
 * the **BentoML floor** (`BentoFloor`): the same endpoints as a bare BentoML
   service (`bentoml serve benchmarks.floors.serving:BentoFloor`): what
-  BentoML's own request handling costs, the ceiling of any service built on it.
+  BentoML's own request handling costs, the ceiling of any service built on it;
+* the **service on uvicorn** (`build_service_app`): the service's own code
+  (`serving.service.Flywheel`: the request guard, decoding, adaptive batching,
+  the model, the prediction log, metrics) behind a plain Starlette app under
+  uvicorn, no BentoML server: what the service would reach without BentoML's
+  request handling, the ceiling of the service's own request path.
 
 Started by `benchmarks/serving.py`, which measures the service against them.
 """
@@ -110,6 +115,71 @@ def build_bentoml_floor() -> Any:
     return BentoFloor
 
 
+def build_service_app() -> Any:
+    """The service's own code on a plain Starlette app: `/predict_image`, `/predict_arrays`.
+
+    Run by uvicorn as `benchmarks.floors.serving:build_service_app` (`--factory`),
+    with the service's environment (`FLYWHEEL_PARAMS`, `MLFLOW_TRACKING_URI`). The
+    same `Flywheel` instance the BentoML service makes per worker, the same request
+    guard in front; no BentoML middleware (metrics, tracing, access log, timeout),
+    router or per-request context, and uvicorn's own HTTP protocol (the service's
+    header limits, `serving.edge`, are not installed before uvicorn picks it).
+    """
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from _bentoml_sdk.service import set_current_service
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from flywheel.serving_api import BODY_MEDIA_TYPES
+    from serving import raw_route
+    from serving.guard import RequestGuard
+    from serving.service import Flywheel, build_service
+    from serving.settings import service_params
+
+    config = service_params().serve
+    build_service()  # the `/predict_arrays` input model the service validates with
+    service = Flywheel()
+    set_current_service(service)  # what the service's route handlers answer with
+
+    async def predict_image(request: Request) -> Response:
+        return await service.predict_image(request)
+
+    async def predict_arrays(request: Request) -> Response:
+        return await raw_route.predict_arrays(request)  # the service's own parsing
+
+    async def ready(_: Request) -> Response:
+        return Response(status_code=200 if service.__is_ready__() else 503)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await service.start_watching()
+        yield
+        await service.close()
+
+    guard = Middleware(
+        RequestGuard,
+        max_bytes=config.max_request_bytes,
+        media_types=BODY_MEDIA_TYPES,
+        multipart_fields={},
+        max_parts=config.max_images_per_request,
+        body_timeout_s=config.body_timeout_s,
+    )
+    return Starlette(
+        routes=[
+            Route(PREDICT_ARRAYS_PATH, predict_arrays, methods=["POST"]),
+            Route(PREDICT_IMAGE_PATH, predict_image, methods=["POST"]),
+            Route(READY_PATH, ready),
+        ],
+        middleware=[guard],
+        lifespan=lifespan,
+    )
+
+
 def __getattr__(name: str) -> Any:
     """`BentoFloor` on first access (PEP 562): `bentoml serve benchmarks.floors.serving:BentoFloor`.
 
@@ -122,4 +192,4 @@ def __getattr__(name: str) -> Any:
     return service
 
 
-__all__ = ["CONSTANT_ANSWER", "build_bentoml_floor", "build_floor_app"]
+__all__ = ["CONSTANT_ANSWER", "build_bentoml_floor", "build_floor_app", "build_service_app"]

@@ -18,6 +18,7 @@ from PIL import Image
 from flywheel.monitoring.features import FEATURE_COLUMNS
 from flywheel.monitoring.prediction_log import (
     RECORD_FIELDS,
+    PredictionBatch,
     PredictionLogger,
     PredictionRecord,
     compact,
@@ -162,6 +163,59 @@ def test_a_full_queue_drops_instead_of_blocking(tmp_path: Path) -> None:
     log.close()
     assert log.written == sum(accepted)
     assert len(read_predictions(tmp_path)) == sum(accepted)
+
+
+def _batch(records: list[PredictionRecord]) -> PredictionBatch:
+    """The records of one request as the service hands them over: arrays, not dicts."""
+    first = records[0]
+    return PredictionBatch(
+        request_id=first.request_id,
+        time=first.time,
+        model_name=first.model_name,
+        model_version=first.model_version,
+        classes=tuple(first.probabilities),
+        labels=[r.label for r in records],
+        confidences=np.array([r.confidence for r in records]),
+        probabilities=np.array([list(r.probabilities.values()) for r in records]),
+        features=np.array([list(r.features.values()) for r in records]),
+        feature_names=tuple(first.features),
+        embeddings=np.array([list(r.embedding) for r in records], dtype=np.float32),
+        images=np.stack([r.image for r in records if r.image is not None]),
+        low_information=np.array([r.low_information for r in records]),
+    )
+
+
+def test_a_batch_logs_what_its_records_log_one_by_one(tmp_path: Path) -> None:
+    records = [_record(0), _record(1, low_information=True)]  # one request, indices 0 and 1
+    with PredictionLogger(tmp_path / "one", compact_closed=False) as log:
+        for record in records:
+            log.log(record)
+    with PredictionLogger(tmp_path / "batch", compact_closed=False) as log:
+        assert log.log_batch(_batch(records))
+    assert log.written == 2
+    one, batch = read_predictions(tmp_path / "one"), read_predictions(tmp_path / "batch")
+    columns = [c for c in one.columns if c not in ("image_path", "embedding")]
+    assert one[columns].equals(batch[columns])
+    assert [e.tolist() for e in batch["embedding"]] == [e.tolist() for e in one["embedding"]]
+    for path, record in zip(batch["image_path"], records, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), record.image)
+
+
+def test_a_batch_that_does_not_fit_the_queue_is_dropped_whole(tmp_path: Path) -> None:
+    log = PredictionLogger(tmp_path, queue_size=1)
+    log._thread = threading.Thread(target=lambda: None)  # started, but never drains the queue
+    assert not log.log_batch(_batch([_record(0), _record(1)]))
+    assert log.dropped == 2
+    assert log.log(_record(2))
+    assert not log.log(_record(3))
+    assert log.dropped == 3
+
+
+def test_a_non_finite_value_is_an_error_not_a_line(tmp_path: Path) -> None:
+    with PredictionLogger(tmp_path, compact_closed=False) as log:
+        log.log(dataclasses.replace(_record(0), confidence=float("nan")))
+        log.log(_record(1))
+    assert (log.errors, log.written) == (1, 1)
 
 
 @pytest.mark.parametrize(("fraction", "stored"), [(0.0, 0), (1.0, 40)])

@@ -93,6 +93,18 @@ def summary_features(images: np.ndarray) -> pd.DataFrame:
     >>> summary_features(flat).loc[0, ["brightness", "contrast", "edge_density"]].tolist()
     [0.5, 0.0, 0.0]
     """
+    return pd.DataFrame(feature_matrix(images), columns=list(FEATURE_COLUMNS), dtype=np.float64)
+
+
+def feature_matrix(images: np.ndarray) -> np.ndarray:
+    """`summary_features` as an array `(B, len(FEATURE_COLUMNS))` float64, columns in that order.
+
+    What serving computes per forward pass: no frame is built (a pandas frame
+    costs more than the features of a small batch).
+
+    >>> feature_matrix(np.full((1, 4, 4), 0.5))[0, :2].tolist()
+    [0.5, 0.0]
+    """
     x = to_unit_range(images)  # (B, H, W)
     b, h, w = x.shape
     if h < 2 or w < 2:
@@ -108,7 +120,9 @@ def summary_features(images: np.ndarray) -> pd.DataFrame:
         "illumination_gradient": _illumination_gradient(x),
         "entropy": _entropy(flat),
     }
-    return pd.DataFrame({name: columns[name] for name in FEATURE_COLUMNS}, dtype=np.float64)
+    return np.stack([columns[name] for name in FEATURE_COLUMNS], axis=1).reshape(
+        b, len(FEATURE_COLUMNS)
+    )  # (B, F)
 
 
 def low_information(features: pd.DataFrame | np.ndarray, min_dynamic_range: float) -> np.ndarray:

@@ -32,7 +32,8 @@ readers take the JSON lines and ignore the Parquet, so nothing is read twice or
 lost. Do not compact a log that a back-fill (`flywheel.monitoring.replay`) is
 still writing into past hours with `compact_closed=False`.
 
-Writing never blocks a response: `PredictionLogger.log` puts the record on a
+Writing never blocks a response: `PredictionLogger.log` puts the record (or
+`log_batch` a request's `PredictionBatch`, whose records the writer makes) on a
 bounded queue and returns; a background thread encodes images and appends
 lines. Flush policy: the writer flushes its open files after `flush_every`
 records or `flush_interval_s` seconds since the last flush, whichever comes
@@ -65,6 +66,7 @@ from flywheel.monitoring.prediction_log.schema import (
     RECORD_FIELDS,
     TABLE_SCHEMA,
     TIME_TYPE,
+    PredictionBatch,
     PredictionLogError,
     PredictionRecord,
     partition_dir,
@@ -79,6 +81,7 @@ __all__ = [
     "TABLE_SCHEMA",
     "TIME_TYPE",
     "Compaction",
+    "PredictionBatch",
     "PredictionLogError",
     "PredictionLogger",
     "PredictionRecord",

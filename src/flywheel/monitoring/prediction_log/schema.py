@@ -85,6 +85,75 @@ class PredictionRecord:
     low_information: bool = False
 
 
+@dataclass(frozen=True)
+class PredictionBatch:
+    """The predictions of one request, queued as one item: the writer makes the records.
+
+    What the service hands the logger: arrays as computed for the whole
+    request, so the request path builds no per-image dicts or lists (the
+    writer thread does, `records`).
+
+    Attributes:
+        request_id: the request (every record carries it; `index` is the row).
+        time: when it was served (UTC).
+        model_name: the registered model.
+        model_version: the version that computed it.
+        classes: the class names, in the probabilities' column order.
+        labels: the predicted class of each image, `N`.
+        confidences: the probability of each label, `(N,)`.
+        probabilities: `(N, K)`.
+        features: `(N, len(feature_names))`.
+        feature_names: the columns of `features`.
+        embeddings: `(N, D)`.
+        images: the images as served (`PredictionRecord.image`), `(N, ...)`, or None.
+        low_information: `(N,)` bool.
+    """
+
+    request_id: str
+    time: datetime
+    model_name: str
+    model_version: str
+    classes: Sequence[str]
+    labels: Sequence[str]
+    confidences: np.ndarray = field(repr=False)
+    probabilities: np.ndarray = field(repr=False)
+    features: np.ndarray = field(repr=False)
+    feature_names: Sequence[str]
+    embeddings: np.ndarray = field(repr=False)
+    images: np.ndarray | None = field(default=None, repr=False)
+    low_information: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def records(self) -> Iterator[PredictionRecord]:
+        """One `PredictionRecord` per image, in request order."""
+        probabilities = self.probabilities.astype(np.float64).tolist()  # (N, K)
+        features = self.features.astype(np.float64).tolist()  # (N, F)
+        embeddings = self.embeddings.astype(np.float64).tolist()  # (N, D)
+        confidences = self.confidences.astype(np.float64).tolist()  # (N,)
+        flagged = (
+            [False] * len(self)
+            if self.low_information is None
+            else self.low_information.astype(bool).tolist()
+        )
+        for i, label in enumerate(self.labels):
+            yield PredictionRecord(
+                request_id=self.request_id,
+                index=i,
+                time=self.time,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                label=label,
+                confidence=confidences[i],
+                probabilities=dict(zip(self.classes, probabilities[i], strict=True)),
+                features=dict(zip(self.feature_names, features[i], strict=True)),
+                embedding=embeddings[i],
+                image=None if self.images is None else self.images[i],
+                low_information=flagged[i],
+            )
+
+
 def predictions_dir(params: Params, base: Path | None = None) -> Location:
     """The prediction log of the configured registered model, where the service writes it.
 
