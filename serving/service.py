@@ -320,11 +320,8 @@ class Flywheel:
             other_workers_signalled=signalled,
         )
         if outcome.error is not None:
-            status = HTTPStatus.BAD_GATEWAY
-            ctx.response.status_code = int(status)
-            return JSONResponse(
-                {"error": outcome.error, **result.model_dump()}, status_code=int(status)
-            )
+            failed = {"error": outcome.error, **result.model_dump()}
+            return _answer(ctx, JSONResponse(failed, status_code=int(HTTPStatus.BAD_GATEWAY)))
         return result
 
     # ------------------------------------------------------------ helpers

@@ -230,7 +230,8 @@ class PageReader:
         """Read one uploaded page (multipart field `page`, a PNG or JPEG file)."""
         response = await self.read(ctx.request.headers, Path(page))
         ctx.response.status_code = response.status_code
-        return response
+        answer: Any = response  # BentoML sends a returned response as it is
+        return answer
 
     @bentoml.api(route=ADMIN_RELOAD_PATH)
     async def reload_models(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -317,7 +318,7 @@ class PageReader:
             )
             lap("recognize")
             answer = answer_of(request_id, page, detector.model, detection, readings)
-            self.metrics.count_prediction("page", detection.confidence)
+            self.metrics.count_predictions(("page",), (detection.confidence,))
             for region in answer.regions:
                 self.metrics.confidence.observe(region.confidence)
             self.page_log.log(log_record(answer, page, detection, readings))
