@@ -258,6 +258,7 @@ def test_the_recognizer_swaps_under_load_and_the_detector_keeps_serving(
                     assert reload.json()["recognizer"]["model_version"] == s.second_recognizer
                     assert reload.json()["detector"]["changed"] is False
                     swapped_at.append(time.monotonic())
+                started = time.monotonic()
                 answer = client.post(READ_PAGE_PATH, content=bodies[i % len(bodies)], headers=PNG)
                 versions = (
                     (answer.json()["detector"]["version"], answer.json()["recognizer"]["version"])
@@ -265,7 +266,7 @@ def test_the_recognizer_swaps_under_load_and_the_detector_keeps_serving(
                     else (None, None)
                 )
                 with lock:
-                    statuses.append((answer.status_code, *versions, time.monotonic()))
+                    statuses.append((answer.status_code, *versions, started))
 
     with ThreadPoolExecutor(8) as pool:
         for future in [pool.submit(client_loop) for _ in range(8)]:
@@ -273,8 +274,9 @@ def test_the_recognizer_swaps_under_load_and_the_detector_keeps_serving(
     assert len(statuses) == 200
     assert [x for x in statuses if x[0] != 200] == []
     assert {x[1] for x in statuses} == {s.detector_version}
-    after = [x[2] for x in statuses if x[3] > swapped_at[0] + 1.0]
-    assert after
+    # sent once the reload had answered (it returns when the new version serves)
+    after = [x[2] for x in statuses if x[3] > swapped_at[0]]
+    assert len(after) > 100
     assert set(after) == {s.second_recognizer}
     assert {x[2] for x in statuses} == {s.recognizer_version, s.second_recognizer}
     ready = httpx.get(f"{server.url}{READY_PATH}", timeout=10).json()
