@@ -573,8 +573,8 @@ def result_table(result: MonitorResult) -> Table:
         "",
     )
     for k, mean in c.extra_means.items():
-        reference = c.reference_extra_means.get(k, math.nan)
-        table.add_row(f"mean {named.get(k, k)}", f"{mean:.3f}", f"ref {reference:.3f}", "")
+        expected = c.reference_extra_means.get(k, math.nan)
+        table.add_row(f"mean {named.get(k, k)}", f"{mean:.3f}", f"ref {expected:.3f}", "")
     if c.accuracy is not None:
         reference = "" if c.reference_accuracy is None else f"ref {c.reference_accuracy:.3f}"
         table.add_row(f"accuracy ({result.labelled} labelled)", f"{c.accuracy:.3f}", reference, "")
