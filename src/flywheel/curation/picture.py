@@ -53,6 +53,60 @@ def batch_picture(selected: pd.DataFrame, *, title: str, columns: int = COLUMNS)
     return out.getvalue()
 
 
+def page_batch_picture(
+    selected: pd.DataFrame, regions: pd.DataFrame, *, title: str, columns: int = 4
+) -> bytes:
+    """A PNG grid of a page batch, in rank order: each page with its boxes, scores and texts.
+
+    Args:
+        selected: the batch (`PageCuration.selected`: `request_id`, `image_path`,
+            `rank`, `score`, `u_det`, `u_rec`, `price`).
+        regions: the page log's regions (`box`, `score`, `latex`, `confidence`).
+        title: the picture's title (the batch id and cost).
+        columns: pages per row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows = max(1, math.ceil(len(selected) / columns))
+    fig = Figure(figsize=(3.2 * columns, 3.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    ordered = selected.sort_values("rank")
+    grouped = {rid: rows for rid, rows in regions.groupby("request_id", sort=False)}
+    for ax, page in zip(
+        axes, [*ordered.itertuples(), *[None] * (len(axes) - len(ordered))], strict=True
+    ):
+        ax.set_axis_off()
+        if page is None:
+            continue
+        ax.imshow(_image(page.image_path), cmap="gray", vmin=0, vmax=255)
+        for r in grouped.get(page.request_id, regions.iloc[:0]).itertuples():
+            x0, y0, x1, y1 = (int(v) for v in r.box)
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#e8590c", lw=1)
+            )
+            ax.text(
+                x0, y0, f"{r.score:.2f} {r.latex} ({r.confidence:.2f})", fontsize=5,
+                color="#e8590c", va="bottom",
+            )  # fmt: skip
+        ax.set_title(
+            f"#{page.rank} score {page.score:.3f} (det {page.u_det:.2f}, rec {page.u_rec:.2f})"
+            f"\n{page.price:.2f}: {page.request_id}",
+            fontsize=7,
+        )
+    fig.suptitle(
+        f"{title}\n#rank page score (detection, recognition uncertainty), price; "
+        "each box: detection score, LaTeX (recognition confidence)",
+        fontsize=9,
+    )
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
+    return out.getvalue()
+
+
 def _image(location: Location) -> np.ndarray:
     """The logged image (grey or RGB); a grey square with a cross when it cannot be read."""
     try:
