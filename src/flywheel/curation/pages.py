@@ -73,7 +73,7 @@ def detection_uncertainty(
 ) -> float:
     """`max(u_grid, u_box, u_nms)` of one page (module doc), in [0, 1].
 
-    >>> detection_uncertainty(1.0, [0.99], [(0, 0, 10, 10)])
+    >>> round(detection_uncertainty(1.0, [0.99], [(0, 0, 10, 10)]), 6)
     0.02
     >>> detection_uncertainty(0.75, [0.6], [(0, 0, 10, 10)])  # a box at 0.6: 1 - |1.2 - 1|
     0.8
