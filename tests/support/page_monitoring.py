@@ -59,7 +59,9 @@ def page_plan(*, train: int = 30, val: int = 12) -> DataPlan:
         per_stratum={"train": train, "val": val, "test": 1},
         generator="flywheel.demo.pages:collect_pages",
         pages=PagePlan(
-            strata=PageStrata(level=("elementary", "middle"), writing=("printed",), noise=("clean",)),
+            strata=PageStrata(
+                level=("elementary", "middle"), writing=("printed",), noise=("clean",)
+            ),
             expressions=(2, 3),
         ),
     )

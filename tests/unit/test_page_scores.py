@@ -22,7 +22,7 @@ from flywheel.tasks.detection import (
 
 
 @pytest.mark.parametrize(
-    "confidence, scores, boxes, expected",
+    ("confidence", "scores", "boxes", "expected"),
     [
         (1.0, [], [], 0.0),  # a sure grid and no box
         (0.5, [], [], 1.0),  # a cell at 0.5: a formula missed or invented
@@ -41,7 +41,7 @@ def test_detection_uncertainty(
 
 
 @pytest.mark.parametrize(
-    "confidences, expected",
+    ("confidences", "expected"),
     [([], 0.0), ([1.0], 0.0), ([0.9, 0.2, 0.99], 0.8), ([0.0], 1.0)],
 )
 def test_recognition_uncertainty(confidences: list[float], expected: float) -> None:
@@ -49,7 +49,7 @@ def test_recognition_uncertainty(confidences: list[float], expected: float) -> N
 
 
 @pytest.mark.parametrize(
-    "u_det, u_rec, expected",
+    ("u_det", "u_rec", "expected"),
     [(0.0, 0.0, 0.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0), (0.5, 0.5, 0.75), (0.2, 0.1, 0.28)],
 )
 def test_page_score_is_a_noisy_or(u_det: float, u_rec: float, expected: float) -> None:
@@ -58,7 +58,8 @@ def test_page_score_is_a_noisy_or(u_det: float, u_rec: float, expected: float) -
 
 def test_page_score_ranks_an_uncertain_stage_above_a_sure_page() -> None:
     sure = page_score(0.05, 0.05)
-    assert page_score(0.6, 0.05) > sure and page_score(0.05, 0.6) > sure
+    assert page_score(0.6, 0.05) > sure
+    assert page_score(0.05, 0.6) > sure
 
 
 def test_the_budget_is_never_exceeded_and_cheaper_pages_fill_it() -> None:
@@ -73,8 +74,8 @@ def test_the_budget_is_never_exceeded_and_cheaper_pages_fill_it() -> None:
 
 def test_the_batch_spreads_over_clusters_of_the_embedding() -> None:
     rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, size=(10, 4)) + [1, 0, 0, 0]
-    b = rng.normal(0, 0.01, size=(10, 4)) + [0, 1, 0, 0]
+    a = rng.normal(0, 0.01, size=(10, 4)) + np.array([1, 0, 0, 0])
+    b = rng.normal(0, 0.01, size=(10, 4)) + np.array([0, 1, 0, 0])
     space = np.vstack([a, b])  # the top 2 x prefilter 10 pages: both kinds
     scores = np.concatenate([np.linspace(0.9, 0.8, 10), np.linspace(0.5, 0.4, 10)])
     prices = np.ones(20)
@@ -107,7 +108,7 @@ def test_the_detector_profiles_its_regions_and_their_mean_score() -> None:
 
 
 @pytest.mark.parametrize(
-    "latex, expected", [("x", "1"), ("12+7=19", "7"), ("\\sqrt{x}", "4"), ("", "0")]
+    ("latex", "expected"), [("x", "1"), ("12+7=19", "7"), ("\\sqrt{x}", "4"), ("", "0")]
 )
 def test_the_crop_stage_compares_transcript_lengths(latex: str, expected: str) -> None:
     assert token_count(latex) == expected

@@ -72,7 +72,8 @@ def test_both_models_carry_a_reference_profile_of_what_they_read(logged: Logged)
     assert sorted(pages["split"].unique()) == ["train", "val"]
     assert len(pages) == 2 * (30 + 12)  # a row per page of the two strata
     assert {"regions", "detection_score", "confidence"} <= set(pages.columns)
-    assert pages["regions"].min() >= 0 and pages["detection_score"].dropna().between(0.5, 1).all()
+    assert pages["regions"].min() >= 0
+    assert pages["detection_score"].dropna().between(0.5, 1).all()
     assert len(crops) > len(pages)  # a row per crop
     assert len(embedding_columns(pages)) == len(embedding_columns(crops)) == 16
     assert crops["confidence"].between(0, 1).all()
@@ -86,14 +87,17 @@ def test_in_distribution_pages_do_not_drift_and_shifted_pages_do_in_each_stage(
     print({s: r.check.to_dict() for s, r in calm.results.items()})  # the numbers, when it fails
     assert set(calm.results) == set(shifted.results) == {PAGE_STAGE, CROP_STAGE}
     assert not calm.results[PAGE_STAGE].drift, calm.results[PAGE_STAGE].check.signals
-    assert shifted.results[PAGE_STAGE].drift and shifted.results[CROP_STAGE].drift
+    assert shifted.results[PAGE_STAGE].drift
+    assert shifted.results[CROP_STAGE].drift
     assert "features" in shifted.results[PAGE_STAGE].check.reasons
     assert shifted.exit_code == 1
     page = shifted.results[PAGE_STAGE]
-    assert page.model_name == DETECTOR and page.window_size == PAGES
+    assert page.model_name == DETECTOR
+    assert page.window_size == PAGES
     assert "detection_score" in page.check.extra  # the regions' mean detection score
     crops = shifted.results[CROP_STAGE]
-    assert crops.model_name == RECOGNIZER and crops.window_size > 0
+    assert crops.model_name == RECOGNIZER
+    assert crops.window_size > 0
     # the crop stage of in-distribution pages: the scores stay well below the shifted ones
     calm_crops = calm.results[CROP_STAGE].check
     assert calm_crops.feature_share < crops.check.feature_share or not calm_crops.drift
@@ -110,15 +114,20 @@ def test_reports_and_snapshots_are_written_per_stage_and_a_window_is_checked_onc
     for stage, result in first.results.items():
         assert result.report_path is not None
         html = Path(str(result.report_path)).read_text()
-        assert result.model_name in html and "DRIFT" in html and "thresholds" in html
+        assert result.model_name in html
+        assert "DRIFT" in html
+        assert "thresholds" in html
         assert ("detection score" in html) == (stage == PAGE_STAGE)
     params = monitor_params(logged.root)
     for name in (DETECTOR, RECOGNIZER):
         windows = monitored_windows(workspace_dir(params), name)
-        assert windows and all(w.metadata["model_name"] == name for w in windows)
+        assert windows
+        assert all(w.metadata["model_name"] == name for w in windows)
     again = window(logged, DRIFT)
-    assert not again.results and set(again.already) == {PAGE_STAGE, CROP_STAGE}
-    assert again.already[PAGE_STAGE].drift and again.exit_code == 1
+    assert not again.results
+    assert set(again.already) == {PAGE_STAGE, CROP_STAGE}
+    assert again.already[PAGE_STAGE].drift
+    assert again.exit_code == 1
 
 
 def test_an_empty_window_says_what_to_do(logged: Logged) -> None:
@@ -157,7 +166,8 @@ def test_curation_buys_the_most_uncertain_diverse_pages_within_the_budget(logged
     selected = result.selected
     assert 0 < len(selected) <= 8
     spend = page_cost(selected["n_regions"].tolist(), params).spend
-    assert result.spend == pytest.approx(spend) and spend <= 12.0 + 1e-9
+    assert result.spend == pytest.approx(spend)
+    assert spend <= 12.0 + 1e-9
     assert selected["price"].sum() == pytest.approx(spend)
     assert selected["score"].is_monotonic_decreasing  # the batch is ranked, best first
     pages, regions = read_pages(logged.log)
@@ -166,7 +176,8 @@ def test_curation_buys_the_most_uncertain_diverse_pages_within_the_budget(logged
     assert least not in set(selected["request_id"])  # the surest page is not bought
     assert selected["score"].iloc[0] == pytest.approx(scored["score"].max())
     assert {rid.split("-")[0] for rid in selected["request_id"]} == {"in", "drift"}  # diverse
-    assert result.picture_file is not None and Path(str(result.picture_file)).stat().st_size
+    assert result.picture_file is not None
+    assert Path(str(result.picture_file)).stat().st_size
     tasks = json.loads(Path(str(result.queue_file)).read_text())
     assert [t["data"]["request_id"] for t in tasks] == selected["request_id"].tolist()
     for task in tasks:  # a person accepting the pre-annotation as it is
