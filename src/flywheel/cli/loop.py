@@ -65,6 +65,16 @@ def curate(
     from flywheel.tracking import configure_tracking
 
     p = read_params(params, set_)
+    if p.data.pages is not None:  # the page plan: pages, priced per box and transcription
+        if strategy is not None:
+            raise typer.BadParameter(
+                "a page plan ranks pages by the pair's uncertainty only", param_hint="--strategy"
+            )
+        from flywheel.cli.page_loop import curate_page_batch
+
+        with exit_on(CurationError):
+            curate_page_batch(p, params, budget, since, until, Path(log_dir) if log_dir else None)
+        return
     if strategy is not None and strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose one of {', '.join(STRATEGIES)}", param_hint="--strategy")
     with exit_on(CurationError, RegistryError):
@@ -217,6 +227,24 @@ def monitor(
     where = target(host, namespace, token, token_file, out) if trigger else None
     p = read_params(params, set_)
     configure_tracking()
+    if p.data.pages is not None:  # the page plan: both stages, versions from the page log
+        if where is not None or version is not None or report is not None:
+            raise abort(
+                "a page plan is monitored per stage: --trigger, --version and --report apply "
+                "to a one-model plan"
+            )
+        from flywheel.cli.page_loop import monitor_page_plan
+
+        monitor_page_plan(
+            p,
+            params,
+            since=since,
+            until=until,
+            last=last,
+            save=save,
+            force=force,
+            json_out=json_out,
+        )
     with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
         start = parse_time(since) if since else None
         end = parse_time(until) if until else None

@@ -18,7 +18,9 @@ What is compared, per prediction (`Window`):
   where no label is known) over the labelled rows.
 
 `monitor.triggers` names the signals whose drift makes the decision "drift";
-the others are reported.
+the others are reported. A model may be compared on columns of its own too
+(`ExtraColumn`: the page detector's mean detection score per page), each a
+drift test that counts towards one of the four signals.
 
 Scale: Evidently's cost grows with the rows it is given (about 2 s for 100k
 and 20 s for 1M rows here). Each side is therefore sampled to at most
@@ -53,6 +55,23 @@ CORRECT = "correct"
 MODEL_VERSION = "model_version"
 COMPONENT_PREFIX = "embedding_pc"
 SIGNALS: tuple[DriftSignal, ...] = ("features", "embedding", "prediction", "confidence")
+
+
+@dataclass(frozen=True)
+class ExtraColumn:
+    """A numerical column of a model's own, compared beside the common ones (NaN: no value).
+
+    Attributes:
+        name: the column, in both windows' `rows`.
+        test: its drift test.
+        signal: the signal (`SIGNALS`) its drift counts towards.
+        label: how reports and tables name it.
+    """
+
+    name: str
+    test: DriftTest
+    signal: DriftSignal
+    label: str
 
 
 @dataclass(frozen=True)
@@ -265,6 +284,9 @@ class DriftCheck:
         rows: window rows analysed (after sampling).
         reference_rows: reference rows analysed.
         notes: what a reader should know (sampling, labels left out by it).
+        extra: each `ExtraColumn`'s test, by column.
+        extra_means: each `ExtraColumn`'s mean over the analysed window.
+        reference_extra_means: the same over the reference.
     """
 
     drift: bool
@@ -287,6 +309,9 @@ class DriftCheck:
     rows: int
     reference_rows: int
     notes: tuple[str, ...] = field(default=())
+    extra: dict[str, ColumnDrift] = field(default_factory=dict)
+    extra_means: dict[str, float] = field(default_factory=dict)
+    reference_extra_means: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (NaN becomes None)."""
@@ -338,7 +363,13 @@ def feature_test(config: MonitorConfig, feature: str) -> DriftTest:
     return config.per_feature.get(feature, config.features)
 
 
-def build_report(config: MonitorConfig, components: Sequence[str], *, labelled: bool) -> Report:
+def build_report(
+    config: MonitorConfig,
+    components: Sequence[str],
+    *,
+    labelled: bool,
+    extra: Sequence[ExtraColumn] = (),
+) -> Report:
     """The Evidently report of a drift check (metrics only; the data comes with `run`).
 
     Per-column drift verdicts come from Evidently's own tests (`include_tests`);
@@ -401,16 +432,25 @@ def build_report(config: MonitorConfig, components: Sequence[str], *, labelled: 
         MaxValue(column=MODEL_VERSION, tests=[]),
         *threshold_metrics(config),
     ]
+    for column in extra:
+        metrics.append(
+            ValueDrift(
+                column=column.name, method=column.test.method, threshold=column.test.threshold
+            )
+        )
+        metrics.append(MeanValue(column=column.name, tests=[]))
     if labelled:
         metrics.append(MeanValue(column=CORRECT, tests=[]))
     return Report(metrics, include_tests=True)
 
 
-def drift_table(window: Window, projected: pd.DataFrame, *, labelled: bool) -> pd.DataFrame:
-    """The frame Evidently sees: features, components, prediction, confidence, version, correct."""
-    table = window.rows[[*FEATURE_COLUMNS, PREDICTION, CONFIDENCE, MODEL_VERSION]].reset_index(
-        drop=True
-    )
+def drift_table(
+    window: Window, projected: pd.DataFrame, *, labelled: bool, extra: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The frame Evidently sees: features, components, prediction, confidence, version, correct,
+    then the `extra` columns."""
+    columns = [*FEATURE_COLUMNS, PREDICTION, CONFIDENCE, MODEL_VERSION, *extra]
+    table = window.rows[columns].reset_index(drop=True)
     table = pd.concat([table, projected.reset_index(drop=True)], axis=1)
     if labelled:
         table[CORRECT] = (
@@ -431,6 +471,7 @@ def run_drift_report(
     metadata: Mapping[str, str] | None = None,
     tags: Sequence[str] = (),
     name: str | None = None,
+    extra: Sequence[ExtraColumn] = (),
 ) -> tuple[Snapshot, DriftCheck]:
     """Compare `current` with `reference` in one Evidently report; read the decision back.
 
@@ -444,6 +485,7 @@ def run_drift_report(
         metadata: snapshot metadata (shown and filterable in the UI).
         tags: snapshot tags.
         name: the snapshot's name.
+        extra: columns of the model's own, in both windows' rows.
 
     Returns:
         The Evidently snapshot (save it as HTML or into a workspace) and the check.
@@ -465,18 +507,25 @@ def run_drift_report(
     projector = EmbeddingProjector(config.embedding_components, config.seed)
     projector.fit(reference_s.embedding_matrix())
     labelled = current_s.labelled > 0
+    names = [c.name for c in extra]
+    missing = [n for n in names if n not in current.rows or n not in reference.rows]
+    if missing:
+        raise MonitoringError(f"the window or the reference lacks the columns {missing}")
     current_table = drift_table(
-        current_s, projector.transform(current_s.embedding_matrix()), labelled=labelled
+        current_s, projector.transform(current_s.embedding_matrix()), labelled=labelled, extra=names
     )
     reference_table = drift_table(
-        reference_s, projector.transform(reference_s.embedding_matrix()), labelled=labelled
+        reference_s,
+        projector.transform(reference_s.embedding_matrix()),
+        labelled=labelled,
+        extra=names,
     )
-    numerical = [*FEATURE_COLUMNS, *projector.columns, CONFIDENCE, MODEL_VERSION]
+    numerical = [*FEATURE_COLUMNS, *projector.columns, CONFIDENCE, MODEL_VERSION, *names]
     definition = DataDefinition(
         numerical_columns=[*numerical, *([CORRECT] if labelled else [])],
         categorical_columns=[PREDICTION],
     )
-    report = build_report(config, projector.columns, labelled=labelled)
+    report = build_report(config, projector.columns, labelled=labelled, extra=extra)
     snapshot = report.run(
         Dataset.from_pandas(current_table, data_definition=definition),
         Dataset.from_pandas(reference_table, data_definition=definition),
@@ -502,6 +551,8 @@ def run_drift_report(
             float(reference_s.rows[CORRECT].mean()) if reference_s.labelled else None
         ),
         notes=tuple(notes),
+        extra=extra,
+        reference_extra_means={n: float(reference_s.rows[n].mean()) for n in names},
     )
     return snapshot, check
 
@@ -527,6 +578,8 @@ def read_check(
     reference_mean_confidence: float = math.nan,
     reference_accuracy: float | None = None,
     notes: tuple[str, ...] = (),
+    extra: Sequence[ExtraColumn] = (),
+    reference_extra_means: Mapping[str, float] | None = None,
 ) -> DriftCheck:
     """Read a drift check's snapshot back by metric type and column (never by position).
 
@@ -571,6 +624,9 @@ def read_check(
         "prediction": prediction.drifted,
         "confidence": confidence.drifted,
     }
+    own = {c.name: column(c.name, c.test) for c in extra}
+    for c in extra:
+        signals[c.signal] = signals[c.signal] or own[c.name].drifted
     drift, reasons = decide(signals, config.triggers)
     shares = by_key[("UniqueValueCount", PREDICTION)]["shares"]
     accuracy = by_key.get(("MeanValue", CORRECT))
@@ -595,4 +651,7 @@ def read_check(
         rows=rows,
         reference_rows=reference_rows,
         notes=notes,
+        extra=own,
+        extra_means={c.name: float(by_key[("MeanValue", c.name)]) for c in extra},
+        reference_extra_means=dict(reference_extra_means or {}),
     )

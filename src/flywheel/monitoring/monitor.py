@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ from flywheel.config import Params
 from flywheel.monitoring.drift import (
     PREDICTION,
     DriftCheck,
+    ExtraColumn,
+    Window,
     run_drift_report,
     window_from_predictions,
     window_from_reference,
@@ -53,6 +56,7 @@ from flywheel.monitoring.workspace import (
 from flywheel.storage import Location, join, reported, state_url, write_bytes
 
 if TYPE_CHECKING:
+    from evidently.ui.workspace import Workspace
     from rich.table import Table
 
 logger = logging.getLogger(__name__)
@@ -126,6 +130,8 @@ class MonitorResult:
         report_path: the HTML report (None when not saved).
         project_id: the Evidently project (None when not saved).
         snapshot_id: the Evidently snapshot (None when not saved).
+        labels: how the tables name `prediction`, `confidence` and the model's own columns
+            (the page detector's `prediction` is its regions per page).
     """
 
     model_name: str
@@ -140,6 +146,7 @@ class MonitorResult:
     report_path: Location | None = None
     project_id: str | None = None
     snapshot_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def drift(self) -> bool:
@@ -173,6 +180,8 @@ class MonitorResult:
         if c.reference_accuracy is not None:
             values["reference_accuracy"] = c.reference_accuracy
         values |= {f"drift_score[{k}]": v.score for k, v in c.features.items()}
+        values |= {f"drift_score[{k}]": v.score for k, v in c.extra.items()}
+        values |= {f"mean_{k}": v for k, v in c.extra_means.items()}
         return {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,20 +358,90 @@ def monitor(
         load_reference(name, chosen), config.reference_splits, version=int(chosen)
     )
     start, end = frame["time"].iloc[0].to_pydatetime(), frame["time"].iloc[-1].to_pydatetime()
+    return check_window(
+        params,
+        name,
+        chosen,
+        current,
+        reference,
+        start,
+        end,
+        other_versions=others,
+        low_information=left_out,
+        save=save,
+        report_path=report_path,
+        force=force,
+    )
+
+
+def label_order(label: str) -> tuple[bool, int, str]:
+    """Sort key of predicted labels: those starting with a count by the count, then the rest.
+
+    >>> sorted(["10 formulas", "2 formulas", "b", "1"], key=label_order)
+    ['1', '2 formulas', '10 formulas', 'b']
+    """
+    digits = label[: len(label) - len(label.lstrip("0123456789"))]
+    return (not digits, int(digits) if digits else 0, label)
+
+
+def check_window(
+    params: Params,
+    name: str,
+    version: str,
+    current: Window,
+    reference: Window,
+    start: datetime,
+    end: datetime,
+    *,
+    other_versions: int = 0,
+    low_information: int = 0,
+    save: bool = True,
+    report_path: Location | None = None,
+    force: bool = False,
+    extra: Sequence[ExtraColumn] = (),
+    labels: Mapping[str, str] | None = None,
+    workspace: Workspace | None = None,
+) -> MonitorResult:
+    """Compare one window of a model version with its reference; save the report and snapshot.
+
+    What `monitor` does once the window is read, and what the page service's
+    monitoring (`flywheel.monitoring.pages`) does for each of its two stages.
+
+    Args:
+        params: `monitor` (tests, thresholds, workspace, reports).
+        name: the registered model (its Evidently project).
+        version: the version that served `current` (whose profile is `reference`).
+        current: the window's rows.
+        reference: the version's reference rows.
+        start, end: the window's first and last prediction (UTC).
+        other_versions: predictions of other versions left out, for the result.
+        low_information: predictions flagged low-information left out, for the result.
+        save: write the HTML report and add the snapshot to the workspace.
+        report_path: a copy of the HTML report.
+        force: check a window the workspace holds already again.
+        extra: the model's own columns (`ExtraColumn`).
+        labels: how the report names `prediction`, `confidence` and the extra columns.
+        workspace: the Evidently workspace, already opened (opening parses every snapshot).
+
+    Raises:
+        AlreadyMonitoredError: `save`, not `force`, and the window has a snapshot already.
+        MonitoringError: the workspace or the report cannot be read or written.
+    """
+    config = params.monitor
+    labels = {**{c.name: c.label for c in extra}, **(labels or {})}
     window = {
         "model_name": name,
-        "model_version": chosen,
+        "model_version": version,
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
     }
-    workspace = workspace_dir(params)
+    location = workspace_dir(params)
     earlier: list[MonitoredWindow] = []
-    opened = None
     if save:
         try:
-            with reported(workspace):  # Evidently reads through fsspec: a bucket's errors too
-                opened = open_workspace(workspace)  # parses every snapshot: once per run
-                earlier = monitored_windows(workspace, name, opened)
+            with reported(location):  # Evidently reads through fsspec: a bucket's errors too
+                workspace = workspace or open_workspace(location)  # parses every snapshot
+                earlier = monitored_windows(location, name, workspace)
         except OSError as err:
             raise MonitoringError(f"cannot read the Evidently workspace: {err}") from err
         if not force and (same := same_window(earlier, window)) is not None:
@@ -373,30 +452,34 @@ def monitor(
         config,
         timestamp=end.astimezone(UTC).replace(tzinfo=None),  # Evidently keeps naive times
         metadata=window,
-        tags=[f"v{chosen}"],
-        name=f"{name} v{chosen} {end:%Y-%m-%d %H:%M} UTC",
+        tags=[f"v{version}"],
+        name=f"{name} v{version} {end:%Y-%m-%d %H:%M} UTC",
+        extra=extra,
     )
     result = MonitorResult(
         model_name=name,
-        model_version=chosen,
+        model_version=version,
         window_start=start,
         window_end=end,
-        window_size=len(frame),
-        other_versions=others,
+        window_size=len(current),
+        other_versions=other_versions,
         labelled=current.labelled,
         check=check,
-        low_information=left_out,
+        low_information=low_information,
+        labels=labels,
     )
     if not save:
         return result
     from flywheel.monitoring.report_view import Header, present
     from flywheel.monitoring.workspace import save_snapshot
 
-    stem = f"{name}-v{chosen}-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}"
+    stem = f"{name}-v{version}-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}"
     path = join(reports_dir(params), f"{stem}.html")  # one per window
-    header = Header(name, chosen, start, end, len(frame), check, tuple(config.triggers))
-    labels = set(reference.rows[PREDICTION].astype(str)) | set(check.prediction_shares)
-    classes = sorted(labels, key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else 0, x))
+    header = Header(
+        name, version, start, end, len(current), check, tuple(config.triggers), labels=labels
+    )
+    found = set(reference.rows[PREDICTION].astype(str)) | set(check.prediction_shares)
+    classes = sorted(found, key=label_order)
     snapshot = present(
         snapshot,
         header,
@@ -412,15 +495,17 @@ def monitor(
         html = snapshot.get_html_str(as_iframe=False).encode("utf-8")
         for where in dict.fromkeys([path, report_path or path]):
             write_bytes(where, html)
-        with reported(workspace):  # Evidently writes through fsspec: a bucket's errors too
+        with reported(location):  # Evidently writes through fsspec: a bucket's errors too
             project_id, snapshot_id = save_snapshot(
-                workspace,
+                location,
                 name,
                 snapshot,
                 components=list(check.embedding),
                 classes=classes,
                 earlier=earlier,
-                workspace=opened,
+                workspace=workspace,
+                extra=[(c.name, c.label) for c in extra],
+                labels=labels,
             )
     except OSError as err:
         raise MonitoringError(f"cannot save the report or the snapshot: {err}") from err
@@ -475,13 +560,21 @@ def result_table(result: MonitorResult) -> Table:
         f">= {c.embedding_share_threshold:g}",
         mark(c.signals["embedding"]),
     )
-    for label, test in (("predicted labels", c.prediction), ("confidence", c.confidence)):
+    named = {"prediction": "predicted labels", "confidence": "confidence", **result.labels}
+    tests = [(named["prediction"], c.prediction), (named["confidence"], c.confidence)]
+    for label, test in [*tests, *((named.get(k, k), t) for k, t in c.extra.items())]:
         table.add_row(
             label, f"{test.score:.3f}", f"{test.method} {test.threshold:g}", mark(test.drifted)
         )
     table.add_row(
-        "mean confidence", f"{c.mean_confidence:.3f}", f"ref {c.reference_mean_confidence:.3f}", ""
+        f"mean {named['confidence']}",
+        f"{c.mean_confidence:.3f}",
+        f"ref {c.reference_mean_confidence:.3f}",
+        "",
     )
+    for k, mean in c.extra_means.items():
+        expected = c.reference_extra_means.get(k, math.nan)
+        table.add_row(f"mean {named.get(k, k)}", f"{mean:.3f}", f"ref {expected:.3f}", "")
     if c.accuracy is not None:
         reference = "" if c.reference_accuracy is None else f"ref {c.reference_accuracy:.3f}"
         table.add_row(f"accuracy ({result.labelled} labelled)", f"{c.accuracy:.3f}", reference, "")

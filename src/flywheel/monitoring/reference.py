@@ -21,7 +21,15 @@ carries it. Columns (`REFERENCE_COLUMNS` plus the features and the embedding):
 * `image_id`, `split`, `label` (the true class), `style`, `noise`, `stratum`;
 * one float column per summary feature (`flywheel.monitoring.features.FEATURE_COLUMNS`);
 * `prediction` (predicted class), `confidence` (its probability), `correct`;
+* the task's own columns (`Task.profile_columns`): a detector's `regions` per
+  page and their mean `detection_score`; none for classification;
 * `embedding_0 ... embedding_{D-1}` (float32).
+
+Each model of the page service is profiled the same way: the detector on the
+pages of its training and validation splits (what it reads: one row per page,
+`prediction` the regions it found, e.g. `3 formulas`, `confidence` its least
+certain grid cell), the recogniser on their crops (`crops.csv`: one row per
+crop, `prediction` its transcript, `confidence` the probability of the CTC path).
 """
 
 from __future__ import annotations
@@ -168,6 +176,8 @@ def compute_reference(
         part["prediction"] = np.asarray(decoded.labels, dtype=object)
         part["confidence"] = decoded.confidence.astype(np.float64)
         part["correct"] = part["prediction"] == part["label"]
+        for name, values in task.profile_columns(decoded).items():  # a detector's regions
+            part[name] = values
         embedding_frame = pd.DataFrame(
             decoded.embedding.astype(np.float32),  # (N, D)
             columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(decoded.embedding.shape[1])],

@@ -25,7 +25,7 @@ This module imports Evidently: import it inside functions only (see
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,6 +125,8 @@ class Header:
         window_size: predictions checked.
         check: the drift check (verdict, signals, thresholds).
         triggers: the signals that decide (`monitor.triggers`).
+        labels: how the table names `prediction`, `confidence` and the model's own columns
+            (`DriftCheck.extra`); defaults: "predicted labels", "confidence", the column.
     """
 
     model_name: str
@@ -134,6 +136,7 @@ class Header:
     window_size: int
     check: DriftCheck
     triggers: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
@@ -150,6 +153,7 @@ class Header:
     def widgets(self) -> list[BaseWidgetInfo]:
         """The verdict counters, then the table of signals and thresholds."""
         c = self.check
+        named = {"prediction": "predicted labels", "confidence": "confidence", **self.labels}
         analysed = f" ({c.rows} analysed)" if c.rows != self.window_size else ""
         top = counter(
             title=f"{self.model_name} version {self.model_version}: {self.verdict}",
@@ -178,18 +182,14 @@ class Header:
                 f">= {c.embedding_share_threshold:g}",
                 c.signals["embedding"],
             ),
-            _row(
-                "predicted labels",
-                c.prediction.score,
-                f"{c.prediction.method} {c.prediction.threshold:g}",
-                c.prediction.drifted,
-            ),
-            _row(
-                "confidence",
-                c.confidence.score,
-                f"{c.confidence.method} {c.confidence.threshold:g}",
-                c.confidence.drifted,
-            ),
+            *[
+                _row(named.get(n, n), t.score, f"{t.method} {t.threshold:g}", t.drifted)
+                for n, t in (
+                    ("prediction", c.prediction),
+                    ("confidence", c.confidence),
+                    *c.extra.items(),
+                )
+            ],
         ]
         table = table_data(
             title=f"Signals and thresholds (monitor.triggers: {', '.join(self.triggers)})",

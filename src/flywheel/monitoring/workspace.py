@@ -88,6 +88,8 @@ def dashboard_model(
     *,
     classes: Sequence[str] = (),
     latest: MonitoredWindow | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> DashboardModel:
     """The project dashboard: the panels of the module docstring, in one tab.
 
@@ -97,6 +99,10 @@ def dashboard_model(
         classes: the predicted labels, one stacked series each in this order (colours
             follow the order; see `PALETTE_NOTE`).
         latest: the latest window (by time), described on the status panel.
+        extra: the model's own columns (`drift.ExtraColumn`) as `(column, label)`: a panel
+            each, its mean and its drift score.
+        labels: how the panels name `prediction` and `confidence` (the page detector's
+            predictions are its regions per page).
     """
     from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
     from evidently.sdk.panels import bar_plot_panel, counter_panel, line_plot_panel, text_panel
@@ -115,6 +121,7 @@ def dashboard_model(
     def threshold(signal: str, legend: str) -> PanelMetric:
         return PanelMetric(legend=legend, metric=THRESHOLD_METRIC, metric_labels={"signal": signal})
 
+    named = {"prediction": "Prediction", "confidence": "confidence", **(labels or {})}
     features, embedding = list(FEATURE_COLUMNS), list(components)
     parts = -(-len(features) // 6)  # the UI's 7 colours: 6 features and the threshold
     groups = [features[i::parts] for i in range(parts)]
@@ -171,8 +178,8 @@ def dashboard_model(
             size="half",
         ),
         line_plot_panel(
-            "Mean confidence",
-            [column("MeanValue", CONFIDENCE, "mean confidence")],
+            f"Mean {named['confidence']}",
+            [column("MeanValue", CONFIDENCE, f"mean {named['confidence']}")],
             size="half",
         ),
         line_plot_panel(
@@ -182,7 +189,7 @@ def dashboard_model(
             size="half",
         ),
         bar_plot_panel(
-            "Prediction distribution",
+            f"{named['prediction'].capitalize()} distribution",
             shares,
             description="share of each predicted label per window, labels in a fixed order. "
             + PALETTE_NOTE,
@@ -209,15 +216,27 @@ def dashboard_model(
             for i, group in enumerate(groups)
         ],
         line_plot_panel(
-            "Prediction and confidence drift scores",
+            f"{named['prediction'].capitalize()} and {named['confidence']} drift scores",
             [
-                column("ValueDrift", PREDICTION, "predicted labels"),
+                column("ValueDrift", PREDICTION, named["prediction"]),
                 threshold("prediction", "threshold (monitor.prediction)"),
-                column("ValueDrift", CONFIDENCE, "confidence"),
+                column("ValueDrift", CONFIDENCE, named["confidence"]),
                 threshold("confidence", "threshold (monitor.confidence)"),
             ],
             size="half",
         ),
+        *[
+            line_plot_panel(
+                label.capitalize(),
+                [
+                    column("MeanValue", name, f"mean {label}"),
+                    column("ValueDrift", name, "drift score"),
+                ],
+                description=f"the window's mean {label} and its drift test's value",
+                size="half",
+            )
+            for name, label in extra
+        ],
     ]
     tab = DashboardTabModel(title="Drift", panels=[p.id for p in panels])
     return DashboardModel(tabs=[tab], panels=panels)
@@ -320,6 +339,8 @@ def save_snapshot(
     classes: Sequence[str] = (),
     earlier: Sequence[MonitoredWindow] = (),
     workspace: Workspace | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """Add a snapshot to the model's project and (re)write its dashboard.
 
@@ -332,6 +353,7 @@ def save_snapshot(
         earlier: the windows the project held before (`monitored_windows`): the latest
             of them and this one, by time, is the status panel's.
         workspace: the workspace already opened on `workspace_dir`, if any.
+        extra, labels: as `dashboard_model` takes them.
 
     Returns:
         `(project id, snapshot id)`.
@@ -343,6 +365,8 @@ def save_snapshot(
     metadata = {k: str(v) for k, v in model.metadata.items()}
     this = MonitoredWindow(model_name, str(project.id), str(ref.id), model.timestamp, metadata)
     latest = max([*earlier, this], key=lambda w: w.timestamp)
-    dashboard = dashboard_model(model_name, components, classes=classes, latest=latest)
+    dashboard = dashboard_model(
+        model_name, components, classes=classes, latest=latest, extra=extra, labels=labels
+    )
     workspace.save_dashboard(project.id, dashboard)
     return str(project.id), str(ref.id)

@@ -542,6 +542,16 @@ class Task(ABC):
         array = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
         return self.preprocessing.stored(array)
 
+    def profile_columns(self, decoded: DecodedBatch) -> dict[str, np.ndarray]:
+        """Columns of the reference profile only this task has, one value per sample.
+
+        Drift monitoring profiles every task's summary features, label,
+        confidence and embedding (`flywheel.monitoring.reference`); a task adds
+        what else its traffic is compared on (a detector: the regions it
+        reports per page and their scores). None by default.
+        """
+        return {}
+
     @abstractmethod
     def export_module(self, model: nn.Module) -> nn.Module:
         """Wrap the trained model for export: one input tensor → one output tensor.

@@ -66,6 +66,12 @@ FORMULA_SCORE = 0.5
 counts in its label and what the page pipeline (`flywheel.tasks.page_pipeline`) reads.
 Lower-scored detections still count for mAP, which ranks every detection."""
 
+REGIONS_COLUMN = "regions"
+"""Profile column (`DetectionTask.profile_columns`): the detections scoring at least
+`FORMULA_SCORE` on a page, the regions the page service answers with."""
+DETECTION_SCORE_COLUMN = "detection_score"
+"""Profile column: the mean score of those detections (NaN on a page without one)."""
+
 _REQUIRED_COLUMNS = ("image_id", "path", "split")
 
 PageSample = tuple[Tensor, Tensor]
@@ -472,3 +478,23 @@ class DetectionTask(Task):
             embedding=embedding,
             predictions=object_array(found),
         )
+
+    def profile_columns(self, decoded: DecodedBatch) -> dict[str, np.ndarray]:
+        """`regions` per page (`REGIONS_COLUMN`) and their mean `detection_score`, as served.
+
+        The page service reports the detections scoring at least `FORMULA_SCORE`
+        (`flywheel.tasks.page_pipeline.PagePipeline.page_boxes`); monitoring
+        compares how many a page holds and how sure the detector is of them.
+
+        Raises:
+            ValueError: the decoded outputs hold no detections.
+        """
+        if decoded.predictions is None:
+            raise ValueError("the decoded outputs hold no detections (not a detector's output)")
+        scores = [d[d[:, 4] >= FORMULA_SCORE, 4] for d in decoded.predictions]
+        return {
+            REGIONS_COLUMN: np.asarray([len(s) for s in scores], dtype=np.int64),
+            DETECTION_SCORE_COLUMN: np.asarray(
+                [float(s.mean()) if len(s) else np.nan for s in scores], dtype=np.float64
+            ),
+        }
