@@ -316,6 +316,14 @@ def start_label_studio(
             made = create_access_tokens(executable, data_dir, cfg.admin, wanted)
             owner = owner or made[cfg.admin]
             known = {**known, **{m: made[m] for m in wanted}}
+        if not _accepted(server, owner):  # minted while the server was not yet the one answering
+            made = create_access_tokens(executable, data_dir, cfg.admin, list(known))
+            owner, known = made[cfg.admin], {m: made[m] for m in known}
+            if not _accepted(server, owner):
+                raise LabelStudioError(
+                    f"the server answering on {url} refuses the owner's new access token: "
+                    f"is another Label Studio on that port? (log {server.log})"
+                )
         server.connection = replace(server.connection, token=owner, members=known)
         write_connection(server.connection, connection_file)
     except BaseException:
@@ -345,6 +353,32 @@ def seed_database(data_dir: Path, executable: Path) -> bool:
         return False
     shutil.copy2(template, target)
     return True
+
+
+def _accepted(server: LabelStudioServer, token: str, tries: int = 10) -> bool:
+    """Whether the server takes `token` (`/api/current-user/whoami`), asked while it lives.
+
+    A personal access token is traded for an access token first (`label-studio-sdk`
+    does it), so the check goes through the SDK as every later request does.
+    """
+    import httpx
+    from label_studio_sdk import LabelStudio
+    from label_studio_sdk.core.api_error import ApiError
+
+    client = LabelStudio(base_url=server.connection.url, api_key=token, timeout=30)
+    for _ in range(tries):
+        if not server.alive():
+            return False
+        try:
+            client.users.whoami()
+            return True
+        except ApiError as err:
+            if err.status_code not in (401, 403):
+                raise LabelStudioError(f"Label Studio refused whoami: {err}") from None
+        except httpx.HTTPError:
+            pass  # not answering this moment: ask again
+        time.sleep(2.0)
+    return False
 
 
 def _wait_until_healthy(server: LabelStudioServer, timeout: float) -> None:
