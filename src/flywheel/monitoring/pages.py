@@ -60,6 +60,7 @@ from flywheel.monitoring.monitor import (
 )
 from flywheel.monitoring.reference import MonitoringError, ReferenceNotFoundError, load_reference
 from flywheel.monitoring.workspace import MonitoredWindow
+from flywheel.storage import Location
 
 if TYPE_CHECKING:
     from evidently.ui.workspace import Workspace
@@ -104,20 +105,18 @@ def stage_params(params: Params) -> dict[str, Params]:
     return {task: parse_params(raw, {"train.task": task}) for task in STAGES}
 
 
-def page_log_root(params: Params, base: Path | None = None) -> Path:
-    """Where the page service of this plan writes its log (`page_log.page_predictions_dir`).
+def page_log_root(params: Params, base: Path | None = None) -> Location:
+    """Where the page service of this plan writes its log (`page_log.page_predictions_dir`):
+    a local folder, or a URL under an object-store state URL.
 
     Raises:
-        MonitoringError: not a page plan, or the log is not a local folder.
+        MonitoringError: not a page plan.
     """
     from flywheel.monitoring.page_log import page_predictions_dir
 
     stages = stage_params(params)
     detector, recognizer = (stages[t].evaluate.registered_model for t in STAGES)
-    root = page_predictions_dir(stages[PAGE_STAGE], detector, recognizer, base)
-    if not isinstance(root, Path):
-        raise MonitoringError(f"the page log is kept in local folders only, got {root}")
-    return root
+    return page_predictions_dir(stages[PAGE_STAGE], detector, recognizer, base)
 
 
 def token_count(latex: str) -> str:
@@ -262,7 +261,7 @@ def monitor_pages(
     since: datetime | None = None,
     until: datetime | None = None,
     last: int | None = None,
-    log_dir: Path | None = None,
+    log_dir: Location | None = None,
     save: bool = True,
     now: datetime | None = None,
     force: bool = False,
