@@ -210,7 +210,9 @@ def monitor(
     KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
     submit` takes them); the decision (fired, held back and why, none) is
     recorded under <state>/monitoring/triggers/ and printed. Exit status 0
-    for any verdict, 2 on an error (the endpoint refused included).
+    for any verdict, 2 on an error (the endpoint refused included). A page
+    plan (--params plans/pages.yaml) is decided on both stages: drift in
+    either, each on at least its own minimum window (pages, crops).
     """
     import json
     from dataclasses import asdict
@@ -228,10 +230,10 @@ def monitor(
     p = read_params(params, set_)
     configure_tracking()
     if p.data.pages is not None:  # the page plan: both stages, versions from the page log
-        if where is not None or version is not None or report is not None:
+        if version is not None or report is not None:
             raise abort(
-                "a page plan is monitored per stage: --trigger, --version and --report apply "
-                "to a one-model plan"
+                "a page plan is monitored per stage: --version and --report apply to a "
+                "one-model plan"
             )
         from flywheel.cli.page_loop import monitor_page_plan
 
@@ -244,6 +246,8 @@ def monitor(
             save=save,
             force=force,
             json_out=json_out,
+            where=where,
+            pairs=list(set_ or []),
         )
     with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
         start = parse_time(since) if since else None

@@ -1,9 +1,12 @@
 """The page loop with its state in object storage: a tiny trained pair answers pages, the real
 `PageLogger` puts them into a bucket of an S3-compatible server (moto on 127.0.0.1), and
-`monitor_pages`, `curate_pages` (its tasks and picture) and the page merge read them back.
+`monitor_pages`, `curate_pages` (its tasks and picture) and the page merge read them back;
+`flywheel monitor --trigger` of the page plan decides on both stages and submits the curation
+pipeline to a recording stand-in of the KFP REST API.
 
 The plan names no local log: as on a cluster, `state.url` is `s3://...` and the page log,
-the Evidently workspace, the reports, the queue and the spend all live under it.
+the Evidently workspace, the reports, the queue, the spend and the trigger decisions all
+live under it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from flywheel.cli import app
 from flywheel.config import Params, parse_params
 from flywheel.monitoring.pages import CROP_STAGE, PAGE_STAGE, monitor_pages, page_log_root
 from flywheel.storage import Location, read_bytes
+from tests.support.kfp_api import kfp_stand_in
 from tests.support.object_store import ObjectStore, object_store
 from tests.support.page_monitoring import (
     PagePair,
@@ -158,3 +166,79 @@ def test_curation_names_the_pages_in_the_bucket_and_the_merge_reads_them(
     for row in merged.added.itertuples():  # the bytes served, copied into the dataset
         served = read_bytes(by_id[str(row.image_id)]["data"]["image_path"])
         assert (staged / str(row.path)).read_bytes() == served
+
+
+def _monitor_trigger(
+    stored: Stored, tmp_path: Path, api_url: str, start: datetime, *extra: str
+) -> dict[str, Any]:
+    raw = stored.params.model_dump(mode="json")
+    raw["monitor"]["trigger"] = {
+        "cooldown_hours": 12,
+        "max_runs_per_day": 2,
+        "min_window_size": 20,  # pages, for the detector
+        "budget": 50.0,
+        "experiment": "drift-triggered",
+    }
+    # each stage's own minimum: pages for the detector, crops for the recogniser (whose
+    # drift alone never counts here)
+    raw["tasks"]["detection"]["monitor"] = {"trigger": {"min_window_size": 20}}
+    raw["tasks"]["recognition"]["monitor"] = {"trigger": {"min_window_size": 100_000}}
+    raw["curate"] = {"cost": {"per_cycle": 40.0}}
+    params = tmp_path / "pages.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    window = ["--since", start.isoformat(), "--until", (start + timedelta(hours=1)).isoformat()]
+    args = ["monitor", "--trigger", "--host", api_url, "--namespace", "team", "--json"]
+    out = ["--out", str(tmp_path / "compiled"), "--params", str(params)]
+    result = CliRunner().invoke(app, [*args, *window, *out, *extra])
+    assert result.exit_code == 0, result.output  # a verdict is not a failure
+    document: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return document
+
+
+def test_monitor_trigger_of_the_page_plan_decides_on_both_stages(
+    stored: Stored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.workflows.trigger import read_decisions
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no KFP context of the person
+    for name in ("FLYWHEEL_KFP_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    with kfp_stand_in() as api:
+        calm = _monitor_trigger(stored, tmp_path, api.url, IN, "--force")
+        assert api.calls("POST", "/runs") == []  # in distribution: nothing submitted
+        first = _monitor_trigger(stored, tmp_path, api.url, DRIFT, "--force")
+        (run,) = api.calls("POST", "/runs")  # the detector drifted on 60 pages: one run
+        second = _monitor_trigger(stored, tmp_path, api.url, DRIFT, "--force")
+        assert len(api.calls("POST", "/runs")) == 1  # drift again, within the cooldown
+        again = _monitor_trigger(stored, tmp_path, api.url, DRIFT)  # checked before
+        assert len(api.calls("POST", "/runs")) == 1
+
+    decision = calm["trigger"]
+    stages = {s["stage"]: s for s in decision["stages"]}
+    assert not stages[PAGE_STAGE]["drift"]
+    if stages[CROP_STAGE]["drift"]:  # the recogniser's drift is below its own minimum
+        assert decision["action"] == "held"
+        assert decision["reasons"] == [
+            f"{CROP_STAGE}: window of {stages[CROP_STAGE]['window_size']} crops < "
+            "min_window_size 100000"
+        ]
+    else:
+        assert decision["action"] == "none"
+
+    fired = first["trigger"]
+    assert fired["action"] == "fired", fired
+    assert fired["drift"] is True
+    assert fired["window_size"] == PAGES
+    assert any(s.startswith(f"{PAGE_STAGE}: ") for s in fired["drift_signals"])
+    assert {s["stage"]: s["window_size"] for s in fired["stages"]}[PAGE_STAGE] == PAGES
+    assert 0 < fired["budget_left"] <= 50.0  # less what the curation above spent
+    assert run.body["display_name"].startswith("curation-drift-")
+    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "curation"
+    assert second["trigger"]["action"] == "held"
+    assert second["trigger"]["reasons"][0].startswith("cooldown: last fired")
+    assert "trigger" not in again  # every stage's window decided before: no decision
+
+    recorded = read_decisions(str(stored.params.state.url))
+    assert [d.action for d in recorded][-3:] == [decision["action"], "fired", "held"]
+    assert recorded[-2].run_id is not None
+    assert stored.store.keys(f"{stored.params.state.url}/monitoring/triggers")
