@@ -208,11 +208,18 @@ def log_pages(
     return ids
 
 
-def monitor_params(tmp: Path, state: Location | None = None, **monitor: object) -> Params:
-    """The two-stage page plan naming the test models, its state under `tmp` (or at `state`)."""
+def monitor_params(
+    tmp: Path, state: Location | None = None, plan: DataPlan | None = None, **monitor: object
+) -> Params:
+    """The two-stage page plan naming the test models, its state under `tmp` (or at `state`).
+
+    `plan`: the data the pair learned from (`PagePair.plan`), where monitoring finds the
+    pages it profiles the crop stage's reference on (`flywheel.monitoring.page_reference`);
+    default `page_plan()` under a relative root that is not there.
+    """
     from flywheel.config import parse_params
 
-    plan = page_plan()
+    plan = plan if plan is not None else page_plan()
     raw = {
         "data": plan.model_dump(mode="json"),
         "train": {"task": "detection"},

@@ -70,6 +70,7 @@ def stored(object_store: ObjectStore, tmp_path_factory: pytest.TempPathFactory) 
         params = monitor_params(
             root,
             state=object_store.prefix("pages-state"),
+            plan=pair.plan,
             features={"method": "wasserstein", "threshold": 0.3},
             embedding={"method": "wasserstein", "threshold": 0.3},
         )
