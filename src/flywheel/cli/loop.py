@@ -320,6 +320,14 @@ def reference(
     ] = None,
     model: ModelOpt = None,
     dataset: DatasetOpt = None,
+    pair: Annotated[
+        bool,
+        typer.Option(
+            "--pair",
+            help="A page plan: the crop stage's reference, the production recogniser on the "
+            "crops the production detector cuts; kept in the state store.",
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -327,6 +335,11 @@ def reference(
 
     Training does this for every new model; use it for versions trained before,
     or to profile a version on the dataset it was trained on after the fact.
+
+    With --pair (a page plan, --params plans/pages.yaml): the crop stage's
+    reference of the production pair (flywheel.monitoring.page_reference),
+    made where the page dataset is so that a monitor without it finds it in
+    the state store.
     """
     from flywheel.evaluation import EvaluationError
     from flywheel.monitoring import MonitoringError, build_version_reference
@@ -336,6 +349,19 @@ def reference(
 
     p = read_params(params, set_)
     configure_tracking()
+    if pair:
+        if version is not None or model is not None:
+            raise abort("--pair profiles the production pair: --version and --model do not apply")
+        from flywheel.monitoring.page_reference import build_pair_reference
+
+        with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
+            where, frame = build_pair_reference(p, dataset_dir=dataset)
+        console.print(
+            f"crop-stage reference: {len(frame)} crops the detector cut from the "
+            f"{'+'.join(p.monitor.reference_splits)} pages → {where}",
+            soft_wrap=True,
+        )
+        return
     name = model or p.evaluate.registered_model
     with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
         chosen = version or version_for_alias(name, "production")

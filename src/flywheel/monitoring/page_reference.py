@@ -27,6 +27,7 @@ import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
@@ -39,6 +40,9 @@ from flywheel.monitoring.reference import (
     ReferenceNotFoundError,
 )
 from flywheel.storage import Location, is_file, join, read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from flywheel.config import Params
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +144,7 @@ def detected_crop_reference(
     dataset_dir: Path,
     *,
     splits: Sequence[str] = DEFAULT_SPLITS,
+    refresh: bool = False,
 ) -> pd.DataFrame:
     """The detected-crop profile of a pair of versions: kept in the state store, made once.
 
@@ -149,6 +154,7 @@ def detected_crop_reference(
         detector: the detector's registered name and version (the one that cut the crops).
         dataset_dir: the page dataset, read when the profile is not kept yet.
         splits: the reference splits (`monitor.reference_splits`).
+        refresh: make it again even where it is kept.
 
     Raises:
         ReferenceNotFoundError: not kept, and the dataset is not there to make it.
@@ -157,7 +163,7 @@ def detected_crop_reference(
     from flywheel.registry import model_uri
 
     location = pair_reference_location(state, recognizer, detector)
-    if is_file(location):
+    if not refresh and is_file(location):
         frame = pd.read_parquet(io.BytesIO(read_bytes(location)))
         if set(splits) <= set(frame["split"]):
             return frame
@@ -165,8 +171,8 @@ def detected_crop_reference(
         raise ReferenceNotFoundError(
             f"no reference of the crops {detector[0]} v{detector[1]} cuts for {recognizer[0]} "
             f"v{recognizer[1]} at {location}, and the page dataset {dataset_dir} to make it "
-            "is not here: run `flywheel monitor --params <plan>` once where the dataset is "
-            "(`dvc pull`)"
+            "is not here: run `flywheel reference --pair --params <plan>` where the dataset "
+            "is (`dvc pull`)"
         )
     logger.info(
         "crop stage: profiling %s v%s on the crops %s v%s cuts from %s",
@@ -183,8 +189,59 @@ def detected_crop_reference(
     return frame
 
 
+def build_pair_reference(
+    params: Params,
+    *,
+    detector_version: str | None = None,
+    recognizer_version: str | None = None,
+    dataset_dir: Path | None = None,
+) -> tuple[Location, pd.DataFrame]:
+    """Make (again) and keep the crop stage's reference of a page plan's pair of versions.
+
+    What `flywheel reference --pair` runs where the dataset is (after a
+    promotion, say), so that a monitor without the dataset finds it kept.
+
+    Args:
+        params: the page plan.
+        detector_version, recognizer_version: the versions (default: each model's
+            `production` alias).
+        dataset_dir: the page dataset (default `data.dataset_dir`).
+
+    Returns:
+        Where it is kept, and the profile.
+
+    Raises:
+        flywheel.registry.RegistryError: a model has no such version, or no production one.
+        MonitoringError: not a page plan.
+        ReferenceNotFoundError: the dataset is not there, or the detector finds nothing.
+    """
+    from flywheel.monitoring.pages import CROP_STAGE, PAGE_STAGE, stage_params
+    from flywheel.registry import RegistryError, version_for_alias
+    from flywheel.storage import state_url
+
+    plans = stage_params(params)
+    chosen = []
+    for stage, version in ((PAGE_STAGE, detector_version), (CROP_STAGE, recognizer_version)):
+        name = plans[stage].evaluate.registered_model
+        found = version or version_for_alias(name, "production")
+        if found is None:
+            raise RegistryError(f"model {name!r} has no 'production' version; name the version")
+        chosen.append((name, str(found)))
+    state = state_url(params.state.url)
+    frame = detected_crop_reference(
+        state,
+        chosen[1],
+        chosen[0],
+        dataset_dir or params.data.dataset_dir,
+        splits=params.monitor.reference_splits,
+        refresh=True,
+    )
+    return pair_reference_location(state, chosen[1], chosen[0]), frame
+
+
 __all__ = [
     "PAIR_REFERENCES_DIR",
+    "build_pair_reference",
     "compute_detected_crop_reference",
     "detected_crop_reference",
     "pair_reference_location",

@@ -441,7 +441,7 @@ def _detected_crops(
             state_url(params.state.url),
             recognizer,
             detector,
-            params.data.root / params.data.name,
+            params.data.dataset_dir,
             splits=params.monitor.reference_splits,
         )
     except (ReferenceNotFoundError, RegistryError, OSError) as err:

@@ -18,7 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from flywheel.cli import app
 from flywheel.monitoring.pages import CROP_STAGE, PAGE_STAGE, monitor_pages
 from tests.support.page_monitoring import PagePair, log_pages, monitor_params, page_pair
 from tests.support.tracking import tracking_env
@@ -82,3 +85,43 @@ def test_in_distribution_crops_do_not_drift_against_the_detected_crop_reference(
     for share in ("feature_share", "embedding_share"):
         assert after[share] < 0.5 <= before[share]
     assert after["reference_rows"] > 0
+
+
+def test_reference_pair_keeps_it_for_a_monitor_without_the_dataset(logged: Logged) -> None:
+    """`flywheel reference --pair` where the dataset is; then a monitor that has no dataset
+    (a CronJob on a cluster) finds the profile in the state store."""
+    from mlflow import MlflowClient
+
+    from flywheel.monitoring.page_reference import pair_reference_location
+    from tests.support.page_monitoring import DETECTOR, RECOGNIZER
+
+    client = MlflowClient()
+    client.set_registered_model_alias(DETECTOR, "production", logged.pair.detector_version)
+    client.set_registered_model_alias(RECOGNIZER, "production", logged.pair.recognizer_version)
+    state = logged.root / "state-cli"
+    params = monitor_params(logged.root, state=state, plan=logged.pair.plan)
+    path = logged.root / "pages.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["reference", "--pair", "--params", str(path)])
+    assert result.exit_code == 0, result.output
+    kept = pair_reference_location(
+        state,
+        (RECOGNIZER, logged.pair.recognizer_version),
+        (DETECTOR, logged.pair.detector_version),
+    )
+    assert Path(str(kept)).is_file()
+    assert "crop-stage reference" in result.output
+
+    elsewhere = logged.pair.plan.model_copy(update={"root": logged.root / "no-such-data"})
+    without = monitor_params(
+        logged.root,
+        state=state,
+        plan=elsewhere,
+        features={"method": "wasserstein", "threshold": 0.3},
+        embedding={"method": "wasserstein", "threshold": 0.3},
+    )
+    checked = monitor_pages(
+        without, since=IN, until=IN + timedelta(hours=1), log_dir=logged.log, save=False
+    )
+    assert not checked.results[CROP_STAGE].drift  # the kept detected-crop reference
+    assert checked.results[CROP_STAGE].check.reference_rows > 0
