@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -245,6 +245,26 @@ def write_bytes(location: Location, data: bytes) -> Location:
         return location
 
 
+def write_files(files: Mapping[Location, bytes]) -> None:
+    """Write several files, each whole (as `write_bytes`); an object store's puts go at once.
+
+    One fsspec `pipe` per store sends them concurrently: a writer with many small
+    objects (a page and its crops) waits for about one round trip, not one each.
+    A failure may leave some written and others not; each that is, is whole.
+    """
+    stores: dict[int, tuple[AbstractFileSystem, dict[str, bytes], Location]] = {}
+    for location, data in files.items():
+        if isinstance(location, Path):
+            write_bytes(location, data)
+            continue
+        with reported(location):
+            fs, path = filesystem(location)
+        stores.setdefault(id(fs), (fs, {}, location))[1][path] = data
+    for fs, batch, first in stores.values():
+        with reported(first):
+            fs.pipe(batch)
+
+
 def remove(location: Location) -> None:
     """Delete a file; a missing one is not an error."""
     if isinstance(location, Path):
@@ -302,4 +322,5 @@ __all__ = [
     "reported",
     "state_url",
     "write_bytes",
+    "write_files",
 ]

@@ -30,7 +30,9 @@ from flywheel.page_api import (
     RECOGNIZER_VERSION_HEADER,
 )
 from flywheel.serving_api import ADMIN_RELOAD_PATH, READY_PATH, admin_headers
+from flywheel.storage import read_bytes
 from flywheel.tasks.page_pipeline import PagePipeline
+from tests.support.object_store import ObjectStore, object_store
 from tests.support.page_serving import (
     DETECTOR,
     RECOGNIZER,
@@ -46,6 +48,7 @@ from tests.support.tracking import tracking_env
 pytestmark = pytest.mark.slow  # trains two tiny models and starts a real server
 
 PNG = {"Content-Type": "image/png"}
+__all__ = ["object_store"]  # the fixture, found by pytest under its name
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +285,37 @@ def test_the_recognizer_swaps_under_load_and_the_detector_keeps_serving(
     ready = httpx.get(f"{server.url}{READY_PATH}", timeout=10).json()
     assert ready["recognizer"]["model_version"] == s.second_recognizer
     assert "SWAPPED" in server.output()
+
+
+def test_the_page_log_goes_to_the_bucket_of_the_state_url(
+    store: tuple[PageStore, str],
+    object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page pod: `FLYWHEEL_STATE_URL` on a bucket (moto), no `serve.log.dir`: the pages, their
+    crops and the JSON-lines parts are put into the bucket, and nothing is logged locally."""
+    s = store[0]
+    folder = tmp_path_factory.mktemp("serve-pages-s3")
+    params = write_page_params(folder, log={"flush_every": 1, "flush_interval_s": 0.2})
+    state = object_store.prefix("page-serving")
+    root = f"{state}/predictions/pages={DETECTOR}+{RECOGNIZER}"
+    env = {"MLFLOW_TRACKING_URI": store[1], **object_store.env, "FLYWHEEL_STATE_URL": state}
+    files = page_files(s.pages, "test")[:3]
+    log_path = folder / "server.log"
+    with start_server(params, env=env, cwd=folder, log_path=log_path, ready_timeout_s=240) as url:
+        for path in files:
+            answer = httpx.post(f"{url}{READ_PAGE_PATH}", content=encoded(path), headers=PNG)
+            assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 30
+        while sum("/part-" in k for k in object_store.keys(root)) < len(files):
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+    object_store.apply(monkeypatch)
+    pages, regions = read_pages(root)
+    assert len(pages) == len(files)
+    assert set(pages["detector_version"]) == {s.detector_version}
+    for url in [*pages["image_path"], *regions["crop_path"]]:
+        assert url.startswith(f"{root}/date=")
+        assert read_bytes(url).startswith(b"\x89PNG")
+    assert not list(folder.rglob("part-*"))  # nothing logged locally

@@ -33,6 +33,7 @@ from flywheel.config import (
     Params,
     TrainConfig,
 )
+from flywheel.storage import Location
 
 DETECTOR = "pages-monitor-detector"
 RECOGNIZER = "pages-monitor-recognizer"
@@ -128,7 +129,7 @@ def page_pair(root: Path, *, epochs: tuple[int, int] = (8, 8)) -> PagePair:
 def log_pages(
     pair: PagePair,
     plan: DataPlan,
-    log_root: Path,
+    log_root: Location,
     *,
     count: int,
     seed: int,
@@ -207,11 +208,18 @@ def log_pages(
     return ids
 
 
-def monitor_params(tmp: Path, **monitor: object) -> Params:
-    """The two-stage page plan naming the test models, its state under `tmp`."""
+def monitor_params(
+    tmp: Path, state: Location | None = None, plan: DataPlan | None = None, **monitor: object
+) -> Params:
+    """The two-stage page plan naming the test models, its state under `tmp` (or at `state`).
+
+    `plan`: the data the pair learned from (`PagePair.plan`), where monitoring finds the
+    pages it profiles the crop stage's reference on (`flywheel.monitoring.page_reference`);
+    default `page_plan()` under a relative root that is not there.
+    """
     from flywheel.config import parse_params
 
-    plan = page_plan()
+    plan = plan if plan is not None else page_plan()
     raw = {
         "data": plan.model_dump(mode="json"),
         "train": {"task": "detection"},
@@ -219,7 +227,7 @@ def monitor_params(tmp: Path, **monitor: object) -> Params:
             "detection": {"evaluate": {"registered_model": DETECTOR}},
             "recognition": {"evaluate": {"registered_model": RECOGNIZER}},
         },
-        "state": {"url": str(tmp / "state")},
+        "state": {"url": str(state if state is not None else tmp / "state")},
         "monitor": {"min_window_size": 20, **monitor},
     }
     return parse_params(raw)

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from flywheel.monitoring.page_log import (
@@ -62,8 +61,3 @@ def test_pages_and_their_regions_are_written_and_read_back(tmp_path: Path) -> No
     assert Image.open(pages.iloc[0]["image_path"]).size == (40, 30)
     assert Image.open(regions.iloc[0]["crop_path"]).size == (32, 8)
     assert read_pages(tmp_path, since=datetime(2026, 12, 1, 8, tzinfo=UTC))[0].empty
-
-
-def test_the_page_log_is_local_only() -> None:
-    with pytest.raises(ValueError, match="local folders only"):
-        PageLogger("s3://bucket/pages")

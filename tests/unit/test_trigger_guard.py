@@ -4,6 +4,7 @@ in the state store and read back as the next run's history."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from flywheel.config import TriggerConfig
 from flywheel.curation.cost import Spend, read_spend, record_spend, spent_since
 from flywheel.workflows.trigger import (
     Decision,
+    StageWindow,
     guard,
     read_decisions,
     record_decision,
@@ -175,3 +177,59 @@ def test_no_drift_is_recorded_as_none_whatever_the_rules() -> None:
     held = guard(config, now=_at(0, 0), drift=True, window_size=1, history=[], image_cost=0.04)
     assert held.action == "held"
     assert len(held.reasons) == 3  # window, cap of 0, no budget
+
+
+@pytest.mark.parametrize(
+    ("window_size", "too_small", "action", "first_reason"),
+    [
+        (10, None, "held", "window of 10 predictions < min_window_size 500"),
+        (10, [], "fired", "drift"),  # a page plan: a stage drifted on enough rows
+        (900, ["recognition: window of 40 crops < min_window_size 50"], "held", "recognition:"),
+    ],
+)
+def test_a_page_plan_checks_the_minimum_window_per_stage(
+    window_size: int, too_small: list[str] | None, action: str, first_reason: str
+) -> None:
+    verdict = guard(
+        CONFIG,
+        now=MONDAY,
+        drift=True,
+        window_size=window_size,
+        history=[],
+        too_small=too_small,
+    )
+    assert verdict.action == action
+    assert verdict.reasons[0].startswith(first_reason)
+
+
+@pytest.mark.parametrize(
+    ("status", "drift", "rows", "counts"),
+    [
+        ("checked", True, 60, True),
+        ("checked", True, 40, False),  # below the stage's minimum
+        ("checked", False, 60, False),
+        ("already", True, 60, False),  # decided on when it was checked
+        ("skipped", False, 0, False),
+    ],
+)
+def test_a_stage_counts_when_it_drifted_now_on_enough_rows(
+    status: str, drift: bool, rows: int, counts: bool
+) -> None:
+    window = StageWindow(
+        "recognition",
+        "rec",
+        "2",
+        drift=drift,
+        window_size=rows,
+        min_window_size=50,
+        status=status,  # type: ignore[arg-type]
+    )
+    assert window.counts is counts
+    recorded = Decision(
+        time=MONDAY.isoformat(),
+        action="none",
+        reasons=["no drift"],
+        drift=False,
+        stages=[asdict(window)],
+    )
+    assert "recognition rec" in recorded.summary()

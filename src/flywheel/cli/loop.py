@@ -210,7 +210,9 @@ def monitor(
     KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
     submit` takes them); the decision (fired, held back and why, none) is
     recorded under <state>/monitoring/triggers/ and printed. Exit status 0
-    for any verdict, 2 on an error (the endpoint refused included).
+    for any verdict, 2 on an error (the endpoint refused included). A page
+    plan (--params plans/pages.yaml) is decided on both stages: drift in
+    either, each on at least its own minimum window (pages, crops).
     """
     import json
     from dataclasses import asdict
@@ -228,10 +230,10 @@ def monitor(
     p = read_params(params, set_)
     configure_tracking()
     if p.data.pages is not None:  # the page plan: both stages, versions from the page log
-        if where is not None or version is not None or report is not None:
+        if version is not None or report is not None:
             raise abort(
-                "a page plan is monitored per stage: --trigger, --version and --report apply "
-                "to a one-model plan"
+                "a page plan is monitored per stage: --version and --report apply to a "
+                "one-model plan"
             )
         from flywheel.cli.page_loop import monitor_page_plan
 
@@ -244,6 +246,8 @@ def monitor(
             save=save,
             force=force,
             json_out=json_out,
+            where=where,
+            pairs=list(set_ or []),
         )
     with exit_on(MonitoringError, ConfigError, RegistryError, ValueError, code=EXIT_ERROR):
         start = parse_time(since) if since else None
@@ -316,6 +320,14 @@ def reference(
     ] = None,
     model: ModelOpt = None,
     dataset: DatasetOpt = None,
+    pair: Annotated[
+        bool,
+        typer.Option(
+            "--pair",
+            help="A page plan: the crop stage's reference, the production recogniser on the "
+            "crops the production detector cuts; kept in the state store.",
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -323,6 +335,11 @@ def reference(
 
     Training does this for every new model; use it for versions trained before,
     or to profile a version on the dataset it was trained on after the fact.
+
+    With --pair (a page plan, --params plans/pages.yaml): the crop stage's
+    reference of the production pair (flywheel.monitoring.page_reference),
+    made where the page dataset is so that a monitor without it finds it in
+    the state store.
     """
     from flywheel.evaluation import EvaluationError
     from flywheel.monitoring import MonitoringError, build_version_reference
@@ -332,6 +349,19 @@ def reference(
 
     p = read_params(params, set_)
     configure_tracking()
+    if pair:
+        if version is not None or model is not None:
+            raise abort("--pair profiles the production pair: --version and --model do not apply")
+        from flywheel.monitoring.page_reference import build_pair_reference
+
+        with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
+            where, frame = build_pair_reference(p, dataset_dir=dataset)
+        console.print(
+            f"crop-stage reference: {len(frame)} crops the detector cut from the "
+            f"{'+'.join(p.monitor.reference_splits)} pages → {where}",
+            soft_wrap=True,
+        )
+        return
     name = model or p.evaluate.registered_model
     with exit_on(MonitoringError, RegistryError, EvaluationError, DatasetError):
         chosen = version or version_for_alias(name, "production")

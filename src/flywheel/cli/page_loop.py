@@ -3,11 +3,13 @@
 The page service's two stages are monitored from its page log, one report and
 snapshot per stage (`flywheel.monitoring.pages`), and its pages are curated by
 the pair's uncertainty within the labelling budget (`flywheel.curation.pages`).
-`flywheel.cli.loop` hands a page plan over to these.
+`flywheel.cli.loop` hands a page plan over to these; `monitor --trigger` decides
+on both stages' verdicts (`flywheel.workflows.trigger.decide_pages`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -18,6 +20,7 @@ from rich.table import Table
 from flywheel.cli.console import console, err_console, exit_on, print_table
 
 if TYPE_CHECKING:
+    from flywheel.cli.trigger import Target
     from flywheel.config import Params
 
 
@@ -86,15 +89,27 @@ def monitor_page_plan(
     save: bool,
     force: bool,
     json_out: bool,
+    where: Target | None = None,
+    pairs: Sequence[str] = (),
 ) -> NoReturn:
-    """`flywheel monitor` of a page plan: each stage of its page log, a report each."""
-    import json
+    """`flywheel monitor` of a page plan: each stage of its page log, a report each.
 
+    With `where` (`--trigger`), the guard decides on both stages' verdicts
+    (`flywheel.workflows.trigger.decide_pages`) and a fired trigger submits the
+    curation pipeline there; the decision is recorded and the command exits 0
+    on any verdict. A window every stage checked before decides nothing again.
+    """
+    import json
+    from dataclasses import asdict
+
+    from flywheel.cli.trigger import trigger as run_trigger
     from flywheel.config import ConfigError
+    from flywheel.curation import CurationError
     from flywheel.monitoring import MonitoringError, parse_time, result_table
     from flywheel.monitoring.monitor import EXIT_ERROR
     from flywheel.monitoring.pages import describe, monitor_pages, page_log_root
     from flywheel.registry import RegistryError
+    from flywheel.workflows.trigger import TriggerError
 
     errors = (MonitoringError, ConfigError, RegistryError, ValueError)
     status = err_console.status("monitoring: an Evidently report per stage of the page service")
@@ -108,8 +123,21 @@ def monitor_page_plan(
             save=save,
             force=force,
         )
+    decision = None
+    if where is not None and not result.results:
+        err_console.print(
+            "every stage's window was checked before (its verdict decided then): no trigger "
+            "decision; --force checks it again",
+            soft_wrap=True,
+        )
+    elif where is not None:
+        with exit_on(TriggerError, CurationError, MonitoringError, OSError, code=EXIT_ERROR):
+            decision = run_trigger(p, params, list(pairs), result, where, json_out=json_out)
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        document = result.to_dict()
+        if decision is not None:
+            document["trigger"] = asdict(decision)
+        print(json.dumps(document, indent=2, allow_nan=False))
     else:
         for stage_result in result.results.values():
             print_table(result_table(stage_result))
@@ -117,4 +145,4 @@ def monitor_page_plan(
                 console.print(f"note: {escape(note)}")
         for line in describe(result):
             console.print(escape(line), soft_wrap=True)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(0 if where is not None else result.exit_code)

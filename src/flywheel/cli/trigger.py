@@ -27,6 +27,7 @@ from flywheel.cli.console import abort, console, err_console
 if TYPE_CHECKING:
     from flywheel.config import Params
     from flywheel.monitoring import MonitorResult
+    from flywheel.monitoring.pages import PageMonitorResult
     from flywheel.workflows.label_sync import SyncDecision
     from flywheel.workflows.trigger import Decision
 
@@ -143,7 +144,7 @@ def trigger(
     p: Params,
     params: Path,
     pairs: list[str],
-    result: MonitorResult,
+    result: MonitorResult | PageMonitorResult,
     where: Target,
     *,
     json_out: bool = False,
@@ -151,17 +152,23 @@ def trigger(
 ) -> Decision:
     """Decide on `result`, submit the curation pipeline when the guard fires, record the decision.
 
+    A page plan's result (both stages) is decided by `decide_pages`, any other by `decide`.
+
     The triggered run gets this command's `--set` pairs and, when the labelling
     budget left is below the cycle's cap, `curate.cost.per_cycle` set to what is
     left. A refused submission is recorded as `failed` and exits 2.
     """
     from flywheel.cli.pipeline import pipeline_entry
+    from flywheel.monitoring.pages import PageMonitorResult
     from flywheel.storage import state_url
-    from flywheel.workflows.trigger import decide, failed, fired, record_decision
+    from flywheel.workflows.trigger import decide, decide_pages, failed, fired, record_decision
     from pipelines.cluster import ClusterError
 
     now = now or datetime.now(UTC)
-    decision = decide(p, result, now=now)
+    if isinstance(result, PageMonitorResult):
+        decision = decide_pages(p, result, now=now)
+    else:
+        decision = decide(p, result, now=now)
     if decision.action == "fired":
         run_pairs = list(pairs)
         if decision.spend_limit is not None:

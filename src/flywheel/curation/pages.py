@@ -41,7 +41,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -237,7 +236,7 @@ def curate_pages(
     spend_limit: float | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    log_root: Path | None = None,
+    log_root: Location | None = None,
     queue: Location | None = None,
     nms_iou: float = DEFAULT_NMS_IOU,
 ) -> PageCuration:
@@ -262,7 +261,7 @@ def curate_pages(
     from flywheel.labeling import labelled_keys, queued_keys, write_json_atomic
     from flywheel.monitoring.page_log import read_pages
     from flywheel.monitoring.pages import page_log_root
-    from flywheel.storage import files_exist
+    from flywheel.storage import as_location, files_exist
 
     cfg = params.curate
     max_pages = cfg.budget if budget is None else budget
@@ -279,7 +278,7 @@ def curate_pages(
     exclude = queued_keys(queue) | labelled_keys(ground_truth_dir(state))
     stored = pages["image_path"].notna().to_numpy()
     if stored.any():
-        found = iter(files_exist([Path(p) for p in pages.loc[stored, "image_path"]]))
+        found = iter(files_exist([as_location(p) for p in pages.loc[stored, "image_path"]]))
         stored = np.array([bool(s) and next(found) for s in stored])
     keys = pd.Series([(str(r), 0) for r in pages["request_id"]])  # one page per request
     queued = keys.isin(exclude).to_numpy()

@@ -5,7 +5,8 @@ pixel boxes with their LaTeX) into rows of the page dataset
 `<data.root>/<data.name>` (layout: `flywheel.data.pages`):
 
 * the page, copied from where the task's `data.image_path` says the service
-  stored it, to `images/<split>/<image_id>.png` (`image_id` =
+  stored it (a local path, or an `s3://` URL when the page log is in object
+  storage, read through `flywheel.storage`), to `images/<split>/<image_id>.png` (`image_id` =
   `production_image_id(request_id, index)`, as the digits merge names rows);
 * its manifest row: the stratum (level, writing, noise) and source glyphs the
   traffic simulator recorded (`truth`), else those the task's data carries;
@@ -68,6 +69,7 @@ from flywheel.data.transaction import discard, stage_copy, switch
 from flywheel.labeling.merge import MergeError, assign_splits, production_image_id
 from flywheel.labeling.page_annotations import PageLabel
 from flywheel.processes import fault_point
+from flywheel.storage import as_location, is_file, read_bytes
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -225,11 +227,11 @@ def plan_page_rows(
         if len(boxes) > 1 and float(pairwise_iou(np.asarray(boxes)).max()) > pages.max_iou:
             skip("overlap", key)
             continue
-        path = Path(str(label.data.get("image_path") or ""))
-        if not str(label.data.get("image_path") or "") or not path.is_file():
+        stored = str(label.data.get("image_path") or "")
+        if not stored or not is_file(as_location(stored)):
             skip("no_image", key)
             continue
-        data = path.read_bytes()
+        data = read_bytes(as_location(stored))
         if not _grey_page(data, params.data.image_size):
             skip("bad_image", key)
             continue

@@ -215,8 +215,11 @@ class PagePrediction:
         width, height: the page's size in pixels (the regions' frame).
         regions: the expressions found, in the service's order.
         detector_version, recognizer_version: the two models' registered versions.
-        image_path: the stored page (its local-files URL is made from it).
-        image: the page's URL as curation wrote it (default: from `image_path`).
+        image_path: the stored page: a local path (its local-files URL is made
+            from it when published) or, with the page log in object storage,
+            its `s3://bucket/key` URL (kept: Label Studio resolves it through
+            the project's S3 storage, `flywheel.labeling.image_storage`).
+        image: the page's URL as curation wrote it (default: `image_path`).
     """
 
     request_id: str

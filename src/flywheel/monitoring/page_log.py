@@ -38,15 +38,31 @@ Schema of one line (`PAGE_FIELDS`; `REGION_FIELDS` per region):
   `crop_features` (object, the summary features of that input) and
   `embedding` (list of float, the recogniser's crop embedding).
 
-Local folders only for now: the digits log's object-store parts are Parquet
-of its own schema. The parts stay JSON lines (`compact` is for the digits
-log; do not point it here).
+The root may be a local folder or an object-store URL (`s3://bucket/prefix`,
+`flywheel.storage`), as for the digits log, and both keep the layout above.
+Locally a part is appended to and flushed; in object storage, which has no
+append, each flush puts the images since the last one (page and crops, one
+object each, all at once: concurrent puts, about one round trip) and then the
+lines as one whole new `part-*.jsonl` object, so a part names only images that
+are there; the writer thread does it all (serving never waits on the store). `read_pages`
+returns `image_path`/`crop_path` as paths or as `s3://` URLs accordingly, which
+every reader (curation and its picture, the page tasks, the page merge) reads
+through `flywheel.storage`.
+
+The parts stay JSON lines in both places, on purpose: the digits log's Parquet
+(its compaction, and its object-store parts) is built on its own flat schema
+(`TABLE_SCHEMA`), while a page line nests a variable list of regions, each with
+its features and embedding; the page log is small (a page is a heavy request:
+a few per second, not thousands); and its readers take every line whole.
+`compact` is for the digits log; do not point it here.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,12 +79,26 @@ from flywheel.monitoring.prediction_log.schema import (
     partition_dir,
     partitions,
 )
-from flywheel.monitoring.prediction_log.writer import PredictionLogger, _storable
-from flywheel.storage import Location, join, state_url
+from flywheel.monitoring.prediction_log.writer import PredictionLogger, _ObjectParts, _storable
+from flywheel.storage import (
+    Location,
+    as_location,
+    glob,
+    join,
+    read_bytes,
+    state_url,
+    write_bytes,
+    write_files,
+)
 
 if TYPE_CHECKING:
     from flywheel.config import Params
     from flywheel.monitoring.prediction_log.writer import _Parts
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING_IMAGE_BYTES = 256 * 2**20
+"""Encoded images an object-store writer keeps for its next flush at most (`PageLogger`)."""
 
 PAGE_FIELDS: tuple[str, ...] = (
     "request_id",
@@ -163,26 +193,26 @@ def page_predictions_dir(
 class PageLogger(PredictionLogger):
     """Appends `PageRecord`s to the page log from a background thread (never blocks serving).
 
-    Arguments as `PredictionLogger`'s; `sample_images` samples pages (a sampled
-    page's crops are stored with it). Parts are never compacted.
-
-    Raises:
-        ValueError: `root` is not a local folder (see the module doc).
+    Arguments as `PredictionLogger`'s: `root` a local folder or an object-store
+    URL (module doc); `sample_images` samples pages (a sampled page's crops are
+    stored with it). Parts are never compacted.
     """
 
     def __init__(self, root: Location, **options: Any) -> None:
-        if not isinstance(root, Path):
-            raise ValueError(f"the page log is written to local folders only, got {root}")
         super().__init__(root, compact_closed=False, **options)
 
     def log(self, record: PageRecord) -> bool:  # type: ignore[override]
         """Queue a page for writing; False when it was dropped (queue full, or closed)."""
         return super().log(record)  # type: ignore[arg-type]
 
+    def _parts(self) -> _Parts:
+        if isinstance(self.root, Path):
+            return super()._parts()
+        return _JsonObjectParts(self._next_name, self.queue_size)
+
     def _write(self, record: Any, parts: _Parts) -> None:
         page: PageRecord = record
         folder = partition_dir(self.root, page.time)
-        assert isinstance(folder, Path)
         parts.open(folder)
         image_path = None
         crop_paths: list[str | None] = [None] * len(page.regions)
@@ -190,11 +220,17 @@ class PageLogger(PredictionLogger):
             self._images_saved += 1
             stem = f"{IMAGES_DIR}/{self._token}-{self._images_saved}"
             image_path = f"{stem}.png"
-            Image.fromarray(_storable(page.image)).save(folder / image_path)
+            images = {image_path: page.image}
             for i, region in enumerate(page.regions):
                 if region.crop is not None:
                     crop_paths[i] = f"{stem}-r{region.index}.png"
-                    Image.fromarray(_storable(region.crop)).save(folder / str(crop_paths[i]))
+                    images[str(crop_paths[i])] = region.crop
+            for relative, array in images.items():
+                if isinstance(parts, _JsonObjectParts):  # put with the next part, at once
+                    parts.add_image(join(folder, relative), _png(array))
+                else:
+                    assert isinstance(folder, Path)  # made once per part by `_AppendedParts`
+                    Image.fromarray(_storable(array)).save(folder / relative)
         line = {
             "request_id": page.request_id,
             "time": as_utc(page.time).isoformat(timespec="microseconds"),
@@ -226,29 +262,83 @@ class PageLogger(PredictionLogger):
         self.written += 1
 
 
+class _JsonObjectParts(_ObjectParts):
+    """A page log in object storage: each flush puts the images since the last one, all at
+    once (`write_files`), then the lines as one JSON-lines object per partition (the digits'
+    `_ObjectParts` puts Parquet of the digits' schema). A part is put only after the images
+    it names; what a failed flush could not put is tried again at the next one, within
+    `MAX_PENDING_IMAGE_BYTES`."""
+
+    def __init__(self, next_name: Callable[[str], str], max_pending: int) -> None:
+        super().__init__(next_name, max_pending)
+        self._images: dict[Location, bytes] = {}
+        self._image_bytes = 0
+
+    def add_image(self, location: Location, data: bytes) -> None:
+        """Keep an encoded image for the next flush.
+
+        Raises:
+            OSError: the records or images waiting already fill their bound (the queue's
+                size, `MAX_PENDING_IMAGE_BYTES`): puts keep failing, so memory stays
+                bounded; the record is dropped and counted.
+        """
+        waiting = sum(map(len, self._lines.values()))
+        if waiting >= self._max_pending or self._image_bytes + len(data) > MAX_PENDING_IMAGE_BYTES:
+            raise OSError(
+                f"the object store took no part for {waiting} records and no image for "
+                f"{self._image_bytes} bytes; dropping"
+            )
+        self._images[location] = data
+        self._image_bytes += len(data)
+
+    def flush(self) -> None:
+        if self._images:
+            write_files(self._images)
+            self._images, self._image_bytes = {}, 0
+        for folder, lines in list(self._lines.items()):
+            if lines:
+                write_bytes(join(folder, self._next_name(".jsonl")), "".join(lines).encode())
+            del self._lines[folder]  # only once written: a failed put is retried next flush
+
+    def close(self) -> None:
+        super().close()
+        if self._images:
+            logger.error("page log: %d images never reached the object store", len(self._images))
+
+
+def _png(image: np.ndarray) -> bytes:
+    """An image as a lossless PNG (level 1: the writer's largest cost, 40 % less CPU)."""
+    encoded = io.BytesIO()
+    Image.fromarray(_storable(image)).save(encoded, format="PNG", compress_level=1)
+    return encoded.getvalue()
+
+
 def _floats(values: Mapping[str, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.items()}
 
 
 def read_pages(
-    root: Path, since: datetime | None = None, until: datetime | None = None
+    root: Location, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The logged pages with `since <= time < until` and their regions, oldest first.
 
     Returns:
         `pages`: one row per page, `PAGE_FIELDS` but `regions`, plus `n_regions`;
-        `image_path` absolute (None where not stored). `regions`: one row per
-        region, `request_id` and `time` of its page then `REGION_FIELDS`;
-        `crop_path` absolute. A torn last line (a crash mid-write) is skipped.
+        `image_path` absolute, a path or a URL as `root` is (None where not
+        stored). `regions`: one row per region, `request_id` and `time` of its
+        page then `REGION_FIELDS`; `crop_path` likewise. A torn last line (a
+        crash mid-write) is skipped.
+
+    Raises:
+        OSError: the log cannot be listed or a part read (`StorageError` for a store).
     """
     start = None if since is None else as_utc(since)
     end = None if until is None else as_utc(until)
     pages: list[dict[str, Any]] = []
     regions: list[dict[str, Any]] = []
-    for folder in partitions(root, start, end):
-        assert isinstance(folder, Path)
-        for part in sorted(folder.glob("part-*.jsonl")):
-            for text in part.read_text(encoding="utf-8").splitlines():
+    for folder in partitions(as_location(root), start, end):
+        for part in glob(folder, "part-*.jsonl"):
+            for text in read_bytes(part).decode("utf-8", errors="replace").splitlines():
                 try:
                     line = json.loads(text)
                 except json.JSONDecodeError:
@@ -260,11 +350,11 @@ def read_pages(
                 found = line.pop("regions")
                 line["n_regions"] = len(found)
                 if line["image_path"] is not None:
-                    line["image_path"] = str(folder / line["image_path"])
+                    line["image_path"] = str(join(folder, line["image_path"]))
                 pages.append(line)
                 for region in found:
                     if region["crop_path"] is not None:
-                        region["crop_path"] = str(folder / region["crop_path"])
+                        region["crop_path"] = str(join(folder, region["crop_path"]))
                     regions.append({"request_id": line["request_id"], "time": when, **region})
     page_columns = [f for f in PAGE_FIELDS if f != "regions"] + ["n_regions"]
     region_columns = ["request_id", "time", *REGION_FIELDS]

@@ -21,15 +21,22 @@ project of the stage's registered model, its dashboard):
   probability of the greedy CTC path.
 
 The reference of a stage is the profile of the version that served the
-window's latest page (`flywheel.monitoring.reference`: the detector's
-training pages, the recogniser's training crops, through the exported model);
-rows served by other versions are counted and left out. A window one stage
+window's latest page: the detector's, its training pages through the exported
+model (`flywheel.monitoring.reference`); the recogniser's, the crops the
+window's detector version cuts from those pages, read by the recogniser
+version (`flywheel.monitoring.page_reference`: made once per pair of versions
+where the page dataset is, kept in the state store). Its own profile, of crops
+around the true boxes, is used only where that cannot be had (a warning says
+so): served crops are cut around the detector's boxes, and against true-box
+crops in-distribution traffic of an undertrained detector reads as drift.
+Rows served by other versions are counted and left out. A window one stage
 already checked is named and not checked again (its `MonitoredWindow`); the
 other stage is still checked.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +67,9 @@ from flywheel.monitoring.monitor import (
 )
 from flywheel.monitoring.reference import MonitoringError, ReferenceNotFoundError, load_reference
 from flywheel.monitoring.workspace import MonitoredWindow
+from flywheel.storage import Location
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from evidently.ui.workspace import Workspace
@@ -104,20 +114,18 @@ def stage_params(params: Params) -> dict[str, Params]:
     return {task: parse_params(raw, {"train.task": task}) for task in STAGES}
 
 
-def page_log_root(params: Params, base: Path | None = None) -> Path:
-    """Where the page service of this plan writes its log (`page_log.page_predictions_dir`).
+def page_log_root(params: Params, base: Path | None = None) -> Location:
+    """Where the page service of this plan writes its log (`page_log.page_predictions_dir`):
+    a local folder, or a URL under an object-store state URL.
 
     Raises:
-        MonitoringError: not a page plan, or the log is not a local folder.
+        MonitoringError: not a page plan.
     """
     from flywheel.monitoring.page_log import page_predictions_dir
 
     stages = stage_params(params)
     detector, recognizer = (stages[t].evaluate.registered_model for t in STAGES)
-    root = page_predictions_dir(stages[PAGE_STAGE], detector, recognizer, base)
-    if not isinstance(root, Path):
-        raise MonitoringError(f"the page log is kept in local folders only, got {root}")
-    return root
+    return page_predictions_dir(stages[PAGE_STAGE], detector, recognizer, base)
 
 
 def token_count(latex: str) -> str:
@@ -262,7 +270,7 @@ def monitor_pages(
     since: datetime | None = None,
     until: datetime | None = None,
     last: int | None = None,
-    log_dir: Path | None = None,
+    log_dir: Location | None = None,
     save: bool = True,
     now: datetime | None = None,
     force: bool = False,
@@ -317,7 +325,7 @@ def monitor_pages(
     for stage in stages:
         try:
             result = _check_stage(
-                stage, plans[stage], pages, regions, save=save, force=force, workspace=workspace
+                stage, plans, pages, regions, save=save, force=force, workspace=workspace
             )
         except AlreadyMonitoredError as done:
             out.already[stage] = done.window
@@ -346,7 +354,7 @@ def _open(location: Any) -> Workspace:
 
 def _check_stage(
     stage: str,
-    params: Params,
+    plans: dict[str, Params],
     pages: pd.DataFrame,
     regions: pd.DataFrame,
     *,
@@ -355,6 +363,7 @@ def _check_stage(
     workspace: Workspace | None,
 ) -> MonitorResult:
     """One stage's window, its reference and its check (`check_window`)."""
+    params = plans[stage]
     config = params.monitor
     name = params.evaluate.registered_model
     if stage == PAGE_STAGE:
@@ -378,13 +387,21 @@ def _check_stage(
             f"monitor.min_window_size is {config.min_window_size}: wait for more pages or "
             "widen --since/--last"
         )
-    try:
-        profile = load_reference(name, version)
-    except ReferenceNotFoundError as err:
-        raise ReferenceNotFoundError(
-            f"{err}; for the page plan: `flywheel reference --params <plan> --set "
-            f"train.task={stage} --version {version}`"
-        ) from None
+    profile = None
+    if stage == CROP_STAGE:
+        detector = (
+            plans[PAGE_STAGE].evaluate.registered_model,
+            str(rows["request_id"].map(pages.set_index("request_id")["detector_version"]).iloc[-1]),
+        )
+        profile = _detected_crops(params, (name, version), detector)
+    if profile is None:
+        try:
+            profile = load_reference(name, version)
+        except ReferenceNotFoundError as err:
+            raise ReferenceNotFoundError(
+                f"{err}; for the page plan: `flywheel reference --params <plan> --set "
+                f"train.task={stage} --version {version}`"
+            ) from None
     reference = stage_reference(stage, profile, config.reference_splits, int(version))
     extra = (
         [ExtraColumn(DETECTION_SCORE, config.confidence, "confidence", "detection score")]
@@ -408,6 +425,32 @@ def _check_stage(
         labels=LABELS[stage],
         workspace=workspace,
     )
+
+
+def _detected_crops(
+    params: Params, recognizer: tuple[str, str], detector: tuple[str, str]
+) -> pd.DataFrame | None:
+    """The crop stage's reference for the serving pair (`page_reference`); None, with a
+    warning, where it cannot be had (the recogniser's own profile is used then)."""
+    from flywheel.monitoring.page_reference import detected_crop_reference
+    from flywheel.registry import RegistryError
+    from flywheel.storage import state_url
+
+    try:
+        return detected_crop_reference(
+            state_url(params.state.url),
+            recognizer,
+            detector,
+            params.data.dataset_dir,
+            splits=params.monitor.reference_splits,
+        )
+    except (ReferenceNotFoundError, RegistryError, OSError) as err:
+        logger.warning(
+            "crop stage: compared with the recogniser's profile of true-box crops, which "
+            "reads as drift where the detector's boxes differ: %s",
+            err,
+        )
+        return None
 
 
 def _when(moment: datetime | None, default: str) -> str:

@@ -14,6 +14,16 @@ submits the curation pipeline only when every rule of `monitor.trigger` allows:
   batches recorded in the last `budget_days`, `flywheel.curation.cost`) buys at
   least one image; the run's curation may then spend at most what is left.
 
+A page plan (`flywheel.monitoring.pages`: a detector and a recogniser, each
+checked on its own rows) decides the same way on both stages at once
+(`decide_pages`): drift in either stage counts, the minimum window applies per
+stage (pages for the detector, crops for the recogniser, each stage's
+`monitor.trigger.min_window_size`: a stage that drifted on too small a window
+fires nothing, another stage's drift on enough rows still does), and the budget
+rule prices a page as the plan's fewest expressions per page cost to label.
+A stage's window that was checked before counts with nothing: its verdict was
+decided on then.
+
 Every monitor run under `--trigger` records one `Decision` (fired, held back
 and every reason why, or none when there was no drift) in the state store,
 `<state URL>/monitoring/triggers/<time>.json`, one whole object each: a laptop's
@@ -28,13 +38,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flywheel.config import Params, TriggerConfig
 from flywheel.storage import Location, glob, join, read_bytes, state_url, write_bytes
 
 if TYPE_CHECKING:
     from flywheel.monitoring import MonitorResult
+    from flywheel.monitoring.pages import PageMonitorResult
 
 Action = Literal["fired", "held", "none", "failed"]
 """fired: a run was submitted; held: drift, but a rule said no; none: no drift;
@@ -82,6 +93,7 @@ class Decision:
         run_id: the submitted run (fired only).
         run_url: where the KFP UI shows it.
         namespace: the namespace it runs in.
+        stages: a page plan's stages, each a `StageWindow` as a dict (empty for one model).
     """
 
     time: str
@@ -99,6 +111,7 @@ class Decision:
     run_id: str | None = None
     run_url: str | None = None
     namespace: str | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def when(self) -> datetime:
@@ -109,6 +122,13 @@ class Decision:
         """One line for the Job's log: the action, why, and the window."""
         verdict = "DRIFT" if self.drift else "no drift"
         run = f": run {self.run_id}" if self.run_id else ""
+        if self.stages:
+            per_stage = "; ".join(StageWindow(**s).describe() for s in self.stages)
+            return (
+                f"trigger {self.action.upper()}{run} ({'; '.join(self.reasons)}) — {verdict}, "
+                f"window {self.window_start} → {self.window_end}, {self.window_size} pages: "
+                f"{per_stage}"
+            )
         return (
             f"trigger {self.action.upper()}{run} ({'; '.join(self.reasons)}) — {verdict}, "
             f"{self.model_name} v{self.model_version}, window {self.window_start} → "
@@ -126,6 +146,7 @@ def guard(
     spent: float = 0.0,
     image_cost: float = 0.0,
     signals: Sequence[str] = (),
+    too_small: Sequence[str] | None = None,
 ) -> Verdict:
     """Decide whether a drift verdict submits a run: every rule is checked, each refusal named.
 
@@ -138,12 +159,17 @@ def guard(
         spent: labelling spend recorded in the last `config.budget_days`.
         image_cost: what one image's labels cost (`flywheel.curation.cost.image_cost`).
         signals: the signals that decided drift (for the reason of a fired trigger).
+        too_small: the minimum window's refusals where the caller checked its windows
+            itself (a page plan, per stage: `decide_pages`); None: `window_size` against
+            `config.min_window_size`.
     """
     left = None if config.budget is None else round(config.budget - spent, 9)
     if not drift:
         return Verdict("none", ("no drift",), left)
-    reasons = []
-    if window_size < config.min_window_size:
+    reasons: list[str] = []
+    if too_small is not None:
+        reasons.extend(too_small)
+    elif window_size < config.min_window_size:
         reasons.append(
             f"window of {window_size} predictions < min_window_size {config.min_window_size}"
         )
@@ -252,6 +278,175 @@ def decide(params: Params, result: MonitorResult, *, now: datetime | None = None
         window_size=result.window_size,
         budget_left=verdict.budget_left,
         spend_limit=limit,
+    )
+
+
+@dataclass(frozen=True)
+class StageWindow:
+    """One stage of a page plan in a trigger decision: its model, its verdict, its window.
+
+    Attributes:
+        stage: `detection` or `recognition` (`flywheel.monitoring.pages.STAGES`).
+        model_name: the stage's registered model.
+        model_version: the version whose rows were checked ("" when not checked).
+        drift: the stage's verdict (a window checked before: the verdict recorded then).
+        signals: the signals that decided it.
+        window_size: the rows checked (pages for the detector, crops for the recogniser).
+        min_window_size: the stage's `monitor.trigger.min_window_size`.
+        rows: what a row is (`pages`, `crops`).
+        status: `checked`, `already` (checked before: does not count) or `skipped`.
+        note: why a stage was skipped.
+    """
+
+    stage: str
+    model_name: str
+    model_version: str = ""
+    drift: bool = False
+    signals: list[str] = field(default_factory=list)
+    window_size: int = 0
+    min_window_size: int = 0
+    rows: str = "rows"
+    status: Literal["checked", "already", "skipped"] = "checked"
+    note: str = ""
+
+    @property
+    def counts(self) -> bool:
+        """Whether the stage's drift is evidence for this decision (checked now, enough rows)."""
+        return self.status == "checked" and self.drift and self.window_size >= self.min_window_size
+
+    def describe(self) -> str:
+        """`detection pages-det v3: DRIFT (features), 60 pages`."""
+        if self.status == "skipped":
+            return f"{self.stage} {self.model_name}: not checked"
+        verdict = (
+            (f"DRIFT ({', '.join(self.signals)})" if self.signals else "DRIFT")
+            if self.drift
+            else "no drift"
+        )
+        before = " (checked before)" if self.status == "already" else ""
+        return (
+            f"{self.stage} {self.model_name} v{self.model_version}: {verdict}{before}, "
+            f"{self.window_size} {self.rows}"
+        )
+
+
+def page_stage_windows(params: Params, result: PageMonitorResult) -> list[StageWindow]:
+    """Each stage of a page monitor result as the trigger weighs it (`StageWindow`)."""
+    from flywheel.monitoring.pages import PAGE_STAGE, STAGES, stage_params
+
+    plans = stage_params(params)
+    windows = []
+    for stage in STAGES:
+        plan = plans[stage]
+        window = StageWindow(
+            stage,
+            plan.evaluate.registered_model,
+            min_window_size=plan.monitor.trigger.min_window_size,
+            rows="pages" if stage == PAGE_STAGE else "crops",
+        )
+        if stage in result.results:
+            checked = result.results[stage]
+            window = replace(
+                window,
+                model_version=checked.model_version,
+                drift=checked.drift,
+                signals=list(checked.check.reasons),
+                window_size=checked.window_size,
+            )
+        elif stage in result.already:
+            done = result.already[stage]
+            window = replace(
+                window,
+                model_version=done.metadata.get("model_version", ""),
+                drift=done.drift,
+                signals=[r for r in done.metadata.get("reasons", "").split(",") if r],
+                status="already",
+            )
+        else:
+            window = replace(
+                window, status="skipped", note=result.skipped.get(stage, "not asked for")
+            )
+        windows.append(window)
+    return windows
+
+
+def decide_pages(
+    params: Params, result: PageMonitorResult, *, now: datetime | None = None
+) -> Decision:
+    """The guard's decision on a page plan's monitor result (both stages), against the history.
+
+    Drift is drift in a stage checked now on at least its minimum window; a stage
+    that drifted on fewer rows holds the trigger back (and says so) unless another
+    stage's drift counts. Cooldown, daily cap and budget are the plan's
+    `monitor.trigger`; a page is priced at the plan's fewest expressions per page
+    (`data.pages.expressions`), a box and a transcription each.
+
+    Raises:
+        TriggerError: a decision record cannot be read.
+        flywheel.monitoring.MonitoringError: not a page plan.
+        flywheel.curation.CurationError: a spend record cannot be read, or
+            `curate.cost.prices` lacks the box or transcription price (drift only).
+    """
+    from flywheel.curation.cost import read_spend, spent_since
+    from flywheel.curation.strategies import CurationError
+    from flywheel.labeling.pages import page_cost
+
+    config = params.monitor.trigger
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    state = state_url(params.state.url)
+    stages = page_stage_windows(params, result)
+    fresh = [s for s in stages if s.status == "checked"]
+    drifted = [s for s in fresh if s.drift]
+    drift = bool(drifted)
+    too_small = (
+        []
+        if any(s.counts for s in drifted)
+        else [
+            f"{s.stage}: window of {s.window_size} {s.rows} < min_window_size {s.min_window_size}"
+            for s in drifted
+        ]
+    )
+    history = read_decisions(state, since=now - timedelta(hours=max(config.cooldown_hours, 24.0)))
+    spent, cost = 0.0, 0.0
+    if drift:
+        if config.budget is not None:
+            spent = spent_since(read_spend(state), now - timedelta(days=config.budget_days))
+        pages = params.data.pages
+        try:
+            cost = page_cost([pages.expressions[0] if pages is not None else 1], params).spend
+        except KeyError as err:
+            raise CurationError(str(err.args[0])) from None
+    signals = [f"{s.stage}: {signal}" for s in drifted for signal in s.signals]
+    verdict = guard(
+        config,
+        now=now,
+        drift=drift,
+        window_size=result.pages,
+        history=history,
+        spent=spent,
+        image_cost=cost,
+        signals=signals,
+        too_small=too_small,
+    )
+    limit, cap = verdict.spend_limit, params.curate.cost.per_cycle
+    if limit is not None and cap is not None and cap <= limit:
+        limit = None  # the cycle's own cap is within what is left
+    starts = [r.window_start for r in result.results.values()]
+    ends = [r.window_end for r in result.results.values()]
+    return Decision(
+        time=now.isoformat(),
+        action=verdict.action,
+        reasons=list(verdict.reasons),
+        drift=drift,
+        drift_signals=signals,
+        model_name=" + ".join(s.model_name for s in stages),
+        model_version=" + ".join(s.model_version or "?" for s in stages),
+        window_start=min(starts).isoformat() if starts else "",
+        window_end=max(ends).isoformat() if ends else "",
+        window_size=result.pages,
+        budget_left=verdict.budget_left,
+        spend_limit=limit,
+        stages=[asdict(s) for s in stages],
     )
 
 
