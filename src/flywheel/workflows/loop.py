@@ -96,7 +96,9 @@ def detect_page_drift(
     import html
 
     from flywheel.monitoring.pages import describe, monitor_pages
+    from flywheel.tracking import configure_tracking
 
+    configure_tracking()
     result = monitor_pages(params)
     lines = describe(result)
     for line in lines:
