@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from flywheel.config import Params, parse_params
 from flywheel.labeling import LabelerError, write_json_atomic
@@ -125,3 +126,49 @@ def test_a_digits_labels_table_is_refused_for_a_page_plan() -> None:
     frame = pd.DataFrame({"request_id": ["r"], "index": [0], "label": ["3"]})
     with pytest.raises(ValueError, match="not a page labels table"):
         page_labels_from_frame(frame)
+
+
+def _cli(tmp_path: Path, *args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    path = tmp_path / "pages.yaml"
+    path.write_text(yaml.safe_dump(_params(tmp_path).model_dump(mode="json")))
+    return CliRunner().invoke(app, [*args, "--params", str(path)], env={"COLUMNS": "200"})
+
+
+def test_label_import_checks_a_page_export_and_saves_it_for_the_page_labeller(
+    tmp_path: Path,
+) -> None:
+    params = _params(tmp_path)
+    queue, _ = sync_folders(params)
+    tasks = [_task(f"r-{n}") for n in range(2)]
+    write_json_atomic(Path(str(queue)) / "b-1.json", tasks)
+    export = tmp_path / "people.json"
+    export.write_text(json.dumps([_annotated(tasks[0], 1, ["x+1", "2"])]))
+
+    result = _cli(tmp_path, "label", "import", str(export))
+    assert result.exit_code == 0, result.output
+    assert "1 labelled pages" in result.output
+    assert (Path(str(page_exports_dir(params))) / "people.json").is_file()
+    assert count_completed(params).completed == 1
+
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([_annotated(tasks[1], 2, ["x+1", "\\alpha"])]))
+    refused = _cli(tmp_path, "label", "import", str(wrong))
+    assert refused.exit_code == 2
+    assert "alpha" in refused.output
+    assert not (Path(str(page_exports_dir(params))) / "wrong.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [(("label", "oracle"), "page_oracle:PageStudioOracle"), (("data", "merge"), "label sync")],
+)
+def test_digits_only_commands_say_what_a_page_plan_takes(
+    tmp_path: Path, command: tuple[str, ...], says: str
+) -> None:
+    result = _cli(tmp_path, *command)
+    assert result.exit_code == 2
+    assert says in result.output
