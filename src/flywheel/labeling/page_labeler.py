@@ -191,7 +191,7 @@ class PageLabeler(Labeler):
 
     @abstractmethod
     def read_labels(
-        self, params: Params, queue_dir: Path, export_dir: Path
+        self, params: Params, queue_dir: Location, export_dir: Path
     ) -> tuple[list[PageLabel], str]:
         """Every page label the labeller holds, and one line saying what was read.
 
@@ -245,7 +245,7 @@ class PageLabeler(Labeler):
         del gt_root
         _require_pages(params)
         with tempfile.TemporaryDirectory(prefix="flywheel-pages-") as scratch:
-            every, _ = self.read_labels(params, Path(str(queue_dir)), Path(scratch))
+            every, _ = self.read_labels(params, queue_dir, Path(scratch))
         return {label.key for label in every} & queued_keys(queue_dir)
 
 
@@ -290,7 +290,7 @@ class PageStudioLabeler(PageLabeler):
         return f"Label Studio project {project} at {connection.url}: {sent} page tasks sent"
 
     def read_labels(
-        self, params: Params, queue_dir: Path, export_dir: Path
+        self, params: Params, queue_dir: Location, export_dir: Path
     ) -> tuple[list[PageLabel], str]:
         """Publish what is missing, let `annotate` run, read every page task back.
 
@@ -334,7 +334,7 @@ class PageExportLabeler(PageLabeler):
     """
 
     def read_labels(
-        self, params: Params, queue_dir: Path, export_dir: Path
+        self, params: Params, queue_dir: Location, export_dir: Path
     ) -> tuple[list[PageLabel], str]:
         """The labels of every saved export.
 
