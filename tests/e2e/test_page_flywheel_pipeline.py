@@ -76,15 +76,9 @@ def _cli(*args: str) -> str:
     return result.output
 
 
-def _log_drifted_traffic(params: Params, seed: int, seeds: tuple[int, ...]) -> list[str]:
-    """Pages of one shifted stratum answered by the pair in production, logged; truth saved.
-
-    Args:
-        params: the plan.
-        seed: the traffic to log now.
-        seeds: every traffic logged so far, this one included (the truth of all is saved).
-    """
-    from flywheel.demo.page_oracle import page_truth_path
+def _log_drifted_traffic(params: Params, seed: int) -> list[str]:
+    """Pages of one shifted stratum answered by the pair in production, logged; truth saved."""
+    from flywheel.demo.page_oracle import page_truth_dir
     from flywheel.demo.pages.traffic import production_pages, save_truth
     from flywheel.monitoring.pages import page_log_root
     from flywheel.registry import version_for_alias
@@ -123,8 +117,8 @@ def _log_drifted_traffic(params: Params, seed: int, seeds: tuple[int, ...]) -> l
         detector=DETECTOR,
         recognizer=RECOGNISER,
     )
-    pages = [p for s in seeds for p in production_pages(shifted, PAGES, seed=s, prefix="drift")]
-    save_truth(pages, page_truth_path(params))
+    pages = production_pages(shifted, PAGES, seed=seed, prefix="drift")
+    save_truth(pages, page_truth_dir(params) / f"drift-{seed}.json")  # a file per phase
     return ids
 
 
@@ -181,7 +175,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ensure_dataset(params.data, repo)
         _cli("pipeline", "run", "training")  # the pair in production: version 1 of each
         first = data_version(repo, params.data)
-        requests = _log_drifted_traffic(params, 3, (3,))
+        requests = _log_drifted_traffic(params, 3)
         with running_label_studio(params.label.studio, members=[ORACLE_EMAIL]) as connection:
             started = datetime.now(UTC)
             output = _cli("pipeline", "run", "flywheel", "--no-cache")
@@ -193,7 +187,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             after_again = data_version(repo, params.data), _merge_records(params)
             # Later pages, curated, then labelled and merged by `label sync`'s update run:
             # no drift decision there, so both models retrain, the recogniser last.
-            later = _log_drifted_traffic(params, 4, (3, 4))
+            later = _log_drifted_traffic(params, 4)
             curated = _cli("curate")
             synced = _cli("label", "sync")
             third = data_version(repo, params.data)

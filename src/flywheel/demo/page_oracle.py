@@ -12,7 +12,8 @@ person skips a page they cannot read.
 (`flywheel.labeling.page_labeler.PageStudioLabeler`) with the oracle as its
 annotator (`label.labeler: flywheel.demo.page_oracle:PageStudioOracle`), as
 `flywheel.demo.oracle.LabelStudioOracle` is the digits'. The truth it answers
-from is what the traffic simulator saved (`save_truth`) at `page_truth_path`;
+from is what the traffic simulator saved (`save_truth`, a file per traffic phase) in
+`page_truth_dir` (`<state>/ground_truth/pages/`, where `flywheel demo --plan pages` keeps it);
 its labels carry the simulator's stratum and source glyphs, which the page
 merge needs (real traffic records none).
 """
@@ -35,8 +36,8 @@ from flywheel.labeling.server import Connection
 from flywheel.labeling.studio import read_tasks, sdk_client
 from flywheel.storage import Location, state_url
 
-PAGE_TRUTH_NAME = "page-truth.json"
-"""The simulator's page truth, `<state dir>/simulator/page-truth.json`."""
+PAGE_TRUTH_DIR = "pages"
+"""The simulator's page truth: `<state dir>/ground_truth/pages/<phase>.json` (`save_truth`)."""
 KNOWN_FIELDS = ("level", "writing", "noise", "glyphs")
 """What the oracle's labels carry of the simulator's record (the page merge reads them)."""
 
@@ -108,8 +109,9 @@ def annotate_pages_as_oracle(
     return len(answers) - skipped, skipped
 
 
-def page_truth_path(params: Params) -> Path:
-    """Where the demo's traffic keeps its page truth (`save_truth`): beside the state.
+def page_truth_dir(params: Params) -> Path:
+    """Where the demo's traffic keeps its page truth: `<state>/ground_truth/pages/`, a
+    `save_truth` file per traffic phase (the folder `flywheel demo --plan pages` writes).
 
     Raises:
         ValueError: the state is not a local folder (the demo's truth is kept in one).
@@ -117,15 +119,17 @@ def page_truth_path(params: Params) -> Path:
     state = state_url(params.state.url)
     if not isinstance(state, Path):
         raise ValueError(f"the demo's page truth is kept in a local state folder, not {state}")
-    return state / "simulator" / PAGE_TRUTH_NAME
+    return state / "ground_truth" / PAGE_TRUTH_DIR
 
 
 def read_page_truth(params: Params) -> dict[str, dict[str, Any]]:
-    """The saved page truth (`load_truth`); {} when the simulator saved none."""
+    """Every saved page truth file (`load_truth`), merged by request id; {} when none."""
     from flywheel.demo.pages.traffic import load_truth
 
-    path = page_truth_path(params)
-    return load_truth(path) if path.is_file() else {}
+    truth: dict[str, dict[str, Any]] = {}
+    for path in sorted(page_truth_dir(params).glob("*.json")):
+        truth |= load_truth(path)
+    return truth
 
 
 class PageStudioOracle(PageStudioLabeler):
@@ -165,10 +169,10 @@ class PageStudioOracle(PageStudioLabeler):
 
 __all__ = [
     "KNOWN_FIELDS",
-    "PAGE_TRUTH_NAME",
+    "PAGE_TRUTH_DIR",
     "PageStudioOracle",
     "annotate_pages_as_oracle",
-    "page_truth_path",
+    "page_truth_dir",
     "read_page_truth",
     "truth_results",
 ]
