@@ -35,11 +35,25 @@ def demo(
         ),
     ] = True,
     requests: Annotated[
-        int, typer.Option(min=1, help="Requests per traffic phase of the loop.")
-    ] = 400,
+        int | None,
+        typer.Option(
+            min=1, help="Requests per traffic phase of the loop (default 400; pages: 150)."
+        ),
+    ] = None,
     drift_scenario: Annotated[
-        str, typer.Option(help="The drifting traffic scenario (params.yaml `scenarios:`).")
-    ] = "handwritten_shadow_rotated",
+        str | None,
+        typer.Option(
+            help="The drifting traffic scenario (the plan's `scenarios:`; default "
+            "handwritten_shadow_rotated, for pages photographed)."
+        ),
+    ] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help="A plan of plans/ instead of --params: `pages` (plans/pages.yaml) runs the "
+            "formula-page service's loop."
+        ),
+    ] = None,
 ) -> None:
     """Run the loop locally: data (keep, pull or regenerate) → the training pipeline → summary.
 
@@ -49,7 +63,8 @@ def demo(
     command that opens the MLflow UI, and ends by serving the production model on
     127.0.0.1 for one prediction of a test image (and the command that serves it).
     Run it again: the new candidate faces the champion, and is promoted only if
-    the gates bless it.
+    the gates bless it. A page plan (`--plan pages`) trains both of its models and
+    runs the page service's loop (`flywheel.cli.page_demo`).
     """
     import time
 
@@ -58,9 +73,17 @@ def demo(
     from pipelines.step_server import shared_server
 
     started = time.perf_counter()
+    if plan is not None:
+        params = plan_file(plan)
     shared_server()  # the steps' imports, paid once, while the data is made ready
     entry = pipeline_entry("training", runnable=True)
     p = read_base_params(params, set_)
+    if p.data.is_pages:
+        from flywheel.cli.page_demo import page_demo
+
+        page_demo(params, p, set_, cache=cache, loop=loop, pages=requests, scenario=drift_scenario)
+        console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+        return
     with exit_on(DataVersionError):
         how, version = ensure_dataset(p.data, ".", verify_remote=False)
         # The demo's remote is a folder in the state folder: refill it if that was wiped.
@@ -71,8 +94,22 @@ def demo(
     print_training_summary(run)
     _show_served_prediction(p, params)
     if loop:
-        _run_closed_loop(params, set_, drift_scenario, requests)
+        _run_closed_loop(
+            params, set_, drift_scenario or "handwritten_shadow_rotated", requests or 400
+        )
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def plan_file(name: str) -> Path:
+    """`plans/<name>.yaml` of the project, or a clear error listing the plans there."""
+    path = Path("plans") / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path("plans").glob("*.yaml"))
+        raise typer.BadParameter(
+            f"no plan {name!r} ({path} does not exist); plans here: {', '.join(known) or 'none'}",
+            param_hint="--plan",
+        )
+    return path
 
 
 def _run_closed_loop(params: Path, set_: list[str] | None, scenario: str, requests: int) -> None:

@@ -128,7 +128,12 @@ class Params(FrozenConfig):
         plan = info.data.get("data")
         if not isinstance(plan, DataPlan):  # `data` failed: its own error says why
             return scenarios
-        known = set(plan.strata.names())
+        if plan.pages is not None:  # a page plan weighs writing/noise pairs (levels evenly)
+            strata = plan.pages.strata
+            known = {f"{w}/{n}" for w in strata.writing for n in strata.noise}
+            noises = set(strata.noise)
+        else:
+            known, noises = set(plan.strata.names()), set(plan.strata.noise)
         for name, scenario in scenarios.items():
             if isinstance(scenario.mix, dict):
                 unknown = set(scenario.mix) - known
@@ -137,7 +142,7 @@ class Params(FrozenConfig):
                         f"scenario {name!r} names unknown strata {sorted(unknown)}; "
                         f"known: {sorted(known)}"
                     )
-            bad = set(scenario.severity) - set(plan.strata.noise)
+            bad = set(scenario.severity) - noises
             if bad:
                 raise ValueError(f"scenario {name!r}: severity for unknown noise {sorted(bad)}")
         return scenarios

@@ -60,6 +60,9 @@ class TrainConfig(FrozenConfig):
     # labelled production images (manifest source=production) appear this many times per
     # epoch: the few images of the drift the loop labelled must count against the plan's
     production_repeat: int = Field(1, ge=1, le=100)
+    # fine-tune: start from this alias of the task's registered model ("production") or a
+    # model URI, not from random weights (flywheel.modeling.warm_start); null: from scratch
+    init_from: str | None = None
     monitor: str = "val_accuracy"  # early stopping, best checkpoint, overfitting flag
     patience: int = Field(5, ge=1)  # epochs without improvement before stopping
     min_delta: float = Field(1e-3, ge=0)  # smallest change that counts as improvement

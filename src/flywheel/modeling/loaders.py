@@ -62,20 +62,33 @@ class DecodedOnce(Dataset[Any]):
 
 
 def production_indices(dataset: Dataset[Any]) -> list[int]:
-    """Positions of the labelled production images (manifest `source=production`) in a split.
+    """Positions of the labelled production images in a split.
 
     Task datasets that keep their manifest rows as `frame` (in dataset order)
-    expose them; others have none.
+    expose them: a row of `source=production` (digits), or a page (`image_id`)
+    or crop of a page (`page_id`) the page merge named `production-…`
+    (`flywheel.labeling.merge.production_image_id`). Others have none.
 
     >>> class Rows(Dataset):
     ...     frame = pd.DataFrame({"source": ["font:a", "production", "production"]})
     >>> production_indices(Rows())
     [1, 2]
+    >>> class Crops(Dataset):
+    ...     frame = pd.DataFrame({"page_id": ["train-high-00001", "production-page-3-0"]})
+    >>> production_indices(Crops())
+    [1]
     """
     frame = getattr(dataset, "frame", None)
-    if not isinstance(frame, pd.DataFrame) or "source" not in frame.columns:
+    if not isinstance(frame, pd.DataFrame):
         return []
-    return [int(i) for i in np.flatnonzero(frame["source"].to_numpy() == PRODUCTION_SOURCE)]
+    if "source" in frame.columns:
+        mask = frame["source"].to_numpy() == PRODUCTION_SOURCE
+    else:
+        column = next((c for c in ("page_id", "image_id") if c in frame.columns), None)
+        if column is None:
+            return []
+        mask = frame[column].astype(str).str.startswith(f"{PRODUCTION_SOURCE}-").to_numpy()
+    return [int(i) for i in np.flatnonzero(mask)]
 
 
 def _tensors(sample: Any) -> list[Any]:

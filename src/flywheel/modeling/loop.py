@@ -41,6 +41,7 @@ class TrainingLoop:
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None
     start_epoch: int = 1
+    init_from: str | None = None  # the model URI fine-tuning started from (`warm_start`)
 
 
 def build_loop(
@@ -56,13 +57,21 @@ def build_loop(
     Raises:
         flywheel.tasks.DatasetError: the dataset cannot be read.
         flywheel.config.ConfigError: the augmentation would wipe out the images.
+        flywheel.modeling.warm_start.WarmStartError: `train.init_from` names no
+            model, or one of another shape.
     """
+    from flywheel.modeling.warm_start import init_source, load_initial_weights
+
     cfg = params.train
     train_set, val_set = training_datasets(task, cfg, dataset_dir)
     task.check_augment(cfg.augment, train_set)  # before any epoch: not after one of blanks
 
     seed_everything(cfg.seed)  # same initial weights on every rank
-    model = task.build_model(cfg.model).to(device)
+    model = task.build_model(cfg.model)
+    init_from = init_source(params)
+    if init_from is not None:  # fine-tuning: every rank loads the same weights
+        load_initial_weights(model, init_from)
+    model = model.to(device)
     torch.manual_seed(cfg.seed + ctx.rank)  # dropout differs per rank
     generators = {
         "shuffle": torch.Generator().manual_seed(cfg.seed),
@@ -93,6 +102,7 @@ def build_loop(
         val_loader=val_loader,
         sampler=sampler,
         stopper=EarlyStopping(cfg.patience, cfg.min_delta, task.direction(cfg.monitor)),
+        init_from=init_from,
     )
 
 

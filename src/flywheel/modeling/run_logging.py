@@ -81,6 +81,10 @@ def start_run(
             "flywheel.manifest_sha256": sha256_file(manifest),
         }
     )
+    if loop.init_from is not None:
+        from flywheel.modeling.warm_start import INIT_TAG
+
+        tags[INIT_TAG] = loop.init_from
     tags.update(source_tags(tags[TAG_GIT_COMMIT]))
     mlflow.set_tags(tags)
     log_dataset_input(params, dataset_dir, data_version)
