@@ -48,6 +48,7 @@ def _plan(port: int) -> dict[str, Any]:
     """plans/pages.yaml with the tiny data plan, seconds of training, the demo's page oracle."""
     plan = yaml.safe_load((REPO / "plans" / "pages.yaml").read_text())
     plan["data"] = {**tiny_page_plan(per_split=2).model_dump(mode="json"), "root": "data-pages"}
+    plan["scenarios"] = {"in_distribution": {"mix": "plan"}}  # the tiny plan's strata only
     plan["train"].update(batch_size=8, patience=3)
     plan["evaluate"]["batch_size"] = 16
     for task, section in plan["tasks"].items():
