@@ -56,7 +56,15 @@ def build_curation_pipeline(
         target: `local` or `cluster`.
         image: the steps' image (default `flywheel.env.component_image()`).
         cluster: placement and credentials for `cluster`.
+
+    A page plan (`data.pages`) gets the pair's pipeline (`pipelines.pages`).
     """
+    if config.data.is_pages:  # the formula-page service: a stage per model
+        from pipelines.pages import build_page_curation_pipeline
+
+        return build_page_curation_pipeline(
+            config, data_version=data_version, target=target, image=image, cluster=cluster
+        )
     del data_version
     step = uncached_step(
         image or component_image(), target, cluster or ClusterSettings(placement=config.cluster)

@@ -90,7 +90,15 @@ def build_update_pipeline(
         target: `local` or `cluster`.
         image: the steps' image (default `flywheel.env.component_image()`).
         cluster: placement and credentials for `cluster`.
+
+    A page plan (`data.pages`) gets the pair's pipeline (`pipelines.pages`).
     """
+    if config.data.is_pages:  # the formula-page service: a stage per model
+        from pipelines.pages import build_page_update_pipeline
+
+        return build_page_update_pipeline(
+            config, data_version=data_version, target=target, image=image, cluster=cluster
+        )
     image = image or component_image()
     settings = cluster or ClusterSettings(placement=config.cluster)
     training = build_training_pipeline(config, target=target, image=image, cluster=settings)

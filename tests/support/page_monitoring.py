@@ -135,8 +135,13 @@ def log_pages(
     seed: int,
     start: datetime,
     prefix: str,
+    detector: str = DETECTOR,
+    recognizer: str = RECOGNIZER,
 ) -> list[str]:
     """Answer `count` production pages of `plan` with the pair; log them one second apart.
+
+    Args:
+        detector, recognizer: the pair's registered models (default the test models).
 
     Returns:
         The request ids, in order.
@@ -149,8 +154,8 @@ def log_pages(
     from flywheel.tasks.page_pipeline import PagePipeline
 
     pipeline = PagePipeline(
-        load_pair_model(registry.model_uri(DETECTOR, pair.detector_version), "detection"),
-        load_pair_model(registry.model_uri(RECOGNIZER, pair.recognizer_version), "recognition"),
+        load_pair_model(registry.model_uri(detector, pair.detector_version), "detection"),
+        load_pair_model(registry.model_uri(recognizer, pair.recognizer_version), "recognition"),
     )
     detection, recognition = pipeline.detection_task, pipeline.recognition_task
     logger = PageLogger(log_root, flush_every=1, flush_interval_s=0.05)
@@ -189,9 +194,9 @@ def log_pages(
                 PageRecord(
                     request_id=page.request_id,
                     time=start + timedelta(seconds=n),
-                    detector_name=DETECTOR,
+                    detector_name=detector,
                     detector_version=pair.detector_version,
-                    recognizer_name=RECOGNIZER,
+                    recognizer_name=recognizer,
                     recognizer_version=pair.recognizer_version,
                     width=image.width,
                     height=image.height,

@@ -366,6 +366,13 @@ def data_merge(
     from flywheel.storage import as_location
 
     p = read_params(params, set_)
+    if p.data.is_pages:
+        raise typer.BadParameter(
+            "a page plan's labels are merged by its update pipeline, which reads them back "
+            "from the page labeller and records the pages it settled: `flywheel label sync "
+            "--params <plan>` (or `flywheel pipeline run update --params <plan>`)",
+            param_hint="--params",
+        )
     with exit_on(DataVersionError, StratumError), refuse_on(MergeError):
         _recover(repo, p.data, strict=push)
         log_root = as_location(log_dir) if log_dir else None

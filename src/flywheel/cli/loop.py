@@ -18,6 +18,7 @@ from flywheel.cli.project_root import ProjectTyper
 from flywheel.cli.trigger import HostOpt, NamespaceOpt, TokenFileOpt, TokenOpt
 
 if TYPE_CHECKING:
+    from flywheel.config import Params
     from flywheel.monitoring import AlreadyMonitoredError
 
 commands = ProjectTyper()
@@ -483,6 +484,11 @@ def label_import(
     tasks labelling one image differently is an error naming the task; so is
     an export that yields no label, and a CSV export. Nothing is written then
     (exit 2). Re-importing an export records nothing new.
+
+    With a page plan (--params plans/pages.yaml) an export of the page project
+    is checked whole (every task's boxes and LaTeX, its annotators agreeing)
+    and saved into <label dir>/page-exports/, where the `label-studio-export`
+    page labeller reads it (`label sync`, the update pipeline).
     """
     from flywheel.data.ground_truth import ground_truth_dir
     from flywheel.labeling import LabelImportError, import_labels, queue_dir, served_keys
@@ -490,6 +496,9 @@ def label_import(
     from flywheel.storage import state_url
 
     p = read_params(params, set_)
+    if p.data.is_pages:
+        _import_page_export(p, path)
+        return
     with exit_on(LabelImportError):
         state = state_url(p.state.url)
         served = served_keys(
@@ -512,6 +521,36 @@ def label_import(
         console.print(f"labels: {result.file}", soft_wrap=True)
 
 
+def _import_page_export(p: Params, path: Path) -> None:
+    """Check a page project's export whole, then save it where the page export labeller reads."""
+    from flywheel.labeling import write_json_atomic
+    from flywheel.labeling.page_annotations import PageLabelError, parse_page_tasks
+    from flywheel.labeling.page_labeler import page_exports_dir
+    from flywheel.labeling.queue import read_json
+    from flywheel.storage import join
+
+    assert p.data.pages is not None
+    with exit_on(PageLabelError):
+        tasks = read_json(path, PageLabelError)
+        read = parse_page_tasks(
+            tasks,
+            box_name=p.label.from_name,
+            vocabulary=p.data.pages.vocabulary,
+            annotators=p.label.annotators,
+            source=str(path),
+            strict=True,
+        )
+        if not read.labels:
+            raise PageLabelError(f"{path}: no labelled page ({len(read.unlabelled)} unlabelled)")
+        saved = write_json_atomic(join(page_exports_dir(p), path.name), tasks)
+    console.print(
+        f"{path}: [bold]{len(read.labels)}[/bold] labelled pages, {len(read.unlabelled)} "
+        f"without a submitted annotation; saved as {saved} (read by `label sync` and the "
+        "update pipeline)",
+        soft_wrap=True,
+    )
+
+
 @label_commands.command("oracle")
 def label_oracle(
     batch: Annotated[
@@ -529,6 +568,13 @@ def label_oracle(
     from flywheel.labeling import LabelImportError, QueueError
 
     p = read_params(params, set_)
+    if p.data.is_pages:
+        raise typer.BadParameter(
+            "the page plan's oracle annotates in Label Studio as the pipeline's labeller "
+            "(label.labeler: flywheel.demo.page_oracle:PageStudioOracle); this command "
+            "answers the digits queue",
+            param_hint="--params",
+        )
     with exit_on(QueueError, LabelImportError):
         result = label_with_oracle(p, batch=batch)
     if result.export is None:
@@ -620,8 +666,9 @@ def label_sync(
     are complete, recording nothing: the Label Studio project's annotations,
     the exports saved in <label dir>/exports/, or the demo oracle's truth. When
     at least label.sync.min_completed are, the update pipeline (collect the
-    labels → merge into a new data version → training) runs on the KFP local
-    runner, or with --submit is submitted to the KFP endpoint (--host or
+    labels → merge into a new data version → training; with a page plan the
+    pair's update: each model retrained, the recogniser after the detector) runs
+    on the KFP local runner, or with --submit is submitted to the KFP endpoint (--host or
     KF_PIPELINES_ENDPOINT; --namespace, --token or --token-file as `pipeline
     submit` takes them), as the label-sync CronJob does. The decision (fired,
     held and the counts) is recorded under
@@ -632,11 +679,12 @@ def label_sync(
     the endpoint unreachable or refusing).
     """
     from flywheel.cli.trigger import sync, target
-    from flywheel.labeling import LabelImportError, QueueError
+    from flywheel.labeling import LabelerError, LabelImportError, QueueError
     from flywheel.labeling.server import LabelStudioError
     from flywheel.workflows.trigger import TriggerError
 
     where = target(host, namespace, token, token_file, out, flag="--submit") if submit else None
     p = read_params(params, set_)
-    with exit_on(QueueError, LabelImportError, LabelStudioError, TriggerError, OSError):
+    errors = (QueueError, LabelImportError, LabelStudioError, LabelerError, TriggerError, OSError)
+    with exit_on(*errors):
         sync(p, params, list(set_ or []), where)

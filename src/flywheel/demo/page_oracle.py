@@ -7,21 +7,39 @@ expression as a rectangle and its LaTeX, linked by one region id, in Label
 Studio's percent coordinates (`flywheel.labeling.pages.region_results`).
 A page the simulator did not send is skipped (a cancelled annotation), as a
 person skips a page they cannot read.
+
+`PageStudioOracle` is the product's page labeller for Label Studio
+(`flywheel.labeling.page_labeler.PageStudioLabeler`) with the oracle as its
+annotator (`label.labeler: flywheel.demo.page_oracle:PageStudioOracle`), as
+`flywheel.demo.oracle.LabelStudioOracle` is the digits'. The truth it answers
+from is what the traffic simulator saved (`save_truth`, a file per traffic phase) in
+`page_truth_dir` (`<state>/ground_truth/pages/`, where `flywheel demo --plan pages` keeps it);
+its labels carry the simulator's stratum and source glyphs, which the page
+merge needs (real traffic records none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from flywheel.config import Params
 from flywheel.data.pages import Region
 from flywheel.demo.oracle import ORACLE_CONCURRENCY, ORACLE_EMAIL, oracle_token
+from flywheel.labeling.page_annotations import PageLabel
+from flywheel.labeling.page_labeler import PageStudioLabeler
 from flywheel.labeling.pages import region_results
-from flywheel.labeling.queue import task_key
+from flywheel.labeling.queue import Key, queued_keys, task_key
 from flywheel.labeling.server import Connection
 from flywheel.labeling.studio import read_tasks, sdk_client
+from flywheel.storage import Location, state_url
+
+PAGE_TRUTH_DIR = "pages"
+"""The simulator's page truth: `<state dir>/ground_truth/pages/<phase>.json` (`save_truth`)."""
+KNOWN_FIELDS = ("level", "writing", "noise", "glyphs")
+"""What the oracle's labels carry of the simulator's record (the page merge reads them)."""
 
 
 def truth_results(
@@ -91,4 +109,70 @@ def annotate_pages_as_oracle(
     return len(answers) - skipped, skipped
 
 
-__all__ = ["annotate_pages_as_oracle", "truth_results"]
+def page_truth_dir(params: Params) -> Path:
+    """Where the demo's traffic keeps its page truth: `<state>/ground_truth/pages/`, a
+    `save_truth` file per traffic phase (the folder `flywheel demo --plan pages` writes).
+
+    Raises:
+        ValueError: the state is not a local folder (the demo's truth is kept in one).
+    """
+    state = state_url(params.state.url)
+    if not isinstance(state, Path):
+        raise ValueError(f"the demo's page truth is kept in a local state folder, not {state}")
+    return state / "ground_truth" / PAGE_TRUTH_DIR
+
+
+def read_page_truth(params: Params) -> dict[str, dict[str, Any]]:
+    """Every saved page truth file (`load_truth`), merged by request id; {} when none."""
+    from flywheel.demo.pages.traffic import load_truth
+
+    truth: dict[str, dict[str, Any]] = {}
+    for path in sorted(page_truth_dir(params).glob("*.json")):
+        truth |= load_truth(path)
+    return truth
+
+
+class PageStudioOracle(PageStudioLabeler):
+    """The demo's page labeller: the product's Label Studio page labeller, the oracle annotating.
+
+    Between publishing and reading back it submits the simulator's truth
+    (`annotate_pages_as_oracle`); each label carries the page's recorded stratum
+    and source glyphs (`known`), which real traffic lacks.
+    """
+
+    def __init__(self, connection: Connection | None = None) -> None:
+        super().__init__(connection)
+        self._truth: dict[str, dict[str, Any]] | None = None
+
+    def truth(self, params: Params) -> dict[str, dict[str, Any]]:
+        """The saved page truth, read once per labeller."""
+        if self._truth is None:
+            self._truth = read_page_truth(params)
+        return self._truth
+
+    def annotate(self, connection: Connection, project: int, params: Params) -> None:
+        """The oracle annotates the published page tasks through the API."""
+        annotate_pages_as_oracle(connection, project, params, self.truth(params))
+
+    def known(self, params: Params, label: PageLabel) -> Mapping[str, Any]:
+        """The simulator's stratum and source glyphs of the page."""
+        record = self.truth(params).get(label.key[0], {})
+        return {k: record[k] for k in KNOWN_FIELDS if k in record}
+
+    def completed(
+        self, params: Params, queue_dir: Location, *, gt_root: Location | None = None
+    ) -> set[Key]:
+        """The queued pages the oracle knows the truth of: it answers as soon as it is asked."""
+        del gt_root
+        return {k for k in queued_keys(queue_dir) if k[0] in self.truth(params)}
+
+
+__all__ = [
+    "KNOWN_FIELDS",
+    "PAGE_TRUTH_DIR",
+    "PageStudioOracle",
+    "annotate_pages_as_oracle",
+    "page_truth_dir",
+    "read_page_truth",
+    "truth_results",
+]

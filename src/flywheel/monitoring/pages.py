@@ -403,9 +403,14 @@ def _check_stage(
                 f"train.task={stage} --version {version}`"
             ) from None
     reference = stage_reference(stage, profile, config.reference_splits, int(version))
+    # A detector that found no box on any page of one side has no score to compare
+    # (Evidently refuses an empty column): the signal is left out, not the stage.
+    scored = stage == PAGE_STAGE and all(
+        w.rows[DETECTION_SCORE].notna().any() for w in (current, reference)
+    )
     extra = (
         [ExtraColumn(DETECTION_SCORE, config.confidence, "confidence", "detection score")]
-        if stage == PAGE_STAGE
+        if scored
         else []
     )
     start = pd.Timestamp(times.iloc[0]).to_pydatetime()

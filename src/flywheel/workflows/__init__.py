@@ -14,7 +14,8 @@ arguments and the local runner live in `pipelines/`.
 * `flywheel.workflows.judging` — `judge_candidate`, the evaluation step, and the
   Metrics scalars it writes (`evaluation_scalars`, read back by `slice_rows`);
 * `flywheel.workflows.loop` — the retraining (`flywheel`) pipeline's steps in front
-  of training: `detect_drift` → `curate_samples` → `label_samples` → `update_dataset`;
+  of training: `detect_drift` → `curate_samples` → `label_samples` → `update_dataset`
+  (each dispatching on a page plan; `detect_page_drift` says which stages drifted);
 * `flywheel.workflows.label_sync` — asynchronous labelling: `send_batch` ends the
   `curation` pipeline, `collect_labels` starts the `update` pipeline (every completed
   annotation of every outstanding batch; the `label.sync.min_completed` threshold),
@@ -52,6 +53,8 @@ from flywheel.workflows.loop import (
     LABELS_FILE,
     curate_samples,
     detect_drift,
+    detect_page_drift,
+    drifted_stages,
     label_samples,
     update_dataset,
 )
@@ -91,6 +94,8 @@ __all__ = [
     "count_completed",
     "curate_samples",
     "detect_drift",
+    "detect_page_drift",
+    "drifted_stages",
     "epoch_line",
     "evaluation_scalars",
     "judge_candidate",

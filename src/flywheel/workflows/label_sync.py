@@ -13,8 +13,16 @@ says where each queued task stands):
 
 `flywheel label sync` (and its CronJob) counts first (`count_completed`,
 through `Labeler.completed`, recording nothing) and starts an update run only
-when the threshold is met. Each of its decisions is a `SyncDecision`, recorded
-beside the drift trigger's (`<state URL>/monitoring/triggers/label-sync/`).
+when the threshold is met.
+
+A page plan (`data.is_pages`) goes the same way with its own folders and
+labeller (`flywheel.labeling.page_labeler`): the page queue
+(`<label dir>/page-queue/`), the pages its merges settled
+(`<label dir>/page-merged/`), and page labels, read back whole from Label
+Studio (or the saved exports) each time, as a page labels table.
+
+Each of `flywheel label sync`'s decisions is a `SyncDecision`, recorded beside
+the drift trigger's (`<state URL>/monitoring/triggers/label-sync/`).
 """
 
 from __future__ import annotations
@@ -46,10 +54,28 @@ def send_batch(params: Params, queue_dir: Path) -> int:
 
     The curation pipeline's last step: nobody waits for the annotations.
     """
-    from flywheel.labeling import labeler_for, queued_keys
+    from flywheel.labeling import queued_keys
+    from flywheel.labeling.page_labeler import labeler_of
 
-    say(labeler_for(params.label).send(params, queue_dir))
+    say(labeler_of(params).send(params, queue_dir))
     return len(queued_keys(queue_dir))
+
+
+def sync_folders(params: Params) -> tuple[Location, Location]:
+    """The plan's queue folder and the folder of its merge records (settled keys).
+
+    The digits' `<label dir>/queue` and `merged`; a page plan's `page-queue` and `page-merged`.
+    """
+    from flywheel.labeling import queue_dir
+    from flywheel.labeling.sync import merged_dir
+
+    if params.data.is_pages:
+        from flywheel.curation.pages import page_queue_dir
+        from flywheel.labeling.page_labeler import page_merged_dir
+
+        return page_queue_dir(params), page_merged_dir(params)
+    state = state_url(params.state.url)
+    return queue_dir(params.label, state), merged_dir(params.label, state)
 
 
 def count_completed(params: Params, *, gt_root: Location | None = None) -> Completion:
@@ -61,18 +87,12 @@ def count_completed(params: Params, *, gt_root: Location | None = None) -> Compl
         flywheel.labeling.server.LabelStudioError: the Label Studio labeller's
             server cannot be reached or refused.
     """
-    from flywheel.labeling import labeler_for, queue_dir
-    from flywheel.labeling.sync import completion, merged_dir, outstanding_batches, settled_keys
+    from flywheel.labeling.page_labeler import labeler_of
+    from flywheel.labeling.sync import completion, outstanding_batches, settled_keys
 
-    state = state_url(params.state.url)
-    batches = outstanding_batches(
-        queue_dir(params.label, state), settled_keys(merged_dir(params.label, state))
-    )
-    done = (
-        labeler_for(params.label).completed(params, queue_dir(params.label, state), gt_root=gt_root)
-        if batches
-        else set()
-    )
+    queue, merged = sync_folders(params)
+    batches = outstanding_batches(queue, settled_keys(merged))
+    done = labeler_of(params).completed(params, queue, gt_root=gt_root) if batches else set()
     return completion(batches, done, params.label.sync.min_completed)
 
 
@@ -90,36 +110,33 @@ def collect_labels(
     it reads back in the ground-truth store); the labels of the outstanding
     tasks, whichever run recorded them (late annotations of earlier batches
     included), go to `labels_out/labels.parquet` for `update_dataset`.
-    `metrics_out` receives the counts (`Completion.scalars`).
+    `metrics_out` receives the counts (`Completion.scalars`). A page plan's
+    labels are those its labeller reads back (a page labels table,
+    `flywheel.labeling.page_labeler.page_labels_frame`).
 
     Returns:
         The counts; `ready` says whether the update goes on.
     """
     from flywheel.data.ground_truth import ground_truth_dir
-    from flywheel.labeling import labeler_for, queue_dir, read_labels
-    from flywheel.labeling.sync import (
-        completion,
-        merged_dir,
-        outstanding_batches,
-        settled_keys,
-        write_batches,
-    )
+    from flywheel.labeling import read_labels
+    from flywheel.labeling.page_labeler import labeler_of, page_labels_frame
+    from flywheel.labeling.sync import completion, outstanding_batches, settled_keys, write_batches
 
     state = state_url(params.state.url)
     gt_root = gt_root if gt_root is not None else ground_truth_dir(state)
-    batches = outstanding_batches(
-        queue_dir(params.label, state), settled_keys(merged_dir(params.label, state))
-    )
+    queue, merged = sync_folders(params)
+    batches = outstanding_batches(queue, settled_keys(merged))
     labels_out.mkdir(parents=True, exist_ok=True)
+    keys = set().union(*(b.keys() for b in batches)) if batches else set()
+    read = None
     if batches:
         folder = write_batches(batches, labels_out / "queue")
-        say(
-            labeler_for(params.label)
-            .label(params, folder, export_dir=labels_out, gt_root=gt_root)
-            .summary
-        )
-    keys = set().union(*(b.keys() for b in batches)) if batches else set()
-    labels = _labels_of(read_labels(gt_root), keys)
+        read = labeler_of(params).label(params, folder, export_dir=labels_out, gt_root=gt_root)
+        say(read.summary)
+    if params.data.is_pages:  # read back whole each time: the labeller's are the labels
+        labels = _labels_of(read.labels, keys) if read is not None else page_labels_frame([])
+    else:
+        labels = _labels_of(read_labels(gt_root), keys)
     labels.to_parquet(labels_out / LABELS_FILE, index=False)
     status = completion(batches, set(_keys(labels)), params.label.sync.min_completed)
     if metrics_out is not None:
@@ -135,17 +152,17 @@ def _keys(labels: pd.DataFrame) -> list[tuple[str, int]]:
 
 def _labels_of(labels: pd.DataFrame, keys: set[tuple[str, int]]) -> pd.DataFrame:
     """The rows of `labels` whose key is one of `keys`."""
-    mask = [key in keys for key in _keys(labels)]
-    return labels[mask].reset_index(drop=True)
+    import pandas as pd
+
+    mask = pd.Series([key in keys for key in _keys(labels)], index=labels.index, dtype=bool)
+    return labels[mask].reset_index(drop=True)  # a Series: an empty list would pick columns
 
 
 def settle_labels(params: Params, labels: pd.DataFrame, version: str) -> Location | None:
     """Record the labels a merge into `version` took (merged or skipped for good) as settled."""
-    from flywheel.labeling.sync import merged_dir, record_settled
+    from flywheel.labeling.sync import record_settled
 
-    return record_settled(
-        merged_dir(params.label, state_url(params.state.url)), _keys(labels), version
-    )
+    return record_settled(sync_folders(params)[1], _keys(labels), version)
 
 
 # ------------------------------------------------------------------ the record
@@ -305,5 +322,6 @@ __all__ = [
     "started",
     "sync_decision",
     "sync_failed",
+    "sync_folders",
     "syncs_dir",
 ]

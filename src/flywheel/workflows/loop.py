@@ -5,6 +5,13 @@ The `flywheel` pipeline runs these steps, then the training workflow
 (Evidently against the serving version's reference profile), `curate_samples`
 (active learning), `label_samples` (the configured labeller)
 and `update_dataset` (merge, data gate, `dvc add`).
+
+Each dispatches on the plan: a page plan (`data.is_pages`, the formula-page
+service's two models) is monitored per stage (`flywheel.monitoring.pages`:
+the decision says which stages drifted, `drifted_stages`), curated per page
+(`flywheel.curation.pages`), labelled by its page labeller
+(`flywheel.labeling.page_labeler`) and merged into a new `data-pages` version
+(`flywheel.labeling.page_merge`).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from flywheel.workflows.output import say, write_json
 
 if TYPE_CHECKING:
     from flywheel.monitoring import MonitorResult
+    from flywheel.monitoring.pages import PageMonitorResult
     from flywheel.monitoring.workspace import MonitoredWindow
 
 
 def detect_drift(
     params: Params, *, report_out: Path, metrics_out: Path | None = None
-) -> MonitorResult | MonitoredWindow:
+) -> MonitorResult | MonitoredWindow | PageMonitorResult:
     """Compare the recent prediction log with the serving version's reference (`flywheel monitor`).
 
     The window is the last `monitor.window_hours` of the log under the state
@@ -37,6 +45,8 @@ def detect_drift(
     recorded then is returned (`MonitoredWindow`, with `drift` and `scalars()`),
     so a retried pipeline goes on as the first run decided.
 
+    A page plan's page log is checked per stage (`detect_page_drift`).
+
     Raises:
         flywheel.monitoring.NotEnoughDataError: too few predictions to decide.
         flywheel.monitoring.ReferenceNotFoundError: the served version has no profile.
@@ -47,6 +57,8 @@ def detect_drift(
     from flywheel.tracking import configure_tracking
 
     configure_tracking()
+    if params.data.is_pages:
+        return detect_page_drift(params, report_out=report_out, metrics_out=metrics_out)
     try:
         result = monitor(params, report_path=report_out)
     except AlreadyMonitoredError as done:
@@ -67,6 +79,70 @@ def detect_drift(
     return result
 
 
+def detect_page_drift(
+    params: Params, *, report_out: Path, metrics_out: Path | None = None
+) -> PageMonitorResult:
+    """Check the page log's window per stage (`flywheel.monitoring.pages.monitor_pages`).
+
+    Each stage (the detector's pages, the recogniser's crops) is checked against
+    the reference of the version that served it; a window a stage checked before
+    keeps its recorded verdict. `report_out` gets one page holding each stage's
+    report; `metrics_out` the flat numbers (`PageMonitorResult.scalars`).
+
+    Raises:
+        flywheel.monitoring.NotEnoughDataError: the window holds no page.
+        flywheel.monitoring.reference.MonitoringError: no stage could be checked.
+    """
+    import html
+
+    from flywheel.monitoring.pages import describe, monitor_pages
+    from flywheel.tracking import configure_tracking
+
+    configure_tracking()
+    result = monitor_pages(params)
+    lines = describe(result)
+    for line in lines:
+        say(line)
+    sections = []
+    for stage in drifted_stages(result, every=True):
+        checked = result.results.get(stage)
+        path = checked.report_path if checked is not None else None
+        if path is None and stage in result.already:
+            path = result.already[stage].report
+        body = read_bytes(path).decode("utf-8") if path else "<p>no report</p>"
+        sections.append(
+            f"<h2>{html.escape(stage)}</h2>"
+            f'<iframe style="width:100%;height:900px" srcdoc="{html.escape(body)}"></iframe>'
+        )
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    write_bytes(
+        report_out,
+        f"<!doctype html><title>page drift</title><ul>{summary}</ul>{''.join(sections)}".encode(),
+    )
+    if metrics_out is not None:
+        write_json(metrics_out, result.scalars())
+    stages = drifted_stages(result)
+    say(f"page service: {'DRIFT in ' + ', '.join(stages) if stages else 'no drift'}")
+    return result
+
+
+def drifted_stages(result: PageMonitorResult, *, every: bool = False) -> list[str]:
+    """The stages of a page check that drifted (with `every`: that were checked), in order.
+
+    A window checked before counts with its recorded verdict.
+    """
+    from flywheel.monitoring.pages import STAGES
+
+    def drifted(stage: str) -> bool:
+        if stage in result.results:
+            return result.results[stage].drift
+        return stage in result.already and result.already[stage].drift
+
+    return [
+        s for s in STAGES if (s in result.results or s in result.already) and (every or drifted(s))
+    ]
+
+
 LABELS_FILE = "labels.parquet"
 """The labels one labelling step hands to the next (in its `labels` output folder)."""
 
@@ -84,6 +160,8 @@ def curate_samples(params: Params, *, queue_out: Path, metrics_out: Path | None 
     from flywheel.curation import curate_batch
     from flywheel.labeling import LABEL_CONFIG_NAME
 
+    if params.data.is_pages:
+        return curate_page_batch(params, queue_out=queue_out, metrics_out=metrics_out)
     result = curate_batch(params, progress=False)
     queue_out.mkdir(parents=True, exist_ok=True)
     if metrics_out is not None:
@@ -109,6 +187,46 @@ def curate_samples(params: Params, *, queue_out: Path, metrics_out: Path | None 
     return len(result.selected)
 
 
+def curate_page_batch(params: Params, *, queue_out: Path, metrics_out: Path | None = None) -> int:
+    """Choose the logged pages worth labelling (`flywheel.curation.pages.curate_pages`).
+
+    The batch of page tasks goes to the page queue (`<label dir>/page-queue/`)
+    and is copied into `queue_out`; `metrics_out` receives its spend (pages,
+    boxes, spend, cap). Returns how many pages were queued.
+
+    Raises:
+        flywheel.curation.CurationError: the page log holds no page.
+    """
+    from flywheel.curation.pages import curate_pages
+
+    result = curate_pages(params)
+    queue_out.mkdir(parents=True, exist_ok=True)
+    if metrics_out is not None:
+        write_json(
+            metrics_out,
+            {
+                "images": float(len(result.selected)),
+                "boxes": float(result.boxes),
+                "spend": float(result.spend),
+                **({} if result.spend_limit is None else {"spend_limit": result.spend_limit}),
+            },
+        )
+    if result.queue_file is None:
+        say(
+            f"nothing to curate: of {result.candidates} candidate pages the budget bought none "
+            f"({result.excluded} queued or labelled already)"
+        )
+        return 0
+    write_bytes(queue_out / name(result.queue_file), read_bytes(result.queue_file))
+    say(
+        f"queued {len(result.selected)} of {result.candidates} candidate pages "
+        f"(spread over {result.space}): batch {result.batch_id}; labelling cost "
+        f"{result.spend:.2f} {result.currency} for {result.boxes} boxes"
+        f"{_cap(result.spend_limit, result.currency)}"
+    )
+    return len(result.selected)
+
+
 def _cap(limit: float | None, currency: str) -> str:
     """The cycle's spend cap for a message.
 
@@ -126,10 +244,10 @@ def label_samples(params: Params, queue_dir: Path, *, labels_out: Path) -> int:
     The Label Studio exports used and `labels.parquet` (the labels recorded) go
     to `labels_out`.
     """
-    from flywheel.labeling import labeler_for
+    from flywheel.labeling.page_labeler import labeler_of
 
     labels_out.mkdir(parents=True, exist_ok=True)
-    result = labeler_for(params.label).label(params, queue_dir, export_dir=labels_out)
+    result = labeler_of(params).label(params, queue_dir, export_dir=labels_out)
     result.labels.to_parquet(labels_out / LABELS_FILE, index=False)
     say(result.summary)
     return len(result.labels)
@@ -167,6 +285,8 @@ def update_dataset(
 
     import pandas as pd
 
+    if params.data.is_pages:
+        return update_page_data(params, repo, labels_dir, data_version=data_version)
     from flywheel.data.remote import check_version, find_remote
     from flywheel.data.transaction import unpushed
     from flywheel.data.versioning import DataVersionError
@@ -202,6 +322,71 @@ def update_dataset(
     say(
         f"merged {len(update.merge.added)} of {update.merge.labels} labelled images {added}, "
         f"strata from {update.merge.strata or '-'}, skipped {skipped or '-'}; "
+        f"data version {update.version}" + ("" if update.changed else " (unchanged)")
+    )
+    return update.version
+
+
+def update_page_data(
+    params: Params, repo: str | Path, labels_dir: Path, *, data_version: str = ""
+) -> str:
+    """Merge page labels into a new version of the page dataset; return the version.
+
+    The page plan's `update_dataset`: `labels.parquet` holds a page labels table
+    (`flywheel.labeling.page_labeler.page_labels_frame`), merged by
+    `flywheel.labeling.page_merge.update_page_dataset` into the data at
+    `data_version` (the repository's `data-pages` folder, or a workspace
+    materialised from the remote), gated by the page data gate, `dvc add`ed,
+    pushed and recorded as the latest. The pages taken (merged, or skipped for
+    good) are recorded as settled (`<label dir>/page-merged/`), so a later run
+    does not merge them again. The service's stages then swap themselves when
+    training moves `@production`.
+
+    Raises:
+        flywheel.data.versioning.DataVersionError: the version cannot be
+            materialised, or the new one did not reach the remote.
+        flywheel.labeling.merge.MergeError: the merged pages fail the page data
+            gate, or none of the labels could be merged (each reason counted).
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from flywheel.data.remote import check_version, find_remote
+    from flywheel.data.transaction import unpushed
+    from flywheel.data.versioning import DataVersionError
+    from flywheel.labeling.merge import MergeError
+    from flywheel.labeling.page_labeler import page_labels_from_frame
+    from flywheel.labeling.page_merge import PAGE_SKIP_REASONS, update_page_dataset
+    from flywheel.workflows.datasets import data_at_version
+    from flywheel.workflows.label_sync import settle_labels
+
+    path = labels_dir / LABELS_FILE
+    frame = pd.read_parquet(path) if path.is_file() else None
+    labels = page_labels_from_frame(frame) if frame is not None else []
+    with tempfile.TemporaryDirectory(prefix="flywheel-merge-") as scratch:
+        data = data_at_version(params, data_version, repo, Path(scratch) / "workspace")
+        update = update_page_dataset(params, labels, data.repo)
+        skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
+        if labels and update.merge.added.empty and set(skipped) - {"in_dataset", "duplicate"}:
+            raise MergeError(
+                f"none of {len(labels)} labelled pages could be merged: "
+                + "; ".join(f"{n} {PAGE_SKIP_REASONS[r]}" for r, n in skipped.items())
+            )
+        if unpushed(data.repo) is not None:
+            raise DataVersionError(
+                f"page data version {update.version} was merged into {data.repo}, but its push "
+                "failed (the warning above says why): `flywheel data push --params <plan>` "
+                "there pushes and records it"
+            )
+        if data.provenance == "materialised" and update.changed:
+            check_version(data.repo, update.version, find_remote(data.repo))  # else it is lost
+    if frame is not None and not frame.empty:  # merged or skipped for good: settled
+        settle_labels(params, frame, update.version)
+    say(
+        f"merged {len(update.merge.added)} of {len(labels)} labelled pages "
+        f"{update.merge.added_per_split() if not update.merge.added.empty else {}} "
+        f"({len(update.merge.regions)} regions), skipped {skipped or '-'}; "
         f"data version {update.version}" + ("" if update.changed else " (unchanged)")
     )
     return update.version
