@@ -9,6 +9,8 @@ measured three ways in one run:
   with images — the service as deployed;
 * **unbatched**: the same server with `FLYWHEEL_PAGE_BATCHING=off`: each
   request's detector and recogniser passes run on their own;
+* **service-wN**: the service with `serve.workers: N` (`--service-workers`,
+  default 2): the whole service scaled, each worker both stages;
 * **composed-wN**: the service composed of two BentoML services
   (`benchmarks/page_serving_composed.py`): the recogniser a dependent
   `@bentoml.service` (`bentoml.depends`) in N worker processes of its own
@@ -62,6 +64,7 @@ PHASES = ("decode", "detect", "crop", "recognize", "log")
 """The service's `Server-Timing` phases, one after the other (their sum is the server's part)."""
 REPO = Path(__file__).resolve().parent.parent
 COMPOSED = "benchmarks.page_serving_composed:ComposedPageService"
+RETRY_LOG = "recogniser call retried"  # benchmarks.page_serving_composed.RETRY_LOG
 
 
 @dataclass
@@ -270,6 +273,13 @@ def main() -> None:
         default=(1, 2),
         help="one composed server per count: the recogniser service's worker processes",
     )
+    parser.add_argument(
+        "--service-workers",
+        type=int,
+        nargs="*",
+        default=(2,),
+        help="one more single service per count, with that many workers (serve.workers)",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -312,13 +322,17 @@ def main() -> None:
     servers: dict[str, str] = {}
     cpu: dict[str, Callable[[], float]] = {}
     runs: list[Run] = []
-    plain = [("service", {}), ("unbatched", {"FLYWHEEL_PAGE_BATCHING": "off"})]
+    plain: list[tuple[str, dict[str, str], dict[str, int]]] = [
+        ("service", {}, {}),
+        ("unbatched", {"FLYWHEEL_PAGE_BATCHING": "off"}, {}),
+        *((f"service-w{n}", {}, {"workers": n}) for n in args.service_workers),
+    ]
     composed = [(f"composed-w{n}", n) for n in args.recognizer_workers]
     with ExitStack() as stack:
-        for name, extra in plain:
+        for name, extra, serve in plain:
             folder = root / name
             folder.mkdir()
-            params = write_page_params(folder, max_latency_ms=10_000)
+            params = write_page_params(folder, max_latency_ms=10_000, **serve)
             env = {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"], **extra}
             print(f"starting {name} ...", flush=True)
             servers[name] = stack.enter_context(
@@ -353,6 +367,11 @@ def main() -> None:
     print(
         f"answers that differ from the service's (boxes, scores, LaTeX, confidences): {mismatches}"
     )
+    retried = {
+        name: (root / name / "server.log").read_text(errors="replace").count(RETRY_LOG)
+        for name, _ in composed
+    }
+    print(f"recogniser calls sent again after their connection closed under them: {retried}")
     _report(runs, store)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 from typing import Any
@@ -60,9 +61,13 @@ from serving.pages.service import (
     stage_params,
 )
 
+logger = logging.getLogger("flywheel.serving")
 RECOGNIZER_WORKERS_ENV = "FLYWHEEL_RECOGNIZER_WORKERS"
 """Worker processes of the dependent recogniser service (default 1)."""
 READY_POLL_S = 0.5
+CALL_RETRIES = 2
+"""Tries again of a recogniser call whose connection closed under it (`_read_remote`)."""
+RETRY_LOG = "recogniser call retried"
 
 
 @bentoml.service(
@@ -203,6 +208,27 @@ class ComposedPageReader(PageReader):
         update = {"ready": self.__is_ready__(), "recognizer": self._reader_state}
         return answer.model_copy(update=update)
 
+    async def _read_remote(self, pixels: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
+        """One call to the recogniser service, tried again when its connection closed under it.
+
+        BentoML 1.4.39's client of a dependency (`_bentoml_impl.client.proxy2.SessionManager`)
+        replaces its aiohttp session every 100 calls and closes the old one with calls still in
+        flight on it: they fail with `ServerDisconnectedError` or "Cannot write to closing
+        transport" (a 500 for the page; measured: 14 of ~200 pages at concurrency 8, 52 at 32;
+        bentoml/BentoML#4971). Reading crops changes nothing, so it is sent again.
+        """
+        import aiohttp
+
+        for attempt in range(CALL_RETRIES + 1):
+            try:
+                answer: dict[str, Any] = await self.reader.read(page=pixels, boxes=boxes)
+                return answer
+            except aiohttp.ClientConnectionError as err:
+                if attempt == CALL_RETRIES:
+                    raise
+                logger.warning("%s (%s: %s)", RETRY_LOG, type(err).__name__, err)
+        raise AssertionError("unreachable")
+
     async def _read(self, request_id: str, image: Image.Image) -> Response:
         """`PageReader._read` with the recognition step sent to the recogniser service."""
         from flywheel.page_api import (
@@ -238,7 +264,7 @@ class ComposedPageReader(PageReader):
             pixels = np.asarray(page)
             boxes = np.array([box for box, _ in detection.boxes], np.int64).reshape(-1, 4)
             lap("crop")
-            read = await self.reader.read(page=pixels, boxes=boxes)
+            read = await self._read_remote(pixels, boxes)
             reader_ms = read.pop("reader_ms")
             readings = Readings(**read)
             lap("recognize")
