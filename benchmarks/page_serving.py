@@ -12,7 +12,7 @@ measured three ways in one run:
 * **service-wN**: the service with `serve.workers: N` (`--service-workers`,
   default 2): the whole service scaled, each worker both stages;
 * **composed-wN**: the service composed of two BentoML services
-  (`benchmarks/page_serving_composed.py`): the recogniser a dependent
+  (`benchmarks/variants/composed_pages.py`): the recogniser a dependent
   `@bentoml.service` (`bentoml.depends`) in N worker processes of its own
   (`--recognizer-workers`, default 1 and 2), sent each page (uint8) and its
   boxes pickled over a Unix socket; the page service keeps the guard,
@@ -63,8 +63,8 @@ CONCURRENCY = (1, 8, 32)
 PHASES = ("decode", "detect", "crop", "recognize", "log")
 """The service's `Server-Timing` phases, one after the other (their sum is the server's part)."""
 REPO = Path(__file__).resolve().parent.parent
-COMPOSED = "benchmarks.page_serving_composed:ComposedPageService"
-RETRY_LOG = "recogniser call retried"  # benchmarks.page_serving_composed.RETRY_LOG
+COMPOSED = "benchmarks.variants.composed_pages:ComposedPageService"
+RETRY_LOG = "recogniser call retried"  # benchmarks.variants.composed_pages.RETRY_LOG
 
 
 @dataclass

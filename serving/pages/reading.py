@@ -9,7 +9,7 @@ concurrent pages share detector passes and their crops share recogniser
 passes. The pair evaluation therefore measures what the service answers.
 
 `read_crops` runs the recogniser stage in this process; the page service
-composed of two BentoML services (`benchmarks/page_serving_composed.py`, a
+composed of two BentoML services (`benchmarks/variants/composed_pages.py`, a
 benchmark variant: the recogniser a dependent service) reads the crops there
 with the same function.
 """

@@ -373,7 +373,7 @@ def build_service(reader: type[PageReader] = PageReader) -> Any:
     """The BentoML service of `reader`, built once per process from the page plan.
 
     Args:
-        reader: `PageReader`, or a variant of it (`benchmarks/page_serving_composed.py`:
+        reader: `PageReader`, or a variant of it (`benchmarks/variants/composed_pages.py`:
             the recogniser as a dependent service).
 
     Raises:

@@ -4,7 +4,7 @@ A benchmark variant of `serving.pages.service` (issue 15: "use BentoML's own
 composition of services where it helps ... and measure whether it does"), served by
 `benchmarks/page_serving.py` beside the product's single service:
 
-    bentoml serve benchmarks.page_serving_composed:ComposedPageService --working-dir .
+    bentoml serve benchmarks.variants.composed_pages:ComposedPageService --working-dir .
 
 * `CropReader` (`flywheel-page-recognizer`): the recogniser stage as its own
   `@bentoml.service`, in its own worker process(es) (`$FLYWHEEL_RECOGNIZER_WORKERS`,
