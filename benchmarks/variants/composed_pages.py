@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import Response
 
+from flywheel.page_api import PageReadiness
 from flywheel.serving_api import Readiness
 from flywheel.tasks.detection import FORMULA_SCORE
 from flywheel.tasks.page_pipeline import PagePipeline
@@ -203,7 +204,7 @@ class ComposedPageReader(PageReader):
     def __is_ready__(self) -> bool:
         return self.detector.holder.current is not None and self._reader_state.ready
 
-    def readiness(self) -> Any:
+    def readiness(self) -> PageReadiness:
         answer = super().readiness()
         update = {"ready": self.__is_ready__(), "recognizer": self._reader_state}
         return answer.model_copy(update=update)
