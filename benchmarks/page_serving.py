@@ -2,7 +2,7 @@
 
 One tiny trained pair (`tests.support.page_serving.page_store`: a 96 × 96 page
 detector and a 16-pixel-high recogniser, trained into a temporary store) is
-measured three ways in one run:
+measured these ways in one run:
 
 * **service**: `flywheel serve` of the two-task plan (`serving.pages`): guard,
   decoding, detector and recogniser each behind its adaptive batcher, page log
@@ -22,17 +22,18 @@ measured three ways in one run:
 
 Each server gets a warm-up, then at concurrency 1, 8 and 32 at most
 `--requests` pages or `--seconds` seconds (whichever ends first), the servers
-taking turns. Printed: pages/s, p50/p99 latency, errors, the ratios to the
-in-process floor and to the unbatched service, where a request's time goes
-(the service's `Server-Timing`: decode, detect and recognise with their queues,
-crop, log; for the composed service `reader` is the part of recognise spent
-inside the recogniser service's handler, the rest of recognise is the call:
-pickling, the socket, BentoML's request handling on both sides; HTTP = the
-client's latency minus the phases), each server's CPU time per page (all its
-processes: `psutil`), the floor's own split (detector, crop, recogniser) and
-the load average: the machine is shared, read the ratios. Every server's
-answers to the pages sent are checked equal to the service's (boxes, scores,
-LaTeX, confidences).
+taking turns. Printed: pages/s, p50/p99 latency, errors, each server's CPU
+time per page (all its processes: `psutil`), the ratios to the service, to the
+unbatched service and to the in-process floor; where a request's time goes
+(the service's `Server-Timing`: decode, detect and recognise with their
+queues, crop, log; for the composed service `reader` is the part of recognise
+spent inside the recogniser service's handler, the rest of recognise is the
+call: pickling, the socket, BentoML's request handling on both sides; HTTP =
+the client's latency minus the phases); the floor's own split (detector,
+crop, recogniser) and the load average: the machine is shared, read the
+ratios. Every server's answers to the pages sent are checked equal to the
+service's (boxes, scores, LaTeX, confidences), and the composed servers'
+retried recogniser calls are counted.
 
     PYTHONPATH=src:. .venv/bin/python benchmarks/page_serving.py
     PYTHONPATH=src:. .venv/bin/python benchmarks/page_serving.py --requests 400 --seconds 30
