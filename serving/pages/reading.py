@@ -8,9 +8,10 @@ each goes through its stage's adaptive batcher (`serving.batching`), so
 concurrent pages share detector passes and their crops share recogniser
 passes. The pair evaluation therefore measures what the service answers.
 
-`read_crops` runs the recogniser stage in this process; a page service that
-calls a separate recogniser service (`serving.pages.composed`) reads the
-crops there with the same function.
+`read_crops` runs the recogniser stage in this process; the page service
+composed of two BentoML services (`benchmarks/variants/composed_pages.py`, a
+benchmark variant: the recogniser a dependent service) reads the crops there
+with the same function.
 """
 
 from __future__ import annotations

@@ -369,8 +369,12 @@ PageService: bentoml.Service[PageReader]
 
 
 @functools.cache
-def build_service() -> Any:
-    """The BentoML service of `PageReader`, built once per process from the page plan.
+def build_service(reader: type[PageReader] = PageReader) -> Any:
+    """The BentoML service of `reader`, built once per process from the page plan.
+
+    Args:
+        reader: `PageReader`, or a variant of it (`benchmarks/variants/composed_pages.py`:
+            the recogniser as a dependent service).
 
     Raises:
         ConfigError: the params file is missing or invalid.
@@ -379,7 +383,7 @@ def build_service() -> Any:
     install_edge(config.max_header_bytes, config.max_headers, config.header_timeout_s)
     service = bentoml.service(
         name="flywheel-pages", workers=config.workers, traffic={"timeout": 60}
-    )(bentoml.asgi_app(PAGE_ROUTES, path="/")(PageReader))
+    )(bentoml.asgi_app(PAGE_ROUTES, path="/")(reader))
     service.add_asgi_middleware(
         RequestGuard,
         max_bytes=config.max_request_bytes,
