@@ -23,7 +23,7 @@ export OMP_WAIT_POLICY          := PASSIVE
 
 .DEFAULT_GOAL := help
 .PHONY: ultralytics .venv-ultralytics
-.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio screenshot-label-studio-pages
+.PHONY: help setup system-deps chromium label-studio label-studio-for-tests demo demo-pages pages test test-fast lint format bench fuzz soak clean distclean lock images render deploy tune train-distributed ui screenshot screenshot-label-studio screenshot-label-studio-pages
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,9 @@ DEMO_LABELER := flywheel.demo.oracle:LabelStudioOracle
 
 demo: setup label-studio ## Run the loop locally: data -> training pipeline -> serve, drift, curate, label in a real Label Studio, retrain
 	$(BIN)/flywheel demo --set label.labeler=$(DEMO_LABELER)
+
+demo-pages: setup label-studio ## The page service's loop: its pages, the pair trained and served, drifted pages, a real Label Studio (the page oracle annotating), the drifted stage(s) fine-tuned, swapped, recovered
+	$(BIN)/flywheel demo --plan pages
 
 pages: setup ## The formula-page service: its pages (data-pages.dvc), then the training pipeline trains, evaluates and promotes the detector and the recogniser
 	$(BIN)/flywheel data ensure --params plans/pages.yaml

@@ -24,6 +24,15 @@ DEFAULT_SCENARIO = "photographed"
 """The page plan's drifting traffic (`scenarios:` of plans/pages.yaml)."""
 DEFAULT_PAGES = 150
 """Pages per traffic phase: above both stages' `monitor.min_window_size` with a margin."""
+ORACLE_LABELER = "label.labeler=flywheel.demo.page_oracle:PageStudioOracle"
+"""The demo's annotator, unless `--set label.labeler=...` names another."""
+FINE_TUNE = (
+    "train.init_from=production",
+    "tasks.detection.train.epochs=4",
+    "tasks.recognition.train.epochs=3",
+)
+"""The loop's retraining: each drifted stage fine-tuned from production for a few epochs
+(`flywheel.modeling.warm_start`), not trained from scratch again."""
 
 
 def page_demo(
@@ -43,6 +52,9 @@ def page_demo(
     from flywheel.data.versioning import DataVersionError, ensure_dataset
 
     scenario = scenario or DEFAULT_SCENARIO
+    set_ = list(set_ or [])
+    if not any(pair.startswith("label.labeler=") for pair in set_):
+        set_.append(ORACLE_LABELER)
     if loop and scenario not in p.scenarios:
         raise typer.BadParameter(
             f"unknown scenario {scenario!r}; {params} has {', '.join(p.scenarios)}",
@@ -93,8 +105,9 @@ def _run_page_loop(params: Path, set_: list[str] | None, scenario: str, pages: i
     before = data_version(".", p.data)
 
     def retrain(extra: list[str]) -> None:
+        console.print(f"retraining fine-tunes: --set {' --set '.join(FINE_TUNE)}", soft_wrap=True)
         run = run_pipeline_locally(
-            entry, base, [*(set_ or []), *extra], data_version(".", p.data), False
+            entry, base, [*(set_ or []), *FINE_TUNE, *extra], data_version(".", p.data), False
         )
         console.print(f"flywheel pipeline run {run.run_id}: {run.seconds:.0f} s")
 

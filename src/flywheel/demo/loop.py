@@ -256,7 +256,7 @@ def ensure_reference(params: Params, say: Callable[[str], object]) -> None:
 def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
     """Label Studio for the loop's label step, started in the background; yields `ready`.
 
-    When `label.labeler` works through Label Studio, a server `flywheel label
+    When `label.labeler` works through Label Studio (digits or pages), a server `flywheel label
     server` left running is reused, else one is started (from the migrated
     template: seconds, not minutes) and stopped at the end. Its start overlaps
     the traffic phases; `ready()` waits for it (and re-raises its failure).
@@ -265,11 +265,11 @@ def label_studio_for(params: Params, say: Callable[[str], None]) -> Iterator[Cal
     from concurrent.futures import ThreadPoolExecutor
 
     from flywheel.demo.oracle import ORACLE_EMAIL
-    from flywheel.labeling import labeler_for
+    from flywheel.labeling.page_labeler import PageStudioLabeler, labeler_of
     from flywheel.labeling.server import running_label_studio
     from flywheel.labeling.studio import LabelStudioLabeler
 
-    if not isinstance(labeler_for(params.label), LabelStudioLabeler):
+    if not isinstance(labeler_of(params), LabelStudioLabeler | PageStudioLabeler):
         yield lambda: None
         return
     started = time.perf_counter()

@@ -15,8 +15,8 @@ serve the pair ─► in-distribution pages ─► monitor both stages (no drift
 
 A traffic phase (`run_page_phase`) draws production pages of a scenario
 (`flywheel.demo.pages.traffic.production_pages`, from the plan's `scenarios:`),
-records their truth where the oracle and the merge read it
-(`page_truth_dir`), sends them to the running service, scores the answers
+records their truth where the oracle reads it
+(`flywheel.demo.page_oracle.page_truth_dir`), sends them to the running service, scores the answers
 against that truth (`score_answers`: end to end, mAP@0.5 of the boxes, CER
 of the matched expressions), and monitors exactly that phase's window of the
 page log (`flywheel.monitoring.pages.monitor_pages`). `page_phase_table` is
@@ -40,7 +40,7 @@ from rich.table import Table
 from flywheel.config import Params
 from flywheel.demo.loop import LOG_SETTLE_S, LoopError, label_studio_for
 from flywheel.serving_api import ADMIN_TOKEN_ENV
-from flywheel.storage import Location, join, state_url
+from flywheel.storage import Location
 
 if TYPE_CHECKING:
     import httpx
@@ -53,25 +53,6 @@ PAGE_CONCURRENCY = 8
 """Pages in flight at once during a traffic phase."""
 PAGE_TIMEOUT_S = 60.0
 """Per page: a busy 2-core machine answers within seconds; this is the margin."""
-
-
-def page_truth_dir(state: Location | None = None) -> Location:
-    """`<state>/ground_truth/pages`: the simulator's truth of the pages it sent, a file per phase.
-
-    The demo's oracle answers from it and the page merge takes each page's
-    stratum and source glyphs from it; the service never looks there.
-    """
-    return join(state if state is not None else state_url(), "ground_truth", "pages")
-
-
-def load_page_truth(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every truth file of `folder` (`save_truth`'s), merged: request id → its record."""
-    from flywheel.demo.pages.traffic import load_truth
-
-    truth: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        truth |= load_truth(path)
-    return truth
 
 
 @dataclass(frozen=True)
@@ -269,7 +250,7 @@ def run_page_phase(
     pages: int,
     seed: int,
     data_version: str,
-    log_dir: Path,
+    log_dir: Location,
     truth_dir: Path,
     say: Callable[[str], object] = print,
 ) -> PagePhase:
@@ -409,6 +390,7 @@ def run_page_loop(
         flywheel.demo.server.ServerStartError: the service did not start.
     """
     from flywheel.data.versioning import data_version
+    from flywheel.demo.page_oracle import page_truth_dir
     from flywheel.demo.server import reload_model, start_server
     from flywheel.monitoring.pages import STAGES, page_log_root, stage_params
     from flywheel.registry import version_for_alias
@@ -422,9 +404,10 @@ def run_page_loop(
         if version_for_alias(name, alias) is None:
             raise LoopError(f"{name} ({stage}) has no {alias!r} version to serve: train it first")
     log_dir = page_log_root(params, params_path.resolve().parent)
-    truth = page_truth_dir(state_url(params.state.url))
-    if not isinstance(truth, Path):
-        raise LoopError(f"the demo keeps the pages' truth in a local folder, not {truth}")
+    try:
+        truth = page_truth_dir(params)
+    except ValueError as err:
+        raise LoopError(str(err)) from err
     token = secrets.token_urlsafe(24)
     phases: list[PagePhase] = []
     with (
@@ -519,9 +502,7 @@ __all__ = [
     "PageAnswers",
     "PagePhase",
     "TrafficScore",
-    "load_page_truth",
     "page_phase_table",
-    "page_truth_dir",
     "run_page_loop",
     "run_page_phase",
     "score_answers",
