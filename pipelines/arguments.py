@@ -35,6 +35,42 @@ def split_overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return first_class, rest
 
 
+def _moved_by_sections(
+    params: Params, overrides: Sequence[str], routed: dict[str, Any]
+) -> dict[str, Any]:
+    """First-class values that other overrides move: `tasks.detection.train.epochs=4` on a
+    plan whose run task is `detection` changes `train.epochs`, which the pipeline's own
+    `epochs` parameter (built from the base) would otherwise set back.
+
+    >>> from flywheel.config import load_params
+    >>> plan = load_params("plans/pages.yaml")
+    >>> _moved_by_sections(plan, ["tasks.detection.train.epochs=4"], {})
+    {'epochs': 4}
+    >>> _moved_by_sections(plan, ["tasks.recognition.train.epochs=4"], {})  # not the run's task
+    {}
+    """
+    if not overrides:
+        return {}
+    from flywheel.workflows import resolve_params
+
+    resolved = resolve_params(params_document(params), list(overrides))
+    moved: dict[str, Any] = {}
+    for name, key in FIRST_CLASS_PARAMETERS.items():
+        if name == "task" or name in routed:
+            continue
+        before, after = _dotted(params, key), _dotted(resolved, key)
+        if after != before:
+            moved[name] = after
+    return moved
+
+
+def _dotted(params: Params, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def pipeline_arguments(
     params: Params,
     overrides: Sequence[str] = (),
@@ -54,6 +90,7 @@ def pipeline_arguments(
             remote by hash).
     """
     first_class, rest = split_overrides(overrides)
+    first_class |= _moved_by_sections(params, overrides, first_class)
     return {
         "params": params_document(params),
         "overrides": rest,

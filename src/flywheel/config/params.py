@@ -471,10 +471,22 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     >>> apply_overrides({"train": {"epochs": 1}}, {"train.epochs": 3, "data.name": "x"})
     {'train': {'epochs': 3}, 'data': {'name': 'x'}}
 
+    A key of a task's section (`tasks.<task>.…`) is set before the section is
+    applied, so it reaches the run of that task:
+
+    >>> plan = {"train": {"task": "a"}, "tasks": {"a": {"train": {"epochs": 4}}}}
+    >>> apply_overrides(plan, {"tasks.a.train.epochs": 2})["train"]
+    {'task': 'a', 'epochs': 2}
+
     Raises:
         ConfigError: a dotted key runs through a value that is not a mapping; the
             task has no section in the plan's `tasks`.
     """
+    sections = {k: v for k, v in overrides.items() if k.startswith("tasks.")}
+    if sections:  # a task section's own key reaches the run of that task
+        raw = copy.deepcopy(dict(raw))
+        for dotted, value in sections.items():
+            _set_dotted(raw, dotted, value)
     tree = with_task_section(raw, overrides)
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
