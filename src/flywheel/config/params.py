@@ -484,9 +484,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     """
     sections = {k: v for k, v in overrides.items() if k.startswith("tasks.")}
     if sections:  # a task section's own key reaches the run of that task
-        raw = copy.deepcopy(dict(raw))
+        changed = copy.deepcopy(dict(raw))
         for dotted, value in sections.items():
-            _set_dotted(raw, dotted, value)
+            _set_dotted(changed, dotted, value)
+        raw = changed
     tree = with_task_section(raw, overrides)
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
