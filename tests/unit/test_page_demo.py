@@ -137,3 +137,19 @@ def test_the_phase_table_keeps_a_row_per_phase_without_traffic_too() -> None:
     assert cells[1] == ["100.0%", "-"]
     assert cells[4][0].endswith("50%/20%")
     assert cells[6] == ["v1", "v1→v2"]
+
+
+def test_demo_plan_names_a_plan_of_plans_and_lists_them_when_it_is_not_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+    from flywheel.cli.demo import plan_file
+
+    monkeypatch.chdir(PLAN.parents[1])
+    assert plan_file("pages") == Path("plans") / "pages.yaml"
+    result = CliRunner().invoke(app, ["demo", "--plan", "handwriting"])
+    assert result.exit_code == 2
+    assert "no plan 'handwriting'" in result.output
+    assert "plans here: pages" in result.output
