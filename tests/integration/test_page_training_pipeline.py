@@ -36,6 +36,7 @@ def _tiny(plan: dict[str, Any]) -> dict[str, Any]:
         **tiny_page_plan(per_split=2).model_dump(mode="json"),
         "root": "data-pages",
     }
+    plan["scenarios"] = {"in_distribution": {"mix": "plan"}}  # the tiny plan's strata are fewer
     plan["train"].update(batch_size=8, patience=3)
     plan["evaluate"]["batch_size"] = 16
     for task, section in plan["tasks"].items():
