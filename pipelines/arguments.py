@@ -52,23 +52,17 @@ def _moved_by_sections(
     if not overrides:
         return {}
     from flywheel.workflows import resolve_params
+    from flywheel.workflows.params import dotted_value
 
     resolved = resolve_params(params_document(params), list(overrides))
     moved: dict[str, Any] = {}
     for name, key in FIRST_CLASS_PARAMETERS.items():
         if name == "task" or name in routed:
             continue
-        before, after = _dotted(params, key), _dotted(resolved, key)
+        before, after = dotted_value(params, key), dotted_value(resolved, key)
         if after != before:
             moved[name] = after
     return moved
-
-
-def _dotted(params: Params, key: str) -> Any:
-    node: Any = params
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def pipeline_arguments(

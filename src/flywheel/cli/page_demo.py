@@ -68,8 +68,7 @@ def page_demo(
     console.print(f"{p.data.root}/ is at version [bold]{version}[/bold] ({how})")
     phases["data"] = time.perf_counter() - started
     entry = pipeline_entry("training", runnable=True)
-    pairs = list(set_ or [])
-    for run_pairs in task_runs(entry.name, p, pairs):
+    for run_pairs in task_runs(entry.name, p, set_):
         run_params = read_base_params(params, run_pairs)
         console.rule(
             f"training: task {run_params.train.task} → {run_params.evaluate.registered_model}"

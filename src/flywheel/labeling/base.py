@@ -19,9 +19,10 @@ from __future__ import annotations
 import inspect
 import pkgutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -141,24 +142,40 @@ def labeler_for(cfg: LabelConfig) -> Labeler:
     Raises:
         LabelerError: the name is neither a built-in nor an importable `Labeler` subclass.
     """
-    name = cfg.labeler
-    target = BUILTIN_LABELERS.get(name, name)
+    labeler: Labeler = make_labeler(
+        cfg.labeler,
+        BUILTIN_LABELERS,
+        Labeler,
+        unknown=f"expected one of {sorted(BUILTIN_LABELERS)} or a class path "
+        "`package.module:Class`",
+        not_one="is not a concrete subclass of flywheel.labeling.Labeler",
+    )
+    return labeler
+
+
+def make_labeler(
+    name: str,
+    short_names: Mapping[str, str],
+    base: type[Any],
+    *,
+    unknown: str,
+    not_one: str,
+) -> Any:
+    """The labeller `name` names: a short name of `short_names` or `package.module:Class`,
+    a concrete subclass of `base` (a class), made with no arguments.
+
+    Raises:
+        LabelerError: `label.labeler {name}: ` then `unknown` (neither a short name nor a
+            class path), why the import failed, or `{target} ` then `not_one` (not a
+            concrete subclass of `base`).
+    """
+    target = short_names.get(name, name)
     if target == name and ":" not in name:
-        raise LabelerError(
-            f"label.labeler {name!r}: expected one of {sorted(BUILTIN_LABELERS)} "
-            "or a class path `package.module:Class`"
-        )
+        raise LabelerError(f"label.labeler {name!r}: {unknown}")
     try:
-        labeler = pkgutil.resolve_name(target)
+        found = pkgutil.resolve_name(target)
     except (ImportError, AttributeError, ValueError) as err:
         raise LabelerError(f"label.labeler {name!r}: cannot import {target}: {err}") from err
-    if (
-        not isinstance(labeler, type)
-        or not issubclass(labeler, Labeler)
-        or inspect.isabstract(labeler)
-    ):
-        raise LabelerError(
-            f"label.labeler {name!r}: {target} is not a concrete subclass of "
-            "flywheel.labeling.Labeler"
-        )
-    return labeler()
+    if not isinstance(found, type) or not issubclass(found, base) or inspect.isabstract(found):
+        raise LabelerError(f"label.labeler {name!r}: {target} {not_one}")
+    return found()

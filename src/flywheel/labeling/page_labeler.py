@@ -26,9 +26,7 @@ records), so a later run never merges a page twice.
 
 from __future__ import annotations
 
-import inspect
 import json
-import pkgutil
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from flywheel.labeling.base import Labeler, LabelerError, LabelingResult
+from flywheel.labeling.base import Labeler, LabelerError, LabelingResult, make_labeler
 from flywheel.labeling.page_annotations import LabelledRegion, PageLabel, parse_page_tasks
 from flywheel.labeling.queue import (
     Key,
@@ -382,27 +380,16 @@ def page_labeler_for(params: Params) -> PageLabeler:
             importable `PageLabeler` subclass (a digits labeller names itself).
     """
     _require_pages(params)
-    label = params.label.labeler
-    target = PAGE_LABELERS.get(label, label)
-    if target == label and ":" not in label:
-        raise LabelerError(
-            f"label.labeler {label!r}: a page plan takes one of {sorted(PAGE_LABELERS)} "
-            "or a class path `package.module:Class` of a PageLabeler"
-        )
-    try:
-        found = pkgutil.resolve_name(target)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise LabelerError(f"label.labeler {label!r}: cannot import {target}: {err}") from err
-    if (
-        not isinstance(found, type)
-        or not issubclass(found, PageLabeler)
-        or inspect.isabstract(found)
-    ):
-        raise LabelerError(
-            f"label.labeler {label!r}: {target} is not a page labeller (a subclass of "
-            "flywheel.labeling.page_labeler.PageLabeler); a page plan's tasks are pages"
-        )
-    return found()
+    labeler: PageLabeler = make_labeler(
+        params.label.labeler,
+        PAGE_LABELERS,
+        PageLabeler,
+        unknown=f"a page plan takes one of {sorted(PAGE_LABELERS)} or a class path "
+        "`package.module:Class` of a PageLabeler",
+        not_one="is not a page labeller (a subclass of flywheel.labeling.page_labeler."
+        "PageLabeler); a page plan's tasks are pages",
+    )
+    return labeler
 
 
 def labeler_of(params: Params) -> Labeler:

@@ -92,13 +92,13 @@ def resolve_params(
         if value is None:
             continue
         key = FIRST_CLASS_PARAMETERS[name]
-        if built is not None and value == _dotted(built, key):
+        if built is not None and value == dotted_value(built, key):
             continue  # left as built for the other task: the run's task's section decides
         merged[key] = value
     return parse_params(raw, merged, source="pipeline parameters")
 
 
-def _dotted(params: Params, key: str) -> Any:
+def dotted_value(params: Params, key: str) -> Any:
     """The value at a dotted key of `params` (`train.lr`)."""
     node: Any = params
     for part in key.split("."):
