@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flywheel.config import Params
+from flywheel.config import MergeConfig, Params
 from flywheel.data.pages import crop_box, load_boxes, load_crops, load_page_manifest
 from flywheel.data.versioning import data_version
 from flywheel.demo.page_oracle import annotate_pages_as_oracle, truth_results
@@ -35,6 +35,7 @@ from flywheel.labeling.server import (
     find_executable,
     start_label_studio,
 )
+from flywheel.labeling.strata import StratumError
 from flywheel.labeling.studio import read_tasks, sdk_client
 from flywheel.monitoring.dashboards import free_port
 from tests.support.pages import tiny_page_plan
@@ -210,12 +211,19 @@ def test_pages_labelled_through_the_api_are_merged_into_a_new_page_version(
             "noise": p.noise,
             "glyphs": list(p.glyphs),
         }
-        for p in pages
-    }
+        for p in pages[:2]
+    }  # the third page is real traffic: nobody recorded its stratum or its glyphs
+    refusing = params.model_copy(update={"merge": MergeConfig(strata="refuse")})
+    with pytest.raises(StratumError, match=rf"1 labelled pages .*{pages[2].request_id}#0"):
+        update_page_dataset(
+            refusing, read.labels.labels, repo, truth=truth, context_dir=tmp_path / "gx"
+        )
+    assert data_version(repo, PLAN) == before  # refused whole: nothing written
     update = update_page_dataset(
         params, read.labels.labels, repo, truth=truth, context_dir=tmp_path / "gx"
     )
     assert update.changed
+    assert update.merge.strata == {"recorded": 2, "production": 1}
     assert update.version == data_version(repo, PLAN) != before
     assert update.merge.report is not None
     assert update.merge.report.success
@@ -225,6 +233,9 @@ def test_pages_labelled_through_the_api_are_merged_into_a_new_page_version(
     manifest = load_page_manifest(dataset).set_index("image_id")
     boxes_by_page = load_boxes(dataset)
     crops = load_crops(dataset).set_index("crop_id")
+    unknown = manifest.loc[production_image_id(pages[2].request_id, 0)]
+    assert (unknown["level"], unknown["writing"], unknown["noise"]) == ("production",) * 3
+    assert unknown["glyphs"] == f"production:{production_image_id(pages[2].request_id, 0)}"
     for page in pages[:3]:
         image_id = production_image_id(page.request_id, 0)
         assert manifest.loc[image_id, "sha256"] == page.sha256

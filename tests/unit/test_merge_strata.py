@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flywheel.config import DataPlan, MergeConfig, Strata
+from flywheel.config import DataPlan, MergeConfig, PagePlan, PageStrata, Strata
 from flywheel.data.manifest import COLUMNS
 from flywheel.labeling.merge import MergeResult, plan_rows
 from flywheel.labeling.strata import StratumError, stratum_rule
@@ -121,3 +121,43 @@ def test_nothing_merged_says_why_unless_all_were_merged_before() -> None:
     assert "none of 1 labelled images was merged: 1 no stored image" in gone.nothing_merged
     assert again.nothing_merged is None
     assert MergeResult(Path("d"), empty).nothing_merged is None
+
+
+PAGE_PLAN = DataPlan(
+    name="pages",
+    image_size=64,
+    pages=PagePlan(
+        strata=PageStrata(
+            level=("elementary",), writing=("printed", "handwritten"), noise=("clean",)
+        )
+    ),
+)
+
+
+def _rule_says(record: Mapping[str, Any], logged: Mapping[str, Any] | None) -> str | None:
+    return None if logged is None else str(logged["stratum"])
+
+
+def test_a_page_plan_names_three_columns_and_its_own_production_stratum() -> None:
+    rule = stratum_rule("production", PAGE_PLAN)
+    assert rule.columns == ("level", "writing", "noise")
+    assert rule.resolve({}, {}, None) == (("production",) * 3, "production")
+    recorded = {"level": "elementary", "writing": "printed", "noise": "clean"}
+    assert rule.resolve({}, recorded, None) == (("elementary", "printed", "clean"), "recorded")
+    # an incomplete record is no record: the rule decides
+    assert rule.resolve({"level": "elementary"}, {}, None) == (("production",) * 3, "production")
+    declared = stratum_rule("elementary/handwritten/clean", PAGE_PLAN)
+    assert declared.resolve({}, {}, None) == (("elementary", "handwritten", "clean"), "declared")
+    assert stratum_rule("refuse", PAGE_PLAN).resolve({}, {}, None) is None
+    function = stratum_rule(f"{__name__}:_rule_says", PAGE_PLAN)
+    assert function.resolve({}, {}, None) == (("production",) * 3, "production")
+    said = {"stratum": "elementary/printed/clean"}
+    assert function.resolve({}, {}, said) == (("elementary", "printed", "clean"), "rule")
+    with pytest.raises(StratumError, match="expected one of"):
+        function.resolve({}, {}, {"stratum": "hand/clean"})
+
+
+def test_a_page_plan_refuses_an_image_plans_stratum() -> None:
+    with pytest.raises(StratumError, match="is not a stratum of the plan"):
+        stratum_rule("hand/clean", PAGE_PLAN)
+    assert MergeConfig(strata="elementary/printed/clean").strata == "elementary/printed/clean"

@@ -120,20 +120,21 @@ class MergeConfig(FrozenConfig):
     holdout_share: float = Field(0.3, ge=0, lt=1)  # to the evaluation-only holdout split
     val_share: float = Field(0.1, ge=0, lt=1)  # to val; the rest to train
     # The stratum of a labelled image whose stratum no one recorded (real traffic):
-    # "production" (the explicit stratum production/production, outside the plan's
-    # minimums), "refuse" (an error naming the images), a planned stratum "style/noise"
-    # (all of them go there), or "package.module:function", a rule called with the
-    # label row and its logged prediction that returns "style/noise" (None: production).
+    # "production" (the explicit stratum production/production, production/production/
+    # production on a page plan, outside the plan's minimums), "refuse" (an error naming
+    # the images), a planned stratum "style/noise" (a page plan's "level/writing/noise":
+    # all of them go there), or "package.module:function", a rule called with the label
+    # row and its logged prediction that returns a planned stratum (None: production).
     strata: str = Field("production", min_length=1)
 
     @field_validator("strata")
     @classmethod
     def _a_known_rule(cls, value: str) -> str:
-        if value in {"production", "refuse"} or ":" in value or value.count("/") == 1:
+        if value in {"production", "refuse"} or ":" in value or value.count("/") in (1, 2):
             return nfc(value)
         raise ValueError(
-            f"must be production, refuse, a stratum 'style/noise' or "
-            f"'package.module:function', got {value!r}"
+            f"must be production, refuse, a stratum 'style/noise' (a page plan's "
+            f"'level/writing/noise') or 'package.module:function', got {value!r}"
         )
 
     @model_validator(mode="after")

@@ -51,7 +51,7 @@ from flywheel.data.ground_truth import (
 )
 from flywheel.data.manifest import COLUMNS, load_manifest, save_manifest
 from flywheel.data.transaction import discard, stage_copy, switch
-from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule
+from flywheel.labeling.strata import PRODUCTION, StratumError, StratumRule, stratum_rule, text
 from flywheel.processes import fault_point
 from flywheel.storage import Location, as_location, is_file, read_bytes, state_url
 from flywheel.validation import FilePlan
@@ -229,30 +229,6 @@ class PlannedRows:
     strata: dict[str, int]
 
 
-def _stratum(
-    record: Mapping[str, Any],
-    known: Mapping[str, Any],
-    logged: Mapping[str, Any] | None,
-    rule: StratumRule,
-) -> tuple[str, str, str] | None:
-    """`(style, noise, where from)` of one labelled image; None: refused by `merge.strata`.
-
-    The simulator's truth first, then the labeller's own; where neither
-    recorded both, the declared rule decides.
-    """
-    style = _text(known.get("style")) or _text(record.get("style"))
-    noise = _text(known.get("noise")) or _text(record.get("noise"))
-    if style is not None and noise is not None:
-        return nfc(style), nfc(noise), "recorded"
-    found = rule.stratum_of(record, logged)
-    if found is None:
-        return None
-    where = "rule" if rule.function is not None else "declared"
-    if f"{found[0]}/{found[1]}" == PRODUCTION:
-        where = "production"
-    return found[0], found[1], where
-
-
 def plan_rows(
     labels: pd.DataFrame,
     truth: pd.DataFrame,
@@ -305,15 +281,15 @@ def plan_rows(
             skip("unknown_label", key)
             continue
         known = truth_by_key.get(key, {})
-        found = _stratum(record, known, logged.get(key), rule)
+        found = rule.resolve(record, known, logged.get(key))
         if found is None:
             refused.append(f"{key[0]}#{key[1]}")
             continue
-        style, noise, where = found
+        (style, noise), where = found
         if where == "recorded" and (style not in styles or noise not in noises):
             skip("no_stratum", key)
             continue
-        path = _text(record.get("image_path"))
+        path = text(record.get("image_path"))
         source = (
             path
             if path and is_file(as_location(path))
@@ -343,7 +319,7 @@ def plan_rows(
                 "style": style,
                 "noise": noise,
                 "source": PRODUCTION_SOURCE,
-                "group": _text(known.get("group")) or f"production:{key[0]}:{key[1]}",
+                "group": text(known.get("group")) or f"production:{key[0]}:{key[1]}",
                 "sha256": digest,
                 "width": size[0],
                 "height": size[1],
@@ -359,14 +335,6 @@ def plan_rows(
     if not added.empty:
         added["split"] = assign_splits(added["group"], cfg.holdout_share, cfg.val_share)
     return PlannedRows(added.astype(COLUMNS), skipped, payloads, sources)
-
-
-def _text(value: Any) -> str | None:
-    """A non-empty string value, else None (NaN, None, '')."""
-    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
-        return None
-    text = str(value)
-    return text or None
 
 
 def merge_labels(

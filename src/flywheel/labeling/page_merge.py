@@ -9,9 +9,12 @@ pixel boxes with their LaTeX) into rows of the page dataset
   storage, read through `flywheel.storage`), to `images/<split>/<image_id>.png` (`image_id` =
   `production_image_id(request_id, index)`, as the digits merge names rows);
 * its manifest row: the stratum (level, writing, noise) and source glyphs the
-  traffic simulator recorded (`truth`), else those the task's data carries;
-  a page with no stratum of the plan is skipped, one without known glyphs
-  gets `production:<image_id>` (its own source);
+  traffic simulator recorded (`truth`), else those the task's data carries; a
+  page whose stratum nobody recorded (real traffic) gets one by the rule
+  `merge.strata` declares (`flywheel.labeling.strata`: by default
+  `production/production/production`, outside the plan's minimums), a recorded
+  stratum outside the plan is skipped; a page without known glyphs gets
+  `production:<image_id>` (its own source);
 * its regions in reading order, written with the layout's writers: COCO
   `annotations.json`, the YOLO file, and the crops with `crops.csv`
   (`crop_regions`, the one definition of a crop).
@@ -68,8 +71,9 @@ from flywheel.data.pages import (
 from flywheel.data.transaction import discard, stage_copy, switch
 from flywheel.labeling.merge import MergeError, assign_splits, production_image_id
 from flywheel.labeling.page_annotations import PageLabel
+from flywheel.labeling.strata import StratumError, stratum_rule
 from flywheel.processes import fault_point
-from flywheel.storage import as_location, is_file, read_bytes
+from flywheel.storage import Location, as_location, is_file, read_bytes
 
 if TYPE_CHECKING:
     from flywheel.validation import ValidationReport
@@ -79,7 +83,7 @@ PAGE_SKIP_REASONS: dict[str, str] = {
     "duplicate": "same page bytes (sha256) as a page already in the dataset",
     "no_image": "no stored page image (data.image_path)",
     "bad_image": "unreadable, or not a grey page of the plan's size",
-    "no_stratum": "no recorded level/writing/noise of the plan's",
+    "no_stratum": "a recorded level/writing/noise outside the plan",
     "boxes": "number of boxes outside data.pages.expressions",
     "overlap": "boxes overlap beyond data.pages.max_iou",
     "test_glyphs": "shares a source glyph with the frozen test split",
@@ -98,6 +102,8 @@ class PageMergeResult:
         regions: the regions added (boxes with their LaTeX).
         skipped: reason (a `PAGE_SKIP_REASONS` key) → the `request_id#index` keys.
         labels: labelled pages considered.
+        strata: where the added pages' strata came from
+            (`flywheel.labeling.merge.STRATUM_SOURCES` key) → pages.
         report: the page data gate's report on the merged dataset (None: nothing added).
         staged: the merged dataset: `dataset_dir` once committed, else the staged copy.
     """
@@ -109,6 +115,7 @@ class PageMergeResult:
     labels: int = 0
     report: ValidationReport | None = None
     staged: Path | None = None
+    strata: dict[str, int] = field(default_factory=dict)
 
     def added_per_split(self) -> dict[str, int]:
         """Pages added per split."""
@@ -182,21 +189,54 @@ def _split_groups(
     return out
 
 
+@dataclass(frozen=True)
+class PlannedPages:
+    """What `plan_page_rows` decided: the new rows, their regions and bytes, the skipped.
+
+    Attributes:
+        rows: the new manifest rows.
+        regions: their regions.
+        payloads: each new page's PNG bytes by image_id.
+        skipped: reason (a `PAGE_SKIP_REASONS` key) → the `request_id#index` keys.
+        strata: where the new rows' strata came from (a `STRATUM_SOURCES` key) → pages.
+    """
+
+    rows: list[dict[str, Any]]
+    regions: list[Region]
+    payloads: dict[str, bytes]
+    skipped: dict[str, list[str]]
+    strata: dict[str, int]
+
+
 def plan_page_rows(
     labels: Sequence[PageLabel],
     manifest: pd.DataFrame,
     params: Params,
     truth: Mapping[str, Mapping[str, Any]],
-) -> tuple[list[dict[str, Any]], list[Region], dict[str, bytes], dict[str, list[str]]]:
+    logged: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PlannedPages:
     """Decide each labelled page's manifest row and regions, or why it is skipped.
 
-    Returns:
-        The new manifest rows, their regions, each new page's PNG bytes by
-        image_id, and the skipped keys by reason.
+    Args:
+        labels: the labelled pages.
+        manifest: the current page manifest.
+        params: the page plan, `merge` (split shares, `strata`).
+        truth: request id → what the simulator recorded.
+        logged: request id → the page's logged record (`read_pages`), for a
+            `merge.strata` function; None: not read.
+
+    Raises:
+        StratumError: `merge.strata: refuse` and pages without a stratum (all named),
+            or a rule that returns no planned stratum.
     """
     pages = params.data.pages
     assert pages is not None  # checked by the caller
+    rule = stratum_rule(params.merge.strata, params.data)
+    planned = frozenset(pages.strata.names())
     ids, hashes = set(manifest["image_id"]), set(manifest["sha256"].dropna())
+    refused: list[str] = []
+    sources: dict[str, int] = {}
+    where_of: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
     rows: list[dict[str, Any]] = []
     regions: dict[str, list[Region]] = {}
@@ -214,9 +254,14 @@ def plan_page_rows(
         if image_id in ids:
             skip("in_dataset", key)
             continue
-        stratum = [str(known.get(c) or "") for c in STRATA_COLUMNS]
-        planned = [getattr(pages.strata, c) for c in STRATA_COLUMNS]
-        if any(v not in values for v, values in zip(stratum, planned, strict=True)):
+        found = rule.resolve(
+            label.data, truth.get(label.key[0], {}), (logged or {}).get(label.key[0])
+        )
+        if found is None:
+            refused.append(key)
+            continue
+        stratum, where = found
+        if where == "recorded" and "/".join(stratum) not in planned:
             skip("no_stratum", key)
             continue
         if not pages.expressions[0] <= len(label.regions) <= pages.expressions[1]:
@@ -244,6 +289,7 @@ def plan_page_rows(
         payloads[image_id] = data
         regions[image_id] = page_regions
         keys[image_id] = key
+        where_of[image_id] = where
         known_glyphs = known.get("glyphs")
         glyphs[image_id] = sorted(
             known_glyphs.split() if isinstance(known_glyphs, str) else list(known_glyphs or [])
@@ -261,6 +307,12 @@ def plan_page_rows(
                 "glyphs": " ".join(glyphs[image_id]),
             }
         )
+    if refused:
+        raise StratumError(
+            f"{len(refused)} labelled pages have no recorded stratum and merge.strata is "
+            f"refuse (e.g. {', '.join(refused[:5])}); set merge.strata to production, a "
+            "planned stratum 'level/writing/noise' or a rule 'package.module:function'"
+        )
     splits = _split_groups(glyphs, manifest, params)
     kept: list[dict[str, Any]] = []
     for row in rows:
@@ -270,7 +322,11 @@ def plan_page_rows(
             del payloads[row["image_id"]], regions[row["image_id"]]
             continue
         kept.append({**row, "split": split, "path": f"{IMAGES_DIR}/{split}/{row['image_id']}.png"})
-    return kept, [r for rs in regions.values() for r in rs], payloads, skipped
+        where = where_of[row["image_id"]]
+        sources[where] = sources.get(where, 0) + 1
+    return PlannedPages(
+        kept, [r for rs in regions.values() for r in rs], payloads, skipped, sources
+    )
 
 
 def merge_page_labels(
@@ -279,6 +335,7 @@ def merge_page_labels(
     dataset_dir: Path,
     *,
     truth: Mapping[str, Mapping[str, Any]] | None = None,
+    log_root: Location | None = None,
     validate: bool = True,
     context_dir: Path | None = None,
     work_dir: Path | None = None,
@@ -291,7 +348,10 @@ def merge_page_labels(
         labels: the page labels (`flywheel.labeling.page_studio.read_page_labels`).
         dataset_dir: `<data.root>/<data.name>`.
         truth: request id → what the simulator recorded (`level`, `writing`,
-            `noise`, `glyphs`); real traffic has none (the task's data is used).
+            `noise`, `glyphs`); real traffic has none (the task's data is used, else
+            the rule `merge.strata`).
+        log_root: the page log, read for a `merge.strata` function (its second
+            argument: the page's logged record); None: the function gets None.
         validate: run the page data gate on the merged copy (undone if it fails).
         context_dir: the GX context folder (default `<state dir>/gx`).
         work_dir: where the merged copy is built (default `.<name>.tx` beside it).
@@ -301,12 +361,25 @@ def merge_page_labels(
         ValueError: not a page plan.
         flywheel.data.pages.PageDataError: the dataset is not a readable page dataset.
         MergeError: the merged dataset fails the gate (nothing was merged).
+        flywheel.labeling.strata.StratumError: `merge.strata` is unusable, or refuses
+            pages without a stratum (nothing is written).
     """
     if params.data.pages is None:
         raise ValueError(f"plan {params.data.name!r} is not a page plan (no data.pages)")
     dataset_dir = Path(dataset_dir)
     manifest = load_page_manifest(dataset_dir)
-    rows, regions, payloads, skipped = plan_page_rows(labels, manifest, params, truth or {})
+    logged = None
+    if log_root is not None and stratum_rule(params.merge.strata, params.data).needs_log:
+        from flywheel.monitoring.page_log import read_pages
+
+        logged = {str(r["request_id"]): r for r in read_pages(log_root)[0].to_dict("records")}
+    planned = plan_page_rows(labels, manifest, params, truth or {}, logged)
+    rows, regions, payloads, skipped = (
+        planned.rows,
+        planned.regions,
+        planned.payloads,
+        planned.skipped,
+    )
     added = page_manifest_frame(rows)
     if added.empty:
         return PageMergeResult(dataset_dir, added, (), skipped, len(labels))
@@ -334,7 +407,9 @@ def merge_page_labels(
         switch(dataset_dir, staged)
         discard(staged)
         staged = dataset_dir
-    return PageMergeResult(dataset_dir, added, tuple(regions), skipped, len(labels), report, staged)
+    return PageMergeResult(
+        dataset_dir, added, tuple(regions), skipped, len(labels), report, staged, planned.strata
+    )
 
 
 def _write_staged(
@@ -400,6 +475,7 @@ def update_page_dataset(
     repo: str | Path = ".",
     *,
     truth: Mapping[str, Mapping[str, Any]] | None = None,
+    log_root: Location | None = None,
     push: bool = True,
     context_dir: Path | None = None,
 ) -> PageDatasetUpdate:
@@ -409,10 +485,12 @@ def update_page_dataset(
     records (`ensure_dataset`, which also puts right a killed merge); then the
     merged dataset is built and gated beside it, switched in and `dvc add`ed
     (and pushed and verified with `push`) as one transaction (`commit_merge`).
+    `truth` and `log_root` are `merge_page_labels`'.
 
     Raises:
         flywheel.data.versioning.DataVersionError: the data folder holds unrecorded changes.
         MergeError: the merged dataset fails the page data gate (nothing is recorded).
+        flywheel.labeling.strata.StratumError: as `merge_page_labels`.
     """
     from flywheel.data.transaction import commit_merge, work_dir
     from flywheel.data.versioning import ensure_dataset
@@ -425,6 +503,7 @@ def update_page_dataset(
         labels,
         dataset_dir,
         truth=truth,
+        log_root=log_root,
         context_dir=context_dir,
         work_dir=work_dir(repo),
         commit=False,
@@ -439,6 +518,7 @@ __all__ = [
     "PAGE_SKIP_REASONS",
     "PageDatasetUpdate",
     "PageMergeResult",
+    "PlannedPages",
     "merge_page_labels",
     "plan_page_rows",
     "update_page_dataset",

@@ -1,19 +1,21 @@
 """The stratum of a labelled production image, when nobody recorded one (`merge.strata`).
 
-The data contract counts images per stratum (`style/noise`), but real traffic
+The data contract counts images per stratum (`style/noise` for an image plan,
+`level/writing/noise` for a page plan: `stratum_columns`), but real traffic
 carries no stratum: only the demo's simulator knows what it sent. A labelled
 image whose stratum neither the simulator's truth nor the labeller recorded
 gets one by the rule `merge.strata` declares:
 
 * `production` (the default): the explicit stratum `production/production`
-  (`PRODUCTION_STRATUM`), outside the plan, which the data gate allows for
-  `source = production` rows and counts in no planned minimum;
+  (`production/production/production` on a page plan; `PRODUCTION_STRATUM`
+  in every column), outside the plan, which the data gate allows for
+  production rows and counts in no planned minimum;
 * `refuse`: the merge stops with an error naming the images;
-* a planned stratum `style/noise`: every such image goes there (a project of
-  one stratum, e.g. an import's `unknown/unknown`);
+* a planned stratum (`style/noise`, `level/writing/noise`): every such image
+  goes there (a project of one stratum, e.g. an import's `unknown/unknown`);
 * `package.module:function`: a rule, called with the label row and the logged
   prediction (features, predicted label, confidence; None when the log lacks
-  it), that returns a planned `style/noise`, or None for `production/production`.
+  it), that returns a planned stratum, or None for the production stratum.
 
 No labelled image is skipped for want of a stratum.
 """
@@ -25,13 +27,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from flywheel.config import PRODUCTION_STRATUM, DataPlan, nfc
 
 PRODUCTION = f"{PRODUCTION_STRATUM}/{PRODUCTION_STRATUM}"
-"""The stratum name of production images whose stratum nobody knows."""
+"""The stratum name of an image plan's production images whose stratum nobody knows."""
 
 StratumFunction = Callable[[Mapping[str, Any], Mapping[str, Any] | None], str | None]
-"""A declared rule: (label row, logged prediction or None) -> `style/noise` or None."""
+"""A declared rule: (label row, logged prediction or None) -> a planned stratum or None."""
+
+
+def stratum_columns(plan: DataPlan) -> tuple[str, ...]:
+    """The manifest columns a stratum names, in order.
+
+    >>> from flywheel.config import DataPlan
+    >>> stratum_columns(DataPlan())
+    ('style', 'noise')
+    """
+    return ("level", "writing", "noise") if plan.is_pages else ("style", "noise")
+
+
+def planned_strata(plan: DataPlan) -> list[str]:
+    """The plan's stratum names (`style/noise`, or `level/writing/noise`), in plan order."""
+    if plan.pages is not None:
+        return plan.pages.strata.names()
+    return plan.strata.names()
 
 
 class StratumError(ValueError):
@@ -44,15 +65,22 @@ class StratumRule:
 
     Attributes:
         setting: the configured value, for messages.
-        planned: the plan's stratum names (`style/noise`).
+        planned: the plan's stratum names (`style/noise`, or `level/writing/noise`).
+        columns: the manifest columns a stratum names (`stratum_columns`).
         fixed: the stratum every unknown image gets (None: refuse or a function decides).
         function: the declared rule (None: not a function).
     """
 
     setting: str
     planned: frozenset[str]
-    fixed: tuple[str, str] | None = None
+    columns: tuple[str, ...] = ("style", "noise")
+    fixed: tuple[str, ...] | None = None
     function: StratumFunction | None = None
+
+    @property
+    def production(self) -> str:
+        """The production stratum's name: `PRODUCTION_STRATUM` in every column."""
+        return "/".join([PRODUCTION_STRATUM] * len(self.columns))
 
     @property
     def refuses(self) -> bool:
@@ -66,8 +94,9 @@ class StratumRule:
 
     def stratum_of(
         self, record: Mapping[str, Any], logged: Mapping[str, Any] | None
-    ) -> tuple[str, str] | None:
-        """The `(style, noise)` of an image without a recorded stratum; None: refused.
+    ) -> tuple[str, ...] | None:
+        """The stratum (`(style, noise)`, or `(level, writing, noise)`) of an image without
+        a recorded one; None: refused.
 
         Raises:
             StratumError: the function returned something that is not a planned stratum.
@@ -77,17 +106,48 @@ class StratumRule:
         if self.function is None:
             return None
         value = self.function(record, logged)
-        if value is None:
-            return PRODUCTION_STRATUM, PRODUCTION_STRATUM
-        name = nfc(str(value))
-        if name not in self.planned and name != PRODUCTION:
+        name = self.production if value is None else nfc(str(value))
+        if name not in self.planned and name != self.production:
             raise StratumError(
                 f"merge.strata {self.setting}: returned {value!r} for request "
                 f"{record.get('request_id')} index {record.get('index')}; expected one of "
-                f"{sorted(self.planned)}, {PRODUCTION!r} or None"
+                f"{sorted(self.planned)}, {self.production!r} or None"
             )
-        style, noise = name.split("/")
-        return style, noise
+        return tuple(name.split("/"))
+
+    def resolve(
+        self,
+        record: Mapping[str, Any],
+        known: Mapping[str, Any],
+        logged: Mapping[str, Any] | None,
+    ) -> tuple[tuple[str, ...], str] | None:
+        """The stratum of one labelled image and where it came from (`recorded`, `rule`,
+        `declared`, `production`: `flywheel.labeling.merge.STRATUM_SOURCES`); None: refused.
+
+        The simulator's truth (`known`) first, then the labeller's own (`record`);
+        where neither recorded every column, this rule decides. A recorded stratum
+        is returned as it is, planned or not (the caller skips one outside the plan).
+        """
+        recorded = [text(known.get(c)) or text(record.get(c)) for c in self.columns]
+        if all(value is not None for value in recorded):
+            return tuple(nfc(str(value)) for value in recorded), "recorded"
+        found = self.stratum_of(record, logged)
+        if found is None:
+            return None
+        if "/".join(found) == self.production:
+            return found, "production"
+        return found, "rule" if self.function is not None else "declared"
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string value, else None (NaN, None, pandas' NA, '').
+
+    >>> text(float("nan")), text(""), text(3)
+    (None, None, '3')
+    """
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    return str(value) or None
 
 
 def stratum_rule(setting: str, plan: DataPlan) -> StratumRule:
@@ -103,13 +163,15 @@ def stratum_rule(setting: str, plan: DataPlan) -> StratumRule:
     flywheel.labeling.strata.StratumError: merge.strata 'b/x' is not a stratum of the plan ['a/x']
 
     Raises:
-        StratumError: a `style/noise` outside the plan, or a function that cannot be imported.
+        StratumError: a stratum outside the plan, or a function that cannot be imported.
     """
-    planned = frozenset(plan.strata.names())
+    planned = frozenset(planned_strata(plan))
+    columns = stratum_columns(plan)
     if setting == "production":
-        return StratumRule(setting, planned, fixed=(PRODUCTION_STRATUM, PRODUCTION_STRATUM))
+        fixed = (PRODUCTION_STRATUM,) * len(columns)
+        return StratumRule(setting, planned, columns, fixed=fixed)
     if setting == "refuse":
-        return StratumRule(setting, planned)
+        return StratumRule(setting, planned, columns)
     if ":" in setting:
         try:
             function = pkgutil.resolve_name(setting)
@@ -117,10 +179,9 @@ def stratum_rule(setting: str, plan: DataPlan) -> StratumRule:
             raise StratumError(f"merge.strata {setting!r}: cannot import it: {err}") from err
         if not callable(function):
             raise StratumError(f"merge.strata {setting!r} is not a function")
-        return StratumRule(setting, planned, function=function)
+        return StratumRule(setting, planned, columns, function=function)
     if setting not in planned:
         raise StratumError(
             f"merge.strata {setting!r} is not a stratum of the plan {sorted(planned)}"
         )
-    style, noise = setting.split("/")
-    return StratumRule(setting, planned, fixed=(style, noise))
+    return StratumRule(setting, planned, columns, fixed=tuple(setting.split("/")))

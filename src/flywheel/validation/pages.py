@@ -33,7 +33,15 @@ import pandas as pd
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.expectations.row_conditions import Column
 
-from flywheel.config import MANIFEST_SPLITS, SPLITS, DataPlan, PagePlan, Params
+from flywheel.config import (
+    MANIFEST_SPLITS,
+    PRODUCTION_SOURCE,
+    PRODUCTION_STRATUM,
+    SPLITS,
+    DataPlan,
+    PagePlan,
+    Params,
+)
 from flywheel.data.pages import (
     LABELS_DIR,
     PAGE_COLUMNS,
@@ -149,6 +157,15 @@ def page_frame(
     frame = manifest.copy()
     frame["stratum"] = page_strata(frame)
     has = set(frame.columns)
+    frame["source"] = (
+        np.where(
+            frame["image_id"].astype(str).str.startswith(f"{PRODUCTION_SOURCE}-"),
+            PRODUCTION_SOURCE,
+            "plan",
+        )
+        if "image_id" in has
+        else None
+    )
     frame["sha256_splits"] = (
         splits_sharing(frame["sha256"], frame["split"]) if {"sha256", "split"} <= has else None
     )
@@ -225,7 +242,7 @@ def _min_counts(plan: DataPlan, need_per_page: int) -> list[tuple[str, int]]:
 def build_page_suite(plan: DataPlan, *, check_files: bool = True) -> gx.ExpectationSuite:
     """The page-level contract derived from the page plan."""
     pages = _pages(plan)
-    derived = ["stratum", "sha256_splits", "glyph_splits", "labels_status"]
+    derived = ["stratum", "source", "sha256_splits", "glyph_splits", "labels_status"]
     if check_files:
         derived.append("file_status")
     ex: list[gxe.Expectation] = [
@@ -247,7 +264,24 @@ def build_page_suite(plan: DataPlan, *, check_files: bool = True) -> gx.Expectat
             gxe.ExpectColumnValuesToBeInSet(
                 column=c,
                 value_set=list(getattr(pages.strata, c)),
-                meta=_rule(f"{c} is one of the plan's {c}s"),
+                # merged production pages may instead hold the unknown stratum (next one)
+                row_condition=Column("source") != PRODUCTION_SOURCE,
+                meta=_rule(
+                    f"{c} is one of the plan's {c}s (a merged production page: or "
+                    f"{PRODUCTION_STRATUM})"
+                ),
+            )
+            for c in STRATA_COLUMNS
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeInSet(
+                column=c,
+                value_set=[*getattr(pages.strata, c), PRODUCTION_STRATUM],
+                row_condition=Column("source") == PRODUCTION_SOURCE,
+                meta=_rule(
+                    f"{c} of a merged production page is one of the plan's or "
+                    f"{PRODUCTION_STRATUM} (labelled traffic whose stratum nobody recorded)"
+                ),
             )
             for c in STRATA_COLUMNS
         ),

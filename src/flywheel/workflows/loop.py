@@ -358,6 +358,7 @@ def update_page_data(
     from flywheel.labeling.merge import MergeError
     from flywheel.labeling.page_labeler import page_labels_from_frame
     from flywheel.labeling.page_merge import PAGE_SKIP_REASONS, update_page_dataset
+    from flywheel.monitoring.pages import page_log_root
     from flywheel.workflows.datasets import data_at_version
     from flywheel.workflows.label_sync import settle_labels
 
@@ -366,7 +367,7 @@ def update_page_data(
     labels = page_labels_from_frame(frame) if frame is not None else []
     with tempfile.TemporaryDirectory(prefix="flywheel-merge-") as scratch:
         data = data_at_version(params, data_version, repo, Path(scratch) / "workspace")
-        update = update_page_dataset(params, labels, data.repo)
+        update = update_page_dataset(params, labels, data.repo, log_root=page_log_root(params))
         skipped = {reason: len(keys) for reason, keys in update.merge.skipped.items()}
         if labels and update.merge.added.empty and set(skipped) - {"in_dataset", "duplicate"}:
             raise MergeError(
@@ -387,6 +388,12 @@ def update_page_data(
         f"merged {len(update.merge.added)} of {len(labels)} labelled pages "
         f"{update.merge.added_per_split() if not update.merge.added.empty else {}} "
         f"({len(update.merge.regions)} regions), skipped {skipped or '-'}; "
-        f"data version {update.version}" + ("" if update.changed else " (unchanged)")
+        + (
+            f"strata {update.merge.strata} (merge.strata {params.merge.strata}); "
+            if set(update.merge.strata) - {"recorded"}
+            else ""
+        )
+        + f"data version {update.version}"
+        + ("" if update.changed else " (unchanged)")
     )
     return update.version
