@@ -64,7 +64,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     left untested while the run looks green.
     """
     report = yield
-    if os.environ.get("FLYWHEEL_NO_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+    if (
+        os.environ.get("FLYWHEEL_NO_SKIPS") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped, and FLYWHEEL_NO_SKIPS=1 (CI) forbids skips: {reason}"
