@@ -15,7 +15,8 @@ PYTEST_ARGS  ?=
 PYTEST_WORKERS ?= 3
 PIP_VERSION  := 26.3
 # The environments are installed by uv (the lock's version): the same pins as pip in a
-# tenth of the time. uv reads no pip.conf: pip's find-links (PIP_FIND_LINKS, where a
+# third of the time, bytecode compiled as pip does (else every test's first import of a
+# module compiles it). uv reads no pip.conf: pip's find-links (PIP_FIND_LINKS, where a
 # CPU build of torch may lie on disk) are passed on.
 UV_VERSION   := $(shell sed -n 's/^uv==//p' $(LOCK))
 UV           := $(BIN)/uv
@@ -42,7 +43,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==$(PIP_VERSION)" "uv==$(UV_VERSION)"
-	$(UV) pip install --python $(BIN)/python --quiet $(UV_LINKS) -c $(LOCK) -e '.[dev]' editables
+	$(UV) pip install --python $(BIN)/python --quiet --compile-bytecode $(UV_LINKS) -c $(LOCK) -e '.[dev]' editables
 	$(BIN)/python -m pip check
 	@touch $@
 
@@ -105,7 +106,7 @@ label-studio-for-tests:
 $(LS_STAMP): $(LS_LOCK) | $(STAMP)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(LS_DIR)/venv/bin/python || $(PYTHON) -m venv $(LS_DIR)/venv
-	$(UV) pip install --python $(LS_DIR)/venv/bin/python --quiet --no-deps -r $(LS_LOCK)
+	$(UV) pip install --python $(LS_DIR)/venv/bin/python --quiet --compile-bytecode --no-deps -r $(LS_LOCK)
 	$(LS_DIR)/venv/bin/python -m pip check
 	rm -rf $(LS_DIR)/template && mkdir -p $(LS_DIR)/template
 	$(LS_OFFLINE) DJANGO_DB=sqlite LABEL_STUDIO_BASE_DATA_DIR=$(LS_DIR)/template \
