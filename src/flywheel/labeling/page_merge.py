@@ -71,7 +71,7 @@ from flywheel.data.pages import (
 from flywheel.data.transaction import discard, stage_copy, switch
 from flywheel.labeling.merge import MergeError, assign_splits, production_image_id
 from flywheel.labeling.page_annotations import PageLabel
-from flywheel.labeling.strata import StratumError, stratum_rule
+from flywheel.labeling.strata import StratumError, StratumRule, stratum_rule
 from flywheel.processes import fault_point
 from flywheel.storage import Location, as_location, is_file, read_bytes
 
@@ -214,6 +214,7 @@ def plan_page_rows(
     params: Params,
     truth: Mapping[str, Mapping[str, Any]],
     logged: Mapping[str, Mapping[str, Any]] | None = None,
+    rule: StratumRule | None = None,
 ) -> PlannedPages:
     """Decide each labelled page's manifest row and regions, or why it is skipped.
 
@@ -224,6 +225,7 @@ def plan_page_rows(
         truth: request id → what the simulator recorded.
         logged: request id → the page's logged record (`read_pages`), for a
             `merge.strata` function; None: not read.
+        rule: `merge.strata` resolved (default: resolved here).
 
     Raises:
         StratumError: `merge.strata: refuse` and pages without a stratum (all named),
@@ -231,8 +233,7 @@ def plan_page_rows(
     """
     pages = params.data.pages
     assert pages is not None  # checked by the caller
-    rule = stratum_rule(params.merge.strata, params.data)
-    planned = frozenset(pages.strata.names())
+    rule = rule if rule is not None else stratum_rule(params.merge.strata, params.data)
     ids, hashes = set(manifest["image_id"]), set(manifest["sha256"].dropna())
     refused: list[str] = []
     sources: dict[str, int] = {}
@@ -261,7 +262,7 @@ def plan_page_rows(
             refused.append(key)
             continue
         stratum, where = found
-        if where == "recorded" and "/".join(stratum) not in planned:
+        if where == "recorded" and "/".join(stratum) not in rule.planned:
             skip("no_stratum", key)
             continue
         if not pages.expressions[0] <= len(label.regions) <= pages.expressions[1]:
@@ -368,25 +369,27 @@ def merge_page_labels(
         raise ValueError(f"plan {params.data.name!r} is not a page plan (no data.pages)")
     dataset_dir = Path(dataset_dir)
     manifest = load_page_manifest(dataset_dir)
+    rule = stratum_rule(params.merge.strata, params.data)
     logged = None
-    if log_root is not None and stratum_rule(params.merge.strata, params.data).needs_log:
+    if log_root is not None and rule.needs_log:
         from flywheel.monitoring.page_log import read_pages
 
         logged = {str(r["request_id"]): r for r in read_pages(log_root)[0].to_dict("records")}
-    planned = plan_page_rows(labels, manifest, params, truth or {}, logged)
-    rows, regions, payloads, skipped = (
-        planned.rows,
-        planned.regions,
-        planned.payloads,
-        planned.skipped,
-    )
-    added = page_manifest_frame(rows)
+    planned = plan_page_rows(labels, manifest, params, truth or {}, logged, rule)
+    added = page_manifest_frame(planned.rows)
     if added.empty:
-        return PageMergeResult(dataset_dir, added, (), skipped, len(labels))
+        return PageMergeResult(dataset_dir, added, (), planned.skipped, len(labels))
     staged = stage_copy(dataset_dir, work_dir or dataset_dir.parent / f".{dataset_dir.name}.tx")
     try:
         report = _write_staged(
-            params, staged, manifest, added, regions, payloads, validate, context_dir
+            params,
+            staged,
+            manifest,
+            added,
+            planned.regions,
+            planned.payloads,
+            validate,
+            context_dir,
         )
     except BaseException:
         discard(staged)
@@ -408,7 +411,14 @@ def merge_page_labels(
         discard(staged)
         staged = dataset_dir
     return PageMergeResult(
-        dataset_dir, added, tuple(regions), skipped, len(labels), report, staged, planned.strata
+        dataset_dir,
+        added,
+        tuple(planned.regions),
+        planned.skipped,
+        len(labels),
+        report,
+        staged,
+        planned.strata,
     )
 
 
