@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from flywheel.config import PRODUCTION_SOURCE
 from flywheel.data.files import IMAGES_DIR, encode_png
 from flywheel.data.manifest import MANIFEST_NAME, ManifestError
 
@@ -75,6 +76,17 @@ FORMULA_CATEGORY: dict[str, Any] = {"id": 1, "name": "formula"}
 """The one COCO category; YOLO class 0."""
 
 STRATA_COLUMNS: tuple[str, ...] = ("level", "writing", "noise")
+
+
+def is_production_page(ids: pd.Series) -> np.ndarray:
+    """Which page (or crop `page_id`) ids name a merged production page, `production-…`
+    (`flywheel.labeling.merge.production_image_id`), as a boolean array.
+
+    >>> is_production_page(pd.Series(["train-high-00001", "production-page-3-0"])).tolist()
+    [False, True]
+    """
+    return ids.astype(str).str.startswith(f"{PRODUCTION_SOURCE}-").to_numpy()
+
 
 PAGE_COLUMNS: dict[str, str] = {
     "image_id": "str",

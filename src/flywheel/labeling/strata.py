@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from flywheel.config import PRODUCTION_STRATUM, DataPlan, nfc
+from flywheel.data.pages import STRATA_COLUMNS
 
 PRODUCTION = f"{PRODUCTION_STRATUM}/{PRODUCTION_STRATUM}"
 """The stratum name of an image plan's production images whose stratum nobody knows."""
@@ -45,7 +46,7 @@ def stratum_columns(plan: DataPlan) -> tuple[str, ...]:
     >>> stratum_columns(DataPlan())
     ('style', 'noise')
     """
-    return ("level", "writing", "noise") if plan.is_pages else ("style", "noise")
+    return STRATA_COLUMNS if plan.is_pages else ("style", "noise")
 
 
 def planned_strata(plan: DataPlan) -> list[str]:

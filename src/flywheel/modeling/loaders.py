@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from flywheel.config import PRODUCTION_SOURCE, TrainConfig
+from flywheel.data.pages import is_production_page
 from flywheel.modeling.distributed import DistContext
 from flywheel.modeling.reproducibility import seed_worker
 from flywheel.tasks import Task
@@ -87,7 +88,7 @@ def production_indices(dataset: Dataset[Any]) -> list[int]:
         column = next((c for c in ("page_id", "image_id") if c in frame.columns), None)
         if column is None:
             return []
-        mask = frame[column].astype(str).str.startswith(f"{PRODUCTION_SOURCE}-").to_numpy()
+        mask = is_production_page(frame[column])
     return [int(i) for i in np.flatnonzero(mask)]
 
 

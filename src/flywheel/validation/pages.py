@@ -46,6 +46,7 @@ from flywheel.data.pages import (
     LABELS_DIR,
     PAGE_COLUMNS,
     STRATA_COLUMNS,
+    is_production_page,
     load_coco,
     load_page_manifest,
     pairwise_iou,
@@ -158,11 +159,7 @@ def page_frame(
     frame["stratum"] = page_strata(frame)
     has = set(frame.columns)
     frame["source"] = (
-        np.where(
-            frame["image_id"].astype(str).str.startswith(f"{PRODUCTION_SOURCE}-"),
-            PRODUCTION_SOURCE,
-            "plan",
-        )
+        np.where(is_production_page(frame["image_id"]), PRODUCTION_SOURCE, "plan")
         if "image_id" in has
         else None
     )
